@@ -1,0 +1,154 @@
+"""Finds the caller's token in the configured sources and verifies it. No network I/O.
+
+The key is chosen by the token's `alg` *family* (HMAC -> the shared secret, anything else -> the
+public key), and only after `alg` passed the configured allow-list, so an HS256 token "signed"
+with the public key as its secret is refused. Time checks use an injected clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import jwt
+
+from .config import HMAC_ALGORITHMS, AuthSettings
+from .errors import Unauthenticated
+
+MAX_TOKEN_BYTES = 8192
+Clock = Callable[[], float]
+
+
+def extract_token(
+    settings: AuthSettings,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    query: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """Return (source description, token) from the first configured source present."""
+    for source in settings.sources:
+        if source.header:
+            value = headers.get(source.header)
+            if value is None:
+                continue
+            if source.header.lower() == "authorization":
+                scheme, _, credentials = value.strip().partition(" ")
+                if scheme.lower() != "bearer" or not credentials.strip():
+                    continue
+                value = credentials
+            token = value.strip()
+            where = f"header {source.header}"
+        elif source.cookie:
+            token = cookies.get(source.cookie, "").strip()
+            where = f"cookie {source.cookie}"
+        else:
+            token = query.get(source.query or "", "").strip()
+            where = f"query {source.query}"
+        if token:
+            return where, token
+    return None
+
+
+def parse_cookie_header(header: str | None) -> dict[str, str]:
+    """Lenient cookie parsing: a malformed cookie from another app must not break auth."""
+    if not header:
+        return {}
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings, clock: Clock = time.time) -> None:
+        self._settings = settings
+        self._allowed = frozenset(settings.algorithms)
+        self._secret = settings.secret.get_secret_value() if settings.secret else None
+        self._public_key = settings.public_key
+        self._clock = clock
+        self._jwt = jwt.PyJWT()
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Return the token's claims, or raise Unauthenticated with a loggable reason."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token too large", invalid_token=True)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("malformed token", invalid_token=True) from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._allowed:
+            raise Unauthenticated(f"algorithm {str(alg)[:16]!r} not allowed", invalid_token=True)
+        key = self._secret if alg in HMAC_ALGORITHMS else self._public_key
+        if not key:
+            raise Unauthenticated("no key configured for algorithm", invalid_token=True)
+        settings = self._settings
+        try:
+            claims: dict[str, Any] = self._jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                options={
+                    # Time claims are checked below against the injected clock.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": settings.audience is not None,
+                    "verify_iss": settings.issuer is not None,
+                    "require": ["exp"] if settings.require_exp else [],
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("bad signature", invalid_token=True) from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("wrong audience", invalid_token=True) from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("wrong issuer", invalid_token=True) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(f"missing claim {exc.claim!r}", invalid_token=True) from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise Unauthenticated("invalid token", invalid_token=True) from None
+        self._check_times(claims)
+        return claims
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = self._clock()
+        leeway = self._settings.leeway
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise Unauthenticated(f"claim {name!r} is not a number", invalid_token=True)
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if exp is not None and now >= exp + leeway:
+            raise Unauthenticated("token expired", invalid_token=True)
+        if nbf is not None and now < nbf - leeway:
+            raise Unauthenticated("token not yet valid", invalid_token=True)
+        if iat is not None and now < iat - leeway:
+            raise Unauthenticated("token issued in the future", invalid_token=True)
+
+
+def issue_token(
+    settings: AuthSettings,
+    claims: Mapping[str, Any],
+    ttl: int,
+    clock: Clock = time.time,
+) -> str:
+    """Sign a token with the configured HMAC secret (for trying the proxy by hand and tests)."""
+    algorithm = next((alg for alg in settings.algorithms if alg in HMAC_ALGORITHMS), None)
+    if algorithm is None or settings.secret is None:
+        raise ValueError("auth.algorithms has no HS* algorithm with auth.secret; cannot sign")
+    now = int(clock())
+    payload: dict[str, Any] = {"iat": now, "exp": now + ttl, **claims}
+    if settings.issuer and "iss" not in payload:
+        payload["iss"] = settings.issuer
+    if settings.audience and "aud" not in payload:
+        payload["aud"] = settings.audience
+    return jwt.encode(payload, settings.secret.get_secret_value(), algorithm=algorithm)

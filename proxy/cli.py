@@ -1,0 +1,112 @@
+"""Command line: argument parsing and process set-up only (serve / check / token)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error in {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    command: int = args.run(args, config)
+    return command
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy",
+        description="A gateway for private files in S3: stream or redirect, per route.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", help="override listen.host")
+    serve.add_argument("--port", type=int, help="override listen.port")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate the config and print its routes")
+    check.set_defaults(run=_check)
+
+    token = commands.add_parser("token", help="print a token signed with auth.secret")
+    token.add_argument("--sub", required=True, help="the token's subject")
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help='extra claim; VALUE is parsed as JSON when it can be (e.g. roles=\'["a","b"]\')',
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(run=_token)
+
+    for sub in (serve, check, token):
+        sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
+    return parser
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    logging.basicConfig(level=args.log_level, format="%(message)s", stream=sys.stdout)
+    listen = config.settings.listen
+    host = args.host or listen.host
+    port = args.port if args.port is not None else listen.port
+    print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{port}", flush=True)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=None,  # the proxy writes its own JSON access log
+        print=None,
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    print(f"{args.config}: OK, {len(config.routes)} routes")
+    for route in config.routes:
+        s = route.settings
+        print(f"  {s.name}: {s.match} -> s3://{s.bucket}/{s.key} [{s.delivery}]")
+    return 0
+
+
+def _token(args: argparse.Namespace, config: Config) -> int:
+    from .auth import issue_token
+
+    claims: dict[str, Any] = {"sub": args.sub}
+    for item in args.claim:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            print(f"--claim {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        try:
+            claims[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            claims[name] = raw
+    try:
+        print(issue_token(config.settings.auth, claims, args.ttl))
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,388 @@
+"""The typed, validated config model and load_config(); errors name the key path and the fix.
+
+Loading is: YAML (errors carry the line) -> ${VAR} expansion (errors name the variable) ->
+pydantic shape check (unknown keys refused) -> cross-checks that need several keys at once
+(key templates vs match patterns, algorithms vs keys). Nothing here does network I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jwt
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .policy import Rule, compile_rule
+from .routing import KeyTemplate, PathPattern, TemplateError, compile_pattern, compile_template
+
+SIGV4_MAX_EXPIRES = 604800  # seconds: the longest a SigV4 presigned URL can be valid (7 days)
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """One or more config mistakes; str() is one line per mistake: `key.path: what and fix`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class S3Settings(_Model):
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+    max_connections: int = Field(64, ge=1, le=10000)
+    chunk_size: int = Field(256 * 1024, ge=4096, le=16 * 1024 * 1024)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9000")
+        return value
+
+
+class TokenSource(_Model):
+    header: str | None = None
+    cookie: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TokenSource:
+        given = [k for k in ("header", "cookie", "query") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "each source names exactly one of header, cookie or query, "
+                "e.g. {header: Authorization}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "header" if self.header else "cookie" if self.cookie else "query"
+
+    @property
+    def name(self) -> str:
+        return self.header or self.cookie or self.query or ""
+
+
+def _default_sources() -> list[TokenSource]:
+    return [
+        TokenSource(header="Authorization"),
+        TokenSource(cookie="access_token"),
+        TokenSource(query="token"),
+    ]
+
+
+class AuthSettings(_Model):
+    algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
+    secret: SecretStr | None = None
+    public_key_file: Path | None = None
+    public_key: str | None = None  # inline PEM; filled from public_key_file at load
+    issuer: str | None = None
+    audience: str | list[str] | None = None
+    leeway: int = Field(30, ge=0, le=3600)
+    require_exp: bool = True
+    sources: list[TokenSource] = Field(default_factory=_default_sources, min_length=1)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        for alg in value:
+            if alg.lower() == "none":
+                raise ValueError("'none' is never accepted: unsigned tokens would let anyone in")
+            if alg not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+                known = ", ".join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
+                raise ValueError(f"unknown algorithm {alg!r}; choose from {known}")
+        return value
+
+
+Delivery = Literal["stream", "redirect"]
+Method = Literal["GET", "HEAD"]
+
+
+def _all_methods() -> list[Method]:
+    return ["GET", "HEAD"]
+
+
+class RouteSettings(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    match: str
+    bucket: str = Field(min_length=3, max_length=63)
+    key: str = Field(min_length=1)
+    delivery: Delivery
+    access: Any
+    methods: list[Method] = Field(default_factory=_all_methods)
+    ttl: Annotated[int, Field(ge=1, le=SIGV4_MAX_EXPIRES)] = 300
+    cache_control: str | None = None
+    disposition: Literal["inline", "attachment"] | None = None
+    content_type: str | None = None
+
+    @field_validator("cache_control", "content_type")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and re.search(r"[\r\n\x00]", value):
+            raise ValueError("must be a single line (no CR, LF or NUL)")
+        return value
+
+
+class Settings(_Model):
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    routes: list[RouteSettings] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route as the request path uses it: its settings plus what was compiled from them."""
+
+    settings: RouteSettings
+    pattern: PathPattern
+    key: KeyTemplate
+    rule: Rule
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    routes: tuple[Route, ...]
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    return parse_config(
+        text, source=str(path), env=os.environ if env is None else env, base_dir=path.parent
+    )
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{source}:{where}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a map with at least 'routes'"])
+
+    problems: list[str] = []
+    expanded = _expand_env(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, expanded)) from None
+
+    settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(settings, tuple(routes))
+
+
+def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string value."""
+    if isinstance(node, dict):
+        return {
+            k: _expand_env(v, env, f"{where}.{k}" if where else str(k), problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_expand_env(v, env, f"{where}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def substitute(found: re.Match[str]) -> str:
+        name, default = found.group(1), found.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{where}: environment variable {name} is not set; export {name}=...")
+        return ""
+
+    return _ENV_REF.sub(substitute, node)
+
+
+def _location(loc: tuple[int | str, ...], data: Any) -> str:
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            name = (
+                node[part].get("name")
+                if isinstance(node, list) and part < len(node) and isinstance(node[part], dict)
+                else None
+            )
+            if name:
+                out += f" ({name})"
+        else:
+            out += f".{part}" if out else str(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return out or "<top level>"
+
+
+_HINTS = {
+    "extra_forbidden": "unknown key; check its spelling against the README's config reference",
+    "missing": "required key is missing",
+}
+
+
+def _describe_validation_error(exc: ValidationError, data: Any) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        message = _HINTS.get(error["type"], error["msg"].removeprefix("Value error, "))
+        if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+            shown = error["input"]
+            if not isinstance(shown, dict | list) and "secret" not in loc:
+                message += f" (got {shown!r})"
+        problems.append(f"{_location(loc, data)}: {message}")
+    return problems
+
+
+def _cross_check(
+    settings: Settings, base_dir: Path, problems: list[str]
+) -> tuple[Settings, list[Route]]:
+    settings = _check_auth(settings, base_dir, problems)
+    routes: list[Route] = []
+    names: set[str] = set()
+    for index, route in enumerate(settings.routes):
+        where = f"routes[{index}] ({route.name})"
+        if route.name in names:
+            problems.append(f"{where}.name: duplicate route name; names must be unique")
+        names.add(route.name)
+        try:
+            pattern = compile_pattern(route.match)
+        except TemplateError as exc:
+            problems.append(f"{where}.match: {exc}")
+            continue
+        try:
+            template = compile_template(route.key)
+        except TemplateError as exc:
+            problems.append(f"{where}.key: {exc}")
+            continue
+        missing = template.params - set(pattern.params)
+        if missing:
+            problems.append(
+                f"{where}.key: {{{sorted(missing)[0]}}} is not a parameter of match "
+                f"{route.match!r}; add it to match or use {{claims.NAME}} for a token claim"
+            )
+        try:
+            rule = compile_rule(route.access, pattern.params)
+        except ValueError as exc:
+            problems.append(f"{where}.access: {exc}")
+            continue
+        if not rule.needs_token and template.claims:
+            problems.append(
+                f"{where}.access: a public route cannot use claims in its key "
+                f"({route.key!r}); use access: authenticated"
+            )
+        routes.append(Route(route, pattern, template, rule))
+    return settings, routes
+
+
+def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    auth = settings.auth
+    algorithms = set(auth.algorithms)
+    hmac = sorted(algorithms & HMAC_ALGORITHMS)
+    if hmac:
+        secret = auth.secret.get_secret_value() if auth.secret else ""
+        if not secret:
+            problems.append(
+                f"auth.secret: required for {', '.join(hmac)}; set it to ${{JWT_SECRET}} "
+                "and export JWT_SECRET"
+            )
+        else:
+            needed = max(_MIN_HMAC_BYTES[alg] for alg in hmac)
+            if len(secret.encode()) < needed:
+                problems.append(
+                    f"auth.secret: too short for {hmac[-1]} ({len(secret.encode())} bytes, need "
+                    f"{needed}); generate one with: python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(64))'"
+                )
+    asymmetric = sorted(algorithms & ASYMMETRIC_ALGORITHMS)
+    public_key = auth.public_key
+    if auth.public_key_file is not None:
+        key_path = auth.public_key_file
+        if not key_path.is_absolute():
+            key_path = base_dir / key_path
+        try:
+            public_key = key_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text PEM file"
+            problems.append(f"auth.public_key_file: cannot read {key_path} ({reason})")
+            public_key = None
+    if asymmetric:
+        if not public_key:
+            if auth.public_key_file is None:
+                problems.append(
+                    f"auth.public_key_file: required for {', '.join(asymmetric)}; "
+                    "point it at the provider's PEM public key"
+                )
+        else:
+            for alg in asymmetric:
+                try:
+                    jwt.get_algorithm_by_name(alg).prepare_key(public_key)
+                except Exception:
+                    problems.append(f"auth.public_key_file: not a valid PEM public key for {alg}")
+                    break
+    if public_key != auth.public_key:
+        settings = settings.model_copy(
+            update={"auth": auth.model_copy(update={"public_key": public_key})}
+        )
+    return settings

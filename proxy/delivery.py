@@ -1,0 +1,163 @@
+"""The two ways an authorized request gets its object: stream it, or redirect to a presigned URL.
+
+Decides which client headers go to S3 (single Range, conditionals) and which S3 headers come
+back (length, type, validators, range). Statuses are settled before prepare(): once bytes have
+been sent, a failure aborts the connection instead of writing a body that looks complete.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .storage import Conditions, ObjectMeta, Storage, parse_http_date
+
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
+
+
+@dataclass
+class Outcome:
+    """What delivery reports to the access log."""
+
+    bytes_from_s3: int = 0
+    aborted: str | None = None
+
+
+def parse_range(header: str | None) -> str | None:
+    """Return a normalized single byte range, or None to serve the whole object.
+
+    Multi-range and malformed Range headers are ignored, which RFC 9110 (14.2) permits; S3
+    itself serves only single ranges and answers 416 when the range starts past the end.
+    """
+    if not header:
+        return None
+    found = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    if found is None:
+        return None
+    first, last = found.group(1), found.group(2)
+    if not first and not last:
+        return None
+    if first and last and int(first) > int(last):
+        return None
+    if not first and int(last) == 0:
+        return None  # "bytes=-0" asks for nothing; serve the representation instead.
+    return f"bytes={first}-{last}"
+
+
+def conditions_from(headers: Mapping[str, str]) -> Conditions:
+    return Conditions(
+        if_match=_single_line(headers.get("If-Match")),
+        if_none_match=_single_line(headers.get("If-None-Match")),
+        if_modified_since=parse_http_date(headers.get("If-Modified-Since")),
+        if_unmodified_since=parse_http_date(headers.get("If-Unmodified-Since")),
+    )
+
+
+def range_for(headers: Mapping[str, str]) -> str | None:
+    """Honour Range only when If-Range is absent; a stale If-Range means 'send it all'."""
+    if "If-Range" in headers:
+        # Checking If-Range needs the current validator before choosing; serving the full
+        # representation is always a correct answer (RFC 9110 13.1.5).
+        return None
+    return parse_range(headers.get("Range"))
+
+
+def _single_line(value: str | None) -> str | None:
+    if value is None or len(value) > 1024 or any(c in value for c in "\r\n\x00"):
+        return None
+    return value
+
+
+def content_disposition(disposition: str, key: str) -> str:
+    """RFC 6266 header with an ASCII fallback and an RFC 5987 UTF-8 filename from the key."""
+    name = key.rsplit("/", 1)[-1] or "download"
+    fallback = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    fallback = _ASCII_SAFE.sub("_", fallback).strip() or "download"
+    encoded = quote(name, safe="")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def object_headers(meta: ObjectMeta, overrides: Mapping[str, str]) -> dict[str, str]:
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Type": meta.content_type or "application/octet-stream",
+        "X-Content-Type-Options": "nosniff",
+    }
+    for name, value in (
+        ("ETag", meta.etag),
+        ("Last-Modified", meta.last_modified),
+        ("Content-Range", meta.content_range),
+        ("Content-Encoding", meta.content_encoding),
+        ("Content-Language", meta.content_language),
+    ):
+        if value and _single_line(value):
+            headers[name] = value
+    headers.update(overrides)
+    return headers
+
+
+async def stream(
+    request: web.Request,
+    storage: Storage,
+    bucket: str,
+    key: str,
+    overrides: Mapping[str, str],
+    chunk_outcome: Outcome,
+) -> web.StreamResponse:
+    conditions = conditions_from(request.headers)
+    if request.method == "HEAD":
+        meta = await storage.head(bucket, key, conditions)
+        response = web.StreamResponse(status=200, headers=object_headers(meta, overrides))
+        response.content_length = meta.content_length
+        return response
+
+    obj = await storage.get(bucket, key, conditions, range_for(request.headers))
+    try:
+        status = 206 if obj.meta.content_range else 200
+        response = web.StreamResponse(status=status, headers=object_headers(obj.meta, overrides))
+        response.content_length = obj.meta.content_length
+        await response.prepare(request)
+        try:
+            async for chunk in obj.chunks:
+                chunk_outcome.bytes_from_s3 += len(chunk)
+                await response.write(chunk)
+        except ConnectionError:
+            chunk_outcome.aborted = "client disconnected"
+            return response
+        except Exception as exc:
+            chunk_outcome.aborted = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if chunk_outcome.bytes_from_s3 != obj.meta.content_length:
+            chunk_outcome.aborted = "upstream body shorter than its Content-Length"
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        await obj.aclose()
+
+
+async def redirect(
+    request: web.Request,
+    storage: Storage,
+    bucket: str,
+    key: str,
+    ttl: int,
+    overrides: Mapping[str, str],
+) -> web.StreamResponse:
+    method = "HEAD" if request.method == "HEAD" else "GET"
+    # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
+    url = await storage.presign(method, bucket, key, ttl, overrides if method == "GET" else None)
+    return web.Response(
+        status=302,
+        headers={"Location": url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )

@@ -1,0 +1,96 @@
+"""The one place HTTP error statuses are chosen; never does I/O or formats responses.
+
+Every refusal the proxy makes is one of these classes. `detail` is what the client may read
+(short, generic, never secret); `reason` is what the access log records (may say which check
+failed, but never a token, cookie, credential or URL signature).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ProxyError(Exception):
+    status: int = 500
+    detail: str = "internal error"
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.reason = reason or self.detail
+        if detail is not None:
+            self.detail = detail
+        self.headers: dict[str, str] = dict(headers or {})
+        super().__init__(self.reason)
+
+
+class BadRequest(ProxyError):
+    status = 400
+    detail = "bad request"
+
+
+class Unauthenticated(ProxyError):
+    """No usable credentials. The client is told how to authenticate, not why it failed."""
+
+    status = 401
+    detail = "authentication required"
+
+    def __init__(self, reason: str | None = None, *, invalid_token: bool = False) -> None:
+        challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+        super().__init__(reason, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ProxyError):
+    status = 403
+    detail = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    detail = "not found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    detail = "method not allowed"
+
+    def __init__(self, reason: str | None = None, *, allowed: str = "GET, HEAD") -> None:
+        super().__init__(reason, headers={"Allow": allowed})
+
+
+class PreconditionFailed(ProxyError):
+    status = 412
+    detail = "precondition failed"
+
+
+class RangeNotSatisfiable(ProxyError):
+    status = 416
+    detail = "range not satisfiable"
+
+    def __init__(self, reason: str | None = None, *, size: int | None = None) -> None:
+        headers = {"Content-Range": f"bytes */{size}"} if size is not None else {}
+        super().__init__(reason, headers=headers)
+
+
+class UpstreamError(ProxyError):
+    """S3 failed, refused or was unreachable. The client never sees S3's own words."""
+
+    status = 502
+    detail = "storage unavailable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    detail = "storage timed out"
+
+
+class NotModified(Exception):
+    """Not an error: a conditional request matched. Carries the validators to echo back."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = dict(headers)
+        super().__init__("not modified")

@@ -1,0 +1,199 @@
+"""Route patterns and key templates, compiled once at load; matching and key rendering. No I/O.
+
+Matching runs on the *raw* (still percent-encoded) request path, so `%2F` can never turn one
+segment into two. Each captured value is then decoded on its own and refused (400) if it holds
+anything that could move the rendered key outside the route's template: `.`/`..` segments,
+empty segments, backslashes, NUL or other control characters, or invalid UTF-8.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from .errors import BadRequest, Forbidden
+
+# `{name}` is one path segment; `{name:regex}` is a custom pattern (`.+` = rest of the path).
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
+# In key templates: `{param}` or `{claims.name}`.
+_TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+MAX_PARAM_LENGTH = 1024  # S3 keys are at most 1024 bytes; anything longer cannot exist.
+
+
+class TemplateError(ValueError):
+    """A pattern or template that cannot be compiled; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    source: str
+    regex: re.Pattern[str]
+    params: tuple[str, ...]
+    multi_segment: frozenset[str]  # params whose pattern may span several segments
+
+    def match(self, raw_path: str) -> dict[str, str] | None:
+        """Return the decoded params when `raw_path` matches; raise BadRequest on unsafe values."""
+        found = self.regex.fullmatch(raw_path)
+        if found is None:
+            return None
+        return {
+            name: decode_param(value, allow_slash=name in self.multi_segment)
+            for name, value in found.groupdict().items()
+        }
+
+
+def compile_pattern(source: str) -> PathPattern:
+    if not source.startswith("/"):
+        raise TemplateError(f"must start with '/', e.g. '/{source}'")
+    parts: list[str] = []
+    params: list[str] = []
+    multi: set[str] = set()
+    last = 0
+    for found in _PLACEHOLDER.finditer(source):
+        literal = source[last : found.start()]
+        if "{" in literal or "}" in literal:
+            raise TemplateError(f"unbalanced or invalid placeholder in {source!r}")
+        parts.append(re.escape(literal))
+        name, custom = found.group(1), found.group(2)
+        if name in params:
+            raise TemplateError(f"placeholder {{{name}}} appears twice in {source!r}")
+        params.append(name)
+        if custom is None:
+            parts.append(f"(?P<{name}>[^/]+)")
+        else:
+            try:
+                re.compile(custom)
+            except re.error as exc:
+                raise TemplateError(f"invalid regex for {{{name}}}: {exc}") from None
+            if re.fullmatch(custom, "a/b"):
+                multi.add(name)
+            parts.append(f"(?P<{name}>{custom})")
+        last = found.end()
+    tail = source[last:]
+    if "{" in tail or "}" in tail:
+        raise TemplateError(f"unbalanced or invalid placeholder in {source!r}")
+    parts.append(re.escape(tail))
+    return PathPattern(source, re.compile("".join(parts)), tuple(params), frozenset(multi))
+
+
+def decode_param(raw: str, *, allow_slash: bool) -> str:
+    """Percent-decode one captured value and refuse anything that could escape the template."""
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("path parameter is not valid UTF-8") from None
+    check_key_fragment(value, allow_slash=allow_slash, error=BadRequest)
+    return value
+
+
+def check_key_fragment(value: str, *, allow_slash: bool, error: type[Exception]) -> None:
+    if not value:
+        raise error("empty path parameter")
+    if len(value.encode()) > MAX_PARAM_LENGTH:
+        raise error("path parameter too long")
+    if _FORBIDDEN_CHARS.search(value):
+        raise error("path parameter contains a backslash or control character")
+    if "/" in value and not allow_slash:
+        raise error("path parameter contains '/' where one segment is expected")
+    for segment in value.split("/"):
+        if segment in ("", ".", ".."):
+            raise error("path parameter contains an empty, '.' or '..' segment")
+
+
+@dataclass(frozen=True)
+class KeyTemplate:
+    """A key template such as `users/{claims.sub}/{path}`, split into literal and reference parts.
+
+    Parts alternate: even indexes are literals, odd indexes are references, each either
+    ("param", name) or ("claim", name).
+    """
+
+    source: str
+    literals: tuple[str, ...]
+    refs: tuple[tuple[str, str], ...]
+
+    @property
+    def params(self) -> set[str]:
+        return {name for kind, name in self.refs if kind == "param"}
+
+    @property
+    def claims(self) -> set[str]:
+        return {name for kind, name in self.refs if kind == "claim"}
+
+    def render(self, params: Mapping[str, str], claims: Mapping[str, Any] | None) -> str:
+        out = [self.literals[0]]
+        for (kind, name), literal in zip(self.refs, self.literals[1:], strict=True):
+            if kind == "param":
+                out.append(params[name])
+            else:
+                out.append(claim_as_key_fragment(claims, name))
+            out.append(literal)
+        return "".join(out)
+
+
+def compile_template(source: str) -> KeyTemplate:
+    literals: list[str] = []
+    refs: list[tuple[str, str]] = []
+    last = 0
+    for found in _TEMPLATE_REF.finditer(source):
+        literal = source[last : found.start()]
+        if "}" in literal:
+            raise TemplateError(f"unbalanced '}}' in {source!r}")
+        literals.append(literal)
+        ref = found.group(1)
+        if ref.startswith("claims."):
+            name = ref.removeprefix("claims.")
+            if not name:
+                raise TemplateError(
+                    f"{{claims.}} needs a claim name, e.g. {{claims.sub}} in {source!r}"
+                )
+            refs.append(("claim", name))
+        elif _NAME.fullmatch(ref):
+            refs.append(("param", ref))
+        else:
+            raise TemplateError(
+                f"{{{ref}}} is neither a path parameter nor a claim; "
+                "use {name} for a path parameter or {claims.name} for a token claim"
+            )
+        last = found.end()
+    tail = source[last:]
+    if "{" in tail or "}" in tail:
+        raise TemplateError(f"unbalanced '{{' or '}}' in {source!r}")
+    literals.append(tail)
+    return KeyTemplate(source, tuple(literals), tuple(refs))
+
+
+def claim_as_key_fragment(claims: Mapping[str, Any] | None, name: str) -> str:
+    """A claim placed in a key must be present and be one safe segment; otherwise 403."""
+    value = (claims or {}).get(name)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Forbidden(f"token lacks claim {name!r} needed for the key")
+    text = str(value)
+    check_key_fragment(text, allow_slash=False, error=Forbidden)
+    return text
+
+
+@dataclass(frozen=True)
+class Match:
+    index: int
+    params: dict[str, str]
+
+
+class Router:
+    """First matching pattern wins. `patterns` come in config order."""
+
+    def __init__(self, patterns: Sequence[PathPattern]) -> None:
+        self._patterns = tuple(patterns)
+
+    def match(self, raw_path: str) -> Match | None:
+        path = raw_path.split("?", 1)[0]
+        for index, pattern in enumerate(self._patterns):
+            params = pattern.match(path)
+            if params is not None:
+                return Match(index, params)
+        return None

@@ -1,0 +1,226 @@
+"""Shared fixtures: a real moto S3 server on loopback, seeded objects, configs and tokens."""
+
+from __future__ import annotations
+
+import os
+
+# Test credentials for the whole session, set before botocore reads them; no real AWS
+# profile or instance metadata may leak in.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_CONFIG_FILE=os.devnull,
+    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    AWS_EC2_METADATA_DISABLED="true",
+)
+os.environ.pop("AWS_SESSION_TOKEN", None)
+os.environ.pop("AWS_PROFILE", None)
+
+import copy  # noqa: E402
+import hashlib  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import boto3  # noqa: E402
+import jwt  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from aiohttp.test_utils import TestClient  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+from proxy.app import create_app  # noqa: E402
+from proxy.config import Config, parse_config  # noqa: E402
+from proxy.storage import Storage  # noqa: E402
+
+SECRET = "test-secret-" + "x" * 40
+BIG_SIZE = 3 * 1024 * 1024 + 17  # spans many chunks, not a multiple of any chunk size
+
+
+def _pattern(size: int, seed: int) -> bytes:
+    block = hashlib.sha256(str(seed).encode()).digest() * 64  # 2 KiB, deterministic
+    return (block * (size // len(block) + 1))[:size]
+
+
+@dataclass(frozen=True)
+class S3Objects:
+    endpoint: str
+    photo: bytes
+    report: bytes
+    big: bytes
+    notes: bytes
+    album: bytes
+    odd_name_key: str
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint: str) -> S3Objects:
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    for bucket in ("hr-private", "reports", "user-files"):
+        client.create_bucket(Bucket=bucket)
+    objects = S3Objects(
+        endpoint=moto_endpoint,
+        photo=_pattern(10 * 1024, 1),
+        report=b"%PDF-1.4 quarterly numbers\n",
+        big=_pattern(BIG_SIZE, 2),
+        notes=b"alice's notes\n",
+        album=_pattern(5000, 3),
+        odd_name_key='exports/we"ird; name=x é.pdf',
+    )
+    put = client.put_object
+    put(Bucket="hr-private", Key="employees/42/photo.jpg", Body=objects.photo,
+        ContentType="image/jpeg")
+    put(Bucket="reports", Key="exports/q4.pdf", Body=objects.report,
+        ContentType="application/pdf")
+    put(Bucket="reports", Key="exports/big.bin", Body=objects.big)
+    put(Bucket="reports", Key=objects.odd_name_key, Body=objects.report)
+    put(Bucket="user-files", Key="users/alice/notes.txt", Body=objects.notes,
+        ContentType="text/plain")
+    put(Bucket="user-files", Key="users/alice/albums/trip/1.jpg", Body=objects.album,
+        ContentType="image/jpeg")
+    return objects
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "listen": {"host": "127.0.0.1", "port": 0},
+    "s3": {
+        "region": "us-east-1",
+        "addressing_style": "path",
+        "connect_timeout": 2,
+        "read_timeout": 5,
+        "max_attempts": 1,
+    },
+    "auth": {"algorithms": ["HS256"], "secret": SECRET},
+    "routes": [
+        {
+            "name": "employee-photos",
+            "match": "/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.jpg",
+            "delivery": "redirect",
+            "access": "authenticated",
+            "ttl": 300,
+            "cache_control": "private, max-age=300",
+        },
+        {
+            "name": "photo-stream",
+            "match": "/stream/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.jpg",
+            "delivery": "stream",
+            "access": "authenticated",
+        },
+        {
+            "name": "admin-exports",
+            "match": "/admin/exports/{path:.+}",
+            "bucket": "reports",
+            "key": "exports/{path}",
+            "delivery": "stream",
+            "access": {"claims": {"role": "admin"}},
+            "disposition": "attachment",
+        },
+        {
+            "name": "admin-links",
+            "match": "/admin/links/{path:.+}",
+            "bucket": "reports",
+            "key": "exports/{path}",
+            "delivery": "redirect",
+            "access": {"claims": {"role": "admin"}},
+            "disposition": "attachment",
+            "ttl": 60,
+        },
+        {
+            "name": "my-files",
+            "match": "/me/{path:.+}",
+            "bucket": "user-files",
+            "key": "users/{claims.sub}/{path}",
+            "delivery": "stream",
+            "access": "authenticated",
+        },
+        {
+            "name": "user-albums",
+            "match": "/users/{user}/albums/{path:.+}",
+            "bucket": "user-files",
+            "key": "users/{user}/albums/{path}",
+            "delivery": "stream",
+            "access": {"claims": {"sub": "{user}"}},
+        },
+        {
+            "name": "public-photos",
+            "match": "/public/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.jpg",
+            "delivery": "stream",
+            "access": "public",
+        },
+    ],
+}
+
+
+def config_dict(endpoint: str | None = None, **sections: Any) -> dict[str, Any]:
+    data = copy.deepcopy(BASE_CONFIG)
+    if endpoint is not None:
+        data["s3"]["endpoint_url"] = endpoint
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name].update(value)
+        else:
+            data[name] = value
+    return data
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    return parse_config(yaml.safe_dump(data), env={})
+
+
+def make_token(sub: str = "alice", ttl: int = 3600, now: float | None = None,
+               key: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    issued = int(time.time() if now is None else now)
+    payload = {"sub": sub, "iat": issued, "exp": issued + ttl, **claims}
+    return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Clock:
+    """An injectable clock; tests move time by assignment, never by sleeping."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ProxyFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
+    """Start the proxy on a real loopback socket against moto; returns a TestClient."""
+
+    async def start(
+        data: dict[str, Any] | None = None,
+        storage: Storage | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> TestClient[Any, Any]:
+        config = build_config(data or config_dict(s3.endpoint))
+        client: TestClient[Any, Any] = await aiohttp_client(
+            create_app(config, storage=storage, clock=clock)
+        )
+        return client
+
+    return start
