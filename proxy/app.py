@@ -78,20 +78,13 @@ def _access_log(clock: Clock) -> Any:
         finally:
             if response is not None:
                 record.status = response.status
-                record.bytes_sent = _bytes_sent(request, response)
+                if not response.prepared and request.method != "HEAD":
+                    record.bytes_sent = response.content_length or 0
             elif not record.status:
                 record.status = 500
             record.emit(clock(), time.perf_counter() - started)
 
     return access_log
-
-
-def _bytes_sent(request: web.Request, response: web.StreamResponse) -> int:
-    if request.method == "HEAD":
-        return 0
-    if response.prepared:
-        return response.body_length
-    return response.content_length or 0
 
 
 @web.middleware
@@ -187,6 +180,8 @@ class _Handler:
         overrides.setdefault("Cache-Control", "private, no-cache")
         outcome = Outcome()
         response = await stream(request, self._storage, settings.bucket, key, overrides, outcome)
+        record = request[_RECORD]
+        record.bytes_sent = outcome.bytes_sent
         if outcome.aborted:
-            request[_RECORD].reason = outcome.aborted
+            record.reason = outcome.aborted
         return response

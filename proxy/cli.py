@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     from .app import create_app
 
-    logging.basicConfig(level=args.log_level, format="%(message)s", stream=sys.stdout)
+    configure_logging(args.log_level)
     listen = config.settings.listen
     host = args.host or listen.host
     port = args.port if args.port is not None else listen.port
@@ -81,6 +81,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         print=None,
     )
     return 0
+
+
+def configure_logging(level: str) -> None:
+    """JSON access lines on stdout. botocore stays at WARNING even in DEBUG runs: its debug
+    output includes signed request headers, and no signature may reach a log."""
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    for noisy in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:

@@ -26,6 +26,7 @@ class Outcome:
     """What delivery reports to the access log."""
 
     bytes_from_s3: int = 0
+    bytes_sent: int = 0
     aborted: str | None = None
 
 
@@ -127,6 +128,7 @@ async def stream(
             async for chunk in obj.chunks:
                 chunk_outcome.bytes_from_s3 += len(chunk)
                 await response.write(chunk)
+                chunk_outcome.bytes_sent += len(chunk)
         except ConnectionError:
             chunk_outcome.aborted = "client disconnected"
             return response

@@ -28,7 +28,8 @@ import boto3  # noqa: E402
 import jwt  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
-from aiohttp.test_utils import TestClient  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp.web import AppRunner  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from proxy.app import create_app  # noqa: E402
@@ -208,6 +209,15 @@ class Clock:
 ProxyFactory = Callable[..., Any]
 
 
+class ProductionLikeServer(TestServer):
+    """Runs the app the way `serve` does: no aiohttp access log (it would log query tokens),
+    and handlers are not cancelled when a client disconnects."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        kwargs.update(access_log=None, handler_cancellation=False)
+        return AppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
     """Start the proxy on a real loopback socket against moto; returns a TestClient."""
@@ -218,9 +228,28 @@ def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
         clock: Callable[[], float] = time.time,
     ) -> TestClient[Any, Any]:
         config = build_config(data or config_dict(s3.endpoint))
-        client: TestClient[Any, Any] = await aiohttp_client(
-            create_app(config, storage=storage, clock=clock)
-        )
+        server = ProductionLikeServer(create_app(config, storage=storage, clock=clock))
+        client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 
     return start
+
+
+async def raw_request(
+    client: TestClient[Any, Any], target: str, headers: dict[str, str] | None = None,
+    method: str = "GET",
+) -> tuple[int, dict[str, str], bytes]:
+    """Send `target` byte for byte (no client-side normalization of `..` or escapes)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"{method} {target} HTTP/1.1", "Host: proxy", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), parsed, body

@@ -1,0 +1,77 @@
+"""The JSON access log: one line per request, the agreed fields, and never a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from proxy.cli import configure_logging
+
+from .conftest import S3Objects, bearer, make_token
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+
+
+async def test_one_json_line_per_request_with_the_agreed_fields(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    client = await proxy()
+    token = make_token("alice")
+    ok = await client.get("/stream/photos/42", headers=bearer(token))
+    await ok.read()
+    await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
+    await client.get("/admin/exports/q4.pdf", headers=bearer(token))
+
+    stream, redirect, denied = _lines(caplog)
+    assert set(stream) >= {"time", "route", "sub", "method", "status", "bytes", "duration_ms",
+                           "delivery"}
+    assert stream["route"] == "photo-stream"
+    assert stream["sub"] == "alice"
+    assert stream["method"] == "GET"
+    assert stream["status"] == 200
+    assert stream["bytes"] == len(s3.photo)
+    assert stream["delivery"] == "stream"
+    assert redirect["status"] == 302
+    assert redirect["delivery"] == "redirect"
+    assert denied["status"] == 403
+    assert denied["reason"] == "claim 'role' missing"  # the log says why; the body never does
+
+
+async def test_no_token_cookie_or_signature_reaches_the_log(
+    proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_logging("DEBUG")  # what `serve --log-level DEBUG` does
+    caplog.set_level(logging.DEBUG)
+    client = await proxy()
+    token = make_token("alice")
+    for response in (
+        await client.get("/stream/photos/42", params={"token": token}),
+        await client.get("/stream/photos/42", headers={"Cookie": f"access_token={token}; x=1"}),
+    ):
+        assert response.status == 200
+        await response.read()
+    redirect = await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
+    signature = redirect.headers["Location"].split("X-Amz-Signature=")[1]
+    await client.get("/stream/photos/42", headers=bearer(token + "tampered"))
+
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert len(_lines(caplog)) == 4
+    assert token not in text
+    assert token.split(".")[2] not in text  # not even the signature part alone
+    assert signature not in text
+    assert "X-Amz-Credential" not in text
+
+
+async def test_failures_say_why_in_the_log(proxy, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    client = await proxy()
+    await client.get("/stream/photos/42", headers=bearer(make_token(ttl=-3600)))
+    await client.get("/stream/photos/999", headers=bearer(make_token()))
+    expired, missing = _lines(caplog)
+    assert (expired["status"], expired["reason"]) == (401, "token expired")
+    assert (missing["status"], missing["reason"]) == (404, "GetObject: no such key")
