@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import jwt
@@ -52,15 +51,25 @@ def extract_token(
 
 
 def parse_cookie_header(header: str | None) -> dict[str, str]:
-    """Lenient cookie parsing: a malformed cookie from another app must not break auth."""
+    """Split a Cookie header the way browsers send it (RFC 6265 5.4): `a=1; b=2`.
+
+    Deliberately lenient and by hand: http.cookies stops at the first cookie it cannot parse,
+    so one odd cookie from another app on the same domain would hide the token. The first
+    occurrence of a name wins (browsers send the most specific path first).
+    """
+    cookies: dict[str, str] = {}
     if not header:
-        return {}
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return {}
-    return {name: morsel.value for name, morsel in jar.items()}
+        return cookies
+    for pair in header.split(";"):
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name or name in cookies:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        cookies[name] = value
+    return cookies
 
 
 class TokenVerifier:

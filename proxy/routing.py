@@ -21,7 +21,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::((?:[^{}]|\{[^{}]*\})+
 # In key templates: `{param}` or `{claims.name}`.
 _TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+# C0/C1 controls, DEL, backslash, and bidi controls (which can disguise a file name's extension).
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 MAX_PARAM_LENGTH = 1024  # S3 keys are at most 1024 bytes; anything longer cannot exist.
 
 
@@ -41,8 +42,10 @@ class PathPattern:
         found = self.regex.fullmatch(raw_path)
         if found is None:
             return None
+        # A value may hold '/' when its pattern spans segments: known from the pattern where
+        # possible, or evident when the raw capture itself crossed a '/'.
         return {
-            name: decode_param(value, allow_slash=name in self.multi_segment)
+            name: decode_param(value, allow_slash=name in self.multi_segment or "/" in value)
             for name, value in found.groupdict().items()
         }
 
@@ -78,7 +81,14 @@ def compile_pattern(source: str) -> PathPattern:
     if "{" in tail or "}" in tail:
         raise TemplateError(f"unbalanced or invalid placeholder in {source!r}")
     parts.append(re.escape(tail))
-    return PathPattern(source, re.compile("".join(parts)), tuple(params), frozenset(multi))
+    try:
+        regex = re.compile("".join(parts))
+    except re.error as exc:
+        raise TemplateError(
+            f"a placeholder regex does not fit inside the route pattern ({exc}); "
+            "avoid inline flags, backreferences and named groups"
+        ) from None
+    return PathPattern(source, regex, tuple(params), frozenset(multi))
 
 
 def decode_param(raw: str, *, allow_slash: bool) -> str:
@@ -142,8 +152,8 @@ def compile_template(source: str) -> KeyTemplate:
     last = 0
     for found in _TEMPLATE_REF.finditer(source):
         literal = source[last : found.start()]
-        if "}" in literal:
-            raise TemplateError(f"unbalanced '}}' in {source!r}")
+        if "{" in literal or "}" in literal:
+            raise TemplateError(f"unbalanced '{{' or '}}' in {source!r}")
         literals.append(literal)
         ref = found.group(1)
         if ref.startswith("claims."):

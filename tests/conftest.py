@@ -17,24 +17,24 @@ os.environ.update(
 os.environ.pop("AWS_SESSION_TOKEN", None)
 os.environ.pop("AWS_PROFILE", None)
 
-import copy  # noqa: E402
-import hashlib  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+import copy
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-import boto3  # noqa: E402
-import jwt  # noqa: E402
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
-from aiohttp.web import AppRunner  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+import boto3
+import jwt
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import AppRunner
+from moto.server import ThreadedMotoServer
 
-from proxy.app import create_app  # noqa: E402
-from proxy.config import Config, parse_config  # noqa: E402
-from proxy.storage import Storage  # noqa: E402
+from proxy.app import create_app
+from proxy.config import Config, parse_config
+from proxy.storage import Storage
 
 SECRET = "test-secret-" + "x" * 40
 BIG_SIZE = 3 * 1024 * 1024 + 17  # spans many chunks, not a multiple of any chunk size
@@ -80,16 +80,27 @@ def s3(moto_endpoint: str) -> S3Objects:
         odd_name_key='exports/we"ird; name=x é.pdf',
     )
     put = client.put_object
-    put(Bucket="hr-private", Key="employees/42/photo.jpg", Body=objects.photo,
-        ContentType="image/jpeg")
-    put(Bucket="reports", Key="exports/q4.pdf", Body=objects.report,
-        ContentType="application/pdf")
+    put(
+        Bucket="hr-private",
+        Key="employees/42/photo.jpg",
+        Body=objects.photo,
+        ContentType="image/jpeg",
+    )
+    put(Bucket="reports", Key="exports/q4.pdf", Body=objects.report, ContentType="application/pdf")
     put(Bucket="reports", Key="exports/big.bin", Body=objects.big)
     put(Bucket="reports", Key=objects.odd_name_key, Body=objects.report)
-    put(Bucket="user-files", Key="users/alice/notes.txt", Body=objects.notes,
-        ContentType="text/plain")
-    put(Bucket="user-files", Key="users/alice/albums/trip/1.jpg", Body=objects.album,
-        ContentType="image/jpeg")
+    put(
+        Bucket="user-files",
+        Key="users/alice/notes.txt",
+        Body=objects.notes,
+        ContentType="text/plain",
+    )
+    put(
+        Bucket="user-files",
+        Key="users/alice/albums/trip/1.jpg",
+        Body=objects.album,
+        ContentType="image/jpeg",
+    )
     return objects
 
 
@@ -185,8 +196,14 @@ def build_config(data: dict[str, Any]) -> Config:
     return parse_config(yaml.safe_dump(data), env={})
 
 
-def make_token(sub: str = "alice", ttl: int = 3600, now: float | None = None,
-               key: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+def make_token(
+    sub: str = "alice",
+    ttl: int = 3600,
+    now: float | None = None,
+    key: str = SECRET,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
     issued = int(time.time() if now is None else now)
     payload = {"sub": sub, "iat": issued, "exp": issued + ttl, **claims}
     return jwt.encode(payload, key, algorithm=algorithm)
@@ -236,7 +253,9 @@ def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
 
 
 async def raw_request(
-    client: TestClient[Any, Any], target: str, headers: dict[str, str] | None = None,
+    client: TestClient[Any, Any],
+    target: str,
+    headers: dict[str, str] | None = None,
     method: str = "GET",
 ) -> tuple[int, dict[str, str], bytes]:
     """Send `target` byte for byte (no client-side normalization of `..` or escapes)."""

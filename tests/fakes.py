@@ -30,7 +30,11 @@ class FakeStorage:
         return ObjectStream(meta=meta, chunks=self._chunks(body), _close=self._closed)
 
     async def presign(
-        self, method: str, bucket: str, key: str, expires_in: int,
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        expires_in: int,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
         self.calls.append(("presign", bucket, key))

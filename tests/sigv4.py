@@ -25,15 +25,26 @@ def verify_presigned_url(
         f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
     )
     canonical_request = "\n".join(
-        [method, parts.path, canonical_query, f"host:{parts.netloc}", "", "host",
-         "UNSIGNED-PAYLOAD"]
+        [
+            method,
+            parts.path,
+            canonical_query,
+            f"host:{parts.netloc}",
+            "",
+            "host",
+            "UNSIGNED-PAYLOAD",
+        ]
     )
-    access_key, date, region, service, terminator = params["X-Amz-Credential"].split("/")
+    _access_key, date, region, service, terminator = params["X-Amz-Credential"].split("/")
     assert terminator == "aws4_request"
     scope = f"{date}/{region}/{service}/aws4_request"
     string_to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", params["X-Amz-Date"], scope,
-         hashlib.sha256(canonical_request.encode()).hexdigest()]
+        [
+            "AWS4-HMAC-SHA256",
+            params["X-Amz-Date"],
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
     )
     key = ("AWS4" + secret_key).encode()
     for part in (date, region, service, "aws4_request"):

@@ -28,8 +28,16 @@ async def test_one_json_line_per_request_with_the_agreed_fields(
     await client.get("/admin/exports/q4.pdf", headers=bearer(token))
 
     stream, redirect, denied = _lines(caplog)
-    assert set(stream) >= {"time", "route", "sub", "method", "status", "bytes", "duration_ms",
-                           "delivery"}
+    assert set(stream) >= {
+        "time",
+        "route",
+        "sub",
+        "method",
+        "status",
+        "bytes",
+        "duration_ms",
+        "delivery",
+    }
     assert stream["route"] == "photo-stream"
     assert stream["sub"] == "alice"
     assert stream["method"] == "GET"

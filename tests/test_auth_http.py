@@ -66,8 +66,8 @@ async def test_hs_token_signed_with_the_public_key_is_401(proxy, s3: S3Objects, 
     )
     good = jwt.encode({"sub": "alice", "exp": 2**40}, private, algorithm="RS256")
     assert (await client.get("/stream/photos/42", headers=bearer(good))).status == 200
-    forged_payload = _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64(
-        {"sub": "alice", "exp": 2**40}
+    forged_payload = (
+        _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64({"sub": "alice", "exp": 2**40})
     )
     signature = hmac.new(pem, forged_payload.encode(), hashlib.sha256).digest()
     forged = forged_payload + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
@@ -88,10 +88,12 @@ async def test_expiry_honours_leeway_with_an_injected_clock(proxy, s3: S3Objects
 
 @pytest.mark.parametrize(
     ("claims", "status"),
-    [({"iss": "https://idp.example", "aud": "files"}, 200),
-     ({"iss": "https://evil.example", "aud": "files"}, 401),
-     ({"iss": "https://idp.example", "aud": "other"}, 401),
-     ({"aud": "files"}, 401)],
+    [
+        ({"iss": "https://idp.example", "aud": "files"}, 200),
+        ({"iss": "https://evil.example", "aud": "files"}, 401),
+        ({"iss": "https://idp.example", "aud": "other"}, 401),
+        ({"aud": "files"}, 401),
+    ],
 )
 async def test_issuer_and_audience_are_checked(proxy, s3: S3Objects, claims, status) -> None:
     data = config_dict(s3.endpoint, auth={"issuer": "https://idp.example", "audience": "files"})

@@ -49,8 +49,12 @@ async def test_head_sends_headers_without_body(proxy, s3: S3Objects) -> None:
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=0-99", 0, 99), ("bytes=100-", 100, None), ("bytes=-50", None, 50),
-     ("bytes=10-99999999", 10, None)],
+    [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, None),
+        ("bytes=-50", None, 50),
+        ("bytes=10-99999999", 10, None),
+    ],
 )
 async def test_single_range_gives_206(proxy, s3: S3Objects, header, start, end) -> None:
     client = await proxy()
@@ -77,8 +81,9 @@ async def test_unsatisfiable_range_is_416_with_size(proxy, s3: S3Objects) -> Non
     assert response.headers["Content-Range"] == f"bytes */{len(s3.photo)}"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-9", "bytes=9-2", "items=0-1", "bytes=abc",
-                                    "bytes=-0"])
+@pytest.mark.parametrize(
+    "header", ["bytes=0-1,5-9", "bytes=9-2", "items=0-1", "bytes=abc", "bytes=-0"]
+)
 async def test_multi_or_malformed_range_is_ignored(proxy, s3: S3Objects, header) -> None:
     client = await proxy()
     response = await client.get("/stream/photos/42", headers={**ALICE, "Range": header})
@@ -142,7 +147,7 @@ async def test_attachment_disposition_is_safe_for_odd_key_names(proxy, s3: S3Obj
     assert response.status == 200
     assert await response.read() == s3.report
     assert response.headers["Content-Disposition"] == (
-        "attachment; filename=\"we_ird_ name_x e.pdf\"; "
+        'attachment; filename="we_ird_ name_x e.pdf"; '
         "filename*=UTF-8''we%22ird%3B%20name%3Dx%20%C3%A9.pdf"
     )
 

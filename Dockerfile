@@ -1,0 +1,25 @@
+# The proxy as a container: slim Python, non-root, config mounted at /etc/s3-proxy/config.yaml.
+#   docker build -t s3-private-proxy .
+#   docker run -p 8080:8080 -e JWT_SECRET=... -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... \
+#     -v "$PWD/config.yaml:/etc/s3-proxy/config.yaml:ro" s3-private-proxy
+# The default command listens on 0.0.0.0 inside the container whatever listen.host says.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+RUN pip install . \
+ && useradd --system --uid 10001 --no-create-home proxy \
+ && mkdir -p /etc/s3-proxy
+
+COPY config.yaml /etc/s3-proxy/config.yaml
+
+USER proxy
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "proxy"]
+CMD ["serve", "--config", "/etc/s3-proxy/config.yaml", "--host", "0.0.0.0"]

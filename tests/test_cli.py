@@ -1,0 +1,124 @@
+"""The command line as a user runs it: `python -m proxy check | token | serve` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jwt
+import yaml
+
+from .conftest import SECRET, S3Objects, bearer, config_dict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_accepts_the_example_config() -> None:
+    result = _run("check", "--config", "config.yaml", env={"JWT_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "config.yaml: OK, 4 routes" in result.stdout
+    assert "employee-photos: /photos/{employee_id} -> s3://hr-private/" in result.stdout
+
+
+def test_check_names_the_bad_key_and_exits_non_zero(tmp_path: Path) -> None:
+    data = config_dict()
+    data["routes"][0]["ttl"] = 10**6
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = _run("check", "--config", str(path))
+    assert result.returncode == 2
+    assert "routes[0] (employee-photos).ttl: Input should be less than or equal to 604800" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_token_prints_a_token_the_proxy_accepts() -> None:
+    result = _run(
+        "token",
+        "--config",
+        "config.yaml",
+        "--sub",
+        "alice",
+        "--claim",
+        "role=admin",
+        "--claim",
+        'groups=["a","b"]',
+        "--ttl",
+        "600",
+        env={"JWT_SECRET": SECRET},
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["role"] == "admin"
+    assert claims["groups"] == ["a", "b"]
+    assert claims["exp"] - claims["iat"] == 600
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path: Path) -> None:
+    port = _free_port()
+    path = tmp_path / "config.yaml"
+    data = config_dict(s3.endpoint, listen={"host": "127.0.0.1", "port": port})
+    path.write_text(yaml.safe_dump(data))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/stream/photos/42", headers=bearer(_token())
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == 200
+                    assert response.read() == s3.photo
+                    break
+            except urllib.error.URLError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "proxy did not start"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    access = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert [(a["route"], a["status"]) for a in access] == [("photo-stream", 200)]
+
+
+def _token() -> str:
+    return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")

@@ -1,0 +1,185 @@
+"""Config loading: every mistake is caught at load, naming the key path and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.config import ConfigError, load_config, parse_config
+
+from .conftest import SECRET, config_dict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _problems(data: dict[str, Any] | str, env: dict[str, str] | None = None) -> list[str]:
+    text = data if isinstance(data, str) else yaml.safe_dump(data)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, env=env or {})
+    return caught.value.problems
+
+
+def _route(**changes: Any) -> dict[str, Any]:
+    data = config_dict()
+    data["routes"] = [{**data["routes"][0], **changes}]
+    return data
+
+
+def test_the_shipped_example_config_loads() -> None:
+    config = load_config(REPO / "config.yaml", env={"JWT_SECRET": SECRET})
+    assert [route.name for route in config.routes] == [
+        "employee-photos",
+        "admin-exports",
+        "my-files",
+        "user-albums",
+    ]
+    assert config.settings.s3.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_defaults_fill_what_is_left_out() -> None:
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "auth": {"secret": SECRET},
+                "routes": [
+                    {
+                        "name": "r",
+                        "match": "/f/{id}",
+                        "bucket": "bkt",
+                        "key": "{id}",
+                        "delivery": "stream",
+                        "access": "authenticated",
+                    }
+                ],
+            }
+        ),
+        env={},
+    )
+    settings = config.settings
+    assert (settings.listen.host, settings.listen.port) == ("127.0.0.1", 8080)
+    assert settings.auth.algorithms == ["HS256"]
+    assert [s.kind for s in settings.auth.sources] == ["header", "cookie", "query"]
+    assert settings.routes[0].ttl == 300
+    assert settings.s3.endpoint_url is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"delivery": "teleport"}, "routes[0] (employee-photos).delivery: Input should be"),
+        ({"ttl": 604801}, "routes[0] (employee-photos).ttl: Input should be less than or equal"),
+        ({"ttl": 0}, "routes[0] (employee-photos).ttl: Input should be greater than or equal"),
+        (
+            {"key": "employees/{employee}/photo.jpg"},
+            "routes[0] (employee-photos).key: {employee} is not a parameter of match",
+        ),
+        ({"access": "everyone"}, "routes[0] (employee-photos).access: unknown access rule"),
+        (
+            {"access": {"claims": {"sub": "{owner}"}}},
+            "routes[0] (employee-photos).access: claims.sub: {owner} is not a parameter",
+        ),
+        ({"match": "photos/{id}"}, "routes[0] (employee-photos).match: must start with '/'"),
+        ({"colour": "blue"}, "routes[0] (employee-photos).colour: unknown key"),
+        ({"cache_control": "private\r\nSet-Cookie: x"}, "cache_control: must be a single line"),
+        (
+            {"access": "public", "key": "users/{claims.sub}/photo.jpg"},
+            "a public route cannot use claims in its key",
+        ),
+    ],
+)
+def test_route_mistakes_name_the_key(changes: dict[str, Any], expected: str) -> None:
+    problems = _problems(_route(**changes))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_a_route_without_access_is_refused() -> None:
+    data = _route()
+    del data["routes"][0]["access"]
+    assert _problems(data) == ["routes[0] (employee-photos).access: required key is missing"]
+
+
+def test_missing_secret_names_the_variable() -> None:
+    data = config_dict()
+    data["auth"]["secret"] = "${JWT_SECRET}"
+    problems = _problems(data)
+    assert problems == [
+        "auth.secret: environment variable JWT_SECRET is not set; export JWT_SECRET=..."
+    ]
+
+
+def test_short_secret_is_refused_with_the_fix() -> None:
+    data = config_dict(auth={"secret": "short"})
+    (problem,) = _problems(data)
+    assert problem.startswith("auth.secret: too short for HS256 (5 bytes, need 32)")
+    assert "secrets.token_urlsafe" in problem
+
+
+def test_no_secret_at_all() -> None:
+    data = config_dict()
+    del data["auth"]["secret"]
+    (problem,) = _problems(data)
+    assert problem.startswith("auth.secret: required for HS256")
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "HS1"])
+def test_bad_algorithms_are_refused(alg: str) -> None:
+    (problem,) = _problems(config_dict(auth={"algorithms": ["HS256", alg]}))
+    assert problem.startswith("auth.algorithms[1]:") or problem.startswith("auth.algorithms:")
+
+
+def test_unreadable_public_key_file(tmp_path: Path) -> None:
+    data = config_dict(auth={"algorithms": ["RS256"], "public_key_file": str(tmp_path / "no.pem")})
+    (problem,) = _problems(data)
+    assert problem.startswith(f"auth.public_key_file: cannot read {tmp_path / 'no.pem'}")
+
+
+def test_invalid_public_key(tmp_path: Path) -> None:
+    key = tmp_path / "bad.pem"
+    key.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
+    data = config_dict(auth={"algorithms": ["RS256"], "public_key_file": str(key)})
+    assert _problems(data) == ["auth.public_key_file: not a valid PEM public key for RS256"]
+
+
+def test_asymmetric_algorithm_without_a_key() -> None:
+    (problem,) = _problems(config_dict(auth={"algorithms": ["RS256"]}))
+    assert problem.startswith("auth.public_key_file: required for RS256")
+
+
+def test_bad_yaml_reports_its_line() -> None:
+    text = "listen:\n  host: 127.0.0.1\nroutes:\n  - name: [unclosed\n"
+    (problem,) = _problems(text)
+    assert problem.startswith("<config>: line 5")
+    assert "invalid YAML" in problem
+
+
+def test_several_mistakes_are_reported_together() -> None:
+    data = config_dict()
+    data["routes"][0]["ttl"] = -1
+    data["routes"][1]["delivery"] = "fax"
+    assert len(_problems(data)) == 2
+
+
+def test_duplicate_route_names() -> None:
+    data = config_dict()
+    data["routes"][1]["name"] = data["routes"][0]["name"]
+    assert any("duplicate route name" in p for p in _problems(data))
+
+
+def test_env_expansion_with_default() -> None:
+    data = config_dict()
+    data["s3"]["endpoint_url"] = "${S3_URL:-http://127.0.0.1:9000}"
+    data["auth"]["secret"] = "${JWT_SECRET}"
+    config = parse_config(yaml.safe_dump(data), env={"JWT_SECRET": SECRET})
+    assert config.settings.s3.endpoint_url == "http://127.0.0.1:9000"
+    assert config.settings.auth.secret is not None
+    assert config.settings.auth.secret.get_secret_value() == SECRET
+    assert SECRET not in repr(config.settings)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("/nonexistent/config.yaml")
+    assert caught.value.problems[0].startswith("/nonexistent/config.yaml: cannot read")
