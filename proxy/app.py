@@ -17,11 +17,30 @@ from aiohttp import web
 
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token, parse_cookie_header
-from .config import Config, Route
-from .delivery import Outcome, content_disposition, redirect, stream
-from .errors import Forbidden, MethodNotAllowed, NotFound, NotModified, ProxyError, Unauthenticated
+from .config import Config, Route, RouteSettings
+from .delivery import (
+    Outcome,
+    SignedLink,
+    content_disposition,
+    redirect_response,
+    sign_link,
+    stream,
+    wants_json,
+)
+from .errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    NotModified,
+    PayloadTooLarge,
+    ProxyError,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from .metacache import MetadataCache
 from .routing import Router
-from .storage import S3Storage, Storage
+from .storage import Conditions, S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
@@ -118,14 +137,22 @@ def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Re
 
 class _Handler:
     def __init__(self, config: Config, storage: Storage, clock: Clock) -> None:
+        settings = config.settings
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
-        self._auth = config.settings.auth
-        self._verifier = TokenVerifier(config.settings.auth, clock)
+        self._auth = settings.auth
+        self._verifier = TokenVerifier(settings.auth, clock)
         self._storage = storage
+        self._clock = clock
+        self._metadata = MetadataCache(
+            settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
+        )
+        self._sign_api = settings.sign_api
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        record: AccessRecord = request[_RECORD]
+        record = request[_RECORD]
+        if self._sign_api.enabled and record.path == self._sign_api.path:
+            return await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
         if found is None:
             raise NotFound("no route matches")
@@ -137,19 +164,17 @@ class _Handler:
             raise MethodNotAllowed(
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
+        claims = self._authenticate(request, record) if route.rule.needs_token else None
+        key = self._authorize(route, found.params, claims)
+        return await self._deliver(request, record, route, key, claims)
 
-        claims = self._authenticate(request, route, record)
-        denial = route.rule.denial(claims or {}, found.params) if claims is not None else None
-        if denial is not None:
-            raise Forbidden(denial)
-        key = route.key.render(found.params, claims)
-        return await self._deliver(request, route, key)
+    def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
+        claims = self._optional_claims(request, record)
+        if claims is None:
+            raise Unauthenticated("no token")
+        return claims
 
-    def _authenticate(
-        self, request: web.Request, route: Route, record: AccessRecord
-    ) -> dict[str, Any] | None:
-        if not route.rule.needs_token:
-            return None
+    def _optional_claims(self, request: web.Request, record: AccessRecord) -> dict[str, Any] | None:
         found = extract_token(
             self._auth,
             request.headers,
@@ -157,31 +182,130 @@ class _Handler:
             request.query,
         )
         if found is None:
-            raise Unauthenticated("no token")
+            return None
         record.token_source, token = found
         claims = self._verifier.verify(token)
         sub = claims.get("sub")
         record.sub = str(sub)[:256] if sub is not None else None
         return claims
 
-    async def _deliver(self, request: web.Request, route: Route, key: str) -> web.StreamResponse:
+    @staticmethod
+    def _authorize(route: Route, params: dict[str, str], claims: dict[str, Any] | None) -> str:
+        """Check the rule, then render the key; both before any S3 call."""
+        if route.rule.needs_token:
+            if claims is None:
+                raise Unauthenticated("no token")
+            denial = route.rule.denial(claims, params)
+            if denial is not None:
+                raise Forbidden(denial)
+        return route.key.render(params, claims)
+
+    async def _choose_delivery(self, route: Route, key: str) -> str:
         settings = route.settings
-        overrides: dict[str, str] = {}
-        if settings.disposition:
-            overrides["Content-Disposition"] = content_disposition(settings.disposition, key)
-        if settings.content_type:
-            overrides["Content-Type"] = settings.content_type
-        if settings.cache_control:
-            overrides["Cache-Control"] = settings.cache_control
-        if settings.delivery == "redirect":
-            return await redirect(
-                request, self._storage, settings.bucket, key, settings.ttl, overrides
-            )
+        if settings.delivery != "auto":
+            return settings.delivery
+        meta = self._metadata.get(settings.bucket, key)
+        if meta is None:
+            meta = await self._storage.head(settings.bucket, key, NO_CONDITIONS)
+            self._metadata.put(settings.bucket, key, meta)
+        return "stream" if meta.content_length < settings.stream_below else "redirect"
+
+    async def _sign(
+        self, route: Route, key: str, method: str, claims: dict[str, Any] | None
+    ) -> SignedLink:
+        settings = route.settings
+        exp = (claims or {}).get("exp")
+        return await sign_link(
+            self._storage,
+            settings,
+            method,
+            settings.bucket,
+            key,
+            _overrides(settings, key),
+            self._clock(),
+            exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+        )
+
+    async def _deliver(
+        self,
+        request: web.Request,
+        record: AccessRecord,
+        route: Route,
+        key: str,
+        claims: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        settings = route.settings
+        delivery = await self._choose_delivery(route, key)
+        if settings.delivery == "auto":
+            record.delivery = f"auto:{delivery}"
+        if delivery == "redirect":
+            link = await self._sign(route, key, request.method, claims)
+            return redirect_response(link, wants_json(request.headers.get("Accept")))
+        overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
         outcome = Outcome()
         response = await stream(request, self._storage, settings.bucket, key, overrides, outcome)
-        record = request[_RECORD]
         record.bytes_sent = outcome.bytes_sent
         if outcome.aborted:
             record.reason = outcome.aborted
         return response
+
+    async def _sign_batch(self, request: web.Request, record: AccessRecord) -> web.Response:
+        """One request for a whole page of links (the N+1 problem): each path is authorized
+        exactly as if it were requested with GET, and answered on its own."""
+        record.route = "sign-api"
+        record.delivery = "sign"
+        if request.method != "POST":
+            raise MethodNotAllowed("sign API takes POST", allowed="POST")
+        if request.content_type != "application/json":
+            # Also keeps this endpoint out of reach of cross-site HTML forms (no preflight).
+            raise UnsupportedMediaType("sign API needs Content-Type: application/json")
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
+        paths = body.get("paths") if isinstance(body, dict) else None
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise BadRequest(
+                "sign API without a list of paths", detail='expected {"paths": ["/path", ...]}'
+            )
+        if len(paths) > self._sign_api.max_paths:
+            raise PayloadTooLarge(
+                f"sign API batch of {len(paths)} paths",
+                detail=f"at most {self._sign_api.max_paths} paths per request",
+            )
+        claims = self._optional_claims(request, record)
+        results = [await self._sign_one(path, claims) for path in paths]
+        record.reason = f"{len(paths)} paths"
+        return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
+
+    async def _sign_one(self, path: str, claims: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            found = self._router.match(path) if path.startswith("/") else None
+            if found is None:
+                raise NotFound("no route matches")
+            route = self._routes[found.index]
+            if "GET" not in route.settings.methods:
+                raise MethodNotAllowed("route does not allow GET")
+            key = self._authorize(route, found.params, claims)
+            if await self._choose_delivery(route, key) == "stream":
+                # Streamed objects are fetched from the proxy itself, with the caller's token.
+                return {"path": path, "url": path, "expires_at": None}
+            link = await self._sign(route, key, "GET", claims)
+            return {"path": path, "url": link.url, "expires_at": link.expires_at_iso}
+        except ProxyError as exc:
+            return {"path": path, "status": exc.status, "error": exc.detail}
+
+
+NO_CONDITIONS = Conditions()
+
+
+def _overrides(settings: RouteSettings, key: str) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    if settings.disposition:
+        overrides["Content-Disposition"] = content_disposition(settings.disposition, key)
+    if settings.content_type:
+        overrides["Content-Type"] = settings.content_type
+    if settings.cache_control:
+        overrides["Cache-Control"] = settings.cache_control
+    return overrides

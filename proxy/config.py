@@ -27,9 +27,9 @@ from pydantic import (
 )
 
 from .policy import Rule, compile_rule
+from .presign import SIGV4_MAX_EXPIRES
 from .routing import KeyTemplate, PathPattern, TemplateError, compile_pattern, compile_template
 
-SIGV4_MAX_EXPIRES = 604800  # seconds: the longest a SigV4 presigned URL can be valid (7 days)
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -58,6 +58,7 @@ class ListenSettings(_Model):
 class S3Settings(_Model):
     region: str = "us-east-1"
     endpoint_url: str | None = None
+    public_endpoint_url: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
@@ -65,7 +66,7 @@ class S3Settings(_Model):
     max_connections: int = Field(64, ge=1, le=10000)
     chunk_size: int = Field(256 * 1024, ge=4096, le=16 * 1024 * 1024)
 
-    @field_validator("endpoint_url")
+    @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
@@ -128,7 +129,7 @@ class AuthSettings(_Model):
         return value
 
 
-Delivery = Literal["stream", "redirect"]
+Delivery = Literal["stream", "redirect", "auto"]
 Method = Literal["GET", "HEAD"]
 
 
@@ -147,6 +148,8 @@ class RouteSettings(_Model):
     access: Any
     methods: list[Method] = Field(default_factory=_all_methods)
     ttl: Annotated[int, Field(ge=1, le=SIGV4_MAX_EXPIRES)] = 300
+    stable: Annotated[int, Field(ge=1, le=SIGV4_MAX_EXPIRES)] | None = None
+    stream_below: Annotated[int, Field(ge=0)] = 1024 * 1024
     cache_control: str | None = None
     disposition: Literal["inline", "attachment"] | None = None
     content_type: str | None = None
@@ -159,10 +162,34 @@ class RouteSettings(_Model):
         return value
 
 
+class MetadataCacheSettings(_Model):
+    """Object metadata kept in-process so `delivery: auto` rarely costs an extra HEAD."""
+
+    max_entries: int = Field(10000, ge=0, le=10_000_000)
+    ttl: float = Field(30.0, ge=0)
+
+
+class SignApiSettings(_Model):
+    """POST {path} with {"paths": [...]} signs a whole page of links in one request."""
+
+    enabled: bool = True
+    path: str = "/_sign"
+    max_paths: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "{" in value:
+            raise ValueError("must be a fixed path starting with '/', e.g. /_sign")
+        return value
+
+
 class Settings(_Model):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    metadata_cache: MetadataCacheSettings = Field(default_factory=MetadataCacheSettings)
+    sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -332,6 +359,16 @@ def _cross_check(
                 f"{where}.access: a public route cannot use claims in its key "
                 f"({route.key!r}); use access: authenticated"
             )
+        if route.stable is not None:
+            if route.delivery == "stream":
+                problems.append(
+                    f"{where}.stable: only applies to delivery redirect or auto; remove it"
+                )
+            elif route.stable + route.ttl > SIGV4_MAX_EXPIRES:
+                problems.append(
+                    f"{where}.stable: stable + ttl = {route.stable + route.ttl} s exceeds the "
+                    f"SigV4 maximum of {SIGV4_MAX_EXPIRES} s (7 days); shorten one of them"
+                )
         routes.append(Route(route, pattern, template, rule))
     return settings, routes
 

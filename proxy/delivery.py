@@ -7,14 +7,19 @@ been sent, a failure aborts the connection instead of writing a body that looks 
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import web
 
+from .config import RouteSettings
+from .errors import Unauthenticated, UpstreamError
+from .presign import Lifetime, LifetimeError, plan_lifetime
 from .storage import Conditions, ObjectMeta, Storage, parse_http_date
 
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
@@ -148,18 +153,70 @@ async def stream(
         await obj.aclose()
 
 
-async def redirect(
-    request: web.Request,
+@dataclass(frozen=True)
+class SignedLink:
+    url: str
+    lifetime: Lifetime
+
+    @property
+    def expires_at_iso(self) -> str:
+        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def sign_link(
     storage: Storage,
+    settings: RouteSettings,
+    method: str,
     bucket: str,
     key: str,
-    ttl: int,
     overrides: Mapping[str, str],
-) -> web.StreamResponse:
-    method = "HEAD" if request.method == "HEAD" else "GET"
+    now: float,
+    token_expires_at: float | None,
+) -> SignedLink:
+    credentials = await storage.credentials()
+    try:
+        lifetime = plan_lifetime(
+            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
+        )
+    except LifetimeError as exc:
+        if exc.limit == "token":
+            raise Unauthenticated("token expires before a link could be used") from None
+        raise UpstreamError("AWS credentials expired; cannot sign") from None
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
-    url = await storage.presign(method, bucket, key, ttl, overrides if method == "GET" else None)
-    return web.Response(
-        status=302,
-        headers={"Location": url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    url = storage.presign(
+        credentials, method, bucket, key, lifetime, overrides if method == "GET" else None
     )
+    return SignedLink(url, lifetime)
+
+
+def wants_json(accept: str | None) -> bool:
+    """True when the client explicitly accepts application/json (q > 0), as fetch()/XHR do."""
+    if not accept or "json" not in accept:
+        return False
+    for media_range in accept.split(","):
+        media, *params = (part.strip() for part in media_range.split(";"))
+        if media.lower() == "application/json":
+            return not any(
+                p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params
+            )
+    return False
+
+
+def _is_zero_quality(param: str) -> bool:
+    name, _, value = param.replace(" ", "").partition("=")
+    try:
+        return name.lower() == "q" and float(value) == 0
+    except ValueError:
+        return False
+
+
+def redirect_response(link: SignedLink, as_json: bool) -> web.Response:
+    lifetime = link.lifetime
+    # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
+    # URL must not be, or a later page view would reuse a dead link.
+    cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
+    headers = {"Cache-Control": cache, "Vary": "Accept", "Referrer-Policy": "no-referrer"}
+    if as_json:
+        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
+        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
+    return web.Response(status=302, headers={"Location": link.url, **headers})

@@ -62,6 +62,16 @@ class MethodNotAllowed(ProxyError):
         super().__init__(reason, headers={"Allow": allowed})
 
 
+class PayloadTooLarge(ProxyError):
+    status = 413
+    detail = "request too large"
+
+
+class UnsupportedMediaType(ProxyError):
+    status = 415
+    detail = "expected application/json"
+
+
 class PreconditionFailed(ProxyError):
     status = 412
     detail = "precondition failed"

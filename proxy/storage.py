@@ -36,6 +36,7 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from .presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url
 
 log = logging.getLogger("proxy.storage")
 
@@ -103,21 +104,28 @@ class Storage(Protocol):
         self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
     ) -> ObjectStream: ...
 
-    async def presign(
+    async def credentials(self) -> Credentials:
+        """The current signing credentials (refreshed when temporary ones near expiry)."""
+        ...
+
+    def presign(
         self,
+        credentials: Credentials,
         method: str,
         bucket: str,
         key: str,
-        expires_in: int,
+        lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
-    ) -> str: ...
+    ) -> str:
+        """A presigned URL; pure CPU work, no S3 call."""
+        ...
 
 
 # Response overrides S3 accepts as query parameters of a presigned GET.
-_OVERRIDE_PARAMS = {
-    "content-disposition": "ResponseContentDisposition",
-    "content-type": "ResponseContentType",
-    "cache-control": "ResponseCacheControl",
+OVERRIDE_PARAMS = {
+    "content-disposition": "response-content-disposition",
+    "content-type": "response-content-type",
+    "cache-control": "response-cache-control",
 }
 
 
@@ -127,7 +135,13 @@ class S3Storage:
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
         self._client: Any = None
+        self._credentials: Any = None
         self._stack = contextlib.AsyncExitStack()
+        # Browsers may need another address than the proxy uses (e.g. a MinIO service name).
+        public = (
+            settings.public_endpoint_url or settings.endpoint_url or aws_endpoint(settings.region)
+        )
+        self._public_endpoint = Endpoint.parse(public, settings.addressing_style)
 
     async def open(self) -> None:
         settings = self._settings
@@ -143,6 +157,7 @@ class S3Storage:
             request_checksum_calculation="when_required",
         )
         session = get_session()
+        self._credentials = await session.get_credentials()
         self._client = await self._stack.enter_async_context(
             session.create_client(
                 "s3",
@@ -178,23 +193,40 @@ class S3Storage:
             _close=body.close,
         )
 
-    async def presign(
+    async def credentials(self) -> Credentials:
+        if self._credentials is None:
+            raise UpstreamError("presign: no AWS credentials found in the standard chain")
+        with _translate_errors("credentials"):
+            frozen = await self._credentials.get_frozen_credentials()
+        expiry = getattr(self._credentials, "_expiry_time", None)  # refreshable ones only
+        return Credentials(
+            access_key=frozen.access_key,
+            secret_key=frozen.secret_key,
+            token=frozen.token,
+            expires_at=expiry.timestamp() if isinstance(expiry, datetime) else None,
+        )
+
+    def presign(
         self,
+        credentials: Credentials,
         method: str,
         bucket: str,
         key: str,
-        expires_in: int,
+        lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        params: dict[str, str] = {"Bucket": bucket, "Key": key}
-        for header, value in (overrides or {}).items():
-            params[_OVERRIDE_PARAMS[header.lower()]] = value
-        client_method = "head_object" if method == "HEAD" else "get_object"
-        with _translate_errors("presign"):
-            url: str = await self._client.generate_presigned_url(
-                client_method, Params=params, ExpiresIn=expires_in
-            )
-        return url
+        params = {OVERRIDE_PARAMS[name.lower()]: value for name, value in (overrides or {}).items()}
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method=method,
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            params=params,
+        )
 
 
 async def _read_chunks(body: Any, chunk_size: int) -> AsyncIterator[bytes]:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from proxy.errors import NotFound
+from proxy.presign import Credentials, Lifetime
 from proxy.storage import Conditions, ObjectMeta, ObjectStream
 
 
@@ -16,6 +17,9 @@ class FakeStorage:
     fail_with: Exception | None = None
     fail_after_bytes: int | None = None  # raise `fail_with` mid-stream after this many bytes
     closed_streams: int = 0
+    signing_credentials: Credentials = field(
+        default_factory=lambda: Credentials("AKIAFAKE", "fake-secret")
+    )
 
     async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
         self.calls.append(("head", bucket, key))
@@ -29,16 +33,23 @@ class FakeStorage:
         body = self.objects[(bucket, key)]
         return ObjectStream(meta=meta, chunks=self._chunks(body), _close=self._closed)
 
-    async def presign(
+    async def credentials(self) -> Credentials:
+        return self.signing_credentials
+
+    def presign(
         self,
+        credentials: Credentials,
         method: str,
         bucket: str,
         key: str,
-        expires_in: int,
+        lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
         self.calls.append(("presign", bucket, key))
-        return f"https://s3.example/{bucket}/{key}?X-Amz-Expires={expires_in}"
+        return (
+            f"https://s3.example/{bucket}/{key}?X-Amz-Date={lifetime.signed_at}"
+            f"&X-Amz-Expires={lifetime.expires_in}"
+        )
 
     def _meta(self, bucket: str, key: str, mid_stream: bool = False) -> ObjectMeta:
         if self.fail_with is not None and not mid_stream:

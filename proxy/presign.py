@@ -1,0 +1,186 @@
+"""SigV4 query-string presigning with an explicit signing time, and URL lifetimes. No I/O.
+
+Why not botocore's generate_presigned_url: it always signs "now", so every call yields a new
+URL and a browser can never cache a redirected image. Signing with a chosen time (the start of
+a `stable` window) makes the URL a pure function of (credentials, bucket, key, overrides,
+window), identical across processes and replicas with no shared state. Only the `host` header
+is signed, so clients need to send nothing special.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from urllib.parse import quote, urlsplit
+
+SIGV4_MAX_EXPIRES = 604800
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    token: str | None = None
+    expires_at: float | None = None  # epoch seconds, for temporary credentials
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"Credentials(access_key={self.access_key[:4]}..., temporary={bool(self.token)})"
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    signed_at: int  # X-Amz-Date, epoch seconds
+    expires_in: int  # X-Amz-Expires
+    max_age: int  # how long a client may cache the redirect; 0 = not at all
+
+    @property
+    def expires_at(self) -> int:
+        return self.signed_at + self.expires_in
+
+
+class LifetimeError(Exception):
+    """No URL can be issued that would still be valid: `limit` names what ran out."""
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit
+        super().__init__(limit)
+
+
+def plan_lifetime(
+    now: float,
+    ttl: int,
+    stable: int | None = None,
+    token_expires_at: float | None = None,
+    credentials_expire_at: float | None = None,
+) -> Lifetime:
+    """Choose signing time and expiry.
+
+    Without `stable` the URL is signed now and lives `ttl` seconds. With `stable` it is signed
+    at the start of the current window and lives `stable + ttl`, so it is valid for at least
+    `ttl` from any moment in the window. Either way it never outlives the caller's token or
+    temporary credentials.
+    """
+    if stable:
+        signed_at = int(now // stable * stable)
+        natural_end = signed_at + stable + ttl
+    else:
+        signed_at = int(now)
+        natural_end = signed_at + ttl
+    end = natural_end
+    limit = None
+    for name, cap in (("token", token_expires_at), ("credentials", credentials_expire_at)):
+        if cap is not None and cap < end:
+            end, limit = int(cap), name
+    if end <= now:
+        raise LifetimeError(limit or "ttl")
+    expires_in = min(end - signed_at, SIGV4_MAX_EXPIRES)
+    remaining = signed_at + expires_in - now
+    # The cached redirect must leave the client time to actually use the URL.
+    margin = min(60.0, max(5.0, remaining / 10))
+    max_age = int(remaining - margin) if stable else 0
+    return Lifetime(signed_at, expires_in, max(max_age, 0))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str  # host[:port] as the client will send it in the Host header
+    addressing_style: str  # auto | path | virtual
+    base_path: str = ""
+
+    @classmethod
+    def parse(cls, url: str, addressing_style: str) -> Endpoint:
+        parts = urlsplit(url)
+        return cls(parts.scheme, parts.netloc, addressing_style, parts.path.rstrip("/"))
+
+    def locate(self, bucket: str, key: str) -> tuple[str, str]:
+        """Return (host, canonical path) for an object under this endpoint."""
+        encoded_key = quote(key, safe="/~")
+        if self._virtual(bucket):
+            return f"{bucket}.{self.host}", f"{self.base_path}/{encoded_key}"
+        return self.host, f"{self.base_path}/{bucket}/{encoded_key}"
+
+    def _virtual(self, bucket: str) -> bool:
+        if self.addressing_style == "path":
+            return False
+        if self.addressing_style == "virtual":
+            return True
+        hostname = self.host.rsplit(":", 1)[0].strip("[]")
+        if hostname == "localhost" or _is_ip(hostname):
+            return False
+        # Dots in a bucket name break TLS wildcard certificates under virtual hosting.
+        return bool(_DNS_BUCKET.match(bucket)) and not (self.scheme == "https" and "." in bucket)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def aws_endpoint(region: str) -> str:
+    return f"https://s3.{region}.amazonaws.com"
+
+
+def presign_url(
+    *,
+    endpoint: Endpoint,
+    region: str,
+    credentials: Credentials,
+    method: str,
+    bucket: str,
+    key: str,
+    signed_at: int,
+    expires_in: int,
+    params: Mapping[str, str] | None = None,
+) -> str:
+    host, path = endpoint.locate(bucket, key)
+    timestamp = datetime.fromtimestamp(signed_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+    date = timestamp[:8]
+    scope = f"{date}/{region}/s3/aws4_request"
+    query = dict(params or {})
+    query.update(
+        {
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Credential": f"{credentials.access_key}/{scope}",
+            "X-Amz-Date": timestamp,
+            "X-Amz-Expires": str(expires_in),
+            "X-Amz-SignedHeaders": "host",
+        }
+    )
+    if credentials.token:
+        query["X-Amz-Security-Token"] = credentials.token
+    canonical_query = "&".join(
+        f"{_uri_encode(name)}={_uri_encode(value)}" for name, value in sorted(query.items())
+    )
+    canonical_request = (
+        f"{method}\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
+    )
+    string_to_sign = (
+        f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n"
+        + hashlib.sha256(canonical_request.encode()).hexdigest()
+    )
+    key_bytes = _signing_key(credentials.secret_key, date, region)
+    signature = hmac.new(key_bytes, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return f"{endpoint.scheme}://{host}{path}?{canonical_query}&X-Amz-Signature={signature}"
+
+
+def _uri_encode(value: str) -> str:
+    return quote(value, safe="-_.~")
+
+
+@lru_cache(maxsize=64)
+def _signing_key(secret_key: str, date: str, region: str) -> bytes:
+    key = hmac.new(f"AWS4{secret_key}".encode(), date.encode(), hashlib.sha256).digest()
+    for part in (region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
