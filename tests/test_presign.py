@@ -1,0 +1,204 @@
+"""The presigner and URL lifetimes, checked against botocore's own SigV4 signer. No I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from botocore.auth import SIGV4_TIMESTAMP, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials as BotoCredentials
+
+from proxy.presign import (
+    Credentials,
+    Endpoint,
+    LifetimeError,
+    aws_endpoint,
+    plan_lifetime,
+    presign_url,
+)
+
+from .sigv4 import verify_presigned_url
+
+CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+T0 = 1_900_000_000  # a fixed "now"
+
+
+class _BotocoreAtTime(S3SigV4QueryAuth):
+    """botocore's presigner, signing at a chosen time instead of the wall clock."""
+
+    def __init__(self, credentials: BotoCredentials, region: str, expires: int, at: int) -> None:
+        super().__init__(credentials, "s3", region, expires)
+        self._at = at
+
+    def add_auth(self, request: AWSRequest) -> None:
+        request.context["timestamp"] = datetime.fromtimestamp(self._at, UTC).strftime(
+            SIGV4_TIMESTAMP
+        )
+        self._modify_request_before_signing(request)
+        canonical_request = self.canonical_request(request)
+        string_to_sign = self.string_to_sign(request, canonical_request)
+        self._inject_signature_to_request(request, self.signature(string_to_sign, request))
+
+
+def _botocore_url(
+    url_without_auth: str,
+    params: dict[str, str],
+    creds: Credentials,
+    expires: int,
+    at: int,
+    method: str = "GET",
+) -> str:
+    request = AWSRequest(method=method, url=url_without_auth, params=params)
+    signer = _BotocoreAtTime(
+        BotoCredentials(creds.access_key, creds.secret_key, creds.token), "eu-west-1", expires, at
+    )
+    signer.add_auth(request)
+    return str(request.prepare().url)
+
+
+def _sorted_query(url: str) -> tuple[str, list[tuple[str, str]]]:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}", sorted(parse_qsl(parts.query))
+
+
+@pytest.mark.parametrize("key", ["plain.jpg", "dir/sub/a b+c.pdf", "unicodé/€.txt", 'we"ird;x=1'])
+@pytest.mark.parametrize("token", [None, "FQoGZXIvYXdzEBYaD+session/token=="])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_signature_equals_botocores(key: str, token: str | None, method: str) -> None:
+    creds = Credentials(CREDS.access_key, CREDS.secret_key, token)
+    endpoint = Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "path")
+    overrides = {"response-content-disposition": 'attachment; filename="a b.pdf"'}
+    ours = presign_url(
+        endpoint=endpoint,
+        region="eu-west-1",
+        credentials=creds,
+        method=method,
+        bucket="my-bucket",
+        key=key,
+        signed_at=T0,
+        expires_in=900,
+        params=overrides,
+    )
+    base, _ = _sorted_query(ours)
+    theirs = _botocore_url(base, overrides, creds, 900, T0, method)
+    assert _sorted_query(ours) == _sorted_query(theirs)
+    verify_presigned_url(ours, secret_key=creds.secret_key, method=method)
+
+
+def test_same_inputs_give_the_identical_url() -> None:
+    endpoint = Endpoint.parse("http://127.0.0.1:9000", "auto")
+    urls = {
+        presign_url(
+            endpoint=endpoint,
+            region="us-east-1",
+            credentials=CREDS,
+            method="GET",
+            bucket="b-1",
+            key="k",
+            signed_at=T0,
+            expires_in=60,
+        )
+        for _ in range(3)
+    }
+    assert len(urls) == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "style", "bucket", "host", "path"),
+    [
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            "auto",
+            "photos",
+            "photos.s3.eu-west-1.amazonaws.com",
+            "/k.jpg",
+        ),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            "auto",
+            "my.dotted",
+            "s3.eu-west-1.amazonaws.com",
+            "/my.dotted/k.jpg",
+        ),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            "path",
+            "photos",
+            "s3.eu-west-1.amazonaws.com",
+            "/photos/k.jpg",
+        ),
+        ("http://minio:9000", "virtual", "photos", "photos.minio:9000", "/k.jpg"),
+        ("http://127.0.0.1:9000", "auto", "photos", "127.0.0.1:9000", "/photos/k.jpg"),
+        ("http://localhost:9000", "auto", "photos", "localhost:9000", "/photos/k.jpg"),
+        ("https://cdn.example/s3", "path", "photos", "cdn.example", "/s3/photos/k.jpg"),
+    ],
+)
+def test_addressing(endpoint: str, style: str, bucket: str, host: str, path: str) -> None:
+    assert Endpoint.parse(endpoint, style).locate(bucket, "k.jpg") == (host, path)
+
+
+def test_aws_endpoint_is_regional() -> None:
+    assert aws_endpoint("eu-central-1") == "https://s3.eu-central-1.amazonaws.com"
+
+
+def test_credentials_repr_hides_the_secret() -> None:
+    text = repr(Credentials("AKIDEXAMPLE", "very-secret", "session-token"))
+    assert "very-secret" not in text and "session-token" not in text
+
+
+# Lifetimes
+
+
+def test_without_stable_the_url_is_signed_now_for_ttl() -> None:
+    life = plan_lifetime(T0 + 0.7, ttl=300)
+    assert (life.signed_at, life.expires_in, life.max_age) == (T0, 300, 0)
+
+
+def test_stable_window_signs_at_the_window_start() -> None:
+    start = T0 // 3600 * 3600
+    early = plan_lifetime(start + 1, ttl=300, stable=3600)
+    late = plan_lifetime(start + 3599, ttl=300, stable=3600)
+    assert (early.signed_at, early.expires_in) == (late.signed_at, late.expires_in)
+    assert (early.signed_at, early.expires_in) == (start, 3900)
+    # valid for at least ttl from any moment in the window
+    assert late.expires_at - (start + 3599) >= 300
+    nxt = plan_lifetime(start + 3600, ttl=300, stable=3600)
+    assert nxt.signed_at == start + 3600
+
+
+def test_stable_redirect_may_be_cached_until_shortly_before_expiry() -> None:
+    start = T0 // 600 * 600
+    life = plan_lifetime(start + 100, ttl=300, stable=600)
+    remaining = life.expires_at - (start + 100)
+    assert 0 < life.max_age < remaining
+    assert remaining - life.max_age >= 5
+
+
+def test_url_never_outlives_the_token() -> None:
+    life = plan_lifetime(T0, ttl=3600, token_expires_at=T0 + 120)
+    assert life.expires_at == T0 + 120
+
+
+def test_url_never_outlives_temporary_credentials() -> None:
+    start = T0 // 3600 * 3600
+    life = plan_lifetime(start + 10, ttl=300, stable=3600, credentials_expire_at=start + 1000)
+    assert life.expires_at == start + 1000
+
+
+def test_token_already_past_its_exp_cannot_get_a_url() -> None:
+    with pytest.raises(LifetimeError) as caught:
+        plan_lifetime(T0, ttl=300, token_expires_at=T0 - 5)  # accepted within leeway
+    assert caught.value.limit == "token"
+
+
+def test_expired_credentials_cannot_sign() -> None:
+    with pytest.raises(LifetimeError) as caught:
+        plan_lifetime(T0, ttl=300, credentials_expire_at=T0)
+    assert caught.value.limit == "credentials"
+
+
+def test_expiry_is_capped_at_seven_days() -> None:
+    life = plan_lifetime(T0, ttl=604800, stable=604800)
+    assert life.expires_in == 604800
