@@ -8,6 +8,13 @@ PYTHON="${PYTHON:-python3}"
   || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# s3rver (Node.js) enforces presigned URL expiry, which moto does not; its tests skip without it.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/s3rver --silent --no-audit --no-fund \
+    || echo "warning: could not install s3rver; its tests will be skipped" >&2
+else
+  echo "note: npm not found; the s3rver expiry tests will be skipped" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
