@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -38,6 +38,7 @@ from .errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from .jwks import HttpJson
 from .metacache import MetadataCache
 from .routing import Router
 from .storage import Conditions, S3Storage, Storage
@@ -60,22 +61,31 @@ def create_app(
     if storage is None:
         s3 = S3Storage(config.settings.s3)
         app[STORAGE] = s3
-        app.cleanup_ctx.append(_storage_lifecycle(s3))
+        app.cleanup_ctx.append(_lifecycle(s3))
     else:
         app[STORAGE] = storage
     # The proxy routes by itself on the raw path; aiohttp's router only has to hand everything
     # over (including decoded control characters, hence [\s\S] rather than .).
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _Handler(config, app[STORAGE], clock).handle)
+    http_json = HttpJson(config.settings.auth.jwks.timeout)
+    if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
+        app.cleanup_ctx.append(_lifecycle(http_json))
+    handler = _Handler(config, app[STORAGE], clock, http_json)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
 
 
-def _storage_lifecycle(
-    s3: S3Storage,
-) -> Callable[[web.Application], AsyncIterator[None]]:
+class _Resource(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _lifecycle(resource: _Resource) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open at start-up, close at shutdown (aiohttp's cleanup_ctx)."""
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await s3.open()
+        await resource.open()
         yield
-        await s3.close()
+        await resource.close()
 
     return lifecycle
 
@@ -136,12 +146,14 @@ def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Re
 
 
 class _Handler:
-    def __init__(self, config: Config, storage: Storage, clock: Clock) -> None:
+    def __init__(
+        self, config: Config, storage: Storage, clock: Clock, fetch_json: HttpJson
+    ) -> None:
         settings = config.settings
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
-        self._verifier = TokenVerifier(settings.auth, clock)
+        self._verifier = TokenVerifier(settings.auth, clock, fetch_json)
         self._storage = storage
         self._clock = clock
         self._metadata = MetadataCache(
@@ -164,17 +176,19 @@ class _Handler:
             raise MethodNotAllowed(
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
-        claims = self._authenticate(request, record) if route.rule.needs_token else None
+        claims = await self._authenticate(request, record) if route.rule.needs_token else None
         key = self._authorize(route, found.params, claims)
         return await self._deliver(request, record, route, key, claims)
 
-    def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
-        claims = self._optional_claims(request, record)
+    async def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
+        claims = await self._optional_claims(request, record)
         if claims is None:
             raise Unauthenticated("no token")
         return claims
 
-    def _optional_claims(self, request: web.Request, record: AccessRecord) -> dict[str, Any] | None:
+    async def _optional_claims(
+        self, request: web.Request, record: AccessRecord
+    ) -> dict[str, Any] | None:
         found = extract_token(
             self._auth,
             request.headers,
@@ -184,7 +198,7 @@ class _Handler:
         if found is None:
             return None
         record.token_source, token = found
-        claims = self._verifier.verify(token)
+        claims = await self._verifier.verify(token)
         sub = claims.get("sub")
         record.sub = str(sub)[:256] if sub is not None else None
         return claims
@@ -274,7 +288,7 @@ class _Handler:
                 f"sign API batch of {len(paths)} paths",
                 detail=f"at most {self._sign_api.max_paths} paths per request",
             )
-        claims = self._optional_claims(request, record)
+        claims = await self._optional_claims(request, record)
         results = [await self._sign_one(path, claims) for path in paths]
         record.reason = f"{len(paths)} paths"
         return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})

@@ -13,8 +13,9 @@ from typing import Any
 
 import jwt
 
-from .config import HMAC_ALGORITHMS, AuthSettings
+from .config import HMAC_ALGORITHMS, AuthSettings, IssuerSettings
 from .errors import Unauthenticated
+from .jwks import FetchJson, JwksKeys, UnknownKey
 
 MAX_TOKEN_BYTES = 8192
 Clock = Callable[[], float]
@@ -72,45 +73,100 @@ def parse_cookie_header(header: str | None) -> dict[str, str]:
     return cookies
 
 
+class _Issuer:
+    """Keys and checks for one issuer."""
+
+    def __init__(self, settings: IssuerSettings, jwks: JwksKeys | None) -> None:
+        self.settings = settings
+        self.allowed = frozenset(settings.algorithms)
+        self.secret = settings.secret.get_secret_value() if settings.secret else None
+        self.public_key = settings.public_key
+        self.jwks = jwks
+
+    async def key_for(self, alg: str, kid: Any) -> Any:
+        if alg in HMAC_ALGORITHMS:
+            return self.secret
+        if self.public_key:
+            return self.public_key
+        if self.jwks is None:
+            return None
+        try:
+            jwk = await self.jwks.key_for(kid if isinstance(kid, str) else None)
+        except UnknownKey:
+            raise Unauthenticated("unknown key id", invalid_token=True) from None
+        if jwk.alg is not None and jwk.alg != alg:
+            raise Unauthenticated("key is not for this algorithm", invalid_token=True)
+        return jwk.key
+
+
 class TokenVerifier:
-    def __init__(self, settings: AuthSettings, clock: Clock = time.time) -> None:
+    """Verifies tokens from one or several issuers; a token is checked only against the keys
+    of the issuer its (unverified) `iss` names."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        clock: Clock = time.time,
+        fetch_json: FetchJson | None = None,
+    ) -> None:
         self._settings = settings
-        self._allowed = frozenset(settings.algorithms)
-        self._secret = settings.secret.get_secret_value() if settings.secret else None
-        self._public_key = settings.public_key
         self._clock = clock
         self._jwt = jwt.PyJWT()
+        issuers = []
+        for issuer in settings.issuer_list():
+            jwks = None
+            if issuer.jwks_url:
+                if fetch_json is None:
+                    raise ValueError("a JWKS issuer needs fetch_json")
+                jwks = JwksKeys(
+                    issuer.jwks_url,
+                    fetch_json,
+                    clock,
+                    settings.jwks.cache_ttl,
+                    settings.jwks.min_refresh_interval,
+                )
+            issuers.append(_Issuer(issuer, jwks))
+        self._single = issuers[0] if len(issuers) == 1 else None
+        self._by_name = {i.settings.issuer: i for i in issuers}
 
-    def verify(self, token: str) -> dict[str, Any]:
+    async def verify(self, token: str) -> dict[str, Any]:
         """Return the token's claims, or raise Unauthenticated with a loggable reason."""
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large", invalid_token=True)
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+            unverified = self._jwt.decode(token, options={"verify_signature": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("malformed token", invalid_token=True) from None
+        issuer = self._single or self._by_name.get(unverified.get("iss"))
+        if issuer is None:
+            raise Unauthenticated("unknown issuer", invalid_token=True)
         alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._allowed:
+        if not isinstance(alg, str) or alg not in issuer.allowed:
             raise Unauthenticated(f"algorithm {str(alg)[:16]!r} not allowed", invalid_token=True)
-        key = self._secret if alg in HMAC_ALGORITHMS else self._public_key
+        key = await issuer.key_for(alg, header.get("kid"))
         if not key:
             raise Unauthenticated("no key configured for algorithm", invalid_token=True)
-        settings = self._settings
+        claims = self._decode(token, key, alg, issuer.settings)
+        self._check_times(claims)
+        return claims
+
+    def _decode(self, token: str, key: Any, alg: str, issuer: IssuerSettings) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = self._jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
-                audience=settings.audience,
-                issuer=settings.issuer,
+                audience=issuer.audience,
+                issuer=issuer.issuer,
                 options={
                     # Time claims are checked below against the injected clock.
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
-                    "verify_aud": settings.audience is not None,
-                    "verify_iss": settings.issuer is not None,
-                    "require": ["exp"] if settings.require_exp else [],
+                    "verify_aud": issuer.audience is not None,
+                    "verify_iss": issuer.issuer is not None,
+                    "require": ["exp"] if self._settings.require_exp else [],
                 },
             )
         except jwt.InvalidSignatureError:
@@ -123,25 +179,26 @@ class TokenVerifier:
             raise Unauthenticated(f"missing claim {exc.claim!r}", invalid_token=True) from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("invalid token", invalid_token=True) from None
-        self._check_times(claims)
         return claims
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
-        now = self._clock()
-        leeway = self._settings.leeway
-        for name in ("exp", "nbf", "iat"):
-            value = claims.get(name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise Unauthenticated(f"claim {name!r} is not a number", invalid_token=True)
-        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
-        if exp is not None and now >= exp + leeway:
-            raise Unauthenticated("token expired", invalid_token=True)
-        if nbf is not None and now < nbf - leeway:
-            raise Unauthenticated("token not yet valid", invalid_token=True)
-        if iat is not None and now < iat - leeway:
-            raise Unauthenticated("token issued in the future", invalid_token=True)
+        check_times(claims, self._clock(), self._settings.leeway)
+
+
+def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unauthenticated(f"claim {name!r} is not a number", invalid_token=True)
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    if exp is not None and now >= exp + leeway:
+        raise Unauthenticated("token expired", invalid_token=True)
+    if nbf is not None and now < nbf - leeway:
+        raise Unauthenticated("token not yet valid", invalid_token=True)
+    if iat is not None and now < iat - leeway:
+        raise Unauthenticated("token issued in the future", invalid_token=True)
 
 
 def issue_token(
@@ -151,13 +208,16 @@ def issue_token(
     clock: Clock = time.time,
 ) -> str:
     """Sign a token with the configured HMAC secret (for trying the proxy by hand and tests)."""
-    algorithm = next((alg for alg in settings.algorithms if alg in HMAC_ALGORITHMS), None)
-    if algorithm is None or settings.secret is None:
-        raise ValueError("auth.algorithms has no HS* algorithm with auth.secret; cannot sign")
+    for issuer in settings.issuer_list():
+        algorithm = next((alg for alg in issuer.algorithms if alg in HMAC_ALGORITHMS), None)
+        if algorithm is not None and issuer.secret is not None:
+            break
+    else:
+        raise ValueError("no issuer has an HS* algorithm with a secret; cannot sign")
     now = int(clock())
     payload: dict[str, Any] = {"iat": now, "exp": now + ttl, **claims}
-    if settings.issuer and "iss" not in payload:
-        payload["iss"] = settings.issuer
-    if settings.audience and "aud" not in payload:
-        payload["aud"] = settings.audience
-    return jwt.encode(payload, settings.secret.get_secret_value(), algorithm=algorithm)
+    if issuer.issuer and "iss" not in payload:
+        payload["iss"] = issuer.issuer
+    if issuer.audience and "aud" not in payload:
+        payload["aud"] = issuer.audience
+    return jwt.encode(payload, issuer.secret.get_secret_value(), algorithm=algorithm)

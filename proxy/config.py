@@ -12,7 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import jwt
 import yaml
@@ -106,16 +107,16 @@ def _default_sources() -> list[TokenSource]:
     ]
 
 
-class AuthSettings(_Model):
+class IssuerSettings(_Model):
+    """One token issuer: which algorithms it uses and where its keys come from."""
+
+    issuer: str | None = None
+    audience: str | list[str] | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
     secret: SecretStr | None = None
     public_key_file: Path | None = None
     public_key: str | None = None  # inline PEM; filled from public_key_file at load
-    issuer: str | None = None
-    audience: str | list[str] | None = None
-    leeway: int = Field(30, ge=0, le=3600)
-    require_exp: bool = True
-    sources: list[TokenSource] = Field(default_factory=_default_sources, min_length=1)
+    jwks_url: str | None = None
 
     @field_validator("algorithms")
     @classmethod
@@ -127,6 +128,40 @@ class AuthSettings(_Model):
                 known = ", ".join(sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
                 raise ValueError(f"unknown algorithm {alg!r}; choose from {known}")
         return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_jwks(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError(
+                "must be an https:// URL (plain http is allowed only on loopback, for tests)"
+            )
+        return value
+
+
+class JwksSettings(_Model):
+    cache_ttl: float = Field(3600.0, gt=0)  # refetch a key set this old on the next request
+    min_refresh_interval: float = Field(60.0, ge=0)  # unknown `kid`s refetch at most this often
+    timeout: float = Field(5.0, gt=0)
+
+
+class AuthSettings(IssuerSettings):
+    """The top-level issuer fields are shorthand for a single issuer; `issuers` lists several."""
+
+    issuers: list[IssuerSettings] | None = Field(None, min_length=1)
+    jwks: JwksSettings = Field(default_factory=JwksSettings)
+    leeway: int = Field(30, ge=0, le=3600)
+    require_exp: bool = True
+    sources: list[TokenSource] = Field(default_factory=_default_sources, min_length=1)
+    link_secret: SecretStr | None = None
+    link_param: str = Field("link", min_length=1)
+
+    def issuer_list(self) -> list[IssuerSettings]:
+        return list(self.issuers) if self.issuers else [self]
 
 
 Delivery = Literal["stream", "redirect", "auto"]
@@ -373,53 +408,104 @@ def _cross_check(
     return settings, routes
 
 
+_ISSUER_KEYS = (
+    "issuer",
+    "audience",
+    "algorithms",
+    "secret",
+    "public_key_file",
+    "public_key",
+    "jwks_url",
+)
+
+
 def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
     auth = settings.auth
-    algorithms = set(auth.algorithms)
+    if auth.issuers:
+        stray = sorted(k for k in _ISSUER_KEYS if k in auth.model_fields_set)
+        if stray:
+            problems.append(
+                f"auth.{stray[0]}: with auth.issuers, set keys inside each issuer instead"
+            )
+        for index, issuer in enumerate(auth.issuers):
+            if not issuer.issuer:
+                problems.append(
+                    f"auth.issuers[{index}].issuer: required when several issuers are "
+                    "configured (tokens are matched to their issuer by `iss`)"
+                )
+        names = [i.issuer for i in auth.issuers if i.issuer]
+        if len(names) != len(set(names)):
+            problems.append("auth.issuers: each issuer may appear only once")
+        issuers = [
+            _check_issuer(issuer, f"auth.issuers[{index}]", base_dir, problems)
+            for index, issuer in enumerate(auth.issuers)
+        ]
+        auth = auth.model_copy(update={"issuers": issuers})
+    else:
+        auth = _check_issuer(auth, "auth", base_dir, problems)
+    if auth.link_secret is not None:
+        link = auth.link_secret.get_secret_value()
+        if len(link.encode()) < 32:
+            problems.append(
+                "auth.link_secret: at least 32 bytes; generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        if any(i.secret and i.secret.get_secret_value() == link for i in auth.issuer_list()):
+            problems.append("auth.link_secret: must differ from every issuer secret")
+    return settings.model_copy(update={"auth": auth})
+
+
+_Issuer = TypeVar("_Issuer", bound=IssuerSettings)
+
+
+def _check_issuer(issuer: _Issuer, where: str, base_dir: Path, problems: list[str]) -> _Issuer:
+    algorithms = set(issuer.algorithms)
     hmac = sorted(algorithms & HMAC_ALGORITHMS)
     if hmac:
-        secret = auth.secret.get_secret_value() if auth.secret else ""
+        secret = issuer.secret.get_secret_value() if issuer.secret else ""
         if not secret:
             problems.append(
-                f"auth.secret: required for {', '.join(hmac)}; set it to ${{JWT_SECRET}} "
+                f"{where}.secret: required for {', '.join(hmac)}; set it to ${{JWT_SECRET}} "
                 "and export JWT_SECRET"
             )
         else:
             needed = max(_MIN_HMAC_BYTES[alg] for alg in hmac)
             if len(secret.encode()) < needed:
                 problems.append(
-                    f"auth.secret: too short for {hmac[-1]} ({len(secret.encode())} bytes, need "
-                    f"{needed}); generate one with: python -c 'import secrets; "
+                    f"{where}.secret: too short for {hmac[-1]} ({len(secret.encode())} bytes, "
+                    f"need {needed}); generate one with: python -c 'import secrets; "
                     "print(secrets.token_urlsafe(64))'"
                 )
     asymmetric = sorted(algorithms & ASYMMETRIC_ALGORITHMS)
-    public_key = auth.public_key
-    if auth.public_key_file is not None:
-        key_path = auth.public_key_file
+    public_key = issuer.public_key
+    if issuer.public_key_file is not None:
+        key_path = issuer.public_key_file
         if not key_path.is_absolute():
             key_path = base_dir / key_path
         try:
             public_key = key_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not a text PEM file"
-            problems.append(f"auth.public_key_file: cannot read {key_path} ({reason})")
+            problems.append(f"{where}.public_key_file: cannot read {key_path} ({reason})")
             public_key = None
-    if asymmetric:
-        if not public_key:
-            if auth.public_key_file is None:
-                problems.append(
-                    f"auth.public_key_file: required for {', '.join(asymmetric)}; "
-                    "point it at the provider's PEM public key"
-                )
-        else:
-            for alg in asymmetric:
-                try:
-                    jwt.get_algorithm_by_name(alg).prepare_key(public_key)
-                except Exception:
-                    problems.append(f"auth.public_key_file: not a valid PEM public key for {alg}")
-                    break
-    if public_key != auth.public_key:
-        settings = settings.model_copy(
-            update={"auth": auth.model_copy(update={"public_key": public_key})}
+    if asymmetric and not public_key and issuer.jwks_url is None:
+        if issuer.public_key_file is None:
+            problems.append(
+                f"{where}.jwks_url: {', '.join(asymmetric)} needs keys: set jwks_url to the "
+                "provider's JWKS, or public_key_file to a PEM public key"
+            )
+    elif asymmetric and public_key:
+        for alg in asymmetric:
+            try:
+                jwt.get_algorithm_by_name(alg).prepare_key(public_key)
+            except Exception:
+                problems.append(f"{where}.public_key_file: not a valid PEM public key for {alg}")
+                break
+    if (issuer.jwks_url or public_key) and not asymmetric:
+        problems.append(
+            f"{where}.algorithms: public keys are configured but no asymmetric algorithm "
+            "(RS256, ES256, ...) is allowed"
         )
-    return settings
+    if public_key != issuer.public_key:
+        issuer = issuer.model_copy(update={"public_key": public_key})
+    return issuer

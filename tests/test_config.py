@@ -145,7 +145,7 @@ def test_invalid_public_key(tmp_path: Path) -> None:
 
 def test_asymmetric_algorithm_without_a_key() -> None:
     (problem,) = _problems(config_dict(auth={"algorithms": ["RS256"]}))
-    assert problem.startswith("auth.public_key_file: required for RS256")
+    assert problem.startswith("auth.jwks_url: RS256 needs keys: set jwks_url")
 
 
 def test_bad_yaml_reports_its_line() -> None:
