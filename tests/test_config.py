@@ -183,3 +183,47 @@ def test_missing_file() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("/nonexistent/config.yaml")
     assert caught.value.problems[0].startswith("/nonexistent/config.yaml: cannot read")
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        (
+            {"algorithms": ["RS256"], "jwks_url": "http://idp.example/jwks.json"},
+            "auth.jwks_url: must be an https:// URL",
+        ),
+        (
+            {"algorithms": ["HS256"], "secret": SECRET, "jwks_url": "https://idp.example/jwks"},
+            "auth.algorithms: public keys are configured but no asymmetric algorithm",
+        ),
+        (
+            {"issuers": [{"algorithms": ["HS256"], "secret": SECRET}]},
+            "auth.issuers[0].issuer: required when several issuers are configured",
+        ),
+        (
+            {"secret": SECRET, "issuers": [{"issuer": "a", "secret": SECRET}]},
+            "auth.secret: with auth.issuers, set keys inside each issuer instead",
+        ),
+        (
+            {"issuers": [{"issuer": "a", "algorithms": ["RS256"]}]},
+            "auth.issuers[0].jwks_url: RS256 needs keys",
+        ),
+        (
+            {"issuers": [{"issuer": "a", "secret": SECRET}, {"issuer": "a", "secret": SECRET}]},
+            "auth.issuers: each issuer may appear only once",
+        ),
+        ({"secret": SECRET, "link_secret": "short"}, "auth.link_secret: at least 32 bytes"),
+        ({"secret": SECRET, "link_secret": SECRET}, "auth.link_secret: must differ"),
+    ],
+)
+def test_auth_mistakes_name_the_key(auth: dict[str, Any], expected: str) -> None:
+    data = config_dict()
+    data["auth"] = auth
+    problems = _problems(data)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_jwks_over_plain_http_is_allowed_on_loopback_only() -> None:
+    data = config_dict()
+    data["auth"] = {"algorithms": ["RS256"], "jwks_url": "http://127.0.0.1:9999/jwks.json"}
+    assert parse_config(yaml.safe_dump(data), env={}).settings.auth.jwks_url
