@@ -12,12 +12,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token, parse_cookie_header
-from .config import Config, Route, RouteSettings
+from .config import Config, CorsSettings, Route, RouteSettings
+from .cors import preflight_headers, response_headers
 from .delivery import (
     Outcome,
     SignedLink,
@@ -39,6 +41,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
+from .links import LinkVerifier
 from .metacache import MetadataCache
 from .routing import Router
 from .storage import Conditions, S3Storage, Storage
@@ -48,6 +51,7 @@ log = logging.getLogger("proxy")
 CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 _RECORD = web.RequestKey("access_record", AccessRecord)
+_CORS = web.RequestKey("cors_headers", dict[str, str])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +62,7 @@ def create_app(
     """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit."""
     app = web.Application(middlewares=[_access_log(clock), _errors_to_responses])
     app[CONFIG] = config
+    app.on_response_prepare.append(_apply_cors)
     if storage is None:
         s3 = S3Storage(config.settings.s3)
         app[STORAGE] = s3
@@ -160,11 +165,20 @@ class _Handler:
             settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
         )
         self._sign_api = settings.sign_api
+        link_secret = settings.auth.link_secret
+        self._links = (
+            LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
+            if link_secret is not None
+            else None
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request[_RECORD]
         if self._sign_api.enabled and record.path == self._sign_api.path:
-            return await self._sign_batch(request, record)
+            record.route = "sign-api"
+            record.delivery = "sign"
+            preflight = _cors(request, self._sign_api.cors, ["POST"])
+            return preflight or await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
         if found is None:
             raise NotFound("no route matches")
@@ -172,12 +186,24 @@ class _Handler:
         settings = route.settings
         record.route = route.name
         record.delivery = settings.delivery
+        preflight = _cors(request, settings.cors, list(settings.methods))
+        if preflight is not None:
+            return preflight
         if request.method not in settings.methods:
             raise MethodNotAllowed(
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
-        claims = await self._authenticate(request, record) if route.rule.needs_token else None
-        key = self._authorize(route, found.params, claims)
+        claims: dict[str, Any] | None
+        link = request.query.get(self._auth.link_param) if self._links else None
+        if link and self._links is not None and route.rule.needs_token:
+            # A share link is itself the authorization for exactly this path.
+            claims = self._links.verify(link, unquote(record.path), request.method)
+            record.token_source = "share link"  # noqa: S105 - a label, not a secret
+            record.sub = _subject(claims)
+            key = route.key.render(found.params, claims)
+        else:
+            claims = await self._authenticate(request, record) if route.rule.needs_token else None
+            key = self._authorize(route, found.params, claims)
         return await self._deliver(request, record, route, key, claims)
 
     async def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
@@ -199,8 +225,7 @@ class _Handler:
             return None
         record.token_source, token = found
         claims = await self._verifier.verify(token)
-        sub = claims.get("sub")
-        record.sub = str(sub)[:256] if sub is not None else None
+        record.sub = _subject(claims)
         return claims
 
     @staticmethod
@@ -267,8 +292,6 @@ class _Handler:
     async def _sign_batch(self, request: web.Request, record: AccessRecord) -> web.Response:
         """One request for a whole page of links (the N+1 problem): each path is authorized
         exactly as if it were requested with GET, and answered on its own."""
-        record.route = "sign-api"
-        record.delivery = "sign"
         if request.method != "POST":
             raise MethodNotAllowed("sign API takes POST", allowed="POST")
         if request.content_type != "application/json":
@@ -312,6 +335,37 @@ class _Handler:
 
 
 NO_CONDITIONS = Conditions()
+
+
+def _subject(claims: dict[str, Any]) -> str | None:
+    sub = claims.get("sub")
+    return str(sub)[:256] if sub is not None else None
+
+
+def _cors(
+    request: web.Request, settings: CorsSettings | None, methods: list[str]
+) -> web.Response | None:
+    """Answer a CORS preflight, or note the CORS headers every later response must carry."""
+    if settings is None:
+        return None
+    origin = request.headers.get("Origin")
+    requested = request.headers.get("Access-Control-Request-Method")
+    if request.method == "OPTIONS" and requested is not None:
+        headers = preflight_headers(settings, origin, methods, requested)
+        if headers is None:
+            raise Forbidden("CORS preflight refused", detail="origin or method not allowed")
+        return web.Response(status=204, headers=headers)
+    request[_CORS] = response_headers(settings, origin)
+    return None
+
+
+async def _apply_cors(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Runs just before any response's headers go out, errors and streams included."""
+    for name, value in request.get(_CORS, {}).items():
+        if name == "Vary" and "Vary" in response.headers:
+            response.headers["Vary"] = f"{response.headers['Vary']}, {value}"
+        else:
+            response.headers[name] = value
 
 
 def _overrides(settings: RouteSettings, key: str) -> dict[str, str]:

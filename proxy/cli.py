@@ -58,7 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(run=_token)
 
-    for sub in (serve, check, token):
+    link = commands.add_parser(
+        "link", help="print a share link: a proxy URL for one path, valid for --ttl seconds"
+    )
+    link.add_argument("path", help="the proxy path to share, e.g. /admin/exports/q4.pdf")
+    link.add_argument("--ttl", type=int, default=600, help="lifetime in seconds (max 604800)")
+    link.add_argument("--sub", help="subject recorded in the access log and usable in keys")
+    link.add_argument(
+        "--base-url", help="public URL of the proxy (default: http://listen.host:listen.port)"
+    )
+    link.set_defaults(run=_link)
+
+    for sub in (serve, check, token, link):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
 
@@ -117,4 +128,43 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    return 0
+
+
+def _link(args: argparse.Namespace, config: Config) -> int:
+    from urllib.parse import quote, unquote
+
+    from .errors import ProxyError
+    from .links import mint_link_token
+    from .routing import Router
+
+    auth = config.settings.auth
+    if auth.link_secret is None:
+        print("auth.link_secret is not set; share links need their own secret", file=sys.stderr)
+        return 2
+    if not 1 <= args.ttl <= 604800:
+        print("--ttl must be between 1 and 604800 seconds", file=sys.stderr)
+        return 2
+    path = unquote(args.path) if "%" in args.path else args.path
+    encoded = quote(path, safe="/")
+    try:
+        found = Router([route.pattern for route in config.routes]).match(encoded)
+    except ProxyError as exc:
+        print(f"{args.path}: {exc.reason}", file=sys.stderr)
+        return 2
+    if found is None:
+        print(f"{args.path}: no route matches this path", file=sys.stderr)
+        return 2
+    route = config.routes[found.index]
+    if route.key.claims - {"sub"} or ("sub" in route.key.claims and not args.sub):
+        print(
+            f"{args.path}: route {route.name} builds its key from token claims "
+            f"({', '.join(sorted(route.key.claims))}); pass --sub or share another path",
+            file=sys.stderr,
+        )
+        return 2
+    token = mint_link_token(auth.link_secret.get_secret_value(), path, args.ttl, args.sub)
+    listen = config.settings.listen
+    base = (args.base_url or f"http://{listen.host}:{listen.port}").rstrip("/")
+    print(f"{base}{encoded}?{quote(auth.link_param)}={token}")
     return 0

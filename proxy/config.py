@@ -172,6 +172,32 @@ def _all_methods() -> list[Method]:
     return ["GET", "HEAD"]
 
 
+class CorsSettings(_Model):
+    origins: list[str] = Field(min_length=1)
+    credentials: bool = False
+    max_age: int = Field(600, ge=0, le=86400)
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; use scheme://host[:port] with no path, "
+                    "e.g. https://app.example.com, or '*'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.credentials and "*" in self.origins:
+            raise ValueError(
+                "credentials: true cannot be combined with origins '*' (browsers refuse it); "
+                "list the origins"
+            )
+        return self
+
+
 class RouteSettings(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -188,6 +214,7 @@ class RouteSettings(_Model):
     cache_control: str | None = None
     disposition: Literal["inline", "attachment"] | None = None
     content_type: str | None = None
+    cors: CorsSettings | None = None
 
     @field_validator("cache_control", "content_type")
     @classmethod
@@ -210,6 +237,7 @@ class SignApiSettings(_Model):
     enabled: bool = True
     path: str = "/_sign"
     max_paths: int = Field(1000, ge=1, le=100_000)
+    cors: CorsSettings | None = None
 
     @field_validator("path")
     @classmethod

@@ -1,0 +1,218 @@
+"""Share links (python -m proxy link) and CORS for cross-origin pages, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from proxy.links import mint_link_token
+
+from .conftest import SECRET, Clock, S3Objects, bearer, config_dict, make_token
+
+LINK_SECRET = "link-secret-" + "z" * 40
+T0 = 1_900_000_000
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _with_links(s3: S3Objects) -> dict[str, Any]:
+    return config_dict(s3.endpoint, auth={"link_secret": LINK_SECRET})
+
+
+def _run_link(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "link", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=dict(os.environ),
+    )
+
+
+async def test_cli_link_opens_exactly_one_admin_only_file(
+    proxy, s3: S3Objects, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_with_links(s3)))
+    result = _run_link(
+        config,
+        "/admin/exports/q4.pdf",
+        "--ttl",
+        "600",
+        "--sub",
+        "alice",
+        "--base-url",
+        "https://files.example.com",
+    )
+    assert result.returncode == 0, result.stderr
+    url = urlsplit(result.stdout.strip())
+    assert (url.scheme, url.netloc, url.path) == (
+        "https",
+        "files.example.com",
+        "/admin/exports/q4.pdf",
+    )
+    client = await proxy(_with_links(s3))
+    shared = await client.get(f"{url.path}?{url.query}")
+    assert shared.status == 200
+    assert await shared.read() == s3.report  # although the link carries no admin role
+    head = await client.head(f"{url.path}?{url.query}")
+    assert head.status == 200
+    other = await client.get(f"/admin/exports/big.bin?{url.query}")
+    assert other.status == 401
+
+
+async def test_link_expires(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_with_links(s3), clock=clock)
+    token = mint_link_token(LINK_SECRET, "/admin/exports/q4.pdf", 60, now=T0)
+    assert (await client.get("/admin/exports/q4.pdf", params={"link": token})).status == 200
+    clock.now += 60 + 30  # past exp and the 30 s leeway
+    assert (await client.get("/admin/exports/q4.pdf", params={"link": token})).status == 401
+
+
+async def test_link_goes_through_the_routes_normal_delivery(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_links(s3))
+    token = mint_link_token(LINK_SECRET, "/admin/links/q4.pdf", 60)
+    response = await client.get(
+        "/admin/links/q4.pdf", params={"link": token}, allow_redirects=False
+    )
+    assert response.status == 302
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        mint_link_token(SECRET, "/admin/exports/q4.pdf", 60),  # wrong secret
+        make_token(role="admin"),  # an access token is not a link
+        "garbage",
+    ],
+)
+async def test_anything_but_a_link_for_this_path_is_401(proxy, s3: S3Objects, token) -> None:
+    client = await proxy(_with_links(s3))
+    response = await client.get("/admin/exports/q4.pdf", params={"link": token})
+    assert response.status == 401
+
+
+async def test_a_link_is_not_an_access_token(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_links(s3))
+    token = mint_link_token(LINK_SECRET, "/admin/exports/q4.pdf", 60)
+    response = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
+    assert response.status == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/nowhere", "no route matches"),
+        ("/admin/exports/../../x", "'..' segment"),
+        ("/me/notes.txt", "pass --sub"),
+    ],
+)
+def test_cli_link_refuses_paths_it_cannot_share(
+    s3: S3Objects, tmp_path: Path, path: str, message: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_with_links(s3)))
+    result = _run_link(config, path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_cli_link_needs_a_link_secret(s3: S3Objects, tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_dict(s3.endpoint)))
+    result = _run_link(config, "/admin/exports/q4.pdf")
+    assert result.returncode == 2
+    assert "auth.link_secret is not set" in result.stderr
+
+
+# CORS
+
+APP = "https://app.example.com"
+
+
+def _with_cors(s3: S3Objects, **cors: Any) -> dict[str, Any]:
+    data = config_dict(s3.endpoint)
+    data["routes"][1]["cors"] = {"origins": [APP], "credentials": True, **cors}
+    return data
+
+
+async def test_preflight_from_an_allowed_origin(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_cors(s3, max_age=900))
+    response = await client.options(
+        "/stream/photos/42",
+        headers={
+            "Origin": APP,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization, range",
+        },
+    )
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"
+    assert response.headers["Access-Control-Allow-Methods"] == "GET, HEAD"
+    assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert "Range" in response.headers["Access-Control-Allow-Headers"]
+    assert response.headers["Access-Control-Max-Age"] == "900"
+
+
+@pytest.mark.parametrize(("origin", "method"), [("https://evil.example", "GET"), (APP, "DELETE")])
+async def test_preflight_refused(proxy, s3: S3Objects, origin: str, method: str) -> None:
+    client = await proxy(_with_cors(s3))
+    response = await client.options(
+        "/stream/photos/42", headers={"Origin": origin, "Access-Control-Request-Method": method}
+    )
+    assert response.status == 403
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_cross_origin_get_and_its_errors_carry_cors_headers(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_cors(s3))
+    ok = await client.get("/stream/photos/42", headers={"Origin": APP, **bearer(make_token())})
+    assert ok.status == 200
+    assert await ok.read() == s3.photo
+    assert ok.headers["Access-Control-Allow-Origin"] == APP
+    assert "Content-Length" in ok.headers["Access-Control-Expose-Headers"]
+    assert "Origin" in ok.headers["Vary"]
+    denied = await client.get("/stream/photos/42", headers={"Origin": APP})
+    assert denied.status == 401
+    assert denied.headers["Access-Control-Allow-Origin"] == APP  # the page can read the 401
+
+
+async def test_other_origins_get_no_cors_grant(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_cors(s3))
+    response = await client.get(
+        "/stream/photos/42", headers={"Origin": "https://evil.example", **bearer(make_token())}
+    )
+    assert response.status == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert response.headers["Vary"] == "Origin"
+
+
+async def test_routes_without_cors_refuse_options(proxy) -> None:
+    client = await proxy()
+    response = await client.options(
+        "/stream/photos/42", headers={"Origin": APP, "Access-Control-Request-Method": "GET"}
+    )
+    assert response.status == 405
+
+
+async def test_sign_api_can_be_called_cross_origin(proxy, s3: S3Objects) -> None:
+    client = await proxy(config_dict(s3.endpoint, sign_api={"cors": {"origins": [APP]}}))
+    preflight = await client.options(
+        "/_sign", headers={"Origin": APP, "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+    response = await client.post(
+        "/_sign", json={"paths": ["/photos/1"]}, headers={"Origin": APP, **bearer(make_token())}
+    )
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == APP
