@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token, parse_cookie_header
-from .config import Config, CorsSettings, Route, RouteSettings
+from .config import Config, CorsSettings, RateLimitSettings, Route, RouteSettings
 from .cors import preflight_headers, response_headers
 from .delivery import (
     Outcome,
@@ -41,6 +41,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
+from .limits import RateLimiter, StreamSlots
 from .links import LinkVerifier
 from .metacache import MetadataCache
 from .routing import Router
@@ -165,6 +166,9 @@ class _Handler:
             settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
         )
         self._sign_api = settings.sign_api
+        self._limits = settings.limits
+        self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
+        self._streams = StreamSlots(settings.limits.max_streams)
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
@@ -178,6 +182,7 @@ class _Handler:
             record.route = "sign-api"
             record.delivery = "sign"
             preflight = _cors(request, self._sign_api.cors, ["POST"])
+            self._limit_client(request, "sign-api", self._limits.rate_limit)
             return preflight or await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
         if found is None:
@@ -193,6 +198,8 @@ class _Handler:
             raise MethodNotAllowed(
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
+        rates = settings.rate_limit or self._limits.rate_limit
+        self._limit_client(request, route.name, rates)
         claims: dict[str, Any] | None
         link = request.query.get(self._auth.link_param) if self._links else None
         if link and self._links is not None and route.rule.needs_token:
@@ -204,7 +211,14 @@ class _Handler:
         else:
             claims = await self._authenticate(request, record) if route.rule.needs_token else None
             key = self._authorize(route, found.params, claims)
+        if rates.per_subject is not None and record.sub is not None:
+            self._rates.take((route.name, "sub", record.sub), rates.per_subject, "subject")
         return await self._deliver(request, record, route, key, claims)
+
+    def _limit_client(self, request: web.Request, scope: str, rates: RateLimitSettings) -> None:
+        if rates.per_client is not None:
+            client = request.remote or "unknown"
+            self._rates.take((scope, "client", client), rates.per_client, "client")
 
     async def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
         claims = await self._optional_claims(request, record)
@@ -283,7 +297,13 @@ class _Handler:
         overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
         outcome = Outcome()
-        response = await stream(request, self._storage, settings.bucket, key, overrides, outcome)
+        self._streams.acquire()
+        try:
+            response = await stream(
+                request, self._storage, settings.bucket, key, overrides, outcome
+            )
+        finally:
+            self._streams.release()
         record.bytes_sent = outcome.bytes_sent
         if outcome.aborted:
             record.reason = outcome.aborted

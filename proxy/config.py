@@ -54,6 +54,7 @@ class _Model(BaseModel):
 class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get after SIGTERM
 
 
 class S3Settings(_Model):
@@ -172,6 +173,26 @@ def _all_methods() -> list[Method]:
     return ["GET", "HEAD"]
 
 
+class RateSettings(_Model):
+    """A token bucket: `rate` requests per second on average, bursts of up to `burst`."""
+
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitSettings(_Model):
+    per_client: RateSettings | None = None  # keyed by the client's IP address
+    per_subject: RateSettings | None = None  # keyed by the token's `sub`
+
+
+class LimitsSettings(_Model):
+    max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
+    max_header_bytes: int = Field(8190, ge=1024, le=65536)  # request line and each header
+    max_headers: int = Field(64, ge=8, le=1024)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)  # for all routes
+    max_tracked_clients: int = Field(100_000, ge=100)  # rate-limit buckets kept in memory
+
+
 class CorsSettings(_Model):
     origins: list[str] = Field(min_length=1)
     credentials: bool = False
@@ -215,6 +236,7 @@ class RouteSettings(_Model):
     disposition: Literal["inline", "attachment"] | None = None
     content_type: str | None = None
     cors: CorsSettings | None = None
+    rate_limit: RateLimitSettings | None = None  # overrides limits.rate_limit for this route
 
     @field_validator("cache_control", "content_type")
     @classmethod
@@ -253,6 +275,7 @@ class Settings(_Model):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     metadata_cache: MetadataCacheSettings = Field(default_factory=MetadataCacheSettings)
     sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 
