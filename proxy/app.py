@@ -293,14 +293,22 @@ class _Handler:
             record.delivery = f"auto:{delivery}"
         if delivery == "redirect":
             link = await self._sign(route, key, request.method, claims)
-            return redirect_response(link, wants_json(request.headers.get("Accept")))
+            return redirect_response(
+                link, wants_json(request.headers.get("Accept")), route.rule.needs_token
+            )
         overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
         outcome = Outcome()
         self._streams.acquire()
         try:
             response = await stream(
-                request, self._storage, settings.bucket, key, overrides, outcome
+                request,
+                self._storage,
+                settings.bucket,
+                key,
+                overrides,
+                outcome,
+                self._limits.client_write_timeout,
             )
         finally:
             self._streams.release()
@@ -319,7 +327,7 @@ class _Handler:
             raise UnsupportedMediaType("sign API needs Content-Type: application/json")
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):

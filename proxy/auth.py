@@ -7,6 +7,7 @@ with the public key as its secret is refused. Time checks use an injected clock.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -138,7 +139,8 @@ class TokenVerifier:
             unverified = self._jwt.decode(token, options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("malformed token", invalid_token=True) from None
-        issuer = self._single or self._by_name.get(unverified.get("iss"))
+        iss = unverified.get("iss")
+        issuer = self._single or (self._by_name.get(iss) if isinstance(iss, str) else None)
         if issuer is None:
             raise Unauthenticated("unknown issuer", invalid_token=True)
         alg = header.get("alg")
@@ -185,12 +187,17 @@ class TokenVerifier:
         check_times(claims, self._clock(), self._settings.leeway)
 
 
+def _is_finite_number(value: Any) -> bool:
+    # bool is an int; NaN and infinity (which Python's json accepts) never expire.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not _is_finite_number(value):
             raise Unauthenticated(f"claim {name!r} is not a number", invalid_token=True)
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
     if exp is not None and now >= exp + leeway:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .logs import configure_logging
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -98,14 +98,6 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         max_headers=limits.max_headers,
     )
     return 0
-
-
-def configure_logging(level: str) -> None:
-    """JSON access lines on stdout. botocore stays at WARNING even in DEBUG runs: its debug
-    output includes signed request headers, and no signature may reach a log."""
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
-    for noisy in ("botocore", "aiobotocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:

@@ -66,6 +66,9 @@ class S3Settings(_Model):
     read_timeout: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=10)
     max_connections: int = Field(64, ge=1, le=10000)
+    # Overall bound on S3 starting to answer, including waiting for a pooled connection and
+    # retries; read/connect timeouts alone do not cover the pool wait.
+    request_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(256 * 1024, ge=4096, le=16 * 1024 * 1024)
 
     @field_validator("endpoint_url", "public_endpoint_url")
@@ -187,6 +190,8 @@ class RateLimitSettings(_Model):
 
 class LimitsSettings(_Model):
     max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
+    # A client that accepts no bytes for this long is dropped, releasing its S3 connection.
+    client_write_timeout: float = Field(60.0, gt=0)
     max_header_bytes: int = Field(8190, ge=1024, le=65536)  # request line and each header
     max_headers: int = Field(64, ge=8, le=1024)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)  # for all routes

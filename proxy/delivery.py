@@ -7,6 +7,7 @@ been sent, a failure aborts the connection instead of writing a body that looks 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import unicodedata
@@ -18,11 +19,23 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .config import RouteSettings
-from .errors import Unauthenticated, UpstreamError
+from .errors import NotModified, Unauthenticated, UpstreamError
 from .presign import Lifetime, LifetimeError, plan_lifetime
 from .storage import Conditions, ObjectMeta, Storage, parse_http_date
 
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})", re.IGNORECASE)
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+ACTIVE_CONTENT_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+    }
+)
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 
 
@@ -75,7 +88,8 @@ def range_for(headers: Mapping[str, str]) -> str | None:
 
 
 def _single_line(value: str | None) -> str | None:
-    if value is None or len(value) > 1024 or any(c in value for c in "\r\n\x00"):
+    """A header value safe to forward: short, printable ASCII (else treated as absent)."""
+    if value is None or len(value) > 1024 or not _PRINTABLE_ASCII.fullmatch(value):
         return None
     return value
 
@@ -95,6 +109,9 @@ def object_headers(meta: ObjectMeta, overrides: Mapping[str, str]) -> dict[str, 
         "Content-Type": meta.content_type or "application/octet-stream",
         "X-Content-Type-Options": "nosniff",
     }
+    if (meta.content_type or "").split(";")[0].strip().lower() in ACTIVE_CONTENT_TYPES:
+        # An uploaded HTML/SVG file must not run script on the proxy's origin.
+        headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     for name, value in (
         ("ETag", meta.etag),
         ("Last-Modified", meta.last_modified),
@@ -115,8 +132,30 @@ async def stream(
     key: str,
     overrides: Mapping[str, str],
     chunk_outcome: Outcome,
+    write_timeout: float = 60.0,
 ) -> web.StreamResponse:
     conditions = conditions_from(request.headers)
+    try:
+        return await _stream(
+            request, storage, bucket, key, overrides, chunk_outcome, write_timeout, conditions
+        )
+    except NotModified as exc:
+        # RFC 9111 4.3.4: a 304 repeats the Cache-Control the 200 would have carried.
+        if "Cache-Control" in overrides:
+            exc.headers["Cache-Control"] = overrides["Cache-Control"]
+        raise
+
+
+async def _stream(
+    request: web.Request,
+    storage: Storage,
+    bucket: str,
+    key: str,
+    overrides: Mapping[str, str],
+    chunk_outcome: Outcome,
+    write_timeout: float,
+    conditions: Conditions,
+) -> web.StreamResponse:
     if request.method == "HEAD":
         meta = await storage.head(bucket, key, conditions)
         response = web.StreamResponse(status=200, headers=object_headers(meta, overrides))
@@ -132,10 +171,18 @@ async def stream(
         try:
             async for chunk in obj.chunks:
                 chunk_outcome.bytes_from_s3 += len(chunk)
-                await response.write(chunk)
+                # write() waits while the client's socket buffer is full: back-pressure keeps
+                # memory bounded per stream, and the timeout frees a stalled client's slot.
+                async with asyncio.timeout(write_timeout):
+                    await response.write(chunk)
                 chunk_outcome.bytes_sent += len(chunk)
         except ConnectionError:
             chunk_outcome.aborted = "client disconnected"
+            return response
+        except TimeoutError:
+            chunk_outcome.aborted = "client stopped reading (limits.client_write_timeout)"
+            if request.transport is not None:
+                request.transport.abort()
             return response
         except Exception as exc:
             chunk_outcome.aborted = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
@@ -210,12 +257,15 @@ def _is_zero_quality(param: str) -> bool:
         return False
 
 
-def redirect_response(link: SignedLink, as_json: bool) -> web.Response:
+def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
     lifetime = link.lifetime
     # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
     # URL must not be, or a later page view would reuse a dead link.
     cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
-    headers = {"Cache-Control": cache, "Vary": "Accept", "Referrer-Policy": "no-referrer"}
+    # When the answer depends on who asks, a browser shared by two people must not hand one
+    # of them the other's cached redirect.
+    vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
+    headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
     if as_json:
         body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
         return web.Response(status=200, text=body, content_type="application/json", headers=headers)

@@ -75,7 +75,10 @@ class ClaimsRule(Rule):
                 return f"claim {name!r} missing"
             actual = claims[name]
             if not any(
-                _claim_matches(actual, option.resolve(claims, params)) for option in options
+                _claim_matches(
+                    actual, option.resolve(claims, params), split=option.template is None
+                )
+                for option in options
             ):
                 return f"claim {name!r} does not match"
         return None
@@ -117,13 +120,17 @@ class NotRule(Rule):
         return None
 
 
-def _claim_matches(actual: Any, expected: Any) -> bool:
-    """Equality; or membership when the claim is a list or a space-separated string (`scope`)."""
+def _claim_matches(actual: Any, expected: Any, *, split: bool = True) -> bool:
+    """Equality; or membership when the claim is a list or a space-separated string (`scope`).
+
+    Space-splitting applies to literal values only: a value built from the request (`{user}`)
+    must match exactly, or `sub: "mallory alice"` would pass an owner check for alice.
+    """
     if expected is _UNRESOLVED:
         return False
     if isinstance(actual, list):
         return any(_scalar_equal(item, expected) for item in actual)
-    if isinstance(actual, str) and isinstance(expected, str) and " " not in expected:
+    if split and isinstance(actual, str) and isinstance(expected, str) and " " not in expected:
         return expected in actual.split()
     return _scalar_equal(actual, expected)
 

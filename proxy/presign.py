@@ -98,7 +98,14 @@ class Endpoint:
     @classmethod
     def parse(cls, url: str, addressing_style: str) -> Endpoint:
         parts = urlsplit(url)
-        return cls(parts.scheme, parts.netloc, addressing_style, parts.path.rstrip("/"))
+        # Sign the Host header exactly as clients will send it: lower case, no default port.
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        if parts.port is not None and parts.port != default_port:
+            host = f"{host}:{parts.port}"
+        return cls(parts.scheme, host, addressing_style, parts.path.rstrip("/"))
 
     def locate(self, bucket: str, key: str) -> tuple[str, str]:
         """Return (host, canonical path) for an object under this endpoint."""

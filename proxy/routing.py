@@ -104,7 +104,11 @@ def decode_param(raw: str, *, allow_slash: bool) -> str:
 def check_key_fragment(value: str, *, allow_slash: bool, error: type[Exception]) -> None:
     if not value:
         raise error("empty path parameter")
-    if len(value.encode()) > MAX_PARAM_LENGTH:
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error("path parameter is not valid UTF-8") from None
+    if len(encoded) > MAX_PARAM_LENGTH:
         raise error("path parameter too long")
     if _FORBIDDEN_CHARS.search(value):
         raise error("path parameter contains a backslash or control character")

@@ -8,6 +8,7 @@ short reason without credentials or signatures. A `Storage` protocol lets tests 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -70,7 +71,7 @@ def parse_http_date(value: str | None) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return parsed if parsed.tzinfo is not None else None
 
@@ -173,9 +174,10 @@ class S3Storage:
 
     async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
         with _translate_errors("HeadObject"):
-            response = await self._client.head_object(
-                Bucket=bucket, Key=key, **conditions.as_params()
-            )
+            async with asyncio.timeout(self._settings.request_timeout):
+                response = await self._client.head_object(
+                    Bucket=bucket, Key=key, **conditions.as_params()
+                )
         return _meta_from(response)
 
     async def get(
@@ -185,7 +187,8 @@ class S3Storage:
         if byte_range:
             params["Range"] = byte_range
         with _translate_errors("GetObject"):
-            response = await self._client.get_object(Bucket=bucket, Key=key, **params)
+            async with asyncio.timeout(self._settings.request_timeout):
+                response = await self._client.get_object(Bucket=bucket, Key=key, **params)
         body = response["Body"]
         return ObjectStream(
             meta=_meta_from(response),

@@ -90,6 +90,12 @@ def s3(moto_endpoint: str) -> S3Objects:
     put(Bucket="reports", Key="exports/big.bin", Body=objects.big)
     put(Bucket="reports", Key=objects.odd_name_key, Body=objects.report)
     put(
+        Bucket="reports",
+        Key="exports/page.html",
+        Body=b"<script>alert(1)</script>",
+        ContentType="text/html",
+    )
+    put(
         Bucket="user-files",
         Key="users/alice/notes.txt",
         Body=objects.notes,

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from proxy.cli import configure_logging
+from proxy.logs import quiet_noisy_libraries, redact
 
 from .conftest import S3Objects, bearer, make_token
 
@@ -53,7 +53,7 @@ async def test_one_json_line_per_request_with_the_agreed_fields(
 async def test_no_token_cookie_or_signature_reaches_the_log(
     proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    configure_logging("DEBUG")  # what `serve --log-level DEBUG` does
+    quiet_noisy_libraries()  # what `serve --log-level DEBUG` does
     caplog.set_level(logging.DEBUG)
     client = await proxy()
     token = make_token("alice")
@@ -83,3 +83,17 @@ async def test_failures_say_why_in_the_log(proxy, caplog: pytest.LogCaptureFixtu
     expired, missing = _lines(caplog)
     assert (expired["status"], expired["reason"]) == (401, "token expired")
     assert (missing["status"], missing["reason"]) == (404, "GetObject: no such key")
+
+
+def test_library_log_lines_are_redacted_too() -> None:
+    token = make_token("alice")
+    line = (
+        f"Error handling request: b'GET /p/caf\\xc3\\xa9.txt?token={token}&x=1 HTTP/1.1' "
+        "Cookie: access_token=abc.def; Authorization: Bearer xyz "
+        "https://s3/b/k?X-Amz-Credential=AKIA%2F20260101&X-Amz-Signature=abcdef0123"
+    )
+    cleaned = redact(line)
+    assert token not in cleaned
+    assert "abc.def" not in cleaned and "xyz" not in cleaned
+    assert "abcdef0123" not in cleaned and "AKIA" not in cleaned
+    assert "GET /p/caf" in cleaned  # the rest stays readable

@@ -109,6 +109,11 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
                 assert process.poll() is None, process.communicate()
                 assert time.monotonic() < deadline, "proxy did not start"
                 time.sleep(0.05)
+        # aiohttp itself logs a request line it cannot parse, query string and all
+        token = _token()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(f"GET /p/café.txt?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert b" 400 " in raw.recv(1000).split(b"\r\n", 1)[0]
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
     finally:
@@ -118,6 +123,9 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
     assert process.returncode == 0, stderr
     access = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert [(a["route"], a["status"]) for a in access] == [("photo-stream", 200)]
+    assert "Error handling request" in stdout + stderr
+    assert token not in stdout + stderr
+    assert "<redacted-jwt>" in stdout + stderr
 
 
 def _token() -> str:
