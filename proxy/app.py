@@ -51,6 +51,7 @@ log = logging.getLogger("proxy")
 
 CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
+STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
 _RECORD = web.RequestKey("access_record", AccessRecord)
 _CORS = web.RequestKey("cors_headers", dict[str, str])
 
@@ -76,6 +77,7 @@ def create_app(
     if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
         app.cleanup_ctx.append(_lifecycle(http_json))
     handler = _Handler(config, app[STORAGE], clock, http_json)
+    app[STREAM_SLOTS] = handler.streams
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
 
@@ -168,7 +170,7 @@ class _Handler:
         self._sign_api = settings.sign_api
         self._limits = settings.limits
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
-        self._streams = StreamSlots(settings.limits.max_streams)
+        self.streams = StreamSlots(settings.limits.max_streams)
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
@@ -299,7 +301,7 @@ class _Handler:
         overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
         outcome = Outcome()
-        self._streams.acquire()
+        self.streams.acquire()
         try:
             response = await stream(
                 request,
@@ -311,7 +313,7 @@ class _Handler:
                 self._limits.client_write_timeout,
             )
         finally:
-            self._streams.release()
+            self.streams.release()
         record.bytes_sent = outcome.bytes_sent
         if outcome.aborted:
             record.reason = outcome.aborted

@@ -151,7 +151,7 @@ class S3Storage:
             s3={"addressing_style": settings.addressing_style},
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
             max_pool_connections=settings.max_connections,
             # The proxy passes bytes through; it neither needs nor wants botocore to hash them.
             response_checksum_validation="when_required",

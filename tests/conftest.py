@@ -38,6 +38,7 @@ from proxy.storage import Storage
 
 SECRET = "test-secret-" + "x" * 40
 BIG_SIZE = 3 * 1024 * 1024 + 17  # spans many chunks, not a multiple of any chunk size
+HUGE_SIZE = 48 * 1024 * 1024
 
 
 def _pattern(size: int, seed: int) -> bytes:
@@ -88,6 +89,8 @@ def s3(moto_endpoint: str) -> S3Objects:
     )
     put(Bucket="reports", Key="exports/q4.pdf", Body=objects.report, ContentType="application/pdf")
     put(Bucket="reports", Key="exports/big.bin", Body=objects.big)
+    # larger than any socket buffer on loopback, for tests of stalled clients
+    put(Bucket="reports", Key="exports/huge.bin", Body=_pattern(HUGE_SIZE, 4))
     put(Bucket="reports", Key=objects.odd_name_key, Body=objects.report)
     put(
         Bucket="reports",

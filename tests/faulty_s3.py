@@ -1,0 +1,81 @@
+"""A fault-injecting S3 on loopback: it forwards to moto, or fails in the way a test asks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+MODES = ("ok", "error", "hang", "die_mid_stream", "refuse")
+
+
+@dataclass
+class FaultyS3:
+    upstream: str
+    mode: str = "ok"
+    die_after: int = 256 * 1024  # bytes of body sent before dying, in die_mid_stream mode
+    requests: int = 0
+    paths: list[str] = field(default_factory=list)
+    url: str = ""
+    _server: TestServer | None = None
+    _session: aiohttp.ClientSession | None = None
+    _hung: list[asyncio.Event] = field(default_factory=list)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._server = TestServer(app, host="127.0.0.1")
+        await self._server.start_server()
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self.url = str(self._server.make_url("")).rstrip("/")
+
+    async def close(self) -> None:
+        for event in self._hung:
+            event.set()
+        if self._session is not None:
+            await self._session.close()
+        if self._server is not None:
+            await self._server.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        self.paths.append(f"{request.method} {request.path}")
+        if self.mode == "refuse":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if self.mode == "error":
+            xml = "<Error><Code>InternalError</Code><Message>boom</Message></Error>"
+            return web.Response(status=500, text=xml, content_type="application/xml")
+        if self.mode == "hang":
+            event = asyncio.Event()
+            self._hung.append(event)
+            await event.wait()
+            return web.Response(status=500)
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with self._session.request(
+            request.method,
+            self.upstream + request.raw_path,
+            headers=headers,
+            data=await request.read(),
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            for name, value in upstream.headers.items():
+                if name.lower() not in ("transfer-encoding", "connection", "date", "server"):
+                    response.headers[name] = value
+            await response.prepare(request)
+            sent = 0
+            async for chunk in upstream.content.iter_chunked(64 * 1024):
+                if self.mode == "die_mid_stream" and sent + len(chunk) > self.die_after:
+                    await response.write(chunk[: self.die_after - sent])
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+            return response

@@ -1,0 +1,155 @@
+"""Faults caused for real on loopback: S3 failing, hanging, dying mid-stream; clients that
+vanish or stall. The proxy answers 502/504, aborts rather than truncates, leaks nothing and
+recovers when S3 does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.app import STREAM_SLOTS
+
+from .conftest import S3Objects, bearer, config_dict, make_token
+from .faulty_s3 import FaultyS3
+
+ADMIN = bearer(make_token("root", role="admin"))
+
+
+@pytest.fixture
+async def faulty(s3: S3Objects) -> AsyncIterator[FaultyS3]:
+    server = FaultyS3(upstream=s3.endpoint)
+    await server.start()
+    yield server
+    await server.close()
+
+
+def _config(endpoint: str, **s3: Any) -> dict[str, Any]:
+    return config_dict(
+        endpoint, s3={"read_timeout": 0.5, "connect_timeout": 0.5, "request_timeout": 2, **s3}
+    )
+
+
+async def test_the_proxy_recovers_when_s3_does(proxy, s3: S3Objects, faulty: FaultyS3) -> None:
+    client = await proxy(_config(faulty.url))
+    for mode, status in (("ok", 200), ("error", 502), ("refuse", 502), ("hang", 504), ("ok", 200)):
+        faulty.mode = mode
+        response = await client.get("/admin/exports/q4.pdf", headers=ADMIN)
+        body = await response.read()
+        assert response.status == status, mode
+        if status == 200:
+            assert body == s3.report
+        else:
+            assert b"boom" not in body and b"InternalError" not in body
+
+
+async def test_retries_happen_only_before_the_response_starts(
+    proxy, s3: S3Objects, faulty: FaultyS3
+) -> None:
+    client = await proxy(_config(faulty.url, max_attempts=3, request_timeout=30))
+    faulty.mode = "error"
+    response = await client.get("/admin/exports/q4.pdf", headers=ADMIN)
+    assert response.status == 502
+    assert faulty.requests == 3, faulty.paths  # botocore retried the failed call before answering
+    faulty.requests = 0
+    faulty.mode = "die_mid_stream"
+    response = await client.get("/admin/exports/big.bin", headers=ADMIN)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    assert faulty.requests == 1  # a started stream is never retried
+
+
+async def test_s3_dying_mid_stream_aborts_the_client_and_is_logged(
+    proxy, s3: S3Objects, faulty: FaultyS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    client = await proxy(_config(faulty.url))
+    faulty.mode = "die_mid_stream"
+    response = await client.get("/admin/exports/big.bin", headers=ADMIN)
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(len(s3.big))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    faulty.mode = "ok"
+    again = await client.get("/admin/exports/big.bin", headers=ADMIN)
+    assert await again.read() == s3.big
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+    assert lines[0]["reason"].startswith("upstream failed mid-stream")
+    assert lines[0]["bytes"] < len(s3.big)
+    assert client.app[STREAM_SLOTS].in_use == 0
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_two_hundred_aborted_downloads_leak_nothing(proxy, s3: S3Objects) -> None:
+    client = await proxy(config_dict(s3.endpoint, s3={"max_connections": 8}))
+    host, port = client.server.host, client.server.port
+    token = make_token("root", role="admin")
+
+    async def abort_one() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"GET /admin/exports/big.bin HTTP/1.1\r\nHost: p\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await reader.readexactly(70_000)  # headers and some body, then vanish
+        writer.transport.abort()
+
+    # warm up pools, then measure
+    for _ in range(5):
+        await abort_one()
+    await asyncio.sleep(0.2)
+    fds_before, tasks_before = _open_fds(), len(asyncio.all_tasks())
+    for _ in range(200):
+        await abort_one()
+    for _ in range(50):  # let the server notice the last disconnects
+        if client.app[STREAM_SLOTS].in_use == 0 and _open_fds() <= fds_before + 4:
+            break
+        await asyncio.sleep(0.1)
+    assert client.app[STREAM_SLOTS].in_use == 0
+    assert _open_fds() <= fds_before + 4
+    assert len(asyncio.all_tasks()) <= tasks_before + 2
+    ok = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
+    assert await ok.read() == s3.report  # the S3 pool still has connections to give
+
+
+async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> None:
+    """Clients that never read must not pin the S3 pool: with a pool of 2 and two stalled
+    clients, a third request is still served once the write timeout frees the slots."""
+    data = config_dict(
+        s3.endpoint,
+        s3={"max_connections": 2, "request_timeout": 10},
+        limits={"client_write_timeout": 0.5},
+    )
+    client = await proxy(data)
+    host, port = client.server.host, client.server.port
+    token = make_token("root", role="admin")
+    stalled = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(host, port, limit=1024)
+        writer.write(
+            f"GET /admin/exports/huge.bin HTTP/1.1\r\nHost: p\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.transport.pause_reading()
+        stalled.append(writer)
+    try:
+        await asyncio.sleep(0.2)
+        response = await asyncio.wait_for(
+            client.get("/admin/exports/q4.pdf", headers=bearer(token)), timeout=8
+        )
+        assert response.status == 200
+        assert await response.read() == s3.report
+    finally:
+        for writer in stalled:
+            writer.transport.abort()
