@@ -135,7 +135,7 @@ async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> N
     token = make_token("root", role="admin")
     stalled = []
     for _ in range(2):
-        reader, writer = await asyncio.open_connection(host, port, limit=1024)
+        _reader, writer = await asyncio.open_connection(host, port, limit=1024)
         writer.write(
             f"GET /admin/exports/huge.bin HTTP/1.1\r\nHost: p\r\n"
             f"Authorization: Bearer {token}\r\n\r\n".encode()
