@@ -52,6 +52,15 @@ log = logging.getLogger("proxy")
 CONFIG = web.AppKey("config", Config)
 STORAGE = web.AppKey("storage", Storage)
 STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
+
+
+class InFlight:
+    """Requests whose handler has not returned yet (graceful shutdown waits for them)."""
+
+    count = 0
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 _RECORD = web.RequestKey("access_record", AccessRecord)
 _CORS = web.RequestKey("cors_headers", dict[str, str])
 
@@ -62,7 +71,9 @@ def create_app(
     config: Config, storage: Storage | None = None, clock: Clock = time.time
 ) -> web.Application:
     """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit."""
-    app = web.Application(middlewares=[_access_log(clock), _errors_to_responses])
+    in_flight = InFlight()
+    app = web.Application(middlewares=[_access_log(clock, in_flight), _errors_to_responses])
+    app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
     app.on_response_prepare.append(_apply_cors)
     if storage is None:
@@ -98,10 +109,11 @@ def _lifecycle(resource: _Resource) -> Callable[[web.Application], AsyncIterator
     return lifecycle
 
 
-def _access_log(clock: Clock) -> Any:
+def _access_log(clock: Clock, in_flight: InFlight) -> Any:
     @web.middleware
     async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        in_flight.count += 1
         record = AccessRecord(
             method=request.method,
             path=request.raw_path.split("?", 1)[0][:2048],
@@ -119,6 +131,7 @@ def _access_log(clock: Clock) -> Any:
                     record.bytes_sent = response.content_length or 0
             elif not record.status:
                 record.status = 500
+            in_flight.count -= 1
             record.emit(clock(), time.perf_counter() - started)
 
     return access_log

@@ -75,28 +75,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from aiohttp import web
-
-    from .app import create_app
+    from .server import run
 
     configure_logging(args.log_level)
     listen = config.settings.listen
     host = args.host or listen.host
     port = args.port if args.port is not None else listen.port
-    print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{port}", flush=True)
-    limits = config.settings.limits
-    web.run_app(
-        create_app(config),
-        host=host,
-        port=port,
-        access_log=None,  # the proxy writes its own JSON access log
-        print=None,
-        # SIGTERM/SIGINT: stop accepting, give in-flight requests this long, then exit 0.
-        shutdown_timeout=listen.shutdown_grace,
-        max_line_size=limits.max_header_bytes,
-        max_field_size=limits.max_header_bytes,
-        max_headers=limits.max_headers,
-    )
+
+    def ready(bound: int) -> None:
+        print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{bound}", flush=True)
+
+    run(config, host, port, ready)
     return 0
 
 

@@ -5,6 +5,7 @@ recovers when S3 does."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -111,12 +112,15 @@ async def test_two_hundred_aborted_downloads_leak_nothing(proxy, s3: S3Objects) 
     fds_before, tasks_before = _open_fds(), len(asyncio.all_tasks())
     for _ in range(200):
         await abort_one()
+    # A leak would grow by about one fd and one task per download (200); allow a little
+    # slack for moto's server threads and garbage not yet collected.
     for _ in range(50):  # let the server notice the last disconnects
-        if client.app[STREAM_SLOTS].in_use == 0 and _open_fds() <= fds_before + 4:
+        gc.collect()
+        if client.app[STREAM_SLOTS].in_use == 0 and _open_fds() <= fds_before + 16:
             break
         await asyncio.sleep(0.1)
     assert client.app[STREAM_SLOTS].in_use == 0
-    assert _open_fds() <= fds_before + 4
+    assert _open_fds() <= fds_before + 16
     assert len(asyncio.all_tasks()) <= tasks_before + 2
     ok = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
     assert await ok.read() == s3.report  # the S3 pool still has connections to give
