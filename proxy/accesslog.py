@@ -24,6 +24,8 @@ class AccessRecord:
     bytes_sent: int = 0
     reason: str | None = None
     token_source: str | None = None
+    started: float = 0.0  # perf_counter() at arrival
+    first_byte: float | None = None  # perf_counter() when the first body byte was written
 
     def emit(self, now: float, duration: float) -> None:
         if not log.isEnabledFor(logging.INFO):

@@ -44,8 +44,9 @@ from .jwks import HttpJson
 from .limits import RateLimiter, StreamSlots
 from .links import LinkVerifier
 from .metacache import MetadataCache
+from .metrics import Metrics
 from .routing import Router
-from .storage import Conditions, S3Storage, Storage
+from .storage import Conditions, CountingStorage, S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
@@ -61,6 +62,7 @@ class InFlight:
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+METRICS = web.AppKey("metrics", Metrics)
 _RECORD = web.RequestKey("access_record", AccessRecord)
 _CORS = web.RequestKey("cors_headers", dict[str, str])
 
@@ -72,8 +74,12 @@ def create_app(
 ) -> web.Application:
     """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit."""
     in_flight = InFlight()
-    app = web.Application(middlewares=[_access_log(clock, in_flight), _errors_to_responses])
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[_access_log(clock, in_flight, metrics), _errors_to_responses]
+    )
     app[IN_FLIGHT] = in_flight
+    app[METRICS] = metrics
     app[CONFIG] = config
     app.on_response_prepare.append(_apply_cors)
     if storage is None:
@@ -87,7 +93,8 @@ def create_app(
     http_json = HttpJson(config.settings.auth.jwks.timeout)
     if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
         app.cleanup_ctx.append(_lifecycle(http_json))
-    handler = _Handler(config, app[STORAGE], clock, http_json)
+    counted = CountingStorage(app[STORAGE], lambda: _count_s3(metrics))
+    handler = _Handler(config, counted, clock, http_json, metrics)
     app[STREAM_SLOTS] = handler.streams
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
@@ -109,7 +116,7 @@ def _lifecycle(resource: _Resource) -> Callable[[web.Application], AsyncIterator
     return lifecycle
 
 
-def _access_log(clock: Clock, in_flight: InFlight) -> Any:
+def _access_log(clock: Clock, in_flight: InFlight, metrics: Metrics) -> Any:
     @web.middleware
     async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -118,6 +125,7 @@ def _access_log(clock: Clock, in_flight: InFlight) -> Any:
             method=request.method,
             path=request.raw_path.split("?", 1)[0][:2048],
             client=request.remote,
+            started=started,
         )
         request[_RECORD] = record
         response: web.StreamResponse | None = None
@@ -132,7 +140,10 @@ def _access_log(clock: Clock, in_flight: InFlight) -> Any:
             elif not record.status:
                 record.status = 500
             in_flight.count -= 1
-            record.emit(clock(), time.perf_counter() - started)
+            ended = time.perf_counter()
+            ttfb = (record.first_byte or ended) - started
+            metrics.record(record.delivery, record.status, record.bytes_sent, ttfb)
+            record.emit(clock(), ended - started)
 
     return access_log
 
@@ -168,9 +179,16 @@ def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Re
 
 class _Handler:
     def __init__(
-        self, config: Config, storage: Storage, clock: Clock, fetch_json: HttpJson
+        self,
+        config: Config,
+        storage: Storage,
+        clock: Clock,
+        fetch_json: HttpJson,
+        metrics: Metrics,
     ) -> None:
         settings = config.settings
+        self._metrics = metrics
+        self._metrics_path = settings.metrics.path
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
@@ -193,6 +211,11 @@ class _Handler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         record = request[_RECORD]
+        if self._metrics_path is not None and record.path == self._metrics_path:
+            record.route = "metrics"
+            return web.json_response(
+                self._metrics.snapshot(), headers={"Cache-Control": "no-store"}
+            )
         if self._sign_api.enabled and record.path == self._sign_api.path:
             record.route = "sign-api"
             record.delivery = "sign"
@@ -328,6 +351,7 @@ class _Handler:
         finally:
             self.streams.release()
         record.bytes_sent = outcome.bytes_sent
+        record.first_byte = outcome.first_byte
         if outcome.aborted:
             record.reason = outcome.aborted
         return response
@@ -378,6 +402,10 @@ class _Handler:
 
 
 NO_CONDITIONS = Conditions()
+
+
+def _count_s3(metrics: Metrics) -> None:
+    metrics.s3_requests += 1
 
 
 def _subject(claims: dict[str, Any]) -> str | None:

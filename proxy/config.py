@@ -274,6 +274,17 @@ class SignApiSettings(_Model):
         return value
 
 
+class MetricsSettings(_Model):
+    path: str | None = None  # e.g. /_metrics: counters as JSON; off when unset
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "{" in value):
+            raise ValueError("must be a fixed path starting with '/', e.g. /_metrics")
+        return value
+
+
 class Settings(_Model):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -281,6 +292,7 @@ class Settings(_Model):
     metadata_cache: MetadataCacheSettings = Field(default_factory=MetadataCacheSettings)
     sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 

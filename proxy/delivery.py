@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Outcome:
 
     bytes_from_s3: int = 0
     bytes_sent: int = 0
+    first_byte: float | None = None  # perf_counter() after the first chunk was written
     aborted: str | None = None
 
 
@@ -175,6 +177,8 @@ async def _stream(
                 # memory bounded per stream, and the timeout frees a stalled client's slot.
                 async with asyncio.timeout(write_timeout):
                     await response.write(chunk)
+                if chunk_outcome.first_byte is None:
+                    chunk_outcome.first_byte = time.perf_counter()
                 chunk_outcome.bytes_sent += len(chunk)
         except ConnectionError:
             chunk_outcome.aborted = "client disconnected"

@@ -122,6 +122,38 @@ class Storage(Protocol):
         ...
 
 
+class CountingStorage:
+    """Counts the S3 calls another Storage makes (presigning makes none)."""
+
+    def __init__(self, inner: Storage, on_call: Any) -> None:
+        self._inner = inner
+        self._on_call = on_call
+
+    async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
+        self._on_call()
+        return await self._inner.head(bucket, key, conditions)
+
+    async def get(
+        self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
+    ) -> ObjectStream:
+        self._on_call()
+        return await self._inner.get(bucket, key, conditions, byte_range)
+
+    async def credentials(self) -> Credentials:
+        return await self._inner.credentials()
+
+    def presign(
+        self,
+        credentials: Credentials,
+        method: str,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        overrides: Mapping[str, str] | None = None,
+    ) -> str:
+        return self._inner.presign(credentials, method, bucket, key, lifetime, overrides)
+
+
 # Response overrides S3 accepts as query parameters of a presigned GET.
 OVERRIDE_PARAMS = {
     "content-disposition": "response-content-disposition",

@@ -46,7 +46,7 @@ def test_the_bucket_table_is_bounded() -> None:
     rate = RateSettings(rate=1, burst=1)
     for i in range(1000):
         limiter.take(("client", str(i)), rate, "client")
-    assert len(limiter._buckets) == 100  # noqa: SLF001
+    assert len(limiter._buckets) == 100
 
 
 def _limited(s3: S3Objects, **route_limits: Any) -> dict[str, Any]:
