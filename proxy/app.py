@@ -70,9 +70,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(
-    config: Config, storage: Storage | None = None, clock: Clock = time.time
+    config: Config,
+    storage: Storage | None = None,
+    clock: Clock = time.time,
+    extra_routes: Callable[[web.Application], None] | None = None,
 ) -> web.Application:
-    """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit."""
+    """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit.
+    `extra_routes` may add routes that take precedence over the proxy's (the demo's pages)."""
     in_flight = InFlight()
     metrics = Metrics()
     app = web.Application(
@@ -96,6 +100,8 @@ def create_app(
     counted = CountingStorage(app[STORAGE], lambda: _count_s3(metrics))
     handler = _Handler(config, counted, clock, http_json, metrics)
     app[STREAM_SLOTS] = handler.streams
+    if extra_routes is not None:
+        extra_routes(app)
     app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
     return app
 

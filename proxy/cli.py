@@ -18,6 +18,8 @@ DEFAULT_CONFIG = "config.yaml"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     link.set_defaults(run=_link)
 
+    demo = commands.add_parser(
+        "demo", help="run the proxy against an in-process S3 with demo data and a demo page"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+
     for sub in (serve, check, token, link):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
@@ -87,6 +95,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     run(config, host, port, ready)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import run_demo
+    except ImportError as exc:  # moto is the demo's optional dependency
+        print(
+            f"the demo needs its extra: pip install -e '.[demo]' ({exc.name} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_demo(args.host, args.port)
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:

@@ -21,10 +21,17 @@ from .config import Config
 _POLL = 0.05
 
 
-async def serve(config: Config, host: str, port: int, on_ready: Callable[[int], None]) -> None:
+async def serve(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    app: web.Application | None = None,
+) -> None:
     limits = config.settings.limits
     grace = config.settings.listen.shutdown_grace
-    app = create_app(config)
+    if app is None:
+        app = create_app(config)
     runner = web.AppRunner(
         app,
         access_log=None,  # the proxy writes its own JSON access log
@@ -71,11 +78,21 @@ def _busy(app: web.Application, runner: web.AppRunner) -> bool:
     return False
 
 
-def run(config: Config, host: str, port: int, on_ready: Callable[[int], None]) -> None:
+def run(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    app_factory: Callable[[], web.Application] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT; uvloop is used when it is installed."""
+
+    async def main() -> None:
+        await serve(config, host, port, on_ready, app_factory() if app_factory else None)
+
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config, host, port, on_ready))
+        asyncio.run(main())
     else:
-        uvloop.run(serve(config, host, port, on_ready))
+        uvloop.run(main())

@@ -7,7 +7,14 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+# Debian's Chromium for the browser test of the demo (Playwright drives it; it never
+# downloads a browser). Without root or apt-get, that one test is skipped with its reason.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser test..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    >/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
 # s3rver (Node.js) enforces presigned URL expiry, which moto does not; its tests skip without it.
 if command -v npm >/dev/null 2>&1; then
   npm ci --prefix tests/s3rver --silent --no-audit --no-fund \

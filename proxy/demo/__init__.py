@@ -1,0 +1,186 @@
+"""`python -m proxy demo`: the whole product on this machine, no AWS account needed.
+
+An S3-compatible server (moto) runs in-process on loopback, seeded with generated images, an
+admin-only report and a large file; the proxy serves them through the same code paths as
+`serve`, plus a demo page at `/` that shows both delivery methods side by side with live
+counters. Nothing is written outside one temporary directory, removed at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Config, load_config
+from .s3 import CountingS3
+
+PHOTO_SIZES = (96, 128, 192, 256, 320, 384)  # px: six employees, images of different weights
+BIG_FILE_BYTES = 24 * 1024 * 1024
+TOKEN_TTL = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Demo:
+    config: Config
+    s3: CountingS3
+    tokens: dict[str, str]  # role -> token
+    share_link: str  # a path with its link token
+
+
+def build_routes() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "photos-stream",
+            "match": "/stream/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.png",
+            "delivery": "stream",
+            "access": "authenticated",
+        },
+        {
+            "name": "photos-redirect",
+            "match": "/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.png",
+            "delivery": "redirect",
+            "access": "authenticated",
+            "ttl": 300,
+            "stable": 3600,
+            "cache_control": "private, max-age=3600",
+        },
+        {
+            "name": "admin-reports",
+            "match": "/admin/reports/{path:.+}",
+            "bucket": "reports",
+            "key": "exports/{path}",
+            "delivery": "stream",
+            "access": {"claims": {"role": "admin"}},
+            "disposition": "attachment",
+        },
+        {
+            "name": "big-files",
+            "match": "/files/{path:.+}",
+            "bucket": "big-files",
+            "key": "{path}",
+            "delivery": "auto",
+            "access": "authenticated",
+            "stable": 3600,
+            "disposition": "attachment",
+        },
+    ]
+
+
+def seed(s3: CountingS3) -> None:
+    from .images import portrait_png
+
+    client = s3.client()
+    for bucket in ("hr-private", "reports", "big-files"):
+        client.create_bucket(Bucket=bucket)
+    for number, size in enumerate(PHOTO_SIZES, start=1):
+        client.put_object(
+            Bucket="hr-private",
+            Key=f"employees/{number}/photo.png",
+            Body=portrait_png(size, number),
+            ContentType="image/png",
+        )
+    report = "quarter,revenue,headcount\nQ1,1200000,41\nQ2,1350000,44\nQ3,1410000,46\n"
+    client.put_object(
+        Bucket="reports", Key="exports/q4-report.csv", Body=report.encode(), ContentType="text/csv"
+    )
+    block = os.urandom(1024 * 1024)
+    client.put_object(
+        Bucket="big-files",
+        Key="dataset.bin",
+        Body=block * (BIG_FILE_BYTES // len(block)),
+        ContentType="application/octet-stream",
+    )
+
+
+def prepare(workdir: Path, port: int) -> Demo:
+    """Start S3, seed it, write the demo's config into `workdir` and load it."""
+    from ..auth import issue_token
+    from ..links import mint_link_token
+
+    # The demo's S3 is local; these credentials exist only for it.
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="demo",
+        AWS_SECRET_ACCESS_KEY="demo-secret",  # noqa: S106 - moto on loopback only
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    s3 = CountingS3()
+    s3.start()
+    seed(s3)
+    s3.reset()  # count only what the demo's visitors cause
+    secret, link_secret = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+    data = {
+        "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 2},
+        "s3": {"region": "us-east-1", "endpoint_url": s3.endpoint, "addressing_style": "path"},
+        "auth": {"algorithms": ["HS256"], "secret": secret, "link_secret": link_secret},
+        "metrics": {"path": "/_metrics"},
+        "routes": build_routes(),
+    }
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    auth = config.settings.auth
+    tokens = {
+        "employee": issue_token(auth, {"sub": "employee-7", "role": "employee"}, TOKEN_TTL),
+        "admin": issue_token(auth, {"sub": "admin-1", "role": "admin"}, TOKEN_TTL),
+    }
+    link = mint_link_token(
+        link_secret, "/admin/reports/q4-report.csv", TOKEN_TTL, sub="shared-by-admin-1"
+    )
+    return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}")
+
+
+def run_demo(host: str, port: int) -> int:
+    from ..logs import configure_logging
+    from ..server import run
+    from .web import create_demo_app
+
+    configure_logging("INFO")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="s3-proxy-demo-") as workdir:
+        demo = prepare(Path(workdir), port)
+
+        def ready(bound: int) -> None:
+            base = f"http://{host}:{bound}"
+            print(
+                f"\nDemo ready in {time.monotonic() - started:.1f}s: S3 (moto) at "
+                f"{demo.s3.endpoint}, proxy at {base}\n\n"
+                f"  Open the demo page:   {base}/\n\n"
+                f"  Employee token:       {demo.tokens['employee']}\n"
+                f"  Admin token:          {demo.tokens['admin']}\n\n"
+                f"  Try:  curl -H 'Authorization: Bearer <admin token>' "
+                f"{base}/admin/reports/q4-report.csv\n"
+                f"        curl -i -H 'Authorization: Bearer <employee token>' {base}/photos/1\n"
+                f"  Share link (no token needed): {base}{demo.share_link}\n\n"
+                "  Ctrl-C stops the demo and removes its temporary files.\n",
+                flush=True,
+            )
+
+        try:
+            run(demo.config, host, port, ready, lambda: create_demo_app(demo))
+        finally:
+            demo.s3.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:  # pragma: no cover - exercised via the CLI
+    return run_demo("127.0.0.1", 8080 if not argv else int(argv[0]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

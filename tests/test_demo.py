@@ -1,0 +1,179 @@
+"""`python -m proxy demo` as a newcomer meets it: the process, its page, and Chromium.
+
+The browser test drives Debian's Chromium (/usr/bin/chromium, installed by scripts/test.sh)
+with Playwright; it never downloads a browser. It is skipped, with the reason, only where
+Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.demo.images import portrait_png
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_generated_photos_are_valid_pngs_of_the_asked_size() -> None:
+    data = portrait_png(40, 3)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (40, 40)
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4 : idat], "big")
+    assert len(zlib.decompress(data[idat + 4 : idat + 4 + length])) == 40 * (1 + 40 * 3)
+    assert len(portrait_png(200, 3)) > len(data)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    drains: list[threading.Thread] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        base = None
+        output = []
+        while base is None:
+            line = process.stdout.readline()
+            output.append(line)
+            assert line or process.poll() is None, "".join(output)
+            assert time.monotonic() < deadline, "demo did not start"
+            found = re.search(r"proxy at (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                base = found.group(1)
+        # keep draining its output so the pipe never fills
+        drain = threading.Thread(target=process.stdout.read, daemon=True)
+        drain.start()
+        drains.append(drain)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        for thread in drains:
+            thread.join(timeout=10)  # reaches EOF now that the process has exited
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_demo_serves_its_page_and_numbers(demo: str) -> None:
+    with urllib.request.urlopen(demo + "/", timeout=10) as response:
+        assert "stream" in response.read().decode()
+    stats = _json(demo + "/_demo/stats")
+    assert set(stats) == {"proxy", "s3"}
+    info = _json(demo + "/_demo/info")
+    assert info["photos"] == 6 and info["share_link"].startswith("/admin/reports/")
+    with urllib.request.urlopen(demo + info["share_link"], timeout=10) as shared:
+        assert shared.read().startswith(b"quarter,revenue")
+
+
+def _chromium_or_skip() -> Any:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(
+            f"{CHROMIUM} is not installed (scripts/test.sh installs Debian's chromium "
+            "with apt-get when it runs as root)"
+        )
+    playwright = pytest.importorskip("playwright.sync_api")
+    return playwright
+
+
+def test_both_methods_in_a_real_browser(demo: str, tmp_path: Path) -> None:
+    sync_api = _chromium_or_skip()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                accept_downloads=True, viewport={"width": 1100, "height": 1300}
+            )
+            page = context.new_page()
+
+            # An employee sees both galleries render.
+            page.goto(demo + "/_demo/login?as=employee", wait_until="networkidle")
+            widths = _image_widths(page)
+            assert len(widths["stream"]) == len(widths["redirect"]) == 6
+            assert all(w > 0 for w in widths["stream"] + widths["redirect"]), widths
+            first = _json(demo + "/_demo/stats")
+
+            # A second view: redirect images come from the browser cache without any request
+            # (not to the proxy, not to S3); stream images are revalidated with the proxy.
+            page.goto(demo + "/", wait_until="networkidle")
+            widths = _image_widths(page)
+            assert all(w > 0 for w in widths["stream"] + widths["redirect"]), widths
+            second = _json(demo + "/_demo/stats")
+            redirect_1 = first["proxy"]["by_delivery"]["redirect"]
+            redirect_2 = second["proxy"]["by_delivery"]["redirect"]
+            assert redirect_2["requests"] == redirect_1["requests"]
+            assert second["s3"]["presigned_requests"] == first["s3"]["presigned_requests"]
+            stream_1 = first["proxy"]["by_delivery"]["stream"]
+            stream_2 = second["proxy"]["by_delivery"]["stream"]
+            revalidated = stream_2["not_modified"] - stream_1["not_modified"]
+            from_cache = 6 - (stream_2["requests"] - stream_1["requests"])
+            assert revalidated + from_cache == 6
+            assert stream_2["bytes_sent"] == stream_1["bytes_sent"]  # no image sent again
+            page.screenshot(path=str(tmp_path / "demo-employee.png"), full_page=True)
+
+            # The admin-only report: 403 for the employee...
+            status = page.evaluate("fetch('/admin/reports/q4-report.csv').then(r => r.status)")
+            assert status == 403
+            # ...and a download for the admin.
+            page.goto(demo + "/_demo/login?as=admin", wait_until="networkidle")
+            with page.expect_download() as download_info:
+                page.click("#admin-report")
+            download = download_info.value
+            assert download.suggested_filename == "q4-report.csv"
+            saved = tmp_path / "q4-report.csv"
+            download.save_as(saved)
+            assert saved.read_text().startswith("quarter,revenue")
+            page.screenshot(path=str(tmp_path / "demo-admin.png"), full_page=True)
+            print(f"\nscreenshots: {tmp_path / 'demo-employee.png'}, {tmp_path / 'demo-admin.png'}")
+        finally:
+            browser.close()
+
+
+def _image_widths(page: Any) -> dict[str, list[int]]:
+    page.wait_for_function(
+        "[...document.images].length === 12 && [...document.images].every(i => i.complete)"
+    )
+    widths: dict[str, list[int]] = page.evaluate(
+        """() => ({
+            stream: [...document.querySelectorAll('#col-stream img')].map(i => i.naturalWidth),
+            redirect: [...document.querySelectorAll('#col-redirect img')].map(i => i.naturalWidth),
+        })"""
+    )
+    return widths
