@@ -1,4 +1,5 @@
-"""SigV4 query-string presigning with an explicit signing time, and URL lifetimes. No I/O.
+"""SigV4 signing (presigned URLs and signed request headers) with an explicit signing time,
+and presigned URL lifetimes. No I/O.
 
 Why not botocore's generate_presigned_url: it always signs "now", so every call yields a new
 URL and a browser can never cache a redirected image. Signing with a chosen time (the start of
@@ -179,6 +180,49 @@ def presign_url(
     key_bytes = _signing_key(credentials.secret_key, date, region)
     signature = hmac.new(key_bytes, string_to_sign.encode(), hashlib.sha256).hexdigest()
     return f"{endpoint.scheme}://{host}{path}?{canonical_query}&X-Amz-Signature={signature}"
+
+
+def sign_request(
+    *,
+    endpoint: Endpoint,
+    region: str,
+    credentials: Credentials,
+    method: str,
+    bucket: str,
+    key: str,
+    now: float,
+) -> tuple[str, dict[str, str]]:
+    """Return (url, headers) for a SigV4 header-signed request without a body.
+
+    Only host and the x-amz-* headers are signed; Range and conditional headers may be added
+    unsigned, as S3 allows.
+    """
+    host, path = endpoint.locate(bucket, key)
+    timestamp = datetime.fromtimestamp(int(now), UTC).strftime("%Y%m%dT%H%M%SZ")
+    date = timestamp[:8]
+    scope = f"{date}/{region}/s3/aws4_request"
+    headers = {
+        "host": host,
+        "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+        "x-amz-date": timestamp,
+    }
+    if credentials.token:
+        headers["x-amz-security-token"] = credentials.token
+    names = ";".join(headers)  # already lower case and sorted
+    canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers.items())
+    canonical_request = f"{method}\n{path}\n\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"
+    string_to_sign = (
+        f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n"
+        + hashlib.sha256(canonical_request.encode()).hexdigest()
+    )
+    key_bytes = _signing_key(credentials.secret_key, date, region)
+    signature = hmac.new(key_bytes, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={names}, Signature={signature}"
+    )
+    del headers["host"]  # the HTTP client sends Host itself, exactly as signed
+    return f"{endpoint.scheme}://{host}{path}", headers
 
 
 def _uri_encode(value: str) -> str:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import re
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,27 +22,26 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiobotocore.session import get_session
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
     NoCredentialsError,
-    ReadTimeoutError,
 )
+from yarl import URL
 
 from .config import S3Settings
 from .errors import (
     NotFound,
     NotModified,
     PreconditionFailed,
+    ProxyError,
     RangeNotSatisfiable,
     UpstreamError,
     UpstreamTimeout,
 )
-from .presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url
+from .presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url, sign_request
 
 log = logging.getLogger("proxy.storage")
+MAX_ERROR_BODY = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,18 +53,22 @@ class Conditions:
     if_modified_since: datetime | None = None
     if_unmodified_since: datetime | None = None
 
-    def as_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {}
+    def as_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
         if self.if_match:
-            params["IfMatch"] = self.if_match
+            headers["If-Match"] = self.if_match
         if self.if_none_match:
-            params["IfNoneMatch"] = self.if_none_match
+            headers["If-None-Match"] = self.if_none_match
         # If-Modified-Since is ignored when If-None-Match is present (RFC 9110 13.1.3).
         if self.if_modified_since and not self.if_none_match:
-            params["IfModifiedSince"] = self.if_modified_since
+            headers["If-Modified-Since"] = _http_date(self.if_modified_since)
         if self.if_unmodified_since and not self.if_match:
-            params["IfUnmodifiedSince"] = self.if_unmodified_since
-        return params
+            headers["If-Unmodified-Since"] = _http_date(self.if_unmodified_since)
+        return headers
+
+
+def _http_date(value: datetime) -> str:
+    return format_datetime(value.astimezone(UTC), usegmt=True)
 
 
 def parse_http_date(value: str | None) -> datetime | None:
@@ -163,70 +169,107 @@ OVERRIDE_PARAMS = {
 
 
 class S3Storage:
-    """One aiobotocore client for the whole process, opened at start-up and closed at shutdown."""
+    """Reads objects over one shared aiohttp session, signing each request itself (SigV4), so
+    botocore stays off the per-request path; aiobotocore's session supplies credentials from
+    the standard AWS chain (and refreshes temporary ones). Opened at start-up, closed at exit.
+    """
 
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
-        self._client: Any = None
         self._credentials: Any = None
-        self._stack = contextlib.AsyncExitStack()
+        self._http: aiohttp.ClientSession | None = None
+        internal = settings.endpoint_url or aws_endpoint(settings.region)
+        self._endpoint = Endpoint.parse(internal, settings.addressing_style)
         # Browsers may need another address than the proxy uses (e.g. a MinIO service name).
-        public = (
-            settings.public_endpoint_url or settings.endpoint_url or aws_endpoint(settings.region)
-        )
+        public = settings.public_endpoint_url or internal
         self._public_endpoint = Endpoint.parse(public, settings.addressing_style)
 
     async def open(self) -> None:
         settings = self._settings
-        config = BotoConfig(
-            signature_version="s3v4",
-            s3={"addressing_style": settings.addressing_style},
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
-            max_pool_connections=settings.max_connections,
-            # The proxy passes bytes through; it neither needs nor wants botocore to hash them.
-            response_checksum_validation="when_required",
-            request_checksum_calculation="when_required",
-        )
-        session = get_session()
-        self._credentials = await session.get_credentials()
-        self._client = await self._stack.enter_async_context(
-            session.create_client(
-                "s3",
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                config=config,
-            )
+        self._credentials = await get_session().get_credentials()
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300
+            ),
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+            ),
+            auto_decompress=False,  # bytes pass through exactly as stored
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
 
     async def close(self) -> None:
-        await self._stack.aclose()
-        self._client = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
-        with _translate_errors("HeadObject"):
-            async with asyncio.timeout(self._settings.request_timeout):
-                response = await self._client.head_object(
-                    Bucket=bucket, Key=key, **conditions.as_params()
-                )
-        return _meta_from(response)
+        response = await self._send("HEAD", bucket, key, conditions.as_headers(), "HeadObject")
+        response.release()
+        return _meta_from_headers(response)
 
     async def get(
         self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
     ) -> ObjectStream:
-        params = conditions.as_params()
+        headers = conditions.as_headers()
         if byte_range:
-            params["Range"] = byte_range
-        with _translate_errors("GetObject"):
-            async with asyncio.timeout(self._settings.request_timeout):
-                response = await self._client.get_object(Bucket=bucket, Key=key, **params)
-        body = response["Body"]
+            headers["Range"] = byte_range
+        response = await self._send("GET", bucket, key, headers, "GetObject")
         return ObjectStream(
-            meta=_meta_from(response),
-            chunks=_read_chunks(body, self._settings.chunk_size),
-            _close=body.close,
+            meta=_meta_from_headers(response),
+            chunks=_read_chunks(response, self._settings.chunk_size),
+            _close=response.close,  # a no-op once the body was read to the end
         )
+
+    async def _send(
+        self, method: str, bucket: str, key: str, extra: dict[str, str], operation: str
+    ) -> aiohttp.ClientResponse:
+        """Send one signed request; retry connection failures and 5xx answers while nothing
+        has been sent to the client, within s3.request_timeout (which also bounds the wait
+        for a pooled connection). Answers other than 2xx become the project's errors."""
+        if self._http is None:
+            raise UpstreamError(f"{operation}: storage is not open")
+        settings = self._settings
+        failure: Exception = UpstreamError(f"{operation}: S3 unreachable")
+        with _translate_errors(operation):
+            async with asyncio.timeout(settings.request_timeout):
+                for attempt in range(settings.max_attempts):
+                    if attempt:
+                        # Full-jitter backoff; not security relevant.
+                        backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
+                        await asyncio.sleep(backoff)
+                    credentials = await self.credentials()
+                    url, headers = sign_request(
+                        endpoint=self._endpoint,
+                        region=settings.region,
+                        credentials=credentials,
+                        method=method,
+                        bucket=bucket,
+                        key=key,
+                        now=time.time(),
+                    )
+                    headers.update(extra)
+                    try:
+                        response = await self._http.request(
+                            method,
+                            URL(url, encoded=True),
+                            headers=headers,
+                            allow_redirects=False,
+                        )
+                    except (aiohttp.ClientConnectionError, OSError) as exc:
+                        if isinstance(exc, asyncio.TimeoutError):
+                            raise
+                        failure = UpstreamError(
+                            f"{operation}: S3 unreachable ({type(exc).__name__})"
+                        )
+                        continue
+                    if response.status < 300 or response.status == 206:
+                        return response
+                    body = await _error_body(response, method)
+                    failure = _from_status(response.status, body, response.headers, operation)
+                    if response.status < 500:
+                        raise failure
+        raise failure
 
     async def credentials(self) -> Credentials:
         if self._credentials is None:
@@ -264,38 +307,50 @@ class S3Storage:
         )
 
 
-async def _read_chunks(body: Any, chunk_size: int) -> AsyncIterator[bytes]:
+async def _read_chunks(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
     with _translate_errors("GetObject body"):
-        async for chunk in body.iter_chunks(chunk_size):
+        async for chunk in response.content.iter_chunked(chunk_size):
             yield chunk
 
 
-def _meta_from(response: Mapping[str, Any]) -> ObjectMeta:
-    # S3's own header text is passed on as is: re-formatting botocore's parsed datetime would
-    # only risk changing a validator the client compares byte for byte.
-    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    last_modified = headers.get("last-modified")
-    if last_modified is None and response.get("LastModified") is not None:
-        last_modified = format_datetime(response["LastModified"].astimezone(UTC), usegmt=True)
+def _meta_from_headers(response: aiohttp.ClientResponse) -> ObjectMeta:
+    headers = response.headers
     return ObjectMeta(
-        content_length=int(response.get("ContentLength", 0)),
-        content_type=response.get("ContentType"),
-        etag=response.get("ETag"),
-        last_modified=last_modified,
-        content_range=response.get("ContentRange"),
-        content_encoding=response.get("ContentEncoding"),
-        content_language=response.get("ContentLanguage"),
+        content_length=int(headers.get("Content-Length", 0)),
+        content_type=headers.get("Content-Type"),
+        etag=headers.get("ETag"),
+        last_modified=headers.get("Last-Modified"),
+        content_range=headers.get("Content-Range") if response.status == 206 else None,
+        content_encoding=headers.get("Content-Encoding"),
+        content_language=headers.get("Content-Language"),
     )
+
+
+async def _error_body(response: aiohttp.ClientResponse, method: str) -> str:
+    """S3's error document (small XML), read and the connection released."""
+    try:
+        if method == "HEAD":
+            return ""
+        return (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return ""
+    finally:
+        response.release()
+
+
+def _xml_field(body: str, name: str) -> str | None:
+    found = re.search(rf"<{name}>([^<]{{0,256}})</{name}>", body)
+    return found.group(1) if found else None
 
 
 @contextlib.contextmanager
 def _translate_errors(operation: str) -> Iterator[None]:
-    """Map S3 and transport failures to the project's errors, including while streaming."""
+    """Map transport failures to the project's errors, including while streaming."""
     try:
         yield
-    except ClientError as exc:
-        raise _from_client_error(exc, operation) from None
-    except (TimeoutError, ConnectTimeoutError, ReadTimeoutError):
+    except ProxyError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout(f"{operation}: S3 timed out") from None
     except NoCredentialsError:
         raise UpstreamError(
@@ -305,34 +360,28 @@ def _translate_errors(operation: str) -> Iterator[None]:
         raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
 
 
-def _from_client_error(exc: ClientError, operation: str) -> Exception:
-    error = exc.response.get("Error", {})
-    metadata = exc.response.get("ResponseMetadata", {})
-    status = int(metadata.get("HTTPStatusCode") or 0)
-    code = str(error.get("Code", ""))
-    headers = metadata.get("HTTPHeaders", {})
+def _from_status(status: int, body: str, headers: Mapping[str, str], operation: str) -> Exception:
+    code = _xml_field(body, "Code") or ""
     if status == 304:
-        validators = {
-            name: headers[name.lower()]
-            for name in ("ETag", "Last-Modified")
-            if name.lower() in headers
-        }
+        validators = {name: headers[name] for name in ("ETag", "Last-Modified") if name in headers}
         return NotModified(validators)
     if status == 404 and code != "NoSuchBucket":
         return NotFound(f"{operation}: no such key")
     if status == 412:
         return PreconditionFailed(f"{operation}: precondition failed")
     if status == 416:
-        size = error.get("ActualObjectSize")
+        size = _xml_field(body, "ActualObjectSize")
         return RangeNotSatisfiable(
             f"{operation}: range not satisfiable",
-            size=int(size) if str(size).isdigit() else None,
+            size=int(size) if size and size.isdigit() else None,
         )
     if code == "NoSuchBucket":
         return UpstreamError(f"{operation}: bucket does not exist")
     if status == 403:
         return UpstreamError(
-            f"{operation}: S3 denied access (needs s3:GetObject; a missing key also "
-            "answers 403 without s3:ListBucket)"
+            f"{operation}: S3 denied access ({code[:32] or 'no code'}; needs s3:GetObject, and "
+            "a missing key also answers 403 without s3:ListBucket)"
         )
+    if status in (301, 307):
+        return UpstreamError(f"{operation}: S3 redirected ({code[:32]}); is s3.region right?")
     return UpstreamError(f"{operation}: S3 answered {status} {code[:64]}")

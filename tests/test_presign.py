@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from botocore.auth import SIGV4_TIMESTAMP, S3SigV4QueryAuth
+from botocore.auth import SIGV4_TIMESTAMP, S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials as BotoCredentials
 
 from proxy.presign import (
@@ -17,6 +18,7 @@ from proxy.presign import (
     aws_endpoint,
     plan_lifetime,
     presign_url,
+    sign_request,
 )
 
 from .sigv4 import verify_presigned_url
@@ -202,3 +204,36 @@ def test_expired_credentials_cannot_sign() -> None:
 def test_expiry_is_capped_at_seven_days() -> None:
     life = plan_lifetime(T0, ttl=604800, stable=604800)
     assert life.expires_in == 604800
+
+
+@pytest.mark.parametrize("key", ["plain.jpg", "dir/a b+c~d.pdf", "unicodé/€.txt"])
+@pytest.mark.parametrize("token", [None, "FQoGZXIvYXdzEBYaD+session/token=="])
+def test_request_signature_equals_botocores(key: str, token: str | None) -> None:
+    creds = Credentials(CREDS.access_key, CREDS.secret_key, token)
+    # https: where botocore, too, signs with UNSIGNED-PAYLOAD
+    endpoint = Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "path")
+    url, headers = sign_request(
+        endpoint=endpoint,
+        region="eu-west-1",
+        credentials=creds,
+        method="GET",
+        bucket="my-bucket",
+        key=key,
+        now=T0,
+    )
+    request = AWSRequest(
+        method="GET", url=url, headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
+    )
+    request.context["timestamp"] = datetime.fromtimestamp(T0, UTC).strftime(SIGV4_TIMESTAMP)
+    # UNSIGNED-PAYLOAD, as the proxy sends for requests without a body
+    request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    signer = S3SigV4Auth(
+        BotoCredentials(creds.access_key, creds.secret_key, token), "s3", "eu-west-1"
+    )
+    signer._modify_request_before_signing(request)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    assert headers["authorization"].endswith(f"Signature={expected}")
+    assert headers["x-amz-date"] == request.headers["X-Amz-Date"]
+    if token:
+        assert headers["x-amz-security-token"] == token

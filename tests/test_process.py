@@ -124,7 +124,16 @@ def test_sigterm_cuts_downloads_that_outlast_the_grace_period(
 def test_memory_stays_bounded_with_fifty_slow_readers(s3: S3Objects, tmp_path: Path) -> None:
     """50 clients each read a 48 MiB object slowly. Buffering objects would cost ~2.4 GiB; the
     proxy reads from S3 only as fast as each client takes the bytes."""
-    data = config_dict(s3.endpoint, s3={"max_connections": 64})
+    # moto serves all 50 from this test process: give it time, this test is about memory
+    data = config_dict(
+        s3.endpoint,
+        s3={
+            "max_connections": 64,
+            "read_timeout": 60,
+            "connect_timeout": 30,
+            "request_timeout": 120,
+        },
+    )
     with serving(data, tmp_path) as (process, port):
         baseline = _rss_kib(process.pid, "VmRSS")
 
