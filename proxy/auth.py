@@ -7,8 +7,10 @@ with the public key as its secret is refused. Time checks use an injected clock.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from .errors import Unauthenticated
 from .jwks import FetchJson, JwksKeys, UnknownKey
 
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 10_000
 Clock = Callable[[], float]
 
 
@@ -128,15 +131,37 @@ class TokenVerifier:
                 )
             issuers.append(_Issuer(issuer, jwks))
         self._single = issuers[0] if len(issuers) == 1 else None
+        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._by_name = {i.settings.issuer: i for i in issuers}
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """Return the token's claims, or raise Unauthenticated with a loggable reason."""
+        """Return the token's claims, or raise Unauthenticated with a loggable reason.
+
+        A token that verified once is remembered (by its hash, in a bounded LRU) so repeat
+        requests skip the signature check; its time claims are checked again on every use.
+        The returned claims must not be modified.
+        """
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large", invalid_token=True)
+        digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            self._verified.move_to_end(digest)
+            self._check_times(cached)
+            return cached
+        claims = await self._verify_signature(token)
+        self._check_times(claims)
+        self._verified[digest] = claims
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _verify_signature(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
-            unverified = self._jwt.decode(token, options={"verify_signature": False})
+            unverified = (
+                {} if self._single else self._jwt.decode(token, options={"verify_signature": False})
+            )
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("malformed token", invalid_token=True) from None
         iss = unverified.get("iss")
@@ -149,9 +174,7 @@ class TokenVerifier:
         key = await issuer.key_for(alg, header.get("kid"))
         if not key:
             raise Unauthenticated("no key configured for algorithm", invalid_token=True)
-        claims = self._decode(token, key, alg, issuer.settings)
-        self._check_times(claims)
-        return claims
+        return self._decode(token, key, alg, issuer.settings)
 
     def _decode(self, token: str, key: Any, alg: str, issuer: IssuerSettings) -> dict[str, Any]:
         try:

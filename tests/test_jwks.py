@@ -140,22 +140,24 @@ async def test_forged_kids_cannot_hammer_the_provider(
     assert len(provider.hits) == 2
 
 
-async def test_provider_outage_keeps_serving_the_cached_keys(
-    proxy, s3: S3Objects, provider: Provider
-) -> None:
+async def test_provider_outage_keeps_serving_the_cached_keys(proxy, s3: S3Objects,
+                                                             provider: Provider) -> None:
     clock = Clock(T0)
     key = new_key()
     provider.keys = [key]
     client = await proxy(_jwks_config(s3, provider), clock=clock)
-    token = key.sign({"iss": "https://idp", "exp": T0 + 7200})
-    assert await _get(client, token) == 200
+
+    def token(n: int) -> str:  # a new token each time, so the key set is really consulted
+        return key.sign({"iss": "https://idp", "exp": T0 + 7200, "jti": str(n)})
+
+    assert await _get(client, token(1)) == 200
     provider.up = False
     clock.now += 601  # the cached set is stale and the refresh fails
-    assert await _get(client, token) == 200
+    assert await _get(client, token(2)) == 200
     assert len(provider.hits) == 2
     provider.up = True
     clock.now += 61
-    assert await _get(client, token) == 200
+    assert await _get(client, token(3)) == 200
     assert len(provider.hits) == 3
 
 

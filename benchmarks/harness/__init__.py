@@ -1,0 +1,1 @@
+"""The benchmark harness: servers, load generation, measurements and the Markdown report."""
