@@ -21,6 +21,7 @@ from .auth import Clock, TokenVerifier, extract_token, parse_cookie_header
 from .config import Config, CorsSettings, RateLimitSettings, Route, RouteSettings
 from .cors import preflight_headers, response_headers
 from .delivery import (
+    LinkCache,
     Outcome,
     SignedLink,
     content_disposition,
@@ -208,6 +209,7 @@ class _Handler:
         self._limits = settings.limits
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
         self.streams = StreamSlots(settings.limits.max_streams)
+        self._links_cache = LinkCache()
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
@@ -321,6 +323,7 @@ class _Handler:
             _overrides(settings, key),
             self._clock(),
             exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+            self._links_cache,
         )
 
     async def _deliver(

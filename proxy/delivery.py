@@ -12,6 +12,7 @@ import json
 import re
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -214,6 +215,26 @@ class SignedLink:
         return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class LinkCache:
+    """Stable URLs repeat within their window: remember them (bounded LRU) instead of
+    signing again. Keyed by everything the URL is a function of."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
+
+    def get(self, key: tuple[object, ...]) -> str | None:
+        url = self._urls.get(key)
+        if url is not None:
+            self._urls.move_to_end(key)
+        return url
+
+    def put(self, key: tuple[object, ...], url: str) -> None:
+        self._urls[key] = url
+        if len(self._urls) > self._size:
+            self._urls.popitem(last=False)
+
+
 async def sign_link(
     storage: Storage,
     settings: RouteSettings,
@@ -223,6 +244,7 @@ async def sign_link(
     overrides: Mapping[str, str],
     now: float,
     token_expires_at: float | None,
+    cache: LinkCache | None = None,
 ) -> SignedLink:
     credentials = await storage.credentials()
     try:
@@ -234,9 +256,25 @@ async def sign_link(
             raise Unauthenticated("token expires before a link could be used") from None
         raise UpstreamError("AWS credentials expired; cannot sign") from None
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
-    url = storage.presign(
-        credentials, method, bucket, key, lifetime, overrides if method == "GET" else None
-    )
+    signed_overrides = overrides if method == "GET" else None
+    cache_key: tuple[object, ...] | None = None
+    if cache is not None and settings.stable:
+        cache_key = (
+            credentials.access_key,
+            credentials.token,
+            method,
+            bucket,
+            key,
+            tuple(sorted((signed_overrides or {}).items())),
+            lifetime.signed_at,
+            lifetime.expires_in,
+        )
+        url = cache.get(cache_key)
+        if url is not None:
+            return SignedLink(url, lifetime)
+    url = storage.presign(credentials, method, bucket, key, lifetime, signed_overrides)
+    if cache is not None and cache_key is not None:
+        cache.put(cache_key, url)
     return SignedLink(url, lifetime)
 
 

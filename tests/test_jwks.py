@@ -140,8 +140,9 @@ async def test_forged_kids_cannot_hammer_the_provider(
     assert len(provider.hits) == 2
 
 
-async def test_provider_outage_keeps_serving_the_cached_keys(proxy, s3: S3Objects,
-                                                             provider: Provider) -> None:
+async def test_provider_outage_keeps_serving_the_cached_keys(
+    proxy, s3: S3Objects, provider: Provider
+) -> None:
     clock = Clock(T0)
     key = new_key()
     provider.keys = [key]

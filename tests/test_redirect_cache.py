@@ -324,3 +324,20 @@ async def test_auto_on_a_missing_object_is_404(proxy) -> None:
 
 def test_secret_is_long_enough_for_these_tests() -> None:
     assert len(SECRET) >= 32
+
+
+async def test_stable_urls_are_signed_once_per_window(proxy) -> None:
+    clock = Clock(T0 + 10)
+    fake = FakeStorage()
+    client = await proxy(config_dict(), storage=fake, clock=clock)
+    token = make_token(now=clock.now, ttl=10 * WINDOW)
+    urls = set()
+    for _ in range(3):
+        urls.add((await _location(client, "/stable/photos/42", token)).headers["Location"])
+    assert len(urls) == 1
+    assert [c for c in fake.calls if c[0] == "presign"] == [
+        ("presign", "hr-private", "employees/42/photo.jpg")
+    ]
+    clock.now += WINDOW
+    await _location(client, "/stable/photos/42", token)
+    assert len([c for c in fake.calls if c[0] == "presign"]) == 2
