@@ -46,6 +46,7 @@ from .limits import RateLimiter, StreamSlots
 from .links import LinkVerifier
 from .metacache import MetadataCache
 from .metrics import Metrics
+from .objectcache import ObjectCache
 from .routing import Router
 from .storage import Conditions, CountingStorage, S3Storage, Storage
 
@@ -210,6 +211,7 @@ class _Handler:
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
         self.streams = StreamSlots(settings.limits.max_streams)
         self._links_cache = LinkCache()
+        self._objects = ObjectCache(settings.object_cache.max_bytes, clock)
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
@@ -356,11 +358,15 @@ class _Handler:
                 overrides,
                 outcome,
                 self._limits.client_write_timeout,
+                self._objects,
+                settings.cache,
             )
         finally:
             self.streams.release()
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
+        if outcome.cache_hit:
+            self._metrics.cache_hits += 1
         if outcome.aborted:
             record.reason = outcome.aborted
         return response

@@ -198,6 +198,17 @@ class LimitsSettings(_Model):
     max_tracked_clients: int = Field(100_000, ge=100)  # rate-limit buckets kept in memory
 
 
+class RouteCacheSettings(_Model):
+    """Serve small objects from process memory for `max_age` seconds after fetching them."""
+
+    max_age: float = Field(gt=0, le=86400)
+    max_object_bytes: int = Field(256 * 1024, ge=1, le=64 * 1024 * 1024)
+
+
+class ObjectCacheSettings(_Model):
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # all cached objects together
+
+
 class CorsSettings(_Model):
     origins: list[str] = Field(min_length=1)
     credentials: bool = False
@@ -242,6 +253,7 @@ class RouteSettings(_Model):
     content_type: str | None = None
     cors: CorsSettings | None = None
     rate_limit: RateLimitSettings | None = None  # overrides limits.rate_limit for this route
+    cache: RouteCacheSettings | None = None  # stream/auto: hot small objects from memory
 
     @field_validator("cache_control", "content_type")
     @classmethod
@@ -293,6 +305,7 @@ class Settings(_Model):
     sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    object_cache: ObjectCacheSettings = Field(default_factory=ObjectCacheSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -461,6 +474,11 @@ def _cross_check(
             problems.append(
                 f"{where}.access: a public route cannot use claims in its key "
                 f"({route.key!r}); use access: authenticated"
+            )
+        if route.cache is not None and route.delivery == "redirect":
+            problems.append(
+                f"{where}.cache: only applies to delivery stream or auto (a redirect sends no "
+                "bytes); remove it"
             )
         if route.stable is not None:
             if route.delivery == "stream":

@@ -20,10 +20,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .config import RouteSettings
-from .errors import NotModified, Unauthenticated, UpstreamError
+from .config import RouteCacheSettings, RouteSettings
+from .errors import NotModified, RangeNotSatisfiable, Unauthenticated, UpstreamError
+from .objectcache import ObjectCache
 from .presign import Lifetime, LifetimeError, plan_lifetime
-from .storage import Conditions, ObjectMeta, Storage, parse_http_date
+from .storage import Conditions, ObjectMeta, ObjectStream, Storage, parse_http_date
 
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})", re.IGNORECASE)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
@@ -48,6 +49,7 @@ class Outcome:
     bytes_from_s3: int = 0
     bytes_sent: int = 0
     first_byte: float | None = None  # perf_counter() after the first chunk was written
+    cache_hit: bool = False
     aborted: str | None = None
 
 
@@ -136,12 +138,30 @@ async def stream(
     overrides: Mapping[str, str],
     chunk_outcome: Outcome,
     write_timeout: float = 60.0,
+    cache: ObjectCache | None = None,
+    cache_settings: RouteCacheSettings | None = None,
 ) -> web.StreamResponse:
     conditions = conditions_from(request.headers)
     try:
-        return await _stream(
-            request, storage, bucket, key, overrides, chunk_outcome, write_timeout, conditions
-        )
+        if cache is not None and cache_settings is not None and _cacheable(request):
+            return await _from_cache(
+                request,
+                storage,
+                bucket,
+                key,
+                overrides,
+                chunk_outcome,
+                write_timeout,
+                cache,
+                cache_settings,
+            )
+        if request.method == "HEAD":
+            meta = await storage.head(bucket, key, conditions)
+            response = web.StreamResponse(status=200, headers=object_headers(meta, overrides))
+            response.content_length = meta.content_length
+            return response
+        obj = await storage.get(bucket, key, conditions, range_for(request.headers))
+        return await send_object(request, obj, overrides, chunk_outcome, write_timeout)
     except NotModified as exc:
         # RFC 9111 4.3.4: a 304 repeats the Cache-Control the 200 would have carried.
         if "Cache-Control" in overrides:
@@ -149,23 +169,14 @@ async def stream(
         raise
 
 
-async def _stream(
+async def send_object(
     request: web.Request,
-    storage: Storage,
-    bucket: str,
-    key: str,
+    obj: ObjectStream,
     overrides: Mapping[str, str],
     chunk_outcome: Outcome,
     write_timeout: float,
-    conditions: Conditions,
 ) -> web.StreamResponse:
-    if request.method == "HEAD":
-        meta = await storage.head(bucket, key, conditions)
-        response = web.StreamResponse(status=200, headers=object_headers(meta, overrides))
-        response.content_length = meta.content_length
-        return response
-
-    obj = await storage.get(bucket, key, conditions, range_for(request.headers))
+    """Stream an opened S3 object to the client, then release it."""
     try:
         status = 206 if obj.meta.content_range else 200
         response = web.StreamResponse(status=status, headers=object_headers(obj.meta, overrides))
@@ -203,6 +214,107 @@ async def _stream(
         return response
     finally:
         await obj.aclose()
+
+
+# Requests the memory cache answers itself; anything more exotic goes to S3.
+_BYPASS_CACHE = ("If-Match", "If-Unmodified-Since", "If-Range")
+
+
+def _cacheable(request: web.Request) -> bool:
+    return not any(name in request.headers for name in _BYPASS_CACHE)
+
+
+async def _from_cache(
+    request: web.Request,
+    storage: Storage,
+    bucket: str,
+    key: str,
+    overrides: Mapping[str, str],
+    chunk_outcome: Outcome,
+    write_timeout: float,
+    cache: ObjectCache,
+    settings: RouteCacheSettings,
+) -> web.StreamResponse:
+    cached = cache.get(bucket, key)
+    if cached is not None:
+        chunk_outcome.cache_hit = True
+        return _memory_response(request, cached.meta, cached.body, overrides, chunk_outcome)
+    # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
+    # from memory like any later request.
+    obj = await storage.get(bucket, key, Conditions(), None)
+    if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
+        if request.method == "HEAD" or "Range" in request.headers or _conditional(request):
+            await obj.aclose()  # too big to cache: ask S3 the client's own question
+            return await stream(
+                request, storage, bucket, key, overrides, chunk_outcome, write_timeout
+            )
+        return await send_object(request, obj, overrides, chunk_outcome, write_timeout)
+    try:
+        body = b"".join([chunk async for chunk in obj.chunks])
+    finally:
+        await obj.aclose()
+    if len(body) != obj.meta.content_length:
+        raise UpstreamError("GetObject: body shorter than its Content-Length")
+    cache.put(bucket, key, obj.meta, body, settings.max_age)
+    return _memory_response(request, obj.meta, body, overrides, chunk_outcome)
+
+
+def _conditional(request: web.Request) -> bool:
+    return "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+
+
+def _memory_response(
+    request: web.Request,
+    meta: ObjectMeta,
+    body: bytes,
+    overrides: Mapping[str, str],
+    chunk_outcome: Outcome,
+) -> web.Response:
+    headers = object_headers(meta, overrides)
+    headers.pop("Content-Range", None)
+    if _not_modified(request.headers, meta):
+        kept: tuple[str, ...] = ("ETag", "Last-Modified", "Cache-Control")
+        validators = {name: headers[name] for name in kept if name in headers}
+        return web.Response(status=304, headers=validators)
+    size = len(body)
+    status, payload = 200, body
+    byte_range = range_for(request.headers)
+    if byte_range is not None:
+        span = _resolve_range(byte_range, size)
+        if span is None:
+            raise RangeNotSatisfiable("range not satisfiable", size=size)
+        first, last = span
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        status, payload = 206, body[first : last + 1]
+    chunk_outcome.first_byte = time.perf_counter()
+    if request.method != "HEAD":
+        chunk_outcome.bytes_sent = len(payload)
+    return web.Response(status=status, body=payload, headers=headers)
+
+
+def _not_modified(headers: Mapping[str, str], meta: ObjectMeta) -> bool:
+    if_none_match = _single_line(headers.get("If-None-Match"))
+    if if_none_match is not None:
+        if meta.etag is None:
+            return False
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or meta.etag.removeprefix("W/") in tags
+    since = parse_http_date(headers.get("If-Modified-Since"))
+    modified = parse_http_date(meta.last_modified)
+    return since is not None and modified is not None and modified <= since
+
+
+def _resolve_range(byte_range: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte positions for a normalized single range, or None if unsatisfiable."""
+    first_text, last_text = byte_range.removeprefix("bytes=").split("-")
+    if not first_text:
+        length = int(last_text)
+        return (max(0, size - length), size - 1) if size else None
+    first = int(first_text)
+    if first >= size:
+        return None
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    return first, last
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class MethodStats:
 class Metrics:
     requests: int = 0
     s3_requests: int = 0  # calls the proxy made to S3 (HEAD/GET); presigning makes none
+    cache_hits: int = 0  # streamed answers served from the in-memory object cache
     bytes_redirected: int = 0  # object bytes clients fetched from S3 instead (when known)
     statuses: Counter[int] = field(default_factory=Counter)
     by_delivery: dict[str, MethodStats] = field(default_factory=dict)
@@ -61,6 +62,7 @@ class Metrics:
         return {
             "requests": self.requests,
             "s3_requests": self.s3_requests,
+            "cache_hits": self.cache_hits,
             "bytes_redirected": self.bytes_redirected,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "by_delivery": {k: v.as_dict() for k, v in sorted(self.by_delivery.items())},

@@ -1,0 +1,115 @@
+"""The in-memory cache of hot small objects (per-route `cache:`), with an injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.objectcache import ObjectCache
+from proxy.storage import ObjectMeta
+
+from .conftest import Clock, S3Objects, bearer, config_dict, make_token
+from .fakes import FakeStorage
+
+T0 = 1_900_000_000.0
+BODY = bytes(range(256)) * 40  # 10 KiB
+KEY = ("hr-private", "employees/42/photo.jpg")
+BIG_KEY = ("hr-private", "employees/43/photo.jpg")
+
+
+def _cached_route(max_age: float = 5, max_object_bytes: int = 64 * 1024) -> dict[str, Any]:
+    data = config_dict()
+    data["routes"][1]["cache"] = {"max_age": max_age, "max_object_bytes": max_object_bytes}
+    return data
+
+
+def _gets(fake: FakeStorage) -> int:
+    return len([call for call in fake.calls if call[0] in ("get", "head")])
+
+
+async def _start(proxy: Any, clock: Clock) -> tuple[Any, FakeStorage, dict[str, str]]:
+    fake = FakeStorage(objects={KEY: BODY, BIG_KEY: b"y" * 100_000})
+    client = await proxy(_cached_route(), storage=fake, clock=clock)
+    return client, fake, bearer(make_token(now=T0, ttl=3600))
+
+
+async def test_repeat_requests_are_served_from_memory_until_max_age(proxy) -> None:
+    clock = Clock(T0)
+    client, fake, token = await _start(proxy, clock)
+    for _ in range(5):
+        response = await client.get("/stream/photos/42", headers=token)
+        assert response.status == 200
+        assert await response.read() == BODY
+        assert response.headers["ETag"] == '"fake"'
+        assert response.headers["Content-Length"] == str(len(BODY))
+    assert _gets(fake) == 1
+    clock.now += 5
+    assert await (await client.get("/stream/photos/42", headers=token)).read() == BODY
+    assert _gets(fake) == 2
+
+
+async def test_authorization_is_checked_even_on_cached_objects(proxy) -> None:
+    clock = Clock(T0)
+    client, _fake, token = await _start(proxy, clock)
+    assert (await client.get("/stream/photos/42", headers=token)).status == 200
+    assert (await client.get("/stream/photos/42")).status == 401
+    expired = bearer(make_token(now=T0 - 7200, ttl=60))
+    assert (await client.get("/stream/photos/42", headers=expired)).status == 401
+
+
+async def test_conditionals_and_ranges_are_answered_from_memory(proxy) -> None:
+    clock = Clock(T0)
+    client, fake, token = await _start(proxy, clock)
+    await (await client.get("/stream/photos/42", headers=token)).read()
+    not_modified = await client.get(
+        "/stream/photos/42", headers={**token, "If-None-Match": 'W/"x", "fake"'}
+    )
+    assert not_modified.status == 304
+    assert not_modified.headers["Cache-Control"] == "private, no-cache"
+    part = await client.get("/stream/photos/42", headers={**token, "Range": "bytes=10-19"})
+    assert part.status == 206
+    assert await part.read() == BODY[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(BODY)}"
+    tail = await client.get("/stream/photos/42", headers={**token, "Range": "bytes=-5"})
+    assert await tail.read() == BODY[-5:]
+    past = await client.get("/stream/photos/42", headers={**token, "Range": "bytes=99999-"})
+    assert past.status == 416
+    assert past.headers["Content-Range"] == f"bytes */{len(BODY)}"
+    head = await client.head("/stream/photos/42", headers=token)
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(BODY))
+    assert _gets(fake) == 1
+
+
+async def test_large_objects_are_streamed_not_cached(proxy) -> None:
+    clock = Clock(T0)
+    client, fake, token = await _start(proxy, clock)
+    for _ in range(2):
+        response = await client.get("/stream/photos/43", headers=token)
+        assert await response.read() == b"y" * 100_000
+    assert _gets(fake) == 2
+
+
+async def test_cache_against_real_s3(proxy, s3: S3Objects) -> None:
+    data = _cached_route()
+    data["s3"]["endpoint_url"] = s3.endpoint
+    data["metrics"] = {"path": "/_metrics"}
+    client = await proxy(data)
+    token = bearer(make_token())
+    for _ in range(3):
+        assert await (await client.get("/stream/photos/42", headers=token)).read() == s3.photo
+    metrics = await (await client.get("/_metrics")).json()
+    assert (metrics["s3_requests"], metrics["cache_hits"]) == (1, 2)
+
+
+def test_the_cache_stays_within_its_byte_budget() -> None:
+    clock = Clock(T0)
+    cache = ObjectCache(max_bytes=1000, clock=clock)
+    meta = ObjectMeta(content_length=400)
+    for name in "abc":
+        cache.put("b", name, meta, b"x" * 400, max_age=60)
+    assert cache.size_bytes == 800
+    assert cache.get("b", "a") is None  # the least recently used went first
+    assert cache.get("b", "c") is not None
+    cache.put("b", "huge", meta, b"x" * 2000, max_age=60)
+    assert cache.get("b", "huge") is None
+    clock.now += 60
+    assert cache.get("b", "c") is None
