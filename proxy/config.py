@@ -55,6 +55,7 @@ class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get after SIGTERM
+    workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
 
 
 class S3Settings(_Model):

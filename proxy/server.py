@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import socket
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,6 +23,7 @@ from .app import IN_FLIGHT, create_app
 from .config import Config
 
 _POLL = 0.05
+log = logging.getLogger("proxy.server")
 
 
 async def serve(
@@ -27,6 +32,7 @@ async def serve(
     port: int,
     on_ready: Callable[[int], None],
     app: web.Application | None = None,
+    reuse_port: bool = False,
 ) -> None:
     limits = config.settings.limits
     grace = config.settings.listen.shutdown_grace
@@ -41,7 +47,7 @@ async def serve(
         max_headers=limits.max_headers,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     on_ready(bound)
@@ -85,10 +91,25 @@ def run(
     on_ready: Callable[[int], None],
     app_factory: Callable[[], web.Application] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; uvloop is used when it is installed."""
+    """Run until SIGTERM/SIGINT, in `listen.workers` processes; uvloop when installed."""
+    workers = config.settings.listen.workers
+    if workers == 1:
+        _run_worker(config, host, port, on_ready, app_factory, reuse_port=False)
+        return
+    _supervise(config, host, port, on_ready, app_factory, workers)
 
+
+def _run_worker(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    app_factory: Callable[[], web.Application] | None,
+    reuse_port: bool,
+) -> None:
     async def main() -> None:
-        await serve(config, host, port, on_ready, app_factory() if app_factory else None)
+        app = app_factory() if app_factory else None
+        await serve(config, host, port, on_ready, app, reuse_port)
 
     try:
         import uvloop
@@ -96,3 +117,63 @@ def run(
         asyncio.run(main())
     else:
         uvloop.run(main())
+
+
+def _supervise(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    app_factory: Callable[[], web.Application] | None,
+    workers: int,
+) -> None:
+    """Fork `workers` processes that share one port through SO_REUSEPORT (the kernel spreads
+    connections across them); forward SIGTERM/SIGINT to them, restart any that crash, and
+    return once all have exited after a signal."""
+    # Hold the port (bound, not listening) so that port 0 means one port for all workers.
+    holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    port = holder.getsockname()[1]
+    stopping = False
+    children: dict[int, int] = {}  # pid -> worker number
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            holder.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                ready = on_ready if number == 0 else (lambda bound: None)
+                _run_worker(config, host, port, ready, app_factory, reuse_port=True)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        children[pid] = number
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for first in range(workers):
+        spawn(first)
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            crashed = children.pop(pid) if pid in children else None
+            if crashed is not None and not stopping:
+                log.warning("worker %d exited (status %d); starting a new one", crashed, status)
+                time.sleep(0.5)  # do not spin if workers die at once
+                spawn(crashed)
+    finally:
+        holder.close()

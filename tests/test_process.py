@@ -165,3 +165,27 @@ def test_memory_stays_bounded_with_fifty_slow_readers(s3: S3Objects, tmp_path: P
         f"with 50 slow readers of a {HUGE_SIZE >> 20} MiB object"
     )
     assert grown_mib < 150, f"proxy RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_two_workers_share_the_port_and_stop_together(s3: S3Objects, tmp_path: Path) -> None:
+    data = config_dict(s3.endpoint, listen={"workers": 2, "shutdown_grace": 5})
+    with serving(data, tmp_path) as (process, port):
+        children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 20
+        while len(children_file.read_text().split()) < 2:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.05)
+        workers = children_file.read_text().split()
+        for _ in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request(
+                "GET", "/admin/exports/q4.pdf", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+            response = conn.getresponse()
+            assert response.status == 200
+            assert response.read() == s3.report
+            conn.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists()
