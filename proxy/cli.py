@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "bench":
+        return _bench(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -77,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
 
+    bench = commands.add_parser(
+        "bench", help="compare stream and redirect on the same objects, with numbers"
+    )
+    bench.add_argument("--out", default="bench-report", help="folder for report.md and the chart")
+    bench.add_argument("--rounds", type=int, default=3, help="first views to take the median of")
+
     for sub in (serve, check, token, link):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
@@ -107,6 +115,20 @@ def _demo(args: argparse.Namespace) -> int:
         )
         return 2
     return run_demo(args.host, args.port)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from .bench import run_bench
+    except ImportError as exc:
+        print(
+            f"bench needs the demo extra: pip install -e '.[demo]' ({exc.name} is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_bench(Path(args.out), max(1, args.rounds))
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
