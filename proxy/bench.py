@@ -124,11 +124,15 @@ class World:
     def __init__(self, workdir: Path) -> None:
         from .demo.s3 import CountingS3
 
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench-secret",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+        # The proxy process gets test credentials for moto; this process's env is untouched.
+        self.env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            self.env.pop(name, None)
         self.s3 = CountingS3()
         self.workdir = workdir
         self.secret = secrets.token_urlsafe(48)
@@ -137,7 +141,7 @@ class World:
 
     def start(self, sizes: tuple[int, ...]) -> None:
         self.s3.start()
-        client = self.s3.client()
+        client = self.s3.client(access_key="bench", secret_key="bench-secret")  # noqa: S106
         client.create_bucket(Bucket="bench")
         for size in sizes:
             client.put_object(Bucket="bench", Key=f"objects/{size}.bin", Body=os.urandom(size))
@@ -171,7 +175,7 @@ class World:
         }
         path = self.workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [
                 sys.executable,
                 "-m",
@@ -184,6 +188,7 @@ class World:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=self.env,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -273,7 +278,7 @@ class Progress:
 
 
 def _ms(values: list[float]) -> str:
-    return f"{statistics.median(values) * 1000:.1f} ms" if values else "–"
+    return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
 
 
 def _mib(value: float) -> str:
@@ -286,7 +291,7 @@ def report(results: dict[str, list[View]], sizes: tuple[int, ...], rounds: int) 
 
     def cpu_per_gb(view: View) -> str:
         if not view.client_bytes:
-            return "–"
+            return "-"
         return f"{view.proxy_cpu / (view.client_bytes / 1e9):.2f} s"
 
     rows = [

@@ -48,10 +48,16 @@ class CountingS3:
             self._server.shutdown()
             self._server.server_close()
 
-    def client(self) -> Any:
+    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+        )
 
     def reset(self) -> None:
         with self._lock:
