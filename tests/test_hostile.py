@@ -3,6 +3,7 @@ key outside the route's template, never injection. Includes property tests (hypo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -256,3 +257,61 @@ async def test_public_endpoint_host_is_signed_as_browsers_send_it(
     client = await proxy(config_dict(s3.endpoint, s3={"public_endpoint_url": public}))
     response = await client.get("/photos/42", headers=ALICE, allow_redirects=False)
     assert response.headers["Location"].startswith(prefix + "hr-private/")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    token=st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda h, p, sig: (
+                ".".join(
+                    base64.urlsafe_b64encode(part.encode()).rstrip(b"=").decode() for part in (h, p)
+                )
+                + "."
+                + sig
+            ),
+            st.text(max_size=80),
+            st.text(max_size=120),
+            st.text(max_size=40),
+        ),
+        st.builds(
+            lambda header, payload: _forge(header, payload),
+            st.dictionaries(
+                st.sampled_from(["alg", "kid", "typ", "crit", "jku", "x5u"]),
+                st.one_of(
+                    st.text(max_size=20),
+                    st.integers(),
+                    st.none(),
+                    st.lists(st.text(max_size=5), max_size=3),
+                ),
+            ),
+            st.dictionaries(
+                st.sampled_from(["sub", "exp", "iss", "aud", "nbf", "iat"]),
+                st.one_of(
+                    st.text(max_size=20), st.integers(), st.floats(), st.none(), st.booleans()
+                ),
+            ),
+        ),
+    )
+)
+def test_any_token_is_verified_or_refused_with_401(token: str) -> None:
+    from proxy.auth import TokenVerifier
+    from proxy.config import AuthSettings
+
+    verifier = TokenVerifier(AuthSettings(secret=SECRET), clock=lambda: 1_900_000_000)
+    try:
+        claims = asyncio.run(verifier.verify(token))
+    except Unauthenticated:
+        return
+    assert isinstance(claims, dict)  # only a correctly signed, current token gets here
+
+
+def _forge(header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """A token signed with the real secret whatever its header says (for alg confusion)."""
+    signing_input = b".".join(
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+        for part in (header, payload)
+    )
+    signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
