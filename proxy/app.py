@@ -166,6 +166,10 @@ async def _errors_to_responses(request: web.Request, handler: Handler) -> web.St
     except ProxyError as exc:
         record.reason = exc.reason
         return _error_response(exc.status, exc.detail, exc.headers)
+    except ConnectionError:
+        # The client went away while we answered: nothing to send, and not our error.
+        record.reason = "client disconnected"
+        return web.Response(status=499)  # nginx's "client closed request", for the log
     except web.HTTPException as exc:
         # aiohttp's own refusals: keep the status, use the proxy's body format.
         record.reason = exc.reason

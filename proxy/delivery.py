@@ -181,7 +181,11 @@ async def send_object(
         status = 206 if obj.meta.content_range else 200
         response = web.StreamResponse(status=status, headers=object_headers(obj.meta, overrides))
         response.content_length = obj.meta.content_length
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            chunk_outcome.aborted = "client disconnected"
+            return response
         try:
             async for chunk in obj.chunks:
                 chunk_outcome.bytes_from_s3 += len(chunk)

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 from aiohttp import web
 
@@ -111,12 +112,20 @@ def _run_worker(
         app = app_factory() if app_factory else None
         await serve(config, host, port, on_ready, app, reuse_port)
 
-    try:
-        import uvloop
-    except ImportError:
+    # Decided outside any `except` block, so that no later traceback carries the ImportError.
+    uvloop = _uvloop()
+    if uvloop is None:
         asyncio.run(main())
     else:
         uvloop.run(main())
+
+
+def _uvloop() -> ModuleType | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
 
 
 def _supervise(
