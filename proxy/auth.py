@@ -28,10 +28,11 @@ Clock = Callable[[], float]
 def extract_token(
     settings: AuthSettings,
     headers: Mapping[str, str],
-    cookies: Mapping[str, str],
+    cookies: Mapping[str, str] | None,
     query: Mapping[str, str],
 ) -> tuple[str, str] | None:
-    """Return (source description, token) from the first configured source present."""
+    """Return (source description, token) from the first configured source present.
+    `cookies` None means "parse the Cookie header when a cookie source is reached"."""
     for source in settings.sources:
         if source.header:
             value = headers.get(source.header)
@@ -45,6 +46,8 @@ def extract_token(
             token = value.strip()
             where = f"header {source.header}"
         elif source.cookie:
+            if cookies is None:
+                cookies = parse_cookie_header(headers.get("Cookie"))
             token = cookies.get(source.cookie, "").strip()
             where = f"cookie {source.cookie}"
         else:

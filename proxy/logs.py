@@ -10,6 +10,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
+from typing import TextIO
+
+from .accesslog import LineWriter, write_lines_to
 
 _PATTERNS = (
     # JWTs (access tokens, share links) wherever they appear
@@ -42,6 +46,8 @@ class RedactSecrets(logging.Filter):
         self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "proxy.access":
+            return True  # built by the proxy from fields that never hold secrets
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
@@ -51,14 +57,61 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that does not flush after every line: under load, one write system
+    call per request costs more than the rest of the access log. Warnings and errors are
+    flushed at once; `flush_due()` (called periodically by the server) does the rest."""
+
+    interval = 0.5
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._flushed_at = time.monotonic()
+
+    def flush(self) -> None:  # called by emit(): flush only when due
+        self.flush_due()
+
+    def flush_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._flushed_at >= self.interval:
+            self._flushed_at = now
+            super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if record.levelno >= logging.WARNING:
+            self.flush_due(force=True)
+
+    def close(self) -> None:
+        self.flush_due(force=True)
+        super().close()
+
+
+_access_writer: LineWriter | None = None
+
+
+def flush_logs() -> None:
+    if _access_writer is not None:
+        _access_writer.flush()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingStreamHandler):
+            handler.flush_due(force=True)
+
+
 def configure_logging(level: str) -> None:
     """JSON access lines on stdout, everything redacted. botocore stays at WARNING even in
     DEBUG runs: its debug output includes signed request headers."""
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout)
+    stdout = BatchingStreamHandler(sys.stdout)
+    stdout.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[stdout])
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactSecrets) for f in handler.filters):
             handler.addFilter(RedactSecrets())
     quiet_noisy_libraries()
+    global _access_writer
+    if logging.getLogger("proxy.access").isEnabledFor(logging.INFO):
+        _access_writer = LineWriter(sys.stdout, BatchingStreamHandler.interval)
+        write_lines_to(_access_writer)
 
 
 def quiet_noisy_libraries() -> None:

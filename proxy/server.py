@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .app import IN_FLIGHT, create_app
 from .config import Config
+from .logs import BatchingStreamHandler, flush_logs
 
 _POLL = 0.05
 log = logging.getLogger("proxy.server")
@@ -55,6 +56,7 @@ async def serve(
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    flusher = asyncio.ensure_future(_flush_logs_every(BatchingStreamHandler.interval))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -70,6 +72,14 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         await runner.cleanup()
+        flusher.cancel()
+        flush_logs()
+
+
+async def _flush_logs_every(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        flush_logs()
 
 
 def _busy(app: web.Application, runner: web.AppRunner) -> bool:

@@ -177,6 +177,8 @@ class S3Storage:
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
         self._credentials: Any = None
+        self._frozen: Credentials | None = None
+        self._reread_at = 0.0
         self._http: aiohttp.ClientSession | None = None
         internal = settings.endpoint_url or aws_endpoint(settings.region)
         self._endpoint = Endpoint.parse(internal, settings.addressing_style)
@@ -272,6 +274,16 @@ class S3Storage:
         raise failure
 
     async def credentials(self) -> Credentials:
+        # Static keys are read once; temporary ones are re-read every 30 s so that a refresh
+        # by aiobotocore (ahead of their expiry) is picked up.
+        cached = self._frozen
+        if cached is not None and (cached.expires_at is None or time.time() < self._reread_at):
+            return cached
+        fresh = await self._read_credentials()
+        self._frozen, self._reread_at = fresh, time.time() + 30
+        return fresh
+
+    async def _read_credentials(self) -> Credentials:
         if self._credentials is None:
             raise UpstreamError("presign: no AWS credentials found in the standard chain")
         with _translate_errors("credentials"):
