@@ -35,5 +35,4 @@ if [ ! -x "$python" ]; then
     exit 2
 fi
 
-cd "$root"
-exec "$python" "$here/bench.py" "$@"
+exec "$python" -B "$here/bench.py" "$@"

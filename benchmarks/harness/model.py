@@ -36,6 +36,10 @@ class Sample:
 
     wrk: WrkResult
     cpu_s: float
+    # During the run: CPU time of user-space processes outside the benchmark, and time the
+    # hypervisor stole from the server's CPU.
+    foreign_s: float = math.nan
+    steal_s: float = math.nan
 
 
 @dataclass
@@ -71,6 +75,12 @@ class Row:
         return self._median(
             lambda s: s.cpu_s / (s.wrk.bytes / LARGE_SIZE) * 1e3 if s.wrk.bytes else math.nan
         )
+
+    @property
+    def busy(self) -> float:
+        """The server's CPU time over the run's wall time: 1.0 is one core fully used. Well
+        below 1.0 (for a one-core server), something else was the bottleneck."""
+        return self._median(lambda s: s.cpu_s / s.wrk.duration_s if s.wrk.duration_s else math.nan)
 
     @property
     def p50_ms(self) -> float:
@@ -174,6 +184,7 @@ class Results:
     scaling: Scaling = field(default_factory=Scaling)
     incidents: list[str] = field(default_factory=list)
     proxy_log: list[str] = field(default_factory=list)  # summary lines of the proxy's own log
+    proxy_config: str = ""  # the generated YAML of the main proxy instance (no secrets in it)
     phases: list[tuple[str, float]] = field(default_factory=list)
     total_s: float = 0.0
 

@@ -85,6 +85,51 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / CLOCK_TICKS
 
 
+def steal_seconds(cpu: int) -> float:
+    """Time the hypervisor took from `cpu` (the "steal" column of /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = line.split()[1:]
+            return int(values[7]) / CLOCK_TICKS if len(values) > 7 else 0.0
+    return 0.0
+
+
+_PF_KTHREAD = 0x00200000
+
+
+def other_processes(exclude_root: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every user-space process outside `exclude_root`'s tree (kernel
+    threads left out: they do the servers' network work), by PID, with its name."""
+    mine = set(process_tree(exclude_root))
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[6]) & _PF_KTHREAD:
+            continue
+        found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
+def busiest_others(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> list[tuple[str, float]]:
+    """CPU seconds used between two `other_processes` snapshots, by process name, largest
+    first (a process that started in between counts from zero)."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        delta = seconds - before.get(pid, (name, 0.0))[1]
+        if delta > 0:
+            used[name] = used.get(name, 0.0) + delta
+    return sorted(used.items(), key=lambda item: -item[1])
+
+
 def _status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -152,8 +197,9 @@ class Server:
                 raise ServerError(
                     f"{self.name} exited with status {status} at start-up: {self.stderr_tail()}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.05)

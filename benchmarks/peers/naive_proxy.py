@@ -23,9 +23,7 @@ async def fetch(request: web.Request) -> web.Response:
     url = f"{request.app[BACKEND]}/bench/{request.match_info['key']}"
     async with request.app[SESSION].get(url) as upstream:
         body = await upstream.read()
-        return web.Response(
-            body=body, status=upstream.status, content_type=upstream.content_type
-        )
+        return web.Response(body=body, status=upstream.status, content_type=upstream.content_type)
 
 
 def make_app(backend: str, pool: int) -> web.Application:
