@@ -197,6 +197,7 @@ class S3Storage:
                 sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
             ),
             auto_decompress=False,  # bytes pass through exactly as stored
+            read_bufsize=settings.chunk_size,  # bounds what one stream buffers from S3
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
         )
 
@@ -320,9 +321,16 @@ class S3Storage:
 
 
 async def _read_chunks(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
+    # Pass on whatever has arrived (up to chunk_size) instead of waiting to fill a chunk: no
+    # re-assembly copies, and less memory held per stream.
     with _translate_errors("GetObject body"):
-        async for chunk in response.content.iter_chunked(chunk_size):
-            yield chunk
+        content = response.content
+        while chunk := await content.readany():
+            if len(chunk) <= chunk_size:
+                yield chunk
+            else:
+                for start in range(0, len(chunk), chunk_size):
+                    yield chunk[start : start + chunk_size]
 
 
 def _meta_from_headers(response: aiohttp.ClientResponse) -> ObjectMeta:

@@ -21,6 +21,7 @@ NAIVE = "naive aiohttp proxy"
 BOTO = "aiobotocore proxy"
 BARE = "bare 302 (aiohttp)"
 PROXY_STREAM = "s3-private-proxy /s/ (stream)"
+PROXY_CACHED = "s3-private-proxy /c/ (stream, cache max_age 5)"
 PROXY_REDIRECT = "s3-private-proxy /r/ (redirect)"
 PROXY = "s3-private-proxy"
 

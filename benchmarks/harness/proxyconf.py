@@ -23,6 +23,7 @@ from .backends import BUCKET
 from .procs import run_command
 
 STREAM_ROUTE = "bench-stream"
+CACHED_ROUTE = "bench-cached"
 REDIRECT_ROUTE = "bench-redirect"
 
 
@@ -48,6 +49,16 @@ def proxy_config(*, port: int, backend_url: str, pool: int) -> dict[str, Any]:
         },
         "auth": {"algorithms": ["HS256"], "secret": "${JWT_SECRET}"},
         "routes": [
+            {
+                # the same objects, kept in memory for 5 s after each fetch (`cache`)
+                "name": CACHED_ROUTE,
+                "match": "/c/{key:.+}",
+                "bucket": BUCKET,
+                "key": "{key}",
+                "delivery": "stream",
+                "access": "authenticated",
+                "cache": {"max_age": 5, "max_object_bytes": 262144},
+            },
             {
                 "name": STREAM_ROUTE,
                 "match": "/s/{key:.+}",

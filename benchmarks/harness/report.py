@@ -13,6 +13,7 @@ from .model import (
     LARGE,
     NGINX,
     PROXY,
+    PROXY_CACHED,
     PROXY_REDIRECT,
     PROXY_STREAM,
     SMALL_REDIRECT,
@@ -243,6 +244,7 @@ def _targets(results: Results) -> list[str]:
         return a / b if b and not math.isnan(b) else math.nan
 
     stream = div(rps(SMALL_STREAM, PROXY_STREAM), rps(SMALL_STREAM, BOTO))
+    cached = div(rps(SMALL_STREAM, PROXY_CACHED), rps(SMALL_STREAM, BOTO))
     redirect = div(rps(SMALL_REDIRECT, PROXY_REDIRECT), rps(SMALL_REDIRECT, BARE))
     large = div(mbps(PROXY_STREAM), mbps(NGINX))
     rss_row = results.rss.get(PROXY)
@@ -266,6 +268,12 @@ def _targets(results: Results) -> list[str]:
             _ratio(stream, 1.0),
             "≥ 10x",
             _at_least(stream, 10.0),
+        ],
+        [
+            "stream 10 KiB with `cache` (max_age 5) vs aiobotocore proxy (req/s)",
+            _ratio(cached, 1.0),
+            "≥ 10x",
+            _at_least(cached, 10.0),
         ],
         [
             "redirect 10 KiB vs bare 302 (req/s)",
