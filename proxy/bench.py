@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,54 +295,23 @@ def report(results: dict[str, list[View]], sizes: tuple[int, ...], rounds: int) 
             return "-"
         return f"{view.proxy_cpu / (view.client_bytes / 1e9):.2f} s"
 
+    def row(name: str, views: dict[str, View], show: Callable[[View], str]) -> tuple[str, ...]:
+        return (name, show(views["stream"]), show(views["redirect"]))
+
     rows = [
-        (
-            "median time to first byte (client)",
-            _ms(first["stream"].ttfb),
-            _ms(first["redirect"].ttfb),
+        row("median time to first byte (client)", first, lambda v: _ms(v.ttfb)),
+        row("median total time per object (client)", first, lambda v: _ms(v.total)),
+        row("requests that reached the proxy", first, lambda v: str(v.proxy_requests)),
+        row("bytes sent through the proxy", first, lambda v: _mib(v.proxy_bytes)),
+        row("S3 requests (by the proxy or by the client)", first, lambda v: str(v.s3_requests)),
+        row("proxy CPU", first, lambda v: f"{v.proxy_cpu:.3f} s"),
+        row("proxy CPU per GB delivered", first, cpu_per_gb),
+        row(
+            "second view: requests that reached the proxy", second, lambda v: str(v.proxy_requests)
         ),
-        (
-            "median total time per object (client)",
-            _ms(first["stream"].total),
-            _ms(first["redirect"].total),
-        ),
-        (
-            "requests that reached the proxy",
-            str(first["stream"].proxy_requests),
-            str(first["redirect"].proxy_requests),
-        ),
-        (
-            "bytes sent through the proxy",
-            _mib(first["stream"].proxy_bytes),
-            _mib(first["redirect"].proxy_bytes),
-        ),
-        (
-            "S3 requests (by the proxy or by the client)",
-            str(first["stream"].s3_requests),
-            str(first["redirect"].s3_requests),
-        ),
-        ("proxy CPU", f"{first['stream'].proxy_cpu:.3f} s", f"{first['redirect'].proxy_cpu:.3f} s"),
-        ("proxy CPU per GB delivered", cpu_per_gb(first["stream"]), cpu_per_gb(first["redirect"])),
-        (
-            "second view: requests that reached the proxy",
-            str(second["stream"].proxy_requests),
-            str(second["redirect"].proxy_requests),
-        ),
-        (
-            "second view: requests that reached S3",
-            str(second["stream"].s3_requests),
-            str(second["redirect"].s3_requests),
-        ),
-        (
-            "second view: bytes sent through the proxy",
-            _mib(second["stream"].proxy_bytes),
-            _mib(second["redirect"].proxy_bytes),
-        ),
-        (
-            "second view: median total time per object",
-            _ms(second["stream"].total),
-            _ms(second["redirect"].total),
-        ),
+        row("second view: requests that reached S3", second, lambda v: str(v.s3_requests)),
+        row("second view: bytes sent through the proxy", second, lambda v: _mib(v.proxy_bytes)),
+        row("second view: median total time per object", second, lambda v: _ms(v.total)),
     ]
     size_list = ", ".join(f"{s // 1024} KiB" for s in sizes)
     lines = [

@@ -152,9 +152,7 @@ def presign_url(
     params: Mapping[str, str] | None = None,
 ) -> str:
     host, path = endpoint.locate(bucket, key)
-    timestamp = datetime.fromtimestamp(signed_at, UTC).strftime("%Y%m%dT%H%M%SZ")
-    date = timestamp[:8]
-    scope = f"{date}/{region}/s3/aws4_request"
+    timestamp, scope = _scope(signed_at, region)
     query = dict(params or {})
     query.update(
         {
@@ -173,12 +171,7 @@ def presign_url(
     canonical_request = (
         f"{method}\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
     )
-    string_to_sign = (
-        f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n"
-        + hashlib.sha256(canonical_request.encode()).hexdigest()
-    )
-    key_bytes = _signing_key(credentials.secret_key, date, region)
-    signature = hmac.new(key_bytes, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = _signature(credentials.secret_key, region, timestamp, scope, canonical_request)
     return f"{endpoint.scheme}://{host}{path}?{canonical_query}&X-Amz-Signature={signature}"
 
 
@@ -198,9 +191,7 @@ def sign_request(
     unsigned, as S3 allows.
     """
     host, path = endpoint.locate(bucket, key)
-    timestamp = datetime.fromtimestamp(int(now), UTC).strftime("%Y%m%dT%H%M%SZ")
-    date = timestamp[:8]
-    scope = f"{date}/{region}/s3/aws4_request"
+    timestamp, scope = _scope(int(now), region)
     headers = {
         "host": host,
         "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
@@ -211,18 +202,29 @@ def sign_request(
     names = ";".join(headers)  # already lower case and sorted
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers.items())
     canonical_request = f"{method}\n{path}\n\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"
-    string_to_sign = (
-        f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n"
-        + hashlib.sha256(canonical_request.encode()).hexdigest()
-    )
-    key_bytes = _signing_key(credentials.secret_key, date, region)
-    signature = hmac.new(key_bytes, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = _signature(credentials.secret_key, region, timestamp, scope, canonical_request)
     headers["authorization"] = (
         f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
         f"SignedHeaders={names}, Signature={signature}"
     )
     del headers["host"]  # the HTTP client sends Host itself, exactly as signed
     return f"{endpoint.scheme}://{host}{path}", headers
+
+
+def _scope(signed_at: int, region: str) -> tuple[str, str]:
+    timestamp = datetime.fromtimestamp(signed_at, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return timestamp, f"{timestamp[:8]}/{region}/s3/aws4_request"
+
+
+def _signature(
+    secret_key: str, region: str, timestamp: str, scope: str, canonical_request: str
+) -> str:
+    string_to_sign = (
+        f"AWS4-HMAC-SHA256\n{timestamp}\n{scope}\n"
+        + hashlib.sha256(canonical_request.encode()).hexdigest()
+    )
+    key = _signing_key(secret_key, timestamp[:8], region)
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def _uri_encode(value: str) -> str:

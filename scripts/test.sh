@@ -2,12 +2,7 @@
 # Install everything the tests need into .venv, then lint, type-check and run the whole suite.
 # This is the README's test command, and what CI runs.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || { echo "Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+source "$(dirname "$0")/venv.sh" "test,demo"
 # Debian's Chromium for the browser test of the demo (Playwright drives it; it never
 # downloads a browser). Without root or apt-get, that one test is skipped with its reason.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
