@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ class LineWriter:
         self._lines: list[str] = []
         self._interval = interval
         self._due = time.monotonic() + interval
+        self._broken = False
 
     def __call__(self, line: str) -> None:
         self._lines.append(line)
@@ -34,10 +37,19 @@ class LineWriter:
 
     def flush(self, now: float | None = None) -> None:
         self._due = (now or time.monotonic()) + self._interval
-        if self._lines:
-            self._stream.write("\n".join(self._lines) + "\n")
-            self._lines.clear()
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self._stream.write(text)
             self._stream.flush()
+        except (OSError, ValueError):
+            # A broken stdout must not fail requests; say so once and drop the lines.
+            if not self._broken:
+                self._broken = True
+                with contextlib.suppress(Exception):
+                    sys.stderr.write("access log: stdout is not writable; lines dropped\n")
 
 
 # Where lines go: the logging module by default (tests capture it), a LineWriter in `serve`.

@@ -22,6 +22,9 @@ from .jwks import FetchJson, JwksKeys, UnknownKey
 
 MAX_TOKEN_BYTES = 8192
 VERIFIED_CACHE_SIZE = 10_000
+# A remembered token is checked again after this long, so that a key withdrawn from a JWKS
+# (or a changed config) stops its tokens within a minute, not only at their exp.
+VERIFIED_TTL = 60.0
 Clock = Callable[[], float]
 
 
@@ -134,7 +137,8 @@ class TokenVerifier:
                 )
             issuers.append(_Issuer(issuer, jwks))
         self._single = issuers[0] if len(issuers) == 1 else None
-        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        # token digest -> (claims, when the signature was checked)
+        self._verified: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
         self._by_name = {i.settings.issuer: i for i in issuers}
 
     async def verify(self, token: str) -> dict[str, Any]:
@@ -148,13 +152,13 @@ class TokenVerifier:
             raise Unauthenticated("token too large", invalid_token=True)
         digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
         cached = self._verified.get(digest)
-        if cached is not None:
+        if cached is not None and self._clock() - cached[1] < VERIFIED_TTL:
             self._verified.move_to_end(digest)
-            self._check_times(cached)
-            return cached
+            self._check_times(cached[0])
+            return cached[0]
         claims = await self._verify_signature(token)
         self._check_times(claims)
-        self._verified[digest] = claims
+        self._verified[digest] = (claims, self._clock())
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return claims

@@ -101,7 +101,11 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     def ready(bound: int) -> None:
         print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{bound}", flush=True)
 
-    run(config, host, port, ready)
+    try:
+        run(config, host, port, ready)
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

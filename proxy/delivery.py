@@ -239,7 +239,7 @@ async def _from_cache(
     cache: ObjectCache,
     settings: RouteCacheSettings,
 ) -> web.StreamResponse:
-    cached = cache.get(bucket, key)
+    cached = cache.get(bucket, key, settings.max_age)
     if cached is not None:
         chunk_outcome.cache_hit = True
         return _memory_response(request, cached.meta, cached.body, overrides, chunk_outcome)
@@ -259,7 +259,7 @@ async def _from_cache(
         await obj.aclose()
     if len(body) != obj.meta.content_length:
         raise UpstreamError("GetObject: body shorter than its Content-Length")
-    cache.put(bucket, key, obj.meta, body, settings.max_age)
+    cache.put(bucket, key, obj.meta, body)
     return _memory_response(request, obj.meta, body, overrides, chunk_outcome)
 
 

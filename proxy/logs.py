@@ -7,6 +7,7 @@ request). Every record passes through RedactSecrets before it is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -75,7 +76,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         now = time.monotonic()
         if force or now - self._flushed_at >= self.interval:
             self._flushed_at = now
-            super().flush()
+            with contextlib.suppress(OSError, ValueError):  # a broken stdout fails nothing
+                super().flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         super().emit(record)

@@ -19,7 +19,7 @@ from .storage import ObjectMeta
 class CachedObject:
     meta: ObjectMeta
     body: bytes
-    fresh_until: float
+    fetched_at: float
 
 
 class ObjectCache:
@@ -33,21 +33,21 @@ class ObjectCache:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def get(self, bucket: str, key: str) -> CachedObject | None:
+    def get(self, bucket: str, key: str, max_age: float) -> CachedObject | None:
+        """The entry if it was fetched less than `max_age` (the reading route's) ago."""
         entry = self._entries.get((bucket, key))
         if entry is None:
             return None
-        if self._clock() >= entry.fresh_until:
-            self._drop((bucket, key))
+        if self._clock() - entry.fetched_at >= max_age:
             return None
         self._entries.move_to_end((bucket, key))
         return entry
 
-    def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes, max_age: float) -> None:
+    def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes) -> None:
         if len(body) > self._max_bytes:
             return
         self._drop((bucket, key))
-        self._entries[(bucket, key)] = CachedObject(meta, body, self._clock() + max_age)
+        self._entries[(bucket, key)] = CachedObject(meta, body, self._clock())
         self._bytes += len(body)
         while self._bytes > self._max_bytes:
             oldest = next(iter(self._entries))

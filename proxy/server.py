@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -61,7 +62,10 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        await site.stop()  # refuse new connections; open ones carry on
+        await site.stop()  # refuse new connections
+        if runner.server is not None:
+            # Idle keep-alive connections close now; busy ones after their current response.
+            runner.server.pre_shutdown()
         deadline = loop.time() + grace
         # Buffered bytes have no completion event to await, hence polling.
         while loop.time() < deadline and _busy(app, runner):  # noqa: ASYNC110
@@ -71,9 +75,11 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        flusher.cancel()
-        flush_logs()
+        try:
+            await runner.cleanup()
+        finally:
+            flusher.cancel()
+            flush_logs()
 
 
 async def _flush_logs_every(interval: float) -> None:
@@ -138,6 +144,33 @@ def _uvloop() -> ModuleType | None:
     return uvloop
 
 
+def _worker_main(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    app_factory: Callable[[], web.Application] | None,
+    number: int,
+) -> int:
+    """Run one worker; return its exit code, logging why it failed."""
+    try:
+        ready = on_ready if number == 0 else (lambda bound: None)
+        _run_worker(config, host, port, ready, app_factory, reuse_port=True)
+    except BaseException:
+        log.exception("worker %d failed", number)
+        return 1
+    finally:
+        flush_logs()
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: if the supervisor is killed outright (SIGKILL), its workers get SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _supervise(
     config: Config,
     host: str,
@@ -149,28 +182,36 @@ def _supervise(
     """Fork `workers` processes that share one port through SO_REUSEPORT (the kernel spreads
     connections across them); forward SIGTERM/SIGINT to them, restart any that crash, and
     return once all have exited after a signal."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would let a second proxy share the port silently: make sure it is free.
+        with socket.socket(family) as probe:
+            probe.bind((host, port))
     # Hold the port (bound, not listening) so that port 0 means one port for all workers.
-    holder = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    holder = socket.socket(family)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((host, port))
     port = holder.getsockname()[1]
     stopping = False
     children: dict[int, int] = {}  # pid -> worker number
+    crashes: list[float] = []
+    signals = {signal.SIGTERM, signal.SIGINT}
 
     def spawn(number: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            holder.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
-            try:
-                ready = on_ready if number == 0 else (lambda bound: None)
-                _run_worker(config, host, port, ready, app_factory, reuse_port=True)
-            except BaseException:
-                code = 1
-            os._exit(code)
-        children[pid] = number
+        # Signals wait until the child is recorded (or, in the child, reset to default).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker
+                holder.close()
+                _die_with_parent()
+                for sig in signals:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+                os._exit(_worker_main(config, host, port, on_ready, app_factory, number))
+            children[pid] = number
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -179,6 +220,7 @@ def _supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    exit_code = 0
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for first in range(workers):
@@ -190,9 +232,21 @@ def _supervise(
             except ChildProcessError:
                 break
             crashed = children.pop(pid) if pid in children else None
-            if crashed is not None and not stopping:
-                log.warning("worker %d exited (status %d); starting a new one", crashed, status)
-                time.sleep(0.5)  # do not spin if workers die at once
+            if crashed is None or stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            now = time.monotonic()
+            crashes[:] = [t for t in crashes if now - t < 30] + [now]
+            if len(crashes) > 2 * workers:
+                log.error("workers keep exiting (last code %d); stopping", code)
+                forward(signal.SIGTERM, None)
+                exit_code = 1
+                continue
+            log.warning("worker %d exited (code %d); starting a new one", crashed, code)
+            time.sleep(0.5)  # do not spin if workers die at once
+            if not stopping:  # a signal may have come during the pause
                 spawn(crashed)
     finally:
         holder.close()
+    if exit_code:
+        raise SystemExit(exit_code)

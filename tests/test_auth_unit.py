@@ -464,3 +464,15 @@ def test_issue_token_keeps_explicit_iss_and_aud() -> None:
 def test_issue_token_needs_an_hmac_secret(config: AuthSettings) -> None:
     with pytest.raises(ValueError, match="cannot sign"):
         issue_token(config, {"sub": "alice"}, ttl=60)
+
+
+def test_a_remembered_token_is_checked_again_after_a_minute() -> None:
+    clock = {"now": float(NOW)}
+    check = TokenVerifier(settings(), clock=lambda: clock["now"])
+    token = hs256(exp=NOW + 3600)
+    assert run(check.verify(token))["sub"] == "alice"
+    check._single.secret = "another-secret-" + "q" * 40  # type: ignore[union-attr]
+    assert run(check.verify(token))["sub"] == "alice"  # still remembered
+    clock["now"] += 60
+    with pytest.raises(Unauthenticated):
+        run(check.verify(token))  # re-verified: the key it was signed with is gone

@@ -105,11 +105,18 @@ def test_the_cache_stays_within_its_byte_budget() -> None:
     cache = ObjectCache(max_bytes=1000, clock=clock)
     meta = ObjectMeta(content_length=400)
     for name in "abc":
-        cache.put("b", name, meta, b"x" * 400, max_age=60)
+        cache.put("b", name, meta, b"x" * 400)
     assert cache.size_bytes == 800
-    assert cache.get("b", "a") is None  # the least recently used went first
-    assert cache.get("b", "c") is not None
-    cache.put("b", "huge", meta, b"x" * 2000, max_age=60)
-    assert cache.get("b", "huge") is None
-    clock.now += 60
-    assert cache.get("b", "c") is None
+    assert cache.get("b", "a", 60) is None  # the least recently used went first
+    assert cache.get("b", "c", 60) is not None
+    cache.put("b", "huge", meta, b"x" * 2000)
+    assert cache.get("b", "huge", 60) is None
+
+
+def test_freshness_is_the_reading_routes_own() -> None:
+    clock = Clock(T0)
+    cache = ObjectCache(max_bytes=1000, clock=clock)
+    cache.put("b", "k", ObjectMeta(content_length=1), b"x")
+    clock.now += 30
+    assert cache.get("b", "k", 3600) is not None  # a route that allows an hour
+    assert cache.get("b", "k", 5) is None  # a route that allows 5 s does not take it

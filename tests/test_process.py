@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -58,8 +59,12 @@ def serving(data: dict[str, Any], tmp_path: Path) -> Iterator[tuple[subprocess.P
         yield process, port
     finally:
         if process.poll() is None:
-            process.kill()
-        process.communicate()
+            process.terminate()  # workers, if any, stop with their supervisor
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.communicate(timeout=20)
 
 
 def _rss_kib(pid: int, field: str) -> int:
@@ -189,3 +194,45 @@ def test_two_workers_share_the_port_and_stop_together(s3: S3Objects, tmp_path: P
         assert process.wait(timeout=30) == 0
         for pid in workers:
             assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_second_instance_cannot_share_the_port(s3: S3Objects, tmp_path: Path) -> None:
+    data = config_dict(s3.endpoint, listen={"workers": 2})
+    with serving(data, tmp_path) as (_process, port):
+        other = tmp_path / "other"
+        other.mkdir()
+        path = other / "config.yaml"
+        path.write_text(
+            yaml.safe_dump({**data, "listen": {"host": "127.0.0.1", "port": port, "workers": 2}})
+        )
+        second = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert second.returncode == 2
+        assert "cannot listen on 127.0.0.1" in second.stderr
+        assert "Address already in use" in second.stderr
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(s3: S3Objects, tmp_path: Path) -> None:
+    data = config_dict(s3.endpoint, listen={"workers": 2, "host": "127.0.0.1", "port": 0})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "AWS_PROFILE": "no-such-profile"}
+    env.pop("AWS_ACCESS_KEY_ID", None)
+    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "worker 0 failed" in output or "worker 1 failed" in output
+    assert "workers keep exiting" in output
