@@ -86,6 +86,7 @@ class AccessRecord:
     token_source: str | None = None
     started: float = 0.0  # perf_counter() at arrival
     first_byte: float | None = None  # perf_counter() when the first body byte was written
+    cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged
 
     def emit(self, now: float, duration: float) -> None:
         if _sink is None and not log.isEnabledFor(logging.INFO):

@@ -1,8 +1,8 @@
-"""create_app(): the aiohttp application, its middleware and the one request handler.
+"""The Gateway: the proxy as one low-level aiohttp handler, with its one error-mapping step.
 
 One request flows one way: match -> authenticate -> authorize -> deliver. S3 is not touched
 before authorization succeeds, so an unauthorized caller learns nothing about which keys exist.
-Errors become responses in exactly one place (`_errors_to_responses`).
+Errors become responses in exactly one place (`Gateway.__call__`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token
 from .config import Config, CorsSettings, RateLimitSettings, Route, RouteSettings
-from .cors import preflight_headers, response_headers
+from .cors import add_headers, preflight_headers, response_headers
 from .delivery import (
     LinkCache,
     Outcome,
@@ -52,93 +52,75 @@ from .storage import Conditions, CountingStorage, S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
-CONFIG = web.AppKey("config", Config)
-STORAGE = web.AppKey("storage", Storage)
-STREAM_SLOTS = web.AppKey("stream_slots", StreamSlots)
+Page = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-class InFlight:
-    """Requests whose handler has not returned yet (graceful shutdown waits for them)."""
+class Gateway:
+    """The whole proxy as one aiohttp low-level handler: `web.Server(gateway)`.
 
-    count = 0
+    aiohttp's Application layer (router, middleware chain, signals) is not used: the proxy
+    routes by itself on the raw path, and skipping that layer is a fifth of a small request's
+    cost. `open()` before serving, `close()` after.
+    """
 
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage | None = None,
+        clock: Clock = time.time,
+        pages: Mapping[str, Page] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
+        self._clock = clock
+        self._resources: list[_Resource] = []
+        if storage is None:
+            s3 = S3Storage(config.settings.s3)
+            self._resources.append(s3)
+            storage = s3
+        self.storage = storage
+        http_json = HttpJson(config.settings.auth.jwks.timeout)
+        if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
+            self._resources.append(http_json)
+        counted = CountingStorage(storage, self._count_s3)
+        self._handler = _Handler(config, counted, clock, http_json, self.metrics)
+        self.streams = self._handler.streams
+        # Exact paths answered before the proxy's routes (the demo's own pages).
+        self._pages: dict[str, Page] = dict(pages or {})
 
-IN_FLIGHT = web.AppKey("in_flight", InFlight)
-METRICS = web.AppKey("metrics", Metrics)
-_RECORD = web.RequestKey("access_record", AccessRecord)
-_CORS = web.RequestKey("cors_headers", dict[str, str])
+    def add_pages(self, pages: Mapping[str, Page]) -> None:
+        self._pages.update(pages)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+    async def open(self) -> None:
+        for resource in self._resources:
+            await resource.open()
 
+    async def close(self) -> None:
+        for resource in reversed(self._resources):
+            await resource.close()
 
-def create_app(
-    config: Config,
-    storage: Storage | None = None,
-    clock: Clock = time.time,
-    extra_routes: Callable[[web.Application], None] | None = None,
-) -> web.Application:
-    """Build the app. Without `storage`, one S3 client is opened at start-up and closed at exit.
-    `extra_routes` may add routes that take precedence over the proxy's (the demo's pages)."""
-    in_flight = InFlight()
-    metrics = Metrics()
-    app = web.Application(middlewares=[_outermost(clock, in_flight, metrics)])
-    app[IN_FLIGHT] = in_flight
-    app[METRICS] = metrics
-    app[CONFIG] = config
-    app.on_response_prepare.append(_apply_cors)
-    if storage is None:
-        s3 = S3Storage(config.settings.s3)
-        app[STORAGE] = s3
-        app.cleanup_ctx.append(_lifecycle(s3))
-    else:
-        app[STORAGE] = storage
-    # The proxy routes by itself on the raw path; aiohttp's router only has to hand everything
-    # over (including decoded control characters, hence [\s\S] rather than .).
-    http_json = HttpJson(config.settings.auth.jwks.timeout)
-    if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
-        app.cleanup_ctx.append(_lifecycle(http_json))
-    counted = CountingStorage(app[STORAGE], lambda: _count_s3(metrics))
-    handler = _Handler(config, counted, clock, http_json, metrics)
-    app[STREAM_SLOTS] = handler.streams
-    if extra_routes is not None:
-        extra_routes(app)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handler.handle)
-    return app
+    def _count_s3(self) -> None:
+        self.metrics.s3_requests += 1
 
-
-class _Resource(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-def _lifecycle(resource: _Resource) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Open at start-up, close at shutdown (aiohttp's cleanup_ctx)."""
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await resource.open()
-        yield
-        await resource.close()
-
-    return lifecycle
-
-
-def _outermost(clock: Clock, in_flight: InFlight, metrics: Metrics) -> Any:
-    """The one middleware: time and log the request, count it, and turn every error into a
-    response (the only place that happens). One middleware, not two: each costs a frame."""
-
-    @web.middleware
-    async def outermost(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Time and log the request, count it, and turn every error into a response (the
+        only place that happens)."""
         started = time.perf_counter()
-        in_flight.count += 1
+        self.in_flight += 1
+        path = request.raw_path.split("?", 1)[0][:2048]
         record = AccessRecord(
-            method=request.method,
-            path=request.raw_path.split("?", 1)[0][:2048],
-            client=request.remote,
-            started=started,
+            method=request.method, path=path, client=request.remote, started=started
         )
-        request[_RECORD] = record
         try:
-            response = await handler(request)
+            page = self._pages.get(path) if self._pages else None
+            if page is not None:
+                record.route = "page"
+                if request.method not in ("GET", "HEAD"):
+                    raise MethodNotAllowed("pages take GET", allowed="GET, HEAD")
+                response = await page(request)
+            else:
+                response = await self._handler.handle(request, record)
         except NotModified as exc:
             response = web.Response(status=304, headers=exc.headers)
         except ProxyError as exc:
@@ -157,21 +139,27 @@ def _outermost(clock: Clock, in_flight: InFlight, metrics: Metrics) -> Any:
             record.reason = "internal error"
             response = _error_response(500, "internal error", {})
         finally:
-            in_flight.count -= 1
+            self.in_flight -= 1
         record.status = response.status
-        if not response.prepared and request.method != "HEAD":
-            record.bytes_sent = response.content_length or 0
+        if not response.prepared:
+            if record.cors:
+                add_headers(response.headers, record.cors)
+            if request.method != "HEAD":
+                record.bytes_sent = response.content_length or 0
         ended = time.perf_counter()
-        metrics.record(
+        self.metrics.record(
             record.delivery,
             record.status,
             record.bytes_sent,
             (record.first_byte or ended) - started,
         )
-        record.emit(clock(), ended - started)
+        record.emit(self._clock(), ended - started)
         return response
 
-    return outermost
+
+class _Resource(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Response:
@@ -217,8 +205,7 @@ class _Handler:
             else None
         )
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        record = request[_RECORD]
+    async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
             return web.json_response(
@@ -227,7 +214,7 @@ class _Handler:
         if self._sign_api.enabled and record.path == self._sign_api.path:
             record.route = "sign-api"
             record.delivery = "sign"
-            preflight = _cors(request, self._sign_api.cors, ["POST"])
+            preflight = _cors(request, record, self._sign_api.cors, ["POST"])
             self._limit_client(request, "sign-api", self._limits.rate_limit)
             return preflight or await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
@@ -237,7 +224,7 @@ class _Handler:
         settings = route.settings
         record.route = route.name
         record.delivery = settings.delivery
-        preflight = _cors(request, settings.cors, list(settings.methods))
+        preflight = _cors(request, record, settings.cors, list(settings.methods))
         if preflight is not None:
             return preflight
         if request.method not in settings.methods:
@@ -261,19 +248,19 @@ class _Handler:
             self._rates.take((route.name, "sub", record.sub), rates.per_subject, "subject")
         return await self._deliver(request, record, route, key, claims)
 
-    def _limit_client(self, request: web.Request, scope: str, rates: RateLimitSettings) -> None:
+    def _limit_client(self, request: web.BaseRequest, scope: str, rates: RateLimitSettings) -> None:
         if rates.per_client is not None:
             client = request.remote or "unknown"
             self._rates.take((scope, "client", client), rates.per_client, "client")
 
-    async def _authenticate(self, request: web.Request, record: AccessRecord) -> dict[str, Any]:
+    async def _authenticate(self, request: web.BaseRequest, record: AccessRecord) -> dict[str, Any]:
         claims = await self._optional_claims(request, record)
         if claims is None:
             raise Unauthenticated("no token")
         return claims
 
     async def _optional_claims(
-        self, request: web.Request, record: AccessRecord
+        self, request: web.BaseRequest, record: AccessRecord
     ) -> dict[str, Any] | None:
         query = request.query if request.rel_url.raw_query_string else _NO_QUERY
         found = extract_token(self._auth, request.headers, None, query)
@@ -324,7 +311,7 @@ class _Handler:
 
     async def _deliver(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         record: AccessRecord,
         route: Route,
         key: str,
@@ -341,6 +328,8 @@ class _Handler:
             )
         overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
+        if record.cors:
+            overrides.update(record.cors)
         outcome = Outcome()
         self.streams.acquire()
         try:
@@ -365,7 +354,7 @@ class _Handler:
             record.reason = outcome.aborted
         return response
 
-    async def _sign_batch(self, request: web.Request, record: AccessRecord) -> web.Response:
+    async def _sign_batch(self, request: web.BaseRequest, record: AccessRecord) -> web.Response:
         """One request for a whole page of links (the N+1 problem): each path is authorized
         exactly as if it were requested with GET, and answered on its own."""
         if request.method != "POST":
@@ -424,7 +413,10 @@ def _subject(claims: dict[str, Any]) -> str | None:
 
 
 def _cors(
-    request: web.Request, settings: CorsSettings | None, methods: list[str]
+    request: web.BaseRequest,
+    record: AccessRecord,
+    settings: CorsSettings | None,
+    methods: list[str],
 ) -> web.Response | None:
     """Answer a CORS preflight, or note the CORS headers every later response must carry."""
     if settings is None:
@@ -436,17 +428,8 @@ def _cors(
         if headers is None:
             raise Forbidden("CORS preflight refused", detail="origin or method not allowed")
         return web.Response(status=204, headers=headers)
-    request[_CORS] = response_headers(settings, origin)
+    record.cors = response_headers(settings, origin)
     return None
-
-
-async def _apply_cors(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """Runs just before any response's headers go out, errors and streams included."""
-    for name, value in request.get(_CORS, {}).items():
-        if name == "Vary" and "Vary" in response.headers:
-            response.headers["Vary"] = f"{response.headers['Vary']}, {value}"
-        else:
-            response.headers[name] = value
 
 
 def _overrides(settings: RouteSettings, key: str) -> dict[str, str]:

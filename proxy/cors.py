@@ -6,6 +6,8 @@ be allowed to send (Authorization, Range, conditionals) and read (length, range,
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
+
 from .config import CorsSettings
 
 ALLOWED_REQUEST_HEADERS = (
@@ -56,3 +58,13 @@ def preflight_headers(
         }
     )
     return headers
+
+
+def add_headers(target: MutableMapping[str, str], extra: Mapping[str, str]) -> None:
+    """Put CORS headers on a response; a Vary already there is extended, not replaced."""
+    for name, value in extra.items():
+        current = target.get(name) if name == "Vary" else None
+        if current and value not in (part.strip() for part in current.split(",")):
+            target[name] = f"{current}, {value}"
+        elif not current:
+            target[name] = value

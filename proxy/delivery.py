@@ -131,7 +131,7 @@ def object_headers(meta: ObjectMeta, overrides: Mapping[str, str]) -> dict[str, 
 
 
 async def stream(
-    request: web.Request,
+    request: web.BaseRequest,
     storage: Storage,
     bucket: str,
     key: str,
@@ -170,7 +170,7 @@ async def stream(
 
 
 async def send_object(
-    request: web.Request,
+    request: web.BaseRequest,
     obj: ObjectStream,
     overrides: Mapping[str, str],
     chunk_outcome: Outcome,
@@ -224,12 +224,12 @@ async def send_object(
 _BYPASS_CACHE = ("If-Match", "If-Unmodified-Since", "If-Range")
 
 
-def _cacheable(request: web.Request) -> bool:
+def _cacheable(request: web.BaseRequest) -> bool:
     return not any(name in request.headers for name in _BYPASS_CACHE)
 
 
 async def _from_cache(
-    request: web.Request,
+    request: web.BaseRequest,
     storage: Storage,
     bucket: str,
     key: str,
@@ -263,12 +263,12 @@ async def _from_cache(
     return _memory_response(request, obj.meta, body, overrides, chunk_outcome)
 
 
-def _conditional(request: web.Request) -> bool:
+def _conditional(request: web.BaseRequest) -> bool:
     return "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
 
 
 def _memory_response(
-    request: web.Request,
+    request: web.BaseRequest,
     meta: ObjectMeta,
     body: bytes,
     overrides: Mapping[str, str],

@@ -21,7 +21,7 @@ from types import ModuleType
 
 from aiohttp import web
 
-from .app import IN_FLIGHT, create_app
+from .app import Gateway
 from .config import Config
 from .logs import BatchingStreamHandler, flush_logs
 
@@ -34,24 +34,35 @@ async def serve(
     host: str,
     port: int,
     on_ready: Callable[[int], None],
-    app: web.Application | None = None,
+    gateway: Gateway | None = None,
     reuse_port: bool = False,
 ) -> None:
-    limits = config.settings.limits
+    if gateway is None:
+        gateway = Gateway(config)
+    await gateway.open()
+    try:
+        await _serve_until_signal(gateway, config, host, port, on_ready, reuse_port)
+    finally:
+        await gateway.close()
+
+
+async def _serve_until_signal(
+    gateway: Gateway,
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    reuse_port: bool,
+) -> None:
     grace = config.settings.listen.shutdown_grace
-    if app is None:
-        app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        access_log=None,  # the proxy writes its own JSON access log
-        handle_signals=False,
-        max_line_size=limits.max_header_bytes,
-        max_field_size=limits.max_header_bytes,
-        max_headers=limits.max_headers,
-    )
+    runner = web.ServerRunner(low_level_server(gateway, config), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     on_ready(bound)
 
@@ -68,7 +79,7 @@ async def serve(
             runner.server.pre_shutdown()
         deadline = loop.time() + grace
         # Buffered bytes have no completion event to await, hence polling.
-        while loop.time() < deadline and _busy(app, runner):  # noqa: ASYNC110
+        while loop.time() < deadline and _busy(gateway, runner):  # noqa: ASYNC110
             await asyncio.sleep(_POLL)
         runner._shutdown_timeout = max(0.1, deadline - loop.time())
     finally:
@@ -88,8 +99,20 @@ async def _flush_logs_every(interval: float) -> None:
         flush_logs()
 
 
-def _busy(app: web.Application, runner: web.AppRunner) -> bool:
-    if app[IN_FLIGHT].count:
+def low_level_server(gateway: Gateway, config: Config) -> web.Server:
+    limits = config.settings.limits
+    return web.Server(
+        gateway,
+        access_log=None,  # the proxy writes its own JSON access log
+        handler_cancellation=False,  # a handler always finishes and logs its request
+        max_line_size=limits.max_header_bytes,
+        max_field_size=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+    )
+
+
+def _busy(gateway: Gateway, runner: web.BaseRunner) -> bool:
+    if gateway.in_flight:
         return True
     server = runner.server
     if server is None:
@@ -106,14 +129,14 @@ def run(
     host: str,
     port: int,
     on_ready: Callable[[int], None],
-    app_factory: Callable[[], web.Application] | None = None,
+    gateway_factory: Callable[[], Gateway] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, in `listen.workers` processes; uvloop when installed."""
     workers = config.settings.listen.workers
     if workers == 1:
-        _run_worker(config, host, port, on_ready, app_factory, reuse_port=False)
+        _run_worker(config, host, port, on_ready, gateway_factory, reuse_port=False)
         return
-    _supervise(config, host, port, on_ready, app_factory, workers)
+    _supervise(config, host, port, on_ready, gateway_factory, workers)
 
 
 def _run_worker(
@@ -121,12 +144,12 @@ def _run_worker(
     host: str,
     port: int,
     on_ready: Callable[[int], None],
-    app_factory: Callable[[], web.Application] | None,
+    gateway_factory: Callable[[], Gateway] | None,
     reuse_port: bool,
 ) -> None:
     async def main() -> None:
-        app = app_factory() if app_factory else None
-        await serve(config, host, port, on_ready, app, reuse_port)
+        gateway = gateway_factory() if gateway_factory else None
+        await serve(config, host, port, on_ready, gateway, reuse_port)
 
     # Decided outside any `except` block, so that no later traceback carries the ImportError.
     uvloop = _uvloop()
@@ -149,13 +172,13 @@ def _worker_main(
     host: str,
     port: int,
     on_ready: Callable[[int], None],
-    app_factory: Callable[[], web.Application] | None,
+    gateway_factory: Callable[[], Gateway] | None,
     number: int,
 ) -> int:
     """Run one worker; return its exit code, logging why it failed."""
     try:
         ready = on_ready if number == 0 else (lambda bound: None)
-        _run_worker(config, host, port, ready, app_factory, reuse_port=True)
+        _run_worker(config, host, port, ready, gateway_factory, reuse_port=True)
     except BaseException:
         log.exception("worker %d failed", number)
         return 1
@@ -176,7 +199,7 @@ def _supervise(
     host: str,
     port: int,
     on_ready: Callable[[int], None],
-    app_factory: Callable[[], web.Application] | None,
+    gateway_factory: Callable[[], Gateway] | None,
     workers: int,
 ) -> None:
     """Fork `workers` processes that share one port through SO_REUSEPORT (the kernel spreads
@@ -208,7 +231,7 @@ def _supervise(
                 for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-                os._exit(_worker_main(config, host, port, on_ready, app_factory, number))
+                os._exit(_worker_main(config, host, port, on_ready, gateway_factory, number))
             children[pid] = number
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)

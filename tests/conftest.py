@@ -28,12 +28,13 @@ import boto3
 import jwt
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
-from aiohttp.web import AppRunner
+from aiohttp.test_utils import BaseTestServer, TestClient
+from aiohttp.web import ServerRunner
 from moto.server import ThreadedMotoServer
 
-from proxy.app import create_app
+from proxy.app import Gateway
 from proxy.config import Config, parse_config
+from proxy.server import low_level_server
 from proxy.storage import Storage
 
 SECRET = "test-secret-" + "x" * 40
@@ -255,13 +256,24 @@ class Clock:
 ProxyFactory = Callable[..., Any]
 
 
-class ProductionLikeServer(TestServer):
-    """Runs the app the way `serve` does: no aiohttp access log (it would log query tokens),
-    and handlers are not cancelled when a client disconnects."""
+class ProductionLikeServer(BaseTestServer):  # type: ignore[type-arg]
+    """Runs the gateway exactly as `serve` does (the same low-level aiohttp server), on a
+    loopback port; the gateway is opened with the server and closed after it."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
-        kwargs.update(access_log=None, handler_cancellation=False)
-        return AppRunner(self.app, **kwargs)
+    def __init__(self, gateway: Gateway, config: Config) -> None:
+        super().__init__(host="127.0.0.1")
+        self.gateway = gateway
+        self._config = config
+
+    async def _make_runner(self, **kwargs: Any) -> ServerRunner:
+        await self.gateway.open()
+        return ServerRunner(low_level_server(self.gateway, self._config), **kwargs)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.gateway.close()
 
 
 @pytest.fixture
@@ -274,7 +286,7 @@ def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
         clock: Callable[[], float] = time.time,
     ) -> TestClient[Any, Any]:
         config = build_config(data or config_dict(s3.endpoint))
-        server = ProductionLikeServer(create_app(config, storage=storage, clock=clock))
+        server = ProductionLikeServer(Gateway(config, storage=storage, clock=clock), config)
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 

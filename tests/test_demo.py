@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -101,6 +102,12 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
     assert info["photos"] == 6 and info["share_link"].startswith("/admin/reports/")
     with urllib.request.urlopen(demo + info["share_link"], timeout=10) as shared:
         assert shared.read().startswith(b"quarter,revenue")
+    # The pages take GET only: a form posted at the sign-in page changes nothing.
+    post = urllib.request.Request(demo + "/_demo/login?as=admin", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=10)
+    assert refused.value.code == 405
+    assert "Set-Cookie" not in refused.value.headers
 
 
 def _chromium_or_skip() -> Any:

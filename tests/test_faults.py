@@ -15,8 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.app import STREAM_SLOTS
-
 from .conftest import S3Objects, bearer, config_dict, make_token
 from .faulty_s3 import FaultyS3
 
@@ -83,7 +81,7 @@ async def test_s3_dying_mid_stream_aborts_the_client_and_is_logged(
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
     assert lines[0]["reason"].startswith("upstream failed mid-stream")
     assert lines[0]["bytes"] < len(s3.big)
-    assert client.app[STREAM_SLOTS].in_use == 0
+    assert client.server.gateway.streams.in_use == 0
 
 
 def _open_fds() -> int:
@@ -116,10 +114,10 @@ async def test_two_hundred_aborted_downloads_leak_nothing(proxy, s3: S3Objects) 
     # slack for moto's server threads and garbage not yet collected.
     for _ in range(50):  # let the server notice the last disconnects
         gc.collect()
-        if client.app[STREAM_SLOTS].in_use == 0 and _open_fds() <= fds_before + 16:
+        if client.server.gateway.streams.in_use == 0 and _open_fds() <= fds_before + 16:
             break
         await asyncio.sleep(0.1)
-    assert client.app[STREAM_SLOTS].in_use == 0
+    assert client.server.gateway.streams.in_use == 0
     assert _open_fds() <= fds_before + 16
     assert len(asyncio.all_tasks()) <= tasks_before + 2
     ok = await client.get("/admin/exports/q4.pdf", headers=bearer(token))

@@ -216,3 +216,27 @@ async def test_sign_api_can_be_called_cross_origin(proxy, s3: S3Objects) -> None
     )
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == APP
+
+
+async def test_a_redirect_keeps_its_own_vary_and_adds_origin(proxy, s3: S3Objects) -> None:
+    data = config_dict(s3.endpoint)
+    data["routes"][0]["cors"] = {"origins": [APP]}  # employee-photos, a redirect route
+    client = await proxy(data)
+    response = await client.get(
+        "/photos/42", headers={"Origin": APP, **bearer(make_token())}, allow_redirects=False
+    )
+    assert response.status == 302
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert response.headers["Vary"] == "Accept, Authorization, Cookie, Origin"
+
+
+async def test_a_304_from_s3_carries_cors_headers(proxy, s3: S3Objects) -> None:
+    client = await proxy(_with_cors(s3))
+    first = await client.get("/stream/photos/42", headers={"Origin": APP, **bearer(make_token())})
+    again = await client.get(
+        "/stream/photos/42",
+        headers={"Origin": APP, "If-None-Match": first.headers["ETag"], **bearer(make_token())},
+    )
+    assert again.status == 304
+    assert again.headers["Access-Control-Allow-Origin"] == APP
+    assert again.headers["Vary"] == "Origin"

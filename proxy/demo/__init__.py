@@ -147,7 +147,7 @@ def prepare(workdir: Path, port: int) -> Demo:
 def run_demo(host: str, port: int) -> int:
     from ..logs import configure_logging
     from ..server import run
-    from .web import create_demo_app
+    from .web import demo_gateway
 
     configure_logging("INFO")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
@@ -172,7 +172,7 @@ def run_demo(host: str, port: int) -> int:
             )
 
         try:
-            run(demo.config, host, port, ready, lambda: create_demo_app(demo))
+            run(demo.config, host, port, ready, lambda: demo_gateway(demo))
         finally:
             demo.s3.stop()
     return 0

@@ -3,13 +3,13 @@ panel. Added only by `python -m proxy demo`; `serve` never has them."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..app import METRICS, create_app
+from ..app import Gateway, Page
+from ..metrics import Metrics
 
 if TYPE_CHECKING:
     from . import Demo
@@ -18,15 +18,20 @@ _STATIC = resources.files(__package__) / "static"
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
-def create_demo_app(demo: Demo) -> web.Application:
-    def add_routes(app: web.Application) -> None:
-        app.router.add_get("/", _page)
-        app.router.add_get("/_demo/{name:(app\\.js|style\\.css)}", _static)
-        app.router.add_get("/_demo/login", _login(demo))
-        app.router.add_get("/_demo/stats", _stats(demo))
-        app.router.add_get("/_demo/info", _info(demo))
-
-    return create_app(demo.config, extra_routes=add_routes)
+def demo_gateway(demo: Demo) -> Gateway:
+    """The proxy on the demo's config, with the demo's pages in front of its routes."""
+    gateway = Gateway(demo.config)
+    gateway.add_pages(
+        {
+            "/": _static("index.html"),
+            "/_demo/app.js": _static("app.js"),
+            "/_demo/style.css": _static("style.css"),
+            "/_demo/login": _login(demo),
+            "/_demo/stats": _stats(demo, gateway.metrics),
+            "/_demo/info": _info(demo),
+        }
+    )
+    return gateway
 
 
 def _asset(name: str) -> web.Response:
@@ -35,19 +40,15 @@ def _asset(name: str) -> web.Response:
     return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "no-cache"})
 
 
-async def _page(request: web.Request) -> web.Response:
-    return _asset("index.html")
+def _static(name: str) -> Page:
+    async def static(request: web.BaseRequest) -> web.Response:
+        return _asset(name)
+
+    return static
 
 
-async def _static(request: web.Request) -> web.Response:
-    return _asset(request.match_info["name"])
-
-
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def _login(demo: Demo) -> Handler:
-    async def login(request: web.Request) -> web.Response:
+def _login(demo: Demo) -> Page:
+    async def login(request: web.BaseRequest) -> web.Response:
         role = request.query.get("as", "anonymous")
         response = web.Response(status=302, headers={"Location": "/"})
         if role in demo.tokens:
@@ -70,18 +71,18 @@ def _login(demo: Demo) -> Handler:
     return login
 
 
-def _stats(demo: Demo) -> Handler:
-    async def stats(request: web.Request) -> web.Response:
+def _stats(demo: Demo, metrics: Metrics) -> Page:
+    async def stats(request: web.BaseRequest) -> web.Response:
         return web.json_response(
-            {"proxy": request.app[METRICS].snapshot(), "s3": demo.s3.snapshot()},
+            {"proxy": metrics.snapshot(), "s3": demo.s3.snapshot()},
             headers={"Cache-Control": "no-store"},
         )
 
     return stats
 
 
-def _info(demo: Demo) -> Handler:
-    async def info(request: web.Request) -> web.Response:
+def _info(demo: Demo) -> Page:
+    async def info(request: web.BaseRequest) -> web.Response:
         from . import PHOTO_SIZES
 
         return web.json_response(
