@@ -184,8 +184,8 @@ def sign_request(
     bucket: str,
     key: str,
     now: float,
-) -> tuple[str, dict[str, str]]:
-    """Return (url, headers) for a SigV4 header-signed request without a body.
+) -> tuple[str, str, dict[str, str]]:
+    """Return (host, path, headers) for a SigV4 header-signed request without a body.
 
     Only host and the x-amz-* headers are signed; Range and conditional headers may be added
     unsigned, as S3 allows.
@@ -208,9 +208,10 @@ def sign_request(
         f"SignedHeaders={names}, Signature={signature}"
     )
     del headers["host"]  # the HTTP client sends Host itself, exactly as signed
-    return f"{endpoint.scheme}://{host}{path}", headers
+    return host, path, headers
 
 
+@lru_cache(maxsize=8)  # the same second is signed many times over
 def _scope(signed_at: int, region: str) -> tuple[str, str]:
     timestamp = datetime.fromtimestamp(signed_at, UTC).strftime("%Y%m%dT%H%M%SZ")
     return timestamp, f"{timestamp[:8]}/{region}/s3/aws4_request"

@@ -18,15 +18,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
-import aiohttp
 from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     NoCredentialsError,
 )
-from yarl import URL
 
 from .config import S3Settings
 from .errors import (
@@ -39,6 +38,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url, sign_request
+from .upstream import MalformedResponse, Origin, Pool, Response
 
 log = logging.getLogger("proxy.storage")
 MAX_ERROR_BODY = 16 * 1024
@@ -169,9 +169,10 @@ OVERRIDE_PARAMS = {
 
 
 class S3Storage:
-    """Reads objects over one shared aiohttp session, signing each request itself (SigV4), so
-    botocore stays off the per-request path; aiobotocore's session supplies credentials from
-    the standard AWS chain (and refreshes temporary ones). Opened at start-up, closed at exit.
+    """Reads objects over one pool of keep-alive connections (upstream.py), signing each
+    request itself (SigV4), so botocore stays off the per-request path; aiobotocore's session
+    supplies credentials from the standard AWS chain (and refreshes temporary ones). Opened at
+    start-up, closed at exit.
     """
 
     def __init__(self, settings: S3Settings) -> None:
@@ -179,7 +180,7 @@ class S3Storage:
         self._credentials: Any = None
         self._frozen: Credentials | None = None
         self._reread_at = 0.0
-        self._http: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         internal = settings.endpoint_url or aws_endpoint(settings.region)
         self._endpoint = Endpoint.parse(internal, settings.addressing_style)
         # Browsers may need another address than the proxy uses (e.g. a MinIO service name).
@@ -189,22 +190,17 @@ class S3Storage:
     async def open(self) -> None:
         settings = self._settings
         self._credentials = await get_session().get_credentials()
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300
-            ),
-            timeout=aiohttp.ClientTimeout(
-                sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
-            ),
-            auto_decompress=False,  # bytes pass through exactly as stored
-            read_bufsize=settings.chunk_size,  # bounds what one stream buffers from S3
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        self._pool = Pool(
+            max_connections=settings.max_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
         )
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
         response = await self._send("HEAD", bucket, key, conditions.as_headers(), "HeadObject")
@@ -220,20 +216,21 @@ class S3Storage:
         response = await self._send("GET", bucket, key, headers, "GetObject")
         return ObjectStream(
             meta=_meta_from_headers(response),
-            chunks=_read_chunks(response, self._settings.chunk_size),
-            _close=response.close,  # a no-op once the body was read to the end
+            chunks=_read_chunks(response),
+            _close=response.release,  # keeps the connection only if the body was read to the end
         )
 
     async def _send(
         self, method: str, bucket: str, key: str, extra: dict[str, str], operation: str
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Send one signed request; retry connection failures and 5xx answers while nothing
         has been sent to the client, within s3.request_timeout (which also bounds the wait
         for a pooled connection). Answers other than 2xx become the project's errors."""
-        if self._http is None:
+        pool = self._pool
+        if pool is None:
             raise UpstreamError(f"{operation}: storage is not open")
         settings = self._settings
-        failure: Exception = UpstreamError(f"{operation}: S3 unreachable")
+        failure: Exception | None = None
         with _translate_errors(operation):
             async with asyncio.timeout(settings.request_timeout):
                 for attempt in range(settings.max_attempts):
@@ -242,7 +239,7 @@ class S3Storage:
                         backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
                         await asyncio.sleep(backoff)
                     credentials = await self.credentials()
-                    url, headers = sign_request(
+                    host, path, headers = sign_request(
                         endpoint=self._endpoint,
                         region=settings.region,
                         credentials=credentials,
@@ -253,14 +250,15 @@ class S3Storage:
                     )
                     headers.update(extra)
                     try:
-                        response = await self._http.request(
+                        response = await pool.request(
+                            _origin(self._endpoint.scheme, host),
                             method,
-                            URL(url, encoded=True),
-                            headers=headers,
-                            allow_redirects=False,
+                            path,
+                            host,
+                            list(headers.items()),
                         )
-                    except (aiohttp.ClientConnectionError, OSError) as exc:
-                        if isinstance(exc, asyncio.TimeoutError):
+                    except (ConnectionError, OSError, MalformedResponse) as exc:
+                        if isinstance(exc, TimeoutError):
                             raise
                         failure = UpstreamError(
                             f"{operation}: S3 unreachable ({type(exc).__name__})"
@@ -272,7 +270,7 @@ class S3Storage:
                     failure = _from_status(response.status, body, response.headers, operation)
                     if response.status < 500:
                         raise failure
-        raise failure
+        raise failure or UpstreamError(f"{operation}: S3 unreachable")
 
     async def credentials(self) -> Credentials:
         # Static keys are read once; temporary ones are re-read every 30 s so that a refresh
@@ -320,42 +318,49 @@ class S3Storage:
         )
 
 
-async def _read_chunks(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
-    # Pass on whatever has arrived (up to chunk_size) instead of waiting to fill a chunk: no
-    # re-assembly copies, and less memory held per stream.
+async def _read_chunks(response: Response) -> AsyncIterator[bytes]:
+    # Each piece is passed on as the socket delivered it: no re-assembly copies.
     with _translate_errors("GetObject body"):
-        content = response.content
-        while chunk := await content.readany():
-            if len(chunk) <= chunk_size:
-                yield chunk
-            else:
-                for start in range(0, len(chunk), chunk_size):
-                    yield chunk[start : start + chunk_size]
+        while chunk := await response.read():
+            yield chunk
 
 
-def _meta_from_headers(response: aiohttp.ClientResponse) -> ObjectMeta:
+def _meta_from_headers(response: Response) -> ObjectMeta:
     headers = response.headers
     return ObjectMeta(
-        content_length=int(headers.get("Content-Length", 0)),
-        content_type=headers.get("Content-Type"),
-        etag=headers.get("ETag"),
-        last_modified=headers.get("Last-Modified"),
-        content_range=headers.get("Content-Range") if response.status == 206 else None,
-        content_encoding=headers.get("Content-Encoding"),
-        content_language=headers.get("Content-Language"),
+        content_length=int(headers.get("content-length", 0)),
+        content_type=headers.get("content-type"),
+        etag=headers.get("etag"),
+        last_modified=headers.get("last-modified"),
+        content_range=headers.get("content-range") if response.status == 206 else None,
+        content_encoding=headers.get("content-encoding"),
+        content_language=headers.get("content-language"),
     )
 
 
-async def _error_body(response: aiohttp.ClientResponse, method: str) -> str:
+async def _error_body(response: Response, method: str) -> str:
     """S3's error document (small XML), read and the connection released."""
+    parts: list[bytes] = []
+    size = 0
     try:
-        if method == "HEAD":
-            return ""
-        return (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        return ""
+        while method != "HEAD" and size < MAX_ERROR_BODY and (chunk := await response.read()):
+            parts.append(chunk)
+            size += len(chunk)
+    except (ConnectionError, OSError, TimeoutError, MalformedResponse):
+        pass
     finally:
         response.release()
+    return b"".join(parts)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=256)
+def _origin(scheme: str, host_header: str) -> Origin:
+    """Where to connect for a Host header value: host, host:port or [v6]:port."""
+    default = 443 if scheme == "https" else 80
+    host, colon, port = host_header.rpartition(":")
+    if not colon or not port.isdigit() or host_header.endswith("]"):
+        host, port = host_header, str(default)
+    return Origin(scheme, host.strip("[]"), int(port))
 
 
 def _xml_field(body: str, name: str) -> str | None:
@@ -370,20 +375,26 @@ def _translate_errors(operation: str) -> Iterator[None]:
         yield
     except ProxyError:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+    except TimeoutError:
         raise UpstreamTimeout(f"{operation}: S3 timed out") from None
     except NoCredentialsError:
         raise UpstreamError(
             f"{operation}: no AWS credentials found in the standard chain"
         ) from None
-    except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
+    except MalformedResponse:
+        raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
+    except (BotoCoreError, OSError) as exc:
         raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
 
 
 def _from_status(status: int, body: str, headers: Mapping[str, str], operation: str) -> Exception:
     code = _xml_field(body, "Code") or ""
     if status == 304:
-        validators = {name: headers[name] for name in ("ETag", "Last-Modified") if name in headers}
+        validators = {
+            name: headers[name.lower()]
+            for name in ("ETag", "Last-Modified")
+            if name.lower() in headers  # names arrive in lower case
+        }
         return NotModified(validators)
     if status == 404 and code != "NoSuchBucket":
         return NotFound(f"{operation}: no such key")

@@ -1,0 +1,356 @@
+"""HTTP/1.1 to S3: a keep-alive connection pool, one request at a time per connection, and
+response bodies handed over as they arrive, with back-pressure. Knows nothing of S3, signing
+or retries (storage.py does those).
+
+Why not aiohttp's client: a general client spends more per request (URL objects, auto headers,
+cookie jars, tracing hooks) than everything else a small streamed object costs the proxy. This
+one writes a request head it is given and parses the answer with llhttp (httptools), handing
+each body piece to the reader exactly as the socket delivered it.
+
+Rules:
+1. A connection goes back to the pool only after its response was read to the end; a response
+   dropped earlier closes its connection (the rest of its body would otherwise be read as the
+   next answer).
+2. A reused connection that fails before any byte of the answer arrived was closed by S3 while
+   idle: the request is sent again once on a new connection, as every HTTP client does for
+   idempotent requests (only GET and HEAD are sent here).
+3. While the reader is not reading, the socket is not read either, beyond `buffer_limit` bytes:
+   a slow client slows the S3 download instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+_IDLE_EXPIRY = 15.0  # seconds an idle connection is trusted; S3 closes them after ~20 s
+
+
+class MalformedResponse(Exception):
+    """S3 (or something in between) answered with bytes that are not valid HTTP/1.1."""
+
+
+class UpstreamClosed(ConnectionError):
+    """The connection ended before the response did."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str  # http | https
+    host: str  # as resolved and dialled
+    port: int
+
+
+class Response:
+    """A response head plus its body, read piece by piece with `read()` (b"" at the end)."""
+
+    def __init__(self, connection: _Connection, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.headers = headers  # names in lower case
+        self._connection: _Connection | None = connection
+
+    async def read(self) -> bytes:
+        connection = self._connection
+        if connection is None:
+            return b""
+        chunk = await connection.read()
+        if not chunk:
+            self.release()
+        return chunk
+
+    def release(self) -> None:
+        """Done with this response: its connection is reused if the body was read to the end,
+        closed otherwise. Safe to call more than once."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.finish()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: Pool, origin: Origin, buffer_limit: int) -> None:
+        self._pool = pool
+        self.origin = origin
+        self._loop = asyncio.get_running_loop()
+        self._buffer_limit = buffer_limit
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head_only = False
+        self._headers: dict[str, str] = {}
+        self._head_done = False
+        self._status = 0
+        self._keep_alive = False
+        self._until_eof = False  # no Content-Length, not chunked: the body ends with the socket
+        self._complete = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
+        self._got_bytes = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # bytes nobody asked for: this connection cannot be trusted
+            self._fail(MalformedResponse("data outside a response"))
+            return
+        self._got_bytes = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(MalformedResponse(type(exc).__name__))
+
+    def eof_received(self) -> bool | None:
+        if self._head_done and self._until_eof and not self._complete:
+            self.on_message_complete()
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._pool.forget(self)
+        if not self._complete and self._failure is None:
+            self._failure = UpstreamClosed("S3 closed the connection")
+        self._wake()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parser = cast(httptools.HttpResponseParser, self._parser)  # it is the caller
+        self._status = parser.get_status_code()
+        self._keep_alive = parser.should_keep_alive()
+        self._head_done = True
+        headers = self._headers
+        self._until_eof = "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        )
+        if self._head_only:
+            # A HEAD answer has no body whatever its Content-Length says; llhttp would wait
+            # for one, so the message ends here and the parser is dropped.
+            self._complete = True
+            self._parser = None
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > self._buffer_limit and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        self._parser = None
+        self._wake()
+
+    # -- used by Pool and Response -----------------------------------------------------------
+
+    def send(self, head: bytes, head_only: bool) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = head_only
+        self._headers = {}
+        self._head_done = self._complete = self._until_eof = self._got_bytes = False
+        self._failure = None
+        cast(asyncio.Transport, self.transport).write(head)
+
+    async def head(self) -> Response:
+        while not self._head_done:
+            if self._failure is not None:
+                raise self._failure
+            await self._wait()
+        return Response(self, self._status, self._headers)
+
+    async def read(self) -> bytes:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= self._buffer_limit and self.transport:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self._complete:
+                return b""
+            if self._failure is not None:
+                raise self._failure
+            await self._wait()
+
+    def finish(self) -> None:
+        reusable = self._complete and self._keep_alive and not self.lost
+        if reusable and not self._chunks and self._failure is None:
+            self._pool.put_back(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._parser = None
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    @property
+    def failed_before_answer(self) -> bool:
+        return self._failure is not None and not self._got_bytes
+
+    def _fail(self, failure: BaseException) -> None:
+        self._failure = failure
+        self._wake()
+        self.close()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        """Until the parser has news; s3.read_timeout without any is a TimeoutError."""
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._pool.read_timeout, self._time_out, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+            self.close()
+
+
+class Pool:
+    """Connections to S3 endpoints, at most `max_connections` busy at once."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+        buffer_limit: int,
+    ) -> None:
+        self.read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self._buffer_limit = buffer_limit
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        target: str,
+        host_header: str,
+        headers: Sequence[tuple[str, str]],
+    ) -> Response:
+        """Send a request without a body; return once the response head has arrived. The
+        caller must `release()` the response (reading it to b"" does that)."""
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        await self._slots.acquire()
+        try:
+            return await self._exchange(origin, head, method == "HEAD")
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _exchange(self, origin: Origin, head: bytes, head_only: bool) -> Response:
+        connection = self._take_idle(origin)
+        if connection is not None:
+            try:
+                return await self._send(connection, head, head_only)
+            except UpstreamClosed:
+                if not connection.failed_before_answer:
+                    raise
+                # Rule 2: closed by S3 while idle; try once more on a new connection.
+        connection = await self._connect(origin)
+        return await self._send(connection, head, head_only)
+
+    async def _send(self, connection: _Connection, head: bytes, head_only: bool) -> Response:
+        self._busy.add(connection)
+        try:
+            connection.send(head, head_only)
+            return await connection.head()
+        except BaseException:
+            self._busy.discard(connection)
+            connection.close()
+            raise
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to be stale
+            if not connection.lost and now - connection.idle_since < _IDLE_EXPIRY:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        if self._closed:
+            raise UpstreamClosed("the connection pool is closed")
+        loop = asyncio.get_running_loop()
+        secure = origin.scheme == "https"
+        if secure and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        async with asyncio.timeout(self._connect_timeout):
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, origin, self._buffer_limit),
+                origin.host,
+                origin.port,
+                ssl=self._ssl if secure else None,
+                server_hostname=origin.host if secure else None,
+            )
+        return protocol
+
+    def put_back(self, connection: _Connection) -> None:
+        """Rule 1: only a connection whose response was read to the end is reused."""
+        if connection in self._busy:
+            self._busy.discard(connection)
+            self._slots.release()
+        if self._closed:
+            connection.close()
+            return
+        connection.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(connection.origin, []).append(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        """A connection ended: free its slot if it was busy, drop it if it was idle."""
+        if connection in self._busy:
+            self._busy.discard(connection)
+            self._slots.release()
+        idle = self._idle.get(connection.origin)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        for connection in list(self._busy):
+            connection.close()
+        await asyncio.sleep(0)  # let the transports finish closing
