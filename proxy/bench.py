@@ -1,10 +1,16 @@
 """`python -m proxy bench`: stream vs redirect on the same objects, with numbers.
 
-By default it builds its own world: the demo's in-process S3 (counting what reaches it),
-objects of several sizes, and the proxy as a separate `serve` process (so its CPU can be
-read from /proc). A browser is simulated: it follows redirects, honours Cache-Control and
-revalidates with ETag, so the second page view shows what caching saves each method.
-Prints a table, and writes a Markdown report and (with matplotlib) a PNG chart.
+Either world ends as the same run: a config (see benchplan) served by `python -m proxy serve`
+as a separate process (so its CPU can be read from /proc), and a simulated browser that
+fetches every object through both copies of its route. The browser follows redirects,
+honours Cache-Control and revalidates with ETag, so a second page view shows what caching
+saves each method. S3 requests are the proxy's own (from its metrics) plus the ones the
+browser sends straight to S3. Prints a table, and writes a Markdown report, the raw numbers
+and (with matplotlib) a PNG chart.
+
+- By default the world is built here: the demo's S3 (moto, in this process) with objects of
+  several sizes, behind one route.
+- With a config, the world is the user's: their S3 and routes, and the paths they name.
 """
 
 from __future__ import annotations
@@ -12,24 +18,64 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
+import re
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
 
 import aiohttp
-import jwt
 import yaml
 from multidict import CIMultiDict
+from yarl import URL
+
+from .auth import issue_token
+from .benchplan import METHODS, METRICS_PATH, PREFIXES, BenchError, Plan, plan_bench
+from .config import Config, parse_config
+
+if TYPE_CHECKING:
+    from .demo.s3 import CountingS3
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
-METHODS = ("stream", "redirect")
+TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
+START_TIMEOUT = 30.0  # seconds for the proxy process to listen
+MAX_HOPS = 10
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass
+class Fetched:
+    """One object fetched as a browser would, possibly over several hops."""
+
+    ttfb: float = 0.0  # seconds to the first body byte
+    total: float = 0.0  # seconds to the last byte
+    size: int = 0  # object bytes the client ended up with (from network or cache)
+    status: int = 200  # the last answer: 200 when the browser cache answered, 0 for none
+    answered_by: str = "the browser cache"
+    error: str = ""  # what a failed answer named
+    s3_requests: int = 0  # sent by the client straight to S3 (following redirects)
+    s3_bytes: int = 0  # body bytes S3 sent the client
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+    def describe(self) -> str:
+        if self.ok:
+            return str(self.status)
+        if self.status == 0:
+            return f"no answer from {self.answered_by} ({self.error})"
+        return f"{self.status} from {self.answered_by}" + (f" ({self.error})" if self.error else "")
 
 
 @dataclass
@@ -40,25 +86,33 @@ class View:
     total: list[float] = field(default_factory=list)  # seconds to the last byte
     proxy_requests: int = 0
     proxy_bytes: int = 0  # body bytes the proxy sent
-    s3_requests: int = 0
-    s3_bytes: int = 0
+    s3_requests: int = 0  # by the proxy or by the client
+    s3_direct_bytes: int = 0  # object bytes the client fetched straight from S3
     proxy_cpu: float = 0.0  # CPU seconds the proxy process spent
     client_bytes: int = 0  # object bytes the client ended up with (from network or cache)
+
+    def add(self, fetched: Fetched) -> None:
+        self.ttfb.append(fetched.ttfb)
+        self.total.append(fetched.total)
+        self.client_bytes += fetched.size
+        self.s3_requests += fetched.s3_requests
+        self.s3_direct_bytes += fetched.s3_bytes
 
 
 @dataclass
 class Browser:
-    """Just enough of a browser cache: fresh responses are reused, stale ones revalidated."""
+    """Just enough of a browser cache: fresh responses are reused, stale ones revalidated.
+    Entries keep the body's size, not the body: objects may be large."""
 
-    entries: dict[str, tuple[float, CIMultiDict[str], bytes]] = field(default_factory=dict)
+    entries: dict[str, tuple[float, CIMultiDict[str], int]] = field(default_factory=dict)
 
-    def fresh(self, url: str, now: float) -> tuple[CIMultiDict[str], bytes] | None:
+    def fresh(self, url: str, now: float) -> tuple[CIMultiDict[str], int] | None:
         entry = self.entries.get(url)
         if entry is None or entry[0] <= now:
             return None
         return entry[1], entry[2]
 
-    def store(self, url: str, headers: CIMultiDict[str], body: bytes, now: float) -> None:
+    def store(self, url: str, headers: CIMultiDict[str], size: int, now: float) -> None:
         cache = headers.get("Cache-Control", "")
         if "no-store" in cache:
             return
@@ -67,7 +121,7 @@ class Browser:
             name, _, value = part.strip().partition("=")
             if name == "max-age" and value.isdigit():
                 max_age = int(value)
-        self.entries[url] = (now + max_age, headers, body)
+        self.entries[url] = (now + max_age, headers, size)
 
     def validators(self, url: str) -> dict[str, str]:
         entry = self.entries.get(url)
@@ -77,40 +131,77 @@ class Browser:
 
 
 async def fetch(
-    session: aiohttp.ClientSession, browser: Browser, url: str, headers: dict[str, str]
-) -> tuple[float, float, int]:
-    """Fetch like a browser; return (ttfb, total, bytes obtained)."""
+    session: aiohttp.ClientSession,
+    browser: Browser,
+    url: str,
+    headers: Mapping[str, str],
+    proxy: str,
+) -> Fetched:
+    """Fetch like a browser: `headers` go to the proxy (whose base URL is `proxy`) only."""
+    got = Fetched()
     started = time.perf_counter()
-    hops = 0
-    while True:
+    for hop in range(MAX_HOPS):
         now = time.time()
         cached = browser.fresh(url, now)
         if cached is not None:
-            cached_headers, body = cached
+            cached_headers, size = cached
             if "Location" in cached_headers:  # a cached redirect
-                url, hops = cached_headers["Location"], hops + 1
+                url = _follow(url, cached_headers["Location"])
                 continue
-            elapsed = time.perf_counter() - started
-            return elapsed, elapsed, len(body)
-        request_headers = (
-            {**headers, **browser.validators(url)} if hops == 0 else dict(browser.validators(url))
-        )
-        async with session.get(url, headers=request_headers, allow_redirects=False) as resp:
-            if resp.status in (301, 302, 307):
-                browser.store(url, CIMultiDict(resp.headers), b"", now)
-                url, hops = resp.headers["Location"], hops + 1
-                continue
-            first = await resp.content.read(64 * 1024)
-            ttfb = time.perf_counter() - started
-            rest = await resp.read()
-            total = time.perf_counter() - started
-            if resp.status == 304:
-                entry = browser.entries[url]
-                browser.entries[url] = entry  # still valid
-                return ttfb, total, len(entry[2])
-            body = first + rest
-            browser.store(url, CIMultiDict(resp.headers), body, now)
-            return ttfb, total, len(body)
+            got.ttfb = got.total = time.perf_counter() - started
+            got.size, got.status, got.answered_by = size, 200, "the browser cache"
+            return got
+        direct = not url.startswith(proxy)
+        got.answered_by = "S3" if direct else "the proxy"
+        got.s3_requests += direct
+        sent = {**(headers if hop == 0 else {}), **browser.validators(url)}
+        try:
+            async with session.get(url, headers=sent, allow_redirects=False) as resp:
+                got.status = resp.status
+                if resp.status in REDIRECTS and "Location" in resp.headers:
+                    browser.store(url, CIMultiDict(resp.headers), 0, now)
+                    url = _follow(url, resp.headers["Location"])
+                    continue
+                if not got.ok:
+                    got.error = _error_name(await resp.content.read(4096))
+                    return got
+                first = await resp.content.read(64 * 1024)
+                got.ttfb = time.perf_counter() - started
+                size = len(first)
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                got.total = time.perf_counter() - started
+                if direct:
+                    got.s3_bytes += size
+                if resp.status == 304:
+                    got.size = browser.entries[url][2]  # still valid
+                else:
+                    browser.store(url, CIMultiDict(resp.headers), size, now)
+                    got.size = size
+                return got
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            got.status, got.error = 0, str(exc) or type(exc).__name__
+            return got
+    got.status, got.error = 0, f"more than {MAX_HOPS} redirects"
+    return got
+
+
+def _follow(url: str, location: str) -> str:
+    # An absolute Location is kept to the byte: it is a presigned URL, and a cache key.
+    return location if "://" in location else str(URL(url).join(URL(location)))
+
+
+def _error_name(body: bytes) -> str:
+    """The error an answer names: S3's XML <Code>, or the proxy's JSON `error`."""
+    text = body.decode("utf-8", "replace")
+    code = re.search(r"<Code>([^<]{1,80})</Code>", text)
+    if code:
+        return code.group(1)
+    try:
+        detail = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return str(detail) if detail else ""
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -119,132 +210,165 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-class World:
-    """The demo S3 and a proxy process in front of it."""
+class ProxyProcess:
+    """`python -m proxy serve` on the bench config, as its own process; a context manager.
+    Its output (stdout and stderr) is read all along, so a full pipe never blocks it, and
+    the last lines are kept to show why it stopped."""
 
-    def __init__(self, workdir: Path) -> None:
-        from .demo.s3 import CountingS3
-
-        # The proxy process gets test credentials for moto; this process's env is untouched.
-        self.env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench-secret",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            self.env.pop(name, None)
-        self.s3 = CountingS3()
-        self.workdir = workdir
-        self.secret = secrets.token_urlsafe(48)
-        self.process: subprocess.Popen[bytes] | None = None
+    def __init__(self, config: Mapping[str, Any], workdir: Path, env: Mapping[str, str]) -> None:
+        self.path = workdir / "bench.yaml"
+        self.path.touch(mode=0o600)  # it may hold the config's secrets
+        self.path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        self.env = dict(env)
         self.base = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._output: deque[str] = deque(maxlen=20)
+        self._ready: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
 
-    def start(self, sizes: tuple[int, ...]) -> None:
-        self.s3.start()
-        client = self.s3.client(access_key="bench", secret_key="bench-secret")  # noqa: S106
-        client.create_bucket(Bucket="bench")
-        for size in sizes:
-            client.put_object(Bucket="bench", Key=f"objects/{size}.bin", Body=os.urandom(size))
-        self.s3.reset()
-        config = {
-            "listen": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 1},
-            "s3": {"endpoint_url": self.s3.endpoint, "addressing_style": "path"},
-            "auth": {"algorithms": ["HS256"], "secret": self.secret},
-            "metrics": {"path": "/_metrics"},
-            "routes": [
-                {
-                    "name": "stream",
-                    "match": "/stream/{key:.+}",
-                    "bucket": "bench",
-                    "key": "objects/{key}",
-                    "delivery": "stream",
-                    "access": "authenticated",
-                },
-                {
-                    "name": "redirect",
-                    "match": "/redirect/{key:.+}",
-                    "bucket": "bench",
-                    "key": "objects/{key}",
-                    "delivery": "redirect",
-                    "access": "authenticated",
-                    "ttl": 300,
-                    "stable": 3600,
-                    "cache_control": "private, max-age=3600",
-                },
-            ],
-        }
-        path = self.workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "serve",
-                "--config",
-                str(path),
-                "--log-level",
-                "WARNING",
-            ],
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def __enter__(self) -> ProxyProcess:
+        command = [sys.executable, "-m", "proxy", "serve", "--config", str(self.path)]
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [*command, "--log-level", "WARNING"],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             env=self.env,
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode()
-        if "listening on" not in line:
-            raise RuntimeError(f"proxy did not start: {line!r}")
-        self.base = line.rsplit(" ", 1)[1].strip()
+        assert self._process.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self._process.stdout,), daemon=True
+        )
+        self._reader.start()
+        try:
+            line = self._ready.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            line = None
+        if line is None:
+            self.stop()
+            raise BenchError(
+                f"the proxy did not start (exit status {self._process.returncode}); "
+                f"its last output:{self.output_tail()}"
+            )
+        self.base = line.rsplit(" ", 1)[1]
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._output.append(line)
+            if " listening on http://" in line:
+                self._ready.put(line)
+        self._ready.put(None)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
-        self.s3.stop()
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
-    def token(self) -> str:
-        now = int(time.time())
-        return jwt.encode(
-            {"sub": "bench", "iat": now, "exp": now + 3600}, self.secret, algorithm="HS256"
-        )
+    def output_tail(self) -> str:
+        lines = list(self._output)
+        return "".join(f"\n  {line}" for line in lines) if lines else " (none)"
 
 
-async def _metrics(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    async with session.get(base + "/_metrics") as response:
+@dataclass(frozen=True)
+class Target:
+    """A running bench proxy: where it is, and what the client fetches and sends."""
+
+    base: str
+    pid: int
+    paths: tuple[str, ...]
+    headers: Mapping[str, str]
+
+    def url(self, method: str, path: str) -> str:
+        return f"{self.base}{PREFIXES[method]}{path}"
+
+
+async def _metrics(session: aiohttp.ClientSession, target: Target) -> dict[str, Any]:
+    async with session.get(target.base + METRICS_PATH) as response:
         result: dict[str, Any] = await response.json()
         return result
 
 
-async def measure(
-    world: World, sizes: tuple[int, ...], rounds: int, progress: Progress
-) -> dict[str, list[View]]:
-    assert world.process is not None
-    headers = {"Authorization": f"Bearer {world.token()}"}
+async def check(session: aiohttp.ClientSession, target: Target) -> list[int]:
+    """One unmeasured fetch per object and method: warms the connections, checks that every
+    path answers both ways, and learns the objects' sizes."""
+    sizes, lines, failed = [], [], False
+    for path in target.paths:
+        got = {
+            method: await fetch(
+                session, Browser(), target.url(method, path), target.headers, target.base
+            )
+            for method in METHODS
+        }
+        sizes.append(got["stream"].size)
+        failed = failed or not all(fetched.ok for fetched in got.values())
+        lines.append(f"\n  {path}: " + "; ".join(f"{m} {f.describe()}" for m, f in got.items()))
+    if failed:
+        refused = any(
+            f" {status} from the proxy" in line for line in lines for status in (401, 403)
+        )
+        hint = "\n(a 401 or 403: pass --token, or --sub/--claim for the token the bench mints)"
+        raise BenchError(
+            "not every path answered, so nothing was measured:"
+            + "".join(lines)
+            + (hint if refused else "")
+        )
+    return sizes
+
+
+async def measure(target: Target, rounds: int) -> tuple[list[int], dict[str, list[View]]]:
     results: dict[str, list[View]] = {method: [View(), View()] for method in METHODS}
     connector = aiohttp.TCPConnector(limit=8)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    # Bytes as they cross the network; a stuck S3 or proxy ends the run instead of hanging it.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False
+    ) as session:
+        print(f"checking {len(target.paths)} paths both ways...", file=sys.stderr)
+        sizes = await check(session, target)
+        progress = Progress(len(METHODS) * len(target.paths) * (rounds + 1))
         for method in METHODS:
             browser = Browser()
-            for view_index in range(2):  # first view, then a second with the browser cache
-                view = results[method][view_index]
-                before = await _metrics(session, world.base)
-                s3_before, cpu_before = world.s3.snapshot(), _cpu_seconds(world.process.pid)
+            for view_index, view in enumerate(results[method]):
+                # A first view (`rounds` of them, each with an empty cache), then a second
+                # view with the cache of the last first view.
+                before = await _metrics(session, target)
+                cpu_before = _cpu_seconds(target.pid)
                 for round_index in range(rounds if view_index == 0 else 1):
                     if view_index == 0 and round_index > 0:
-                        browser = Browser()  # each first view starts with an empty cache
-                    for size in sizes:
-                        url = f"{world.base}/{method}/{size}.bin"
-                        ttfb, total, got = await fetch(session, browser, url, headers)
-                        view.ttfb.append(ttfb)
-                        view.total.append(total)
-                        view.client_bytes += got
+                        browser = Browser()
+                    for path in target.paths:
+                        url = target.url(method, path)
+                        fetched = await fetch(session, browser, url, target.headers, target.base)
+                        if not fetched.ok:
+                            raise BenchError(f"{path} by {method}: {fetched.describe()}")
+                        view.add(fetched)
                         progress.step()
-                after = await _metrics(session, world.base)
-                s3_after = world.s3.snapshot()
-                view.proxy_cpu = _cpu_seconds(world.process.pid) - cpu_before
+                after = await _metrics(session, target)
+                view.proxy_cpu = _cpu_seconds(target.pid) - cpu_before
                 stats_before = before["by_delivery"].get(method, {})
                 stats_after = after["by_delivery"].get(method, {})
                 view.proxy_requests = stats_after.get("requests", 0) - stats_before.get(
@@ -253,13 +377,8 @@ async def measure(
                 view.proxy_bytes = stats_after.get("bytes_sent", 0) - stats_before.get(
                     "bytes_sent", 0
                 )
-                view.s3_requests = sum(
-                    s3_after[k] - s3_before[k] for k in ("proxy_requests", "presigned_requests")
-                )
-                view.s3_bytes = sum(
-                    s3_after[k] - s3_before[k] for k in ("proxy_bytes", "presigned_bytes")
-                )
-    return results
+                view.s3_requests += after["s3_requests"] - before["s3_requests"]
+    return sizes, results
 
 
 class Progress:
@@ -286,7 +405,19 @@ def _mib(value: float) -> str:
     return f"{value / 1024 / 1024:.1f} MiB"
 
 
-def report(results: dict[str, list[View]], sizes: tuple[int, ...], rounds: int) -> str:
+def _size(value: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value} B"
+
+
+def report(
+    results: dict[str, list[View]],
+    objects: Sequence[tuple[str, int]],
+    rounds: int,
+    notes: Sequence[str],
+) -> str:
     first = {m: results[m][0] for m in METHODS}
     second = {m: results[m][1] for m in METHODS}
 
@@ -313,25 +444,30 @@ def report(results: dict[str, list[View]], sizes: tuple[int, ...], rounds: int) 
         row("second view: bytes sent through the proxy", second, lambda v: _mib(v.proxy_bytes)),
         row("second view: median total time per object", second, lambda v: _ms(v.total)),
     ]
-    size_list = ", ".join(f"{s // 1024} KiB" for s in sizes)
+    object_list = ", ".join(f"`{path}` ({_size(size)})" for path, size in objects)
     lines = [
         "# stream vs redirect",
         "",
-        f"Objects: {size_list}; first views: {rounds} (each with an empty browser cache); "
-        "then one more view with the cache of the last first view. The client follows "
-        "redirects, honours Cache-Control and revalidates with ETag, like a browser. "
-        "S3 is moto on loopback, so S3 latency is near zero here: against real S3 (20-50 ms "
-        "away), every extra hop costs that much more.",
+        f"Objects: {object_list}; first views: {rounds} (each with an empty browser cache, "
+        "after one unmeasured fetch of each object both ways); then one more view with the "
+        "cache of the last first view. The client follows redirects, honours Cache-Control "
+        "and revalidates with ETag, like a browser.",
         "",
         "| | stream | redirect |",
         "|---|---|---|",
         *[f"| {name} | {a} | {b} |" for name, a, b in rows],
         "",
+        "Notes:",
+        "",
+        *[f"- {note}" for note in notes],
+        "",
     ]
     return "\n".join(lines)
 
 
-def chart(results: dict[str, list[View]], sizes: tuple[int, ...], out: Path) -> Path | None:
+def chart(
+    results: dict[str, list[View]], objects: Sequence[tuple[str, int]], out: Path
+) -> Path | None:
     try:
         import matplotlib
 
@@ -339,17 +475,15 @@ def chart(results: dict[str, list[View]], sizes: tuple[int, ...], out: Path) -> 
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rounds = len(results["stream"][0].total) // len(sizes)
+    count = len(objects)
+    rounds = len(results["stream"][0].total) // count
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    labels = [f"{s // 1024} KiB" for s in sizes]
+    labels = [f"{path.rsplit('/', 1)[-1][:16]}\n{_size(size)}" for path, size in objects]
     for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
         view = results[method][0]
-        medians = [
-            statistics.median(view.total[i :: len(sizes)][:rounds]) * 1000
-            for i in range(len(sizes))
-        ]
-        axes[0].bar([i + offset for i in range(len(sizes))], medians, width=0.4, label=method)
-    axes[0].set_xticks(range(len(sizes)), labels)
+        medians = [statistics.median(view.total[i::count][:rounds]) * 1000 for i in range(count)]
+        axes[0].bar([i + offset for i in range(count)], medians, width=0.4, label=method)
+    axes[0].set_xticks(range(count), labels)
     axes[0].set_ylabel("ms per object (first view)")
     axes[0].set_title("time per object")
     axes[0].legend()
@@ -373,23 +507,130 @@ def chart(results: dict[str, list[View]], sizes: tuple[int, ...], out: Path) -> 
     return path
 
 
+def run_config_bench(
+    config_path: Path,
+    config: Config,
+    paths: Sequence[str],
+    out: Path,
+    rounds: int,
+    token: str | None = None,
+    claims: Mapping[str, Any] | None = None,
+) -> int:
+    """Bench the routes of a user's config on `paths`, against the S3 it names."""
+    plan = plan_bench(config, paths)
+    s3 = config.settings.s3
+    where = s3.endpoint_url or f"AWS in {s3.region}"
+    about = (
+        f"Config: `{config_path}`; S3 is {where}, as reached from this machine (the proxy "
+        "runs here too), so every time includes that way to S3 and back."
+    )
+    token = token or _mint_token(config, plan, claims or {"sub": "bench"})
+    return _run(plan, token, os.environ, out, rounds, about)
+
+
 def run_bench(out: Path, rounds: int, sizes: tuple[int, ...] = SIZES) -> int:
+    """Bench the default world: the demo's S3 in this process, objects of `sizes`."""
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+    s3 = _demo_s3()
+    print("starting S3 (moto) and the proxy...", file=sys.stderr)
+    s3.start()
+    try:
+        client = s3.client(access_key="bench", secret_key="bench-secret")  # noqa: S106
+        client.create_bucket(Bucket="bench")
+        for size in sizes:
+            client.put_object(Bucket="bench", Key=f"objects/{size}.bin", Body=os.urandom(size))
+        config = parse_config(yaml.safe_dump(_demo_config(s3.endpoint)), env={})
+        plan = plan_bench(config, [f"/objects/{size}.bin" for size in sizes])
+        # The proxy process gets test credentials for moto; this process's env is untouched.
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            env.pop(name, None)
+        about = (
+            "S3 is moto on loopback, so S3 latency is near zero here: against real S3 (20-50 ms "
+            "away), every extra hop costs that much more."
+        )
+        token = _mint_token(config, plan, {"sub": "bench"})
+        return _run(plan, token, env, out, rounds, about)
+    finally:
+        s3.stop()
+
+
+def _demo_s3() -> CountingS3:
+    try:
+        from .demo.s3 import CountingS3
+    except ImportError as exc:  # moto is an optional dependency
+        raise BenchError(
+            "the default bench runs the demo's S3 and needs the bench extra: pip install -e "
+            f"'.[bench]' ({exc.name} is missing); or bench your own routes with --config "
+            "and --path"
+        ) from None
+    return CountingS3()
+
+
+def _demo_config(endpoint: str) -> dict[str, Any]:
+    return {
+        "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
+        "auth": {"algorithms": ["HS256"], "secret": secrets.token_urlsafe(48)},
+        "routes": [
+            {
+                # The README's gallery route; its stream copy drops cache_control (benchplan).
+                "name": "objects",
+                "match": "/objects/{key:.+}",
+                "bucket": "bench",
+                "key": "objects/{key}",
+                "delivery": "redirect",
+                "access": "authenticated",
+                "ttl": 300,
+                "stable": 3600,
+                "cache_control": "private, max-age=3600",
+            }
+        ],
+    }
+
+
+def _mint_token(config: Config, plan: Plan, claims: Mapping[str, Any]) -> str | None:
+    if not plan.needs_token:
+        return None
+    try:
+        return issue_token(config.settings.auth, claims, TOKEN_TTL)
+    except ValueError:
+        raise BenchError(
+            "these paths need a token, and the config has no HS256/384/512 secret to mint "
+            "one with: pass --token with a token its issuer signed"
+        ) from None
+
+
+def _run(
+    plan: Plan,
+    token: str | None,
+    env: Mapping[str, str],
+    out: Path,
+    rounds: int,
+    about: str,
+) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir:
-        world = World(Path(workdir))
-        print("starting S3 (moto) and the proxy...", file=sys.stderr)
-        world.start(sizes)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with (
+        tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
+        ProxyProcess(plan.config, Path(workdir), env) as proxy,
+    ):
+        target = Target(proxy.base, proxy.pid, plan.paths, headers)
         try:
-            progress = Progress(len(METHODS) * len(sizes) * (rounds + 1))
-            results = asyncio.run(measure(world, sizes, rounds, progress))
-        finally:
-            world.stop()
-    text = report(results, sizes, rounds)
+            sizes, results = asyncio.run(measure(target, rounds))
+        except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
+            tail = proxy.output_tail()
+            raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
+    objects = list(zip(plan.paths, sizes, strict=True))
+    text = report(results, objects, rounds, [about, *plan.notes])
     (out / "report.md").write_text(text)
-    picture = chart(results, sizes, out)
+    picture = chart(results, objects, out)
     raw = {m: [v.__dict__ for v in views] for m, views in results.items()}
     (out / "results.json").write_text(json.dumps(raw, indent=1))
     print(text)

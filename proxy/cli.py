@@ -1,4 +1,5 @@
-"""Command line: argument parsing and process set-up only (serve / check / token)."""
+"""Command line: argument parsing and process set-up only (serve / check / token / link /
+demo / bench)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"config error in {args.config}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     command: int = args.run(args, config)
     return command
+
+
+def _load(path: str) -> Config | None:
+    """The config, or None after saying what is wrong with it."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config error in {path}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="print a token signed with auth.secret")
     token.add_argument("--sub", required=True, help="the token's subject")
-    token.add_argument(
-        "--claim",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help='extra claim; VALUE is parsed as JSON when it can be (e.g. roles=\'["a","b"]\')',
-    )
+    _claim_argument(token)
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(run=_token)
 
@@ -80,14 +82,59 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
 
     bench = commands.add_parser(
-        "bench", help="compare stream and redirect on the same objects, with numbers"
+        "bench",
+        help="compare stream and redirect on the same objects, with numbers",
+        description="Without --config: against the demo's S3 with objects of several sizes. "
+        "With --config: the routes of that config, on the objects named by --path, each "
+        "fetched through a stream copy and a redirect copy of its route.",
     )
     bench.add_argument("--out", default="bench-report", help="folder for report.md and the chart")
     bench.add_argument("--rounds", type=int, default=3, help="first views to take the median of")
+    bench.add_argument("--config", help="bench the routes of this config instead of the demo's")
+    bench.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        dest="paths",
+        metavar="PATH",
+        help="with --config: a proxy path to fetch, e.g. /files/a.jpg (repeat for several)",
+    )
+    bench.add_argument(
+        "--token", help="with --config: the token to send (default: one minted with auth.secret)"
+    )
+    bench.add_argument(
+        "--sub", default="bench", help="subject of the minted token (default: bench)"
+    )
+    _claim_argument(bench)
 
     for sub in (serve, check, token, link):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
+
+
+def _claim_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help='extra claim; VALUE is parsed as JSON when it can be (e.g. roles=\'["a","b"]\')',
+    )
+
+
+def _claims(sub: str, items: Sequence[str]) -> dict[str, Any] | None:
+    """`sub` plus the --claim items, or None after saying which item is malformed."""
+    claims: dict[str, Any] = {"sub": sub}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            print(f"--claim {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return None
+        try:
+            claims[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            claims[name] = raw
+    return claims
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -124,15 +171,33 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    try:
-        from .bench import run_bench
-    except ImportError as exc:
-        print(
-            f"bench needs the demo extra: pip install -e '.[demo]' ({exc.name} is missing)",
-            file=sys.stderr,
-        )
+    from .bench import run_bench, run_config_bench
+    from .benchplan import BenchError
+
+    out, rounds = Path(args.out), max(1, args.rounds)
+    if args.config is None:
+        given = [name for name, value in _CONFIG_ONLY if getattr(args, value)]
+        if given:
+            print(f"bench: {given[0]} goes with --config", file=sys.stderr)
+            return 2
+    claims = _claims(args.sub, args.claim)
+    if claims is None:
         return 2
-    return run_bench(Path(args.out), max(1, args.rounds))
+    try:
+        if args.config is None:
+            return run_bench(out, rounds)
+        config = _load(args.config)
+        if config is None:
+            return 2
+        return run_config_bench(
+            Path(args.config), config, args.paths, out, rounds, args.token, claims
+        )
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+
+_CONFIG_ONLY = (("--path", "paths"), ("--token", "token"), ("--claim", "claim"))
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
@@ -146,16 +211,9 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 def _token(args: argparse.Namespace, config: Config) -> int:
     from .auth import issue_token
 
-    claims: dict[str, Any] = {"sub": args.sub}
-    for item in args.claim:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            print(f"--claim {item!r}: expected NAME=VALUE", file=sys.stderr)
-            return 2
-        try:
-            claims[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            claims[name] = raw
+    claims = _claims(args.sub, args.claim)
+    if claims is None:
+        return 2
     try:
         print(issue_token(config.settings.auth, claims, args.ttl))
     except ValueError as exc:
