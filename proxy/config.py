@@ -70,7 +70,7 @@ class S3Settings(_Model):
     # Overall bound on S3 starting to answer, including waiting for a pooled connection and
     # retries; read/connect timeouts alone do not cover the pool wait.
     request_timeout: float = Field(60.0, gt=0)
-    chunk_size: int = Field(64 * 1024, ge=4096, le=16 * 1024 * 1024)
+    chunk_size: int = Field(128 * 1024, ge=4096, le=16 * 1024 * 1024)
 
     @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod

@@ -88,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self._status = 0
         self._keep_alive = False
         self._until_eof = False  # no Content-Length, not chunked: the body ends with the socket
+        self._remaining: int | None = None  # body bytes still due, when Content-Length said
         self._complete = False
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -103,6 +104,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._remaining is not None and self._parser is not None and self._head_done:
+            self._take_body(data)
+            return
         parser = self._parser
         if parser is None:  # bytes nobody asked for: this connection cannot be trusted
             self._fail(MalformedResponse("data outside a response"))
@@ -112,6 +116,17 @@ class _Connection(asyncio.Protocol):
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(MalformedResponse(type(exc).__name__))
+
+    def _take_body(self, data: bytes) -> None:
+        """Body bytes of a Content-Length answer skip the parser, which would copy them."""
+        remaining = cast(int, self._remaining)
+        if len(data) > remaining:
+            self._fail(MalformedResponse("more body than its Content-Length"))
+            return
+        self._remaining = remaining - len(data)
+        self._push(data)
+        if not self._remaining:
+            self.on_message_complete()
 
     def eof_received(self) -> bool | None:
         if self._head_done and self._until_eof and not self._complete:
@@ -136,9 +151,18 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive()
         self._head_done = True
         headers = self._headers
-        self._until_eof = "content-length" not in headers and "chunked" not in headers.get(
-            "transfer-encoding", ""
-        )
+        length = headers.get("content-length")
+        chunked = "chunked" in headers.get("transfer-encoding", "")
+        self._until_eof = length is None and not chunked
+        if (
+            length is not None
+            and length.isdigit()
+            and not chunked
+            and not self._head_only
+            and self._status >= 200
+            and self._status not in (204, 304)
+        ):
+            self._remaining = int(length)  # counted down by on_body, then by _take_body
         if self._head_only:
             # A HEAD answer has no body whatever its Content-Length says; llhttp would wait
             # for one, so the message ends here and the parser is dropped.
@@ -147,6 +171,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._remaining is not None:
+            self._remaining -= len(body)
+        self._push(body)
+
+    def _push(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > self._buffer_limit and not self._paused and self.transport:
@@ -166,6 +195,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = head_only
         self._headers = {}
         self._head_done = self._complete = self._until_eof = self._got_bytes = False
+        self._remaining = None
         self._failure = None
         cast(asyncio.Transport, self.transport).write(head)
 
