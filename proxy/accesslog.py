@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
+import orjson
+
 log = logging.getLogger("proxy.access")
 _second: tuple[int, str] = (-1, "")
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _encode(line: Mapping[str, object]) -> str:
+    # orjson: a tenth of the json module's time, and one line per request adds up.
+    return orjson.dumps(line).decode()
 
 
 class LineWriter:
