@@ -80,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self._buffer_limit = buffer_limit
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.holds_slot = False  # a Response handed out owns one of the pool's slots
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
@@ -143,7 +144,8 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if not self._head_done:  # trailers of a chunked body are not the response's headers
+            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         parser = cast(httptools.HttpResponseParser, self._parser)  # it is the caller
@@ -320,11 +322,15 @@ class Pool:
         self._busy.add(connection)
         try:
             connection.send(head, head_only)
-            return await connection.head()
+            response = await connection.head()
         except BaseException:
             self._busy.discard(connection)
             connection.close()
             raise
+        # From here the slot taken in request() belongs to the response: given back exactly
+        # once, when its connection is put back or ends.
+        connection.holds_slot = True
+        return response
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -357,9 +363,8 @@ class Pool:
 
     def put_back(self, connection: _Connection) -> None:
         """Rule 1: only a connection whose response was read to the end is reused."""
-        if connection in self._busy:
-            self._busy.discard(connection)
-            self._slots.release()
+        self._busy.discard(connection)
+        self._give_back_slot(connection)
         if self._closed:
             connection.close()
             return
@@ -368,12 +373,16 @@ class Pool:
 
     def forget(self, connection: _Connection) -> None:
         """A connection ended: free its slot if it was busy, drop it if it was idle."""
-        if connection in self._busy:
-            self._busy.discard(connection)
-            self._slots.release()
+        self._busy.discard(connection)
+        self._give_back_slot(connection)
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
             idle.remove(connection)
+
+    def _give_back_slot(self, connection: _Connection) -> None:
+        if connection.holds_slot:
+            connection.holds_slot = False
+            self._slots.release()
 
     async def close(self) -> None:
         self._closed = True
