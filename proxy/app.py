@@ -68,9 +68,7 @@ class Gateway:
         config: Config,
         storage: Storage | None = None,
         clock: Clock = time.time,
-        pages: Mapping[str, Page] | None = None,
     ) -> None:
-        self.config = config
         self.metrics = Metrics()
         self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
         self._clock = clock
@@ -79,17 +77,16 @@ class Gateway:
             s3 = S3Storage(config.settings.s3)
             self._resources.append(s3)
             storage = s3
-        self.storage = storage
         http_json = HttpJson(config.settings.auth.jwks.timeout)
         if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
             self._resources.append(http_json)
         counted = CountingStorage(storage, self._count_s3)
         self._handler = _Handler(config, counted, clock, http_json, self.metrics)
         self.streams = self._handler.streams
-        # Exact paths answered before the proxy's routes (the demo's own pages).
-        self._pages: dict[str, Page] = dict(pages or {})
+        self._pages: dict[str, Page] = {}
 
     def add_pages(self, pages: Mapping[str, Page]) -> None:
+        """Answer these exact paths (GET/HEAD) before any route: the demo's own pages."""
         self._pages.update(pages)
 
     async def open(self) -> None:
