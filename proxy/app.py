@@ -12,17 +12,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 from aiohttp import web
 
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token
-from .config import Config, CorsSettings, RateLimitSettings, Route, RouteSettings
+from .config import Config, CorsSettings, RateLimitSettings, Route
+from .contenttype import guess_type
 from .cors import add_headers, preflight_headers, response_headers
 from .delivery import (
     LinkCache,
     Outcome,
+    Presentation,
     SignedLink,
     content_disposition,
     redirect_response,
@@ -43,7 +44,7 @@ from .errors import (
 )
 from .jwks import HttpJson
 from .limits import RateLimiter, StreamSlots
-from .links import LinkVerifier
+from .links import LinkTarget, LinkVerifier
 from .metacache import MetadataCache
 from .metrics import Metrics
 from .objectcache import ObjectCache
@@ -180,6 +181,7 @@ class _Handler:
         settings = config.settings
         self._metrics = metrics
         self._metrics_path = settings.metrics.path
+        self._metrics_access = config.metrics_access
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
@@ -205,6 +207,7 @@ class _Handler:
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
+            await self._check_metrics_access(request, record)
             return web.json_response(
                 self._metrics.snapshot(), headers={"Cache-Control": "no-store"}
             )
@@ -233,17 +236,30 @@ class _Handler:
         claims: dict[str, Any] | None
         link = request.query.get(self._auth.link_param) if self._links else None
         if link and self._links is not None and route.rule.needs_token:
-            # A share link is itself the authorization for exactly this path.
-            claims = self._links.verify(link, unquote(record.path), request.method)
+            # A share link is itself the authorization for exactly one object: checked after
+            # routing, against the route that matched and the key it rendered.
+            claims = self._links.verify(link, request.method)
             record.token_source = "share link"  # noqa: S105 - a label, not a secret
             record.sub = _subject(claims)
             key = route.key.render(found.params, claims)
+            self._links.check_target(claims, LinkTarget(route.name, settings.bucket, key))
         else:
             claims = await self._authenticate(request, record) if route.rule.needs_token else None
             key = self._authorize(route, found.params, claims)
         if rates.per_subject is not None and record.sub is not None:
             self._rates.take((route.name, "sub", record.sub), rates.per_subject, "subject")
         return await self._deliver(request, record, route, key, claims)
+
+    async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
+        rule = self._metrics_access
+        if rule is None:  # config refuses metrics.path without metrics.access
+            raise Forbidden("metrics.access not configured")
+        if not rule.needs_token:
+            return
+        claims = await self._authenticate(request, record)
+        denial = rule.denial(claims, {})
+        if denial is not None:
+            raise Forbidden(denial)
 
     def _limit_client(self, request: web.BaseRequest, scope: str, rates: RateLimitSettings) -> None:
         if rates.per_client is not None:
@@ -274,6 +290,9 @@ class _Handler:
         if route.rule.needs_token:
             if claims is None:
                 raise Unauthenticated("no token")
+            if route.issuers is not None and claims.get("iss") not in route.issuers:
+                # Another configured issuer's `sub: alice` is not this route's alice.
+                raise Forbidden("token issuer not trusted by this route")
             denial = route.rule.denial(claims, params)
             if denial is not None:
                 raise Forbidden(denial)
@@ -300,7 +319,7 @@ class _Handler:
             method,
             settings.bucket,
             key,
-            _overrides(settings, key),
+            _signed_overrides(route, key),
             self._clock(),
             exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
             self._links_cache,
@@ -323,10 +342,7 @@ class _Handler:
             return redirect_response(
                 link, wants_json(request.headers.get("Accept")), route.rule.needs_token
             )
-        overrides = _overrides(settings, key)
-        overrides.setdefault("Cache-Control", "private, no-cache")
-        if record.cors:
-            overrides.update(record.cors)
+        shown = _presentation(route, key, record.cors)
         outcome = Outcome()
         self.streams.acquire()
         try:
@@ -335,7 +351,7 @@ class _Handler:
                 self._storage,
                 settings.bucket,
                 key,
-                overrides,
+                shown,
                 outcome,
                 self._limits.client_write_timeout,
                 self._objects,
@@ -429,12 +445,38 @@ def _cors(
     return None
 
 
-def _overrides(settings: RouteSettings, key: str) -> dict[str, str]:
-    overrides: dict[str, str] = {}
+def _presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Presentation:
+    """The headers a streamed answer from this route carries, whatever the object."""
+    settings = route.settings
+    headers: dict[str, str] = {"Cache-Control": settings.cache_control or "private, no-cache"}
     if settings.disposition:
-        overrides["Content-Disposition"] = content_disposition(settings.disposition, key)
+        headers["Content-Disposition"] = content_disposition(settings.disposition, key)
     if settings.content_type:
-        overrides["Content-Type"] = settings.content_type
+        headers["Content-Type"] = settings.content_type
+    if route.rule.needs_token:
+        # The answer depends on who asks: a browser shared by two people must not show one
+        # of them the other's cached file.
+        headers["Vary"] = "Authorization, Cookie"
+    if cors:
+        add_headers(headers, cors)
+    return Presentation(headers, route.inline, content_disposition("attachment", key))
+
+
+def _signed_overrides(route: Route, key: str) -> dict[str, str]:
+    """Response headers signed into a presigned URL: S3 then serves the object as a type the
+    route may show inline, or as an attachment. Nothing is fetched, so the type is the
+    route's `content_type` or the one the key's extension names."""
+    settings = route.settings
+    overrides: dict[str, str] = {}
+    shown_as = settings.content_type or guess_type(key)
+    if shown_as is not None and route.inline.allows(shown_as):
+        overrides["Content-Type"] = shown_as
+        if settings.disposition:
+            overrides["Content-Disposition"] = content_disposition(settings.disposition, key)
+    else:
+        if settings.content_type:
+            overrides["Content-Type"] = settings.content_type
+        overrides["Content-Disposition"] = content_disposition("attachment", key)
     if settings.cache_control:
         overrides["Cache-Control"] = settings.cache_control
     return overrides

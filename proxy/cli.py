@@ -225,37 +225,28 @@ def _token(args: argparse.Namespace, config: Config) -> int:
 def _link(args: argparse.Namespace, config: Config) -> int:
     from urllib.parse import quote, unquote
 
-    from .errors import ProxyError
-    from .links import mint_link_token
-    from .routing import Router
+    from .links import LinkError, link_target, mint_link_token
 
     auth = config.settings.auth
     if auth.link_secret is None:
-        print("auth.link_secret is not set; share links need their own secret", file=sys.stderr)
+        print(
+            "auth.link_secret is not set; share links need their own secret: add "
+            "link_secret: ${LINK_SECRET} under auth and export LINK_SECRET=$(python -c "
+            "'import secrets; print(secrets.token_urlsafe(48))')",
+            file=sys.stderr,
+        )
         return 2
     if not 1 <= args.ttl <= 604800:
         print("--ttl must be between 1 and 604800 seconds", file=sys.stderr)
         return 2
     path = unquote(args.path) if "%" in args.path else args.path
-    encoded = quote(path, safe="/")
     try:
-        found = Router([route.pattern for route in config.routes]).match(encoded)
-    except ProxyError as exc:
-        print(f"{args.path}: {exc.reason}", file=sys.stderr)
+        target = link_target(config, path, args.sub)
+    except LinkError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
-    if found is None:
-        print(f"{args.path}: no route matches this path", file=sys.stderr)
-        return 2
-    route = config.routes[found.index]
-    if route.key.claims - {"sub"} or ("sub" in route.key.claims and not args.sub):
-        print(
-            f"{args.path}: route {route.name} builds its key from token claims "
-            f"({', '.join(sorted(route.key.claims))}); pass --sub or share another path",
-            file=sys.stderr,
-        )
-        return 2
-    token = mint_link_token(auth.link_secret.get_secret_value(), path, args.ttl, args.sub)
+    token = mint_link_token(auth.link_secret.get_secret_value(), target, args.ttl, args.sub)
     listen = config.settings.listen
     base = (args.base_url or f"http://{listen.host}:{listen.port}").rstrip("/")
-    print(f"{base}{encoded}?{quote(auth.link_param)}={token}")
+    print(f"{base}{quote(path, safe='/')}?{quote(auth.link_param)}={token}")
     return 0

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
 from .routing import KeyTemplate, PathPattern, TemplateError, compile_pattern, compile_template
@@ -115,6 +116,7 @@ def _default_sources() -> list[TokenSource]:
 class IssuerSettings(_Model):
     """One token issuer: which algorithms it uses and where its keys come from."""
 
+    name: str | None = Field(None, min_length=1)  # how routes' `issuers` may refer to it
     issuer: str | None = None
     audience: str | list[str] | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["HS256"], min_length=1)
@@ -164,6 +166,9 @@ class AuthSettings(IssuerSettings):
     sources: list[TokenSource] = Field(default_factory=_default_sources, min_length=1)
     link_secret: SecretStr | None = None
     link_param: str = Field("link", min_length=1)
+    # Claims holding space-separated lists (OAuth `scope`): a rule's literal value may match
+    # one item of them. Every other claim must equal the rule's value exactly.
+    list_claims: list[str] = Field(default_factory=lambda: ["scope"])
 
     def issuer_list(self) -> list[IssuerSettings]:
         return list(self.issuers) if self.issuers else [self]
@@ -255,6 +260,15 @@ class RouteSettings(_Model):
     cors: CorsSettings | None = None
     rate_limit: RateLimitSettings | None = None  # overrides limits.rate_limit for this route
     cache: RouteCacheSettings | None = None  # stream/auto: hot small objects from memory
+    # Object types a browser may show; any other type is sent (or signed) as an attachment.
+    inline_types: list[str] = Field(default_factory=lambda: list(DEFAULT_INLINE_TYPES))
+    # Names (or `iss` values) of the auth.issuers whose tokens this route accepts.
+    issuers: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("inline_types")
+    @classmethod
+    def _media_types(cls, value: list[str]) -> list[str]:
+        return [check_pattern(pattern) for pattern in value]
 
     @field_validator("cache_control", "content_type")
     @classmethod
@@ -289,6 +303,7 @@ class SignApiSettings(_Model):
 
 class MetricsSettings(_Model):
     path: str | None = None  # e.g. /_metrics: counters as JSON; off when unset
+    access: Any = None  # an access rule, required with `path`: counters are not for everyone
 
     @field_validator("path")
     @classmethod
@@ -318,6 +333,9 @@ class Route:
     pattern: PathPattern
     key: KeyTemplate
     rule: Rule
+    inline: InlineTypes
+    # The `iss` values whose tokens this route accepts; None: the one configured issuer's.
+    issuers: frozenset[str] | None = None
 
     @property
     def name(self) -> str:
@@ -328,6 +346,7 @@ class Route:
 class Config:
     settings: Settings
     routes: tuple[Route, ...]
+    metrics_access: Rule | None = None
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -369,9 +388,10 @@ def parse_config(
         raise ConfigError(_describe_validation_error(exc, expanded)) from None
 
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
+    metrics_access = _metrics_access(settings, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes))
+    return Config(settings, tuple(routes), metrics_access)
 
 
 def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
@@ -443,6 +463,7 @@ def _cross_check(
     settings: Settings, base_dir: Path, problems: list[str]
 ) -> tuple[Settings, list[Route]]:
     settings = _check_auth(settings, base_dir, problems)
+    list_claims = frozenset(settings.auth.list_claims)
     routes: list[Route] = []
     names: set[str] = set()
     for index, route in enumerate(settings.routes):
@@ -467,10 +488,11 @@ def _cross_check(
                 f"{route.match!r}; add it to match or use {{claims.NAME}} for a token claim"
             )
         try:
-            rule = compile_rule(route.access, pattern.params)
+            rule = compile_rule(route.access, pattern.params, list_claims)
         except ValueError as exc:
             problems.append(f"{where}.access: {exc}")
             continue
+        issuers = _route_issuers(settings.auth, route, rule, where, problems)
         if not rule.needs_token and template.claims:
             problems.append(
                 f"{where}.access: a public route cannot use claims in its key "
@@ -491,11 +513,66 @@ def _cross_check(
                     f"{where}.stable: stable + ttl = {route.stable + route.ttl} s exceeds the "
                     f"SigV4 maximum of {SIGV4_MAX_EXPIRES} s (7 days); shorten one of them"
                 )
-        routes.append(Route(route, pattern, template, rule))
+        routes.append(
+            Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers)
+        )
     return settings, routes
 
 
+def _route_issuers(
+    auth: AuthSettings, route: RouteSettings, rule: Rule, where: str, problems: list[str]
+) -> frozenset[str] | None:
+    """The `iss` values a route trusts. With several issuers a token-needing route must name
+    them: otherwise one issuer's `sub: alice` would read alice's files."""
+    issuers = auth.issuer_list()
+    if route.issuers is None:
+        if len(issuers) > 1 and rule.needs_token:
+            known = ", ".join(i.name or i.issuer or "?" for i in issuers)
+            problems.append(
+                f"{where}.issuers: required with several auth.issuers; list the issuers whose "
+                f"tokens this route accepts (by name or iss; configured: {known})"
+            )
+        return None
+    if not rule.needs_token:
+        problems.append(f"{where}.issuers: a public route takes no token; remove it")
+        return None
+    trusted: set[str] = set()
+    for ref in route.issuers:
+        found = next((i for i in issuers if ref in (i.name, i.issuer)), None)
+        if found is None:
+            known = ", ".join(i.name or i.issuer or "?" for i in issuers)
+            problems.append(f"{where}.issuers: no issuer named {ref!r} (configured: {known})")
+        elif not found.issuer:
+            problems.append(
+                f"{where}.issuers: {ref!r} has no `issuer` (iss) to check tokens against; "
+                "set auth.issuer"
+            )
+        else:
+            trusted.add(found.issuer)
+    return frozenset(trusted)
+
+
+def _metrics_access(settings: Settings, problems: list[str]) -> Rule | None:
+    metrics = settings.metrics
+    if metrics.path is None:
+        if metrics.access is not None:
+            problems.append("metrics.access: only applies with metrics.path; remove it")
+        return None
+    if metrics.access is None:
+        problems.append(
+            "metrics.access: required with metrics.path (the counters are not for everyone); "
+            "e.g. {claims: {role: admin}}, or public if only operators reach this port"
+        )
+        return None
+    try:
+        return compile_rule(metrics.access, [], frozenset(settings.auth.list_claims))
+    except ValueError as exc:
+        problems.append(f"metrics.access: {exc}")
+        return None
+
+
 _ISSUER_KEYS = (
+    "name",
     "issuer",
     "audience",
     "algorithms",
@@ -523,6 +600,9 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
         names = [i.issuer for i in auth.issuers if i.issuer]
         if len(names) != len(set(names)):
             problems.append("auth.issuers: each issuer may appear only once")
+        labels = [i.name for i in auth.issuers if i.name]
+        if len(labels) != len(set(labels)):
+            problems.append("auth.issuers: each name may appear only once")
         issuers = [
             _check_issuer(issuer, f"auth.issuers[{index}]", base_dir, problems)
             for index, issuer in enumerate(auth.issuers)

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .config import RouteCacheSettings, RouteSettings
+from .contenttype import SANDBOX_CSP, InlineTypes, safe_content_type
 from .errors import NotModified, RangeNotSatisfiable, Unauthenticated, UpstreamError
 from .objectcache import ObjectCache
 from .presign import Lifetime, LifetimeError, plan_lifetime
@@ -28,18 +29,17 @@ from .storage import Conditions, ObjectMeta, ObjectStream, Storage, parse_http_d
 
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})", re.IGNORECASE)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-ACTIVE_CONTENT_TYPES = frozenset(
-    {
-        "text/html",
-        "application/xhtml+xml",
-        "image/svg+xml",
-        "text/xml",
-        "application/xml",
-        "text/javascript",
-        "application/javascript",
-    }
-)
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """How a route presents one key: its fixed answer headers (disposition, type, caching,
+    Vary, CORS), the object types it may show inline, and the attachment header otherwise."""
+
+    headers: Mapping[str, str]
+    inline: InlineTypes
+    attachment: str
 
 
 @dataclass
@@ -108,15 +108,15 @@ def content_disposition(disposition: str, key: str) -> str:
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
-def object_headers(meta: ObjectMeta, overrides: Mapping[str, str]) -> dict[str, str]:
+def object_headers(meta: ObjectMeta, shown: Presentation) -> dict[str, str]:
+    """Headers for a streamed object: whatever type S3 names, the body is inert on the
+    proxy's origin (sandboxed, not sniffed), and shown inline only if the route allows it."""
     headers = {
         "Accept-Ranges": "bytes",
-        "Content-Type": meta.content_type or "application/octet-stream",
+        "Content-Type": safe_content_type(meta.content_type),
         "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": SANDBOX_CSP,
     }
-    if (meta.content_type or "").split(";")[0].strip().lower() in ACTIVE_CONTENT_TYPES:
-        # An uploaded HTML/SVG file must not run script on the proxy's origin.
-        headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     for name, value in (
         ("ETag", meta.etag),
         ("Last-Modified", meta.last_modified),
@@ -126,7 +126,9 @@ def object_headers(meta: ObjectMeta, overrides: Mapping[str, str]) -> dict[str, 
     ):
         if value and _single_line(value):
             headers[name] = value
-    headers.update(overrides)
+    headers.update(shown.headers)
+    if not shown.inline.allows(headers["Content-Type"]):
+        headers["Content-Disposition"] = shown.attachment
     return headers
 
 
@@ -135,7 +137,7 @@ async def stream(
     storage: Storage,
     bucket: str,
     key: str,
-    overrides: Mapping[str, str],
+    shown: Presentation,
     chunk_outcome: Outcome,
     write_timeout: float = 60.0,
     cache: ObjectCache | None = None,
@@ -149,7 +151,7 @@ async def stream(
                 storage,
                 bucket,
                 key,
-                overrides,
+                shown,
                 chunk_outcome,
                 write_timeout,
                 cache,
@@ -157,29 +159,31 @@ async def stream(
             )
         if request.method == "HEAD":
             meta = await storage.head(bucket, key, conditions)
-            response = web.StreamResponse(status=200, headers=object_headers(meta, overrides))
+            response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
             response.content_length = meta.content_length
             return response
         obj = await storage.get(bucket, key, conditions, range_for(request.headers))
-        return await send_object(request, obj, overrides, chunk_outcome, write_timeout)
+        return await send_object(request, obj, shown, chunk_outcome, write_timeout)
     except NotModified as exc:
         # RFC 9111 4.3.4: a 304 repeats the Cache-Control the 200 would have carried.
-        if "Cache-Control" in overrides:
-            exc.headers["Cache-Control"] = overrides["Cache-Control"]
+        # So does Vary: a cache must key the 304 as it keyed the 200.
+        for name in ("Cache-Control", "Vary"):
+            if name in shown.headers:
+                exc.headers[name] = shown.headers[name]
         raise
 
 
 async def send_object(
     request: web.BaseRequest,
     obj: ObjectStream,
-    overrides: Mapping[str, str],
+    shown: Presentation,
     chunk_outcome: Outcome,
     write_timeout: float,
 ) -> web.StreamResponse:
     """Stream an opened S3 object to the client, then release it."""
     try:
         status = 206 if obj.meta.content_range else 200
-        response = web.StreamResponse(status=status, headers=object_headers(obj.meta, overrides))
+        response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
         response.content_length = obj.meta.content_length
         try:
             await response.prepare(request)
@@ -233,7 +237,7 @@ async def _from_cache(
     storage: Storage,
     bucket: str,
     key: str,
-    overrides: Mapping[str, str],
+    shown: Presentation,
     chunk_outcome: Outcome,
     write_timeout: float,
     cache: ObjectCache,
@@ -242,17 +246,15 @@ async def _from_cache(
     cached = cache.get(bucket, key, settings.max_age)
     if cached is not None:
         chunk_outcome.cache_hit = True
-        return _memory_response(request, cached.meta, cached.body, overrides, chunk_outcome)
+        return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
     obj = await storage.get(bucket, key, Conditions(), None)
     if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
         if request.method == "HEAD" or "Range" in request.headers or _conditional(request):
             await obj.aclose()  # too big to cache: ask S3 the client's own question
-            return await stream(
-                request, storage, bucket, key, overrides, chunk_outcome, write_timeout
-            )
-        return await send_object(request, obj, overrides, chunk_outcome, write_timeout)
+            return await stream(request, storage, bucket, key, shown, chunk_outcome, write_timeout)
+        return await send_object(request, obj, shown, chunk_outcome, write_timeout)
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:
@@ -260,7 +262,7 @@ async def _from_cache(
     if len(body) != obj.meta.content_length:
         raise UpstreamError("GetObject: body shorter than its Content-Length")
     cache.put(bucket, key, obj.meta, body)
-    return _memory_response(request, obj.meta, body, overrides, chunk_outcome)
+    return _memory_response(request, obj.meta, body, shown, chunk_outcome)
 
 
 def _conditional(request: web.BaseRequest) -> bool:
@@ -271,13 +273,13 @@ def _memory_response(
     request: web.BaseRequest,
     meta: ObjectMeta,
     body: bytes,
-    overrides: Mapping[str, str],
+    shown: Presentation,
     chunk_outcome: Outcome,
 ) -> web.Response:
-    headers = object_headers(meta, overrides)
+    headers = object_headers(meta, shown)
     headers.pop("Content-Range", None)
     if _not_modified(request.headers, meta):
-        kept: tuple[str, ...] = ("ETag", "Last-Modified", "Cache-Control")
+        kept: tuple[str, ...] = ("ETag", "Last-Modified", "Cache-Control", "Vary")
         validators = {name: headers[name] for name in kept if name in headers}
         return web.Response(status=304, headers=validators)
     size = len(body)

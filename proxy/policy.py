@@ -68,15 +68,17 @@ _UNRESOLVED = object()
 @dataclass(frozen=True)
 class ClaimsRule(Rule):
     expected: tuple[tuple[str, tuple[Expected, ...]], ...]
+    list_claims: frozenset[str] = frozenset({"scope"})
 
     def denial(self, claims: Claims, params: Params) -> str | None:
         for name, options in self.expected:
             if name not in claims:
                 return f"claim {name!r} missing"
             actual = claims[name]
+            split = name in self.list_claims
             if not any(
                 _claim_matches(
-                    actual, option.resolve(claims, params), split=option.template is None
+                    actual, option.resolve(claims, params), split=split and option.template is None
                 )
                 for option in options
             ):
@@ -120,11 +122,13 @@ class NotRule(Rule):
         return None
 
 
-def _claim_matches(actual: Any, expected: Any, *, split: bool = True) -> bool:
-    """Equality; or membership when the claim is a list or a space-separated string (`scope`).
+def _claim_matches(actual: Any, expected: Any, *, split: bool) -> bool:
+    """Equality; or membership when the claim is a list, or a space-separated string that
+    auth.list_claims declares a list (OAuth `scope`).
 
-    Space-splitting applies to literal values only: a value built from the request (`{user}`)
-    must match exactly, or `sub: "mallory alice"` would pass an owner check for alice.
+    Splitting applies to those claims and literal values only: `role: "guest admin"` is not
+    an admin, and a value built from the request (`{user}`) must match exactly, or
+    `sub: "mallory alice"` would pass an owner check for alice.
     """
     if expected is _UNRESOLVED:
         return False
@@ -144,7 +148,11 @@ def _scalar_equal(actual: Any, expected: Any) -> bool:
     return isinstance(actual, str) and isinstance(expected, str) and actual == expected
 
 
-def compile_rule(value: Any, params: Sequence[str] | set[str]) -> Rule:
+def compile_rule(
+    value: Any,
+    params: Sequence[str] | set[str],
+    list_claims: frozenset[str] = frozenset({"scope"}),
+) -> Rule:
     """Compile a rule from YAML; raise ValueError with a message that says how to fix it."""
     if value == "public":
         return Public()
@@ -153,21 +161,21 @@ def compile_rule(value: Any, params: Sequence[str] | set[str]) -> Rule:
     if isinstance(value, Mapping) and len(value) == 1:
         ((kind, body),) = value.items()
         if kind == "claims":
-            return _compile_claims(body, set(params))
+            return _compile_claims(body, set(params), list_claims)
         if kind in ("any", "all"):
             if not isinstance(body, list) or not body:
                 raise ValueError(f"'{kind}' needs a non-empty list of rules")
-            rules = tuple(compile_rule(item, params) for item in body)
+            rules = tuple(compile_rule(item, params, list_claims) for item in body)
             return AnyRule(rules) if kind == "any" else AllRule(rules)
         if kind == "not":
-            return NotRule(compile_rule(body, params))
+            return NotRule(compile_rule(body, params, list_claims))
     raise ValueError(
         f"unknown access rule {value!r}; use 'public', 'authenticated', "
         "{claims: {name: value}}, {any: [...]}, {all: [...]} or {not: rule}"
     )
 
 
-def _compile_claims(body: Any, params: set[str]) -> ClaimsRule:
+def _compile_claims(body: Any, params: set[str], list_claims: frozenset[str]) -> ClaimsRule:
     if not isinstance(body, Mapping) or not body:
         raise ValueError(
             "'claims' needs a map of claim names to expected values, e.g. {role: admin}"
@@ -196,4 +204,4 @@ def _compile_claims(body: Any, params: set[str]) -> ClaimsRule:
             else:
                 raise ValueError(f"claims.{name}: expected a string, number or boolean")
         expected.append((str(name), tuple(compiled)))
-    return ClaimsRule(tuple(expected))
+    return ClaimsRule(tuple(expected), list_claims)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import BadRequest, Forbidden
 
@@ -183,11 +183,15 @@ def compile_template(source: str) -> KeyTemplate:
 
 
 def claim_as_key_fragment(claims: Mapping[str, Any] | None, name: str) -> str:
-    """A claim placed in a key must be present and be one safe segment; otherwise 403."""
+    """A claim placed in a key must be present and be one safe segment; otherwise 403.
+
+    `iss` is a URL (`https://idp.example.com/realm`), so it is percent-encoded into one
+    segment (every character but RFC 3986's unreserved ones), keeping issuers apart in keys.
+    """
     value = (claims or {}).get(name)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Forbidden(f"token lacks claim {name!r} needed for the key")
-    text = str(value)
+    text = quote(value, safe="-._~") if name == "iss" and isinstance(value, str) else str(value)
     check_key_fragment(text, allow_slash=False, error=Forbidden)
     return text
 

@@ -221,8 +221,10 @@ async def test_active_content_is_sandboxed(proxy, s3: S3Objects) -> None:
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/html")
     assert response.headers["Content-Security-Policy"].startswith("sandbox")
-    photo = await client.get("/public/42")
-    assert "Content-Security-Policy" not in photo.headers
+    assert response.headers["Content-Disposition"].startswith("attachment")
+    photo = await client.get("/public/42")  # every streamed body is sandboxed, images too
+    assert photo.headers["Content-Security-Policy"].startswith("sandbox")
+    assert "Content-Disposition" not in photo.headers  # an image may be shown
 
 
 async def test_304_repeats_cache_control(proxy) -> None:

@@ -220,6 +220,9 @@ async def test_several_issuers_each_with_their_own_keys(
             {"issuer": "internal", "algorithms": ["HS256"], "secret": "i" * 40},
         ]
     }
+    for route in data["routes"]:
+        if route["access"] != "public":
+            route["issuers"] = ["https://idp", "internal"]
     client = await proxy(data, clock=Clock(T0))
     assert await _get(client, idp_key.sign({"iss": "https://idp", "aud": "files"})) == 200
     assert await _get(client, idp_key.sign({"iss": "https://idp", "aud": "other"})) == 401

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from proxy.links import mint_link_token
+from proxy.links import link_target, mint_link_token
 
-from .conftest import SECRET, Clock, S3Objects, bearer, config_dict, make_token
+from .conftest import SECRET, Clock, S3Objects, bearer, build_config, config_dict, make_token
 
 LINK_SECRET = "link-secret-" + "z" * 40
 T0 = 1_900_000_000
@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _with_links(s3: S3Objects) -> dict[str, Any]:
     return config_dict(s3.endpoint, auth={"link_secret": LINK_SECRET})
+
+
+def _mint(path: str, ttl: int, secret: str = LINK_SECRET, **kwargs: Any) -> str:
+    """A link for `path` on the test config, minted as `python -m proxy link` does."""
+    target = link_target(build_config(config_dict()), path, kwargs.get("sub"))
+    return mint_link_token(secret, target, ttl, **kwargs)
 
 
 def _run_link(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -71,7 +77,7 @@ async def test_cli_link_opens_exactly_one_admin_only_file(
 async def test_link_expires(proxy, s3: S3Objects) -> None:
     clock = Clock(T0)
     client = await proxy(_with_links(s3), clock=clock)
-    token = mint_link_token(LINK_SECRET, "/admin/exports/q4.pdf", 60, now=T0)
+    token = _mint("/admin/exports/q4.pdf", 60, now=T0)
     assert (await client.get("/admin/exports/q4.pdf", params={"link": token})).status == 200
     clock.now += 60 + 30  # past exp and the 30 s leeway
     assert (await client.get("/admin/exports/q4.pdf", params={"link": token})).status == 401
@@ -79,7 +85,7 @@ async def test_link_expires(proxy, s3: S3Objects) -> None:
 
 async def test_link_goes_through_the_routes_normal_delivery(proxy, s3: S3Objects) -> None:
     client = await proxy(_with_links(s3))
-    token = mint_link_token(LINK_SECRET, "/admin/links/q4.pdf", 60)
+    token = _mint("/admin/links/q4.pdf", 60)
     response = await client.get(
         "/admin/links/q4.pdf", params={"link": token}, allow_redirects=False
     )
@@ -89,7 +95,7 @@ async def test_link_goes_through_the_routes_normal_delivery(proxy, s3: S3Objects
 @pytest.mark.parametrize(
     "token",
     [
-        mint_link_token(SECRET, "/admin/exports/q4.pdf", 60),  # wrong secret
+        _mint("/admin/exports/q4.pdf", 60, secret=SECRET),  # wrong secret
         make_token(role="admin"),  # an access token is not a link
         "garbage",
     ],
@@ -102,7 +108,7 @@ async def test_anything_but_a_link_for_this_path_is_401(proxy, s3: S3Objects, to
 
 async def test_a_link_is_not_an_access_token(proxy, s3: S3Objects) -> None:
     client = await proxy(_with_links(s3))
-    token = mint_link_token(LINK_SECRET, "/admin/exports/q4.pdf", 60)
+    token = _mint("/admin/exports/q4.pdf", 60)
     response = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
     assert response.status == 401
 
@@ -193,7 +199,7 @@ async def test_other_origins_get_no_cors_grant(proxy, s3: S3Objects) -> None:
     )
     assert response.status == 200
     assert "Access-Control-Allow-Origin" not in response.headers
-    assert response.headers["Vary"] == "Origin"
+    assert response.headers["Vary"] == "Authorization, Cookie, Origin"
 
 
 async def test_routes_without_cors_refuse_options(proxy) -> None:
@@ -239,4 +245,4 @@ async def test_a_304_from_s3_carries_cors_headers(proxy, s3: S3Objects) -> None:
     )
     assert again.status == 304
     assert again.headers["Access-Control-Allow-Origin"] == APP
-    assert again.headers["Vary"] == "Origin"
+    assert again.headers["Vary"] == "Authorization, Cookie, Origin"  # as the 200's

@@ -91,7 +91,7 @@ async def test_large_objects_are_streamed_not_cached(proxy) -> None:
 async def test_cache_against_real_s3(proxy, s3: S3Objects) -> None:
     data = _cached_route()
     data["s3"]["endpoint_url"] = s3.endpoint
-    data["metrics"] = {"path": "/_metrics"}
+    data["metrics"] = {"path": "/_metrics", "access": "public"}
     client = await proxy(data)
     token = bearer(make_token())
     for _ in range(3):

@@ -99,8 +99,20 @@ def test_compiled_shapes() -> None:
     ],
 )
 def test_claim_value_matching(expected: Any, actual: Any, allowed: bool) -> None:
-    rule = claims_rule({"c": expected})
+    rule = compile_rule({"claims": {"c": expected}}, (), frozenset({"c"}))  # `c` is a list claim
     assert allows(rule, {"c": actual}) is allowed
+
+
+@pytest.mark.parametrize("claim", ["role", "sub", "groups"])
+def test_only_declared_list_claims_are_split_on_spaces(claim: str) -> None:
+    # A token whose `role` is "guest admin" is no admin: only auth.list_claims are word sets.
+    assert not allows(claims_rule({claim: "admin"}), {claim: "guest admin"})
+    assert allows(claims_rule({claim: "admin"}), {claim: ["guest", "admin"]})  # a JSON list is
+
+
+def test_scope_is_a_list_claim_by_default() -> None:
+    assert allows(claims_rule({"scope": "files:read"}), {"scope": "openid files:read"})
+    assert not allows(claims_rule({"scope": "files:read"}), {"scope": "files:readwrite"})
 
 
 def test_list_of_expected_values_is_any_of_them() -> None:

@@ -8,6 +8,7 @@ counters. Nothing is written outside one temporary directory, removed at exit.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -108,7 +109,7 @@ def seed(s3: CountingS3) -> None:
 def prepare(workdir: Path, port: int) -> Demo:
     """Start S3, seed it, write the demo's config into `workdir` and load it."""
     from ..auth import issue_token
-    from ..links import mint_link_token
+    from ..links import link_target, mint_link_token
 
     # The demo's S3 is local; these credentials exist only for it.
     os.environ.update(
@@ -127,7 +128,8 @@ def prepare(workdir: Path, port: int) -> Demo:
         "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 2},
         "s3": {"region": "us-east-1", "endpoint_url": s3.endpoint, "addressing_style": "path"},
         "auth": {"algorithms": ["HS256"], "secret": secret, "link_secret": link_secret},
-        "metrics": {"path": "/_metrics"},
+        # The demo page reads the counters; the demo listens on loopback unless told otherwise.
+        "metrics": {"path": "/_metrics", "access": "public"},
         "routes": build_routes(),
     }
     path = workdir / "config.yaml"
@@ -138,9 +140,8 @@ def prepare(workdir: Path, port: int) -> Demo:
         "employee": issue_token(auth, {"sub": "employee-7", "role": "employee"}, TOKEN_TTL),
         "admin": issue_token(auth, {"sub": "admin-1", "role": "admin"}, TOKEN_TTL),
     }
-    link = mint_link_token(
-        link_secret, "/admin/reports/q4-report.csv", TOKEN_TTL, sub="shared-by-admin-1"
-    )
+    target = link_target(config, "/admin/reports/q4-report.csv")
+    link = mint_link_token(link_secret, target, TOKEN_TTL, sub="shared-by-admin-1")
     return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}")
 
 
@@ -151,6 +152,14 @@ def run_demo(host: str, port: int) -> int:
 
     configure_logging("INFO")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
+    if not _is_loopback(host):
+        print(
+            f"\nWARNING: the demo listens on {host}, not on loopback. Its page hands an ADMIN "
+            "token to anyone who can reach it, and its metrics are public. Use it only on a "
+            "network you trust; --host 127.0.0.1 keeps it to this machine.\n",
+            file=sys.stderr,
+            flush=True,
+        )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="s3-proxy-demo-") as workdir:
         demo = prepare(Path(workdir), port)
@@ -176,6 +185,15 @@ def run_demo(host: str, port: int) -> int:
         finally:
             demo.s3.stop()
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - exercised via the CLI
