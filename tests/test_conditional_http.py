@@ -15,6 +15,7 @@ import pytest
 
 from .conftest import S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
+from .test_upstream import ScriptedServer, answer
 
 ALICE = bearer(make_token("alice"))
 STREAMED = "/stream/photos/42"
@@ -248,3 +249,28 @@ async def test_a_stale_if_range_costs_one_more_get_for_the_whole_object(
     assert await response.read() == BODY
     assert _gets(fake) == 2
     assert fake.closed_streams == 2
+
+
+# What a 304 costs the S3 connection pool. moto closes every connection, so a scripted
+# keep-alive S3 (test_upstream's) stands in and counts the connections the proxy opens.
+
+MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
+
+
+def _s3_answer(body: bytes) -> bytes:
+    return answer(body, 'ETag: "e1"', f"Last-Modified: {MODIFIED}")
+
+
+@pytest.mark.parametrize(("size", "connections"), [(64 * 1024, 1), (64 * 1024 + 1, 3)])
+async def test_a_304_keeps_the_s3_connection_only_for_a_small_body(
+    proxy, size: int, connections: int
+) -> None:
+    replies = [[_s3_answer(b"x" * size)] for _ in range(3)]
+    async with ScriptedServer(replies, tls=None) as server:
+        client = await proxy(config_dict(f"http://127.0.0.1:{server.origin.port}"))
+        for _ in range(3):
+            response = await client.get(STREAMED, headers={**ALICE, "If-None-Match": '"e1"'})
+            assert response.status == 304
+        assert len(server.requests) == 3
+        # up to 64 KiB the body is read off and the connection reused; beyond, it is closed
+        assert server.accepted == connections
