@@ -49,7 +49,7 @@ from .metacache import MetadataCache
 from .metrics import Metrics
 from .objectcache import ObjectCache
 from .routing import Router
-from .storage import Conditions, CountingStorage, S3Storage, Storage
+from .storage import CountingStorage, S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
@@ -304,7 +304,7 @@ class _Handler:
             return settings.delivery
         meta = self._metadata.get(settings.bucket, key)
         if meta is None:
-            meta = await self._storage.head(settings.bucket, key, NO_CONDITIONS)
+            meta = await self._storage.head(settings.bucket, key)
             self._metadata.put(settings.bucket, key, meta)
         return "stream" if meta.content_length < settings.stream_below else "redirect"
 
@@ -412,7 +412,6 @@ class _Handler:
             return {"path": path, "status": exc.status, "error": exc.detail}
 
 
-NO_CONDITIONS = Conditions()
 _NO_QUERY: dict[str, str] = {}
 
 

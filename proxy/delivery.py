@@ -1,7 +1,8 @@
 """The two ways an authorized request gets its object: stream it, or redirect to a presigned URL.
 
-Decides which client headers go to S3 (single Range, conditionals) and which S3 headers come
-back (length, type, validators, range). Statuses are settled before prepare(): once bytes have
+Decides what goes to S3 (a single Range; never the client's conditionals, which the proxy
+judges itself with conditional.py on S3's answer) and which S3 headers come back (length,
+type, validators, range). Statuses are settled before prepare(): once bytes have
 been sent, a failure aborts the connection instead of writing a body that looks complete.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import time
 import unicodedata
 from collections import OrderedDict
@@ -20,14 +22,29 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .conditional import (
+    NOT_MODIFIED,
+    PRECONDITION_FAILED,
+    has_preconditions,
+    if_range_holds,
+    parse_ranges,
+    precondition_status,
+    satisfiable_spans,
+)
 from .config import RouteCacheSettings, RouteSettings
 from .contenttype import SANDBOX_CSP, InlineTypes, safe_content_type
-from .errors import NotModified, RangeNotSatisfiable, Unauthenticated, UpstreamError
+from .errors import (
+    NotModified,
+    PreconditionFailed,
+    ProxyError,
+    RangeNotSatisfiable,
+    Unauthenticated,
+    UpstreamError,
+)
 from .objectcache import ObjectCache
 from .presign import Lifetime, LifetimeError, plan_lifetime
-from .storage import Conditions, ObjectMeta, ObjectStream, Storage, parse_http_date
+from .storage import ObjectMeta, ObjectStream, Storage
 
-_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})", re.IGNORECASE)
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 
@@ -51,45 +68,6 @@ class Outcome:
     first_byte: float | None = None  # perf_counter() after the first chunk was written
     cache_hit: bool = False
     aborted: str | None = None
-
-
-def parse_range(header: str | None) -> str | None:
-    """Return a normalized single byte range, or None to serve the whole object.
-
-    Multi-range and malformed Range headers are ignored, which RFC 9110 (14.2) permits; S3
-    itself serves only single ranges and answers 416 when the range starts past the end.
-    """
-    if not header:
-        return None
-    found = _RANGE.fullmatch(header.strip().replace(" ", ""))
-    if found is None:
-        return None
-    first, last = found.group(1), found.group(2)
-    if not first and not last:
-        return None
-    if first and last and int(first) > int(last):
-        return None
-    if not first and int(last) == 0:
-        return None  # "bytes=-0" asks for nothing; serve the representation instead.
-    return f"bytes={first}-{last}"
-
-
-def conditions_from(headers: Mapping[str, str]) -> Conditions:
-    return Conditions(
-        if_match=_single_line(headers.get("If-Match")),
-        if_none_match=_single_line(headers.get("If-None-Match")),
-        if_modified_since=parse_http_date(headers.get("If-Modified-Since")),
-        if_unmodified_since=parse_http_date(headers.get("If-Unmodified-Since")),
-    )
-
-
-def range_for(headers: Mapping[str, str]) -> str | None:
-    """Honour Range only when If-Range is absent; a stale If-Range means 'send it all'."""
-    if "If-Range" in headers:
-        # Checking If-Range needs the current validator before choosing; serving the full
-        # representation is always a correct answer (RFC 9110 13.1.5).
-        return None
-    return parse_range(headers.get("Range"))
 
 
 def _single_line(value: str | None) -> str | None:
@@ -143,34 +121,105 @@ async def stream(
     cache: ObjectCache | None = None,
     cache_settings: RouteCacheSettings | None = None,
 ) -> web.StreamResponse:
-    conditions = conditions_from(request.headers)
+    if cache is not None and cache_settings is not None:
+        return await _from_cache(
+            request,
+            storage,
+            bucket,
+            key,
+            shown,
+            chunk_outcome,
+            write_timeout,
+            cache,
+            cache_settings,
+        )
+    if request.method == "HEAD":
+        meta = await storage.head(bucket, key)
+        _check_preconditions(request, meta, shown)
+        response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
+        response.content_length = meta.content_length
+        return response
+    obj = await _open_for_get(request, storage, bucket, key, shown)
+    return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+
+
+def _check_preconditions(
+    request: web.BaseRequest, meta: ObjectMeta, shown: Presentation
+) -> None:
+    """Raise the 304 or 412 the request's preconditions call for, judged on `meta`."""
+    headers = request.headers
+    if not has_preconditions(headers):
+        return
+    status = precondition_status(request.method, headers, meta.etag, meta.last_modified)
+    if status == NOT_MODIFIED:
+        # RFC 9110 15.4.5: a 304 repeats the fields a cache would update from the 200.
+        full = object_headers(meta, shown)
+        raise NotModified({name: full[name] for name in _ON_304 if name in full})
+    if status == PRECONDITION_FAILED:
+        raise PreconditionFailed("precondition failed")
+
+
+_ON_304 = ("ETag", "Last-Modified", "Cache-Control", "Expires", "Vary", "Content-Location")
+# Up to this size, an S3 body we will not send is read to its end so its keep-alive connection
+# is reused (a revalidated small object then costs no new TCP/TLS handshake); beyond it the
+# connection is closed instead of reading bytes nobody wants.
+_DRAIN_LIMIT = 64 * 1024
+
+
+async def _open_for_get(
+    request: web.BaseRequest,
+    storage: Storage,
+    bucket: str,
+    key: str,
+    shown: Presentation,
+) -> ObjectStream:
+    """GET the object from S3 and judge the preconditions on that very answer, so the
+    validators are those of the bytes served. Client conditionals never go to S3.
+
+    A single Range is asked of S3 directly; with If-Range the answer's validators (the whole
+    object's, also on a 206) then decide, and a mismatch costs a second, whole GET. Several
+    ranges get the whole object (200), which RFC 9110 14.2 permits.
+    """
+    headers = request.headers
+    ranges = parse_ranges(headers.get("Range")) if "Range" in headers else None
+    byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
-        if cache is not None and cache_settings is not None and _cacheable(request):
-            return await _from_cache(
-                request,
-                storage,
-                bucket,
-                key,
-                shown,
-                chunk_outcome,
-                write_timeout,
-                cache,
-                cache_settings,
-            )
-        if request.method == "HEAD":
-            meta = await storage.head(bucket, key, conditions)
-            response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
-            response.content_length = meta.content_length
-            return response
-        obj = await storage.get(bucket, key, conditions, range_for(request.headers))
-        return await send_object(request, obj, shown, chunk_outcome, write_timeout)
-    except NotModified as exc:
-        # RFC 9111 4.3.4: a 304 repeats the Cache-Control the 200 would have carried.
-        # So does Vary: a cache must key the 304 as it keyed the 200.
-        for name in ("Cache-Control", "Vary"):
-            if name in shown.headers:
-                exc.headers[name] = shown.headers[name]
-        raise
+        obj = await storage.get(bucket, key, byte_range)
+    except RangeNotSatisfiable:
+        if not has_preconditions(headers) and "If-Range" not in headers:
+            raise
+        # S3 says 416 before we saw the validators; but preconditions and If-Range come first
+        # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
+        meta = await storage.head(bucket, key)
+        _check_preconditions(request, meta, shown)
+        if if_range_holds(headers, meta.etag, meta.last_modified):
+            raise
+        byte_range = None
+        obj = await storage.get(bucket, key, None)
+    while True:
+        meta = obj.meta
+        try:
+            _check_preconditions(request, meta, shown)
+        except (NotModified, PreconditionFailed):
+            await _discard(obj)
+            raise
+        if byte_range is None or if_range_holds(headers, meta.etag, meta.last_modified):
+            return obj
+        await _discard(obj)  # the client's copy is stale: it gets the whole object
+        byte_range = None
+        obj = await storage.get(bucket, key, None)
+
+
+async def _discard(obj: ObjectStream) -> None:
+    """Let go of an S3 answer that will not be sent."""
+    try:
+        if obj.meta.content_length <= _DRAIN_LIMIT:
+            async for _chunk in obj.chunks:
+                pass
+    except ProxyError:
+        pass  # the connection is closed below; the client's answer does not depend on it
+    finally:
+        await obj.aclose()
 
 
 async def send_object(
@@ -224,14 +273,6 @@ async def send_object(
         await obj.aclose()
 
 
-# Requests the memory cache answers itself; anything more exotic goes to S3.
-_BYPASS_CACHE = ("If-Match", "If-Unmodified-Since", "If-Range")
-
-
-def _cacheable(request: web.BaseRequest) -> bool:
-    return not any(name in request.headers for name in _BYPASS_CACHE)
-
-
 async def _from_cache(
     request: web.BaseRequest,
     storage: Storage,
@@ -249,12 +290,17 @@ async def _from_cache(
         return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
-    obj = await storage.get(bucket, key, Conditions(), None)
+    obj = await storage.get(bucket, key, None)
     if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
-        if request.method == "HEAD" or "Range" in request.headers or _conditional(request):
-            await obj.aclose()  # too big to cache: ask S3 the client's own question
-            return await stream(request, storage, bucket, key, shown, chunk_outcome, write_timeout)
-        return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+        if request.method == "GET" and "Range" not in request.headers:
+            try:
+                _check_preconditions(request, obj.meta, shown)
+            except (NotModified, PreconditionFailed):
+                await _discard(obj)
+                raise
+            return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+        await _discard(obj)  # too big to cache: ask S3 the client's own question
+        return await stream(request, storage, bucket, key, shown, chunk_outcome, write_timeout)
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:
@@ -265,10 +311,6 @@ async def _from_cache(
     return _memory_response(request, obj.meta, body, shown, chunk_outcome)
 
 
-def _conditional(request: web.BaseRequest) -> bool:
-    return "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
-
-
 def _memory_response(
     request: web.BaseRequest,
     meta: ObjectMeta,
@@ -276,51 +318,54 @@ def _memory_response(
     shown: Presentation,
     chunk_outcome: Outcome,
 ) -> web.Response:
+    _check_preconditions(request, meta, shown)
     headers = object_headers(meta, shown)
     headers.pop("Content-Range", None)
-    if _not_modified(request.headers, meta):
-        kept: tuple[str, ...] = ("ETag", "Last-Modified", "Cache-Control", "Vary")
-        validators = {name: headers[name] for name in kept if name in headers}
-        return web.Response(status=304, headers=validators)
     size = len(body)
     status, payload = 200, body
-    byte_range = range_for(request.headers)
-    if byte_range is not None:
-        span = _resolve_range(byte_range, size)
-        if span is None:
-            raise RangeNotSatisfiable("range not satisfiable", size=size)
-        first, last = span
+    spans = _spans_to_send(request, meta, size)
+    if spans is not None and len(spans) == 1:
+        first, last = spans[0]
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
         status, payload = 206, body[first : last + 1]
+    elif spans is not None:
+        status = 206
+        payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
     chunk_outcome.first_byte = time.perf_counter()
     if request.method != "HEAD":
         chunk_outcome.bytes_sent = len(payload)
     return web.Response(status=status, body=payload, headers=headers)
 
 
-def _not_modified(headers: Mapping[str, str], meta: ObjectMeta) -> bool:
-    if_none_match = _single_line(headers.get("If-None-Match"))
-    if if_none_match is not None:
-        if meta.etag is None:
-            return False
-        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or meta.etag.removeprefix("W/") in tags
-    since = parse_http_date(headers.get("If-Modified-Since"))
-    modified = parse_http_date(meta.last_modified)
-    return since is not None and modified is not None and modified <= since
-
-
-def _resolve_range(byte_range: str, size: int) -> tuple[int, int] | None:
-    """(first, last) byte positions for a normalized single range, or None if unsatisfiable."""
-    first_text, last_text = byte_range.removeprefix("bytes=").split("-")
-    if not first_text:
-        length = int(last_text)
-        return (max(0, size - length), size - 1) if size else None
-    first = int(first_text)
-    if first >= size:
+def _spans_to_send(
+    request: web.BaseRequest, meta: ObjectMeta, size: int
+) -> list[tuple[int, int]] | None:
+    """The byte spans a GET asks for and may have, or None for the whole object."""
+    headers = request.headers
+    if request.method != "GET" or "Range" not in headers:
+        return None  # RFC 9110 14.2: Range is defined for GET only
+    ranges = parse_ranges(headers.get("Range"))
+    if ranges is None or not if_range_holds(headers, meta.etag, meta.last_modified):
         return None
-    last = min(int(last_text), size - 1) if last_text else size - 1
-    return first, last
+    spans = satisfiable_spans(ranges, size)
+    if spans == []:
+        raise RangeNotSatisfiable("range not satisfiable", size=size)
+    return spans
+
+
+def _multipart(body: bytes, spans: list[tuple[int, int]], part_type: str) -> tuple[bytes, str]:
+    """A multipart/byteranges body (RFC 9110 14.6) and its Content-Type, as nginx sends."""
+    boundary = secrets.token_hex(12)
+    size = len(body)
+    pieces: list[bytes] = []
+    for first, last in spans:
+        part_head = (
+            f"\r\n--{boundary}\r\nContent-Type: {part_type}\r\n"
+            f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n"
+        )
+        pieces += (part_head.encode("latin-1", "replace"), body[first : last + 1])
+    pieces.append(f"\r\n--{boundary}--\r\n".encode("latin-1"))
+    return b"".join(pieces), f"multipart/byteranges; boundary={boundary}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The S3 seam: head, streamed get and presign. Every botocore/aiohttp failure is mapped here.
 
 Nothing above this module sees a botocore exception or S3's own error text: what reaches the
-client is one of the project's errors (404, 412, 416, 502, 504), and what reaches the log is a
+client is one of the project's errors (404, 416, 502, 504), and what reaches the log is a
 short reason without credentials or signatures. A `Storage` protocol lets tests put a
 `FakeStorage` behind the same seam.
 """
@@ -16,8 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime, parsedate_to_datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -30,8 +29,6 @@ from botocore.exceptions import (
 from .config import S3Settings
 from .errors import (
     NotFound,
-    NotModified,
-    PreconditionFailed,
     ProxyError,
     RangeNotSatisfiable,
     UpstreamError,
@@ -42,44 +39,6 @@ from .upstream import MalformedResponse, Origin, Pool, Response
 
 log = logging.getLogger("proxy.storage")
 MAX_ERROR_BODY = 16 * 1024
-
-
-@dataclass(frozen=True)
-class Conditions:
-    """Client conditional headers, forwarded to S3 so it answers 304/412 itself."""
-
-    if_match: str | None = None
-    if_none_match: str | None = None
-    if_modified_since: datetime | None = None
-    if_unmodified_since: datetime | None = None
-
-    def as_headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if self.if_match:
-            headers["If-Match"] = self.if_match
-        if self.if_none_match:
-            headers["If-None-Match"] = self.if_none_match
-        # If-Modified-Since is ignored when If-None-Match is present (RFC 9110 13.1.3).
-        if self.if_modified_since and not self.if_none_match:
-            headers["If-Modified-Since"] = _http_date(self.if_modified_since)
-        if self.if_unmodified_since and not self.if_match:
-            headers["If-Unmodified-Since"] = _http_date(self.if_unmodified_since)
-        return headers
-
-
-def _http_date(value: datetime) -> str:
-    return format_datetime(value.astimezone(UTC), usegmt=True)
-
-
-def parse_http_date(value: str | None) -> datetime | None:
-    """An invalid date is ignored, as RFC 9110 asks for conditional headers."""
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
@@ -105,11 +64,9 @@ class ObjectStream:
 
 
 class Storage(Protocol):
-    async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta: ...
+    async def head(self, bucket: str, key: str) -> ObjectMeta: ...
 
-    async def get(
-        self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
-    ) -> ObjectStream: ...
+    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream: ...
 
     async def credentials(self) -> Credentials:
         """The current signing credentials (refreshed when temporary ones near expiry)."""
@@ -135,15 +92,13 @@ class CountingStorage:
         self._inner = inner
         self._on_call = on_call
 
-    async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
         self._on_call()
-        return await self._inner.head(bucket, key, conditions)
+        return await self._inner.head(bucket, key)
 
-    async def get(
-        self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
-    ) -> ObjectStream:
+    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
         self._on_call()
-        return await self._inner.get(bucket, key, conditions, byte_range)
+        return await self._inner.get(bucket, key, byte_range)
 
     async def credentials(self) -> Credentials:
         return await self._inner.credentials()
@@ -202,17 +157,13 @@ class S3Storage:
             await self._pool.close()
             self._pool = None
 
-    async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
-        response = await self._send("HEAD", bucket, key, conditions.as_headers(), "HeadObject")
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        response = await self._send("HEAD", bucket, key, {}, "HeadObject")
         response.release()
         return _meta_from_headers(response)
 
-    async def get(
-        self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
-    ) -> ObjectStream:
-        headers = conditions.as_headers()
-        if byte_range:
-            headers["Range"] = byte_range
+    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
+        headers = {"Range": byte_range} if byte_range else {}
         response = await self._send("GET", bucket, key, headers, "GetObject")
         return ObjectStream(
             meta=_meta_from_headers(response),
@@ -267,7 +218,7 @@ class S3Storage:
                     if response.status < 300 or response.status == 206:
                         return response
                     body = await _error_body(response, method)
-                    failure = _from_status(response.status, body, response.headers, operation)
+                    failure = _from_status(response.status, body, operation)
                     if response.status < 500:
                         raise failure
         raise failure or UpstreamError(f"{operation}: S3 unreachable")
@@ -387,19 +338,10 @@ def _translate_errors(operation: str) -> Iterator[None]:
         raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
 
 
-def _from_status(status: int, body: str, headers: Mapping[str, str], operation: str) -> Exception:
+def _from_status(status: int, body: str, operation: str) -> Exception:
     code = _xml_field(body, "Code") or ""
-    if status == 304:
-        validators = {
-            name: headers[name.lower()]
-            for name in ("ETag", "Last-Modified")
-            if name.lower() in headers  # names arrive in lower case
-        }
-        return NotModified(validators)
     if status == 404 and code != "NoSuchBucket":
         return NotFound(f"{operation}: no such key")
-    if status == 412:
-        return PreconditionFailed(f"{operation}: precondition failed")
     if status == 416:
         size = _xml_field(body, "ActualObjectSize")
         return RangeNotSatisfiable(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from proxy.errors import NotFound
+from proxy.conditional import parse_ranges
+from proxy.errors import NotFound, RangeNotSatisfiable
 from proxy.presign import Credentials, Lifetime
-from proxy.storage import Conditions, ObjectMeta, ObjectStream
+from proxy.storage import ObjectMeta, ObjectStream
 
 
 @dataclass
@@ -21,16 +22,27 @@ class FakeStorage:
         default_factory=lambda: Credentials("AKIAFAKE", "fake-secret")
     )
 
-    async def head(self, bucket: str, key: str, conditions: Conditions) -> ObjectMeta:
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
         self.calls.append(("head", bucket, key))
         return self._meta(bucket, key)
 
-    async def get(
-        self, bucket: str, key: str, conditions: Conditions, byte_range: str | None
-    ) -> ObjectStream:
+    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
+        """Answers a single range as S3 does: 206 with Content-Range, or 416 past the end."""
         self.calls.append(("get", bucket, key))
         meta = self._meta(bucket, key, mid_stream=self.fail_after_bytes is not None)
         body = self.objects[(bucket, key)]
+        ranges = parse_ranges(byte_range)
+        if ranges is not None:
+            span = ranges[0].span(len(body))
+            if span is None:
+                raise RangeNotSatisfiable("range not satisfiable", size=len(body))
+            first, last = span
+            body = body[first : last + 1]
+            meta = replace(
+                meta,
+                content_length=len(body),
+                content_range=f"bytes {first}-{last}/{meta.content_length}",
+            )
         return ObjectStream(meta=meta, chunks=self._chunks(body), _close=self._closed)
 
     async def credentials(self) -> Credentials:
