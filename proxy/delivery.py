@@ -143,9 +143,7 @@ async def stream(
     return await send_object(request, obj, shown, chunk_outcome, write_timeout)
 
 
-def _check_preconditions(
-    request: web.BaseRequest, meta: ObjectMeta, shown: Presentation
-) -> None:
+def _check_preconditions(request: web.BaseRequest, meta: ObjectMeta, shown: Presentation) -> None:
     """Raise the 304 or 412 the request's preconditions call for, judged on `meta`."""
     headers = request.headers
     if not has_preconditions(headers):
