@@ -12,8 +12,9 @@ Rules, in RFC 9110 13.2.2's order:
    Else, on GET/HEAD, If-Modified-Since not earlier than Last-Modified: 304.
 3. If-Range (GET with Range only): honour Range only when it matches strongly: an ETag that is
    not W/, or a date exactly equal to Last-Modified. Otherwise serve the whole object.
-4. Range: 206 for the satisfiable ranges, 416 when none is.
-A date in none of the three HTTP forms, or a Range that does not parse, is ignored. A tag list
+4. Range: 206 for the satisfiable ranges, 416 when none is or the bytes range set is
+   malformed (as nginx answers); another unit is ignored.
+A date in none of the three HTTP forms is ignored. A tag list
 that does not parse matches nothing: If-Match then fails closed with 412.
 """
 
@@ -171,10 +172,12 @@ class ByteRange:
 
 
 def parse_ranges(header: str | None) -> tuple[ByteRange, ...] | None:
-    """The byte ranges a Range header asks for, or None to serve the whole object.
+    """The byte ranges a Range header asks for; None to serve the whole object; an empty
+    tuple for a bytes range set that can never be satisfied (416).
 
-    A header that is not a valid bytes range set (another unit, `5-2`, `-0`, garbage) or that
-    has more than MAX_RANGES parts is ignored, as RFC 9110 14.2 permits.
+    Another unit, or more than MAX_RANGES parts, is ignored, as RFC 9110 14.2 permits. A
+    malformed bytes range set (`5-2`, `-0`, garbage) is refused with 416, as nginx refuses
+    it: a client that sent it learns its request was wrong instead of getting the whole body.
     """
     if not header:
         return None
@@ -188,14 +191,14 @@ def parse_ranges(header: str | None) -> tuple[ByteRange, ...] | None:
     for part in parts:
         found = _BYTE_RANGE.fullmatch(part)
         if found is None:
-            return None
+            return ()
         first_text, last_text = found.groups()
         first = int(first_text) if first_text else None
         last = int(last_text) if last_text else None
         if first is None and not last:  # "-" or "-0": asks for nothing
-            return None
+            return ()
         if first is not None and last is not None and first > last:
-            return None
+            return ()
         ranges.append(ByteRange(first, last))
     return tuple(ranges)
 

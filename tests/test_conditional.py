@@ -193,12 +193,12 @@ def test_if_range_never_matches_a_weak_etag() -> None:
         ("bytes=-5", (ByteRange(None, 5),)),
         ("bytes= 0-1 , 5-6", (ByteRange(0, 1), ByteRange(5, 6))),
         (None, None),
-        ("bytes=5-2", None),
-        ("bytes=-0", None),
-        ("bytes=-", None),
-        ("bytes=abc", None),
-        ("items=0-1", None),
-        ("bytes=0-1,", None),
+        ("bytes=5-2", ()),  # malformed bytes range sets: 416, as nginx answers
+        ("bytes=-0", ()),
+        ("bytes=-", ()),
+        ("bytes=abc", ()),
+        ("items=0-1", None),  # another unit: ignored
+        ("bytes=0-1,", ()),
         ("bytes=" + ",".join(f"{i}-{i}" for i in range(17)), None),
     ],
 )

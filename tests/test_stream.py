@@ -81,10 +81,8 @@ async def test_unsatisfiable_range_is_416_with_size(proxy, s3: S3Objects) -> Non
     assert response.headers["Content-Range"] == f"bytes */{len(s3.photo)}"
 
 
-@pytest.mark.parametrize(
-    "header", ["bytes=0-1,5-9", "bytes=9-2", "items=0-1", "bytes=abc", "bytes=-0"]
-)
-async def test_multi_or_malformed_range_is_ignored(proxy, s3: S3Objects, header) -> None:
+@pytest.mark.parametrize("header", ["bytes=0-1,5-9", "items=0-1"])
+async def test_multi_or_other_unit_range_is_ignored(proxy, s3: S3Objects, header) -> None:
     client = await proxy()
     response = await client.get("/stream/photos/42", headers={**ALICE, "Range": header})
     assert response.status == 200
