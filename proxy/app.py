@@ -30,6 +30,7 @@ from .delivery import (
     stream,
     wants_json,
 )
+from .edge import edge_refusal
 from .errors import (
     BadRequest,
     Forbidden,
@@ -105,11 +106,15 @@ class Gateway:
         only place that happens)."""
         started = time.perf_counter()
         self.in_flight += 1
-        path = request.raw_path.split("?", 1)[0][:2048]
+        # The whole path: share links and fixed paths compare it; the log record shortens it.
+        path = request.raw_path.split("?", 1)[0]
         record = AccessRecord(
             method=request.method, path=path, client=request.remote, started=started
         )
+        refusal = edge_refusal(request)
         try:
+            if refusal is not None:
+                raise refusal
             page = self._pages.get(path) if self._pages else None
             if page is not None:
                 record.route = "page"
