@@ -195,6 +195,7 @@ class _Handler:
             settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
         )
         self._sign_api = settings.sign_api
+        self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
         self.streams = StreamSlots(settings.limits.max_streams)
@@ -299,13 +300,17 @@ class _Handler:
     ) -> SignedLink:
         settings = route.settings
         exp = (claims or {}).get("exp")
+        overrides = _overrides(settings, key)
+        if self._redirect_cache_control is not None:
+            # Else S3's answer for a private file would be storable by shared caches.
+            overrides.setdefault("Cache-Control", self._redirect_cache_control)
         return await sign_link(
             self._storage,
             settings,
             method,
             settings.bucket,
             key,
-            _overrides(settings, key),
+            overrides,
             self._clock(),
             exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
             self._links_cache,
@@ -324,10 +329,12 @@ class _Handler:
         if settings.delivery == "auto":
             record.delivery = f"auto:{delivery}"
         if delivery == "redirect":
-            link = await self._sign(route, key, request.method, claims)
-            return redirect_response(
-                link, wants_json(request.headers.get("Accept")), route.rule.needs_token
-            )
+            as_json = wants_json(request.headers.get("Accept"))
+            # The JSON answer names a URL for fetch() to GET; HEAD gets the same answer, so a
+            # HEAD's headers (Content-Length included) match its GET's.
+            method = "GET" if as_json else request.method
+            link = await self._sign(route, key, method, claims)
+            return redirect_response(link, as_json, route.rule.needs_token)
         overrides = _overrides(settings, key)
         overrides.setdefault("Cache-Control", "private, no-cache")
         if record.cors:

@@ -71,6 +71,16 @@ class S3Settings(_Model):
     # retries; read/connect timeouts alone do not cover the pool wait.
     request_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(128 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # Cache-Control that S3 is asked to answer a presigned GET with, for routes that set no
+    # cache_control: a private file must not be stored by shared caches. null signs none.
+    redirect_cache_control: str | None = "private"
+
+    @field_validator("redirect_cache_control")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or re.search(r"[\r\n\x00]", value)):
+            raise ValueError("must be a non-empty single line (no CR, LF or NUL), or null")
+        return value
 
     @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod

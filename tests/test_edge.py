@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp.http import HttpVersion11
@@ -235,6 +236,62 @@ async def test_unknown_expectation_is_417(proxy) -> None:
     client = await proxy()
     raw = await exchange(client, request("/public/42", "Host: p", "Expect: teapot"))
     assert_json_refusal(raw, 417)
+
+
+# E. HEAD answers as GET would, without the body.
+
+_VARYING = {"date"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/photos/42", {"Accept": "application/json"}),  # the JSON link answer
+        ("/stream/photos/42", {}),
+        ("/stream/photos/nobody", {}),
+        ("/stream/photos/42", {"Authorization": "Bearer nope"}),
+        ("/admin/exports/q4.pdf", {}),
+        ("/nowhere", {}),
+        ("/public/42", {"If-None-Match": "*"}),
+    ],
+)
+async def test_head_matches_get(proxy, path: str, headers: dict[str, str]) -> None:
+    client = await proxy()
+    headers = {**bearer(ALICE), **headers} if "Authorization" not in headers else headers
+    got = await client.get(path, headers=headers, allow_redirects=False)
+    await got.read()
+    head = await client.head(path, headers=headers, allow_redirects=False)
+    assert head.status == got.status
+    assert await head.read() == b""
+    same = {k.lower(): v for k, v in got.headers.items() if k.lower() not in _VARYING}
+    assert {k.lower(): v for k, v in head.headers.items() if k.lower() not in _VARYING} == same
+
+
+# F. A presigned URL tells S3 to keep private files out of shared caches.
+
+
+def _signed_cache_control(location: str) -> list[str]:
+    return parse_qs(urlsplit(location).query).get("response-cache-control", [])
+
+
+async def test_redirects_sign_private_cache_control_by_default(proxy, s3: S3Objects) -> None:
+    client = await proxy()
+    response = await client.get(
+        "/admin/links/q4.pdf", headers=bearer(make_token(role="admin")), allow_redirects=False
+    )
+    assert response.status == 302
+    assert _signed_cache_control(response.headers["Location"]) == ["private"]
+    routed = await client.get("/photos/42", headers=bearer(ALICE), allow_redirects=False)
+    assert _signed_cache_control(routed.headers["Location"]) == ["private, max-age=300"]
+
+
+async def test_the_signed_cache_control_default_can_be_turned_off(proxy, s3: S3Objects) -> None:
+    data = config_dict(s3.endpoint, s3={"redirect_cache_control": None})
+    client = await proxy(data)
+    response = await client.get(
+        "/admin/links/q4.pdf", headers=bearer(make_token(role="admin")), allow_redirects=False
+    )
+    assert _signed_cache_control(response.headers["Location"]) == []
 
 
 # G. Slow, silent and too many connections.
