@@ -101,7 +101,7 @@ class AccessRecord:
             "route": self.route,
             "sub": self.sub,
             "method": self.method,
-            "path": self.path,
+            "path": self.path[:2048],  # a log line stays bounded
             "status": self.status,
             "bytes": self.bytes_sent,
             "duration_ms": round(duration * 1000, 3),

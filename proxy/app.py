@@ -31,6 +31,7 @@ from .delivery import (
     stream,
     wants_json,
 )
+from .edge import edge_refusal
 from .errors import (
     BadRequest,
     Forbidden,
@@ -106,11 +107,15 @@ class Gateway:
         only place that happens)."""
         started = time.perf_counter()
         self.in_flight += 1
-        path = request.raw_path.split("?", 1)[0][:2048]
+        # The whole path: share links and fixed paths compare it; the log record shortens it.
+        path = request.raw_path.split("?", 1)[0]
         record = AccessRecord(
             method=request.method, path=path, client=request.remote, started=started
         )
+        refusal = edge_refusal(request)
         try:
+            if refusal is not None:
+                raise refusal
             page = self._pages.get(path) if self._pages else None
             if page is not None:
                 record.route = "page"
@@ -192,6 +197,7 @@ class _Handler:
             settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
         )
         self._sign_api = settings.sign_api
+        self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
         self.streams = StreamSlots(settings.limits.max_streams)
@@ -313,13 +319,17 @@ class _Handler:
     ) -> SignedLink:
         settings = route.settings
         exp = (claims or {}).get("exp")
+        overrides = _signed_overrides(route, key)
+        if self._redirect_cache_control is not None:
+            # Else S3's answer for a private file would be storable by shared caches.
+            overrides.setdefault("Cache-Control", self._redirect_cache_control)
         return await sign_link(
             self._storage,
             settings,
             method,
             settings.bucket,
             key,
-            _signed_overrides(route, key),
+            overrides,
             self._clock(),
             exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
             self._links_cache,
@@ -338,10 +348,12 @@ class _Handler:
         if settings.delivery == "auto":
             record.delivery = f"auto:{delivery}"
         if delivery == "redirect":
-            link = await self._sign(route, key, request.method, claims)
-            return redirect_response(
-                link, wants_json(request.headers.get("Accept")), route.rule.needs_token
-            )
+            as_json = wants_json(request.headers.get("Accept"))
+            # The JSON answer names a URL for fetch() to GET; HEAD gets the same answer, so a
+            # HEAD's headers (Content-Length included) match its GET's.
+            method = "GET" if as_json else request.method
+            link = await self._sign(route, key, method, claims)
+            return redirect_response(link, as_json, route.rule.needs_token)
         shown = _presentation(route, key, record.cors)
         outcome = Outcome()
         self.streams.acquire()

@@ -72,6 +72,16 @@ class S3Settings(_Model):
     # retries; read/connect timeouts alone do not cover the pool wait.
     request_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(128 * 1024, ge=4096, le=16 * 1024 * 1024)
+    # Cache-Control that S3 is asked to answer a presigned GET with, for routes that set no
+    # cache_control: a private file must not be stored by shared caches. null signs none.
+    redirect_cache_control: str | None = "private"
+
+    @field_validator("redirect_cache_control")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or re.search(r"[\r\n\x00]", value)):
+            raise ValueError("must be a non-empty single line (no CR, LF or NUL), or null")
+        return value
 
     @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod
@@ -198,8 +208,19 @@ class LimitsSettings(_Model):
     max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
     # A client that accepts no bytes for this long is dropped, releasing its S3 connection.
     client_write_timeout: float = Field(60.0, gt=0)
-    max_header_bytes: int = Field(8190, ge=1024, le=65536)  # request line and each header
+    max_header_bytes: int = Field(8190, ge=1024, le=65536)  # each header line; 431 past it
     max_headers: int = Field(64, ge=8, le=1024)
+    # The whole request target (path and query); 414 past it. Independent of max_header_bytes:
+    # a long token in the query is bounded here, one in a header there.
+    max_target_length: int = Field(8192, ge=256, le=65536)
+    # Seconds to receive a whole request head, from connection open or (on a kept-alive
+    # connection) from the head's first byte: 408 if part of it came, a silent close if not.
+    header_timeout: float = Field(10.0, gt=0, le=3600)
+    # Seconds a kept-alive connection may sit idle between requests before it is closed.
+    keepalive_timeout: float = Field(15.0, gt=0, le=3600)
+    # Open connections per client address; past it new ones are closed at once. 0: no cap
+    # (behind a load balancer every connection comes from its address).
+    max_connections_per_client: int = Field(64, ge=0)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)  # for all routes
     max_tracked_clients: int = Field(100_000, ge=100)  # rate-limit buckets kept in memory
 

@@ -23,9 +23,7 @@ OCTET_STREAM = "application/octet-stream"
 # `sandbox` gives the document an opaque origin with scripts, forms and plugins off;
 # `default-src 'none'` stops it loading anything else. Images and media may still load from
 # the object's own URL so that a browser's built-in image and video viewers work.
-SANDBOX_CSP = (
-    "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
-)
+SANDBOX_CSP = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'"
 # Types a browser shows without running anything: images it decodes itself (not SVG, which
 # is a document), audio, video, PDF (its viewer runs no page script) and plain text.
 DEFAULT_INLINE_TYPES = (

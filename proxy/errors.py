@@ -62,9 +62,21 @@ class MethodNotAllowed(ProxyError):
         super().__init__(reason, headers={"Allow": allowed})
 
 
+class RequestTimeout(ProxyError):
+    """The request head did not arrive within `limits.header_timeout`."""
+
+    status = 408
+    detail = "request timeout"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     detail = "request too large"
+
+
+class UriTooLong(ProxyError):
+    status = 414
+    detail = "request target too long"
 
 
 class UnsupportedMediaType(ProxyError):
@@ -84,6 +96,23 @@ class RangeNotSatisfiable(ProxyError):
     def __init__(self, reason: str | None = None, *, size: int | None = None) -> None:
         headers = {"Content-Range": f"bytes */{size}"} if size is not None else {}
         super().__init__(reason, headers=headers)
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    detail = "expectation failed"
+
+
+class HeaderFieldsTooLarge(ProxyError):
+    status = 431
+    detail = "request header fields too large"
+
+
+class MethodNotImplemented(ProxyError):
+    """A method this server does not know at all (405 is for known methods a route refuses)."""
+
+    status = 501
+    detail = "method not implemented"
 
 
 class UpstreamError(ProxyError):

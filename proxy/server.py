@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .app import Gateway
 from .config import Config
+from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
 
 _POLL = 0.05
@@ -37,6 +38,9 @@ async def serve(
     gateway: Gateway | None = None,
     reuse_port: bool = False,
 ) -> None:
+    soft, hard = raise_open_file_limit()
+    # Every connection holds a descriptor; this bounds how many the process can hold at once.
+    log.info("open file limit: %d (hard limit %d)", soft, hard)
     if gateway is None:
         gateway = Gateway(config)
     await gateway.open()
@@ -100,14 +104,11 @@ async def _flush_logs_every(interval: float) -> None:
 
 
 def low_level_server(gateway: Gateway, config: Config) -> web.Server:
-    limits = config.settings.limits
-    return web.Server(
+    return EdgeServer(
         gateway,
+        config.settings.limits,
         access_log=None,  # the proxy writes its own JSON access log
         handler_cancellation=False,  # a handler always finishes and logs its request
-        max_line_size=limits.max_header_bytes,
-        max_field_size=limits.max_header_bytes,
-        max_headers=limits.max_headers,
     )
 
 

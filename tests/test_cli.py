@@ -109,7 +109,8 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
                 assert process.poll() is None, process.communicate()
                 assert time.monotonic() < deadline, "proxy did not start"
                 time.sleep(0.05)
-        # aiohttp itself logs a request line it cannot parse, query string and all
+        # A request line the parser rejects (here: a raw non-ASCII byte) is answered and
+        # logged by the proxy, with no part of the line (its query carries a token) in either.
         token = _token()
         with socket.create_connection(("127.0.0.1", port)) as raw:
             raw.sendall(f"GET /p/café.txt?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -122,10 +123,10 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
             process.communicate()
     assert process.returncode == 0, stderr
     access = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    assert [(a["route"], a["status"]) for a in access] == [("photo-stream", 200)]
-    assert "Error handling request" in stdout + stderr
+    assert [(a["route"], a["status"]) for a in access] == [("photo-stream", 200), (None, 400)]
+    assert access[1]["path"] == "-"
+    assert "Error handling request" not in stdout + stderr
     assert token not in stdout + stderr
-    assert "<redacted-jwt>" in stdout + stderr
 
 
 def _token() -> str:

@@ -1,0 +1,403 @@
+"""The connection edge: what happens before a request reaches the Gateway, and around it.
+
+aiohttp's low-level server parses requests; this module decides what the proxy says about
+what it parsed. Its rules:
+
+1. Every answer is the Gateway's. A request the parser rejects, a head that arrived too
+   slowly, a bad Host: each becomes a `ProxyError` that `Gateway.__call__` turns into the
+   usual JSON body and access-log line. Nothing here writes a response or echoes request
+   bytes, and a parser's message (which quotes the request line) is never logged.
+2. Each refusal's status is the RFC's: 414 for a target over `limits.max_target_length`
+   (measured on the whole target), 431 for an over-long header line, 501 for a method the
+   server does not know, 417 for an expectation other than 100-continue, 400 for the rest.
+3. Absolute-form targets (`GET http://host/p?q HTTP/1.1`) are routed like `/p?q`: the path
+   stays raw, so `%2F` still never splits a segment.
+4. Time and connections are bounded per client, before any authentication: a head must arrive
+   within `limits.header_timeout`, an idle kept-alive connection closes after
+   `limits.keepalive_timeout`, and a client address may hold at most
+   `limits.max_connections_per_client` connections (further ones are closed at once: reading
+   their request first would hold the very descriptor the cap protects).
+5. `Expect: 100-continue` is answered when the body is first read, so a request refused
+   before that (wrong type, Content-Length over the limit) gets its final status instead.
+
+This leans on aiohttp's RequestHandler internals (`_make_error_handler`, `_messages`,
+`_waiter`); tests/test_edge.py pins the behaviour, so an aiohttp upgrade that moves them fails
+there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
+from yarl import URL
+
+from .config import LimitsSettings
+from .errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeaderFieldsTooLarge,
+    MethodNotImplemented,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UriTooLong,
+)
+
+log = logging.getLogger("proxy.edge")
+
+# RFC 9110's methods and PATCH: a route refuses those it does not take with 405 and Allow.
+# Anything else (WebDAV, PURGE, ...) the server does not implement at all: 501. CONNECT too,
+# since this is an origin server, not a proxy.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"})
+# RFC 9110 7.2 / RFC 3986 3.2.2: uri-host [":" port]; an IP literal or a reg-name.
+_HOST = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]{0,5})?"
+)
+# What the Gateway sees for a request the parser could not read: no method, no path, and an
+# HTTP/1.1 status line for the answer (aiohttp's placeholder says HTTP/1.0). should_close
+# stays set: after a parse error the connection's framing is lost.
+_UNPARSED = ERROR._replace(method="-", path="-", version=HttpVersion11)
+# Fixed parser messages that may be logged as the reason; all others quote request bytes.
+_PARSER_REASONS = (
+    ("Missing 'Host' header", "missing Host header"),
+    ("Duplicate '", "duplicate header"),
+)
+
+
+class HeadTimeout(HttpProcessingError):
+    """Stands in for a parser error when the head did not arrive in time."""
+
+
+def refusal_for_parse_error(exc: BaseException, target_limit: int) -> ProxyError:
+    """The answer to a request the parser rejected. `target_limit` is the parser's request
+    line limit, which tells an over-long target from an over-long header line."""
+    if isinstance(exc, HeadTimeout):
+        return RequestTimeout("request head not received within limits.header_timeout")
+    if isinstance(exc, LineTooLong):
+        if exc.args[1:2] == (target_limit,):
+            return UriTooLong("request target over limits.max_target_length")
+        return HeaderFieldsTooLarge("header line over limits.max_header_bytes")
+    if isinstance(exc, BadHttpMethod):
+        if "HTTPS traffic" in exc.message:
+            return BadRequest("TLS handshake on the plain-HTTP port")
+        return MethodNotImplemented("unknown method")
+    message = getattr(exc, "message", "")
+    if not isinstance(message, str):
+        message = ""
+    if message.startswith("Too many headers"):
+        return HeaderFieldsTooLarge("more headers than limits.max_headers")
+    for prefix, reason in _PARSER_REASONS:
+        if message.startswith(prefix):
+            return BadRequest(reason)
+    return BadRequest(f"unparseable request ({type(exc).__name__})")
+
+
+def check_head(
+    message: RawRequestMessage, max_target_length: int
+) -> tuple[RawRequestMessage, ProxyError | None, bool]:
+    """Check a parsed head before any route sees it. Returns the message to route (an
+    absolute-form target rewritten to origin form), the refusal if any, and whether the
+    client waits for 100 Continue before sending its body."""
+    target = message.path
+    if len(target) > max_target_length:
+        return message, UriTooLong("request target over limits.max_target_length"), False
+    method = message.method
+    if method not in KNOWN_METHODS:
+        return message, MethodNotImplemented("unknown method"), False
+    headers = message.headers
+    absolute = not target.startswith("/")
+    if absolute:
+        message, refusal = _origin_form(message)
+        if refusal is not None:
+            return message, refusal, False
+    hosts = headers.getall("Host", ())
+    if len(hosts) > 1:
+        return message, BadRequest("several Host headers", detail="invalid Host header"), False
+    # RFC 9112 3.2.2: with an absolute-form target, Host is ignored (the target names it).
+    if hosts and not absolute and not _HOST.fullmatch(hosts[0]):
+        return message, BadRequest("invalid Host header", detail="invalid Host header"), False
+    expect = headers.get("Expect")
+    if expect is None:
+        return message, None, False
+    if expect.strip().lower() != "100-continue":
+        return message, ExpectationFailed("unsupported Expect"), False
+    # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+    return message, None, message.version >= HttpVersion11
+
+
+def _origin_form(message: RawRequestMessage) -> tuple[RawRequestMessage, ProxyError | None]:
+    """RFC 9112 3.2.2: an origin server accepts absolute-form and routes on its path."""
+    try:
+        parts = urlsplit(message.path)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return message, BadRequest("request target is neither origin- nor absolute-form")
+    if "@" in parts.netloc:
+        # RFC 9110 4.2.4: userinfo in an http(s) URI is an error, and may carry a password.
+        return message, BadRequest("userinfo in the request target")
+    path = parts.path or "/"
+    target = f"{path}?{parts.query}" if parts.query else path
+    url = URL.build(path=path, query_string=parts.query, encoded=True)
+    return message._replace(path=target, url=url), None
+
+
+class EdgeRequest(web.BaseRequest):
+    """A request with what the edge decided about its head."""
+
+    ATTRS = web.BaseRequest.ATTRS | frozenset({"refusal", "expects_continue"})
+    refusal: ProxyError | None = None
+    expects_continue = False
+
+    async def read(self) -> bytes:
+        length = self.content_length
+        if length is not None and length > self._client_max_size:
+            # Before 100 Continue, so the client need not send what would be refused.
+            raise PayloadTooLarge(f"body of {length} bytes")
+        if self.expects_continue:
+            self.expects_continue = False
+            await self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return await super().read()
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # aiohttp names itself and its version; a version helps only an attacker.
+        response.headers.popall("Server", None)
+
+
+class EdgeProtocol(RequestHandler):
+    """One connection: aiohttp's handler plus the edge's deadlines and per-client count."""
+
+    __slots__ = (
+        "_admitted",
+        "_client",
+        "_deadline",
+        "_edge",
+        "_idle",
+        "_parse_refusal",
+        "_reused",
+        "_timed_out",
+        "_timer",
+    )
+
+    def __init__(self, edge: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(edge, **kwargs)
+        self._edge = edge
+        self._client: str | None = None
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = True  # no byte of the next head has arrived yet
+        self._reused = False  # a response was sent on this connection
+        self._timed_out = False
+        self._admitted = False
+        self._parse_refusal: ProxyError | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) and peer else None
+        if not self._edge.admit(client):
+            transport.close()
+            return
+        self._client = client
+        self._admitted = True
+        super().connection_made(transport)
+        self._set_deadline(self._edge.limits.header_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+        if not self._admitted:
+            return  # refused in connection_made: aiohttp never saw it, nothing to release
+        self._admitted = False
+        self._edge.release(self._client)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timed_out:
+            return
+        if self._idle and data:
+            self._idle = False
+            if self._reused:
+                self._set_deadline(self._edge.limits.header_timeout)
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._deadline = None  # a whole head arrived: its handler runs unhurried
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        self._idle = True
+        self._reused = True
+        self._set_deadline(self._edge.limits.keepalive_timeout)
+        return result
+
+    def _make_error_handler(
+        self, err_info: _ErrInfo
+    ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        # The request made next for this error (EdgeServer._make_request) carries the refusal.
+        self._parse_refusal = refusal_for_parse_error(err_info.exc, self._edge.target_line_limit)
+        return self._edge.request_handler
+
+    def take_parse_refusal(self) -> ProxyError:
+        refusal, self._parse_refusal = self._parse_refusal, None
+        return refusal or BadRequest("unparseable request")
+
+    def _set_deadline(self, delay: float) -> None:
+        deadline = self._loop.time() + delay
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when() <= deadline:
+            return  # fires first; _expire then waits for the later deadline
+        if timer is not None:
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.transport is None:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._expire)
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # Busy between requests (discarding an unread body, or a pipelined request is
+            # queued): look again later; the response's end sets the next deadline.
+            self._set_deadline(self._edge.limits.keepalive_timeout)
+            return
+        if self._idle:
+            self.force_close()  # nothing was asked, so nothing is answered
+            return
+        # Part of a head came: answer 408 through the Gateway, like any parser error.
+        self._timed_out = True
+        self._deadline = None
+        self._request_count += 1
+        error = HeadTimeout()
+        self._messages.append((_ErrInfo(status=408, exc=error, message=""), EMPTY_PAYLOAD))
+        waiter.set_result(None)
+
+
+class EdgeServer(web.Server):
+    """aiohttp's low-level server with EdgeProtocol connections and EdgeRequest requests."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        limits: LimitsSettings,
+        **kwargs: Any,
+    ) -> None:
+        # The parser's request-line limit: a little over the target limit (the Python parser
+        # counts method and version in it), and never equal to the header-line limit, so
+        # that a LineTooLong's limit says which of the two was exceeded.
+        line_limit = limits.max_target_length + 32
+        if line_limit == limits.max_header_bytes:
+            line_limit += 1
+        self.target_line_limit = line_limit
+        self.limits = limits
+        self._per_client: dict[str, int] = {}
+        self._refused = 0
+        self._refused_noted = 0.0
+        super().__init__(
+            handler,
+            request_factory=self._make_request,
+            max_line_size=line_limit,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            **kwargs,
+        )
+
+    def __call__(self) -> EdgeProtocol:
+        return EdgeProtocol(self, loop=self._loop, **self._kwargs)
+
+    def admit(self, client: str | None) -> bool:
+        cap = self.limits.max_connections_per_client
+        if client is None or not cap:
+            return True
+        count = self._per_client.get(client, 0)
+        if count >= cap:
+            self._note_refusal(client)
+            return False
+        self._per_client[client] = count + 1
+        return True
+
+    def release(self, client: str | None) -> None:
+        count = self._per_client.get(client or "", 0)
+        if count > 1:
+            self._per_client[client or ""] = count - 1
+        elif count:
+            del self._per_client[client or ""]
+
+    def _note_refusal(self, client: str) -> None:
+        # At most one line a minute: a flood of refused connections must not flood the log.
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_noted >= 60:
+            self._refused_noted = now
+            log.warning(
+                "closed %d new connection(s) over limits.max_connections_per_client (%d), "
+                "latest from %s",
+                self._refused,
+                self.limits.max_connections_per_client,
+                client,
+            )
+            self._refused = 0
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> EdgeRequest:
+        if message is ERROR:
+            request = EdgeRequest(_UNPARSED, payload, protocol, writer, task, self._loop)
+            if isinstance(protocol, EdgeProtocol):
+                request.refusal = protocol.take_parse_refusal()
+            else:
+                request.refusal = BadRequest("unparseable request")
+            return request
+        message, refusal, expects_continue = check_head(message, self.limits.max_target_length)
+        request = EdgeRequest(message, payload, protocol, writer, task, self._loop)
+        if refusal is not None:
+            request.refusal = refusal
+        if expects_continue:
+            request.expects_continue = True
+        return request
+
+
+def edge_refusal(request: web.BaseRequest) -> ProxyError | None:
+    """What the edge decided against this request, for the Gateway to answer."""
+    return request.refusal if isinstance(request, EdgeRequest) else None
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each connection holds a descriptor);
+    returns (soft, hard) as they now are."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # e.g. an unlimited hard limit some kernels refuse as a soft one
+    return soft, hard
