@@ -7,6 +7,7 @@ object, one issuer's users acting as another's, a cached answer shown to the wro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -334,3 +335,48 @@ def test_demo_knows_loopback() -> None:
 
     assert all(map(_is_loopback, ["127.0.0.1", "localhost", "::1", "[::1]", "127.9.9.9"]))
     assert not any(map(_is_loopback, ["0.0.0.0", "10.0.0.1", "example.com", "::"]))  # noqa: S104
+
+
+# The XSS, tried in a real browser: Chromium holds alice's cookie and opens an upload.
+
+XSS_PAGE = (
+    b"<html><body>upload<script>fetch('/me/notes.txt').then(r => r.text())"
+    b".then(t => { document.title = 'stolen: ' + t })</script></body></html>"
+)
+
+
+async def test_an_uploaded_page_steals_nothing_in_a_real_browser(proxy, uploads: S3Objects) -> None:
+    from .test_demo import CHROMIUM, CHROMIUM_ARGS, _chromium_or_skip
+
+    _chromium_or_skip()
+    async_api = pytest.importorskip("playwright.async_api")
+    boto3.client("s3", endpoint_url=uploads.endpoint, region_name="us-east-1").put_object(
+        Bucket="user-files", Key="users/alice/page.html", Body=XSS_PAGE, ContentType="text/html"
+    )
+    data = config_dict(uploads.endpoint)
+    data["routes"][4]["inline_types"] = ["text/html"]  # an operator who lets HTML show
+    shown = await proxy(data)
+    default = await proxy()
+    async with async_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for client in (shown, default):
+                base = f"http://127.0.0.1:{client.port}"
+                context = await browser.new_context(accept_downloads=True)
+                await context.add_cookies(
+                    [{"name": "access_token", "value": make_token("alice"), "url": base}]
+                )
+                page = await context.new_page()
+                if client is default:
+                    # not a type that may be shown: the browser downloads it, renders nothing
+                    async with page.expect_download():
+                        with contextlib.suppress(async_api.Error):
+                            await page.goto(f"{base}/me/page.html")
+                else:
+                    await page.goto(f"{base}/me/page.html")
+                    assert "upload" in await page.content()  # it did render...
+                    await page.wait_for_load_state("networkidle")  # the fetch, had it run
+                    assert "stolen" not in await page.title()  # ...and its script never ran
+                await context.close()
+        finally:
+            await browser.close()
