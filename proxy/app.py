@@ -200,7 +200,11 @@ class _Handler:
         self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
-        self.streams = StreamSlots(settings.limits.max_streams)
+        self.streams = StreamSlots(
+            settings.limits.max_streams,
+            settings.limits.max_streams_per_client,
+            settings.limits.max_streams_per_subject,
+        )
         self._links_cache = LinkCache()
         self._objects = ObjectCache(settings.object_cache.max_bytes, clock)
         link_secret = settings.auth.link_secret
@@ -356,7 +360,8 @@ class _Handler:
             return redirect_response(link, as_json, route.rule.needs_token)
         shown = _presentation(route, key, record.cors)
         outcome = Outcome()
-        self.streams.acquire()
+        client, subject = request.remote or "unknown", record.sub
+        self.streams.acquire(client, subject)
         try:
             response = await stream(
                 request,
@@ -370,7 +375,7 @@ class _Handler:
                 settings.cache,
             )
         finally:
-            self.streams.release()
+            self.streams.release(client, subject)
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
         if outcome.cache_hit:

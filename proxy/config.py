@@ -68,9 +68,13 @@ class S3Settings(_Model):
     read_timeout: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=10)
     max_connections: int = Field(64, ge=1, le=10000)
-    # Overall bound on S3 starting to answer, including waiting for a pooled connection and
-    # retries; read/connect timeouts alone do not cover the pool wait.
+    # Overall bound on S3 starting to answer, including retries and their backoff.
     request_timeout: float = Field(60.0, gt=0)
+    # How long a request waits for a free pooled connection before a fast 503 with
+    # Retry-After. Short: a pool held by slow downloads frees up in seconds or not at all, and
+    # everyone waiting the whole request_timeout for a 504 is what made one client enough to
+    # take the proxy down.
+    pool_timeout: float = Field(2.0, gt=0)
     chunk_size: int = Field(128 * 1024, ge=4096, le=16 * 1024 * 1024)
     # Cache-Control that S3 is asked to answer a presigned GET with, for routes that set no
     # cache_control: a private file must not be stored by shared caches. null signs none.
@@ -206,6 +210,10 @@ class RateLimitSettings(_Model):
 
 class LimitsSettings(_Model):
     max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
+    # Each streamed response holds an S3 connection for as long as its client reads: these
+    # keep one address or one token subject from taking all of s3.max_connections (429 past).
+    max_streams_per_client: int = Field(16, ge=1)
+    max_streams_per_subject: int = Field(16, ge=1)
     # A client that accepts no bytes for this long is dropped, releasing its S3 connection.
     client_write_timeout: float = Field(60.0, gt=0)
     max_header_bytes: int = Field(8190, ge=1024, le=65536)  # each header line; 431 past it

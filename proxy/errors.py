@@ -127,6 +127,17 @@ class UpstreamTimeout(ProxyError):
     detail = "storage timed out"
 
 
+class StorageBusy(ProxyError):
+    """Every connection to S3 is in use: a quick 503 the client may retry, not a 504 after
+    a minute's wait. S3 itself is fine, so this is not an UpstreamError."""
+
+    status = 503
+    detail = "busy, try again"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, headers={"Retry-After": "1"})
+
+
 class NotModified(Exception):
     """Not an error: a conditional request matched. Carries the validators to echo back."""
 

@@ -1,4 +1,4 @@
-"""In-process rate limits (token buckets) and the concurrent-stream cap. No I/O.
+"""In-process rate limits (token buckets) and the concurrent-stream caps. No I/O.
 
 Buckets are per process: with N workers or replicas, the effective limit is N times the
 configured one. Idle buckets are forgotten first when the table is full, so memory stays
@@ -52,16 +52,51 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """Counts streamed responses in flight; refuses new ones past the cap."""
+    """Counts streamed responses in flight, in all and per client address and token subject;
+    refuses new ones past a cap.
 
-    def __init__(self, limit: int) -> None:
+    Each stream holds an S3 connection for as long as its client reads, so without the
+    per-client and per-subject caps one client with slow readers could hold the whole pool.
+    Past those caps the answer is 429, not 503: the refusal is about this caller's own
+    concurrency (RFC 6585's "too many requests"), everyone else is still served, and a
+    client or intermediary that backs off on 429 backs off only that caller. Past the
+    process-wide cap the proxy itself is full: 503. Counters of callers with nothing in
+    flight are deleted, so the tables never hold more than `limit` entries.
+    """
+
+    def __init__(self, limit: int, per_client: int, per_subject: int) -> None:
         self.limit = limit
+        self.per_client = per_client
+        self.per_subject = per_subject
         self.in_use = 0
+        self._clients: dict[str, int] = {}
+        self._subjects: dict[str, int] = {}
 
-    def acquire(self) -> None:
+    def acquire(self, client: str, subject: str | None) -> None:
+        """Take a slot for one stream by `client` (an address) for `subject` (None without a
+        token); release it with the same arguments."""
         if self.in_use >= self.limit:
             raise Overloaded(f"{self.in_use} streams in flight (limits.max_streams)")
+        if self._clients.get(client, 0) >= self.per_client:
+            # Retry-After 1: a slot frees when one of the caller's own streams ends.
+            raise TooManyRequests("streams per client (limits.max_streams_per_client)", 1)
+        if subject is not None and self._subjects.get(subject, 0) >= self.per_subject:
+            raise TooManyRequests("streams per subject (limits.max_streams_per_subject)", 1)
         self.in_use += 1
+        self._clients[client] = self._clients.get(client, 0) + 1
+        if subject is not None:
+            self._subjects[subject] = self._subjects.get(subject, 0) + 1
 
-    def release(self) -> None:
+    def release(self, client: str, subject: str | None) -> None:
         self.in_use -= 1
+        _decrement(self._clients, client)
+        if subject is not None:
+            _decrement(self._subjects, subject)
+
+
+def _decrement(counts: dict[str, int], name: str) -> None:
+    left = counts.get(name, 0) - 1
+    if left > 0:
+        counts[name] = left
+    else:
+        counts.pop(name, None)

@@ -31,11 +31,12 @@ from .errors import (
     NotFound,
     ProxyError,
     RangeNotSatisfiable,
+    StorageBusy,
     UpstreamError,
     UpstreamTimeout,
 )
 from .presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url, sign_request
-from .upstream import MalformedResponse, Origin, Pool, Response
+from .upstream import MalformedResponse, Origin, Pool, PoolExhausted, Response
 
 log = logging.getLogger("proxy.storage")
 MAX_ERROR_BODY = 16 * 1024
@@ -147,6 +148,7 @@ class S3Storage:
         self._credentials = await get_session().get_credentials()
         self._pool = Pool(
             max_connections=settings.max_connections,
+            pool_timeout=settings.pool_timeout,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
@@ -175,8 +177,9 @@ class S3Storage:
         self, method: str, bucket: str, key: str, extra: dict[str, str], operation: str
     ) -> Response:
         """Send one signed request; retry connection failures and 5xx answers while nothing
-        has been sent to the client, within s3.request_timeout (which also bounds the wait
-        for a pooled connection). Answers other than 2xx become the project's errors."""
+        has been sent to the client, within s3.request_timeout. Waiting for a pooled
+        connection is bounded by s3.pool_timeout and not retried (a busy pool is a 503 now,
+        not later). Answers other than 2xx become the project's errors."""
         pool = self._pool
         if pool is None:
             raise UpstreamError(f"{operation}: storage is not open")
@@ -334,6 +337,10 @@ def _translate_errors(operation: str) -> Iterator[None]:
         ) from None
     except MalformedResponse:
         raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
+    except PoolExhausted:
+        raise StorageBusy(
+            f"{operation}: every S3 connection busy for s3.pool_timeout (s3.max_connections)"
+        ) from None
     except (BotoCoreError, OSError) as exc:
         raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
 

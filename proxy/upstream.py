@@ -16,6 +16,9 @@ Rules:
    idempotent requests (only GET and HEAD are sent here).
 3. While the reader is not reading, the socket is not read either, beyond `buffer_limit` bytes:
    a slow client slows the S3 download instead of filling memory.
+4. A request waits at most `pool_timeout` for one of the `max_connections` slots, then fails
+   with PoolExhausted: slots are held by downloads in progress, which free up in seconds or
+   not at all, so a longer wait only turns a quick refusal into a slow one.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ class MalformedResponse(Exception):
 
 class UpstreamClosed(ConnectionError):
     """The connection ended before the response did."""
+
+
+class PoolExhausted(Exception):
+    """Rule 4: no connection became free within `pool_timeout`. Deliberately not an OSError
+    or TimeoutError: nothing was sent, S3 is not at fault, and retrying would only wait again.
+    """
 
 
 @dataclass(frozen=True)
@@ -272,11 +281,13 @@ class Pool:
         self,
         *,
         max_connections: int,
+        pool_timeout: float,
         connect_timeout: float,
         read_timeout: float,
         buffer_limit: int,
     ) -> None:
         self.read_timeout = read_timeout
+        self._pool_timeout = pool_timeout
         self._connect_timeout = connect_timeout
         self._buffer_limit = buffer_limit
         self._slots = asyncio.Semaphore(max_connections)
@@ -299,12 +310,23 @@ class Pool:
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
-        await self._slots.acquire()
+        if self._slots.locked():
+            await self._wait_for_slot()
+        else:
+            await self._slots.acquire()  # free: no timer needed on the common path
         try:
             return await self._exchange(origin, head, method == "HEAD")
         except BaseException:
             self._slots.release()
             raise
+
+    async def _wait_for_slot(self) -> None:
+        """Rule 4."""
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolExhausted(f"no free connection within {self._pool_timeout} s") from None
 
     async def _exchange(self, origin: Origin, head: bytes, head_only: bool) -> Response:
         connection = self._take_idle(origin)

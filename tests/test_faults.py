@@ -155,3 +155,54 @@ async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> N
     finally:
         for writer in stalled:
             writer.transport.abort()
+
+
+async def test_a_full_s3_pool_is_a_fast_503_not_a_504_a_minute_later(proxy, s3: S3Objects) -> None:
+    """Issue 11 item 6: slow downloads held the whole S3 pool and everyone else waited
+    s3.request_timeout (60 s) for a 504. With the defaults, a request that finds no free
+    connection within s3.pool_timeout (2 s) is answered 503 with Retry-After."""
+    client = await proxy(config_dict(s3.endpoint, s3={"max_connections": 2}))
+    host, port = client.server.host, client.server.port
+    token = make_token("root", role="admin")
+    stalled = []
+    for _ in range(2):  # within its per-client cap, this client takes the whole pool
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=1024, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(
+            f"GET /admin/exports/huge.bin HTTP/1.1\r\nHost: p\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.transport.pause_reading()
+        stalled.append(writer)
+    loop = asyncio.get_running_loop()
+    try:
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+        async with aiohttp.ClientSession(connector=connector) as other:
+            started = loop.time()
+            refused = await asyncio.wait_for(
+                other.get(client.make_url("/admin/exports/q4.pdf"), headers=bearer(token)),
+                timeout=10,
+            )
+            assert refused.status == 503
+            assert loop.time() - started < 5
+            assert refused.headers["Retry-After"] == "1"
+            assert await refused.json() == {"error": "busy, try again"}
+            # what needs no S3 connection is still answered at once
+            link = await other.get(
+                client.make_url("/admin/links/q4.pdf"), headers=bearer(token), allow_redirects=False
+            )
+            assert link.status == 302
+            for writer in stalled:
+                writer.transport.abort()
+            stalled.clear()
+            served = await asyncio.wait_for(
+                other.get(client.make_url("/admin/exports/q4.pdf"), headers=bearer(token)),
+                timeout=10,
+            )
+            assert await served.read() == s3.report  # the pool recovered
+    finally:
+        for writer in stalled:
+            writer.transport.abort()

@@ -1,14 +1,17 @@
-"""Rate limits (token buckets, injected clock), the concurrent-stream cap, header caps."""
+"""Rate limits (token buckets, injected clock), the concurrent-stream caps, header caps."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 
 from proxy.config import RateSettings
-from proxy.limits import RateLimiter, TooManyRequests
+from proxy.limits import Overloaded, RateLimiter, StreamSlots, TooManyRequests
 
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
@@ -113,3 +116,89 @@ async def test_streams_past_the_cap_get_503(proxy) -> None:
     for response in first:
         assert len(await response.read()) == 4096
     assert (await client.get("/stream/photos/42", headers=token)).status == 200
+
+
+@asynccontextmanager
+async def _client_at(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client whose connections come from `address` (any 127.x.y.z is loopback on Linux),
+    so one test can play several clients."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+async def test_one_client_cannot_hold_more_than_its_share_of_streams(proxy) -> None:
+    """Issue 11 item 6: one address with many slow downloads took every S3 connection. With
+    the default cap (16), its 17th stream is refused with 429 while others are still served."""
+    storage = _SlowStorage()
+    client = await proxy(config_dict(), storage=storage)
+    url = str(client.make_url("/public/42"))  # public: no subject, only the address counts
+    async with _client_at("127.0.0.2") as greedy, _client_at("127.0.0.3") as other:
+        held = [await greedy.get(url) for _ in range(16)]
+        assert [response.status for response in held] == [200] * 16
+        refused = await greedy.get(url)
+        assert refused.status == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert await refused.json() == {"error": "too many requests"}
+        served = await other.get(url)
+        assert served.status == 200
+        storage.release.set()
+        for response in [*held, served]:
+            assert len(await response.read()) == 4096
+        assert client.server.gateway.streams.in_use == 0
+        again = await greedy.get(url)  # its slots came back with its streams
+        assert (again.status, len(await again.read())) == (200, 4096)
+
+
+async def test_one_subject_cannot_hold_more_than_its_share_from_many_addresses(proxy) -> None:
+    storage = _SlowStorage()
+    client = await proxy(config_dict(), storage=storage)
+    url = str(client.make_url("/stream/photos/42"))
+    alice, bob = bearer(make_token("alice")), bearer(make_token("bob"))
+    async with (
+        _client_at("127.0.0.2") as first,
+        _client_at("127.0.0.3") as second,
+        _client_at("127.0.0.4") as third,
+    ):
+        held = [await first.get(url, headers=alice) for _ in range(8)]
+        held += [await second.get(url, headers=alice) for _ in range(8)]
+        assert [response.status for response in held] == [200] * 16
+        refused = await third.get(url, headers=alice)
+        assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
+        served = await third.get(url, headers=bob)
+        assert served.status == 200
+        storage.release.set()
+        for response in [*held, served]:
+            assert len(await response.read()) == 4096
+
+
+async def test_stream_caps_are_configurable(proxy) -> None:
+    storage = _SlowStorage()
+    limits = {"max_streams_per_client": 1, "max_streams_per_subject": 2}
+    client = await proxy(config_dict(limits=limits), storage=storage)
+    held = await client.get("/public/42")
+    assert (await client.get("/public/42")).status == 429
+    storage.release.set()
+    assert len(await held.read()) == 4096
+
+
+def test_stream_slot_tables_forget_callers_with_nothing_in_flight() -> None:
+    slots = StreamSlots(limit=10, per_client=2, per_subject=2)
+    slots.acquire("a", "alice")
+    slots.acquire("a", None)
+    with pytest.raises(TooManyRequests):
+        slots.acquire("a", "bob")  # address "a" has its 2
+    slots.acquire("b", "alice")
+    with pytest.raises(TooManyRequests):
+        slots.acquire("c", "alice")  # alice has her 2, from two addresses
+    assert slots.in_use == 3  # refusals took nothing
+    for client, subject in (("a", "alice"), ("a", None), ("b", "alice")):
+        slots.release(client, subject)
+    assert (slots.in_use, slots._clients, slots._subjects) == (0, {}, {})
+
+
+def test_the_process_wide_cap_is_503_not_429() -> None:
+    slots = StreamSlots(limit=1, per_client=5, per_subject=5)
+    slots.acquire("a", None)
+    with pytest.raises(Overloaded):
+        slots.acquire("b", None)

@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.upstream import MalformedResponse, Origin, Pool, Response, UpstreamClosed
+from proxy.upstream import (
+    MalformedResponse,
+    Origin,
+    Pool,
+    PoolExhausted,
+    Response,
+    UpstreamClosed,
+)
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -118,11 +125,13 @@ async def scenario(
     *replies: Sequence[Step],
     max_connections: int = 1,
     read_timeout: float = 2.0,
+    pool_timeout: float = 2.0,
     tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[ScriptedServer, Pool]]:
     async with ScriptedServer(replies, tls) as server:
         pool = Pool(
             max_connections=max_connections,
+            pool_timeout=pool_timeout,
             connect_timeout=2.0,
             read_timeout=read_timeout,
             buffer_limit=LIMIT,
@@ -386,6 +395,19 @@ async def test_max_connections_makes_a_request_wait_for_a_released_response() ->
         third.release()  # unread: the slot comes back when its connection has closed
         assert await read_all(await fourth) == b"four"
     assert server.connections_of_requests() == [1, 1, 1, 2]
+
+
+@on_both_loops
+async def test_rule_4_a_full_pool_refuses_after_pool_timeout_and_leaks_no_slot() -> None:
+    replies = [answer(b"one")], [answer(b"two")]
+    async with scenario(*replies, pool_timeout=WINDOW) as (server, pool):
+        held = await fetch(pool, server.origin)
+        with pytest.raises(PoolExhausted):
+            await asyncio.wait_for(fetch(pool, server.origin), timeout=5 * WINDOW)
+        assert len(server.requests) == 1  # the refused request was never sent
+        assert await read_all(held) == b"one"
+        # the timed-out wait took no slot with it: the one slot is free again
+        assert await read_all(await fetch(pool, server.origin)) == b"two"
 
 
 @on_both_loops
