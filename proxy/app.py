@@ -206,7 +206,14 @@ class _Handler:
             settings.limits.max_streams_per_subject,
         )
         self._links_cache = LinkCache()
-        self._objects = ObjectCache(settings.object_cache.max_bytes, clock)
+        # No route serves an entry older than the largest max_age: past it, it is garbage.
+        longest = max(
+            (route.settings.cache.max_age for route in config.routes if route.settings.cache),
+            default=0.0,
+        )
+        self._objects = ObjectCache(
+            settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
+        )
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)

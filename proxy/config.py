@@ -241,7 +241,10 @@ class RouteCacheSettings(_Model):
 
 
 class ObjectCacheSettings(_Model):
-    max_bytes: int = Field(64 * 1024 * 1024, ge=0)  # all cached objects together
+    # All cached entries together, each counted as its body, bucket and key plus a fixed
+    # overhead for its metadata and bookkeeping (so empty objects are not free).
+    max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    max_entries: int = Field(10_000, ge=0, le=10_000_000)
 
 
 class CorsSettings(_Model):
