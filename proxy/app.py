@@ -7,6 +7,7 @@ Errors become responses in exactly one place (`Gateway.__call__`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -46,7 +47,7 @@ from .errors import (
 from .jwks import HttpJson
 from .limits import RateLimiter, StreamSlots
 from .links import LinkTarget, LinkVerifier
-from .metacache import MetadataCache
+from .metacache import MISSING, MetadataCache
 from .metrics import Metrics
 from .objectcache import ObjectCache
 from .routing import Router
@@ -194,7 +195,10 @@ class _Handler:
         self._storage = storage
         self._clock = clock
         self._metadata = MetadataCache(
-            settings.metadata_cache.max_entries, settings.metadata_cache.ttl, clock
+            settings.metadata_cache.max_entries,
+            settings.metadata_cache.ttl,
+            settings.metadata_cache.negative_ttl,
+            clock,
         )
         self._sign_api = settings.sign_api
         self._redirect_cache_control = settings.s3.redirect_cache_control
@@ -320,8 +324,14 @@ class _Handler:
         if settings.delivery != "auto":
             return settings.delivery
         meta = self._metadata.get(settings.bucket, key)
+        if meta is MISSING:
+            raise NotFound("no such key (a recent HEAD said so)")
         if meta is None:
-            meta = await self._storage.head(settings.bucket, key)
+            try:
+                meta = await self._storage.head(settings.bucket, key)
+            except NotFound:
+                self._metadata.put_missing(settings.bucket, key)
+                raise
             self._metadata.put(settings.bucket, key, meta)
         return "stream" if meta.content_length < settings.stream_below else "redirect"
 
@@ -414,11 +424,23 @@ class _Handler:
                 detail=f"at most {self._sign_api.max_paths} paths per request",
             )
         claims = await self._optional_claims(request, record)
-        results = [await self._sign_one(path, claims) for path in paths]
+        # Admitted in order, before any S3 call: each path spends its route's rate-limit
+        # tokens exactly as a GET would, so the first paths within the limit pass. Then the
+        # lookups run concurrently but at most _SIGN_LOOKUPS at once, keeping the order.
+        lookups = asyncio.Semaphore(_SIGN_LOOKUPS)
+        signing = [
+            self._sign_one(path, self._admit_signing(request, path, claims), claims, lookups)
+            for path in paths
+        ]
+        results = await asyncio.gather(*signing)
         record.reason = f"{len(paths)} paths"
         return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
 
-    async def _sign_one(self, path: str, claims: dict[str, Any] | None) -> dict[str, Any]:
+    def _admit_signing(
+        self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
+    ) -> tuple[Route, str] | ProxyError:
+        """Route, limit and authorize one path of a batch as its GET would be: the route and
+        key, or the refusal."""
         try:
             found = self._router.match(path) if path.startswith("/") else None
             if found is None:
@@ -426,14 +448,50 @@ class _Handler:
             route = self._routes[found.index]
             if "GET" not in route.settings.methods:
                 raise MethodNotAllowed("route does not allow GET")
+            rates = route.settings.rate_limit or self._limits.rate_limit
+            self._limit_client(request, route.name, rates)
             key = self._authorize(route, found.params, claims)
-            if await self._choose_delivery(route, key) == "stream":
+            subject = _subject(claims) if claims is not None else None
+            if rates.per_subject is not None and subject is not None:
+                self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
+            return route, key
+        except ProxyError as exc:
+            return exc
+
+    async def _sign_one(
+        self,
+        path: str,
+        admitted: tuple[Route, str] | ProxyError,
+        claims: dict[str, Any] | None,
+        lookups: asyncio.Semaphore,
+    ) -> dict[str, Any]:
+        if isinstance(admitted, ProxyError):
+            return _refusal(path, admitted)
+        route, key = admitted
+        try:
+            async with lookups:
+                delivery = await self._choose_delivery(route, key)
+            if delivery == "stream":
                 # Streamed objects are fetched from the proxy itself, with the caller's token.
                 return {"path": path, "url": path, "expires_at": None}
             link = await self._sign(route, key, "GET", claims)
             return {"path": path, "url": link.url, "expires_at": link.expires_at_iso}
         except ProxyError as exc:
-            return {"path": path, "status": exc.status, "error": exc.detail}
+            return _refusal(path, exc)
+
+
+def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:
+    """One path's refusal in a sign API answer: its own status, as its GET would have had."""
+    refused: dict[str, Any] = {"path": path, "status": exc.status, "error": exc.detail}
+    if "Retry-After" in exc.headers:
+        refused["retry_after"] = int(exc.headers["Retry-After"])
+    return refused
+
+
+# Metadata lookups (S3 HEADs for `delivery: auto`) one sign API request runs at once: enough
+# that a page of links is not signed one round trip at a time, few enough that one request
+# cannot take a large share of s3.max_connections.
+_SIGN_LOOKUPS = 8
 
 
 _NO_QUERY: dict[str, str] = {}

@@ -315,6 +315,10 @@ class MetadataCacheSettings(_Model):
 
     max_entries: int = Field(10000, ge=0, le=10_000_000)
     ttl: float = Field(30.0, ge=0)
+    # How long a HEAD's 404 is remembered, so repeated lookups of a missing key (a page of
+    # links, a retrying client) do not each go to S3; kept short because a key uploaded in
+    # the meantime answers 404 on `auto` routes until it expires.
+    negative_ttl: float = Field(5.0, ge=0, le=60)
 
 
 class SignApiSettings(_Model):

@@ -1,23 +1,45 @@
-"""A bounded, expiring in-process cache of object metadata (size, type, validators). No I/O."""
+"""A bounded, expiring in-process cache of object metadata (size, type, validators), and of
+recent 404s. No I/O."""
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
 
 from .storage import ObjectMeta
 
 
-class MetadataCache:
-    """LRU with a per-entry deadline; `max_entries=0` or `ttl=0` disables it."""
+class _Absent(enum.Enum):
+    MISSING = "missing"
 
-    def __init__(self, max_entries: int, ttl: float, clock: Callable[[], float]) -> None:
+
+MISSING: Final = _Absent.MISSING  # what `get` answers for a key S3 recently said is not there
+
+
+class MetadataCache:
+    """LRU with a per-entry deadline; `max_entries=0` or `ttl=0` disables it, and
+    `negative_ttl=0` disables remembering 404s.
+
+    Expired entries are dropped when read, and on every `put` from the least recently used
+    end for as long as they are expired there, so entries nobody asks for again do not sit
+    out their time until the table is full.
+    """
+
+    def __init__(
+        self, max_entries: int, ttl: float, negative_ttl: float, clock: Callable[[], float]
+    ) -> None:
         self._max = max_entries
         self._ttl = ttl
+        self._negative_ttl = negative_ttl
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[float, ObjectMeta | _Absent]] = (
+            OrderedDict()
+        )
 
-    def get(self, bucket: str, key: str) -> ObjectMeta | None:
+    def get(self, bucket: str, key: str) -> ObjectMeta | _Absent | None:
+        """The metadata, MISSING for a remembered 404, or None when not known."""
         entry = self._entries.get((bucket, key))
         if entry is None:
             return None
@@ -29,12 +51,26 @@ class MetadataCache:
         return meta
 
     def put(self, bucket: str, key: str, meta: ObjectMeta) -> None:
-        if self._max <= 0 or self._ttl <= 0:
+        self._store(bucket, key, meta, self._ttl)
+
+    def put_missing(self, bucket: str, key: str) -> None:
+        """S3 answered 404 for this key."""
+        self._store(bucket, key, MISSING, min(self._negative_ttl, self._ttl))
+
+    def _store(self, bucket: str, key: str, meta: ObjectMeta | _Absent, ttl: float) -> None:
+        if self._max <= 0 or ttl <= 0:
             return
-        self._entries[(bucket, key)] = (self._clock() + self._ttl, meta)
-        self._entries.move_to_end((bucket, key))
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        now = self._clock()
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries))
+            if now < entries[oldest][0]:
+                break
+            del entries[oldest]
+        entries[(bucket, key)] = (now + ttl, meta)
+        entries.move_to_end((bucket, key))
+        while len(entries) > self._max:
+            entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
