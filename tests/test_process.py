@@ -138,6 +138,8 @@ def test_memory_stays_bounded_with_fifty_slow_readers(s3: S3Objects, tmp_path: P
             "connect_timeout": 30,
             "request_timeout": 120,
         },
+        # one address and one subject play all 50 readers: lift their fair-share caps
+        limits={"max_streams_per_client": 64, "max_streams_per_subject": 64},
     )
     with serving(data, tmp_path) as (process, port):
         baseline = _rss_kib(process.pid, "VmRSS")

@@ -47,6 +47,9 @@ def proxy_config(*, port: int, backend_url: str, pool: int) -> dict[str, Any]:
             # 100 concurrent downloads must all reach the backend at once (the default is 64).
             "max_connections": pool,
         },
+        # One load generator (one address, one token `sub`) plays every client: the per-caller
+        # stream caps would refuse all but 16 of its connections, so they go up to the pool.
+        "limits": {"max_streams_per_client": pool, "max_streams_per_subject": pool},
         "auth": {"algorithms": ["HS256"], "secret": "${JWT_SECRET}"},
         "routes": [
             {
