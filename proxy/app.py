@@ -425,14 +425,9 @@ class _Handler:
             )
         claims = await self._optional_claims(request, record)
         # Admitted in order, before any S3 call: each path spends its route's rate-limit
-        # tokens exactly as a GET would, so the first paths within the limit pass. Then the
-        # lookups run concurrently but at most _SIGN_LOOKUPS at once, keeping the order.
-        lookups = asyncio.Semaphore(_SIGN_LOOKUPS)
-        signing = [
-            self._sign_one(path, self._admit_signing(request, path, claims), claims, lookups)
-            for path in paths
-        ]
-        results = await asyncio.gather(*signing)
+        # tokens exactly as a GET would, so the first paths within the limit pass.
+        admitted = [self._admit_signing(request, path, claims) for path in paths]
+        results = await self._sign_admitted(paths, admitted, claims)
         record.reason = f"{len(paths)} paths"
         return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
 
@@ -457,6 +452,30 @@ class _Handler:
             return route, key
         except ProxyError as exc:
             return exc
+
+    async def _sign_admitted(
+        self,
+        paths: list[str],
+        admitted: list[tuple[Route, str] | ProxyError],
+        claims: dict[str, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """Answers in the order of `paths`. Paths on `auto` routes may need a HEAD: those run
+        concurrently, at most _SIGN_LOOKUPS at once; the others need no S3 call and are
+        signed inline (a task each would add half again to a large batch's CPU cost)."""
+        lookups = asyncio.Semaphore(_SIGN_LOOKUPS)
+        looked_up = [
+            index
+            for index, found in enumerate(admitted)
+            if not isinstance(found, ProxyError) and found[0].settings.delivery == "auto"
+        ]
+        answers = await asyncio.gather(
+            *(self._sign_one(paths[i], admitted[i], claims, lookups) for i in looked_up)
+        )
+        results = dict(zip(looked_up, answers, strict=True))
+        for index, found in enumerate(admitted):
+            if index not in results:
+                results[index] = await self._sign_one(paths[index], found, claims, lookups)
+        return [results[index] for index in range(len(paths))]
 
     async def _sign_one(
         self,

@@ -174,3 +174,14 @@ def test_expired_entries_are_dropped_without_being_asked_for() -> None:
     clock.now += 30
     cache.put("b", "fresh", ObjectMeta(content_length=1))
     assert len(cache) == 1
+
+
+async def test_answers_keep_their_order_across_route_kinds(proxy) -> None:
+    storage = _CountingHeads(objects=_objects(3))
+    client = await proxy(config_dict(), storage=storage)
+    paths = ["/auto/0.pdf", "/photos/1", "/nowhere", "/auto/gone.pdf", "/auto/1.pdf", "/photos/2"]
+    results = await _sign(client, paths, make_token())
+    assert [result.get("status") for result in results] == [None, None, 404, 404, None, None]
+    assert [result["url"] for result in (results[0], results[4])] == ["/auto/0.pdf", "/auto/1.pdf"]
+    assert "/hr-private/employees/1/photo.jpg?" in results[1]["url"]
+    assert "/hr-private/employees/2/photo.jpg?" in results[5]["url"]
