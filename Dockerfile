@@ -1,7 +1,9 @@
 # The proxy as a container: slim Python, non-root, config mounted at /etc/s3-proxy/config.yaml.
 #   docker build -t s3-private-proxy .
-#   docker run -p 8080:8080 -e JWT_SECRET=... -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... \
+#   docker run -p 8080:8080 -e JWT_SECRET -e AWS_REGION -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY \
 #     -v "$PWD/config.yaml:/etc/s3-proxy/config.yaml:ro" s3-private-proxy
+# The shipped config talks to AWS S3 (S3_ENDPOINT_URL unset or empty); set S3_ENDPOINT_URL
+# (and S3_ADDRESSING_STYLE=path for MinIO by host name) for an S3-compatible server.
 # The default command listens on 0.0.0.0 inside the container whatever listen.host says.
 FROM python:3.11-slim
 

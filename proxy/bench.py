@@ -206,8 +206,12 @@ def _error_name(body: bytes) -> str:
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) * cpu_tick()
+
+
+def cpu_tick() -> float:
+    """The smallest CPU time /proc reports (a clock tick, usually 0.01 s)."""
+    return 1 / os.sysconf("SC_CLK_TCK")
 
 
 class ProxyProcess:
@@ -402,7 +406,20 @@ def _ms(values: list[float]) -> str:
 
 
 def _mib(value: float) -> str:
+    # Small amounts in their own unit: "0.0 MiB" would read as nothing at all.
+    if value < 2**20:
+        return _size(int(value))
     return f"{value / 1024 / 1024:.1f} MiB"
+
+
+BELOW_RESOLUTION = "below what this run can measure; use more --rounds or larger objects"
+
+
+def _cpu(seconds: float, tick: float) -> str:
+    """CPU seconds, or an upper bound where they are below the tick /proc counts in."""
+    if seconds < tick:
+        return f"< {tick:.2g} s ({BELOW_RESOLUTION})"
+    return f"{seconds:.2f} s"
 
 
 def _size(value: int) -> str:
@@ -417,14 +434,20 @@ def report(
     objects: Sequence[tuple[str, int]],
     rounds: int,
     notes: Sequence[str],
+    tick: float | None = None,
 ) -> str:
+    """The report as Markdown; `tick` is the CPU time resolution (default: this machine's)."""
     first = {m: results[m][0] for m in METHODS}
     second = {m: results[m][1] for m in METHODS}
+    tick = cpu_tick() if tick is None else tick
 
     def cpu_per_gb(view: View) -> str:
         if not view.client_bytes:
             return "-"
-        return f"{view.proxy_cpu / (view.client_bytes / 1e9):.2f} s"
+        gigabytes = view.client_bytes / 1e9
+        if view.proxy_cpu < tick:
+            return f"< {tick / gigabytes:.2g} s ({BELOW_RESOLUTION})"
+        return f"{view.proxy_cpu / gigabytes:.2f} s"
 
     def row(name: str, views: dict[str, View], show: Callable[[View], str]) -> tuple[str, ...]:
         return (name, show(views["stream"]), show(views["redirect"]))
@@ -435,7 +458,7 @@ def report(
         row("requests that reached the proxy", first, lambda v: str(v.proxy_requests)),
         row("bytes sent through the proxy", first, lambda v: _mib(v.proxy_bytes)),
         row("S3 requests (by the proxy or by the client)", first, lambda v: str(v.s3_requests)),
-        row("proxy CPU", first, lambda v: f"{v.proxy_cpu:.3f} s"),
+        row("proxy CPU", first, lambda v: _cpu(v.proxy_cpu, tick)),
         row("proxy CPU per GB delivered", first, cpu_per_gb),
         row(
             "second view: requests that reached the proxy", second, lambda v: str(v.proxy_requests)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import RANDOM_KEY_COMMAND, Config, ConfigError, load_config
 from .logs import configure_logging
 
 DEFAULT_CONFIG = "config.yaml"
@@ -230,9 +230,10 @@ def _link(args: argparse.Namespace, config: Config) -> int:
     auth = config.settings.auth
     if auth.link_secret is None:
         print(
-            "auth.link_secret is not set; share links need their own secret: add "
-            "link_secret: ${LINK_SECRET} under auth and export LINK_SECRET=$(python -c "
-            "'import secrets; print(secrets.token_urlsafe(48))')",
+            f"auth.link_secret is not set (or empty) in {args.config}; share links need their "
+            f"own secret: export LINK_SECRET=$({RANDOM_KEY_COMMAND}) (the shipped config.yaml "
+            "reads it; another config needs `link_secret: ${LINK_SECRET:-}` under auth), and "
+            "give the proxy the same value",
             file=sys.stderr,
         )
         return 2

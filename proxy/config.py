@@ -38,6 +38,8 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 _MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# How to make a secret, named wherever one is missing or weak.
+RANDOM_KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(64))'"
 
 
 class ConfigError(Exception):
@@ -90,6 +92,10 @@ class S3Settings(_Model):
     @field_validator("endpoint_url", "public_endpoint_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
+        # Empty means unset (AWS), so that `${S3_ENDPOINT_URL:-}` works with the variable
+        # empty or absent.
+        if value is not None and not value.strip():
+            return None
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:9000")
         return value
@@ -180,6 +186,13 @@ class AuthSettings(IssuerSettings):
     sources: list[TokenSource] = Field(default_factory=_default_sources, min_length=1)
     link_secret: SecretStr | None = None
     link_param: str = Field("link", min_length=1)
+
+    @field_validator("link_secret")
+    @classmethod
+    def _empty_link_secret_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        # `link_secret: ${LINK_SECRET:-}` with the variable empty or absent: links are off.
+        return value if value is not None and value.get_secret_value() else None
+
     # Claims holding space-separated lists (OAuth `scope`): a rule's literal value may match
     # one item of them. Every other claim must equal the rule's value exactly.
     list_claims: list[str] = Field(default_factory=lambda: ["scope"])
@@ -443,12 +456,16 @@ def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[st
         return node
 
     def substitute(found: re.Match[str]) -> str:
+        # As in the shell: `${VAR:-default}` takes the default when VAR is unset or empty.
         name, default = found.group(1), found.group(2)
-        if name in env:
+        if env.get(name):
             return env[name]
         if default is not None:
             return default
-        problems.append(f"{where}: environment variable {name} is not set; export {name}=...")
+        if name in env:
+            return ""  # set but empty: the key's own check says what it needs
+        value = f"$({RANDOM_KEY_COMMAND})" if where.endswith("secret") else "..."
+        problems.append(f"{where}: environment variable {name} is not set; export {name}={value}")
         return ""
 
     return _ENV_REF.sub(substitute, node)
@@ -650,8 +667,7 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
         link = auth.link_secret.get_secret_value()
         if len(link.encode()) < 32:
             problems.append(
-                "auth.link_secret: at least 32 bytes; generate one with: python -c "
-                "'import secrets; print(secrets.token_urlsafe(48))'"
+                f"auth.link_secret: at least 32 bytes; generate one with: {RANDOM_KEY_COMMAND}"
             )
         if any(i.secret and i.secret.get_secret_value() == link for i in auth.issuer_list()):
             problems.append("auth.link_secret: must differ from every issuer secret")
@@ -669,15 +685,14 @@ def _check_issuer(issuer: _Issuer, where: str, base_dir: Path, problems: list[st
         if not secret:
             problems.append(
                 f"{where}.secret: required for {', '.join(hmac)}; set it to ${{JWT_SECRET}} "
-                "and export JWT_SECRET"
+                f"and export JWT_SECRET=$({RANDOM_KEY_COMMAND})"
             )
         else:
             needed = max(_MIN_HMAC_BYTES[alg] for alg in hmac)
             if len(secret.encode()) < needed:
                 problems.append(
                     f"{where}.secret: too short for {hmac[-1]} ({len(secret.encode())} bytes, "
-                    f"need {needed}); generate one with: python -c 'import secrets; "
-                    "print(secrets.token_urlsafe(64))'"
+                    f"need {needed}); generate one with: {RANDOM_KEY_COMMAND}"
                 )
     asymmetric = sorted(algorithms & ASYMMETRIC_ALGORITHMS)
     public_key = issuer.public_key

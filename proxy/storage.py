@@ -146,6 +146,14 @@ class S3Storage:
     async def open(self) -> None:
         settings = self._settings
         self._credentials = await get_session().get_credentials()
+        if self._credentials is None:
+            # Said once at start-up, not only as a 502 on each request that needs S3.
+            log.warning(
+                "no AWS credentials found: streaming (GetObject, HeadObject) and signing "
+                "redirect URLs will fail with 502. Provide them through the standard chain "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in AWS_PROFILE, or an "
+                "instance or task role), then restart the proxy"
+            )
         self._pool = Pool(
             max_connections=settings.max_connections,
             pool_timeout=settings.pool_timeout,
@@ -153,6 +161,11 @@ class S3Storage:
             read_timeout=settings.read_timeout,
             buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
         )
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether the standard chain gave credentials at open() (for readiness checks)."""
+        return self._credentials is not None
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -192,7 +205,7 @@ class S3Storage:
                         # Full-jitter backoff; not security relevant.
                         backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
                         await asyncio.sleep(backoff)
-                    credentials = await self.credentials()
+                    credentials = await self._current_credentials(operation)
                     host, path, headers = sign_request(
                         endpoint=self._endpoint,
                         region=settings.region,
@@ -227,19 +240,23 @@ class S3Storage:
         raise failure or UpstreamError(f"{operation}: S3 unreachable")
 
     async def credentials(self) -> Credentials:
+        return await self._current_credentials("presign")
+
+    async def _current_credentials(self, operation: str) -> Credentials:
+        """Credentials for `operation` (named in the error when there are none)."""
         # Static keys are read once; temporary ones are re-read every 30 s so that a refresh
         # by aiobotocore (ahead of their expiry) is picked up.
         cached = self._frozen
         if cached is not None and (cached.expires_at is None or time.time() < self._reread_at):
             return cached
-        fresh = await self._read_credentials()
+        fresh = await self._read_credentials(operation)
         self._frozen, self._reread_at = fresh, time.time() + 30
         return fresh
 
-    async def _read_credentials(self) -> Credentials:
+    async def _read_credentials(self, operation: str) -> Credentials:
         if self._credentials is None:
-            raise UpstreamError("presign: no AWS credentials found in the standard chain")
-        with _translate_errors("credentials"):
+            raise UpstreamError(f"{operation}: no AWS credentials found in the standard chain")
+        with _translate_errors(f"{operation} credentials"):
             frozen = await self._credentials.get_frozen_credentials()
         expiry = getattr(self._credentials, "_expiry_time", None)  # refreshable ones only
         return Credentials(

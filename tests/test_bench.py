@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxy.bench import run_bench
+from proxy.bench import View, report, run_bench
 
 
 def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys) -> None:
@@ -23,3 +23,43 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
     assert "report:" in capsys.readouterr().out
+
+
+def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:
+    view = View(ttfb=[0.002], total=[0.003], proxy_requests=2, s3_requests=2)
+    view.proxy_cpu, view.proxy_bytes, view.client_bytes = proxy_cpu, proxy_bytes, client_bytes
+    return view
+
+
+def _rows(text: str) -> dict[str, tuple[str, str]]:
+    cells = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {name.strip(): (stream.strip(), redirect.strip()) for name, stream, redirect in cells}
+
+
+def test_report_says_when_cpu_and_bytes_are_below_what_it_measures() -> None:
+    """Small objects: the proxy's CPU is below one /proc clock tick, and the bytes are far
+    below one MiB. The report must not print "0.000 s" or "0.0 MiB" as if they were zero."""
+    size = 110 * 1024
+    results = {
+        "stream": [_view(0.0, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.0, 0, size), _view(0.0, 0, size)],
+    }
+    rows = _rows(report(results, [("/objects/a.bin", size)], rounds=1, notes=[], tick=0.01))
+    below = "(below what this run can measure; use more --rounds or larger objects)"
+    assert rows["proxy CPU"] == (f"< 0.01 s {below}",) * 2
+    # An upper bound per GB: one tick over the 112,640 bytes delivered.
+    assert rows["proxy CPU per GB delivered"] == (f"< 89 s {below}",) * 2
+    assert rows["bytes sent through the proxy"] == ("110 KiB", "0 B")
+    assert rows["second view: bytes sent through the proxy"] == ("0 B", "0 B")
+
+
+def test_report_prints_measurable_amounts_as_measured() -> None:
+    size = 64 * 2**20
+    results = {
+        "stream": [_view(0.25, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.02, 0, size), _view(0.0, 0, size)],
+    }
+    rows = _rows(report(results, [("/objects/a.bin", size)], rounds=1, notes=[], tick=0.01))
+    assert rows["proxy CPU"] == ("0.25 s", "0.02 s")
+    assert rows["proxy CPU per GB delivered"] == ("3.73 s", "0.30 s")
+    assert rows["bytes sent through the proxy"] == ("64.0 MiB", "0 B")

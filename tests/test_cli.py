@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import jwt
+import pytest
 import yaml
 
 from .conftest import SECRET, S3Objects, bearer, config_dict
@@ -131,3 +132,101 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
 
 def _token() -> str:
     return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+
+
+# The first hour: `serve` on the shipped config.yaml, as someone trying it would run it.
+
+# Environment variables through which botocore could find credentials; removed, with the
+# shared files pointed at nothing and instance metadata off, the standard chain finds none.
+_CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)
+
+
+def _first_run_env(**values: str) -> dict[str, str]:
+    """This environment without JWT_SECRET, S3_ENDPOINT_URL or LINK_SECRET, plus `values`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("JWT_SECRET", "S3_ENDPOINT_URL", "LINK_SECRET", "AWS_REGION")
+    }
+    env.update(values)
+    return env
+
+
+@pytest.mark.parametrize("secret", [None, ""], ids=["unset", "empty"])
+def test_serve_refuses_to_start_without_a_jwt_secret(secret: str | None) -> None:
+    env = _first_run_env() if secret is None else _first_run_env(JWT_SECRET=secret)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", "config.yaml", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "auth.secret:" in result.stderr
+    assert "python -c 'import secrets; print(secrets.token_urlsafe(64))'" in result.stderr
+    assert "listening" not in result.stdout
+
+
+def test_serve_on_the_shipped_config_without_aws_credentials_says_what_will_fail() -> None:
+    """With a real secret `serve` starts on config.yaml (S3 is AWS: no S3_ENDPOINT_URL), warns
+    at start-up that it has no AWS credentials, and a stream request's log names GetObject."""
+    env = _first_run_env(
+        JWT_SECRET=SECRET,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    for name in _CREDENTIAL_VARIABLES:
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", "config.yaml", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        started: list[str] = []
+        while not (line := process.stdout.readline()).startswith("proxy:"):
+            assert line, process.communicate()  # the output ended: it did not start
+            started.append(line)
+        port = int(line.rsplit(":", 1)[1])
+        token = jwt.encode(
+            {"sub": "root", "role": "admin", "exp": int(time.time()) + 60},
+            SECRET,
+            algorithm="HS256",
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/admin/exports/q4.pdf", headers=bearer(token)
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        refused.value.close()
+        assert refused.value.code == 502
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    warning = next(line for line in started if "no AWS credentials" in line)
+    assert "streaming (GetObject, HeadObject) and signing" in warning
+    assert "AWS_ACCESS_KEY_ID" in warning and "task role" in warning
+    (access,) = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert access["status"] == 502
+    assert access["reason"].startswith("GetObject: no AWS credentials")
+    assert token not in stdout + stderr

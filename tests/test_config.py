@@ -36,7 +36,54 @@ def test_the_shipped_example_config_loads() -> None:
         "my-files",
         "user-albums",
     ]
-    assert config.settings.s3.endpoint_url == "http://127.0.0.1:9000"
+    # No S3_ENDPOINT_URL: AWS itself, in AWS_REGION's region when that is set.
+    assert config.settings.s3.endpoint_url is None
+    assert config.settings.s3.region == "us-east-1"
+    assert config.settings.s3.addressing_style == "auto"
+    assert config.settings.auth.link_secret is None  # no LINK_SECRET: share links are off
+
+
+def test_the_shipped_config_takes_its_endpoint_region_and_link_secret_from_the_env() -> None:
+    link_secret = "link-" + "y" * 40
+    env = {
+        "JWT_SECRET": SECRET,
+        "S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "S3_ADDRESSING_STYLE": "path",
+        "AWS_REGION": "eu-west-1",
+        "LINK_SECRET": link_secret,
+    }
+    settings = load_config(REPO / "config.yaml", env=env).settings
+    assert (settings.s3.endpoint_url, settings.s3.addressing_style, settings.s3.region) == (
+        "http://127.0.0.1:9000",
+        "path",
+        "eu-west-1",
+    )
+    assert settings.auth.link_secret is not None
+    assert settings.auth.link_secret.get_secret_value() == link_secret
+
+
+@pytest.mark.parametrize("env", [{}, {"S3_ENDPOINT_URL": ""}], ids=["unset", "empty"])
+def test_an_empty_endpoint_means_aws(env: dict[str, str]) -> None:
+    data = config_dict(
+        s3={"endpoint_url": "${S3_ENDPOINT_URL:-}", "public_endpoint_url": "${S3_PUBLIC:-}"}
+    )
+    settings = parse_config(yaml.safe_dump(data), env=env).settings
+    assert settings.s3.endpoint_url is None
+    assert settings.s3.public_endpoint_url is None
+    literal = parse_config(yaml.safe_dump(config_dict(s3={"endpoint_url": ""}))).settings
+    assert literal.s3.endpoint_url is None
+
+
+@pytest.mark.parametrize("env", [{}, {"LINK_SECRET": ""}], ids=["unset", "empty"])
+def test_an_empty_link_secret_turns_share_links_off(env: dict[str, str]) -> None:
+    data = config_dict(auth={"link_secret": "${LINK_SECRET:-}"})
+    assert parse_config(yaml.safe_dump(data), env=env).settings.auth.link_secret is None
+
+
+def test_a_default_applies_to_an_empty_variable_as_in_the_shell() -> None:
+    data = config_dict(s3={"region": "${AWS_REGION:-eu-central-1}"})
+    settings = parse_config(yaml.safe_dump(data), env={"AWS_REGION": ""}).settings
+    assert settings.s3.region == "eu-central-1"
 
 
 def test_defaults_fill_what_is_left_out() -> None:
@@ -106,8 +153,19 @@ def test_missing_secret_names_the_variable() -> None:
     data["auth"]["secret"] = "${JWT_SECRET}"
     problems = _problems(data)
     assert problems == [
-        "auth.secret: environment variable JWT_SECRET is not set; export JWT_SECRET=..."
+        "auth.secret: environment variable JWT_SECRET is not set; export "
+        "JWT_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(64))')"
     ]
+
+
+def test_an_empty_secret_variable_is_refused_with_the_fix() -> None:
+    data = config_dict()
+    data["auth"]["secret"] = "${JWT_SECRET}"
+    (problem,) = _problems(data, env={"JWT_SECRET": ""})
+    assert problem.startswith("auth.secret: required for HS256; set it to ${JWT_SECRET}")
+    assert "export JWT_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(64))')" in (
+        problem
+    )
 
 
 def test_short_secret_is_refused_with_the_fix() -> None:

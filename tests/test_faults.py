@@ -15,7 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import S3Objects, bearer, config_dict, make_token
+from proxy.storage import S3Storage
+
+from .conftest import S3Objects, bearer, build_config, config_dict, make_token
 from .faulty_s3 import FaultyS3
 
 ADMIN = bearer(make_token("root", role="admin"))
@@ -206,3 +208,43 @@ async def test_a_full_s3_pool_is_a_fast_503_not_a_504_a_minute_later(proxy, s3: 
     finally:
         for writer in stalled:
             writer.transport.abort()
+
+
+async def test_without_aws_credentials_each_failure_names_its_operation(
+    proxy, s3: S3Objects, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No credentials in the chain (the session's env keys removed; files and instance
+    metadata are already off): a warning at start-up, and a 502 whose logged reason names
+    what could not be signed: GetObject for a stream, presign for a redirect."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    caplog.set_level(logging.INFO)
+    client = await proxy()
+    (warning,) = [r for r in caplog.records if r.name == "proxy.storage"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("no AWS credentials found: streaming (GetObject")
+    streamed = await client.get("/stream/photos/42", headers=ADMIN)
+    redirected = await client.get("/photos/42", headers=ADMIN, allow_redirects=False)
+    assert (streamed.status, redirected.status) == (502, 502)
+    reasons = [
+        json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "proxy.access"
+    ]
+    assert reasons == [
+        "GetObject: no AWS credentials found in the standard chain",
+        "presign: no AWS credentials found in the standard chain",
+    ]
+
+
+async def test_storage_says_whether_it_has_credentials(
+    s3: S3Objects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = build_config(config_dict(s3.endpoint)).settings.s3
+    with_keys = S3Storage(settings)
+    await with_keys.open()
+    await with_keys.close()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    without = S3Storage(settings)
+    await without.open()
+    await without.close()
+    assert (with_keys.has_credentials, without.has_credentials) == (True, False)

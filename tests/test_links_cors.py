@@ -137,6 +137,57 @@ def test_cli_link_needs_a_link_secret(s3: S3Objects, tmp_path: Path) -> None:
     result = _run_link(config, "/admin/exports/q4.pdf")
     assert result.returncode == 2
     assert "auth.link_secret is not set" in result.stderr
+    assert "link_secret: ${LINK_SECRET:-}` under auth" in result.stderr
+
+
+README_LINK = (
+    "/admin/exports/q4.pdf",
+    "--ttl",
+    "600",
+    "--sub",
+    "alice",
+    "--base-url",
+    "https://files.example.com",
+)
+
+
+@pytest.mark.parametrize("link_secret", [None, ""], ids=["unset", "empty"])
+def test_readme_link_example_without_link_secret_says_how_to_make_one(
+    link_secret: str | None,
+) -> None:
+    env = {**os.environ, "JWT_SECRET": SECRET}
+    env.pop("LINK_SECRET", None)
+    if link_secret is not None:
+        env["LINK_SECRET"] = link_secret
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "link", "--config", "config.yaml", *README_LINK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "auth.link_secret is not set (or empty) in config.yaml" in result.stderr
+    assert (
+        "export LINK_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(64))')"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_link_example_works_on_the_shipped_config_with_link_secret_exported() -> None:
+    env = {**os.environ, "JWT_SECRET": SECRET, "LINK_SECRET": LINK_SECRET}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "link", "--config", "config.yaml", *README_LINK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("https://files.example.com/admin/exports/q4.pdf?link=ey")
 
 
 # CORS
