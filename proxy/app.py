@@ -41,12 +41,13 @@ from .errors import (
     NotModified,
     PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
     Unauthenticated,
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
 from .limits import RateLimiter, StreamSlots
-from .links import LinkTarget, LinkVerifier
+from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
 from .metacache import MISSING, MetadataCache
 from .metrics import Metrics
 from .objectcache import ObjectCache
@@ -130,6 +131,8 @@ class Gateway:
         except ProxyError as exc:
             record.reason = exc.reason
             response = _error_response(exc.status, exc.detail, exc.headers)
+            if isinstance(exc, RequestTimeout):
+                response.force_close()  # the rest of a trickled body is not waited for
         except ConnectionError:
             # The client went away while we answered: nothing to send, and not our error.
             record.reason = "client disconnected"
@@ -171,7 +174,7 @@ def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Re
         status=status,
         body=json.dumps({"error": detail}).encode(),
         content_type="application/json",
-        headers={**headers, "Cache-Control": "no-store"},
+        headers={**headers, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -267,8 +270,9 @@ class _Handler:
         else:
             claims = await self._authenticate(request, record) if route.rule.needs_token else None
             key = self._authorize(route, found.params, claims)
-        if rates.per_subject is not None and record.sub is not None:
-            self._rates.take((route.name, "sub", record.sub), rates.per_subject, "subject")
+        subject = _subject_key(claims)
+        if rates.per_subject is not None and subject is not None:
+            self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
         return await self._deliver(request, record, route, key, claims)
 
     async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
@@ -377,7 +381,7 @@ class _Handler:
             return redirect_response(link, as_json, route.rule.needs_token)
         shown = _presentation(route, key, record.cors)
         outcome = Outcome()
-        client, subject = request.remote or "unknown", record.sub
+        client, subject = request.remote or "unknown", _subject_key(claims)
         self.streams.acquire(client, subject)
         try:
             response = await stream(
@@ -410,7 +414,13 @@ class _Handler:
             # Also keeps this endpoint out of reach of cross-site HTML forms (no preflight).
             raise UnsupportedMediaType("sign API needs Content-Type: application/json")
         try:
-            body = json.loads(await request.read())
+            # A body trickled in a byte at a time must not hold the connection for ever.
+            async with asyncio.timeout(self._limits.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestTimeout("request body not received within limits.body_timeout") from None
+        try:
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
@@ -429,7 +439,10 @@ class _Handler:
         admitted = [self._admit_signing(request, path, claims) for path in paths]
         results = await self._sign_admitted(paths, admitted, claims)
         record.reason = f"{len(paths)} paths"
-        return web.json_response({"results": results}, headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            {"results": results},
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
 
     def _admit_signing(
         self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
@@ -446,7 +459,7 @@ class _Handler:
             rates = route.settings.rate_limit or self._limits.rate_limit
             self._limit_client(request, route.name, rates)
             key = self._authorize(route, found.params, claims)
-            subject = _subject(claims) if claims is not None else None
+            subject = _subject_key(claims)
             if rates.per_subject is not None and subject is not None:
                 self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
             return route, key
@@ -516,13 +529,20 @@ _SIGN_LOOKUPS = 8
 _NO_QUERY: dict[str, str] = {}
 
 
-def _count_s3(metrics: Metrics) -> None:
-    metrics.s3_requests += 1
-
-
 def _subject(claims: dict[str, Any]) -> str | None:
+    """`sub` as the access log records it (cut at 256 characters)."""
     sub = claims.get("sub")
     return str(sub)[:256] if sub is not None else None
+
+
+def _subject_key(claims: Mapping[str, Any] | None) -> str | None:
+    """Whom per-subject limits count: the whole `sub`, of one issuer. Another issuer's
+    alice, a share link's subject, or a `sub` sharing the log's first 256 characters is
+    someone else, and cannot spend this one's rate or streams."""
+    if claims is None or claims.get("sub") is None:
+        return None
+    kind = "link" if claims.get("aud") == LINK_AUDIENCE else "token"
+    return f"{kind}\n{claims.get('iss', '')}\n{claims['sub']}"
 
 
 def _cors(

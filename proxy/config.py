@@ -237,6 +237,8 @@ class LimitsSettings(_Model):
     # Seconds to receive a whole request head, from connection open or (on a kept-alive
     # connection) from the head's first byte: 408 if part of it came, a silent close if not.
     header_timeout: float = Field(10.0, gt=0, le=3600)
+    # Seconds to receive a request body (POST /_sign) once its head has arrived; 408 past it.
+    body_timeout: float = Field(10.0, gt=0, le=3600)
     # Seconds a kept-alive connection may sit idle between requests before it is closed.
     keepalive_timeout: float = Field(15.0, gt=0, le=3600)
     # Open connections per client address; past it new ones are closed at once. 0: no cap

@@ -479,5 +479,6 @@ def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.
     headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
     if as_json:
         body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
+        headers["X-Content-Type-Options"] = "nosniff"
         return web.Response(status=200, text=body, content_type="application/json", headers=headers)
     return web.Response(status=302, headers={"Location": link.url, **headers})

@@ -63,7 +63,8 @@ class MethodNotAllowed(ProxyError):
 
 
 class RequestTimeout(ProxyError):
-    """The request head did not arrive within `limits.header_timeout`."""
+    """The request head (`limits.header_timeout`) or body (`limits.body_timeout`) did not
+    arrive in time."""
 
     status = 408
     detail = "request timeout"

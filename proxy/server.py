@@ -27,6 +27,7 @@ from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
 
 _POLL = 0.05
+_LINGER = 2.0
 log = logging.getLogger("proxy.server")
 
 
@@ -109,6 +110,10 @@ def low_level_server(gateway: Gateway, config: Config) -> web.Server:
         config.settings.limits,
         access_log=None,  # the proxy writes its own JSON access log
         handler_cancellation=False,  # a handler always finishes and logs its request
+        # After an answer that left a request body unread (a 408, a 413), the rest of the body
+        # is read off for this long so the client sees the answer, not a reset; then the
+        # connection closes. aiohttp's 10 s would let stalled bodies hold descriptors longer.
+        lingering_time=_LINGER,
     )
 
 

@@ -7,6 +7,7 @@ object, one issuer's users acting as another's, a cached answer shown to the wro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 from typing import Any
@@ -380,3 +381,45 @@ async def test_an_uploaded_page_steals_nothing_in_a_real_browser(proxy, uploads:
                 await context.close()
         finally:
             await browser.close()
+
+
+# 5-7, the rest of their class: exhausting the proxy without a valid request.
+
+
+async def test_a_trickled_request_body_is_408_not_a_held_connection(proxy, s3: S3Objects) -> None:
+    client = await proxy(config_dict(s3.endpoint, limits={"body_timeout": 0.3}))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = (
+        "POST /_sign HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"paths": [')  # ...and nothing more
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)  # answered, then closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert answer.endswith(b'{"error": "request timeout"}')
+
+
+async def test_another_issuers_alice_cannot_spend_alices_limits(proxy, s3: S3Objects) -> None:
+    data = _issuers_config(s3.endpoint, trusted=["corp", PARTNER])
+    data["limits"] = {"rate_limit": {"per_subject": {"rate": 0.001, "burst": 2}}}
+    client = await proxy(data)
+    theirs = _from(PARTNER, PARTNER_SECRET)
+    statuses = [(await client.get("/stream/photos/42", headers=theirs)).status for _ in range(3)]
+    assert statuses == [200, 200, 429]  # the partner's alice spent her own bucket...
+    mine = await client.get("/stream/photos/42", headers=_from(CORP, CORP_SECRET))
+    assert mine.status == 200  # ...not corp's alice's
+
+
+async def test_every_proxy_answer_is_nosniff(proxy, s3: S3Objects) -> None:
+    client = await proxy()
+    for response in (
+        await client.get("/nowhere"),
+        await client.get("/stream/photos/42"),
+        await client.post("/_sign", json={"paths": ["/photos/1"]}),
+        await client.get(
+            "/photos/1", headers={**bearer(make_token()), "Accept": "application/json"}
+        ),
+    ):
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.url
