@@ -33,12 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _load(path: str) -> Config | None:
     """The config, or None after saying what is wrong with it."""
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         print(f"config error in {path}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+    for warning in config.warnings:
+        print(f"config warning in {path}: {warning}", file=sys.stderr)
+    return config
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -398,6 +398,8 @@ class Config:
     settings: Settings
     routes: tuple[Route, ...]
     metrics_access: Rule | None = None
+    # Legal but risky choices, one line each (`key.path: what and fix`), shown at start-up.
+    warnings: tuple[str, ...] = ()
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -442,7 +444,30 @@ def parse_config(
     metrics_access = _metrics_access(settings, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes), metrics_access)
+    return Config(settings, tuple(routes), metrics_access, tuple(_warnings(settings)))
+
+
+def _warnings(settings: Settings) -> list[str]:
+    """An identity provider signs tokens for many applications: without `audience` (and
+    `issuer`), a token it minted for any of them would open this proxy's routes."""
+    auth = settings.auth
+    found = []
+    for index, issuer in enumerate(auth.issuer_list()):
+        if issuer.jwks_url is None:
+            continue
+        where = f"auth.issuers[{index}]" if auth.issuers else "auth"
+        if issuer.audience is None:
+            found.append(
+                f"{where}.audience: not set, so a token this provider signed for any other "
+                "application is accepted; set it to the audience your tokens carry (this "
+                "proxy's client id or API identifier)"
+            )
+        if issuer.issuer is None:
+            found.append(
+                f"{where}.issuer: not set, so `iss` is not checked; set it to the provider's "
+                "issuer URL"
+            )
+    return found
 
 
 def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:

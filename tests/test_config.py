@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import yaml
 
 from proxy.config import ConfigError, load_config, parse_config
 
-from .conftest import SECRET, config_dict
+from .conftest import SECRET, build_config, config_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -285,3 +287,30 @@ def test_jwks_over_plain_http_is_allowed_on_loopback_only() -> None:
     data = config_dict()
     data["auth"] = {"algorithms": ["RS256"], "jwks_url": "http://127.0.0.1:9999/jwks.json"}
     assert parse_config(yaml.safe_dump(data), env={}).settings.auth.jwks_url
+
+
+def test_a_jwks_provider_without_audience_or_issuer_is_a_warning() -> None:
+    data = config_dict(auth={"algorithms": ["RS256"], "jwks_url": "https://idp.example/jwks"})
+    data["auth"].pop("secret")
+    data["auth"]["algorithms"] = ["RS256"]
+    warnings = build_config(data).warnings
+    assert warnings[0].startswith("auth.audience: not set, so a token this provider signed")
+    assert warnings[1].startswith("auth.issuer: not set")
+    data["auth"].update(audience="files", issuer="https://idp.example/")
+    assert build_config(data).warnings == ()
+
+
+def test_the_cli_shows_config_warnings(tmp_path: Path) -> None:
+    data = config_dict(auth={"algorithms": ["RS256"], "jwks_url": "https://idp.example/jwks"})
+    data["auth"].pop("secret")
+    data["auth"]["algorithms"] = ["RS256"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert f"config warning in {path}: auth.audience: not set" in result.stderr
