@@ -73,6 +73,8 @@ class Gateway:
     ) -> None:
         self.metrics = Metrics()
         self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
+        # Set on SIGTERM: still serving, but about to stop (readiness probes answer 503).
+        self.draining = False
         # Called with each reload's outcome: "ok", "invalid" or "error" (e.g. a counter).
         self.on_reload: Callable[[str], None] = _ignore_outcome
         self.config = config  # the config new requests are served with

@@ -56,6 +56,9 @@ class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get after SIGTERM
+    # Seconds to go on serving after SIGTERM, with `draining` set, before the port closes:
+    # load balancers need that long to stop sending (Kubernetes: a few seconds). 0: close now.
+    drain_delay: float = Field(0.0, ge=0, le=3600)
     workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
     # Where `serve` writes its pid, for `python -m proxy reload`; relative to the config file.
     pid_file: Path | None = None

@@ -1,7 +1,9 @@
 """Runs the app as a server process: bind, handle signals, reload, shut down gracefully.
 
-On SIGTERM or SIGINT the listening socket closes first (new connections are
-refused), then in-flight responses get up to `listen.shutdown_grace` seconds to finish *and* to
+On SIGTERM or SIGINT the gateway is marked draining (readiness probes fail) and keeps serving
+for `listen.drain_delay` seconds, so that load balancers stop sending before the port closes;
+a second signal cuts that delay short. Then the listening socket closes (new connections are
+refused), in-flight responses get up to `listen.shutdown_grace` seconds to finish *and* to
 flush what is still buffered for their clients, then everything left is closed and the process
 exits 0. (aiohttp's own shutdown waits for handlers but not for their buffered bytes.)
 
@@ -78,6 +80,12 @@ async def _serve_until_signal(
     on_ready(bound)
 
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: skip the rest of the drain delay
+
+    def on_stop() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
 
     def on_hangup() -> None:
         if config_path is None:
@@ -88,7 +96,7 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     flusher = asyncio.ensure_future(_flush_logs_every(BatchingStreamHandler.interval))
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     # run() holds SIGHUP back until now, so that an early one is not fatal: deliver it.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -96,6 +104,14 @@ async def _serve_until_signal(
         await stop.wait()
         # Read now: a reload may have changed them.
         listen = gateway.config.settings.listen
+        gateway.draining = True
+        if listen.drain_delay > 0:
+            log.info(
+                "draining: serving on for %g s (listen.drain_delay) before closing the port",
+                listen.drain_delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), listen.drain_delay)
         grace = listen.shutdown_grace
         await site.stop()  # refuse new connections
         if runner.server is not None:

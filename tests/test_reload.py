@@ -235,7 +235,7 @@ def test_restart_only_changes_name_each_key() -> None:
     new = build_config(
         config_dict(
             "http://127.0.0.1:9001",
-            listen={"port": 81, "shutdown_grace": 1},
+            listen={"port": 81, "drain_delay": 5, "shutdown_grace": 1},
             s3={"redirect_cache_control": "no-store"},
             auth={"jwks": {"timeout": 1}},
             limits={"max_headers": 100, "max_streams": 3},
