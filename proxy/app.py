@@ -75,19 +75,35 @@ class Gateway:
     ) -> None:
         self.metrics = Metrics()
         self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
+        # Set on SIGTERM: still serving, but about to stop (readiness probes answer 503).
+        self.draining = False
+        # Called with each reload's outcome: "ok", "invalid" or "error" (e.g. a counter).
+        self.on_reload: Callable[[str], None] = _ignore_outcome
+        self.config = config  # the config new requests are served with
         self._clock = clock
         self._resources: list[_Resource] = []
         if storage is None:
             s3 = S3Storage(config.settings.s3)
             self._resources.append(s3)
             storage = s3
-        http_json = HttpJson(config.settings.auth.jwks.timeout)
-        if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
-            self._resources.append(http_json)
-        counted = CountingStorage(storage, self._count_s3)
-        self._handler = _Handler(config, counted, clock, http_json, self.metrics)
+        # Opened whether or not any issuer has a jwks_url now: a reload may add one.
+        self._http_json = HttpJson(config.settings.auth.jwks.timeout)
+        self._resources.append(self._http_json)
+        # The storage (and its S3 connection pool) lives as long as the Gateway: a reload
+        # keeps it, so s3 settings other than redirect_cache_control need a restart.
+        self._storage = CountingStorage(storage, self._count_s3)
+        self._handler = _Handler(config, self._storage, clock, self._http_json, self.metrics)
         self.streams = self._handler.streams
         self._pages: dict[str, Page] = {}
+
+    def reload(self, config: Config) -> None:
+        """Serve new requests with `config`. A request in flight finishes on the handler it
+        started with (it holds a reference to it; the old handler is freed after the last
+        one). If building the new handler raises, the old one stays in place."""
+        handler = _Handler(
+            config, self._storage, self._clock, self._http_json, self.metrics, self._handler
+        )
+        self._handler, self.streams, self.config = handler, handler.streams, config
 
     def add_pages(self, pages: Mapping[str, Page]) -> None:
         """Answer these exact paths (GET/HEAD) before any route: the demo's own pages."""
@@ -125,6 +141,7 @@ class Gateway:
                     raise MethodNotAllowed("pages take GET", allowed="GET, HEAD")
                 response = await page(request)
             else:
+                # Read once: a reload during this request does not change its handler.
                 response = await self._handler.handle(request, record)
         except NotModified as exc:
             response = web.Response(status=304, headers=exc.headers)
@@ -164,6 +181,10 @@ class Gateway:
         return response
 
 
+def _ignore_outcome(outcome: str) -> None:
+    pass
+
+
 class _Resource(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -186,40 +207,69 @@ class _Handler:
         clock: Clock,
         fetch_json: HttpJson,
         metrics: Metrics,
+        previous: _Handler | None = None,
     ) -> None:
+        """`previous`: the handler this one replaces on a reload. Its state that no setting
+        changed is kept: none of it depends on a route's rules (caches are keyed by bucket and
+        key or by everything a URL is a function of; rate buckets clamp to the new burst), so
+        a route whose rules changed is answered by the new rules at once."""
         settings = config.settings
+        self._settings = settings
+
+        def kept(section: str) -> _Handler | None:
+            """The previous handler, if this section of the settings did not change."""
+            if previous is None:
+                return None
+            unchanged = getattr(previous._settings, section) == getattr(settings, section)
+            return previous if unchanged else None
+
         self._metrics = metrics
         self._metrics_path = settings.metrics.path
         self._metrics_access = config.metrics_access
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
-        self._verifier = TokenVerifier(settings.auth, clock, fetch_json)
+        same_auth = kept("auth")  # then its verifier's fetched JWKS keys are still right
+        self._verifier: TokenVerifier = (
+            same_auth._verifier if same_auth else TokenVerifier(settings.auth, clock, fetch_json)
+        )
         self._storage = storage
         self._clock = clock
-        self._metadata = MetadataCache(
-            settings.metadata_cache.max_entries,
-            settings.metadata_cache.ttl,
-            settings.metadata_cache.negative_ttl,
-            clock,
+        same_metadata = kept("metadata_cache")
+        self._metadata: MetadataCache = (
+            same_metadata._metadata
+            if same_metadata
+            else MetadataCache(
+                settings.metadata_cache.max_entries,
+                settings.metadata_cache.ttl,
+                settings.metadata_cache.negative_ttl,
+                clock,
+            )
         )
         self._sign_api = settings.sign_api
         self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
-        self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
-        self.streams = StreamSlots(
-            settings.limits.max_streams,
-            settings.limits.max_streams_per_client,
-            settings.limits.max_streams_per_subject,
+        tracked = settings.limits.max_tracked_clients
+        self._rates: RateLimiter = (
+            previous._rates
+            if previous is not None and previous._limits.max_tracked_clients == tracked
+            else RateLimiter(clock, tracked)
         )
-        self._links_cache = LinkCache()
+        self._links_cache: LinkCache = (
+            previous._links_cache if previous is not None else LinkCache()
+        )
         # No route serves an entry older than the largest max_age: past it, it is garbage.
         longest = max(
             (route.settings.cache.max_age for route in config.routes if route.settings.cache),
             default=0.0,
         )
-        self._objects = ObjectCache(
-            settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
+        same_objects = kept("object_cache")
+        self._objects: ObjectCache = (
+            same_objects._objects
+            if same_objects is not None and same_objects._objects.max_age == longest
+            else ObjectCache(
+                settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
+            )
         )
         link_secret = settings.auth.link_secret
         self._links = (
@@ -227,6 +277,19 @@ class _Handler:
             if link_secret is not None
             else None
         )
+        if previous is not None:
+            # One count across handlers: streams still running on the old one hold slots.
+            # (Last, so that nothing above can fail after the shared count was changed.)
+            self.streams: StreamSlots = previous.streams
+            self.streams.limit = settings.limits.max_streams
+            self.streams.per_client = settings.limits.max_streams_per_client
+            self.streams.per_subject = settings.limits.max_streams_per_subject
+        else:
+            self.streams = StreamSlots(
+                settings.limits.max_streams,
+                settings.limits.max_streams_per_client,
+                settings.limits.max_streams_per_subject,
+            )
 
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         if self._metrics_path is not None and record.path == self._metrics_path:

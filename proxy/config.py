@@ -58,7 +58,12 @@ class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get after SIGTERM
+    # Seconds to go on serving after SIGTERM, with `draining` set, before the port closes:
+    # load balancers need that long to stop sending (Kubernetes: a few seconds). 0: close now.
+    drain_delay: float = Field(0.0, ge=0, le=3600)
     workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
+    # Where `serve` writes its pid, for `python -m proxy reload`; relative to the config file.
+    pid_file: Path | None = None
 
 
 class S3Settings(_Model):
@@ -441,6 +446,7 @@ def parse_config(
         raise ConfigError(_describe_validation_error(exc, expanded)) from None
 
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
+    settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
     if problems:
         raise ConfigError(problems)
@@ -597,6 +603,21 @@ def _cross_check(
             Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers)
         )
     return settings, routes
+
+
+def _resolve_pid_file(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    """An absolute pid file path, so that `serve` and `reload` agree whatever their cwd."""
+    listen = settings.listen
+    if listen.pid_file is None:
+        return settings
+    path = listen.pid_file if listen.pid_file.is_absolute() else base_dir / listen.pid_file
+    if not path.parent.is_dir():
+        problems.append(
+            f"listen.pid_file: directory {path.parent} does not exist; create it or choose a "
+            "path in an existing directory, e.g. /tmp/s3-proxy.pid"
+        )
+    listen = listen.model_copy(update={"pid_file": path.absolute()})
+    return settings.model_copy(update={"listen": listen})
 
 
 def _route_issuers(

@@ -43,6 +43,10 @@ class ObjectCache:
         self._entries: OrderedDict[tuple[str, str], CachedObject] = OrderedDict()
 
     @property
+    def max_age(self) -> float:
+        return self._max_age
+
+    @property
     def size_bytes(self) -> int:
         return self._bytes
 
