@@ -28,6 +28,8 @@ class ObjectCache:
         self._clock = clock
         self._bytes = 0
         self._entries: OrderedDict[tuple[str, str], CachedObject] = OrderedDict()
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
 
     @property
     def size_bytes(self) -> int:
@@ -36,11 +38,11 @@ class ObjectCache:
     def get(self, bucket: str, key: str, max_age: float) -> CachedObject | None:
         """The entry if it was fetched less than `max_age` (the reading route's) ago."""
         entry = self._entries.get((bucket, key))
-        if entry is None:
-            return None
-        if self._clock() - entry.fetched_at >= max_age:
+        if entry is None or self._clock() - entry.fetched_at >= max_age:
+            self.misses += 1
             return None
         self._entries.move_to_end((bucket, key))
+        self.hits += 1
         return entry
 
     def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes) -> None:
