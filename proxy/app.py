@@ -57,10 +57,10 @@ from .ops import (
     Readiness,
     Telemetry,
     live_response,
+    multiprocess_directory,
     ready_response,
     storage_checks,
 )
-from .ops.multiprocess import directory as metrics_directory
 from .routing import Router
 from .storage import S3Storage, Storage
 
@@ -126,7 +126,7 @@ class Gateway:
     async def open(self) -> None:
         for resource in self._resources:
             await resource.open()
-        if metrics_directory() is not None:
+        if multiprocess_directory() is not None:
             # One of several workers: another process renders, so numbers are written out.
             self._sampler = asyncio.ensure_future(self.telemetry.sample_periodically())
 

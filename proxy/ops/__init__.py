@@ -12,6 +12,7 @@ from .health import Check, Readiness, live_response, ready_response, storage_che
 from .listener import MetricsListener
 from .measured import MeasuredStorage
 from .metrics import CONTENT_TYPE, Telemetry, render_directory, summary
+from .multiprocess import directory as multiprocess_directory
 from .multiprocess import enter_worker, shared_directory, worker_exited
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Telemetry",
     "enter_worker",
     "live_response",
+    "multiprocess_directory",
     "ready_response",
     "render_directory",
     "shared_directory",

@@ -85,14 +85,28 @@ class Readiness:
 
 
 def storage_checks(storage: Storage, buckets: Sequence[str]) -> list[Check]:
-    """Credentials resolve, and each bucket answers them."""
+    """Credentials resolve, and each bucket answers them (one check per bucket, however many
+    routes share it)."""
 
     async def credentials() -> str | None:
-        await storage.credentials()  # raises UpstreamError saying what is missing
+        try:
+            await storage.credentials()
+        except ProxyError:
+            return (
+                "none resolved from the standard chain (environment, config files, container "
+                "or instance role)"
+            )
         return None
 
     def bucket_check(bucket: str) -> Check:
-        return Check(f"bucket {bucket}", lambda: storage.check_bucket(bucket))
+        async def reachable() -> str | None:
+            try:
+                await storage.credentials()
+            except ProxyError:
+                return None  # said once, by the credentials check
+            return await storage.check_bucket(bucket)
+
+        return Check(f"bucket {bucket}", reachable)
 
     return [Check("aws credentials", credentials)] + [
         bucket_check(bucket) for bucket in dict.fromkeys(buckets)
