@@ -8,6 +8,7 @@ Errors become responses in exactly one place (`Gateway.__call__`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,13 +47,23 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
-from .limits import RateLimiter, StreamSlots
+from .limits import RateLimiter, StreamSlots, TooManyRequests
 from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
 from .metacache import MISSING, MetadataCache
-from .metrics import Metrics
 from .objectcache import ObjectCache
+from .ops import (
+    CONTENT_TYPE,
+    Check,
+    MeasuredStorage,
+    Readiness,
+    Telemetry,
+    live_response,
+    multiprocess_directory,
+    ready_response,
+    storage_checks,
+)
 from .routing import Router
-from .storage import CountingStorage, S3Storage, Storage
+from .storage import S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
@@ -72,38 +83,64 @@ class Gateway:
         config: Config,
         storage: Storage | None = None,
         clock: Clock = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
-        self.metrics = Metrics()
+        # A reloaded config may be handed the old gateway's telemetry: counters go on.
+        self.telemetry = telemetry or Telemetry()
         self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
         # Set on SIGTERM: still serving, but about to stop (readiness probes answer 503).
         self.draining = False
-        # Called with each reload's outcome: "ok", "invalid" or "error" (e.g. a counter).
-        self.on_reload: Callable[[str], None] = _ignore_outcome
+        # Called with each reload's outcome: "ok", "invalid" or "error".
+        self.on_reload: Callable[[str], None] = self._count_reload
         self.config = config  # the config new requests are served with
         self._clock = clock
         self._resources: list[_Resource] = []
+        self._sampler: asyncio.Future[None] | None = None
+        telemetry = self.telemetry
         if storage is None:
             s3 = S3Storage(config.settings.s3)
             self._resources.append(s3)
+            telemetry.watch_pool(s3.pool_load)
             storage = s3
         # Opened whether or not any issuer has a jwks_url now: a reload may add one.
         self._http_json = HttpJson(config.settings.auth.jwks.timeout)
         self._resources.append(self._http_json)
         # The storage (and its S3 connection pool) lives as long as the Gateway: a reload
         # keeps it, so s3 settings other than redirect_cache_control need a restart.
-        self._storage = CountingStorage(storage, self._count_s3)
-        self._handler = _Handler(config, self._storage, clock, self._http_json, self.metrics)
-        self.streams = self._handler.streams
+        self._storage = MeasuredStorage(storage, telemetry)
+        handler = self._handler = _Handler(config, self._storage, clock, self._http_json, telemetry)
+        self.streams = handler.streams
+        telemetry.watch_streams(lambda: self.streams.in_use)
+        telemetry.watch_requests(lambda: self.in_flight)
         self._pages: dict[str, Page] = {}
+        self._set_probes(config, handler)
+
+    def _set_probes(self, config: Config, handler: _Handler) -> None:
+        health = config.settings.health
+        self.readiness = Readiness(
+            _readiness_checks(config, self._storage, handler.verifier),
+            health.cache,
+            health.timeout,
+            self._clock,
+        )
+        self._probes = {
+            path: probe
+            for path, probe in ((health.live_path, self._live), (health.ready_path, self._ready))
+            if path is not None
+        }
 
     def reload(self, config: Config) -> None:
         """Serve new requests with `config`. A request in flight finishes on the handler it
         started with (it holds a reference to it; the old handler is freed after the last
         one). If building the new handler raises, the old one stays in place."""
         handler = _Handler(
-            config, self._storage, self._clock, self._http_json, self.metrics, self._handler
+            config, self._storage, self._clock, self._http_json, self.telemetry, self._handler
         )
         self._handler, self.streams, self.config = handler, handler.streams, config
+        self._set_probes(config, handler)  # the buckets to check may have changed
+
+    def _count_reload(self, outcome: str) -> None:
+        self.telemetry.config_reloaded(outcome == "ok")
 
     def add_pages(self, pages: Mapping[str, Page]) -> None:
         """Answer these exact paths (GET/HEAD) before any route: the demo's own pages."""
@@ -112,21 +149,30 @@ class Gateway:
     async def open(self) -> None:
         for resource in self._resources:
             await resource.open()
+        if multiprocess_directory() is not None:
+            # One of several workers: another process renders, so numbers are written out.
+            self._sampler = asyncio.ensure_future(self.telemetry.sample_periodically())
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+            self.telemetry.sample()
         for resource in reversed(self._resources):
             await resource.close()
-
-    def _count_s3(self) -> None:
-        self.metrics.s3_requests += 1
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Time and log the request, count it, and turn every error into a response (the
         only place that happens)."""
-        started = time.perf_counter()
-        self.in_flight += 1
         # The whole path: share links and fixed paths compare it; the log record shortens it.
         path = request.raw_path.split("?", 1)[0]
+        probe = self._probes.get(path)
+        if probe is not None:
+            return await probe(request)
+        started = time.perf_counter()
+        self.in_flight += 1
         record = AccessRecord(
             method=request.method, path=path, client=request.remote, started=started
         )
@@ -147,6 +193,8 @@ class Gateway:
             response = web.Response(status=304, headers=exc.headers)
         except ProxyError as exc:
             record.reason = exc.reason
+            if isinstance(exc, TooManyRequests):
+                self.telemetry.rate_limited(record.route, _LIMITS.get(exc.reason, "other"))
             response = _error_response(exc.status, exc.detail, exc.headers)
             if isinstance(exc, RequestTimeout):
                 response.force_close()  # the rest of a trickled body is not waited for
@@ -171,18 +219,45 @@ class Gateway:
             if request.method != "HEAD":
                 record.bytes_sent = response.content_length or 0
         ended = time.perf_counter()
-        self.metrics.record(
+        self.telemetry.observe_request(
+            record.route,
             record.delivery,
+            record.method,
             record.status,
             record.bytes_sent,
+            ended - started,
             (record.first_byte or ended) - started,
         )
         record.emit(self._clock(), ended - started)
         return response
 
+    async def _live(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Liveness: the event loop runs. No auth, no S3, no log line."""
+        if request.method not in ("GET", "HEAD"):
+            return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
+        return live_response()
 
-def _ignore_outcome(outcome: str) -> None:
-    pass
+    async def _ready(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Readiness: 200 only when this process can serve. No auth, no log line."""
+        if request.method not in ("GET", "HEAD"):
+            return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
+        return await ready_response(self.readiness, self.draining)
+
+
+# TooManyRequests reasons (limits.py) -> the `limit` label of proxy_rate_limited_total.
+_LIMITS = {"rate limit per client": "client", "rate limit per subject": "subject"}
+
+
+def _readiness_checks(config: Config, storage: Storage, verifier: TokenVerifier) -> list[Check]:
+    checks = storage_checks(storage, [route.settings.bucket for route in config.routes])
+
+    async def key_sets() -> str | None:
+        missing = await verifier.missing_key_sets()
+        return f"no keys loaded from {', '.join(missing)}" if missing else None
+
+    if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
+        checks.append(Check("jwks", key_sets))
+    return checks
 
 
 class _Resource(Protocol):
@@ -206,7 +281,7 @@ class _Handler:
         storage: Storage,
         clock: Clock,
         fetch_json: HttpJson,
-        metrics: Metrics,
+        telemetry: Telemetry,
         previous: _Handler | None = None,
     ) -> None:
         """`previous`: the handler this one replaces on a reload. Its state that no setting
@@ -223,15 +298,16 @@ class _Handler:
             unchanged = getattr(previous._settings, section) == getattr(settings, section)
             return previous if unchanged else None
 
-        self._metrics = metrics
-        self._metrics_path = settings.metrics.path
+        self._telemetry = telemetry
+        metrics = settings.metrics
+        self._metrics_path = metrics.path if metrics.enabled and metrics.on_main_port else None
         self._metrics_access = config.metrics_access
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
         same_auth = kept("auth")  # then its verifier's fetched JWKS keys are still right
-        self._verifier: TokenVerifier = (
-            same_auth._verifier if same_auth else TokenVerifier(settings.auth, clock, fetch_json)
+        self.verifier: TokenVerifier = (
+            same_auth.verifier if same_auth else TokenVerifier(settings.auth, clock, fetch_json)
         )
         self._storage = storage
         self._clock = clock
@@ -271,6 +347,10 @@ class _Handler:
                 settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
             )
         )
+        telemetry.watch_cache("object", self._objects)
+        telemetry.watch_cache("metadata", self._metadata)
+        telemetry.watch_cache("link", self._links_cache)
+        telemetry.watch_cache("token", self.verifier)
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
@@ -295,8 +375,11 @@ class _Handler:
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
             await self._check_metrics_access(request, record)
-            return web.json_response(
-                self._metrics.snapshot(), headers={"Cache-Control": "no-store"}
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("metrics take GET", allowed="GET, HEAD")
+            return web.Response(
+                body=self._telemetry.render(),
+                headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"},
             )
         if self._sign_api.enabled and record.path == self._sign_api.path:
             record.route = "sign-api"
@@ -325,7 +408,12 @@ class _Handler:
         if link and self._links is not None and route.rule.needs_token:
             # A share link is itself the authorization for exactly one object: checked after
             # routing, against the route that matched and the key it rendered.
-            claims = self._links.verify(link, request.method)
+            try:
+                claims = self._links.verify(link, request.method)
+            except Unauthenticated as exc:
+                self._telemetry.token_checked("link", _rejected(exc))
+                raise
+            self._telemetry.token_checked("link", "valid")
             record.token_source = "share link"  # noqa: S105 - a label, not a secret
             record.sub = _subject(claims)
             key = route.key.render(found.params, claims)
@@ -340,7 +428,7 @@ class _Handler:
 
     async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
         rule = self._metrics_access
-        if rule is None:  # config refuses metrics.path without metrics.access
+        if rule is None:  # config refuses listen: main without metrics.access
             raise Forbidden("metrics.access not configured")
         if not rule.needs_token:
             return
@@ -368,7 +456,12 @@ class _Handler:
         if found is None:
             return None
         record.token_source, token = found
-        claims = await self._verifier.verify(token)
+        try:
+            claims = await self.verifier.verify(token)
+        except Unauthenticated as exc:
+            self._telemetry.token_checked("jwt", _rejected(exc))
+            raise
+        self._telemetry.token_checked("jwt", "valid")
         record.sub = _subject(claims)
         return claims
 
@@ -462,8 +555,6 @@ class _Handler:
             self.streams.release(client, subject)
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
-        if outcome.cache_hit:
-            self._metrics.cache_hits += 1
         if outcome.aborted:
             record.reason = outcome.aborted
         return response
@@ -590,6 +681,11 @@ _SIGN_LOOKUPS = 8
 
 
 _NO_QUERY: dict[str, str] = {}
+
+
+def _rejected(exc: Unauthenticated) -> str:
+    """The outcome label of a refused credential: a fixed value, never the reason's text."""
+    return "expired" if exc.reason == "token expired" else "invalid"
 
 
 def _subject(claims: dict[str, Any]) -> str | None:

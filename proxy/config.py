@@ -358,15 +358,70 @@ class SignApiSettings(_Model):
 
 
 class MetricsSettings(_Model):
-    path: str | None = None  # e.g. /_metrics: counters as JSON; off when unset
-    access: Any = None  # an access rule, required with `path`: counters are not for everyone
+    """Prometheus metrics, served either on an address of their own (`listen: HOST:PORT`, no
+    auth: bind it where only the scraper reaches) or on the proxy's port (`listen: main`),
+    where `access` decides who may read them."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9464"  # HOST:PORT of their own, or `main` for the proxy's port
+    path: str = "/metrics"
+    access: Any = None  # an access rule; required with listen: main, refused otherwise
 
     @field_validator("path")
     @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or "{" in value):
-            raise ValueError("must be a fixed path starting with '/', e.g. /_metrics")
+    def _absolute(cls, value: str) -> str:
+        return _fixed_path(value, "/metrics")
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value != MAIN_PORT:
+            parse_address(value)
         return value
+
+    @property
+    def on_main_port(self) -> bool:
+        return self.listen == MAIN_PORT
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics' own listener; None when they are on the main port."""
+        return None if self.on_main_port else parse_address(self.listen)
+
+
+MAIN_PORT = "main"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError naming the fix."""
+    host, colon, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"{value!r} is not HOST:PORT; use e.g. 127.0.0.1:9464 (a port of their own) or "
+            "main (the proxy's own port, behind metrics.access)"
+        )
+    return host, int(port)
+
+
+class HealthSettings(_Model):
+    """Liveness and readiness probes, answered before any route and never logged per probe."""
+
+    live_path: str | None = "/healthz"  # null: no liveness probe
+    ready_path: str | None = "/readyz"  # null: no readiness probe
+    cache: float = Field(5.0, ge=0, le=300)  # seconds one readiness check's answer is reused
+    timeout: float = Field(2.0, gt=0, le=60)  # seconds each readiness check may take
+
+    @field_validator("live_path", "ready_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _fixed_path(value, "/healthz")
+
+
+def _fixed_path(value: str, example: str) -> str:
+    if not value.startswith("/") or "{" in value or "?" in value:
+        raise ValueError(f"must be a fixed path starting with '/', e.g. {example}")
+    return value
 
 
 class Settings(_Model):
@@ -377,6 +432,7 @@ class Settings(_Model):
     sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     object_cache: ObjectCacheSettings = Field(default_factory=ObjectCacheSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
@@ -448,6 +504,7 @@ def parse_config(
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
+    _check_paths(settings, problems)
     if problems:
         raise ConfigError(problems)
     return Config(settings, tuple(routes), metrics_access, tuple(_warnings(settings)))
@@ -654,15 +711,35 @@ def _route_issuers(
 
 
 def _metrics_access(settings: Settings, problems: list[str]) -> Rule | None:
+    """Metrics are off unless enabled; on the proxy's own port they need an access rule, on a
+    port of their own they take none (that port has no auth at all)."""
     metrics = settings.metrics
-    if metrics.path is None:
+    if not metrics.enabled:
+        stray = sorted(metrics.model_fields_set - {"enabled"})
+        if stray:
+            problems.append(
+                f"metrics.{stray[0]}: metrics are off; add `enabled: true` under metrics to "
+                f"serve them, or remove metrics.{stray[0]}"
+            )
+        return None
+    if not metrics.on_main_port:
         if metrics.access is not None:
-            problems.append("metrics.access: only applies with metrics.path; remove it")
+            problems.append(
+                "metrics.access: only applies with `listen: main`; the metrics port of their "
+                "own has no auth (bind it where only the scraper reaches); remove it"
+            )
+        address = metrics.address
+        listen = settings.listen
+        if address is not None and address[1] != 0 and address == (listen.host, listen.port):
+            problems.append(
+                f"metrics.listen: {metrics.listen} is the proxy's own address; choose another "
+                "port, or `listen: main` to serve metrics there behind metrics.access"
+            )
         return None
     if metrics.access is None:
         problems.append(
-            "metrics.access: required with metrics.path (the counters are not for everyone); "
-            "e.g. {claims: {role: admin}}, or public if only operators reach this port"
+            "metrics.access: required with `listen: main` (the proxy's port is open to every "
+            "client); e.g. {claims: {role: ops}}, or public if only operators reach this port"
         )
         return None
     try:
@@ -670,6 +747,23 @@ def _metrics_access(settings: Settings, problems: list[str]) -> Rule | None:
     except ValueError as exc:
         problems.append(f"metrics.access: {exc}")
         return None
+
+
+def _check_paths(settings: Settings, problems: list[str]) -> None:
+    """Fixed paths answered before routing must not shadow one another."""
+    taken: dict[str, str] = {}
+    health, metrics = settings.health, settings.metrics
+    fixed = [("health.live_path", health.live_path), ("health.ready_path", health.ready_path)]
+    if metrics.enabled and metrics.on_main_port:
+        fixed.append(("metrics.path", metrics.path))
+    if settings.sign_api.enabled:
+        fixed.append(("sign_api.path", settings.sign_api.path))
+    for key, path in fixed:
+        if path is None:
+            continue
+        if path in taken:
+            problems.append(f"{key}: {path} is also {taken[path]}; give each its own path")
+        taken.setdefault(path, key)
 
 
 _ISSUER_KEYS = (

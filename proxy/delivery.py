@@ -391,10 +391,15 @@ class LinkCache:
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
 
     def get(self, key: tuple[object, ...]) -> str | None:
         url = self._urls.get(key)
-        if url is not None:
+        if url is None:
+            self.misses += 1
+        else:
+            self.hits += 1
             self._urls.move_to_end(key)
         return url
 

@@ -66,6 +66,17 @@ class JwksKeys:
             raise UnknownKey
         return key
 
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def loaded(self) -> bool:
+        """Whether keys are held; when none are, fetch them first (within the refresh limits,
+        so a readiness probe cannot hammer the provider either)."""
+        if not self._keys:
+            await self._refresh_if_allowed(self._clock())
+        return bool(self._keys)
+
     def _lookup(self, kid: str | None) -> Jwk | None:
         if kid is None:
             # A token without `kid` is usable only when the set holds exactly one key.

@@ -38,6 +38,10 @@ RESTART_ONLY: tuple[str, ...] = (
     # redirect_cache_control is read per request.
     *(f"s3.{name}" for name in S3Settings.model_fields if name != "redirect_cache_control"),
     "auth.jwks.timeout",  # the JWKS HTTP session is opened once
+    # The metrics listener (its own address, or none) is started with the server.
+    "metrics.enabled",
+    "metrics.listen",
+    "metrics.path",
     # The edge (parser limits, timers, per-client counts) is built with the server.
     "limits.max_header_bytes",
     "limits.max_headers",

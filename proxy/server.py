@@ -31,6 +31,13 @@ from .app import Gateway
 from .config import Config, ConfigError, load_config
 from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
+from .ops import (
+    MetricsListener,
+    enter_worker,
+    render_directory,
+    shared_directory,
+    worker_exited,
+)
 from .reload import reload_gateway, remove_pid_file, write_pid_file
 
 _POLL = 0.05
@@ -46,8 +53,11 @@ async def serve(
     gateway: Gateway | None = None,
     reuse_port: bool = False,
     config_path: Path | None = None,
+    metrics_listener: bool = True,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; reload `config_path` on SIGHUP."""
+    """Serve until SIGTERM/SIGINT; reload `config_path` on SIGHUP. `metrics_listener`: serve
+    `metrics.listen` from this process (a worker of several does not: its supervisor does, for
+    all of them)."""
     soft, hard = raise_open_file_limit()
     # Every connection holds a descriptor; this bounds how many the process can hold at once.
     log.info("open file limit: %d (hard limit %d)", soft, hard)
@@ -55,9 +65,33 @@ async def serve(
         gateway = Gateway(config)
     await gateway.open()
     try:
-        await _serve_until_signal(gateway, config, host, port, on_ready, reuse_port, config_path)
+        render = gateway.telemetry.render
+        listener = start_metrics_listener(config, render) if metrics_listener else None
+        try:
+            await _serve_until_signal(
+                gateway, config, host, port, on_ready, reuse_port, config_path
+            )
+        finally:
+            if listener is not None:
+                listener.stop()
     finally:
         await gateway.close()
+
+
+def start_metrics_listener(config: Config, render: Callable[[], bytes]) -> MetricsListener | None:
+    """Metrics on their own address when so configured; an OSError naming metrics.listen if
+    that address cannot be had."""
+    metrics = config.settings.metrics
+    address = metrics.address if metrics.enabled else None
+    if address is None:
+        return None
+    listener = MetricsListener(address[0], address[1], metrics.path, render)
+    try:
+        bound = listener.start()
+    except OSError as exc:
+        raise OSError(exc.errno, f"metrics.listen {metrics.listen}: {exc.strerror}") from None
+    log.info("metrics on http://%s:%d%s", metrics.listen.rpartition(":")[0], bound, metrics.path)
+    return listener
 
 
 async def _serve_until_signal(
@@ -209,7 +243,8 @@ def _run_worker(
 ) -> None:
     async def main() -> None:
         gateway = gateway_factory() if gateway_factory else None
-        await serve(config, host, port, on_ready, gateway, reuse_port, config_path)
+        # A worker of several (reuse_port) leaves metrics.listen to its supervisor.
+        await serve(config, host, port, on_ready, gateway, reuse_port, config_path, not reuse_port)
 
     # Decided outside any `except` block, so that no later traceback carries the ImportError.
     uvloop = _uvloop()
@@ -266,7 +301,29 @@ def _supervise(
 ) -> None:
     """Fork `workers` processes that share one port through SO_REUSEPORT (the kernel spreads
     connections across them); forward SIGTERM/SIGINT/SIGHUP to them, restart any that crash,
-    and return once all have exited after a signal."""
+    and return once all have exited after a signal. With metrics on, the workers write their
+    numbers to one private directory and this process serves metrics.listen from it."""
+    if not config.settings.metrics.enabled:
+        _supervise_workers(
+            config, host, port, on_ready, gateway_factory, workers, config_path, None
+        )
+        return
+    with shared_directory() as directory:
+        _supervise_workers(
+            config, host, port, on_ready, gateway_factory, workers, config_path, directory
+        )
+
+
+def _supervise_workers(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    gateway_factory: Callable[[], Gateway] | None,
+    workers: int,
+    config_path: Path | None,
+    metrics_directory: str | None,
+) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if port:
         # SO_REUSEPORT would let a second proxy share the port silently: make sure it is free.
@@ -280,6 +337,13 @@ def _supervise(
     pid_file = config.settings.listen.pid_file
     if pid_file is not None:  # the supervisor's pid: it passes SIGHUP on to every worker
         write_pid_file(pid_file)
+    listener = None
+    if metrics_directory is not None:
+        try:
+            listener = start_metrics_listener(config, lambda: render_directory(metrics_directory))
+        except BaseException:
+            holder.close()
+            raise
     stopping = False
     children: dict[int, int] = {}  # pid -> worker number
     crashes: list[float] = []
@@ -293,6 +357,10 @@ def _supervise(
             pid = os.fork()
             if pid == 0:  # the worker
                 holder.close()
+                if listener is not None:
+                    listener.close_in_child()
+                if metrics_directory is not None:
+                    enter_worker(metrics_directory)
                 _die_with_parent()
                 for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)
@@ -335,6 +403,8 @@ def _supervise(
             except ChildProcessError:
                 break
             crashed = children.pop(pid) if pid in children else None
+            if metrics_directory is not None:
+                worker_exited(metrics_directory, pid)
             if crashed is None or stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -351,5 +421,7 @@ def _supervise(
                 spawn(crashed)
     finally:
         holder.close()
+        if listener is not None:
+            listener.stop()
     if exit_code:
         raise SystemExit(exit_code)

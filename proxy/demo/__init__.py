@@ -129,7 +129,7 @@ def prepare(workdir: Path, port: int) -> Demo:
         "s3": {"region": "us-east-1", "endpoint_url": s3.endpoint, "addressing_style": "path"},
         "auth": {"algorithms": ["HS256"], "secret": secret, "link_secret": link_secret},
         # The demo page reads the counters; the demo listens on loopback unless told otherwise.
-        "metrics": {"path": "/_metrics", "access": "public"},
+        "metrics": {"enabled": True, "listen": "main", "path": "/_metrics", "access": "public"},
         "routes": build_routes(),
     }
     path = workdir / "config.yaml"
