@@ -11,6 +11,10 @@ and (with matplotlib) a PNG chart.
 - By default the world is built here: the demo's S3 (moto, in this process) with objects of
   several sizes, behind one route.
 - With a config, the world is the user's: their S3 and routes, and the paths they name.
+
+Each S3 engine asked for (`--engine`, both by default) gets a run of its own, one after the
+other with a fresh proxy process: the report is the first engine's, followed by the engines
+side by side on what they change (the stream column: its time and the proxy's CPU).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from .demo.s3 import CountingS3
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
+ENGINES = ("builtin", "aiobotocore")
 TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
 START_TIMEOUT = 30.0  # seconds for the proxy process to listen
 MAX_HOPS = 10
@@ -492,6 +497,39 @@ def report(
     return "\n".join(lines)
 
 
+def engine_report(runs: Mapping[str, dict[str, list[View]]], tick: float | None = None) -> str:
+    """The S3 engines side by side on streamed first views, the only path where they differ
+    (a redirect is signed by the same code whichever engine runs)."""
+    tick = cpu_tick() if tick is None else tick
+    engines = list(runs)
+    first = {engine: runs[engine]["stream"][0] for engine in engines}
+
+    def cpu_per_request(view: View) -> str:
+        if not view.proxy_requests or view.proxy_cpu < tick:
+            return f"< {tick:.2g} s in all ({BELOW_RESOLUTION})"
+        return f"{view.proxy_cpu / view.proxy_requests * 1e3:.2f} ms"
+
+    rows: list[tuple[str, Callable[[View], str]]] = [
+        ("median time to first byte (client)", lambda v: _ms(v.ttfb)),
+        ("median total time per object (client)", lambda v: _ms(v.total)),
+        ("S3 requests by the proxy", lambda v: str(v.s3_requests)),
+        ("proxy CPU", lambda v: _cpu(v.proxy_cpu, tick)),
+        ("proxy CPU per request", cpu_per_request),
+    ]
+    lines = [
+        "# S3 engines: stream",
+        "",
+        "The same objects streamed by the same proxy and config, with each `s3.engine` in turn "
+        "(a fresh proxy process each, first views only).",
+        "",
+        "| | " + " | ".join(engines) + " |",
+        "|---|" + "---|" * len(engines),
+        *[f"| {name} | {' | '.join(show(first[e]) for e in engines)} |" for name, show in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def chart(
     results: dict[str, list[View]], objects: Sequence[tuple[str, int]], out: Path
 ) -> Path | None:
@@ -542,6 +580,7 @@ def run_config_bench(
     rounds: int,
     token: str | None = None,
     claims: Mapping[str, Any] | None = None,
+    engines: Sequence[str] = ENGINES,
 ) -> int:
     """Bench the routes of a user's config on `paths`, against the S3 it names."""
     plan = plan_bench(config, paths)
@@ -552,10 +591,12 @@ def run_config_bench(
         "runs here too), so every time includes that way to S3 and back."
     )
     token = token or _mint_token(config, plan, claims or {"sub": "bench"})
-    return _run(plan, token, os.environ, out, rounds, about)
+    return _run(plan, token, os.environ, out, rounds, about, engines)
 
 
-def run_bench(out: Path, rounds: int, sizes: tuple[int, ...] = SIZES) -> int:
+def run_bench(
+    out: Path, rounds: int, sizes: tuple[int, ...] = SIZES, engines: Sequence[str] = ENGINES
+) -> int:
     """Bench the default world: the demo's S3 in this process, objects of `sizes`."""
     import logging
 
@@ -584,7 +625,7 @@ def run_bench(out: Path, rounds: int, sizes: tuple[int, ...] = SIZES) -> int:
             "away), every extra hop costs that much more."
         )
         token = _mint_token(config, plan, {"sub": "bench"})
-        return _run(plan, token, env, out, rounds, about)
+        return _run(plan, token, env, out, rounds, about, engines)
     finally:
         s3.stop()
 
@@ -641,25 +682,37 @@ def _run(
     out: Path,
     rounds: int,
     about: str,
+    engines: Sequence[str] = ENGINES,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with (
-        tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
-        ProxyProcess(plan.config, Path(workdir), env) as proxy,
-    ):
-        target = Target(proxy.base, proxy.pid, plan.paths, headers)
-        try:
-            sizes, results = asyncio.run(measure(target, rounds))
-        except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
-            tail = proxy.output_tail()
-            raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
+    runs: dict[str, dict[str, list[View]]] = {}
+    sizes: list[int] = []
+    for engine in engines:
+        print(f"s3.engine: {engine}", file=sys.stderr)
+        config = {**plan.config, "s3": {**plan.config.get("s3", {}), "engine": engine}}
+        with (
+            tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
+            ProxyProcess(config, Path(workdir), env) as proxy,
+        ):
+            target = Target(proxy.base, proxy.pid, plan.paths, headers)
+            try:
+                sizes, runs[engine] = asyncio.run(measure(target, rounds))
+            except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
+                tail = proxy.output_tail()
+                raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
+    results = runs[engines[0]]
     objects = list(zip(plan.paths, sizes, strict=True))
-    text = report(results, objects, rounds, [about, *plan.notes])
+    notes = [about, f"s3.engine: {engines[0]}", *plan.notes]
+    text = report(results, objects, rounds, notes)
+    if len(runs) > 1:
+        text += "\n" + engine_report(runs)
     (out / "report.md").write_text(text)
     picture = chart(results, objects, out)
     raw = {m: [v.__dict__ for v in views] for m, views in results.items()}
     (out / "results.json").write_text(json.dumps(raw, indent=1))
+    by_engine = {e: {m: [v.__dict__ for v in vs] for m, vs in r.items()} for e, r in runs.items()}
+    (out / "engines.json").write_text(json.dumps(by_engine, indent=1))
     print(text)
     print(
         f"report: {out / 'report.md'}"

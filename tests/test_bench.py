@@ -23,6 +23,15 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
     assert "report:" in capsys.readouterr().out
+    engines = json.loads((tmp_path / "engines.json").read_text())
+    assert set(engines) == {"builtin", "aiobotocore"}
+    for views in engines.values():  # both engines streamed every byte, one S3 GET per object
+        assert (views["stream"][0]["proxy_bytes"], views["stream"][0]["s3_requests"]) == (
+            110 * 1024,
+            2,
+        )
+    assert "| | builtin | aiobotocore |" in report
+    assert "| proxy CPU per request |" in report
 
 
 def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:
