@@ -738,7 +738,7 @@ def _presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Pre
         headers["Vary"] = "Authorization, Cookie"
     if cors:
         add_headers(headers, cors)
-    return Presentation(headers, route.inline, content_disposition("attachment", key))
+    return Presentation(headers, route.inline, key)
 
 
 def _signed_overrides(route: Route, key: str) -> dict[str, str]:
