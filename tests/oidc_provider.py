@@ -11,7 +11,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from werkzeug.serving import make_server
+
+from .conftest import SECRET, config_dict
 
 USERS: dict[str, dict[str, Any]] = {
     "admin-1": {"role": "admin", "email": "admin@example.com", "groups": ["staff", "admins"]},
@@ -41,3 +44,51 @@ def running_provider(users: Mapping[str, dict[str, Any]] = USERS) -> Iterator[st
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+SESSION_SECRET = "session-secret-" + "s" * 40
+BEARER_ISS = "https://tokens.example.com"
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[str]:
+    """A test module's provider: its issuer URL."""
+    with running_provider() as issuer:
+        yield issuer
+
+
+def login_config(endpoint: str, issuer: str, port: int, **login: Any) -> dict[str, Any]:
+    """The suite's usual config, plus sign-in: a bearer issuer and the login's sessions, so
+    each token route lists the issuers it trusts."""
+    data = config_dict(endpoint)
+    data["listen"]["port"] = port
+    data["auth"] = {
+        "name": "bearer",
+        "issuer": BEARER_ISS,
+        "algorithms": ["HS256"],
+        "secret": SECRET,
+        "login": {
+            "issuer": issuer,
+            "client_id": "s3-proxy",
+            "client_secret": "client-secret",
+            "public_url": f"http://127.0.0.1:{port}",
+            "session_secret": SESSION_SECRET,
+            **login,
+        },
+    }
+    for route in data["routes"]:
+        if route["access"] != "public":
+            route["issuers"] = ["bearer", "login"]
+    # A route that takes bearer tokens only: sign-in cannot help there.
+    data["routes"].append(
+        {
+            "name": "api-only",
+            "match": "/api/exports/{path:.+}",
+            "bucket": "reports",
+            "key": "exports/{path}",
+            "delivery": "stream",
+            "access": "authenticated",
+            "issuers": ["bearer"],
+        }
+    )
+    return data

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,68 +18,22 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import Gateway
 from tests.conftest import (
-    SECRET,
     Clock,
     ProductionLikeServer,
     S3Objects,
     bearer,
     build_config,
-    config_dict,
     make_token,
 )
-from tests.oidc_provider import running_provider
+from tests.oidc_provider import BEARER_ISS, login_config
+from tests.oidc_provider import provider as provider  # a fixture: module-scoped provider
 from tests.running import free_port
 
-SESSION_SECRET = "session-secret-" + "s" * 40
-BEARER_ISS = "https://tokens.example.com"
 NAVIGATE = {
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     "Sec-Fetch-Mode": "navigate",
     "Sec-Fetch-Dest": "document",
 }
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    with running_provider() as issuer:
-        yield issuer
-
-
-def login_config(endpoint: str, issuer: str, port: int, **login: Any) -> dict[str, Any]:
-    """The suite's usual config, plus sign-in: a bearer issuer and the login's sessions, so
-    each token route lists the issuers it trusts."""
-    data = config_dict(endpoint)
-    data["listen"]["port"] = port
-    data["auth"] = {
-        "name": "bearer",
-        "issuer": BEARER_ISS,
-        "algorithms": ["HS256"],
-        "secret": SECRET,
-        "login": {
-            "issuer": issuer,
-            "client_id": "s3-proxy",
-            "client_secret": "client-secret",
-            "public_url": f"http://127.0.0.1:{port}",
-            "session_secret": SESSION_SECRET,
-            **login,
-        },
-    }
-    for route in data["routes"]:
-        if route["access"] != "public":
-            route["issuers"] = ["bearer", "login"]
-    # A route that takes bearer tokens only: sign-in cannot help there.
-    data["routes"].append(
-        {
-            "name": "api-only",
-            "match": "/api/exports/{path:.+}",
-            "bucket": "reports",
-            "key": "exports/{path}",
-            "delivery": "stream",
-            "access": "authenticated",
-            "issuers": ["bearer"],
-        }
-    )
-    return data
 
 
 @dataclass
