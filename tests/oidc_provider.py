@@ -1,49 +1,31 @@
-"""A real OpenID Connect provider on loopback for the sign-in tests: oidc-provider-mock's
-Flask app served by werkzeug in a thread on 127.0.0.1, with the users the tests sign in as.
-Who signs in is chosen on its authorization form (POST sub=...)."""
+"""A real OpenID Connect provider on loopback for the sign-in tests: the demo's embedded one
+(oidc-provider-mock's Flask app served by werkzeug in a thread on 127.0.0.1), with its users
+admin-1 and employee-7. Who signs in is chosen on its authorization form (POST sub=...)."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
+
+from proxy.demo.provider import EmbeddedProvider
 
 from .conftest import SECRET, config_dict
 
-USERS: dict[str, dict[str, Any]] = {
-    "admin-1": {"role": "admin", "email": "admin@example.com", "groups": ["staff", "admins"]},
-    "employee-7": {"role": "employee", "email": "employee@example.com", "groups": ["staff"]},
-}
-
 
 @contextmanager
-def running_provider(users: Mapping[str, dict[str, Any]] = USERS) -> Iterator[str]:
-    """The provider's issuer URL while it runs."""
-    with warnings.catch_warnings():
-        # The mock itself still imports Authlib's deprecated authlib.jose (not our code).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import oidc_provider_mock
-
+def running_provider() -> Iterator[str]:
+    """The provider's issuer URL while it runs (the demo's, with its two users)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    app = oidc_provider_mock.app(
-        require_nonce=True,
-        user_claims=[oidc_provider_mock.User(sub=sub, claims=dict(c)) for sub, c in users.items()],
-    )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
+    provider = EmbeddedProvider()
+    provider.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield provider.issuer
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        provider.stop()
 
 
 SESSION_SECRET = "session-secret-" + "s" * 40

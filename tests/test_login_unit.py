@@ -202,3 +202,50 @@ def test_an_empty_client_secret_is_a_public_client() -> None:
     config = build_config(login_only(client_secret=""))
     login = config.settings.auth.login
     assert login is not None and login.client_secret is None and login.secure
+
+
+class RecordingProvider:
+    """The provider behind our own seam (ProviderHttp), for what the real one cannot show:
+    what a public client sends."""
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, dict[str, str]]] = []
+
+    async def __call__(self, url: str, headers: Any = None) -> Any:
+        return {
+            "issuer": "https://accounts.example.com",
+            "authorization_endpoint": "https://accounts.example.com/auth",
+            "token_endpoint": "https://accounts.example.com/token",
+            "jwks_uri": "https://accounts.example.com/jwks",
+        }
+
+    async def post_form(self, url: str, form: str, headers: Any) -> tuple[int, Any]:
+        self.posted.append((url, form, dict(headers)))
+        return 400, {"error": "invalid_grant"}
+
+
+@pytest.mark.parametrize("secret", ["", "client-secret"])
+async def test_the_code_exchange_authenticates_as_configured(secret: str) -> None:
+    from urllib.parse import parse_qs
+
+    from proxy.login.provider import Provider
+
+    config = build_config(login_only(client_secret=secret))
+    auth = config.settings.auth
+    assert auth.login is not None
+    http = RecordingProvider()
+    provider = Provider(auth.login, auth.jwks, auth.leeway, http, Clock(1000))
+    with pytest.raises(BadRequest) as refused:
+        await provider.exchange("the-code", "the-verifier")
+    assert refused.value.reason == "provider refused the code (invalid_grant)"
+    ((url, form, headers),) = http.posted
+    assert url == "https://accounts.example.com/token"
+    sent = parse_qs(form)
+    assert sent["grant_type"] == ["authorization_code"] and sent["code"] == ["the-code"]
+    assert sent["code_verifier"] == ["the-verifier"]
+    assert sent["redirect_uri"] == ["https://files.example.com/_auth/callback"]
+    if secret:  # a confidential client: HTTP Basic, the secret never in the form
+        assert headers["Authorization"].startswith("Basic ") and "client_id" not in sent
+    else:  # a public client: names itself, proves itself by PKCE
+        assert "Authorization" not in headers and sent["client_id"] == ["proxy"]
+    assert "client_secret" not in sent

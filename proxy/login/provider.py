@@ -145,7 +145,6 @@ class Provider:
             code=code,
             redirect_uri=self._login.redirect_uri,
             code_verifier=verifier,
-            client_id=None if self._login.client_secret else self._login.client_id,
         )
         # (types-Authlib leaves ClientAuth.prepare untyped.)
         _, headers, form = self._client_auth.prepare(  # type: ignore[no-untyped-call]
