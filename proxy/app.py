@@ -50,6 +50,7 @@ from .errors import (
 from .jwks import HttpJson
 from .limits import RateLimiter, StreamSlots, TooManyRequests
 from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
+from .login import SignIn
 from .metacache import MISSING, MetadataCache
 from .objectcache import ObjectCache
 from .ops import (
@@ -310,6 +311,14 @@ class _Handler:
         self.verifier: TokenVerifier = (
             same_auth.verifier if same_auth else TokenVerifier(settings.auth, clock, fetch_json)
         )
+        login = settings.auth.login
+        self.sign_in: SignIn | None = (
+            None
+            if login is None
+            else same_auth.sign_in
+            if same_auth and same_auth.sign_in
+            else SignIn(settings.auth, login, fetch_json, clock)
+        )
         self._storage = storage
         self._clock = clock
         same_metadata = kept("metadata_cache")
@@ -373,6 +382,8 @@ class _Handler:
             )
 
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+        if self.sign_in is not None and record.path in self.sign_in.paths:
+            return await self.sign_in.answer(request, record)
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
             await self._check_metrics_access(request, record)
@@ -420,7 +431,11 @@ class _Handler:
             key = route.key.render(found.params, claims)
             self._links.check_target(claims, LinkTarget(route.name, settings.bucket, key))
         else:
-            claims = await self._authenticate(request, record) if route.rule.needs_token else None
+            claims = (
+                await self._authenticate(request, record, route.sign_in)
+                if route.rule.needs_token
+                else None
+            )
             key = self._authorize(route, found.params, claims)
         subject = _subject_key(claims)
         if rates.per_subject is not None and subject is not None:
@@ -443,10 +458,20 @@ class _Handler:
             client = request.remote or "unknown"
             self._rates.take((scope, "client", client), rates.per_client, "client")
 
-    async def _authenticate(self, request: web.BaseRequest, record: AccessRecord) -> dict[str, Any]:
-        claims = await self._optional_claims(request, record)
-        if claims is None:
-            raise Unauthenticated("no token")
+    async def _authenticate(
+        self, request: web.BaseRequest, record: AccessRecord, sign_in: bool = False
+    ) -> dict[str, Any]:
+        """The token's claims, or 401; with `sign_in` (the route accepts sign-in sessions), a
+        browser navigation is sent to sign in instead."""
+        try:
+            claims = await self._optional_claims(request, record)
+            if claims is None:
+                raise Unauthenticated("no token")
+        except Unauthenticated as exc:
+            redirect = self.sign_in.redirect(request, exc) if sign_in and self.sign_in else None
+            if redirect is not None:
+                raise redirect from None
+            raise
         return claims
 
     async def _optional_claims(
@@ -740,7 +765,7 @@ def _presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Pre
         headers["Vary"] = "Authorization, Cookie"
     if cors:
         add_headers(headers, cors)
-    return Presentation(headers, route.inline, content_disposition("attachment", key))
+    return Presentation(headers, route.inline, key)
 
 
 def _signed_overrides(route: Route, key: str) -> dict[str, str]:

@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    demo.add_argument(
+        "--sign-in",
+        action="store_true",
+        help="browser sign-in through an embedded OpenID Connect provider (loopback only)",
+    )
 
     bench = commands.add_parser(
         "bench",
@@ -203,13 +208,16 @@ def _reload(args: argparse.Namespace, config: Config) -> int:
 def _demo(args: argparse.Namespace) -> int:
     try:
         from .demo import run_demo
-    except ImportError as exc:  # moto is the demo's optional dependency
+
+        if args.sign_in:
+            from .demo.provider import EmbeddedProvider  # noqa: F401 - only: is it installed?
+    except ImportError as exc:  # moto (and oidc-provider-mock) are the demo's extra
         print(
             f"the demo needs its extra: pip install -e '.[demo]' ({exc.name} is missing)",
             file=sys.stderr,
         )
         return 2
-    return run_demo(args.host, args.port)
+    return run_demo(args.host, args.port, sign_in=args.sign_in)
 
 
 def _bench(args: argparse.Namespace) -> int:

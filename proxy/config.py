@@ -185,8 +185,135 @@ class JwksSettings(_Model):
     timeout: float = Field(5.0, gt=0)
 
 
+# The audience of the proxy's own session tokens (browser sign-in, auth.login): no other
+# token carries it, and they carry no other.
+SESSION_AUDIENCE = "s3-private-proxy/session"
+# Claims a session token sets itself; a claims mapping may not overwrite them.
+_SESSION_OWN_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "idp", "nonce", "azp", "at_hash"}
+)
+
+
+def _loopback_or_https(value: str) -> str:
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError(
+            "must be an https:// URL (plain http is allowed only on loopback, for tests)"
+        )
+    return value
+
+
+class LoginCookieSettings(_Model):
+    """The session cookie a browser carries after sign-in. It must be one of auth.sources."""
+
+    name: str = Field("access_token", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class LoginSettings(_Model):
+    """Browser sign-in with an OpenID Connect provider (Authorization Code flow with PKCE).
+
+    After sign-in the proxy sets a session cookie holding a token it signs itself with
+    `session_secret`; that token is checked like any other, as the issuer named `name`."""
+
+    name: str = Field("login", min_length=1)  # how routes' `issuers` refer to signed-in users
+    issuer: str  # the provider's issuer URL; its discovery document is read from there
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None  # none: a public client (PKCE alone)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    # This proxy's address as browsers reach it: the redirect URI registered with the
+    # provider is public_url + redirect_path, and https here makes the cookies Secure.
+    public_url: str
+    redirect_path: str = "/_auth/callback"
+    login_path: str = "/_auth/login"  # GET ?next=/path starts a sign-in by hand
+    logout_path: str = "/_auth/logout"
+    # A path on this proxy the provider sends the browser to after signing out; it must be
+    # registered with the provider as a post-logout redirect URI. None: the provider's page.
+    logout_redirect: str | None = None
+    session_secret: SecretStr
+    # A session ends at the ID token's expiry, or this many seconds after sign-in if sooner.
+    max_age: int = Field(12 * 3600, ge=60, le=30 * 86400)
+    flow_timeout: int = Field(600, ge=30, le=3600)  # seconds to finish signing in
+    userinfo: bool = False  # also read claims from the provider's userinfo endpoint
+    # session claim -> the provider's claim (dots reach into objects: realm_access.roles)
+    claims: dict[str, str] = Field(
+        default_factory=lambda: {
+            "email": "email",
+            "name": "name",
+            "groups": "groups",
+            "roles": "roles",
+            "role": "role",
+        }
+    )
+    cookie: LoginCookieSettings = Field(default_factory=LoginCookieSettings)
+    timeout: float = Field(10.0, gt=0, le=60)  # each call to the provider
+
+    @field_validator("issuer", "public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _loopback_or_https(value).rstrip("/")
+
+    @field_validator("redirect_path", "login_path", "logout_path")
+    @classmethod
+    def _fixed(cls, value: str) -> str:
+        return _fixed_path(value, "/_auth/callback")
+
+    @field_validator("logout_redirect")
+    @classmethod
+    def _local_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.startswith("//")):
+            raise ValueError("must be a path on this proxy starting with '/', e.g. /")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, value: list[str]) -> list[str]:
+        if "openid" not in value:
+            raise ValueError("must include openid (sign-in needs an ID token)")
+        if any(not scope or " " in scope for scope in value):
+            raise ValueError("each scope is one word, e.g. [openid, email, profile]")
+        return value
+
+    @field_validator("claims")
+    @classmethod
+    def _mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(set(value) & _SESSION_OWN_CLAIMS)
+        if reserved:
+            raise ValueError(
+                f"{reserved[0]!r} is set by the proxy itself; map the provider's claim to "
+                "another name"
+            )
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _empty_secret_is_public(cls, value: SecretStr | None) -> SecretStr | None:
+        # `client_secret: ${OIDC_CLIENT_SECRET:-}` with the variable empty: a public client.
+        return value if value is not None and value.get_secret_value() else None
+
+    @property
+    def secure(self) -> bool:
+        """Cookies get `Secure` unless the proxy is reached over plain http on loopback."""
+        return self.public_url.startswith("https://")
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + self.redirect_path
+
+    def session_issuer(self) -> IssuerSettings:
+        """The proxy's own sessions as an issuer: routes trust them by `name`."""
+        return IssuerSettings(
+            name=self.name,
+            issuer=self.public_url,
+            audience=SESSION_AUDIENCE,
+            algorithms=["HS256"],
+            secret=self.session_secret,
+        )
+
+
 class AuthSettings(IssuerSettings):
-    """The top-level issuer fields are shorthand for a single issuer; `issuers` lists several."""
+    """The top-level issuer fields are shorthand for a single issuer; `issuers` lists several.
+    With `login` and neither, signed-in browsers are the only issuer."""
 
     issuers: list[IssuerSettings] | None = Field(None, min_length=1)
     jwks: JwksSettings = Field(default_factory=JwksSettings)
@@ -206,8 +333,22 @@ class AuthSettings(IssuerSettings):
     # one item of them. Every other claim must equal the rule's value exactly.
     list_claims: list[str] = Field(default_factory=lambda: ["scope"])
 
+    login: LoginSettings | None = None
+
+    @property
+    def has_shorthand_issuer(self) -> bool:
+        """Whether the top-level fields configure an issuer (always, without `login`)."""
+        if self.issuers:
+            return False
+        return self.login is None or any(k in self.model_fields_set for k in _ISSUER_KEYS)
+
     def issuer_list(self) -> list[IssuerSettings]:
-        return list(self.issuers) if self.issuers else [self]
+        listed: list[IssuerSettings] = (
+            list(self.issuers) if self.issuers else [self] if self.has_shorthand_issuer else []
+        )
+        if self.login is not None:
+            listed.append(self.login.session_issuer())
+        return listed
 
 
 Delivery = Literal["stream", "redirect", "auto"]
@@ -454,6 +595,9 @@ class Route:
     inline: InlineTypes
     # The `iss` values whose tokens this route accepts; None: the one configured issuer's.
     issuers: frozenset[str] | None = None
+    # Browser navigations without a usable token are sent to sign in (auth.login), because
+    # this route accepts the session that sign-in ends with.
+    sign_in: bool = False
     sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
 
     @property
@@ -664,9 +808,16 @@ def _cross_check(
                     f"{where}.stable: stable + ttl = {route.stable + route.ttl} s exceeds the "
                     f"SigV4 maximum of {SIGV4_MAX_EXPIRES} s (7 days); shorten one of them"
                 )
+        login = settings.auth.login
+        sign_in = (
+            login is not None
+            and rule.needs_token
+            and (issuers is None or login.public_url in issuers)
+        )
         sse = _customer_key(route, where, problems)
+        inline = InlineTypes(route.inline_types)
         routes.append(
-            Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers, sse)
+            Route(route, pattern, template, rule, inline, issuers, sign_in=sign_in, sse=sse)
         )
     return settings, routes
 
@@ -785,6 +936,10 @@ def _check_paths(settings: Settings, problems: list[str]) -> None:
         fixed.append(("metrics.path", metrics.path))
     if settings.sign_api.enabled:
         fixed.append(("sign_api.path", settings.sign_api.path))
+    login = settings.auth.login
+    if login is not None:
+        for key in ("redirect_path", "login_path", "logout_path"):
+            fixed.append((f"auth.login.{key}", getattr(login, key)))
     for key, path in fixed:
         if path is None:
             continue
@@ -830,8 +985,10 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
             for index, issuer in enumerate(auth.issuers)
         ]
         auth = auth.model_copy(update={"issuers": issuers})
-    else:
+    elif auth.has_shorthand_issuer:
         auth = _check_issuer(auth, "auth", base_dir, problems)
+    if auth.login is not None:
+        _check_login(auth, auth.login, problems)
     if auth.link_secret is not None:
         link = auth.link_secret.get_secret_value()
         if len(link.encode()) < 32:
@@ -841,6 +998,37 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
         if any(i.secret and i.secret.get_secret_value() == link for i in auth.issuer_list()):
             problems.append("auth.link_secret: must differ from every issuer secret")
     return settings.model_copy(update={"auth": auth})
+
+
+def _check_login(auth: AuthSettings, login: LoginSettings, problems: list[str]) -> None:
+    secret = login.session_secret.get_secret_value()
+    if len(secret.encode()) < 32:
+        problems.append(
+            f"auth.login.session_secret: at least 32 bytes; generate one with: {RANDOM_KEY_COMMAND}"
+        )
+    others = [i for i in auth.issuer_list() if i.name != login.name or i.issuer != login.public_url]
+    if any(i.secret and i.secret.get_secret_value() == secret for i in others) or (
+        auth.link_secret is not None and auth.link_secret.get_secret_value() == secret
+    ):
+        problems.append(
+            "auth.login.session_secret: must differ from every issuer secret and link_secret"
+        )
+    if any(i.name == login.name for i in others):
+        problems.append(
+            f"auth.login.name: {login.name!r} is also an issuer's name; give sign-in its own"
+        )
+    if any(i.issuer == login.public_url for i in others):
+        problems.append(
+            "auth.login.public_url: is also an issuer's `issuer`; session tokens are issued "
+            "as the proxy's public_url, so no other issuer may use it"
+        )
+    cookies = {source.cookie for source in auth.sources if source.cookie}
+    if login.cookie.name not in cookies:
+        problems.append(
+            f"auth.login.cookie.name: {login.cookie.name!r} is not one of auth.sources, so "
+            f"the session would never be read; add {{cookie: {login.cookie.name}}} to "
+            "auth.sources"
+        )
 
 
 _Issuer = TypeVar("_Issuer", bound=IssuerSettings)

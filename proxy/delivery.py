@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote
 
 from aiohttp import web
@@ -53,11 +54,16 @@ _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 @dataclass(frozen=True)
 class Presentation:
     """How a route presents one key: its fixed answer headers (disposition, type, caching,
-    Vary, CORS), the object types it may show inline, and the attachment header otherwise."""
+    Vary, CORS), the object types it may show inline, and the key whose name an attachment
+    header carries otherwise."""
 
     headers: Mapping[str, str]
     inline: InlineTypes
-    attachment: str
+    key: str
+
+    @property
+    def attachment(self) -> str:
+        return content_disposition("attachment", self.key)
 
 
 @dataclass
@@ -78,6 +84,7 @@ def _single_line(value: str | None) -> str | None:
     return value
 
 
+@lru_cache(maxsize=4096)  # hot keys repeat; building one costs ~20 us of unicode work
 def content_disposition(disposition: str, key: str) -> str:
     """RFC 6266 header with an ASCII fallback and an RFC 5987 UTF-8 filename from the key."""
     name = key.rsplit("/", 1)[-1] or "download"

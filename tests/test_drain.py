@@ -82,9 +82,12 @@ def test_requests_succeed_during_the_drain_delay_then_the_server_exits_0(
 ) -> None:
     data = config_dict(s3.endpoint, listen={"drain_delay": 600, "workers": workers})
     with running_proxy(data, tmp_path) as proxy:
+        assert proxy.get("/readyz", ADMIN)[0] == 200
         proxy.signal(signal.SIGTERM)
         proxy.wait_for("draining: serving on for 600 s", count=workers)
         for _ in range(5):
+            # the load balancer is told to stop sending, and what it still sends is served
+            assert proxy.get("/readyz", ADMIN) == (503, b'{"status": "draining"}')
             assert proxy.get(SMALL, ADMIN)[0] == 200
         assert proxy.process.poll() is None
         started = time.monotonic()
