@@ -543,6 +543,7 @@ def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int
     ttfb_ax.set_xticks(range(count), labels)
     ttfb_ax.set_ylabel(f"ms, median of {rounds} first view(s)")
     ttfb_ax.set_title("time to first byte at the client")
+    ttfb_ax.set_ylim(top=ttfb_ax.get_ylim()[1] * 1.2)
     ttfb_ax.legend()
 
     sent = [results[method][0].proxy_bytes / rounds / 2**20 for method in METHODS]
@@ -552,6 +553,7 @@ def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int
     bytes_ax.set_title("bytes through the proxy")
 
     views = ("first view", "second view")
+    highest = 0.0
     for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
         first, second = results[method]
         proxy = [first.proxy_requests / rounds, second.proxy_requests]
@@ -569,12 +571,14 @@ def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int
             hatch="//",
             label=f"{method}: to S3",
         )
-        totals = [f"{a + b:g}" for a, b in zip(proxy, s3, strict=True)]
-        requests_ax.bar_label(bars, labels=totals, fontsize=9)
+        totals = [a + b for a, b in zip(proxy, s3, strict=True)]
+        requests_ax.bar_label(bars, labels=[f"{total:g}" for total in totals], fontsize=9)
+        highest = max(highest, *totals)
     requests_ax.set_xticks(range(len(views)), views)
     requests_ax.set_ylabel("requests per view")
     requests_ax.set_title("requests (S3's include the proxy's own)")
-    requests_ax.legend(fontsize=8)
+    requests_ax.set_ylim(top=max(highest, 1) * 1.5)  # room for the legend above the bars
+    requests_ax.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()
     return fig
 
