@@ -186,6 +186,10 @@ async def _open_for_get(
     """GET the object from S3 and judge the preconditions on that very answer, so the
     validators are those of the bytes served. Client conditionals never go to S3.
 
+    A request with preconditions (a browser revalidating its copy, mostly) is judged on a
+    HEAD first: its 304 or 412 then costs S3 no body. Only when they pass is the object
+    fetched, and judged again on the GET's own validators (it may have changed in between).
+
     A single Range is asked of S3 directly; with If-Range the answer's validators (the whole
     object's, also on a 206) then decide, and a mismatch costs a second, whole GET. Several
     ranges get the whole object (200), which RFC 9110 14.2 permits.
@@ -200,6 +204,8 @@ async def _open_for_get(
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
+    elif has_preconditions(headers):
+        _check_preconditions(request, await storage.head(bucket, key, sse), shown)
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
         obj = await storage.get(bucket, key, byte_range, sse)

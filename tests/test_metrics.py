@@ -77,11 +77,12 @@ async def test_requests_bytes_and_s3_calls_match_what_was_asked(proxy, s3: S3Obj
     assert value(m, "proxy_time_to_first_byte_seconds_count", **stream) == 3
     assert value(m, "proxy_time_to_first_byte_seconds_count", **redirect) == 3
     assert value(m, "proxy_request_duration_seconds_count") == 6
-    # Streamed requests asked S3; presigning asks nothing.
-    assert value(m, "proxy_s3_requests_total", operation="GetObject", outcome="ok") == 2
+    # Streamed requests asked S3 (the revalidation with a HEAD); presigning asks nothing.
+    assert value(m, "proxy_s3_requests_total", operation="GetObject", outcome="ok") == 1
+    assert value(m, "proxy_s3_requests_total", operation="HeadObject", outcome="ok") == 1
     assert value(m, "proxy_s3_requests_total", operation="HeadObject", outcome="not_found") == 1
     assert value(m, "proxy_s3_requests_total") == 3
-    assert value(m, "proxy_s3_request_duration_seconds_count", operation="GetObject") == 2
+    assert value(m, "proxy_s3_request_duration_seconds_count", operation="GetObject") == 1
     # Six requests and the scrape itself, checked before it renders.
     assert value(m, "proxy_token_verifications_total", kind="jwt", outcome="valid") == 7
 
