@@ -46,12 +46,14 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
-from .limits import RateLimiter, StreamSlots
 from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
 from .metacache import MISSING, MetadataCache
 from .metrics import Metrics
 from .objectcache import ObjectCache
+from .policy import Rule
 from .routing import Router
+from .state import Bucket, State, create_state
+from .state.admin import answer_revocations
 from .storage import CountingStorage, S3Storage, Storage
 
 log = logging.getLogger("proxy")
@@ -85,8 +87,12 @@ class Gateway:
         if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
             self._resources.append(http_json)
         counted = CountingStorage(storage, self._count_s3)
-        self._handler = _Handler(config, counted, clock, http_json, self.metrics)
-        self.streams = self._handler.streams
+        # Revocations, rate limits and stream slots live here, not in the handler: they (and
+        # a Redis pool with its poller) must outlive a handler swapped in on reload.
+        self.state = create_state(config.settings, clock)
+        self._resources.append(self.state)
+        self.streams = self.state.streams
+        self._handler = _Handler(config, counted, clock, http_json, self.metrics, self.state)
         self._pages: dict[str, Page] = {}
 
     def add_pages(self, pages: Mapping[str, Page]) -> None:
@@ -186,11 +192,16 @@ class _Handler:
         clock: Clock,
         fetch_json: HttpJson,
         metrics: Metrics,
+        state: State,
     ) -> None:
         settings = config.settings
+        self._settings = settings
         self._metrics = metrics
         self._metrics_path = settings.metrics.path
         self._metrics_access = config.metrics_access
+        self._admin_path = settings.admin.path
+        self._admin_access = config.admin_access
+        self._state = state
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
@@ -206,12 +217,6 @@ class _Handler:
         self._sign_api = settings.sign_api
         self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
-        self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
-        self.streams = StreamSlots(
-            settings.limits.max_streams,
-            settings.limits.max_streams_per_client,
-            settings.limits.max_streams_per_subject,
-        )
         self._links_cache = LinkCache()
         # No route serves an entry older than the largest max_age: past it, it is garbage.
         longest = max(
@@ -231,16 +236,22 @@ class _Handler:
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
-            await self._check_metrics_access(request, record)
+            await self._check_access(self._metrics_access, "metrics", request, record)
             return web.json_response(
                 self._metrics.snapshot(), headers={"Cache-Control": "no-store"}
             )
+        if self._admin_access is not None and record.path == self._admin_path:
+            record.route = "admin"
+            await self._check_access(self._admin_access, "admin", request, record)
+            return await answer_revocations(request, self._state, self._settings, self._clock)
         if self._sign_api.enabled and record.path == self._sign_api.path:
             record.route = "sign-api"
             record.delivery = "sign"
             preflight = _cors(request, record, self._sign_api.cors, ["POST"])
-            self._limit_client(request, "sign-api", self._limits.rate_limit)
-            return preflight or await self._sign_batch(request, record)
+            if preflight is not None:
+                return preflight
+            await self._limit(request, "sign-api", self._limits.rate_limit, None)
+            return await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
         if found is None:
             raise NotFound("no route matches")
@@ -256,8 +267,25 @@ class _Handler:
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
         rates = settings.rate_limit or self._limits.rate_limit
-        self._limit_client(request, route.name, rates)
-        claims: dict[str, Any] | None
+        try:
+            claims, key = await self._admit(request, record, route, found.params)
+        except ProxyError:
+            # A refused request spends its client's tokens too (a flood of bad tokens is
+            # limited like any other), and over the limit it is told 429.
+            await self._limit(request, route.name, rates, None)
+            raise
+        # Both buckets in one call: with Redis, one round trip per request.
+        await self._limit(request, route.name, rates, _subject_key(claims))
+        return await self._deliver(request, record, route, key, claims)
+
+    async def _admit(
+        self,
+        request: web.BaseRequest,
+        record: AccessRecord,
+        route: Route,
+        params: dict[str, str],
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Authenticate and authorize: the claims (None on a public route) and the key."""
         link = request.query.get(self._auth.link_param) if self._links else None
         if link and self._links is not None and route.rule.needs_token:
             # A share link is itself the authorization for exactly one object: checked after
@@ -265,20 +293,20 @@ class _Handler:
             claims = self._links.verify(link, request.method)
             record.token_source = "share link"  # noqa: S105 - a label, not a secret
             record.sub = _subject(claims)
-            key = route.key.render(found.params, claims)
-            self._links.check_target(claims, LinkTarget(route.name, settings.bucket, key))
-        else:
-            claims = await self._authenticate(request, record) if route.rule.needs_token else None
-            key = self._authorize(route, found.params, claims)
-        subject = _subject_key(claims)
-        if rates.per_subject is not None and subject is not None:
-            self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
-        return await self._deliver(request, record, route, key, claims)
+            self._state.check_token(claims, link=True)
+            key = route.key.render(params, claims)
+            self._links.check_target(claims, LinkTarget(route.name, route.settings.bucket, key))
+            return claims, key
+        if not route.rule.needs_token:
+            return None, self._authorize(route, params, None)
+        claims = await self._authenticate(request, record)
+        return claims, self._authorize(route, params, claims)
 
-    async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
-        rule = self._metrics_access
+    async def _check_access(
+        self, rule: Rule | None, what: str, request: web.BaseRequest, record: AccessRecord
+    ) -> None:
         if rule is None:  # config refuses metrics.path without metrics.access
-            raise Forbidden("metrics.access not configured")
+            raise Forbidden(f"{what}.access not configured")
         if not rule.needs_token:
             return
         claims = await self._authenticate(request, record)
@@ -286,10 +314,18 @@ class _Handler:
         if denial is not None:
             raise Forbidden(denial)
 
-    def _limit_client(self, request: web.BaseRequest, scope: str, rates: RateLimitSettings) -> None:
-        if rates.per_client is not None:
-            client = request.remote or "unknown"
-            self._rates.take((scope, "client", client), rates.per_client, "client")
+    async def _limit(
+        self,
+        request: web.BaseRequest,
+        scope: str,
+        rates: RateLimitSettings,
+        subject: str | None,
+    ) -> None:
+        group = _buckets(request, scope, rates, subject)
+        if group:
+            refusal = (await self._state.take([group]))[0]
+            if refusal is not None:
+                raise refusal
 
     async def _authenticate(self, request: web.BaseRequest, record: AccessRecord) -> dict[str, Any]:
         claims = await self._optional_claims(request, record)
@@ -307,6 +343,9 @@ class _Handler:
         record.token_source, token = found
         claims = await self._verifier.verify(token)
         record.sub = _subject(claims)
+        # After the verified-token cache, on every request: a cached token is still refused
+        # once revoked.
+        self._state.check_token(claims)
         return claims
 
     @staticmethod
@@ -381,8 +420,7 @@ class _Handler:
             return redirect_response(link, as_json, route.rule.needs_token)
         shown = _presentation(route, key, record.cors)
         outcome = Outcome()
-        client, subject = request.remote or "unknown", _subject_key(claims)
-        self.streams.acquire(client, subject)
+        lease = await self._state.acquire_stream(request.remote or "unknown", _subject_key(claims))
         try:
             response = await stream(
                 request,
@@ -396,7 +434,7 @@ class _Handler:
                 settings.cache,
             )
         finally:
-            self.streams.release(client, subject)
+            await self._state.release_stream(lease)
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
         if outcome.cache_hit:
@@ -435,8 +473,11 @@ class _Handler:
             )
         claims = await self._optional_claims(request, record)
         # Admitted in order, before any S3 call: each path spends its route's rate-limit
-        # tokens exactly as a GET would, so the first paths within the limit pass.
-        admitted = [self._admit_signing(request, path, claims) for path in paths]
+        # tokens exactly as a GET would, so the first paths within the limit pass. All the
+        # paths' buckets are spent in one call (one Redis round trip for the whole batch).
+        checked = [self._admit_signing(request, path, claims) for path in paths]
+        refusals = await self._state.take([group for _, group in checked])
+        admitted = [refusal or found for (found, _), refusal in zip(checked, refusals, strict=True)]
         results = await self._sign_admitted(paths, admitted, claims)
         record.reason = f"{len(paths)} paths"
         return web.json_response(
@@ -446,9 +487,10 @@ class _Handler:
 
     def _admit_signing(
         self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
-    ) -> tuple[Route, str] | ProxyError:
-        """Route, limit and authorize one path of a batch as its GET would be: the route and
-        key, or the refusal."""
+    ) -> tuple[tuple[Route, str] | ProxyError, list[Bucket]]:
+        """Route and authorize one path of a batch as its GET would be: the route and key,
+        or the refusal; and the rate-limit buckets its GET would spend (a 429 from those
+        takes precedence over an authorization refusal, as on a GET)."""
         try:
             found = self._router.match(path) if path.startswith("/") else None
             if found is None:
@@ -456,15 +498,14 @@ class _Handler:
             route = self._routes[found.index]
             if "GET" not in route.settings.methods:
                 raise MethodNotAllowed("route does not allow GET")
-            rates = route.settings.rate_limit or self._limits.rate_limit
-            self._limit_client(request, route.name, rates)
-            key = self._authorize(route, found.params, claims)
-            subject = _subject_key(claims)
-            if rates.per_subject is not None and subject is not None:
-                self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
-            return route, key
         except ProxyError as exc:
-            return exc
+            return exc, []
+        rates = route.settings.rate_limit or self._limits.rate_limit
+        try:
+            key = self._authorize(route, found.params, claims)
+        except ProxyError as exc:
+            return exc, _buckets(request, route.name, rates, None)
+        return (route, key), _buckets(request, route.name, rates, _subject_key(claims))
 
     async def _sign_admitted(
         self,
@@ -533,6 +574,20 @@ def _subject(claims: dict[str, Any]) -> str | None:
     """`sub` as the access log records it (cut at 256 characters)."""
     sub = claims.get("sub")
     return str(sub)[:256] if sub is not None else None
+
+
+def _buckets(
+    request: web.BaseRequest, scope: str, rates: RateLimitSettings, subject: str | None
+) -> list[Bucket]:
+    """The rate-limit buckets one request spends, client first."""
+    group = []
+    if rates.per_client is not None:
+        group.append(
+            Bucket((scope, "client", request.remote or "unknown"), rates.per_client, "client")
+        )
+    if rates.per_subject is not None and subject is not None:
+        group.append(Bucket((scope, "sub", subject), rates.per_subject, "subject"))
+    return group
 
 
 def _subject_key(claims: Mapping[str, Any] | None) -> str | None:
