@@ -1,8 +1,9 @@
 """In-process rate limits (token buckets) and the concurrent-stream caps. No I/O.
 
-Buckets are per process: with N workers or replicas, the effective limit is N times the
-configured one. Idle buckets are forgotten first when the table is full, so memory stays
-bounded however many clients come and go.
+These are the `state.backend: memory` implementations (proxy/state/memory.py): per
+process, so with N workers or replicas the effective limit is N times the configured one;
+proxy/state/redisstate.py shares them. Idle buckets are forgotten first when the table is
+full, so memory stays bounded however many clients come and go.
 """
 
 from __future__ import annotations

@@ -272,3 +272,63 @@ async def test_a_crashed_replicas_slots_expire_with_their_lease(
     again = await state.acquire_stream("203.0.113.9", None)
     await state.release_stream(again)
     assert lease.shared is not None
+
+
+async def _until_async(check: Any, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the bound"
+        await asyncio.sleep(0.02)
+
+
+async def test_changes_reach_other_processes_through_the_log_gaps_and_wipes_reload(
+    s3: S3Objects, redis_server: RedisServer
+) -> None:
+    from proxy.state import create_state, new_revocation
+
+    from .conftest import build_config
+
+    settings = build_config(_shared(s3, redis_server)).settings
+    writer, reader = create_state(settings), create_state(settings)
+    await writer.open()
+    await reader.open()
+    old = {"sub": "alice", "iat": time.time() - 10}
+    try:
+        for n in range(3):
+            await writer.revoke(new_revocation("jti", f"j{n}", None, time.time(), 3600, 30))
+        await writer.revoke(new_revocation("sub", "alice", None, time.time(), 3600, 30))
+        await _until_async(lambda: reader.revoked.covers(old, time.time()))
+        assert len(reader.revoked) == 4
+        await writer.unrevoke("jti", "j0", None)
+        await _until_async(lambda: len(reader.revoked) == 3)
+
+        # The log trimmed past what the reader has seen: it reloads the whole list.
+        with redis.Redis.from_url(redis_server.url) as direct:
+            for n in range(3, 6):
+                await writer.revoke(new_revocation("jti", f"j{n}", None, time.time(), 3600, 30))
+            direct.xtrim("s3proxy:revocations:log", maxlen=1, approximate=False)
+        await _until_async(lambda: len(reader.revoked) == 6)
+
+        # Redis lost its data: the copy follows it (empty), not the memory of it.
+        with redis.Redis.from_url(redis_server.url) as direct:
+            direct.flushdb()
+        await _until_async(lambda: len(reader.revoked) == 0)
+        assert not reader.revoked.covers(old, time.time())
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_the_sign_api_spends_each_paths_buckets_in_one_call(
+    proxy, s3: S3Objects, redis_server: RedisServer
+) -> None:
+    limits = {"rate_limit": {"per_client": {"rate": 0.01, "burst": 2}}}
+    client = await proxy(_shared(s3, redis_server, limits=limits))
+    token = make_token("alice")
+    response = await client.post(
+        "/_sign", json={"paths": ["/photos/1", "/photos/2", "/photos/3"]}, headers=bearer(token)
+    )
+    assert response.status == 200
+    results = (await response.json())["results"]
+    assert [r.get("status", 200) for r in results] == [200, 200, 429]
+    assert results[2]["retry_after"] >= 1

@@ -3,11 +3,13 @@
 Rules:
 1. No request waits on Redis longer than `state.timeout`: every call runs under that
    deadline, the pool is a blocking one with the same wait, and redis-py retries nothing.
-2. Revocations cost no round trip per request. Each process keeps a copy and polls a
-   version key every POLL_INTERVAL; when the version changes it reloads the list. The
-   version is a fresh random value on every change (not a counter), so a Redis that lost
-   its data and counted up again is never mistaken for the same list. A copy not confirmed
-   for STALE_AFTER is not trusted: `when_down.revocations` decides (refuse, by default).
+2. Revocations cost no round trip per request. Each process keeps a copy, loaded whole once
+   and then kept current from a change log (a Redis stream) polled every POLL_INTERVAL: a
+   poll with nothing new is one small round trip, and a revocation made on sign-out costs
+   every replica one entry, not a reload of the whole list. Each change carries a sequence
+   number; a gap (the log trimmed past us) or a new epoch (a Redis that lost its data) means
+   a full reload. A copy not confirmed for STALE_AFTER is not trusted: `when_down.revocations`
+   decides (refuse, by default).
 3. Rate limits are one script call per request (a token bucket per key, on Redis's own
    clock so that replicas with skewed clocks agree), however many buckets it spends.
 4. Stream slots are members of a sorted set scored by a lease deadline, renewed every
@@ -30,7 +32,8 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -46,6 +49,9 @@ from .revocations import Kind, Revocation, entry_id
 log = logging.getLogger("proxy.state")
 
 POLL_INTERVAL = 0.25
+CHANGES_PER_POLL = 1000
+SYNC_TIMEOUT = 0.5
+LOG_LENGTH = 10_000  # changes kept in the log; a process further behind reloads
 # The promise: a revocation takes effect on every replica within one second.
 STALE_AFTER = 1.0
 LEASE = 15.0
@@ -87,44 +93,111 @@ async def bounded(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
         raise StateDown(type(exc).__name__) from None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole list, and where in the change log it stands."""
+
+    epoch: bytes | None
+    seq: int
+    log_id: bytes | None
+    entries: list[Revocation]
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    log_id: bytes
+    entry_id: str
+    entry: Revocation | None  # None: removed
+
+
 class RedisRevocations:
-    """The revocation list in Redis: one hash of entries and one version key. Used by the
+    """The revocation list in Redis: a hash of entries (the truth), a sorted set of their
+    expiry times (for pruning), a change log, its sequence counter and an epoch. Used by the
     server and by `python -m proxy revoke`."""
 
     def __init__(self, redis: Redis, prefix: str, timeout: float) -> None:
         self._redis = redis
         self._timeout = timeout
-        self._entries = f"{prefix}revocations"
-        self._version = f"{prefix}revocations:version"
+        name = f"{prefix}revocations"
+        self._keys = [name, f"{name}:expiry", f"{name}:log", f"{name}:seq", f"{name}:epoch"]
         self._write = redis.register_script(_WRITE_REVOCATION)
 
     async def put(self, entry: Revocation, now: float) -> None:
-        await self._run_write(entry.id, entry.dumps(), now)
+        await self._run_write(entry.id, entry.dumps(), entry.expires_at, now)
 
     async def delete(self, kind: Kind, value: str, iss: str | None, now: float) -> bool:
-        return bool(await self._run_write(entry_id(kind, value, iss), "", now))
-
-    async def version(self) -> bytes | None:
-        found = await bounded(self._timeout, lambda: self._redis.get(self._version))
-        return found.encode() if isinstance(found, str) else found
+        return bool(await self._run_write(entry_id(kind, value, iss), "", 0, now))
 
     async def load(self, now: float) -> list[Revocation]:
-        raw = await bounded(self._timeout, lambda: self._redis.hgetall(self._entries))
-        entries = []
-        for text in raw.values():
-            try:
-                entry = Revocation.loads(text)
-            except ValueError:
-                continue  # not ours to judge; the next write prunes it
-            if now < entry.expires_at:
-                entries.append(entry)
-        return sorted(entries, key=lambda e: e.revoked_at)
+        return (await self.snapshot(now)).entries
 
-    async def _run_write(self, field: str, value: str, now: float) -> int:
-        keys = [self._entries, self._version]
-        args = [field, value, repr(now), secrets.token_hex(8)]
-        result: int = await bounded(self._timeout, lambda: self._write(keys, args))
+    async def snapshot(self, now: float) -> Snapshot:
+        entries, _, log, seq, epoch = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(epoch)
+                pipe.get(seq)
+                pipe.hgetall(entries)
+                pipe.xrevrange(log, count=1)
+                answer: list[Any] = await pipe.execute()
+                return answer
+
+        found_epoch, found_seq, raw, last = await bounded(self._timeout, read)
+        live = []
+        for text in raw.values():
+            entry = _parse(text)
+            if entry is not None and now < entry.expires_at:
+                live.append(entry)
+        return Snapshot(
+            found_epoch,
+            int(found_seq or 0),
+            last[0][0] if last else None,
+            sorted(live, key=lambda e: e.revoked_at),
+        )
+
+    async def changes(self, after: bytes | None) -> tuple[bytes | None, list[Change]]:
+        """The epoch, and the changes logged after `after` (at most CHANGES_PER_POLL)."""
+        _, _, log, _, epoch = self._keys
+        start = b"(" + after if after is not None else b"-"
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(epoch)
+                pipe.xrange(log, min=start, count=CHANGES_PER_POLL)
+                answer: list[Any] = await pipe.execute()
+                return answer
+
+        found_epoch, logged = await bounded(self._timeout, read)
+        changes = []
+        for log_id, fields in logged:
+            text = fields.get(b"entry", b"")
+            changes.append(
+                Change(int(fields[b"seq"]), log_id, fields[b"id"].decode(), _parse(text))
+            )
+        return found_epoch, changes
+
+    async def _run_write(self, field: str, value: str, expires_at: float, now: float) -> int:
+        args: list[str | int] = [
+            field,
+            value,
+            repr(expires_at),
+            repr(now),
+            secrets.token_hex(8),
+            LOG_LENGTH,
+        ]
+        result: int = await bounded(self._timeout, lambda: self._write(self._keys, args))
         return result
+
+
+def _parse(text: bytes) -> Revocation | None:
+    if not text:
+        return None
+    try:
+        return Revocation.loads(text)
+    except ValueError:
+        return None  # not ours to judge; it expires with its expiry score
 
 
 class RedisState(State):
@@ -143,7 +216,10 @@ class RedisState(State):
         self._monotonic = monotonic_clock
         self._redis = redis
         self._store: RedisRevocations | None = None
-        self._version: bytes | None = None
+        self._poll_store: RedisRevocations | None = None
+        self._epoch: bytes | None = None
+        self._seq = -1  # no snapshot yet
+        self._log_id: bytes | None = None
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._down: str | None = None  # why Redis is failing, while it is
@@ -159,6 +235,9 @@ class RedisState(State):
             self._redis = redis_client(self._settings)
         redis = self._redis
         self._store = RedisRevocations(redis, self._prefix, self._timeout)
+        # The poller is no request: it may wait longer (a reload of a long list, a busy
+        # Redis) while requests keep to `timeout`; staleness is judged apart from it.
+        self._poll_store = RedisRevocations(redis, self._prefix, max(self._timeout, SYNC_TIMEOUT))
         self._take = redis.register_script(_TAKE_TOKENS)
         self._acquire = redis.register_script(_ACQUIRE_SLOT)
         self._renew = redis.register_script(_RENEW_SLOTS)
@@ -201,11 +280,28 @@ class RedisState(State):
         return age if age > STALE_AFTER else None
 
     async def _sync(self) -> None:
-        store = self._checked_store()
-        version = await store.version()
-        if version is None or version != self._version:
-            self.revoked.replace(await store.load(self._clock()))
-            self._version = version
+        store = self._poll_store
+        if store is None:
+            raise StateDown("not connected")
+        while self._seq >= 0:
+            epoch, changes = await store.changes(self._log_id)
+            if epoch != self._epoch:
+                break  # first write, or Redis lost its data or was pointed elsewhere: reload
+            fresh = [change for change in changes if change.seq > self._seq]
+            if fresh and fresh[0].seq != self._seq + 1:
+                break  # the log was trimmed past us: reload
+            for change in fresh:
+                if change.entry is None:
+                    self.revoked.remove_id(change.entry_id)
+                else:
+                    self.revoked.add(change.entry)
+                self._seq, self._log_id = change.seq, change.log_id
+            if len(changes) < CHANGES_PER_POLL:
+                self._synced_at = self._monotonic()
+                return
+        snapshot = await store.snapshot(self._clock())
+        self.revoked.replace(snapshot.entries)
+        self._epoch, self._seq, self._log_id = snapshot.epoch, snapshot.seq, snapshot.log_id
         self._synced_at = self._monotonic()
 
     async def _sync_quietly(self) -> None:
@@ -376,32 +472,35 @@ class RedisState(State):
         self._down = None
 
 
-# KEYS: the entries hash, the version key. ARGV: entry id, entry JSON ("" deletes it), now,
-# a new version. Expired entries are pruned on every write, and the hash itself expires
-# with its last entry, so nothing outlives what it covers.
+# KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
+# ("" removes it), its expiry, now, an epoch for a Redis that has none yet, the log's length.
+# Expired entries are pruned on every write (found by their expiry score, so a write costs
+# the same with a long list), and every key expires with the last entry.
 _WRITE_REVOCATION = """
 local result = 1
 if ARGV[2] == '' then
   result = redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 end
-local now = tonumber(ARGV[3])
-local latest = 0
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, entry = pcall(cjson.decode, all[i + 1])
-  local expires = ok and type(entry) == 'table' and tonumber(entry['expires_at']) or nil
-  if expires == nil or expires <= now then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif expires > latest then
-    latest = expires
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('SET', KEYS[5], ARGV[5], 'NX')
+local seq = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
+  'seq', seq, 'id', ARGV[1], 'entry', ARGV[2])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last > 0 then
+  local until_ms = math.ceil(tonumber(last[2]) * 1000)
+  for i = 1, 5 do
+    redis.call('PEXPIREAT', KEYS[i], until_ms)
   end
 end
-if latest > 0 then
-  redis.call('PEXPIREAT', KEYS[1], math.ceil(latest * 1000))
-end
-redis.call('SET', KEYS[2], ARGV[4])
 return result
 """
 

@@ -122,6 +122,14 @@ class RevocationList:
             return self._subjects.pop((iss, value), None) is not None
         return self._jtis.pop(value, None) is not None
 
+    def remove_id(self, found: str) -> bool:
+        """Remove the entry with this `Revocation.id`."""
+        try:
+            kind, iss, value = json.loads(found)
+        except (ValueError, TypeError):
+            return False
+        return self.remove("jti" if kind == "jti" else "sub", str(value), iss)
+
     def entries(self, now: float) -> list[Revocation]:
         """The entries still in force, oldest first; expired ones are dropped."""
         live = [e for e in (*self._subjects.values(), *self._jtis.values()) if now < e.expires_at]
