@@ -511,10 +511,17 @@ def parse_config(
 
 
 def _warnings(settings: Settings) -> list[str]:
-    """An identity provider signs tokens for many applications: without `audience` (and
-    `issuer`), a token it minted for any of them would open this proxy's routes."""
+    """Legal but risky: several workers that do not share their state; and, since an
+    identity provider signs tokens for many applications, a JWKS issuer without `audience`
+    (and `issuer`), whose tokens minted for any of them would open this proxy's routes."""
     auth = settings.auth
     found = []
+    if settings.listen.workers > 1 and settings.state.backend == "memory":
+        found.append(
+            "state.backend: memory with listen.workers > 1 keeps rate limits, stream caps and "
+            "revocations per worker (a revocation reaches only the worker that took it); set "
+            "backend: redis to share them"
+        )
     for index, issuer in enumerate(auth.issuer_list()):
         if issuer.jwks_url is None:
             continue

@@ -297,6 +297,14 @@ def test_state_and_admin_mistakes_are_caught_at_load(
     assert problem in str(caught.value)
 
 
+def test_several_workers_on_the_memory_backend_are_warned_about() -> None:
+    data = config_dict("http://127.0.0.1:9", listen={"workers": 2})
+    (warning,) = build_config(data).warnings
+    assert warning.startswith("state.backend: memory with listen.workers > 1")
+    data["state"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
+    assert build_config(data).warnings == ()
+
+
 def test_the_redis_url_is_never_shown_in_errors() -> None:
     with pytest.raises(ConfigError) as caught:
         build_config(config_dict(None, state={"backend": "redis", "url": "http://:pw@x"}))

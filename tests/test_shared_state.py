@@ -224,6 +224,10 @@ async def test_when_down_can_be_reversed(proxy, s3: S3Objects, redis_server: Red
     redis_server.stop()
     refused = await client.get("/public/42")
     assert refused.status == 503
+    # For a second after a failed call, limits do not ask Redis again (a Redis that drops
+    # packets would otherwise cost every request the whole timeout).
+    assert (await client.get("/public/42")).status == 503
+    assert client.server.gateway.state.counters.by_reason["rate limits: backing off"] == 1
     await asyncio.sleep(STALE_AFTER + 0.1)  # the copy goes stale on the real clock
     # The token is let through on the last copy; its rate limit, closed, refuses it.
     assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 503

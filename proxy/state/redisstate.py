@@ -16,6 +16,9 @@ Rules:
    HEARTBEAT while the stream lasts: a replica that dies leaks its slots for at most LEASE.
 5. When Redis fails, limits fail open and revocations closed (both configurable); every
    failure is counted, and the change between reachable and not is logged once each way.
+   After a failed limit call, limits are not asked of Redis for BACKOFF (or until the
+   poller reaches it again): a Redis that drops packets would otherwise add the whole
+   timeout to every request.
    The Redis URL is never logged (it may hold a password).
 
 One Redis, not a Cluster: scripts touch several keys that Cluster would spread over nodes.
@@ -51,6 +54,7 @@ log = logging.getLogger("proxy.state")
 POLL_INTERVAL = 0.25
 CHANGES_PER_POLL = 1000
 SYNC_TIMEOUT = 0.5
+BACKOFF = 1.0
 LOG_LENGTH = 10_000  # changes kept in the log; a process further behind reloads
 # The promise: a revocation takes effect on every replica within one second.
 STALE_AFTER = 1.0
@@ -223,6 +227,7 @@ class RedisState(State):
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._down: str | None = None  # why Redis is failing, while it is
+        self._limits_resume_at = -math.inf  # limits skip Redis until then (rule 5)
         # Stream slots this process holds in Redis: member -> its sorted sets.
         self._held: dict[str, list[str]] = {}
         self._process = secrets.token_hex(6)
@@ -348,8 +353,10 @@ class RedisState(State):
         if not keys:
             return [None] * len(groups)
         try:
+            self._check_backoff()
             answers: list[bytes] = await bounded(self._timeout, lambda: self._take(keys, args))
         except StateDown as exc:
+            self._back_off(exc)
             refusal = self._limits_down(f"rate limits: {exc}")
             return [refusal] * len(groups)
         refusals: list[TooManyRequests | None] = []
@@ -378,8 +385,10 @@ class RedisState(State):
         member = f"{self._process}:{next(self._serial)}"
         args = [member, repr(LEASE), *map(str, caps)]
         try:
+            self._check_backoff()
             refused: int = await bounded(self._timeout, lambda: self._acquire(keys, args))
         except StateDown as exc:
+            self._back_off(exc)
             try:
                 self._limits_down(f"stream slots: {exc}")
             except BaseException:
@@ -470,6 +479,15 @@ class RedisState(State):
         if self._down is not None:
             log.warning("state backend redis reachable again")
         self._down = None
+        self._limits_resume_at = -math.inf
+
+    def _check_backoff(self) -> None:
+        if self._monotonic() < self._limits_resume_at:
+            raise StateDown("backing off")
+
+    def _back_off(self, exc: StateDown) -> None:
+        if str(exc) != "backing off":
+            self._limits_resume_at = self._monotonic() + BACKOFF
 
 
 # KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
