@@ -16,12 +16,19 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN pip install . \
- && useradd --system --uid 10001 --no-create-home proxy \
+ && groupadd --system --gid 10001 proxy \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home proxy \
  && mkdir -p /etc/s3-proxy
 
 COPY config.yaml /etc/s3-proxy/config.yaml
 
-USER proxy
+# Numeric, so that Kubernetes' runAsNonRoot can check it. Nothing is written outside /tmp
+# (no bytecode, the optional pid file goes where listen.pid_file says): the image runs with a
+# read-only root filesystem and /tmp as an emptyDir (deploy/kubernetes).
+USER 10001:10001
 EXPOSE 8080
+# python, as the slim image has no curl; assumes listen.port 8080, as EXPOSE does.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "proxy"]
 CMD ["serve", "--config", "/etc/s3-proxy/config.yaml", "--host", "0.0.0.0"]

@@ -8,6 +8,7 @@ Errors become responses in exactly one place (`Gateway.__call__`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,15 +47,27 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
+from .limits import TooManyRequests
 from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
+from .login import SignIn
 from .metacache import MISSING, MetadataCache
-from .metrics import Metrics
 from .objectcache import ObjectCache
+from .ops import (
+    CONTENT_TYPE,
+    Check,
+    MeasuredStorage,
+    Readiness,
+    Telemetry,
+    live_response,
+    multiprocess_directory,
+    ready_response,
+    storage_checks,
+)
 from .policy import Rule
 from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
-from .storage import CountingStorage, S3Storage, Storage
+from .storage import S3Storage, Storage
 
 log = logging.getLogger("proxy")
 
@@ -74,26 +87,78 @@ class Gateway:
         config: Config,
         storage: Storage | None = None,
         clock: Clock = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
-        self.metrics = Metrics()
+        # A reloaded config may be handed the old gateway's telemetry: counters go on.
+        self.telemetry = telemetry or Telemetry()
         self.in_flight = 0  # handlers that have not returned (graceful shutdown waits)
+        # Set on SIGTERM: still serving, but about to stop (readiness probes answer 503).
+        self.draining = False
+        # Called with each reload's outcome: "ok", "invalid" or "error".
+        self.on_reload: Callable[[str], None] = self._count_reload
+        self.config = config  # the config new requests are served with
         self._clock = clock
         self._resources: list[_Resource] = []
+        self._sampler: asyncio.Future[None] | None = None
+        telemetry = self.telemetry
         if storage is None:
             s3 = S3Storage(config.settings.s3)
             self._resources.append(s3)
+            telemetry.watch_pool(s3.pool_load)
             storage = s3
-        http_json = HttpJson(config.settings.auth.jwks.timeout)
-        if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
-            self._resources.append(http_json)
-        counted = CountingStorage(storage, self._count_s3)
+        # Opened whether or not any issuer has a jwks_url now: a reload may add one.
+        self._http_json = HttpJson(config.settings.auth.jwks.timeout)
+        self._resources.append(self._http_json)
+        # The storage (and its S3 connection pool) lives as long as the Gateway: a reload
+        # keeps it, so s3 settings other than redirect_cache_control need a restart.
+        self._storage = MeasuredStorage(storage, telemetry)
         # Revocations, rate limits and stream slots live here, not in the handler: they (and
-        # a Redis pool with its poller) must outlive a handler swapped in on reload.
+        # a Redis pool with its poller) outlive every handler a reload swaps in. A reload
+        # retunes them (limits, when_down, lifetimes); a change of state.backend, url,
+        # key_prefix, timeout or max_connections needs a restart.
         self.state = create_state(config.settings, clock)
         self._resources.append(self.state)
         self.streams = self.state.streams
-        self._handler = _Handler(config, counted, clock, http_json, self.metrics, self.state)
+        handler = self._handler = _Handler(
+            config, self._storage, clock, self._http_json, telemetry, self.state
+        )
+        telemetry.watch_streams(lambda: self.streams.in_use)
+        telemetry.watch_requests(lambda: self.in_flight)
         self._pages: dict[str, Page] = {}
+        self._set_probes(config, handler)
+
+    def _set_probes(self, config: Config, handler: _Handler) -> None:
+        health = config.settings.health
+        self.readiness = Readiness(
+            _readiness_checks(config, self._storage, handler.verifier, self.state),
+            health.cache,
+            health.timeout,
+            self._clock,
+        )
+        self._probes = {
+            path: probe
+            for path, probe in ((health.live_path, self._live), (health.ready_path, self._ready))
+            if path is not None
+        }
+
+    def reload(self, config: Config) -> None:
+        """Serve new requests with `config`. A request in flight finishes on the handler it
+        started with (it holds a reference to it; the old handler is freed after the last
+        one). If building the new handler raises, the old one stays in place."""
+        handler = _Handler(
+            config,
+            self._storage,
+            self._clock,
+            self._http_json,
+            self.telemetry,
+            self.state,
+            self._handler,
+        )
+        self._handler, self.config = handler, config
+        self._set_probes(config, handler)  # the buckets to check may have changed
+
+    def _count_reload(self, outcome: str) -> None:
+        self.telemetry.config_reloaded(outcome == "ok")
 
     def add_pages(self, pages: Mapping[str, Page]) -> None:
         """Answer these exact paths (GET/HEAD) before any route: the demo's own pages."""
@@ -102,21 +167,30 @@ class Gateway:
     async def open(self) -> None:
         for resource in self._resources:
             await resource.open()
+        if multiprocess_directory() is not None:
+            # One of several workers: another process renders, so numbers are written out.
+            self._sampler = asyncio.ensure_future(self.telemetry.sample_periodically())
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
+            self.telemetry.sample()
         for resource in reversed(self._resources):
             await resource.close()
-
-    def _count_s3(self) -> None:
-        self.metrics.s3_requests += 1
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Time and log the request, count it, and turn every error into a response (the
         only place that happens)."""
-        started = time.perf_counter()
-        self.in_flight += 1
         # The whole path: share links and fixed paths compare it; the log record shortens it.
         path = request.raw_path.split("?", 1)[0]
+        probe = self._probes.get(path)
+        if probe is not None:
+            return await probe(request)
+        started = time.perf_counter()
+        self.in_flight += 1
         record = AccessRecord(
             method=request.method, path=path, client=request.remote, started=started
         )
@@ -131,11 +205,14 @@ class Gateway:
                     raise MethodNotAllowed("pages take GET", allowed="GET, HEAD")
                 response = await page(request)
             else:
+                # Read once: a reload during this request does not change its handler.
                 response = await self._handler.handle(request, record)
         except NotModified as exc:
             response = web.Response(status=304, headers=exc.headers)
         except ProxyError as exc:
             record.reason = exc.reason
+            if isinstance(exc, TooManyRequests):
+                self.telemetry.rate_limited(record.route, _LIMITS.get(exc.reason, "other"))
             response = _error_response(exc.status, exc.detail, exc.headers)
             if isinstance(exc, RequestTimeout):
                 response.force_close()  # the rest of a trickled body is not waited for
@@ -160,14 +237,50 @@ class Gateway:
             if request.method != "HEAD":
                 record.bytes_sent = response.content_length or 0
         ended = time.perf_counter()
-        self.metrics.record(
+        self.telemetry.observe_request(
+            record.route,
             record.delivery,
+            record.method,
             record.status,
             record.bytes_sent,
+            ended - started,
             (record.first_byte or ended) - started,
         )
         record.emit(self._clock(), ended - started)
         return response
+
+    async def _live(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Liveness: the event loop runs. No auth, no S3, no log line."""
+        if request.method not in ("GET", "HEAD"):
+            return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
+        return live_response()
+
+    async def _ready(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Readiness: 200 only when this process can serve. No auth, no log line."""
+        if request.method not in ("GET", "HEAD"):
+            return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
+        return await ready_response(self.readiness, self.draining)
+
+
+# TooManyRequests reasons (limits.py) -> the `limit` label of proxy_rate_limited_total.
+_LIMITS = {"rate limit per client": "client", "rate limit per subject": "subject"}
+
+
+def _readiness_checks(
+    config: Config, storage: Storage, verifier: TokenVerifier, state: State
+) -> list[Check]:
+    checks = storage_checks(storage, [route.settings.bucket for route in config.routes])
+    if config.settings.state.backend == "redis":
+        # Redis unreachable: tokens are refused (by default), so this process is not ready.
+        checks.append(Check("redis", state.check))
+
+    async def key_sets() -> str | None:
+        missing = await verifier.missing_key_sets()
+        return f"no keys loaded from {', '.join(missing)}" if missing else None
+
+    if any(issuer.jwks_url for issuer in config.settings.auth.issuer_list()):
+        checks.append(Check("jwks", key_sets))
+    return checks
 
 
 class _Resource(Protocol):
@@ -191,13 +304,27 @@ class _Handler:
         storage: Storage,
         clock: Clock,
         fetch_json: HttpJson,
-        metrics: Metrics,
+        telemetry: Telemetry,
         state: State,
+        previous: _Handler | None = None,
     ) -> None:
+        """`previous`: the handler this one replaces on a reload. Its state that no setting
+        changed is kept: none of it depends on a route's rules (caches are keyed by bucket and
+        key or by everything a URL is a function of; rate buckets clamp to the new burst), so
+        a route whose rules changed is answered by the new rules at once."""
         settings = config.settings
         self._settings = settings
-        self._metrics = metrics
-        self._metrics_path = settings.metrics.path
+
+        def kept(section: str) -> _Handler | None:
+            """The previous handler, if this section of the settings did not change."""
+            if previous is None:
+                return None
+            unchanged = getattr(previous._settings, section) == getattr(settings, section)
+            return previous if unchanged else None
+
+        self._telemetry = telemetry
+        metrics = settings.metrics
+        self._metrics_path = metrics.path if metrics.enabled and metrics.on_main_port else None
         self._metrics_access = config.metrics_access
         self._admin_path = settings.admin.path
         self._admin_access = config.admin_access
@@ -205,40 +332,77 @@ class _Handler:
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
-        self._verifier = TokenVerifier(settings.auth, clock, fetch_json)
+        same_auth = kept("auth")  # then its verifier's fetched JWKS keys are still right
+        self.verifier: TokenVerifier = (
+            same_auth.verifier if same_auth else TokenVerifier(settings.auth, clock, fetch_json)
+        )
+        login = settings.auth.login
+        self.sign_in: SignIn | None = (
+            None
+            if login is None
+            else same_auth.sign_in
+            if same_auth and same_auth.sign_in
+            else SignIn(settings.auth, login, fetch_json, clock)
+        )
         self._storage = storage
         self._clock = clock
-        self._metadata = MetadataCache(
-            settings.metadata_cache.max_entries,
-            settings.metadata_cache.ttl,
-            settings.metadata_cache.negative_ttl,
-            clock,
+        same_metadata = kept("metadata_cache")
+        self._metadata: MetadataCache = (
+            same_metadata._metadata
+            if same_metadata
+            else MetadataCache(
+                settings.metadata_cache.max_entries,
+                settings.metadata_cache.ttl,
+                settings.metadata_cache.negative_ttl,
+                clock,
+            )
         )
         self._sign_api = settings.sign_api
         self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
-        self._links_cache = LinkCache()
+        self._links_cache: LinkCache = (
+            previous._links_cache if previous is not None else LinkCache()
+        )
         # No route serves an entry older than the largest max_age: past it, it is garbage.
         longest = max(
             (route.settings.cache.max_age for route in config.routes if route.settings.cache),
             default=0.0,
         )
-        self._objects = ObjectCache(
-            settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
+        same_objects = kept("object_cache")
+        self._objects: ObjectCache = (
+            same_objects._objects
+            if same_objects is not None and same_objects._objects.max_age == longest
+            else ObjectCache(
+                settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
+            )
         )
+        telemetry.watch_cache("object", self._objects)
+        telemetry.watch_cache("metadata", self._metadata)
+        telemetry.watch_cache("link", self._links_cache)
+        telemetry.watch_cache("token", self.verifier)
         link_secret = settings.auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), settings.auth.leeway, clock)
             if link_secret is not None
             else None
         )
+        if previous is not None:
+            # The state (revocations, rate buckets, stream slots held by streams still running
+            # on the old handler) is the Gateway's and carries on; only its settings change.
+            # (Last, so that nothing above can fail after the shared state was changed.)
+            state.reconfigure(settings)
 
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+        if self.sign_in is not None and record.path in self.sign_in.paths:
+            return await self.sign_in.answer(request, record)
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
             await self._check_access(self._metrics_access, "metrics", request, record)
-            return web.json_response(
-                self._metrics.snapshot(), headers={"Cache-Control": "no-store"}
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("metrics take GET", allowed="GET, HEAD")
+            return web.Response(
+                body=self._telemetry.render(),
+                headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"},
             )
         if self._admin_access is not None and record.path == self._admin_path:
             record.route = "admin"
@@ -290,7 +454,12 @@ class _Handler:
         if link and self._links is not None and route.rule.needs_token:
             # A share link is itself the authorization for exactly one object: checked after
             # routing, against the route that matched and the key it rendered.
-            claims = self._links.verify(link, request.method)
+            try:
+                claims = self._links.verify(link, request.method)
+            except Unauthenticated as exc:
+                self._telemetry.token_checked("link", _rejected(exc))
+                raise
+            self._telemetry.token_checked("link", "valid")
             record.token_source = "share link"  # noqa: S105 - a label, not a secret
             record.sub = _subject(claims)
             self._state.check_token(claims, link=True)
@@ -299,13 +468,13 @@ class _Handler:
             return claims, key
         if not route.rule.needs_token:
             return None, self._authorize(route, params, None)
-        claims = await self._authenticate(request, record)
+        claims = await self._authenticate(request, record, route.sign_in)
         return claims, self._authorize(route, params, claims)
 
     async def _check_access(
         self, rule: Rule | None, what: str, request: web.BaseRequest, record: AccessRecord
     ) -> None:
-        if rule is None:  # config refuses metrics.path without metrics.access
+        if rule is None:  # config refuses metrics or admin without their access rule
             raise Forbidden(f"{what}.access not configured")
         if not rule.needs_token:
             return
@@ -327,10 +496,20 @@ class _Handler:
             if refusal is not None:
                 raise refusal
 
-    async def _authenticate(self, request: web.BaseRequest, record: AccessRecord) -> dict[str, Any]:
-        claims = await self._optional_claims(request, record)
-        if claims is None:
-            raise Unauthenticated("no token")
+    async def _authenticate(
+        self, request: web.BaseRequest, record: AccessRecord, sign_in: bool = False
+    ) -> dict[str, Any]:
+        """The token's claims, or 401; with `sign_in` (the route accepts sign-in sessions), a
+        browser navigation is sent to sign in instead."""
+        try:
+            claims = await self._optional_claims(request, record)
+            if claims is None:
+                raise Unauthenticated("no token")
+        except Unauthenticated as exc:
+            redirect = self.sign_in.redirect(request, exc) if sign_in and self.sign_in else None
+            if redirect is not None:
+                raise redirect from None
+            raise
         return claims
 
     async def _optional_claims(
@@ -341,7 +520,12 @@ class _Handler:
         if found is None:
             return None
         record.token_source, token = found
-        claims = await self._verifier.verify(token)
+        try:
+            claims = await self.verifier.verify(token)
+        except Unauthenticated as exc:
+            self._telemetry.token_checked("jwt", _rejected(exc))
+            raise
+        self._telemetry.token_checked("jwt", "valid")
         record.sub = _subject(claims)
         # After the verified-token cache, on every request: a cached token is still refused
         # once revoked.
@@ -437,8 +621,6 @@ class _Handler:
             await self._state.release_stream(lease)
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
-        if outcome.cache_hit:
-            self._metrics.cache_hits += 1
         if outcome.aborted:
             record.reason = outcome.aborted
         return response
@@ -570,6 +752,11 @@ _SIGN_LOOKUPS = 8
 _NO_QUERY: dict[str, str] = {}
 
 
+def _rejected(exc: Unauthenticated) -> str:
+    """The outcome label of a refused credential: a fixed value, never the reason's text."""
+    return "expired" if exc.reason == "token expired" else "invalid"
+
+
 def _subject(claims: dict[str, Any]) -> str | None:
     """`sub` as the access log records it (cut at 256 characters)."""
     sub = claims.get("sub")
@@ -634,7 +821,7 @@ def _presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Pre
         headers["Vary"] = "Authorization, Cookie"
     if cors:
         add_headers(headers, cors)
-    return Presentation(headers, route.inline, content_disposition("attachment", key))
+    return Presentation(headers, route.inline, key)
 
 
 def _signed_overrides(route: Route, key: str) -> dict[str, str]:

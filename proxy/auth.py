@@ -7,6 +7,7 @@ with the public key as its secret is refused. Time checks use an injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -140,6 +141,14 @@ class TokenVerifier:
         # token digest -> (claims, when the signature was checked)
         self._verified: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
         self._by_name = {i.settings.issuer: i for i in issuers}
+        self._key_sets = [i.jwks for i in issuers if i.jwks is not None]
+        self.hits = 0  # verified-token cache lookups answered (read by the metrics)
+        self.misses = 0
+
+    async def missing_key_sets(self) -> list[str]:
+        """The JWKS URLs that hold no keys even after a fetch: tokens from them would fail."""
+        loaded = await asyncio.gather(*(keys.loaded() for keys in self._key_sets))
+        return [keys.url for keys, ok in zip(self._key_sets, loaded, strict=True) if not ok]
 
     async def verify(self, token: str) -> dict[str, Any]:
         """Return the token's claims, or raise Unauthenticated with a loggable reason.
@@ -153,9 +162,11 @@ class TokenVerifier:
         digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
         cached = self._verified.get(digest)
         if cached is not None and self._clock() - cached[1] < VERIFIED_TTL:
+            self.hits += 1
             self._verified.move_to_end(digest)
             self._check_times(cached[0])
             return cached[0]
+        self.misses += 1
         claims = await self._verify_signature(token)
         self._check_times(claims)
         self._verified[digest] = (claims, self._clock())

@@ -37,11 +37,13 @@ from typing import IO, TYPE_CHECKING, Any
 import aiohttp
 import yaml
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from .auth import issue_token
 from .benchplan import METHODS, METRICS_PATH, PREFIXES, BenchError, Plan, plan_bench
 from .config import Config, parse_config
+from .ops import summary
 
 if TYPE_CHECKING:
     from .demo.s3 import CountingS3
@@ -311,9 +313,11 @@ class Target:
 
 
 async def _metrics(session: aiohttp.ClientSession, target: Target) -> dict[str, Any]:
+    """The proxy's counters, parsed from its Prometheus text by prometheus_client itself."""
     async with session.get(target.base + METRICS_PATH) as response:
-        result: dict[str, Any] = await response.json()
-        return result
+        response.raise_for_status()
+        text = await response.text()
+    return summary(text_string_to_metric_families(text))
 
 
 async def check(session: aiohttp.ClientSession, target: Target) -> list[int]:

@@ -76,7 +76,9 @@ def plan_bench(config: Config, paths: Sequence[str]) -> Plan:
             # One process on loopback, so its CPU and counters are all in one place.
             "listen": ListenSettings(host="127.0.0.1", port=0, shutdown_grace=1),
             # Its own process on loopback, read by the bench alone.
-            "metrics": MetricsSettings(path=METRICS_PATH, access="public"),
+            "metrics": MetricsSettings(
+                enabled=True, listen="main", path=METRICS_PATH, access="public"
+            ),
             "auth": auth.model_copy(
                 update={
                     "sources": [TokenSource(header="Authorization")],

@@ -1,5 +1,5 @@
-"""Command line: argument parsing and process set-up only (serve / check / token / link /
-revoke / demo / bench)."""
+"""Command line: argument parsing and process set-up only (serve / reload / check / token /
+link / revoke / demo / bench)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     serve.set_defaults(run=_serve)
 
+    reload = commands.add_parser(
+        "reload",
+        help="validate the config, then make the running server reload it (SIGHUP to the pid "
+        "in listen.pid_file)",
+    )
+    reload.set_defaults(run=_reload)
+
     check = commands.add_parser("check", help="validate the config and print its routes")
     check.set_defaults(run=_check)
 
@@ -111,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    demo.add_argument(
+        "--sign-in",
+        action="store_true",
+        help="browser sign-in through an embedded OpenID Connect provider (loopback only)",
+    )
 
     bench = commands.add_parser(
         "bench",
@@ -138,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _claim_argument(bench)
 
-    for sub in (serve, check, token, link, revoke):
+    for sub in (serve, reload, check, token, link, revoke):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
 
@@ -169,6 +181,9 @@ def _claims(sub: str, items: Sequence[str]) -> dict[str, Any] | None:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    from pathlib import Path
+
+    from .reload import PidFileError
     from .server import run
 
     configure_logging(args.log_level)
@@ -180,23 +195,51 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{bound}", flush=True)
 
     try:
-        run(config, host, port, ready)
+        run(config, host, port, ready, config_path=Path(args.config))
+    except PidFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
 
+def _reload(args: argparse.Namespace, config: Config) -> int:
+    """The config was validated on the way here (with this shell's environment); the server
+    validates it again with its own, and logs the outcome."""
+    from .reload import PidFileError, signal_reload
+
+    pid_file = config.settings.listen.pid_file
+    if pid_file is None:
+        print(
+            "listen.pid_file is not set, so there is no server to find: set it (e.g. "
+            "/tmp/s3-proxy.pid) and restart the server, or send SIGHUP to it yourself",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pid = signal_reload(pid_file)
+    except PidFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK; asked the proxy (pid {pid}) to reload it; its log says the outcome")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         from .demo import run_demo
-    except ImportError as exc:  # moto is the demo's optional dependency
+
+        if args.sign_in:
+            from .demo.provider import EmbeddedProvider  # noqa: F401 - only: is it installed?
+    except ImportError as exc:  # moto (and oidc-provider-mock) are the demo's extra
         print(
             f"the demo needs its extra: pip install -e '.[demo]' ({exc.name} is missing)",
             file=sys.stderr,
         )
         return 2
-    return run_demo(args.host, args.port)
+    return run_demo(args.host, args.port, sign_in=args.sign_in)
 
 
 def _bench(args: argparse.Namespace) -> int:

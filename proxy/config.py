@@ -58,7 +58,12 @@ class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     shutdown_grace: float = Field(30.0, ge=0)  # seconds in-flight requests get after SIGTERM
+    # Seconds to go on serving after SIGTERM, with `draining` set, before the port closes:
+    # load balancers need that long to stop sending (Kubernetes: a few seconds). 0: close now.
+    drain_delay: float = Field(0.0, ge=0, le=3600)
     workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
+    # Where `serve` writes its pid, for `python -m proxy reload`; relative to the config file.
+    pid_file: Path | None = None
 
 
 class S3Settings(_Model):
@@ -176,8 +181,135 @@ class JwksSettings(_Model):
     timeout: float = Field(5.0, gt=0)
 
 
+# The audience of the proxy's own session tokens (browser sign-in, auth.login): no other
+# token carries it, and they carry no other.
+SESSION_AUDIENCE = "s3-private-proxy/session"
+# Claims a session token sets itself; a claims mapping may not overwrite them.
+_SESSION_OWN_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "idp", "nonce", "azp", "at_hash"}
+)
+
+
+def _loopback_or_https(value: str) -> str:
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ValueError(
+            "must be an https:// URL (plain http is allowed only on loopback, for tests)"
+        )
+    return value
+
+
+class LoginCookieSettings(_Model):
+    """The session cookie a browser carries after sign-in. It must be one of auth.sources."""
+
+    name: str = Field("access_token", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class LoginSettings(_Model):
+    """Browser sign-in with an OpenID Connect provider (Authorization Code flow with PKCE).
+
+    After sign-in the proxy sets a session cookie holding a token it signs itself with
+    `session_secret`; that token is checked like any other, as the issuer named `name`."""
+
+    name: str = Field("login", min_length=1)  # how routes' `issuers` refer to signed-in users
+    issuer: str  # the provider's issuer URL; its discovery document is read from there
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None  # none: a public client (PKCE alone)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    # This proxy's address as browsers reach it: the redirect URI registered with the
+    # provider is public_url + redirect_path, and https here makes the cookies Secure.
+    public_url: str
+    redirect_path: str = "/_auth/callback"
+    login_path: str = "/_auth/login"  # GET ?next=/path starts a sign-in by hand
+    logout_path: str = "/_auth/logout"
+    # A path on this proxy the provider sends the browser to after signing out; it must be
+    # registered with the provider as a post-logout redirect URI. None: the provider's page.
+    logout_redirect: str | None = None
+    session_secret: SecretStr
+    # A session ends at the ID token's expiry, or this many seconds after sign-in if sooner.
+    max_age: int = Field(12 * 3600, ge=60, le=30 * 86400)
+    flow_timeout: int = Field(600, ge=30, le=3600)  # seconds to finish signing in
+    userinfo: bool = False  # also read claims from the provider's userinfo endpoint
+    # session claim -> the provider's claim (dots reach into objects: realm_access.roles)
+    claims: dict[str, str] = Field(
+        default_factory=lambda: {
+            "email": "email",
+            "name": "name",
+            "groups": "groups",
+            "roles": "roles",
+            "role": "role",
+        }
+    )
+    cookie: LoginCookieSettings = Field(default_factory=LoginCookieSettings)
+    timeout: float = Field(10.0, gt=0, le=60)  # each call to the provider
+
+    @field_validator("issuer", "public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _loopback_or_https(value).rstrip("/")
+
+    @field_validator("redirect_path", "login_path", "logout_path")
+    @classmethod
+    def _fixed(cls, value: str) -> str:
+        return _fixed_path(value, "/_auth/callback")
+
+    @field_validator("logout_redirect")
+    @classmethod
+    def _local_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value.startswith("//")):
+            raise ValueError("must be a path on this proxy starting with '/', e.g. /")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid(cls, value: list[str]) -> list[str]:
+        if "openid" not in value:
+            raise ValueError("must include openid (sign-in needs an ID token)")
+        if any(not scope or " " in scope for scope in value):
+            raise ValueError("each scope is one word, e.g. [openid, email, profile]")
+        return value
+
+    @field_validator("claims")
+    @classmethod
+    def _mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(set(value) & _SESSION_OWN_CLAIMS)
+        if reserved:
+            raise ValueError(
+                f"{reserved[0]!r} is set by the proxy itself; map the provider's claim to "
+                "another name"
+            )
+        return value
+
+    @field_validator("client_secret")
+    @classmethod
+    def _empty_secret_is_public(cls, value: SecretStr | None) -> SecretStr | None:
+        # `client_secret: ${OIDC_CLIENT_SECRET:-}` with the variable empty: a public client.
+        return value if value is not None and value.get_secret_value() else None
+
+    @property
+    def secure(self) -> bool:
+        """Cookies get `Secure` unless the proxy is reached over plain http on loopback."""
+        return self.public_url.startswith("https://")
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + self.redirect_path
+
+    def session_issuer(self) -> IssuerSettings:
+        """The proxy's own sessions as an issuer: routes trust them by `name`."""
+        return IssuerSettings(
+            name=self.name,
+            issuer=self.public_url,
+            audience=SESSION_AUDIENCE,
+            algorithms=["HS256"],
+            secret=self.session_secret,
+        )
+
+
 class AuthSettings(IssuerSettings):
-    """The top-level issuer fields are shorthand for a single issuer; `issuers` lists several."""
+    """The top-level issuer fields are shorthand for a single issuer; `issuers` lists several.
+    With `login` and neither, signed-in browsers are the only issuer."""
 
     issuers: list[IssuerSettings] | None = Field(None, min_length=1)
     jwks: JwksSettings = Field(default_factory=JwksSettings)
@@ -197,8 +329,22 @@ class AuthSettings(IssuerSettings):
     # one item of them. Every other claim must equal the rule's value exactly.
     list_claims: list[str] = Field(default_factory=lambda: ["scope"])
 
+    login: LoginSettings | None = None
+
+    @property
+    def has_shorthand_issuer(self) -> bool:
+        """Whether the top-level fields configure an issuer (always, without `login`)."""
+        if self.issuers:
+            return False
+        return self.login is None or any(k in self.model_fields_set for k in _ISSUER_KEYS)
+
     def issuer_list(self) -> list[IssuerSettings]:
-        return list(self.issuers) if self.issuers else [self]
+        listed: list[IssuerSettings] = (
+            list(self.issuers) if self.issuers else [self] if self.has_shorthand_issuer else []
+        )
+        if self.login is not None:
+            listed.append(self.login.session_issuer())
+        return listed
 
 
 Delivery = Literal["stream", "redirect", "auto"]
@@ -353,15 +499,70 @@ class SignApiSettings(_Model):
 
 
 class MetricsSettings(_Model):
-    path: str | None = None  # e.g. /_metrics: counters as JSON; off when unset
-    access: Any = None  # an access rule, required with `path`: counters are not for everyone
+    """Prometheus metrics, served either on an address of their own (`listen: HOST:PORT`, no
+    auth: bind it where only the scraper reaches) or on the proxy's port (`listen: main`),
+    where `access` decides who may read them."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9464"  # HOST:PORT of their own, or `main` for the proxy's port
+    path: str = "/metrics"
+    access: Any = None  # an access rule; required with listen: main, refused otherwise
 
     @field_validator("path")
     @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or "{" in value):
-            raise ValueError("must be a fixed path starting with '/', e.g. /_metrics")
+    def _absolute(cls, value: str) -> str:
+        return _fixed_path(value, "/metrics")
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value != MAIN_PORT:
+            parse_address(value)
         return value
+
+    @property
+    def on_main_port(self) -> bool:
+        return self.listen == MAIN_PORT
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics' own listener; None when they are on the main port."""
+        return None if self.on_main_port else parse_address(self.listen)
+
+
+MAIN_PORT = "main"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError naming the fix."""
+    host, colon, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"{value!r} is not HOST:PORT; use e.g. 127.0.0.1:9464 (a port of their own) or "
+            "main (the proxy's own port, behind metrics.access)"
+        )
+    return host, int(port)
+
+
+class HealthSettings(_Model):
+    """Liveness and readiness probes, answered before any route and never logged per probe."""
+
+    live_path: str | None = "/healthz"  # null: no liveness probe
+    ready_path: str | None = "/readyz"  # null: no readiness probe
+    cache: float = Field(5.0, ge=0, le=300)  # seconds one readiness check's answer is reused
+    timeout: float = Field(2.0, gt=0, le=60)  # seconds each readiness check may take
+
+    @field_validator("live_path", "ready_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _fixed_path(value, "/healthz")
+
+
+def _fixed_path(value: str, example: str) -> str:
+    if not value.startswith("/") or "{" in value or "?" in value:
+        raise ValueError(f"must be a fixed path starting with '/', e.g. {example}")
+    return value
 
 
 class WhenStateDown(_Model):
@@ -429,6 +630,7 @@ class Settings(_Model):
     sign_api: SignApiSettings = Field(default_factory=SignApiSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     object_cache: ObjectCacheSettings = Field(default_factory=ObjectCacheSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
@@ -447,6 +649,9 @@ class Route:
     inline: InlineTypes
     # The `iss` values whose tokens this route accepts; None: the one configured issuer's.
     issuers: frozenset[str] | None = None
+    # Browser navigations without a usable token are sent to sign in (auth.login), because
+    # this route accepts the session that sign-in ends with.
+    sign_in: bool = False
 
     @property
     def name(self) -> str:
@@ -502,9 +707,11 @@ def parse_config(
         raise ConfigError(_describe_validation_error(exc, expanded)) from None
 
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
+    settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
+    _check_paths(settings, problems)
     if problems:
         raise ConfigError(problems)
     return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
@@ -667,10 +874,31 @@ def _cross_check(
                     f"{where}.stable: stable + ttl = {route.stable + route.ttl} s exceeds the "
                     f"SigV4 maximum of {SIGV4_MAX_EXPIRES} s (7 days); shorten one of them"
                 )
+        login = settings.auth.login
+        sign_in = (
+            login is not None
+            and rule.needs_token
+            and (issuers is None or login.public_url in issuers)
+        )
         routes.append(
-            Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers)
+            Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers, sign_in)
         )
     return settings, routes
+
+
+def _resolve_pid_file(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    """An absolute pid file path, so that `serve` and `reload` agree whatever their cwd."""
+    listen = settings.listen
+    if listen.pid_file is None:
+        return settings
+    path = listen.pid_file if listen.pid_file.is_absolute() else base_dir / listen.pid_file
+    if not path.parent.is_dir():
+        problems.append(
+            f"listen.pid_file: directory {path.parent} does not exist; create it or choose a "
+            "path in an existing directory, e.g. /tmp/s3-proxy.pid"
+        )
+    listen = listen.model_copy(update={"pid_file": path.absolute()})
+    return settings.model_copy(update={"listen": listen})
 
 
 def _route_issuers(
@@ -707,15 +935,35 @@ def _route_issuers(
 
 
 def _metrics_access(settings: Settings, problems: list[str]) -> Rule | None:
+    """Metrics are off unless enabled; on the proxy's own port they need an access rule, on a
+    port of their own they take none (that port has no auth at all)."""
     metrics = settings.metrics
-    if metrics.path is None:
+    if not metrics.enabled:
+        stray = sorted(metrics.model_fields_set - {"enabled"})
+        if stray:
+            problems.append(
+                f"metrics.{stray[0]}: metrics are off; add `enabled: true` under metrics to "
+                f"serve them, or remove metrics.{stray[0]}"
+            )
+        return None
+    if not metrics.on_main_port:
         if metrics.access is not None:
-            problems.append("metrics.access: only applies with metrics.path; remove it")
+            problems.append(
+                "metrics.access: only applies with `listen: main`; the metrics port of their "
+                "own has no auth (bind it where only the scraper reaches); remove it"
+            )
+        address = metrics.address
+        listen = settings.listen
+        if address is not None and address[1] != 0 and address == (listen.host, listen.port):
+            problems.append(
+                f"metrics.listen: {metrics.listen} is the proxy's own address; choose another "
+                "port, or `listen: main` to serve metrics there behind metrics.access"
+            )
         return None
     if metrics.access is None:
         problems.append(
-            "metrics.access: required with metrics.path (the counters are not for everyone); "
-            "e.g. {claims: {role: admin}}, or public if only operators reach this port"
+            "metrics.access: required with `listen: main` (the proxy's port is open to every "
+            "client); e.g. {claims: {role: ops}}, or public if only operators reach this port"
         )
         return None
     try:
@@ -734,8 +982,6 @@ def _admin_access(settings: Settings, problems: list[str]) -> Rule | None:
                 "e.g. {claims: {role: admin}}"
             )
         return None
-    if admin.path in (settings.sign_api.path, settings.metrics.path):
-        problems.append(f"admin.path: {admin.path} is already used; choose another path")
     try:
         return compile_rule(admin.access, [], frozenset(settings.auth.list_claims))
     except ValueError as exc:
@@ -751,6 +997,29 @@ def _check_state(state: StateSettings, problems: list[str]) -> None:
         )
     if state.backend == "memory" and state.url is not None:
         problems.append("state.url: only used with backend redis; set backend: redis or remove it")
+
+
+def _check_paths(settings: Settings, problems: list[str]) -> None:
+    """Fixed paths answered before routing must not shadow one another."""
+    taken: dict[str, str] = {}
+    health, metrics = settings.health, settings.metrics
+    fixed = [("health.live_path", health.live_path), ("health.ready_path", health.ready_path)]
+    if metrics.enabled and metrics.on_main_port:
+        fixed.append(("metrics.path", metrics.path))
+    if settings.sign_api.enabled:
+        fixed.append(("sign_api.path", settings.sign_api.path))
+    if settings.admin.access is not None:
+        fixed.append(("admin.path", settings.admin.path))
+    login = settings.auth.login
+    if login is not None:
+        for key in ("redirect_path", "login_path", "logout_path"):
+            fixed.append((f"auth.login.{key}", getattr(login, key)))
+    for key, path in fixed:
+        if path is None:
+            continue
+        if path in taken:
+            problems.append(f"{key}: {path} is also {taken[path]}; give each its own path")
+        taken.setdefault(path, key)
 
 
 _ISSUER_KEYS = (
@@ -790,8 +1059,10 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
             for index, issuer in enumerate(auth.issuers)
         ]
         auth = auth.model_copy(update={"issuers": issuers})
-    else:
+    elif auth.has_shorthand_issuer:
         auth = _check_issuer(auth, "auth", base_dir, problems)
+    if auth.login is not None:
+        _check_login(auth, auth.login, problems)
     if auth.link_secret is not None:
         link = auth.link_secret.get_secret_value()
         if len(link.encode()) < 32:
@@ -801,6 +1072,37 @@ def _check_auth(settings: Settings, base_dir: Path, problems: list[str]) -> Sett
         if any(i.secret and i.secret.get_secret_value() == link for i in auth.issuer_list()):
             problems.append("auth.link_secret: must differ from every issuer secret")
     return settings.model_copy(update={"auth": auth})
+
+
+def _check_login(auth: AuthSettings, login: LoginSettings, problems: list[str]) -> None:
+    secret = login.session_secret.get_secret_value()
+    if len(secret.encode()) < 32:
+        problems.append(
+            f"auth.login.session_secret: at least 32 bytes; generate one with: {RANDOM_KEY_COMMAND}"
+        )
+    others = [i for i in auth.issuer_list() if i.name != login.name or i.issuer != login.public_url]
+    if any(i.secret and i.secret.get_secret_value() == secret for i in others) or (
+        auth.link_secret is not None and auth.link_secret.get_secret_value() == secret
+    ):
+        problems.append(
+            "auth.login.session_secret: must differ from every issuer secret and link_secret"
+        )
+    if any(i.name == login.name for i in others):
+        problems.append(
+            f"auth.login.name: {login.name!r} is also an issuer's name; give sign-in its own"
+        )
+    if any(i.issuer == login.public_url for i in others):
+        problems.append(
+            "auth.login.public_url: is also an issuer's `issuer`; session tokens are issued "
+            "as the proxy's public_url, so no other issuer may use it"
+        )
+    cookies = {source.cookie for source in auth.sources if source.cookie}
+    if login.cookie.name not in cookies:
+        problems.append(
+            f"auth.login.cookie.name: {login.cookie.name!r} is not one of auth.sources, so "
+            f"the session would never be read; add {{cookie: {login.cookie.name}}} to "
+            "auth.sources"
+        )
 
 
 _Issuer = TypeVar("_Issuer", bound=IssuerSettings)

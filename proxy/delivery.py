@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote
 
 from aiohttp import web
@@ -52,11 +53,16 @@ _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 @dataclass(frozen=True)
 class Presentation:
     """How a route presents one key: its fixed answer headers (disposition, type, caching,
-    Vary, CORS), the object types it may show inline, and the attachment header otherwise."""
+    Vary, CORS), the object types it may show inline, and the key whose name an attachment
+    header carries otherwise."""
 
     headers: Mapping[str, str]
     inline: InlineTypes
-    attachment: str
+    key: str
+
+    @property
+    def attachment(self) -> str:
+        return content_disposition("attachment", self.key)
 
 
 @dataclass
@@ -77,6 +83,7 @@ def _single_line(value: str | None) -> str | None:
     return value
 
 
+@lru_cache(maxsize=4096)  # hot keys repeat; building one costs ~20 us of unicode work
 def content_disposition(disposition: str, key: str) -> str:
     """RFC 6266 header with an ASCII fallback and an RFC 5987 UTF-8 filename from the key."""
     name = key.rsplit("/", 1)[-1] or "download"
@@ -391,10 +398,15 @@ class LinkCache:
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
 
     def get(self, key: tuple[object, ...]) -> str | None:
         url = self._urls.get(key)
-        if url is not None:
+        if url is None:
+            self.misses += 1
+        else:
+            self.hits += 1
             self._urls.move_to_end(key)
         return url
 

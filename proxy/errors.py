@@ -28,6 +28,17 @@ class ProxyError(Exception):
         super().__init__(self.reason)
 
 
+class SignInRedirect(ProxyError):
+    """Not a failure of the proxy: a browser navigation without a usable token, on a route
+    that accepts sign-in sessions, is sent to sign in (302) instead of being shown a 401."""
+
+    status = 302
+    detail = "sign-in required"
+
+    def __init__(self, reason: str, *, location: str) -> None:
+        super().__init__(reason, headers={"Location": location})
+
+
 class BadRequest(ProxyError):
     status = 400
     detail = "bad request"
@@ -131,6 +142,13 @@ class UpstreamError(ProxyError):
 
     status = 502
     detail = "storage unavailable"
+
+
+class ProviderUnavailable(ProxyError):
+    """The sign-in provider (auth.login) was unreachable, slow, or answered nonsense."""
+
+    status = 502
+    detail = "sign-in provider unavailable"
 
 
 class UpstreamTimeout(ProxyError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,17 @@ class JwksKeys:
         if key is None:
             raise UnknownKey
         return key
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def loaded(self) -> bool:
+        """Whether keys are held; when none are, fetch them first (within the refresh limits,
+        so a readiness probe cannot hammer the provider either)."""
+        if not self._keys:
+            await self._refresh_if_allowed(self._clock())
+        return bool(self._keys)
 
     def _lookup(self, kid: str | None) -> Jwk | None:
         if kid is None:
@@ -128,7 +139,8 @@ MAX_JWKS_BYTES = 1024 * 1024
 
 
 class HttpJson:
-    """GET a JSON document with one shared aiohttp session (opened at start-up)."""
+    """GET (or POST a form for) a JSON document with one shared aiohttp session, opened at
+    start-up. Used for JWKS and for the sign-in provider (proxy/login)."""
 
     def __init__(self, timeout: float) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -142,12 +154,27 @@ class HttpJson:
             await self._session.close()
             self._session = None
 
-    async def __call__(self, url: str) -> Any:
+    async def __call__(self, url: str, headers: Mapping[str, str] | None = None) -> Any:
         if self._session is None:
             raise RuntimeError("HttpJson used before open()")
-        async with self._session.get(url, allow_redirects=False) as response:
+        async with self._session.get(url, allow_redirects=False, headers=headers) as response:
             response.raise_for_status()
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("JWKS document too large")
-            return json.loads(body)
+            return await _read_json(response)
+
+    async def post_form(self, url: str, form: str, headers: Mapping[str, str]) -> tuple[int, Any]:
+        """POST an urlencoded form; (status, JSON body) whatever the status, so that the
+        caller can tell a refusal (4xx with an OAuth error) from an outage."""
+        if self._session is None:
+            raise RuntimeError("HttpJson used before open()")
+        headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+        async with self._session.post(
+            url, data=form.encode(), headers=headers, allow_redirects=False
+        ) as response:
+            return response.status, await _read_json(response)
+
+
+async def _read_json(response: aiohttp.ClientResponse) -> Any:
+    body = await response.content.read(MAX_JWKS_BYTES + 1)
+    if len(body) > MAX_JWKS_BYTES:
+        raise ValueError("JSON document too large")
+    return json.loads(body)

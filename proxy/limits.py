@@ -35,7 +35,7 @@ class Overloaded(ProxyError):
 class RateLimiter:
     def __init__(self, clock: Callable[[], float], max_buckets: int) -> None:
         self._clock = clock
-        self._max = max_buckets
+        self.max_buckets = max_buckets
         # key -> (tokens, last refill time)
         self._buckets: OrderedDict[tuple[str, ...], tuple[float, float]] = OrderedDict()
 
@@ -48,7 +48,7 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             raise TooManyRequests(f"rate limit per {what}", (1 - tokens) / settings.rate)
         self._buckets[key] = (tokens - 1, now)
-        while len(self._buckets) > self._max:
+        while len(self._buckets) > self.max_buckets:
             self._buckets.popitem(last=False)
 
 

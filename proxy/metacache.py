@@ -37,17 +37,22 @@ class MetadataCache:
         self._entries: OrderedDict[tuple[str, str], tuple[float, ObjectMeta | _Absent]] = (
             OrderedDict()
         )
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
 
     def get(self, bucket: str, key: str) -> ObjectMeta | _Absent | None:
         """The metadata, MISSING for a remembered 404, or None when not known."""
         entry = self._entries.get((bucket, key))
         if entry is None:
+            self.misses += 1
             return None
         deadline, meta = entry
         if self._clock() >= deadline:
             del self._entries[(bucket, key)]
+            self.misses += 1
             return None
         self._entries.move_to_end((bucket, key))
+        self.hits += 1
         return meta
 
     def put(self, bucket: str, key: str, meta: ObjectMeta) -> None:

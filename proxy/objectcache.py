@@ -41,6 +41,12 @@ class ObjectCache:
         self._clock = clock
         self._bytes = 0
         self._entries: OrderedDict[tuple[str, str], CachedObject] = OrderedDict()
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
+
+    @property
+    def max_age(self) -> float:
+        return self._max_age
 
     @property
     def size_bytes(self) -> int:
@@ -53,14 +59,18 @@ class ObjectCache:
         """The entry if it was fetched less than `max_age` (the reading route's) ago."""
         entry = self._entries.get((bucket, key))
         if entry is None:
+            self.misses += 1
             return None
         age = self._clock() - entry.fetched_at
         if age >= self._max_age:
             self._drop((bucket, key))
+            self.misses += 1
             return None
         if age >= max_age:
+            self.misses += 1
             return None
         self._entries.move_to_end((bucket, key))
+        self.hits += 1
         return entry
 
     def put(self, bucket: str, key: str, meta: ObjectMeta, body: bytes) -> None:

@@ -184,13 +184,18 @@ def sign_request(
     bucket: str,
     key: str,
     now: float,
+    query: Mapping[str, str] | None = None,
 ) -> tuple[str, str, dict[str, str]]:
-    """Return (host, path, headers) for a SigV4 header-signed request without a body.
+    """Return (host, target, headers) for a SigV4 header-signed request without a body; the
+    target is the path, plus `query` (signed) when given.
 
     Only host and the x-amz-* headers are signed; Range and conditional headers may be added
     unsigned, as S3 allows.
     """
     host, path = endpoint.locate(bucket, key)
+    canonical_query = "&".join(
+        f"{_uri_encode(name)}={_uri_encode(value)}" for name, value in sorted((query or {}).items())
+    )
     timestamp, scope = _scope(int(now), region)
     headers = {
         "host": host,
@@ -201,14 +206,16 @@ def sign_request(
         headers["x-amz-security-token"] = credentials.token
     names = ";".join(headers)  # already lower case and sorted
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers.items())
-    canonical_request = f"{method}\n{path}\n\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"
+    canonical_request = (
+        f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"
+    )
     signature = _signature(credentials.secret_key, region, timestamp, scope, canonical_request)
     headers["authorization"] = (
         f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
         f"SignedHeaders={names}, Signature={signature}"
     )
     del headers["host"]  # the HTTP client sends Host itself, exactly as signed
-    return host, path, headers
+    return host, f"{path}?{canonical_query}" if canonical_query else path, headers
 
 
 @lru_cache(maxsize=8)  # the same second is signed many times over

@@ -1,9 +1,14 @@
-"""Runs the app as a server process: bind, handle signals, shut down gracefully.
+"""Runs the app as a server process: bind, handle signals, reload, shut down gracefully.
 
-On SIGTERM or SIGINT the listening socket closes first (new connections are refused), then
-in-flight responses get up to `listen.shutdown_grace` seconds to finish *and* to flush what is
-still buffered for their clients, then everything left is closed and the process exits 0.
-(aiohttp's own shutdown waits for handlers but not for their buffered bytes.)
+On SIGTERM or SIGINT the gateway is marked draining (readiness probes fail) and keeps serving
+for `listen.drain_delay` seconds, so that load balancers stop sending before the port closes;
+a second signal cuts that delay short. Then the listening socket closes (new connections are
+refused), in-flight responses get up to `listen.shutdown_grace` seconds to finish *and* to
+flush what is still buffered for their clients, then everything left is closed and the process
+exits 0. (aiohttp's own shutdown waits for handlers but not for their buffered bytes.)
+
+On SIGHUP the config file is reloaded (see reload.py); with workers, the supervisor passes the
+signal on to each of them.
 """
 
 from __future__ import annotations
@@ -17,14 +22,23 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 from aiohttp import web
 
 from .app import Gateway
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
+from .ops import (
+    MetricsListener,
+    enter_worker,
+    render_directory,
+    shared_directory,
+    worker_exited,
+)
+from .reload import reload_gateway, remove_pid_file, write_pid_file
 
 _POLL = 0.05
 _LINGER = 2.0
@@ -38,7 +52,12 @@ async def serve(
     on_ready: Callable[[int], None],
     gateway: Gateway | None = None,
     reuse_port: bool = False,
+    config_path: Path | None = None,
+    metrics_listener: bool = True,
 ) -> None:
+    """Serve until SIGTERM/SIGINT; reload `config_path` on SIGHUP. `metrics_listener`: serve
+    `metrics.listen` from this process (a worker of several does not: its supervisor does, for
+    all of them)."""
     soft, hard = raise_open_file_limit()
     # Every connection holds a descriptor; this bounds how many the process can hold at once.
     log.info("open file limit: %d (hard limit %d)", soft, hard)
@@ -46,9 +65,33 @@ async def serve(
         gateway = Gateway(config)
     await gateway.open()
     try:
-        await _serve_until_signal(gateway, config, host, port, on_ready, reuse_port)
+        render = gateway.telemetry.render
+        listener = start_metrics_listener(config, render) if metrics_listener else None
+        try:
+            await _serve_until_signal(
+                gateway, config, host, port, on_ready, reuse_port, config_path
+            )
+        finally:
+            if listener is not None:
+                listener.stop()
     finally:
         await gateway.close()
+
+
+def start_metrics_listener(config: Config, render: Callable[[], bytes]) -> MetricsListener | None:
+    """Metrics on their own address when so configured; an OSError naming metrics.listen if
+    that address cannot be had."""
+    metrics = config.settings.metrics
+    address = metrics.address if metrics.enabled else None
+    if address is None:
+        return None
+    listener = MetricsListener(address[0], address[1], metrics.path, render)
+    try:
+        bound = listener.start()
+    except OSError as exc:
+        raise OSError(exc.errno, f"metrics.listen {metrics.listen}: {exc.strerror}") from None
+    log.info("metrics on http://%s:%d%s", metrics.listen.rpartition(":")[0], bound, metrics.path)
+    return listener
 
 
 async def _serve_until_signal(
@@ -58,8 +101,8 @@ async def _serve_until_signal(
     port: int,
     on_ready: Callable[[int], None],
     reuse_port: bool,
+    config_path: Path | None,
 ) -> None:
-    grace = config.settings.listen.shutdown_grace
     runner = web.ServerRunner(low_level_server(gateway, config), handle_signals=False)
     await runner.setup()
     try:
@@ -72,12 +115,39 @@ async def _serve_until_signal(
     on_ready(bound)
 
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: skip the rest of the drain delay
+
+    def on_stop() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
+    def on_hangup() -> None:
+        if config_path is None:
+            log.warning("SIGHUP ignored: this server was not started from a config file")
+        else:
+            reload_gateway(gateway, config_path)
+
     loop = asyncio.get_running_loop()
     flusher = asyncio.ensure_future(_flush_logs_every(BatchingStreamHandler.interval))
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    # run() holds SIGHUP back until now, so that an early one is not fatal: deliver it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         await stop.wait()
+        # Read now: a reload may have changed them.
+        listen = gateway.config.settings.listen
+        gateway.draining = True
+        if listen.drain_delay > 0:
+            log.info(
+                "draining: serving on for %g s (listen.drain_delay) before closing the port",
+                listen.drain_delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), listen.drain_delay)
+        grace = listen.shutdown_grace
         await site.stop()  # refuse new connections
         if runner.server is not None:
             # Idle keep-alive connections close now; busy ones after their current response.
@@ -88,7 +158,9 @@ async def _serve_until_signal(
             await asyncio.sleep(_POLL)
         runner._shutdown_timeout = max(0.1, deadline - loop.time())
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # From here on a SIGHUP waits (and is dropped at exit) rather than killing the process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         try:
@@ -136,13 +208,28 @@ def run(
     port: int,
     on_ready: Callable[[int], None],
     gateway_factory: Callable[[], Gateway] | None = None,
+    config_path: Path | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, in `listen.workers` processes; uvloop when installed."""
-    workers = config.settings.listen.workers
-    if workers == 1:
-        _run_worker(config, host, port, on_ready, gateway_factory, reuse_port=False)
-        return
-    _supervise(config, host, port, on_ready, gateway_factory, workers)
+    """Run until SIGTERM/SIGINT, in `listen.workers` processes; uvloop when installed.
+    SIGHUP reloads `config_path`. Raises PidFileError if `listen.pid_file` cannot be written."""
+    listen = config.settings.listen
+    # Until a handler is in place, SIGHUP's default action would end the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    pid_file = listen.pid_file
+    try:
+        if listen.workers == 1:
+
+            def ready(bound: int) -> None:
+                if pid_file is not None:  # only once the port is ours
+                    write_pid_file(pid_file)
+                on_ready(bound)
+
+            _run_worker(config, host, port, ready, gateway_factory, False, config_path)
+        else:
+            _supervise(config, host, port, on_ready, gateway_factory, listen.workers, config_path)
+    finally:
+        if pid_file is not None:
+            remove_pid_file(pid_file)
 
 
 def _run_worker(
@@ -152,10 +239,12 @@ def _run_worker(
     on_ready: Callable[[int], None],
     gateway_factory: Callable[[], Gateway] | None,
     reuse_port: bool,
+    config_path: Path | None,
 ) -> None:
     async def main() -> None:
         gateway = gateway_factory() if gateway_factory else None
-        await serve(config, host, port, on_ready, gateway, reuse_port)
+        # A worker of several (reuse_port) leaves metrics.listen to its supervisor.
+        await serve(config, host, port, on_ready, gateway, reuse_port, config_path, not reuse_port)
 
     # Decided outside any `except` block, so that no later traceback carries the ImportError.
     uvloop = _uvloop()
@@ -180,11 +269,12 @@ def _worker_main(
     on_ready: Callable[[int], None],
     gateway_factory: Callable[[], Gateway] | None,
     number: int,
+    config_path: Path | None,
 ) -> int:
     """Run one worker; return its exit code, logging why it failed."""
     try:
         ready = on_ready if number == 0 else (lambda bound: None)
-        _run_worker(config, host, port, ready, gateway_factory, reuse_port=True)
+        _run_worker(config, host, port, ready, gateway_factory, True, config_path)
     except BaseException:
         log.exception("worker %d failed", number)
         return 1
@@ -207,10 +297,33 @@ def _supervise(
     on_ready: Callable[[int], None],
     gateway_factory: Callable[[], Gateway] | None,
     workers: int,
+    config_path: Path | None,
 ) -> None:
     """Fork `workers` processes that share one port through SO_REUSEPORT (the kernel spreads
-    connections across them); forward SIGTERM/SIGINT to them, restart any that crash, and
-    return once all have exited after a signal."""
+    connections across them); forward SIGTERM/SIGINT/SIGHUP to them, restart any that crash,
+    and return once all have exited after a signal. With metrics on, the workers write their
+    numbers to one private directory and this process serves metrics.listen from it."""
+    if not config.settings.metrics.enabled:
+        _supervise_workers(
+            config, host, port, on_ready, gateway_factory, workers, config_path, None
+        )
+        return
+    with shared_directory() as directory:
+        _supervise_workers(
+            config, host, port, on_ready, gateway_factory, workers, config_path, directory
+        )
+
+
+def _supervise_workers(
+    config: Config,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None],
+    gateway_factory: Callable[[], Gateway] | None,
+    workers: int,
+    config_path: Path | None,
+    metrics_directory: str | None,
+) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if port:
         # SO_REUSEPORT would let a second proxy share the port silently: make sure it is free.
@@ -221,10 +334,21 @@ def _supervise(
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((host, port))
     port = holder.getsockname()[1]
+    pid_file = config.settings.listen.pid_file
+    if pid_file is not None:  # the supervisor's pid: it passes SIGHUP on to every worker
+        write_pid_file(pid_file)
+    listener = None
+    if metrics_directory is not None:
+        try:
+            listener = start_metrics_listener(config, lambda: render_directory(metrics_directory))
+        except BaseException:
+            holder.close()
+            raise
     stopping = False
     children: dict[int, int] = {}  # pid -> worker number
     crashes: list[float] = []
-    signals = {signal.SIGTERM, signal.SIGINT}
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signals = stops | {signal.SIGHUP}
 
     def spawn(number: int) -> None:
         # Signals wait until the child is recorded (or, in the child, reset to default).
@@ -233,11 +357,18 @@ def _supervise(
             pid = os.fork()
             if pid == 0:  # the worker
                 holder.close()
+                if listener is not None:
+                    listener.close_in_child()
+                if metrics_directory is not None:
+                    enter_worker(metrics_directory)
                 _die_with_parent()
                 for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-                os._exit(_worker_main(config, host, port, on_ready, gateway_factory, number))
+                # SIGHUP stays blocked until the worker's loop handles it (see serve()).
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+                os._exit(
+                    _worker_main(config, host, port, on_ready, gateway_factory, number, config_path)
+                )
             children[pid] = number
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
@@ -249,9 +380,20 @@ def _supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def hangup(signum: int, frame: object) -> None:
+        nonlocal config
+        if config_path is not None:
+            # For workers started from now on; each running worker reloads (and logs) itself.
+            with contextlib.suppress(ConfigError):
+                config = load_config(config_path)
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     exit_code = 0
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hangup)
     for first in range(workers):
         spawn(first)
     try:
@@ -261,6 +403,8 @@ def _supervise(
             except ChildProcessError:
                 break
             crashed = children.pop(pid) if pid in children else None
+            if metrics_directory is not None:
+                worker_exited(metrics_directory, pid)
             if crashed is None or stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -277,5 +421,7 @@ def _supervise(
                 spawn(crashed)
     finally:
         holder.close()
+        if listener is not None:
+            listener.stop()
     if exit_code:
         raise SystemExit(exit_code)

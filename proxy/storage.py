@@ -73,6 +73,11 @@ class Storage(Protocol):
         """The current signing credentials (refreshed when temporary ones near expiry)."""
         ...
 
+    async def check_bucket(self, bucket: str) -> str | None:
+        """None when `bucket` answers the current credentials; else what is wrong (no
+        secrets). One cheap call, made by the readiness probe."""
+        ...
+
     def presign(
         self,
         credentials: Credentials,
@@ -84,36 +89,6 @@ class Storage(Protocol):
     ) -> str:
         """A presigned URL; pure CPU work, no S3 call."""
         ...
-
-
-class CountingStorage:
-    """Counts the S3 calls another Storage makes (presigning makes none)."""
-
-    def __init__(self, inner: Storage, on_call: Any) -> None:
-        self._inner = inner
-        self._on_call = on_call
-
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
-        self._on_call()
-        return await self._inner.head(bucket, key)
-
-    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
-        self._on_call()
-        return await self._inner.get(bucket, key, byte_range)
-
-    async def credentials(self) -> Credentials:
-        return await self._inner.credentials()
-
-    def presign(
-        self,
-        credentials: Credentials,
-        method: str,
-        bucket: str,
-        key: str,
-        lifetime: Lifetime,
-        overrides: Mapping[str, str] | None = None,
-    ) -> str:
-        return self._inner.presign(credentials, method, bucket, key, lifetime, overrides)
 
 
 # Response overrides S3 accepts as query parameters of a presigned GET.
@@ -205,25 +180,8 @@ class S3Storage:
                         # Full-jitter backoff; not security relevant.
                         backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
                         await asyncio.sleep(backoff)
-                    credentials = await self._current_credentials(operation)
-                    host, path, headers = sign_request(
-                        endpoint=self._endpoint,
-                        region=settings.region,
-                        credentials=credentials,
-                        method=method,
-                        bucket=bucket,
-                        key=key,
-                        now=time.time(),
-                    )
-                    headers.update(extra)
                     try:
-                        response = await pool.request(
-                            _origin(self._endpoint.scheme, host),
-                            method,
-                            path,
-                            host,
-                            list(headers.items()),
-                        )
+                        response = await self._request_once(operation, method, bucket, key, extra)
                     except (ConnectionError, OSError, MalformedResponse) as exc:
                         if isinstance(exc, TimeoutError):
                             raise
@@ -238,6 +196,64 @@ class S3Storage:
                     if response.status < 500:
                         raise failure
         raise failure or UpstreamError(f"{operation}: S3 unreachable")
+
+    async def _request_once(
+        self,
+        operation: str,
+        method: str,
+        bucket: str,
+        key: str,
+        extra: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Sign and send one request over the pool; the answer head, whatever its status."""
+        pool = self._pool
+        if pool is None:
+            raise UpstreamError("storage is not open")
+        host, target, headers = sign_request(
+            endpoint=self._endpoint,
+            region=self._settings.region,
+            credentials=await self._current_credentials(operation),
+            method=method,
+            bucket=bucket,
+            key=key,
+            now=time.time(),
+            query=query,
+        )
+        headers.update(extra)
+        return await pool.request(
+            _origin(self._endpoint.scheme, host), method, target, host, list(headers.items())
+        )
+
+    async def check_bucket(self, bucket: str) -> str | None:
+        """A ListObjectsV2 for no keys, sent once: it proves the endpoint answers, the bucket
+        exists and S3 accepts the credentials' signature. AccessDenied passes: the proxy
+        needs s3:GetObject, not s3:ListBucket, and S3 checks the signature before saying
+        it."""
+        try:
+            response = await self._request_once(
+                "ListObjectsV2", "GET", bucket, "", {}, {"list-type": "2", "max-keys": "0"}
+            )
+            body = await _error_body(response, "GET")  # small either way; releases it
+        except ProxyError as exc:
+            return exc.reason
+        except TimeoutError:
+            return "S3 did not answer in time"
+        except (ConnectionError, OSError, MalformedResponse) as exc:
+            return f"S3 unreachable ({type(exc).__name__})"
+        code = _xml_field(body, "Code") or ""
+        if response.status < 300 or code == "AccessDenied":
+            return None
+        if code == "NoSuchBucket":
+            return "bucket does not exist"
+        if response.status in (301, 307) or code == "PermanentRedirect":
+            return "S3 redirected: the bucket is in another region than s3.region"
+        return f"S3 answered {response.status} {code[:64]}".rstrip()
+
+    def pool_load(self) -> tuple[int, int]:
+        """(S3 connections in use, requests waiting for one), for the metrics."""
+        pool = self._pool
+        return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
 
     async def credentials(self) -> Credentials:
         return await self._current_credentials("presign")

@@ -296,6 +296,17 @@ class Pool:
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
+    @property
+    def in_use(self) -> int:
+        """Connections busy with a request (for the metrics)."""
+        return len(self._busy)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot because `max_connections` are taken (for the metrics)."""
+        waiters = self._slots._waiters
+        return sum(1 for waiter in waiters if not waiter.done()) if waiters else 0
+
     async def request(
         self,
         origin: Origin,

@@ -21,6 +21,7 @@ class FakeStorage:
     signing_credentials: Credentials = field(
         default_factory=lambda: Credentials("AKIAFAKE", "fake-secret")
     )
+    bucket_problem: str | None = None  # what check_bucket answers (None: reachable)
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         self.calls.append(("head", bucket, key))
@@ -47,6 +48,10 @@ class FakeStorage:
 
     async def credentials(self) -> Credentials:
         return self.signing_credentials
+
+    async def check_bucket(self, bucket: str) -> str | None:
+        self.calls.append(("check_bucket", bucket, ""))
+        return self.bucket_problem
 
     def presign(
         self,

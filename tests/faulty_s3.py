@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-MODES = ("ok", "error", "hang", "die_mid_stream", "refuse")
+MODES = ("ok", "error", "hang", "die_mid_stream", "refuse", "answer")
 
 
 @dataclass
@@ -17,6 +17,7 @@ class FaultyS3:
     upstream: str
     mode: str = "ok"
     die_after: int = 256 * 1024  # bytes of body sent before dying, in die_mid_stream mode
+    answer: tuple[int, str] = (403, "AccessDenied")  # status and S3 error code, in answer mode
     requests: int = 0
     paths: list[str] = field(default_factory=list)
     url: str = ""
@@ -47,9 +48,10 @@ class FaultyS3:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if self.mode == "error":
-            xml = "<Error><Code>InternalError</Code><Message>boom</Message></Error>"
-            return web.Response(status=500, text=xml, content_type="application/xml")
+        if self.mode in ("error", "answer"):
+            status, code = (500, "InternalError") if self.mode == "error" else self.answer
+            xml = f"<Error><Code>{code}</Code><Message>boom</Message></Error>"
+            return web.Response(status=status, text=xml, content_type="application/xml")
         if self.mode == "hang":
             event = asyncio.Event()
             self._hung.append(event)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from proxy.objectcache import ENTRY_OVERHEAD, ObjectCache
+from proxy.ops import summary
 from proxy.storage import ObjectMeta
 
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
@@ -91,12 +94,13 @@ async def test_large_objects_are_streamed_not_cached(proxy) -> None:
 async def test_cache_against_real_s3(proxy, s3: S3Objects) -> None:
     data = _cached_route()
     data["s3"]["endpoint_url"] = s3.endpoint
-    data["metrics"] = {"path": "/_metrics", "access": "public"}
+    data["metrics"] = {"enabled": True, "listen": "main", "path": "/_metrics", "access": "public"}
     client = await proxy(data)
     token = bearer(make_token())
     for _ in range(3):
         assert await (await client.get("/stream/photos/42", headers=token)).read() == s3.photo
-    metrics = await (await client.get("/_metrics")).json()
+    text = await (await client.get("/_metrics")).text()
+    metrics = summary(text_string_to_metric_families(text))
     assert (metrics["s3_requests"], metrics["cache_hits"]) == (1, 2)
 
 

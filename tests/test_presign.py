@@ -239,3 +239,31 @@ def test_request_signature_equals_botocores(key: str, token: str | None) -> None
     assert headers["x-amz-date"] == request.headers["X-Amz-Date"]
     if token:
         assert headers["x-amz-security-token"] == token
+
+
+def test_a_signed_query_equals_botocores() -> None:
+    """The readiness probe's ListObjectsV2 signs its query string too."""
+    endpoint = Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "path")
+    host, target, headers = sign_request(
+        endpoint=endpoint,
+        region="eu-west-1",
+        credentials=CREDS,
+        method="GET",
+        bucket="my-bucket",
+        key="",
+        now=T0,
+        query={"max-keys": "0", "list-type": "2"},
+    )
+    assert target == "/my-bucket/?list-type=2&max-keys=0"
+    request = AWSRequest(
+        method="GET",
+        url=f"https://{host}{target}",
+        headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"},
+    )
+    request.context["timestamp"] = datetime.fromtimestamp(T0, UTC).strftime(SIGV4_TIMESTAMP)
+    request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    signer = S3SigV4Auth(BotoCredentials(CREDS.access_key, CREDS.secret_key), "s3", "eu-west-1")
+    signer._modify_request_before_signing(request)
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    assert headers["authorization"].endswith(f"Signature={expected}")

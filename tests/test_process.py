@@ -34,7 +34,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(data: dict[str, Any], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def serving(
+    data: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = _free_port()
     data["listen"] = {**data.get("listen", {}), "host": "127.0.0.1", "port": port}
     path = tmp_path / "config.yaml"
@@ -45,6 +47,7 @@ def serving(data: dict[str, Any], tmp_path: Path) -> Iterator[tuple[subprocess.P
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 30
@@ -238,3 +241,114 @@ def test_workers_that_cannot_start_stop_the_supervisor(s3: S3Objects, tmp_path: 
     output = result.stdout + result.stderr
     assert "worker 0 failed" in output or "worker 1 failed" in output
     assert "workers keep exiting" in output
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Each series' total over its labels, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    response = conn.getresponse()
+    assert response.status == 200
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.read().decode()):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0) + sample.value
+    conn.close()
+    return totals
+
+
+def _workers(pid: int, count: int) -> list[str]:
+    children_file = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 20
+    while len(children_file.read_text().split()) < count:
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.05)
+    return children_file.read_text().split()
+
+
+def _get_report(port: int, s3: S3Objects) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # a new connection each
+    conn.request("GET", "/admin/exports/q4.pdf", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == s3.report
+    conn.close()
+
+
+def test_metrics_of_two_workers_are_one_target_that_sums_them(
+    s3: S3Objects, tmp_path: Path
+) -> None:
+    """Connections spread over both workers (SO_REUSEPORT: 40 of them all landing on one
+    worker has odds of 2^-39); the supervisor's metrics.listen answers for both, keeps a
+    killed worker's counts, and removes its private directory at exit."""
+    metrics_port = _free_port()
+    data = config_dict(
+        s3.endpoint,
+        listen={"workers": 2, "shutdown_grace": 5},
+        metrics={"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
+    )
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    with serving(data, tmp_path, env) as (process, port):
+        workers = _workers(process.pid, 2)
+        assert [p.name[:14] for p in scratch.iterdir()] == ["proxy-metrics-"]
+        for _ in range(40):
+            _get_report(port, s3)
+        # Workers write their numbers as they count them: no wait for a sampling period.
+        totals = _scrape(metrics_port)
+        assert totals["proxy_requests_total"] == 40
+        assert totals["proxy_response_body_bytes_total"] == 40 * len(s3.report)
+        assert totals["proxy_s3_requests_total"] == 40
+        assert totals["proxy_request_duration_seconds_count"] == 40
+
+        os.kill(int(workers[0]), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while workers[0] in _workers(process.pid, 1) or len(_workers(process.pid, 1)) < 2:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            time.sleep(0.05)
+        assert _scrape(metrics_port)["proxy_requests_total"] == 40  # counters never go back
+        for _ in range(10):
+            _get_report(port, s3)
+        assert _scrape(metrics_port)["proxy_requests_total"] == 50
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_single_worker_serves_metrics_listen_itself(s3: S3Objects, tmp_path: Path) -> None:
+    metrics_port = _free_port()
+    data = config_dict(
+        s3.endpoint, metrics={"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
+    )
+    with serving(data, tmp_path) as (_process, port):
+        for _ in range(3):
+            _get_report(port, s3)
+        assert _scrape(metrics_port)["proxy_requests_total"] == 3
+        unauthenticated = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        unauthenticated.request("GET", "/metrics")
+        assert unauthenticated.getresponse().status == 404  # not on the proxy's port
+        unauthenticated.close()
+
+
+def test_a_taken_metrics_address_stops_serve_naming_the_key(s3: S3Objects, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        data = config_dict(s3.endpoint, metrics={"enabled": True, "listen": f"127.0.0.1:{busy}"})
+        data["listen"] = {"host": "127.0.0.1", "port": _free_port()}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    assert result.returncode == 2
+    assert f"metrics.listen 127.0.0.1:{busy}: Address already in use" in result.stderr

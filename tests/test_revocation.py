@@ -284,7 +284,10 @@ def test_the_cli_needs_admin_access_with_the_memory_backend(
         ({"state": {"when_down": {"revocations": "maybe"}}}, "state.when_down.revocations"),
         ({"admin": {"path": "/_adm"}}, "admin.access: required with admin.path"),
         ({"admin": {"path": "x", "access": "public"}}, "admin.path: must be a fixed path"),
-        ({"admin": {"path": "/_sign", "access": "public"}}, "admin.path: /_sign is already"),
+        (
+            {"admin": {"path": "/_sign", "access": "public"}},
+            "admin.path: /_sign is also sign_api.path",
+        ),
         ({"admin": {"access": {"claims": 5}}}, "admin.access"),
         ({"revocation": {"max_token_lifetime": 5}}, "revocation.max_token_lifetime"),
     ],

@@ -336,3 +336,38 @@ async def test_the_sign_api_spends_each_paths_buckets_in_one_call(
     results = (await response.json())["results"]
     assert [r.get("status", 200) for r in results] == [200, 200, 429]
     assert results[2]["retry_after"] >= 1
+
+
+async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
+    proxy, s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from proxy.reload import reload_gateway
+
+    from .conftest import Clock
+
+    clock = Clock()
+    data = _shared(s3, redis_server)
+    client = await proxy(data, clock=clock)
+    old = make_token("alice", now=clock.now - 10)
+    admin = make_token("root", role="admin", now=clock.now)
+    assert (await client.get("/readyz")).status == 200
+    revoked = await client.post("/_admin/revocations", json={"sub": "alice"}, headers=bearer(admin))
+    assert revoked.status == 201
+
+    # The reloaded handler checks against the same state: the revocation still holds, and
+    # the new when_down applies.
+    path = tmp_path / "config.yaml"
+    state = {"when_down": {"revocations": "open"}}
+    path.write_text(yaml.safe_dump(_shared(s3, redis_server, state=state)))
+    assert reload_gateway(client.server.gateway, path) == "ok"
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
+
+    redis_server.stop()
+    clock.now += 60  # past health.cache: the next probe checks again
+    await _until_async(lambda: client.server.gateway.state.stale_for() is not None)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    problems = (await response.json())["problems"]
+    assert any(problem.startswith("redis") for problem in problems), problems
+    # when_down.revocations: open (reloaded): the last copy still refuses alice.
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401

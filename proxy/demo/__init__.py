@@ -106,8 +106,9 @@ def seed(s3: CountingS3) -> None:
     )
 
 
-def prepare(workdir: Path, port: int) -> Demo:
-    """Start S3, seed it, write the demo's config into `workdir` and load it."""
+def prepare(workdir: Path, port: int, sign_in: str | None = None) -> Demo:
+    """Start S3, seed it, write the demo's config into `workdir` and load it. `sign_in`: the
+    issuer URL of a provider to sign in with (then `port` must be the real one)."""
     from ..auth import issue_token
     from ..links import link_target, mint_link_token
 
@@ -129,9 +130,11 @@ def prepare(workdir: Path, port: int) -> Demo:
         "s3": {"region": "us-east-1", "endpoint_url": s3.endpoint, "addressing_style": "path"},
         "auth": {"algorithms": ["HS256"], "secret": secret, "link_secret": link_secret},
         # The demo page reads the counters; the demo listens on loopback unless told otherwise.
-        "metrics": {"path": "/_metrics", "access": "public"},
+        "metrics": {"enabled": True, "listen": "main", "path": "/_metrics", "access": "public"},
         "routes": build_routes(),
     }
+    if sign_in is not None:
+        _add_sign_in(data, sign_in, port)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     config = load_config(path)
@@ -145,7 +148,23 @@ def prepare(workdir: Path, port: int) -> Demo:
     return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}")
 
 
-def run_demo(host: str, port: int) -> int:
+def _add_sign_in(data: dict[str, Any], issuer: str, port: int) -> None:
+    """Browser sign-in beside the demo's own tokens: two issuers, so each route names both."""
+    data["auth"].update(name="demo", issuer="s3-proxy-demo")
+    data["auth"]["login"] = {
+        "issuer": issuer,
+        "client_id": "s3-proxy-demo",
+        # The embedded provider takes any secret, but no public clients.
+        "client_secret": secrets.token_urlsafe(24),
+        "public_url": f"http://127.0.0.1:{port}",
+        "session_secret": secrets.token_urlsafe(48),
+        "logout_redirect": "/",
+    }
+    for route in data["routes"]:
+        route["issuers"] = ["demo", "login"]
+
+
+def run_demo(host: str, port: int, sign_in: bool = False) -> int:
     from ..logs import configure_logging
     from ..server import run
     from .web import demo_gateway
@@ -160,9 +179,19 @@ def run_demo(host: str, port: int) -> int:
             file=sys.stderr,
             flush=True,
         )
+    provider = None
+    if sign_in:
+        if not _is_loopback(host):
+            print("--sign-in runs on loopback only (--host 127.0.0.1)", file=sys.stderr)
+            return 2
+        from .provider import EmbeddedProvider
+
+        provider = EmbeddedProvider()
+        provider.start()
+        port = port or _free_port()  # the redirect URI names it before the proxy binds
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="s3-proxy-demo-") as workdir:
-        demo = prepare(Path(workdir), port)
+        demo = prepare(Path(workdir), port, provider.issuer if provider else None)
 
         def ready(bound: int) -> None:
             base = f"http://{host}:{bound}"
@@ -176,7 +205,15 @@ def run_demo(host: str, port: int) -> int:
                 f"{base}/admin/reports/q4-report.csv\n"
                 f"        curl -i -H 'Authorization: Bearer <employee token>' {base}/photos/1\n"
                 f"  Share link (no token needed): {base}{demo.share_link}\n\n"
-                "  Ctrl-C stops the demo and removes its temporary files.\n",
+                + (
+                    f"  Sign-in provider:     {provider.issuer}\n"
+                    f"  Sign in: open {base}/admin/reports/q4-report.csv in a fresh browser "
+                    "and pick admin-1 or employee-7 on the provider's form; sign out at "
+                    f"{base}/_auth/logout\n\n"
+                    if provider
+                    else ""
+                )
+                + "  Ctrl-C stops the demo and removes its temporary files.\n",
                 flush=True,
             )
 
@@ -184,7 +221,18 @@ def run_demo(host: str, port: int) -> int:
             run(demo.config, host, port, ready, lambda: demo_gateway(demo))
         finally:
             demo.s3.stop()
+            if provider is not None:
+                provider.stop()
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def _is_loopback(host: str) -> bool:

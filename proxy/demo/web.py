@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..app import Gateway, Page
-from ..metrics import Metrics
+from ..ops import Telemetry, summary
 
 if TYPE_CHECKING:
     from . import Demo
@@ -27,7 +27,7 @@ def demo_gateway(demo: Demo) -> Gateway:
             "/_demo/app.js": _static("app.js"),
             "/_demo/style.css": _static("style.css"),
             "/_demo/login": _login(demo),
-            "/_demo/stats": _stats(demo, gateway.metrics),
+            "/_demo/stats": _stats(demo, gateway.telemetry),
             "/_demo/info": _info(demo),
         }
     )
@@ -71,10 +71,10 @@ def _login(demo: Demo) -> Page:
     return login
 
 
-def _stats(demo: Demo, metrics: Metrics) -> Page:
+def _stats(demo: Demo, telemetry: Telemetry) -> Page:
     async def stats(request: web.BaseRequest) -> web.Response:
         return web.json_response(
-            {"proxy": metrics.snapshot(), "s3": demo.s3.snapshot()},
+            {"proxy": summary(telemetry.collect()), "s3": demo.s3.snapshot()},
             headers={"Cache-Control": "no-store"},
         )
 

@@ -65,16 +65,25 @@ class State:
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self._clock = clock
-        self._leeway = settings.auth.leeway
-        self._max_lifetime = settings.revocation.max_token_lifetime
-        self._revocations_closed = settings.state.when_down.revocations == "closed"
-        self._limits_closed = settings.state.when_down.limits == "closed"
         self.revoked = RevocationList()
         self.counters = Counters()
         limits = settings.limits
         self.streams = StreamSlots(
             limits.max_streams, limits.max_streams_per_client, limits.max_streams_per_subject
         )
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take a reloaded config's settings. The backend itself (state.backend, url, ...)
+        stays as it was opened: changing it needs a restart."""
+        self._leeway = settings.auth.leeway
+        self._max_lifetime = settings.revocation.max_token_lifetime
+        self._revocations_closed = settings.state.when_down.revocations == "closed"
+        self._limits_closed = settings.state.when_down.limits == "closed"
+        limits = settings.limits
+        self.streams.limit = limits.max_streams
+        self.streams.per_client = limits.max_streams_per_client
+        self.streams.per_subject = limits.max_streams_per_subject
 
     # --- requests ------------------------------------------------------------------------
 

@@ -20,6 +20,12 @@ class MemoryState(State):
         super().__init__(settings, clock)
         self._rates = RateLimiter(clock, settings.limits.max_tracked_clients)
 
+    def reconfigure(self, settings: Settings) -> None:
+        super().reconfigure(settings)
+        if hasattr(self, "_rates"):
+            # Buckets carry on (they clamp to a new burst); only the table's bound changes.
+            self._rates.max_buckets = settings.limits.max_tracked_clients
+
     async def take(self, groups: Sequence[BucketGroup]) -> list[TooManyRequests | None]:
         refusals: list[TooManyRequests | None] = []
         for group in groups:

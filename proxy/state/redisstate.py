@@ -232,6 +232,9 @@ class RedisState(State):
         self._held: dict[str, list[str]] = {}
         self._process = secrets.token_hex(6)
         self._serial = itertools.count()
+
+    def reconfigure(self, settings: Settings) -> None:
+        super().reconfigure(settings)
         self._per_client = settings.limits.max_streams_per_client
         self._per_subject = settings.limits.max_streams_per_subject
 

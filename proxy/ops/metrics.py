@@ -1,0 +1,350 @@
+"""The proxy's Prometheus series: defined once here, counted on the request path, rendered by
+prometheus_client. No I/O.
+
+Rules:
+1. Label values come from the config (route names) or from fixed sets in this module, never
+   from the request: an unmatched path is route "-", an unusual method is "other".
+2. The request path pays for a dict lookup and a few increments: labelled children are made
+   once per label set and kept (`.labels()` validates and locks on every call).
+3. What is cheaper kept as a plain number where it happens (cache hits, connections in use,
+   streams in flight) is read by `sample()`: before each scrape, and every second in a worker
+   of several (whose numbers another process renders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+
+from . import multiprocess
+
+# The text format every Prometheus reads; the names here need nothing newer versions add.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNMATCHED = "-"  # the route label of a request no route matched (or refused before routing)
+NO_DELIVERY = "none"
+_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+_DELIVERIES = {
+    "stream": "stream",
+    "redirect": "redirect",
+    "auto:stream": "stream",
+    "auto:redirect": "redirect",
+    "sign": "sign",
+}
+CACHES = ("object", "metadata", "link", "token")
+TOKEN_OUTCOMES = ("valid", "expired", "invalid")
+S3_OUTCOMES = ("ok", "not_found", "range_not_satisfiable", "timeout", "error")
+# Seconds: from a cached answer on loopback to a large object over a slow link.
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SAMPLE_EVERY = 1.0  # seconds, in a worker of several
+
+
+class CacheCounts(Protocol):
+    """What a cache keeps about itself: plain counters, bumped on each lookup."""
+
+    hits: int
+    misses: int
+
+
+@dataclass
+class _RequestSeries:
+    """The children one (route, delivery, method, status) combination writes to."""
+
+    requests: Any
+    duration: Any
+    ttfb: Any  # None for requests that delivered nothing (404s, refusals, ...)
+    body_bytes: Any
+    not_modified: Any
+
+
+class Telemetry:
+    """The series of one proxy process and what feeds them. Independent of the config, so a
+    reloaded config can keep counting into the same series."""
+
+    def __init__(self) -> None:
+        registry = self.registry = CollectorRegistry()
+        route_delivery = ["route", "delivery"]
+        self._requests = Counter(
+            "proxy_requests",
+            "Requests answered, by route, delivery method, HTTP method and status class.",
+            ["route", "delivery", "method", "status_class"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "proxy_request_duration_seconds",
+            "Seconds from a request's arrival to the end of its handling.",
+            route_delivery,
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self._ttfb = Histogram(
+            "proxy_time_to_first_byte_seconds",
+            "Seconds from a delivered request's arrival to its first response byte.",
+            route_delivery,
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self._bytes = Counter(
+            "proxy_response_body_bytes",
+            "Response body bytes the proxy itself sent (a redirect sends none).",
+            route_delivery,
+            registry=registry,
+        )
+        self._not_modified = Counter(
+            "proxy_not_modified_responses",
+            "304 answers: the client's cached copy was still good.",
+            route_delivery,
+            registry=registry,
+        )
+        s3_calls = Counter(
+            "proxy_s3_requests",
+            "Requests the proxy made to S3, by operation and outcome (presigning makes none).",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        s3_duration = Histogram(
+            "proxy_s3_request_duration_seconds",
+            "Seconds until S3's answer head arrived (retries included).",
+            ["operation"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self._s3 = {
+            (operation, outcome): s3_calls.labels(operation, outcome)
+            for operation in ("HeadObject", "GetObject", "ListObjectsV2")
+            for outcome in S3_OUTCOMES
+        }
+        self._s3_duration = {
+            operation: s3_duration.labels(operation)
+            for operation in ("HeadObject", "GetObject", "ListObjectsV2")
+        }
+        self._pool_in_use = _live_gauge(
+            "proxy_s3_pool_connections_in_use", "S3 connections busy with a request.", registry
+        )
+        self._pool_waiting = _live_gauge(
+            "proxy_s3_pool_waiting_requests",
+            "Requests waiting for a free S3 connection (s3.max_connections are busy).",
+            registry,
+        )
+        self._streams = _live_gauge(
+            "proxy_streams_in_flight", "Streamed responses being sent.", registry
+        )
+        self._in_flight = _live_gauge(
+            "proxy_requests_in_flight", "Requests being handled.", registry
+        )
+        hits = Counter(
+            "proxy_cache_hits", "Lookups a cache answered.", ["cache"], registry=registry
+        )
+        misses = Counter(
+            "proxy_cache_misses", "Lookups a cache could not answer.", ["cache"], registry=registry
+        )
+        self._cache_hits = {name: hits.labels(name) for name in CACHES}
+        self._cache_misses = {name: misses.labels(name) for name in CACHES}
+        tokens = Counter(
+            "proxy_token_verifications",
+            "Presented credentials checked, by kind (jwt, link) and outcome.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self._tokens = {
+            (kind, outcome): tokens.labels(kind, outcome)
+            for kind in ("jwt", "link")
+            for outcome in TOKEN_OUTCOMES
+        }
+        self._rate_limited = Counter(
+            "proxy_rate_limited",
+            "Requests refused with 429 by a rate limit, by route and limit (client, subject).",
+            ["route", "limit"],
+            registry=registry,
+        )
+        reloads = Counter(
+            "proxy_config_reloads",
+            "Config reloads, by outcome (ok: the new config serves; failed: the old one does).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._reloads = {outcome: reloads.labels(outcome) for outcome in ("ok", "failed")}
+        self._series: dict[tuple[str, str, str, int], _RequestSeries] = {}
+        self._caches: dict[str, tuple[CacheCounts, list[int]]] = {}
+        self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+        self._sampling = threading.Lock()  # a scrape thread and the event loop may both sample
+
+    # -- the request path --------------------------------------------------------------------
+
+    def observe_request(
+        self,
+        route: str | None,
+        delivery: str | None,
+        method: str,
+        status: int,
+        body_bytes: int,
+        duration: float,
+        ttfb: float,
+    ) -> None:
+        key = (route or UNMATCHED, delivery or NO_DELIVERY, method, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series_for(*key)
+        series.requests.inc()
+        series.duration.observe(duration)
+        if series.ttfb is not None:
+            series.ttfb.observe(ttfb)
+            series.body_bytes.inc(body_bytes)
+            if series.not_modified is not None:
+                series.not_modified.inc()
+
+    def _series_for(self, route: str, delivery: str, method: str, status: int) -> _RequestSeries:
+        # Rule 1: the request's method reaches a label only if it is one of a fixed few.
+        shown_method = method if method in _METHODS else "other"
+        shown_delivery = _DELIVERIES.get(delivery, NO_DELIVERY)
+        delivered = shown_delivery != NO_DELIVERY
+        status_class = f"{min(max(status // 100, 1), 5)}xx"
+        by_route = (route, shown_delivery)
+        series = _RequestSeries(
+            requests=self._requests.labels(route, shown_delivery, shown_method, status_class),
+            duration=self._duration.labels(*by_route),
+            ttfb=self._ttfb.labels(*by_route) if delivered else None,
+            body_bytes=self._bytes.labels(*by_route) if delivered else None,
+            not_modified=self._not_modified.labels(*by_route)
+            if delivered and status == 304
+            else None,
+        )
+        if method in _METHODS:  # an odd method's series is made again, not remembered
+            self._series[(route, delivery, method, status)] = series
+        return series
+
+    def observe_s3(self, operation: str, outcome: str, seconds: float) -> None:
+        self._s3[(operation, outcome)].inc()
+        self._s3_duration[operation].observe(seconds)
+
+    def token_checked(self, kind: str, outcome: str) -> None:
+        self._tokens[(kind, outcome)].inc()
+
+    def rate_limited(self, route: str | None, limit: str) -> None:
+        self._rate_limited.labels(route or UNMATCHED, limit).inc()
+
+    def config_reloaded(self, ok: bool) -> None:
+        """For the reload path: count one attempt."""
+        self._reloads["ok" if ok else "failed"].inc()
+
+    # -- sampled numbers ---------------------------------------------------------------------
+
+    def watch_cache(self, name: str, cache: CacheCounts) -> None:
+        if name not in CACHES:
+            raise ValueError(f"unknown cache {name!r}; one of {', '.join(CACHES)}")
+        self._caches[name] = (cache, [cache.hits, cache.misses])
+
+    def watch_pool(self, load: Callable[[], tuple[int, int]]) -> None:
+        """`load()` -> (connections in use, requests waiting for one)."""
+        self._gauges.append((self._pool_in_use, lambda: load()[0]))
+        self._gauges.append((self._pool_waiting, lambda: load()[1]))
+
+    def watch_streams(self, in_flight: Callable[[], int]) -> None:
+        self._gauges.append((self._streams, in_flight))
+
+    def watch_requests(self, in_flight: Callable[[], int]) -> None:
+        self._gauges.append((self._in_flight, in_flight))
+
+    def sample(self) -> None:
+        """Carry the plainly kept numbers into their series."""
+        with self._sampling:
+            for name, (cache, seen) in self._caches.items():
+                hits, misses = cache.hits, cache.misses
+                if hits > seen[0]:
+                    self._cache_hits[name].inc(hits - seen[0])
+                if misses > seen[1]:
+                    self._cache_misses[name].inc(misses - seen[1])
+                seen[:] = [hits, misses]
+            for gauge, read in self._gauges:
+                gauge.set(read())
+
+    async def sample_periodically(self) -> None:
+        """In a worker of several: another process renders, so numbers must be written out."""
+        while True:
+            await asyncio.sleep(_SAMPLE_EVERY)
+            self.sample()
+
+    # -- output ------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this process's, or every worker's."""
+        self.sample()
+        directory = multiprocess.directory()
+        if directory is not None:
+            return render_directory(directory)
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterable[Metric]:
+        self.sample()
+        return self.registry.collect()
+
+
+def _live_gauge(name: str, documentation: str, registry: CollectorRegistry) -> Gauge:
+    """A gauge that, across workers, is the sum over the live ones."""
+    return Gauge(name, documentation, registry=registry, multiprocess_mode="livesum")
+
+
+def render_directory(directory: str) -> bytes:
+    """Every worker's numbers, summed, from prometheus_client's multiprocess files."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def summary(families: Iterable[Metric]) -> dict[str, Any]:
+    """The numbers the demo page and `bench` compare, from parsed or collected series.
+
+    The same shape the earlier JSON endpoint had: requests, S3 calls, object-cache hits, and
+    per delivery method the requests, body bytes, 304s and mean time to first byte.
+    """
+    totals: dict[str, float] = {"requests": 0, "s3_requests": 0, "cache_hits": 0}
+    statuses: dict[str, float] = {}
+    by: dict[str, dict[str, float]] = {}
+
+    def method(labels: Mapping[str, str]) -> dict[str, float]:
+        return by.setdefault(
+            labels["delivery"],
+            {"requests": 0, "bytes_sent": 0, "not_modified": 0, "ttfb_sum": 0, "ttfb_count": 0},
+        )
+
+    for family in families:
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "proxy_requests_total":
+                totals["requests"] += value
+                statuses[labels["status_class"]] = statuses.get(labels["status_class"], 0) + value
+                if labels["delivery"] != NO_DELIVERY:
+                    method(labels)["requests"] += value
+            elif name == "proxy_s3_requests_total":
+                totals["s3_requests"] += value
+            elif name == "proxy_cache_hits_total" and labels["cache"] == "object":
+                totals["cache_hits"] += value
+            elif name == "proxy_response_body_bytes_total":
+                method(labels)["bytes_sent"] += value
+            elif name == "proxy_not_modified_responses_total":
+                method(labels)["not_modified"] += value
+            elif name == "proxy_time_to_first_byte_seconds_sum":
+                method(labels)["ttfb_sum"] += value
+            elif name == "proxy_time_to_first_byte_seconds_count":
+                method(labels)["ttfb_count"] += value
+    by_delivery = {}
+    for delivery, stats in sorted(by.items()):
+        count = stats.pop("ttfb_count")
+        mean = stats.pop("ttfb_sum") / count if count else None
+        by_delivery[delivery] = {
+            **{key: int(value) for key, value in stats.items()},
+            "mean_ttfb_ms": round(mean * 1000, 3) if mean is not None else None,
+        }
+    return {
+        **{key: int(value) for key, value in totals.items()},
+        "statuses": {key: int(value) for key, value in sorted(statuses.items())},
+        "by_delivery": by_delivery,
+    }
