@@ -34,6 +34,7 @@ from .delivery import (
     wants_json,
 )
 from .edge import edge_refusal
+from .engines import create_engine
 from .errors import (
     BadRequest,
     Forbidden,
@@ -67,7 +68,7 @@ from .policy import Rule
 from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
-from .storage import S3Storage, Storage
+from .storage import Storage
 
 log = logging.getLogger("proxy")
 
@@ -102,7 +103,7 @@ class Gateway:
         self._sampler: asyncio.Future[None] | None = None
         telemetry = self.telemetry
         if storage is None:
-            s3 = S3Storage(config.settings.s3)
+            s3 = create_engine(config.settings.s3)
             self._resources.append(s3)
             telemetry.watch_pool(s3.pool_load)
             storage = s3
@@ -616,6 +617,7 @@ class _Handler:
                 self._limits.client_write_timeout,
                 self._objects,
                 settings.cache,
+                route.sse,
             )
         finally:
             await self._state.release_stream(lease)

@@ -6,11 +6,15 @@ fetches every object through both copies of its route. The browser follows redir
 honours Cache-Control and revalidates with ETag, so a second page view shows what caching
 saves each method. S3 requests are the proxy's own (from its metrics) plus the ones the
 browser sends straight to S3. Prints a table, and writes a Markdown report, the raw numbers
-and (with matplotlib) a PNG chart.
+and (with matplotlib) a PNG of charts that the report links.
 
 - By default the world is built here: the demo's S3 (moto, in this process) with objects of
   several sizes, behind one route.
 - With a config, the world is the user's: their S3 and routes, and the paths they name.
+
+Each S3 engine asked for (`--engine`, both by default) gets a run of its own, one after the
+other with a fresh proxy process: the report is the first engine's, followed by the engines
+side by side on what they change (the stream column: its time and the proxy's CPU).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from .demo.s3 import CountingS3
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
+ENGINES = ("builtin", "aiobotocore")
 TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
 START_TIMEOUT = 30.0  # seconds for the proxy process to listen
 MAX_HOPS = 10
@@ -439,8 +444,10 @@ def report(
     rounds: int,
     notes: Sequence[str],
     tick: float | None = None,
+    chart: str | None = None,
 ) -> str:
-    """The report as Markdown; `tick` is the CPU time resolution (default: this machine's)."""
+    """The report as Markdown; `tick` is the CPU time resolution (default: this machine's);
+    `chart`, the file name of the charts beside it."""
     first = {m: results[m][0] for m in METHODS}
     second = {m: results[m][1] for m in METHODS}
     tick = cpu_tick() if tick is None else tick
@@ -484,6 +491,14 @@ def report(
         "|---|---|---|",
         *[f"| {name} | {a} | {b} |" for name, a, b in rows],
         "",
+        *(
+            [
+                f"![time to first byte, bytes through the proxy, requests per view]({chart})",
+                "",
+            ]
+            if chart
+            else ["(No charts: pip install matplotlib for them.)", ""]
+        ),
         "Notes:",
         "",
         *[f"- {note}" for note in notes],
@@ -492,9 +507,47 @@ def report(
     return "\n".join(lines)
 
 
+def engine_report(runs: Mapping[str, dict[str, list[View]]], tick: float | None = None) -> str:
+    """The S3 engines side by side on streamed first views, the only path where they differ
+    (a redirect is signed by the same code whichever engine runs)."""
+    tick = cpu_tick() if tick is None else tick
+    engines = list(runs)
+    first = {engine: runs[engine]["stream"][0] for engine in engines}
+
+    def cpu_per_request(view: View) -> str:
+        if not view.proxy_requests or view.proxy_cpu < tick:
+            return f"< {tick:.2g} s in all ({BELOW_RESOLUTION})"
+        return f"{view.proxy_cpu / view.proxy_requests * 1e3:.2f} ms"
+
+    rows: list[tuple[str, Callable[[View], str]]] = [
+        ("median time to first byte (client)", lambda v: _ms(v.ttfb)),
+        ("median total time per object (client)", lambda v: _ms(v.total)),
+        ("S3 requests by the proxy", lambda v: str(v.s3_requests)),
+        ("proxy CPU", lambda v: _cpu(v.proxy_cpu, tick)),
+        ("proxy CPU per request", cpu_per_request),
+    ]
+    lines = [
+        "# S3 engines: stream",
+        "",
+        "The same objects streamed by the same proxy and config, with each `s3.engine` in turn "
+        "(a fresh proxy process each, first views only).",
+        "",
+        "| | " + " | ".join(engines) + " |",
+        "|---|" + "---|" * len(engines),
+        *[f"| {name} | {' | '.join(show(first[e]) for e in engines)} |" for name, show in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+CHART = "comparison.png"  # beside report.md, which links it
+COLOURS = {"stream": "#3867d6", "redirect": "#e17a16"}  # as on the demo page
+
+
 def chart(
     results: dict[str, list[View]], objects: Sequence[tuple[str, int]], out: Path
 ) -> Path | None:
+    """Write the charts beside the report; without matplotlib, none (the report says how)."""
     try:
         import matplotlib
 
@@ -502,36 +555,70 @@ def chart(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    count = len(objects)
-    rounds = len(results["stream"][0].total) // count
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    labels = [f"{path.rsplit('/', 1)[-1][:16]}\n{_size(size)}" for path, size in objects]
-    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
-        view = results[method][0]
-        medians = [statistics.median(view.total[i::count][:rounds]) * 1000 for i in range(count)]
-        axes[0].bar([i + offset for i in range(count)], medians, width=0.4, label=method)
-    axes[0].set_xticks(range(count), labels)
-    axes[0].set_ylabel("ms per object (first view)")
-    axes[0].set_title("time per object")
-    axes[0].legend()
-    categories = ["proxy MiB", "proxy req.", "S3 req.", "2nd view req."]
-    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
-        first, second = results[method]
-        values = [
-            first.proxy_bytes / 2**20,
-            first.proxy_requests,
-            first.s3_requests,
-            second.proxy_requests + second.s3_requests,
-        ]
-        axes[1].bar([i + offset for i in range(len(values))], values, width=0.4, label=method)
-    axes[1].set_xticks(range(len(categories)), categories)
-    axes[1].set_title("what each method costs")
-    axes[1].legend()
-    fig.tight_layout()
-    path = out / "comparison.png"
+    fig = draw_charts(results, objects)
+    path = out / CHART
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int]]) -> Any:
+    """The comparison as a matplotlib figure of three charts: the client's time to first byte
+    per object, the bytes through the proxy, and the requests a first and a second view sent."""
+    import matplotlib.pyplot as plt
+
+    count = len(objects)
+    rounds = len(results["stream"][0].ttfb) // count
+    fig, (ttfb_ax, bytes_ax, requests_ax) = plt.subplots(1, 3, figsize=(14, 4.4))
+    labels = [f"{path.rsplit('/', 1)[-1][:16]}\n{_size(size)}" for path, size in objects]
+    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
+        ttfb = results[method][0].ttfb  # in fetch order: each round fetches every object
+        medians = [statistics.median(ttfb[i::count]) * 1000 for i in range(count)]
+        bars = ttfb_ax.bar(
+            [i + offset for i in range(count)], medians, 0.4, label=method, color=COLOURS[method]
+        )
+        ttfb_ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ttfb_ax.set_xticks(range(count), labels)
+    ttfb_ax.set_ylabel(f"ms, median of {rounds} first view(s)")
+    ttfb_ax.set_title("time to first byte at the client")
+    ttfb_ax.set_ylim(top=ttfb_ax.get_ylim()[1] * 1.2)
+    ttfb_ax.legend()
+
+    sent = [results[method][0].proxy_bytes / rounds / 2**20 for method in METHODS]
+    bars = bytes_ax.bar(METHODS, sent, 0.5, color=[COLOURS[m] for m in METHODS])
+    bytes_ax.bar_label(bars, labels=[_mib(value * 2**20) for value in sent], fontsize=9)
+    bytes_ax.set_ylabel("MiB per first view")
+    bytes_ax.set_title("bytes through the proxy")
+
+    views = ("first view", "second view")
+    highest = 0.0
+    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
+        first, second = results[method]
+        proxy = [first.proxy_requests / rounds, second.proxy_requests]
+        s3 = [first.s3_requests / rounds, second.s3_requests]
+        where = [i + offset for i in range(len(views))]
+        colour = COLOURS[method]
+        requests_ax.bar(where, proxy, 0.4, color=colour, label=f"{method}: to the proxy")
+        bars = requests_ax.bar(
+            where,
+            s3,
+            0.4,
+            bottom=proxy,
+            color="white",
+            edgecolor=colour,
+            hatch="//",
+            label=f"{method}: to S3",
+        )
+        totals = [a + b for a, b in zip(proxy, s3, strict=True)]
+        requests_ax.bar_label(bars, labels=[f"{total:g}" for total in totals], fontsize=9)
+        highest = max(highest, *totals)
+    requests_ax.set_xticks(range(len(views)), views)
+    requests_ax.set_ylabel("requests per view")
+    requests_ax.set_title("requests (S3's include the proxy's own)")
+    requests_ax.set_ylim(top=max(highest, 1) * 1.5)  # room for the legend above the bars
+    requests_ax.legend(fontsize=8, ncol=2, loc="upper center")
+    fig.tight_layout()
+    return fig
 
 
 def run_config_bench(
@@ -542,6 +629,7 @@ def run_config_bench(
     rounds: int,
     token: str | None = None,
     claims: Mapping[str, Any] | None = None,
+    engines: Sequence[str] = ENGINES,
 ) -> int:
     """Bench the routes of a user's config on `paths`, against the S3 it names."""
     plan = plan_bench(config, paths)
@@ -552,10 +640,12 @@ def run_config_bench(
         "runs here too), so every time includes that way to S3 and back."
     )
     token = token or _mint_token(config, plan, claims or {"sub": "bench"})
-    return _run(plan, token, os.environ, out, rounds, about)
+    return _run(plan, token, os.environ, out, rounds, about, engines)
 
 
-def run_bench(out: Path, rounds: int, sizes: tuple[int, ...] = SIZES) -> int:
+def run_bench(
+    out: Path, rounds: int, sizes: tuple[int, ...] = SIZES, engines: Sequence[str] = ENGINES
+) -> int:
     """Bench the default world: the demo's S3 in this process, objects of `sizes`."""
     import logging
 
@@ -584,7 +674,7 @@ def run_bench(out: Path, rounds: int, sizes: tuple[int, ...] = SIZES) -> int:
             "away), every extra hop costs that much more."
         )
         token = _mint_token(config, plan, {"sub": "bench"})
-        return _run(plan, token, env, out, rounds, about)
+        return _run(plan, token, env, out, rounds, about, engines)
     finally:
         s3.stop()
 
@@ -641,25 +731,38 @@ def _run(
     out: Path,
     rounds: int,
     about: str,
+    engines: Sequence[str] = ENGINES,
 ) -> int:
     out.mkdir(parents=True, exist_ok=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with (
-        tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
-        ProxyProcess(plan.config, Path(workdir), env) as proxy,
-    ):
-        target = Target(proxy.base, proxy.pid, plan.paths, headers)
-        try:
-            sizes, results = asyncio.run(measure(target, rounds))
-        except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
-            tail = proxy.output_tail()
-            raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
+    runs: dict[str, dict[str, list[View]]] = {}
+    sizes: list[int] = []
+    for engine in engines:
+        print(f"s3.engine: {engine}", file=sys.stderr)
+        config = {**plan.config, "s3": {**plan.config.get("s3", {}), "engine": engine}}
+        with (
+            tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
+            ProxyProcess(config, Path(workdir), env) as proxy,
+        ):
+            target = Target(proxy.base, proxy.pid, plan.paths, headers)
+            try:
+                sizes, runs[engine] = asyncio.run(measure(target, rounds))
+            except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
+                tail = proxy.output_tail()
+                raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
+    results = runs[engines[0]]
     objects = list(zip(plan.paths, sizes, strict=True))
-    text = report(results, objects, rounds, [about, *plan.notes])
-    (out / "report.md").write_text(text)
+    notes = [about, f"s3.engine: {engines[0]}", *plan.notes]
     picture = chart(results, objects, out)
+    linked = picture.name if picture else None
+    text = report(results, objects, rounds, notes, chart=linked)
+    if len(runs) > 1:
+        text += "\n" + engine_report(runs)
+    (out / "report.md").write_text(text)
     raw = {m: [v.__dict__ for v in views] for m, views in results.items()}
     (out / "results.json").write_text(json.dumps(raw, indent=1))
+    by_engine = {e: {m: [v.__dict__ for v in vs] for m, vs in r.items()} for e, r in runs.items()}
+    (out / "engines.json").write_text(json.dumps(by_engine, indent=1))
     print(text)
     print(
         f"report: {out / 'report.md'}"

@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="first views to take the median of")
     bench.add_argument("--config", help="bench the routes of this config instead of the demo's")
     bench.add_argument(
+        "--engine",
+        choices=["both", "builtin", "aiobotocore"],
+        default="both",
+        help="the s3.engine to bench; both (the default) runs each and compares them",
+    )
+    bench.add_argument(
         "--path",
         action="append",
         default=[],
@@ -245,10 +251,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import run_bench, run_config_bench
+    from .bench import ENGINES, run_bench, run_config_bench
     from .benchplan import BenchError
 
     out, rounds = Path(args.out), max(1, args.rounds)
+    engines = list(ENGINES) if args.engine == "both" else [args.engine]
     if args.config is None:
         given = [name for name, value in _CONFIG_ONLY if getattr(args, value)]
         if given:
@@ -259,12 +266,12 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.config is None:
-            return run_bench(out, rounds)
+            return run_bench(out, rounds, engines=engines)
         config = _load(args.config)
         if config is None:
             return 2
         return run_config_bench(
-            Path(args.config), config, args.paths, out, rounds, args.token, claims
+            Path(args.config), config, args.paths, out, rounds, args.token, claims, engines
         )
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)

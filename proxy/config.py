@@ -31,6 +31,7 @@ from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
 from .routing import KeyTemplate, PathPattern, TemplateError, compile_pattern, compile_template
+from .ssec import CustomerKey
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -67,6 +68,9 @@ class ListenSettings(_Model):
 
 
 class S3Settings(_Model):
+    # Who talks to S3: `builtin` signs each request itself and keeps its own keep-alive pool
+    # (the fast path); `aiobotocore` sends every request through one aiobotocore client.
+    engine: Literal["builtin", "aiobotocore"] = "builtin"
     region: str = "us-east-1"
     endpoint_url: str | None = None
     public_endpoint_url: str | None = None
@@ -457,6 +461,8 @@ class RouteSettings(_Model):
     inline_types: list[str] = Field(default_factory=lambda: list(DEFAULT_INLINE_TYPES))
     # Names (or `iss` values) of the auth.issuers whose tokens this route accepts.
     issuers: list[str] | None = Field(None, min_length=1)
+    # The SSE-C key the route's objects are encrypted with (32 bytes or their base64).
+    sse_customer_key: SecretStr | None = None
 
     @field_validator("inline_types")
     @classmethod
@@ -652,6 +658,7 @@ class Route:
     # Browser navigations without a usable token are sent to sign in (auth.login), because
     # this route accepts the session that sign-in ends with.
     sign_in: bool = False
+    sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
 
     @property
     def name(self) -> str:
@@ -814,7 +821,8 @@ def _describe_validation_error(exc: ValidationError, data: Any) -> list[str]:
         if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
             shown = error["input"]
             # A Redis URL may carry a password, like a secret.
-            if not isinstance(shown, dict | list) and "secret" not in loc and loc != _URL:
+            secret = "secret" in loc or "sse_customer_key" in loc or loc == _URL
+            if not isinstance(shown, dict | list) and not secret:
                 message += f" (got {shown!r})"
         problems.append(f"{_location(loc, data)}: {message}")
     return problems
@@ -880,10 +888,30 @@ def _cross_check(
             and rule.needs_token
             and (issuers is None or login.public_url in issuers)
         )
+        sse = _customer_key(route, where, problems)
+        inline = InlineTypes(route.inline_types)
         routes.append(
-            Route(route, pattern, template, rule, InlineTypes(route.inline_types), issuers, sign_in)
+            Route(route, pattern, template, rule, inline, issuers, sign_in=sign_in, sse=sse)
         )
     return settings, routes
+
+
+def _customer_key(route: RouteSettings, where: str, problems: list[str]) -> CustomerKey | None:
+    """The route's SSE-C key, checked; refused where S3 would need it from a browser."""
+    if route.sse_customer_key is None:
+        return None
+    try:
+        key = CustomerKey.parse(route.sse_customer_key.get_secret_value())
+    except ValueError as exc:
+        problems.append(f"{where}.sse_customer_key: {exc}")
+        return None
+    if route.delivery != "stream":
+        problems.append(
+            f"{where}.sse_customer_key: needs delivery: stream (got {route.delivery}); S3 "
+            "wants an SSE-C key as request headers, which a browser following a presigned URL "
+            "cannot send, so the proxy must fetch the object itself"
+        )
+    return key
 
 
 def _resolve_pid_file(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .objectcache import ObjectCache
 from .presign import Lifetime, LifetimeError, plan_lifetime
+from .ssec import CustomerKey
 from .storage import ObjectMeta, ObjectStream, Storage
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
@@ -127,7 +128,9 @@ async def stream(
     write_timeout: float = 60.0,
     cache: ObjectCache | None = None,
     cache_settings: RouteCacheSettings | None = None,
+    sse: CustomerKey | None = None,
 ) -> web.StreamResponse:
+    """Answer from S3 (or the object cache); `sse` is the route's SSE-C key, if any."""
     if cache is not None and cache_settings is not None:
         return await _from_cache(
             request,
@@ -139,14 +142,15 @@ async def stream(
             write_timeout,
             cache,
             cache_settings,
+            sse,
         )
     if request.method == "HEAD":
-        meta = await storage.head(bucket, key)
+        meta = await storage.head(bucket, key, sse)
         _check_preconditions(request, meta, shown)
         response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
         response.content_length = meta.content_length
         return response
-    obj = await _open_for_get(request, storage, bucket, key, shown)
+    obj = await _open_for_get(request, storage, bucket, key, shown, sse)
     return await send_object(request, obj, shown, chunk_outcome, write_timeout)
 
 
@@ -177,6 +181,7 @@ async def _open_for_get(
     bucket: str,
     key: str,
     shown: Presentation,
+    sse: CustomerKey | None,
 ) -> ObjectStream:
     """GET the object from S3 and judge the preconditions on that very answer, so the
     validators are those of the bytes served. Client conditionals never go to S3.
@@ -190,25 +195,25 @@ async def _open_for_get(
     if ranges == ():
         # A malformed range set: 416 with the size, unless a precondition or a stale
         # If-Range decides first (RFC 9110 13.2.2). Rare, so a HEAD finds the size.
-        meta = await storage.head(bucket, key)
+        meta = await storage.head(bucket, key, sse)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
-        obj = await storage.get(bucket, key, byte_range)
+        obj = await storage.get(bucket, key, byte_range, sse)
     except RangeNotSatisfiable:
         if not has_preconditions(headers) and "If-Range" not in headers:
             raise
         # S3 says 416 before we saw the validators; but preconditions and If-Range come first
         # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
-        meta = await storage.head(bucket, key)
+        meta = await storage.head(bucket, key, sse)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise
         byte_range = None
-        obj = await storage.get(bucket, key, None)
+        obj = await storage.get(bucket, key, None, sse)
     while True:
         meta = obj.meta
         try:
@@ -220,7 +225,7 @@ async def _open_for_get(
             return obj
         await _discard(obj)  # the client's copy is stale: it gets the whole object
         byte_range = None
-        obj = await storage.get(bucket, key, None)
+        obj = await storage.get(bucket, key, None, sse)
 
 
 async def _discard(obj: ObjectStream) -> None:
@@ -296,6 +301,7 @@ async def _from_cache(
     write_timeout: float,
     cache: ObjectCache,
     settings: RouteCacheSettings,
+    sse: CustomerKey | None,
 ) -> web.StreamResponse:
     cached = cache.get(bucket, key, settings.max_age)
     if cached is not None:
@@ -303,7 +309,7 @@ async def _from_cache(
         return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
-    obj = await storage.get(bucket, key, None)
+    obj = await storage.get(bucket, key, None, sse)
     if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
         if request.method == "GET" and "Range" not in request.headers:
             try:
@@ -313,7 +319,9 @@ async def _from_cache(
                 raise
             return await send_object(request, obj, shown, chunk_outcome, write_timeout)
         await _discard(obj)  # too big to cache: ask S3 the client's own question
-        return await stream(request, storage, bucket, key, shown, chunk_outcome, write_timeout)
+        return await stream(
+            request, storage, bucket, key, shown, chunk_outcome, write_timeout, sse=sse
+        )
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:

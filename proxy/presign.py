@@ -185,12 +185,14 @@ def sign_request(
     key: str,
     now: float,
     query: Mapping[str, str] | None = None,
+    signed_headers: Mapping[str, str] | None = None,
 ) -> tuple[str, str, dict[str, str]]:
     """Return (host, target, headers) for a SigV4 header-signed request without a body; the
     target is the path, plus `query` (signed) when given.
 
-    Only host and the x-amz-* headers are signed; Range and conditional headers may be added
-    unsigned, as S3 allows.
+    Only host and the x-amz-* headers are signed: those this makes, and `signed_headers`
+    (lower-case x-amz-* names, e.g. SSE-C's), which are returned with them. Range and
+    conditional headers may be added unsigned, as S3 allows.
     """
     host, path = endpoint.locate(bucket, key)
     canonical_query = "&".join(
@@ -204,7 +206,10 @@ def sign_request(
     }
     if credentials.token:
         headers["x-amz-security-token"] = credentials.token
-    names = ";".join(headers)  # already lower case and sorted
+    if signed_headers:
+        headers.update(signed_headers)
+        headers = dict(sorted(headers.items()))
+    names = ";".join(headers)  # lower case and sorted
     canonical_headers = "".join(f"{name}:{value}\n" for name, value in headers.items())
     canonical_request = (
         f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"

@@ -17,12 +17,15 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
     >/dev/null 2>&1 || echo "warning: could not install redis-server; its tests will be skipped" >&2
 fi
-# s3rver (Node.js) enforces presigned URL expiry, which moto does not; its tests skip without it.
+# s3rver 3 (Node.js) enforces presigned URL expiry, which moto does not; s3rver 5 also verifies
+# SigV4 signatures (tests/test_s3rver_sigv4.py). Their tests skip without them.
 if command -v npm >/dev/null 2>&1; then
   npm ci --prefix tests/s3rver --silent --no-audit --no-fund \
     || echo "warning: could not install s3rver; its tests will be skipped" >&2
+  npm ci --prefix tests/s3rver5 --silent --no-audit --no-fund --engine-strict=false \
+    || echo "warning: could not install @20minutes/s3rver; its tests will be skipped" >&2
 else
-  echo "note: npm not found; the s3rver expiry tests will be skipped" >&2
+  echo "note: npm not found; the s3rver expiry and signature tests will be skipped" >&2
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

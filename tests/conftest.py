@@ -278,16 +278,42 @@ class ProductionLikeServer(BaseTestServer):  # type: ignore[type-arg]
             await self.gateway.close()
 
 
+ENGINES = ("builtin", "aiobotocore")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "both_engines: run each test that uses the `engine` fixture (`proxy` does) once per "
+        "S3 engine, builtin and aiobotocore",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_engines"):
+        metafunc.parametrize("engine", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def proxy(aiohttp_client: Any, s3: S3Objects) -> ProxyFactory:
-    """Start the proxy on a real loopback socket against moto; returns a TestClient."""
+def engine(request: pytest.FixtureRequest) -> str:
+    """The s3.engine a test's proxy runs: both, one after the other, in modules marked
+    `both_engines`; else the default."""
+    return str(getattr(request, "param", "builtin"))
+
+
+@pytest.fixture
+def proxy(aiohttp_client: Any, s3: S3Objects, engine: str) -> ProxyFactory:
+    """Start the proxy on a real loopback socket against moto; returns a TestClient. Its
+    s3.engine is the `engine` fixture's unless the config names one."""
 
     async def start(
         data: dict[str, Any] | None = None,
         storage: Storage | None = None,
         clock: Callable[[], float] = time.time,
     ) -> TestClient[Any, Any]:
-        config = build_config(data or config_dict(s3.endpoint))
+        data = copy.deepcopy(data or config_dict(s3.endpoint))
+        data.setdefault("s3", {}).setdefault("engine", engine)
+        config = build_config(data)
         server = ProductionLikeServer(Gateway(config, storage=storage, clock=clock), config)
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return client

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from proxy.conditional import parse_ranges
 from proxy.errors import NotFound, RangeNotSatisfiable
 from proxy.presign import Credentials, Lifetime
+from proxy.ssec import CustomerKey
 from proxy.storage import ObjectMeta, ObjectStream
 
 
@@ -22,14 +23,19 @@ class FakeStorage:
         default_factory=lambda: Credentials("AKIAFAKE", "fake-secret")
     )
     bucket_problem: str | None = None  # what check_bucket answers (None: reachable)
+    sse_keys: list[CustomerKey | None] = field(default_factory=list)  # per head/get, in order
 
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
+    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         self.calls.append(("head", bucket, key))
+        self.sse_keys.append(sse)
         return self._meta(bucket, key)
 
-    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
+    async def get(
+        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
+    ) -> ObjectStream:
         """Answers a single range as S3 does: 206 with Content-Range, or 416 past the end."""
         self.calls.append(("get", bucket, key))
+        self.sse_keys.append(sse)
         meta = self._meta(bucket, key, mid_stream=self.fail_after_bytes is not None)
         body = self.objects[(bucket, key)]
         ranges = parse_ranges(byte_range)

@@ -20,6 +20,7 @@ class FaultyS3:
     answer: tuple[int, str] = (403, "AccessDenied")  # status and S3 error code, in answer mode
     requests: int = 0
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # each request's, lower-case names
     url: str = ""
     _server: TestServer | None = None
     _session: aiohttp.ClientSession | None = None
@@ -44,6 +45,7 @@ class FaultyS3:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         self.paths.append(f"{request.method} {request.path}")
+        self.headers.append({name.lower(): value for name, value in request.headers.items()})
         if self.mode == "refuse":
             assert request.transport is not None
             request.transport.abort()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxy.bench import View, report, run_bench
+from proxy.bench import View, chart, draw_charts, report, run_bench
 
 
 def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys) -> None:
     assert run_bench(tmp_path, rounds=1, sizes=(10 * 1024, 100 * 1024)) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| bytes sent through the proxy |" in report
+    # The charts, beside the report and linked from it.
+    assert "](comparison.png)" in report
     assert (tmp_path / "comparison.png").read_bytes().startswith(b"\x89PNG")
     results = json.loads((tmp_path / "results.json").read_text())
     stream_first, stream_second = results["stream"]
@@ -23,6 +25,15 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
     assert "report:" in capsys.readouterr().out
+    engines = json.loads((tmp_path / "engines.json").read_text())
+    assert set(engines) == {"builtin", "aiobotocore"}
+    for views in engines.values():  # both engines streamed every byte, one S3 GET per object
+        assert (views["stream"][0]["proxy_bytes"], views["stream"][0]["s3_requests"]) == (
+            110 * 1024,
+            2,
+        )
+    assert "| | builtin | aiobotocore |" in report
+    assert "| proxy CPU per request |" in report
 
 
 def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:
@@ -63,3 +74,45 @@ def test_report_prints_measurable_amounts_as_measured() -> None:
     assert rows["proxy CPU"] == ("0.25 s", "0.02 s")
     assert rows["proxy CPU per GB delivered"] == ("3.73 s", "0.30 s")
     assert rows["bytes sent through the proxy"] == ("64.0 MiB", "0 B")
+
+
+def test_report_links_its_charts_or_says_how_to_get_them() -> None:
+    size = 10 * 1024
+    results = {
+        "stream": [_view(0.0, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.0, 0, size), _view(0.0, 0, size)],
+    }
+    objects = [("/objects/a.bin", size)]
+    linked = report(results, objects, rounds=1, notes=[], tick=0.01, chart="comparison.png")
+    assert (
+        "![time to first byte, bytes through the proxy, requests per view](comparison.png)"
+        in linked
+    )
+    unlinked = report(results, objects, rounds=1, notes=[], tick=0.01)
+    assert "](" not in unlinked and "pip install matplotlib" in unlinked
+
+
+def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
+    """What the PNG shows: per chart, a bar per method with the numbers the report has."""
+    size = 100 * 1024
+    results = {
+        "stream": [_view(0.0, 2 * size, 2 * size), _view(0.0, 0, 2 * size)],
+        "redirect": [_view(0.0, 0, 2 * size), _view(0.0, 0, 2 * size)],
+    }
+    for method in results:  # one round of two objects
+        results[method][0].ttfb = [0.002, 0.004]
+    results["redirect"][1].proxy_requests = results["redirect"][1].s3_requests = 0
+    objects = [("/objects/a.bin", size), ("/objects/b.bin", size)]
+    figure = draw_charts(results, objects)
+    ttfb, sent, requests = figure.axes
+    assert [axes.get_title() for axes in figure.axes] == [
+        "time to first byte at the client",
+        "bytes through the proxy",
+        "requests (S3's include the proxy's own)",
+    ]
+    assert [text.get_text() for text in ttfb.texts] == ["2.0", "4.0", "2.0", "4.0"]
+    assert [text.get_text() for text in sent.texts] == ["200 KiB", "0 B"]
+    # Per method, a first and a second view: requests to the proxy plus requests to S3.
+    assert [text.get_text() for text in requests.texts] == ["4", "4", "4", "0"]
+    path = chart(results, objects, tmp_path)
+    assert path == tmp_path / "comparison.png" and path.read_bytes().startswith(b"\x89PNG")

@@ -17,6 +17,8 @@ from .conftest import S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
 from .test_upstream import ScriptedServer, answer
 
+pytestmark = pytest.mark.both_engines
+
 ALICE = bearer(make_token("alice"))
 STREAMED = "/stream/photos/42"
 CACHED = "/cached/photos/42"
@@ -278,8 +280,12 @@ def _s3_answer(body: bytes) -> bytes:
 
 @pytest.mark.parametrize(("size", "connections"), [(64 * 1024, 1), (64 * 1024 + 1, 3)])
 async def test_a_304_keeps_the_s3_connection_only_for_a_small_body(
-    proxy, size: int, connections: int
+    proxy, size: int, connections: int, engine: str
 ) -> None:
+    if engine == "aiobotocore":
+        # aiohttp reads ahead into its own buffer and keeps a connection whose body has
+        # arrived in full, which on loopback is a race: only the built-in pool's rule holds.
+        pytest.skip("the built-in pool's keep-alive rule (upstream.py rule 1)")
     replies = [[_s3_answer(b"x" * size)] for _ in range(3)]
     async with ScriptedServer(replies, tls=None) as server:
         client = await proxy(config_dict(f"http://127.0.0.1:{server.origin.port}"))

@@ -314,3 +314,12 @@ def test_the_cli_shows_config_warnings(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert f"config warning in {path}: auth.audience: not set" in result.stderr
+
+
+def test_s3_engine_is_builtin_unless_aiobotocore_is_named() -> None:
+    assert build_config(config_dict()).settings.s3.engine == "builtin"
+    chosen = build_config(config_dict(s3={"engine": "aiobotocore"}))
+    assert chosen.settings.s3.engine == "aiobotocore"
+    assert _problems(config_dict(s3={"engine": "boto3"})) == [
+        "s3.engine: Input should be 'builtin' or 'aiobotocore' (got 'boto3')"
+    ]

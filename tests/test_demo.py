@@ -97,7 +97,8 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
     with urllib.request.urlopen(demo + "/", timeout=10) as response:
         assert "stream" in response.read().decode()
     stats = _json(demo + "/_demo/stats")
-    assert set(stats) == {"proxy", "s3"}
+    assert set(stats) == {"proxy", "s3", "settled"}
+    assert _json(demo + "/_demo/stats?settled")["settled"] is True  # nothing in progress
     info = _json(demo + "/_demo/info")
     assert info["photos"] == 6 and info["share_link"].startswith("/admin/reports/")
     with urllib.request.urlopen(demo + info["share_link"], timeout=10) as shared:
@@ -108,6 +109,7 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
         urllib.request.urlopen(post, timeout=10)
     assert refused.value.code == 405
     assert "Set-Cookie" not in refused.value.headers
+    refused.value.close()  # its socket, now, not whenever the garbage collector finds it
 
 
 def _chromium_or_skip() -> Any:
@@ -184,3 +186,161 @@ def _image_widths(page: Any) -> dict[str, list[int]]:
         })"""
     )
     return widths
+
+
+def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path) -> None:
+    """From a fresh profile: the panel's per-view numbers are what the proxy and S3 saw,
+    its charts draw them, and a refused image says why under it."""
+    sync_api = _chromium_or_skip()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1100, "height": 1500})
+            page = context.new_page()
+
+            # A first view: every image crosses the network. The redirect images are six S3
+            # requests by the browser, not "from the browser cache".
+            page.goto(demo + "/_demo/login?as=employee")
+            view = _counted_view(page)
+            assert _column(view["stream"]) == {
+                "loaded": 6,
+                "proxyRequests": 6,
+                "proxyNotModified": 0,
+                "browserS3Requests": 0,
+                "fromCache": 0,
+            }
+            assert view["stream"]["proxyBytes"] == view["stream"]["proxyS3Bytes"] > 0
+            assert _column(view["redirect"]) == {
+                "loaded": 6,
+                "proxyRequests": 6,
+                "proxyNotModified": 0,
+                "browserS3Requests": 6,
+                "fromCache": 0,
+            }
+            assert view["redirect"]["proxyBytes"] == view["redirect"]["proxyS3Requests"] == 0
+            cells = _cells(page)
+            assert cells["stream"]["proxy-requests"] == "6"
+            assert cells["redirect"]["browser-s3"] == "6"
+            assert cells["redirect"]["from-cache"] == "0"
+            assert cells["redirect"]["proxy-bytes"] == "0 B"
+            assert _bars(page) == {chart: [["this view (employee)"]] * 2 for chart in CHARTS}
+            page.screenshot(path=str(tmp_path / "panel-employee-first.png"), full_page=True)
+
+            # The second view: the stable 302 and S3's image are both cached (max-age=3600),
+            # so redirect images need no request at all; stream images are revalidated (304).
+            with page.expect_navigation():
+                page.click("#reload")
+            view = _counted_view(page)
+            assert _column(view["redirect"]) == {
+                "loaded": 6,
+                "proxyRequests": 0,
+                "proxyNotModified": 0,
+                "browserS3Requests": 0,
+                "fromCache": 6,
+            }
+            assert _column(view["stream"]) == {
+                "loaded": 6,
+                "proxyRequests": 6,
+                "proxyNotModified": 6,
+                "browserS3Requests": 0,
+                "fromCache": 6,
+            }
+            assert view["stream"]["proxyBytes"] == view["redirect"]["proxyBytes"] == 0
+            assert view["redirect"]["ttfb"] is None  # nothing reached the proxy
+            cells = _cells(page)
+            assert cells["redirect"]["from-cache"] == "6"
+            assert cells["redirect"]["ttfb"] == "no request"
+            bars = _bars(page)
+            groups = ["previous view (employee)", "this view (employee)"]
+            assert bars == {chart: [groups, groups] for chart in CHARTS}
+            values = page.evaluate(
+                """() => [...document.querySelectorAll('#chart-requests rect.bar')]
+                    .map(r => [r.dataset.kind, r.dataset.value])"""
+            )
+            assert values == [
+                ["stream", "6"],
+                ["redirect", "12"],  # first view: six 302s and six S3 requests
+                ["stream", "6"],
+                ["redirect", "0"],
+            ]
+            page.screenshot(path=str(tmp_path / "panel-employee-second.png"), full_page=True)
+
+            # Signed out in the same browser: stream images are refused (401; their copies
+            # must be revalidated), but the redirects and S3's images are still fresh in the
+            # browser cache, and it shows them without asking anyone. Vary: Cookie does not
+            # stop that; only their max-age ends it.
+            page.goto(demo + "/_demo/login?as=anonymous")
+            view = _counted_view(page)
+            assert (view["stream"]["failed"], view["stream"]["proxyRequests"]) == (6, 6)
+            assert _column(view["redirect"]) == {
+                "loaded": 6,
+                "proxyRequests": 0,
+                "proxyNotModified": 0,
+                "browserS3Requests": 0,
+                "fromCache": 6,
+            }
+            captions = page.locator(".grid figcaption").all_text_contents()
+            assert captions == ["401: sign in (no token)"] * 6 + [""] * 6
+            assert "still shows 6 redirect images" in page.inner_text("#view-state")
+            page.screenshot(path=str(tmp_path / "panel-signed-out.png"), full_page=True)
+
+            # Anonymous in a fresh profile: twelve 401s, each saying so under its image.
+            page = browser.new_context(viewport={"width": 1100, "height": 1500}).new_page()
+            page.goto(demo + "/")
+            view = _counted_view(page)
+            for kind in ("stream", "redirect"):
+                assert (view[kind]["loaded"], view[kind]["failed"]) == (0, 6)
+                assert view[kind]["proxyRequests"] == 6
+            assert view["redirect"]["browserS3Requests"] == 0
+            captions = page.locator(".grid figcaption").all_text_contents()
+            assert captions == ["401: sign in (no token)"] * 12
+            page.screenshot(path=str(tmp_path / "panel-anonymous.png"), full_page=True)
+            print(f"\nscreenshots in {tmp_path}")
+        finally:
+            browser.close()
+
+
+CHARTS = ("chart-bytes", "chart-requests", "chart-ttfb")
+
+
+def _counted_view(page: Any) -> dict[str, Any]:
+    page.wait_for_selector("#view-panel[data-state=counted]")
+    view: dict[str, Any] = page.evaluate("window.demoView")
+    assert view["stream"]["settled"] and view["redirect"]["settled"], view
+    return view
+
+
+def _column(numbers: dict[str, Any]) -> dict[str, Any]:
+    names = ("loaded", "proxyRequests", "proxyNotModified", "browserS3Requests", "fromCache")
+    return {name: numbers[name] for name in names}
+
+
+def _cells(page: Any) -> dict[str, dict[str, str]]:
+    """The panel's per-view table as shown: kind -> row id -> text."""
+    cells: dict[str, dict[str, str]] = page.evaluate(
+        """() => {
+            const out = {stream: {}, redirect: {}};
+            for (const cell of document.querySelectorAll('#view-numbers td')) {
+                const [, kind, row] = cell.id.match(/^view-(stream|redirect)-(.+)$/);
+                out[kind][row] = cell.textContent;
+            }
+            return out;
+        }"""
+    )
+    return cells
+
+
+def _bars(page: Any) -> dict[str, list[list[str]]]:
+    """Per chart: the group labels under its stream bars and under its redirect bars."""
+    bars: dict[str, list[list[str]]] = page.evaluate(
+        """(charts) => Object.fromEntries(charts.map(id => {
+            const svg = document.querySelector('#' + id + ' svg');
+            const groups = [...svg.querySelectorAll('text.group')].map(t => t.textContent);
+            const kinds = [...svg.querySelectorAll('rect.bar')].map(r => r.dataset.kind);
+            const stream = groups.filter((_, i) => kinds[2 * i] === 'stream');
+            const redirect = groups.filter((_, i) => kinds[2 * i + 1] === 'redirect');
+            return [id, [stream, redirect]];
+        }))""",
+        list(CHARTS),
+    )
+    return bars

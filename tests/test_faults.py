@@ -15,10 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.storage import S3Storage
+from proxy.engines import create_engine
 
 from .conftest import S3Objects, bearer, build_config, config_dict, make_token
 from .faulty_s3 import FaultyS3
+
+pytestmark = pytest.mark.both_engines
 
 ADMIN = bearer(make_token("root", role="admin"))
 
@@ -236,15 +238,15 @@ async def test_without_aws_credentials_each_failure_names_its_operation(
 
 
 async def test_storage_says_whether_it_has_credentials(
-    s3: S3Objects, monkeypatch: pytest.MonkeyPatch
+    s3: S3Objects, monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
-    settings = build_config(config_dict(s3.endpoint)).settings.s3
-    with_keys = S3Storage(settings)
+    settings = build_config(config_dict(s3.endpoint, s3={"engine": engine})).settings.s3
+    with_keys = create_engine(settings)
     await with_keys.open()
     await with_keys.close()
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    without = S3Storage(settings)
+    without = create_engine(settings)
     await without.open()
     await without.close()
     assert (with_keys.has_credentials, without.has_credentials) == (True, False)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from proxy.links import link_target, mint_link_token
 from proxy.presign import Lifetime
+from proxy.ssec import CustomerKey
 from proxy.storage import ObjectMeta, ObjectStream
 
 from .conftest import build_config, config_dict, make_token, raw_request
@@ -137,11 +138,13 @@ def _token(credential: str) -> str:
 class EveryKeyStorage(FakeStorage):
     """Holds every key: the body names the bucket and key it was read from."""
 
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
+    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         self.calls.append(("head", bucket, key))
         return ObjectMeta(content_length=len(_body(bucket, key)), etag='"e"')
 
-    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
+    async def get(
+        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
+    ) -> ObjectStream:
         self.calls.append(("get", bucket, key))
         body = _body(bucket, key)
         return ObjectStream(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.objectcache import ENTRY_OVERHEAD, ObjectCache
@@ -12,6 +13,8 @@ from proxy.storage import ObjectMeta
 
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
+
+pytestmark = pytest.mark.both_engines
 
 T0 = 1_900_000_000.0
 BODY = bytes(range(256)) * 40  # 10 KiB

@@ -6,9 +6,12 @@ from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import pytest
 
 from .conftest import S3Objects, bearer, make_token
 from .sigv4 import verify_presigned_url
+
+pytestmark = pytest.mark.both_engines
 
 ALICE = bearer(make_token("alice"))
 ADMIN = bearer(make_token("root", role="admin"))

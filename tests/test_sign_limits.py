@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.metacache import MISSING, MetadataCache
+from proxy.ssec import CustomerKey
 from proxy.storage import ObjectMeta
 
 from .conftest import Clock, bearer, config_dict, make_token
@@ -98,13 +99,13 @@ class _CountingHeads(FakeStorage):
     in_flight: int = 0
     most_in_flight: int = 0
 
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
+    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             for _ in range(5):
                 await asyncio.sleep(0)  # yield to the loop (no timing involved)
-            return await super().head(bucket, key)
+            return await super().head(bucket, key, sse)
         finally:
             self.in_flight -= 1
 

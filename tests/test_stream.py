@@ -8,6 +8,8 @@ import pytest
 
 from .conftest import S3Objects, bearer, make_token
 
+pytestmark = pytest.mark.both_engines
+
 ADMIN = bearer(make_token("root", role="admin"))
 ALICE = bearer(make_token("alice"))
 

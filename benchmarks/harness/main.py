@@ -38,6 +38,7 @@ from .model import (
     NAIVE,
     NGINX,
     PROXY,
+    PROXY_BOTO_ENGINE,
     PROXY_CACHED,
     PROXY_REDIRECT,
     PROXY_STREAM,
@@ -387,6 +388,12 @@ class Bench:
             self.proxy_unavailable = proxy
         elif not self.start("proxy", proxy):
             self.proxy_unavailable = f"did not start: {proxy.stderr_tail()}"
+        # The same proxy and config with the other S3 engine (the default is builtin).
+        engine = self.make_proxy("proxy-boto", self.server_cpu, [("s3.engine", "aiobotocore")])
+        if isinstance(engine, str):
+            self.incident(engine)
+        else:
+            self.start("proxy-boto", engine)
         self.log(f"servers up: {', '.join(f'{k}:{s.port}' for k, s in self.servers.items())}")
 
     def cases(self) -> list[Case]:
@@ -404,6 +411,9 @@ class Bench:
             Case(SMALL_STREAM, NAIVE, "naive", f"/s/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, BOTO, "boto", f"/s/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, PROXY_STREAM, "proxy", f"/s/{sk}", small, n_small, t_small),
+            Case(
+                SMALL_STREAM, PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{sk}", small, n_small, t_small
+            ),
             Case(SMALL_STREAM, PROXY_CACHED, "proxy", f"/c/{sk}", small, n_small, t_small),
             Case(SMALL_REDIRECT, BARE, "bare", f"/r/{sk}", redirect, n_small, t_small),
             Case(SMALL_REDIRECT, PROXY_REDIRECT, "proxy", f"/r/{sk}", redirect, n_small, t_small),
@@ -412,6 +422,7 @@ class Bench:
             Case(LARGE, NAIVE, "naive", f"/s/{lk}", large, n_large, t_large),
             Case(LARGE, BOTO, "boto", f"/s/{lk}", large, n_large, t_large),
             Case(LARGE, PROXY_STREAM, "proxy", f"/s/{lk}", large, n_large, t_large),
+            Case(LARGE, PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{lk}", large, n_large, t_large),
         ]
 
     def wrk(self, case: Case, row: Row, seconds: int) -> Sample | None:
@@ -506,6 +517,7 @@ class Bench:
             (NAIVE, "naive", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (BOTO, "boto", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (PROXY_STREAM, "proxy", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
+            (PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (BARE, "bare", f"/r/{SMALL_KEY}", 302, None),
             (PROXY_REDIRECT, "proxy", f"/r/{SMALL_KEY}", 302, None),
         ]

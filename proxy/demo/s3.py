@@ -1,8 +1,9 @@
 """The demo's S3: moto's server in a thread on loopback, counting what reaches it.
 
 It counts requests signed in a header (the proxy's own S3 calls) apart from presigned ones
-(browsers following redirects), and the object bytes each kind took, so the demo can show
-where the traffic of each delivery method goes.
+(browsers following redirects), the object bytes each kind took, and the 304s S3 answered
+each kind (a revalidated copy, no bytes), so the demo can show where the traffic of each
+delivery method goes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ class CountingS3:
         self.counts = {
             "proxy_requests": 0,
             "proxy_bytes": 0,
+            "proxy_not_modified": 0,
             "presigned_requests": 0,
             "presigned_bytes": 0,
+            "presigned_not_modified": 0,
         }
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server: BaseWSGIServer | None = None
@@ -74,7 +77,14 @@ class CountingS3:
         is_get = environ.get("REQUEST_METHOD") == "GET"
         with self._lock:
             self.counts[f"{kind}_requests"] += 1
-        body: Iterable[bytes] = self._app(environ, start_response)
+
+        def answer(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if status.startswith("304"):
+                with self._lock:
+                    self.counts[f"{kind}_not_modified"] += 1
+            return start_response(status, headers, exc_info)
+
+        body: Iterable[bytes] = self._app(environ, answer)
         if not is_get:
             return body
         return self._measure(body, kind)

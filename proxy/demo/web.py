@@ -1,37 +1,71 @@
 """The demo's own pages: `/`, sign-in as a demo user, and the numbers for the comparison
-panel. Added only by `python -m proxy demo`; `serve` never has them."""
+panel. Added only by `python -m proxy demo`; `serve` never has them.
+
+The page says what one view cost by reading the numbers before and after its images load.
+Those numbers are counted where the traffic happens (the proxy's metrics, the demo's S3),
+never guessed in the browser, whose Resource Timing hides the sizes of S3's cross-origin
+answers. `/_demo/stats?settled` first waits until every answer the proxy has begun is
+counted: a browser can finish reading a streamed image before its handler returns.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..app import Gateway, Page
-from ..ops import Telemetry, summary
+from ..ops import summary
 
 if TYPE_CHECKING:
     from . import Demo
 
 _STATIC = resources.files(__package__) / "static"
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+SETTLE_TIMEOUT = 5.0  # seconds `?settled` waits for answers in progress, then says it did not
 
 
-def demo_gateway(demo: Demo) -> Gateway:
-    """The proxy on the demo's config, with the demo's pages in front of its routes."""
-    gateway = Gateway(demo.config)
-    gateway.add_pages(
-        {
+class DemoGateway(Gateway):
+    """The proxy on the demo's config, with the demo's pages in front of its routes, knowing
+    when no answer to a route is in progress (and so every answer so far is counted)."""
+
+    def __init__(self, demo: Demo) -> None:
+        super().__init__(demo.config)
+        self._answering = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._own = {
             "/": _static("index.html"),
             "/_demo/app.js": _static("app.js"),
             "/_demo/style.css": _static("style.css"),
             "/_demo/login": _login(demo),
-            "/_demo/stats": _stats(demo, gateway.telemetry),
+            "/_demo/stats": _stats(demo, self),
             "/_demo/info": _info(demo),
         }
-    )
-    return gateway
+        self.add_pages(self._own)
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path.split("?", 1)[0] in self._own:
+            return await super().__call__(request)
+        self._answering += 1
+        self._idle.clear()
+        try:
+            # Gateway.__call__ counts the request before it returns.
+            return await super().__call__(request)
+        finally:
+            self._answering -= 1
+            if not self._answering:
+                self._idle.set()
+
+    async def settled(self) -> None:
+        """Return once no answer to a route is in progress."""
+        await self._idle.wait()
+
+
+def demo_gateway(demo: Demo) -> Gateway:
+    return DemoGateway(demo)
 
 
 def _asset(name: str) -> web.Response:
@@ -71,10 +105,21 @@ def _login(demo: Demo) -> Page:
     return login
 
 
-def _stats(demo: Demo, telemetry: Telemetry) -> Page:
+def _stats(demo: Demo, gateway: DemoGateway) -> Page:
     async def stats(request: web.BaseRequest) -> web.Response:
+        settled = True
+        if "settled" in request.query:
+            try:
+                async with asyncio.timeout(SETTLE_TIMEOUT):
+                    await gateway.settled()
+            except TimeoutError:
+                settled = False  # a long download, maybe: the page says its numbers may be short
         return web.json_response(
-            {"proxy": summary(telemetry.collect()), "s3": demo.s3.snapshot()},
+            {
+                "proxy": summary(gateway.telemetry.collect()),
+                "s3": demo.s3.snapshot(),
+                "settled": settled,
+            },
             headers={"Cache-Control": "no-store"},
         )
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from ..errors import NotFound, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime
+from ..ssec import CustomerKey
 from ..storage import ObjectMeta, ObjectStream, Storage
 from .metrics import Telemetry
 
@@ -17,21 +18,23 @@ class MeasuredStorage:
         self._inner = inner
         self._telemetry = telemetry
 
-    async def head(self, bucket: str, key: str) -> ObjectMeta:
+    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         started = time.perf_counter()
         try:
-            meta = await self._inner.head(bucket, key)
+            meta = await self._inner.head(bucket, key, sse)
         except Exception as exc:
             self._telemetry.observe_s3("HeadObject", _outcome(exc), time.perf_counter() - started)
             raise
         self._telemetry.observe_s3("HeadObject", "ok", time.perf_counter() - started)
         return meta
 
-    async def get(self, bucket: str, key: str, byte_range: str | None) -> ObjectStream:
+    async def get(
+        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
+    ) -> ObjectStream:
         """Timed until the answer's head: the body's pace is the client's."""
         started = time.perf_counter()
         try:
-            stream = await self._inner.get(bucket, key, byte_range)
+            stream = await self._inner.get(bucket, key, byte_range, sse)
         except Exception as exc:
             self._telemetry.observe_s3("GetObject", _outcome(exc), time.perf_counter() - started)
             raise

@@ -303,7 +303,8 @@ def summary(families: Iterable[Metric]) -> dict[str, Any]:
     """The numbers the demo page and `bench` compare, from parsed or collected series.
 
     The same shape the earlier JSON endpoint had: requests, S3 calls, object-cache hits, and
-    per delivery method the requests, body bytes, 304s and mean time to first byte.
+    per delivery method the requests, body bytes, 304s and mean time to first byte; with its
+    sum too, so that two readings give the mean between them (the demo's per-view numbers).
     """
     totals: dict[str, float] = {"requests": 0, "s3_requests": 0, "cache_hits": 0}
     statuses: dict[str, float] = {}
@@ -338,10 +339,12 @@ def summary(families: Iterable[Metric]) -> dict[str, Any]:
     by_delivery = {}
     for delivery, stats in sorted(by.items()):
         count = stats.pop("ttfb_count")
-        mean = stats.pop("ttfb_sum") / count if count else None
+        mean = stats["ttfb_sum"] / count if count else None
+        ttfb_sum = stats.pop("ttfb_sum")
         by_delivery[delivery] = {
             **{key: int(value) for key, value in stats.items()},
             "mean_ttfb_ms": round(mean * 1000, 3) if mean is not None else None,
+            "ttfb_ms_sum": round(ttfb_sum * 1000, 3),
         }
     return {
         **{key: int(value) for key, value in totals.items()},

@@ -1,21 +1,20 @@
 "use strict";
-// The demo page: fill both galleries, show who is signed in, and poll the comparison numbers.
+// The demo page: show who is signed in, load each gallery, and say what that view cost.
+//
+// What a view cost is counted where the traffic happens, at the proxy (its metrics) and at the
+// demo's S3, read before a gallery's images are requested and after every one has loaded or
+// failed. The galleries load one after the other, so each reading belongs to one method. The
+// browser cannot tell by itself: Resource Timing reports 0 bytes for S3's cross-origin answers
+// (no Timing-Allow-Origin), which would read as "from the cache" on a first view.
+
+const KINDS = ["stream", "redirect"];
+const COLOURS = { stream: "#3867d6", redirect: "#e17a16" };
+const LAST_VIEW = "demo-last-view"; // sessionStorage: the previous view's numbers, for the charts
 
 const role = (document.cookie.match(/(?:^|; )demo_role=([^;]*)/) || [])[1] || "anonymous";
 document.getElementById("who").textContent = role;
 
-function renderGalleries(count, bust) {
-  for (const grid of document.querySelectorAll(".grid")) {
-    grid.textContent = "";
-    for (let n = 1; n <= count; n++) {
-      const img = document.createElement("img");
-      img.src = grid.dataset.prefix + n + (bust ? "" : "");
-      img.alt = "employee " + n;
-      img.dataset.employee = String(n);
-      grid.appendChild(img);
-    }
-  }
-}
+function set(id, text) { document.getElementById(id).textContent = text; }
 
 function human(bytes) {
   if (bytes === null || bytes === undefined) return "–";
@@ -25,46 +24,222 @@ function human(bytes) {
   return (unit ? value.toFixed(1) : value) + " " + units[unit];
 }
 
-function set(id, text) { document.getElementById(id).textContent = text; }
+function ms(value) { return value === null ? "no request" : value.toFixed(2) + " ms"; }
 
-function viewCounts() {
-  // Resource Timing: transferSize 0 means the browser answered from its cache.
-  const counts = { stream: [0, 0], redirect: [0, 0] };
-  for (const entry of performance.getEntriesByType("resource")) {
-    const path = new URL(entry.name).pathname;
-    const kind = path.startsWith("/stream/photos/") ? "stream"
-      : path.startsWith("/photos/") ? "redirect" : null;
-    if (!kind) continue;
-    counts[kind][entry.transferSize > 0 ? 0 : 1] += 1;
-  }
-  return counts;
+async function readStats(settled) {
+  // `settled`: the server first waits until every answer it has begun is counted.
+  const response = await fetch("/_demo/stats" + (settled ? "?settled" : ""), { cache: "no-store" });
+  return response.json();
 }
 
-async function refresh() {
-  const response = await fetch("/_demo/stats", { cache: "no-store" });
-  const stats = await response.json();
-  const by = stats.proxy.by_delivery;
-  for (const kind of ["stream", "redirect"]) {
-    const s = by[kind] || {};
-    set(kind + "-requests", s.requests ?? 0);
-    set(kind + "-bytes", human(s.bytes_sent ?? 0));
-    set(kind + "-304", s.not_modified ?? 0);
-    set(kind + "-ttfb", s.mean_ttfb_ms == null ? "–" : s.mean_ttfb_ms.toFixed(2) + " ms");
+function loadGallery(grid, count) {
+  // Resolves once every image has loaded or failed: [{ img, caption, ok }].
+  grid.textContent = "";
+  const outcomes = [];
+  for (let n = 1; n <= count; n++) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    const caption = document.createElement("figcaption");
+    img.alt = "employee " + n;
+    img.dataset.employee = String(n);
+    outcomes.push(new Promise((resolve) => {
+      img.addEventListener("load", () => resolve({ img, caption, ok: true }), { once: true });
+      img.addEventListener("error", () => resolve({ img, caption, ok: false }), { once: true });
+    }));
+    img.src = grid.dataset.prefix + n;
+    figure.append(img, caption);
+    grid.appendChild(figure);
   }
-  set("s3-proxy", stats.s3.proxy_requests + " (by the proxy)");
-  set("s3-presigned", stats.s3.presigned_requests + " (by browsers)");
-  set("s3-proxy-bytes", human(stats.s3.proxy_bytes));
-  set("s3-presigned-bytes", human(stats.s3.presigned_bytes));
-  const view = viewCounts();
-  set("view-stream", view.stream[0] + " / " + view.stream[1]);
-  set("view-redirect", view.redirect[0] + " / " + view.redirect[1]);
-  window.demoStats = stats;
+  return Promise.all(outcomes);
+}
+
+function difference(kind, before, after, outcomes) {
+  // What the proxy and S3 counted between two readings, as this one gallery's numbers.
+  const was = before.proxy.by_delivery[kind] || {};
+  const is = after.proxy.by_delivery[kind] || {};
+  const delta = (name) => (is[name] || 0) - (was[name] || 0);
+  const s3 = (name) => after.s3[name] - before.s3[name];
+  const loaded = outcomes.filter((o) => o.ok).length;
+  const view = {
+    loaded,
+    failed: outcomes.length - loaded,
+    proxyRequests: delta("requests"),
+    proxyNotModified: delta("not_modified"),
+    proxyBytes: delta("bytes_sent"),
+    ttfb: delta("requests") ? delta("ttfb_ms_sum") / delta("requests") : null,
+    proxyS3Requests: s3("proxy_requests"),
+    proxyS3Bytes: s3("proxy_bytes"),
+    browserS3Requests: s3("presigned_requests"),
+    browserS3NotModified: s3("presigned_not_modified"),
+    browserS3Bytes: s3("presigned_bytes"),
+    settled: before.settled && after.settled,
+  };
+  // Image bodies that crossed the network: a 200 from the proxy (stream) or from S3 (redirect).
+  const sent = kind === "stream"
+    ? view.proxyRequests - view.proxyNotModified - view.failed
+    : view.browserS3Requests - view.browserS3NotModified;
+  view.fromCache = Math.max(loaded - sent, 0);
+  view.browserRequests = view.proxyRequests + view.browserS3Requests;
+  return view;
+}
+
+function showView(view) {
+  for (const kind of KINDS) {
+    const v = view[kind];
+    set(`view-${kind}-images`, v.loaded + " / " + v.failed);
+    set(`view-${kind}-proxy-requests`, v.proxyRequests);
+    set(`view-${kind}-browser-s3`, v.browserS3Requests);
+    set(`view-${kind}-from-cache`, v.fromCache);
+    set(`view-${kind}-304`, kind === "stream"
+      ? v.proxyNotModified + " from the proxy"
+      : v.browserS3NotModified + " from S3");
+    set(`view-${kind}-proxy-bytes`, human(v.proxyBytes));
+    set(`view-${kind}-proxy-s3`, v.proxyS3Requests);
+    set(`view-${kind}-s3-bytes`, human(v.proxyS3Bytes + v.browserS3Bytes)
+      + (kind === "stream" ? " (to the proxy)" : " (to this browser)"));
+    set(`view-${kind}-ttfb`, ms(v.ttfb) + (kind === "redirect" && v.ttfb !== null ? " (the 302)" : ""));
+  }
+  const complete = view.stream.settled && view.redirect.settled;
+  let state = complete
+    ? "Counted: the numbers below are this view's alone."
+    : "Some answers were still in progress when counted: the numbers may be short.";
+  if (role === "anonymous" && view.redirect.fromCache) {
+    // The truth about caching a redirect: a fresh copy is shown without asking anyone.
+    state += ` Signed out, this browser still shows ${view.redirect.fromCache} redirect images`
+      + " from its cache, without a request: a cached redirect and image stay usable until their"
+      + " max-age ends.";
+  }
+  set("view-state", state);
+}
+
+function showCharts(view, previous) {
+  const views = previous ? [previous, view] : [view];
+  const label = (v, i) => (i === views.length - 1 ? "this view" : "previous view") + " (" + v.role + ")";
+  const groups = (pick) => views.map((v, i) => ({
+    label: label(v, i),
+    values: { stream: pick(v.stream), redirect: pick(v.redirect) },
+  }));
+  barChart(document.getElementById("chart-bytes"), "bytes through the proxy",
+    groups((v) => v.proxyBytes), human);
+  barChart(document.getElementById("chart-requests"), "requests this browser sent (proxy + S3)",
+    groups((v) => v.browserRequests), String);
+  barChart(document.getElementById("chart-ttfb"), "mean time to first byte at the proxy",
+    groups((v) => v.ttfb), (x) => (x === null ? "no request" : x.toFixed(2) + " ms"));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes, text) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function barChart(figure, title, groups, format) {
+  // A bar per method in each group (a view), labelled with its value or why it has none.
+  const width = 300, height = 200, top = 48, bottom = 24, barWidth = 46, gap = 14;
+  const plot = height - top - bottom;
+  const values = groups.flatMap((g) => KINDS.map((k) => g.values[k] || 0));
+  const max = Math.max(...values, 1e-9);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+  chart.append(svg("text", { x: 6, y: 15, class: "chart-title" }, title));
+  KINDS.forEach((kind, k) => {  // the legend
+    const x = 6 + k * 74;
+    chart.append(svg("rect", { x, y: 22, width: 10, height: 10, fill: COLOURS[kind] }));
+    chart.append(svg("text", { x: x + 14, y: 31, class: "legend" }, kind));
+  });
+  chart.append(svg("line", { x1: 4, x2: width - 4, y1: top + plot, y2: top + plot, class: "axis" }));
+  const groupWidth = (width - 8) / groups.length;
+  groups.forEach((group, g) => {
+    const middle = 4 + groupWidth * (g + 0.5);
+    KINDS.forEach((kind, k) => {
+      const value = group.values[kind];
+      const size = value ? Math.max((value / max) * plot, 1) : 0;
+      const x = middle + (k === 0 ? -(barWidth + gap / 2) : gap / 2);
+      const bar = svg("rect", {
+        x, y: top + plot - size, width: barWidth, height: size, fill: COLOURS[kind],
+        class: "bar", "data-kind": kind, "data-value": value === null ? "" : String(value),
+      });
+      bar.append(svg("title", {}, `${kind}, ${group.label}: ${format(value)}`));
+      chart.append(bar);
+      chart.append(svg("text", {
+        x: x + barWidth / 2, y: top + plot - size - 4, class: "value", "text-anchor": "middle",
+      }, format(value)));
+    });
+    chart.append(svg("text", {
+      x: middle, y: top + plot + 16, class: "group", "text-anchor": "middle",
+    }, group.label));
+  });
+  figure.replaceChildren(chart);
+}
+
+async function explainFailures(outcomes) {
+  // An <img> hears no status. Ask the proxy the same question, with the same cookie, and show
+  // its answer under the image; a redirect is not followed, so S3 is not asked again.
+  for (const { img, caption, ok } of outcomes) {
+    if (ok) continue;
+    const answer = await fetch(img.src, { redirect: "manual", cache: "no-store" });
+    if (answer.type === "opaqueredirect") {
+      caption.textContent = "302 to S3, which did not deliver the image";
+      continue;
+    }
+    let error = "";
+    try { error = (await answer.json()).error || ""; } catch { /* not the proxy's JSON */ }
+    if (answer.status === 401) {
+      // The proxy says why only in its challenge (RFC 6750): a bare "Bearer" means no token
+      // came at all; error="invalid_token", that the token was refused.
+      const challenge = answer.headers.get("WWW-Authenticate") || "";
+      error = challenge.includes("invalid_token") ? "token refused" : "no token";
+    }
+    const advice = { 401: "sign in", 403: "not allowed for " + role, 404: "no such photo" };
+    const why = advice[answer.status] || "";
+    caption.textContent = answer.status + ": " + [why, error ? `(${error})` : ""].filter(Boolean).join(" ");
+    caption.dataset.status = String(answer.status);
+  }
+}
+
+async function refreshTotals() {
+  const stats = await readStats(false);
+  const by = stats.proxy.by_delivery;
+  for (const kind of KINDS) {
+    const s = by[kind] || {};
+    set(`total-${kind}-requests`, s.requests ?? 0);
+    set(`total-${kind}-bytes`, human(s.bytes_sent ?? 0));
+    set(`total-${kind}-304`, s.not_modified ?? 0);
+    set(`total-${kind}-ttfb`, s.mean_ttfb_ms == null ? "–" : s.mean_ttfb_ms.toFixed(2) + " ms");
+  }
+  set("total-s3-proxy", stats.s3.proxy_requests + " (by the proxy)");
+  set("total-s3-presigned", stats.s3.presigned_requests + " (by browsers)");
+  set("total-s3-proxy-bytes", human(stats.s3.proxy_bytes));
+  set("total-s3-presigned-bytes", human(stats.s3.presigned_bytes));
+}
+
+async function viewGalleries(photos) {
+  const view = { role };
+  const everyImage = [];
+  let reading = await readStats(true);
+  for (const kind of KINDS) {
+    const outcomes = await loadGallery(document.querySelector(`#col-${kind} .grid`), photos);
+    const after = await readStats(true);
+    view[kind] = difference(kind, reading, after, outcomes);
+    everyImage.push(...outcomes);
+    reading = after;
+  }
+  const previous = JSON.parse(sessionStorage.getItem(LAST_VIEW) || "null");
+  sessionStorage.setItem(LAST_VIEW, JSON.stringify(view));
+  set("view-title", "(as " + role + (previous ? "; the previous view in this tab is charted too)" : ")"));
+  showView(view);
+  showCharts(view, previous);
+  window.demoView = view;
+  await explainFailures(everyImage);
+  document.getElementById("view-panel").dataset.state = "counted";
+  await refreshTotals();
 }
 
 async function main() {
   const info = await (await fetch("/_demo/info", { cache: "no-store" })).json();
   document.getElementById("share-link").href = info.share_link;
-  renderGalleries(info.photos);
   document.getElementById("reload").addEventListener("click", () => location.reload());
   document.getElementById("admin-report").addEventListener("click", async (event) => {
     event.preventDefault();
@@ -74,8 +249,8 @@ async function main() {
       : answer.status + ": " + (await answer.json()).error);
     if (answer.ok) location.href = "/admin/reports/q4-report.csv";
   });
-  window.addEventListener("load", refresh);
-  setInterval(refresh, 2000);
+  await viewGalleries(info.photos);
+  setInterval(refreshTotals, 2000);
 }
 
 main();

@@ -1,0 +1,243 @@
+"""The built-in engine (`s3.engine: builtin`, the default): each request signed by presign.py
+and sent over the proxy's own HTTP/1.1 keep-alive pool (upstream.py). botocore stays off the
+per-request path; aiobotocore's session only supplies credentials.
+
+Why: a small streamed object costs the proxy less in S3 round trips than in a general SDK's
+per-request machinery (request objects, event hooks, response parsing); see the README's
+performance section for the figures against the `aiobotocore` engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
+
+from aiobotocore.session import get_session
+
+from ..config import S3Settings
+from ..errors import ProxyError, UpstreamError
+from ..presign import Credentials, Lifetime, sign_request
+from ..ssec import CustomerKey
+from ..storage import (
+    ObjectMeta,
+    ObjectStream,
+    bucket_problem,
+    error_for_status,
+    translate_errors,
+    xml_field,
+)
+from ..upstream import MalformedResponse, Origin, Pool, Response
+from .signing import Signer
+
+MAX_ERROR_BODY = 16 * 1024
+
+
+class BuiltinStorage:
+    """Reads objects over one pool of keep-alive connections, signing each request itself
+    (SigV4). Opened at start-up, closed at exit."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._settings = settings
+        self._signer = Signer(settings, get_session())
+        self._endpoint = self._signer.endpoint
+        self._pool: Pool | None = None
+
+    async def open(self) -> None:
+        settings = self._settings
+        await self._signer.open()
+        self._pool = Pool(
+            max_connections=settings.max_connections,
+            pool_timeout=settings.pool_timeout,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
+        )
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether the standard chain gave credentials at open() (for readiness checks)."""
+        return self._signer.has_credentials
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+        response = await self._send("HEAD", bucket, key, {}, sse, "HeadObject")
+        response.release()
+        return _meta_from_headers(response)
+
+    async def get(
+        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
+    ) -> ObjectStream:
+        headers = {"Range": byte_range} if byte_range else {}
+        response = await self._send("GET", bucket, key, headers, sse, "GetObject")
+        return ObjectStream(
+            meta=_meta_from_headers(response),
+            chunks=_read_chunks(response),
+            _close=response.release,  # keeps the connection only if the body was read to the end
+        )
+
+    async def _send(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        extra: dict[str, str],
+        sse: CustomerKey | None,
+        operation: str,
+    ) -> Response:
+        """Send one signed request; retry connection failures and 5xx answers while nothing
+        has been sent to the client, within s3.request_timeout. Waiting for a pooled
+        connection is bounded by s3.pool_timeout and not retried (a busy pool is a 503 now,
+        not later). Answers other than 2xx become the project's errors."""
+        if self._pool is None:
+            raise UpstreamError(f"{operation}: storage is not open")
+        settings = self._settings
+        signed = sse.headers if sse is not None else None
+        failure: Exception | None = None
+        with translate_errors(operation):
+            async with asyncio.timeout(settings.request_timeout):
+                for attempt in range(settings.max_attempts):
+                    if attempt:
+                        # Full-jitter backoff; not security relevant.
+                        backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
+                        await asyncio.sleep(backoff)
+                    try:
+                        response = await self._request_once(
+                            operation, method, bucket, key, extra, signed=signed
+                        )
+                    except (ConnectionError, OSError, MalformedResponse) as exc:
+                        if isinstance(exc, TimeoutError):
+                            raise
+                        failure = UpstreamError(
+                            f"{operation}: S3 unreachable ({type(exc).__name__})"
+                        )
+                        continue
+                    if response.status < 300 or response.status == 206:
+                        return response
+                    body = await _error_body(response, method)
+                    failure = _error_from_body(response.status, body, operation)
+                    if response.status < 500:
+                        raise failure
+        raise failure or UpstreamError(f"{operation}: S3 unreachable")
+
+    async def _request_once(
+        self,
+        operation: str,
+        method: str,
+        bucket: str,
+        key: str,
+        extra: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+        signed: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Sign and send one request over the pool; the answer head, whatever its status.
+        `signed` are x-amz-* headers sent and signed (SSE-C); `extra` are sent unsigned."""
+        pool = self._pool
+        if pool is None:
+            raise UpstreamError("storage is not open")
+        host, target, headers = sign_request(
+            endpoint=self._endpoint,
+            region=self._settings.region,
+            credentials=await self._signer.credentials(operation),
+            method=method,
+            bucket=bucket,
+            key=key,
+            now=time.time(),
+            query=query,
+            signed_headers=signed,
+        )
+        headers.update(extra)
+        return await pool.request(
+            _origin(self._endpoint.scheme, host), method, target, host, list(headers.items())
+        )
+
+    async def check_bucket(self, bucket: str) -> str | None:
+        """A ListObjectsV2 for no keys, sent once: it proves the endpoint answers, the bucket
+        exists and S3 accepts the credentials' signature."""
+        try:
+            response = await self._request_once(
+                "ListObjectsV2", "GET", bucket, "", {}, {"list-type": "2", "max-keys": "0"}
+            )
+            body = await _error_body(response, "GET")  # small either way; releases it
+        except ProxyError as exc:
+            return exc.reason
+        except TimeoutError:
+            return "S3 did not answer in time"
+        except (ConnectionError, OSError, MalformedResponse) as exc:
+            return f"S3 unreachable ({type(exc).__name__})"
+        return bucket_problem(response.status, xml_field(body, "Code") or "")
+
+    def pool_load(self) -> tuple[int, int]:
+        """(S3 connections in use, requests waiting for one), for the metrics."""
+        pool = self._pool
+        return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
+
+    async def credentials(self) -> Credentials:
+        return await self._signer.credentials("presign")
+
+    def presign(
+        self,
+        credentials: Credentials,
+        method: str,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        overrides: Mapping[str, str] | None = None,
+    ) -> str:
+        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+
+
+async def _read_chunks(response: Response) -> AsyncIterator[bytes]:
+    # Each piece is passed on as the socket delivered it: no re-assembly copies.
+    with translate_errors("GetObject body"):
+        while chunk := await response.read():
+            yield chunk
+
+
+def _meta_from_headers(response: Response) -> ObjectMeta:
+    headers = response.headers
+    return ObjectMeta(
+        content_length=int(headers.get("content-length", 0)),
+        content_type=headers.get("content-type"),
+        etag=headers.get("etag"),
+        last_modified=headers.get("last-modified"),
+        content_range=headers.get("content-range") if response.status == 206 else None,
+        content_encoding=headers.get("content-encoding"),
+        content_language=headers.get("content-language"),
+    )
+
+
+def _error_from_body(status: int, body: str, operation: str) -> ProxyError:
+    code = xml_field(body, "Code") or ""
+    return error_for_status(status, code, operation, xml_field(body, "ActualObjectSize"))
+
+
+async def _error_body(response: Response, method: str) -> str:
+    """S3's error document (small XML), read and the connection released."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while method != "HEAD" and size < MAX_ERROR_BODY and (chunk := await response.read()):
+            parts.append(chunk)
+            size += len(chunk)
+    except (ConnectionError, OSError, TimeoutError, MalformedResponse):
+        pass
+    finally:
+        response.release()
+    return b"".join(parts)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=256)
+def _origin(scheme: str, host_header: str) -> Origin:
+    """Where to connect for a Host header value: host, host:port or [v6]:port."""
+    default = 443 if scheme == "https" else 80
+    host, colon, port = host_header.rpartition(":")
+    if not colon or not port.isdigit() or host_header.endswith("]"):
+        host, port = host_header, str(default)
+    return Origin(scheme, host.strip("[]"), int(port))

@@ -1,0 +1,103 @@
+"""What both engines share: credentials from the standard AWS chain, and presigned URLs signed
+by the proxy's own presign.py. Makes no S3 request.
+
+Both engines presign with presign.py, not botocore's generate_presigned_url: that one always
+signs "now", so it cannot back-date a URL to the start of a `stable` window, and a browser
+could never cache a redirect to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from aiobotocore.session import AioSession
+
+from ..config import S3Settings
+from ..errors import UpstreamError
+from ..presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url
+from ..storage import OVERRIDE_PARAMS, translate_errors
+
+log = logging.getLogger("proxy.storage")
+_REREAD_TEMPORARY = 30.0  # seconds between re-reads of refreshable credentials
+
+
+class Signer:
+    """Credentials read once at open() (static keys) or every 30 s (temporary ones, which
+    aiobotocore refreshes ahead of their expiry), and URLs presigned for the public endpoint.
+    """
+
+    def __init__(self, settings: S3Settings, session: AioSession) -> None:
+        self._settings = settings
+        self._session = session
+        self._chain: Any = None
+        self._frozen: Credentials | None = None
+        self._reread_at = 0.0
+        internal = settings.endpoint_url or aws_endpoint(settings.region)
+        self.endpoint = Endpoint.parse(internal, settings.addressing_style)
+        # Browsers may need another address than the proxy uses (e.g. a MinIO service name).
+        public = settings.public_endpoint_url or internal
+        self._public_endpoint = Endpoint.parse(public, settings.addressing_style)
+
+    async def open(self) -> None:
+        self._chain = await self._session.get_credentials()
+        if self._chain is None:
+            # Said once at start-up, not only as a 502 on each request that needs S3.
+            log.warning(
+                "no AWS credentials found: streaming (GetObject, HeadObject) and signing "
+                "redirect URLs will fail with 502. Provide them through the standard chain "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in AWS_PROFILE, or an "
+                "instance or task role), then restart the proxy"
+            )
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether the standard chain gave credentials at open() (for readiness checks)."""
+        return self._chain is not None
+
+    async def credentials(self, operation: str) -> Credentials:
+        """Credentials for `operation` (named in the error when there are none)."""
+        cached = self._frozen
+        if cached is not None and (cached.expires_at is None or time.time() < self._reread_at):
+            return cached
+        fresh = await self._read(operation)
+        self._frozen, self._reread_at = fresh, time.time() + _REREAD_TEMPORARY
+        return fresh
+
+    async def _read(self, operation: str) -> Credentials:
+        if self._chain is None:
+            raise UpstreamError(f"{operation}: no AWS credentials found in the standard chain")
+        with translate_errors(f"{operation} credentials"):
+            frozen = await self._chain.get_frozen_credentials()
+        expiry = getattr(self._chain, "_expiry_time", None)  # refreshable ones only
+        return Credentials(
+            access_key=frozen.access_key,
+            secret_key=frozen.secret_key,
+            token=frozen.token,
+            expires_at=expiry.timestamp() if isinstance(expiry, datetime) else None,
+        )
+
+    def presign(
+        self,
+        credentials: Credentials,
+        method: str,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        overrides: Mapping[str, str] | None = None,
+    ) -> str:
+        params = {OVERRIDE_PARAMS[name.lower()]: value for name, value in (overrides or {}).items()}
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method=method,
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            params=params,
+        )
