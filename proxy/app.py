@@ -48,7 +48,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jwks import HttpJson
-from .limits import RateLimiter, StreamSlots, TooManyRequests
+from .limits import TooManyRequests
 from .links import LINK_AUDIENCE, LinkTarget, LinkVerifier
 from .login import SignIn
 from .metacache import MISSING, MetadataCache
@@ -64,7 +64,10 @@ from .ops import (
     ready_response,
     storage_checks,
 )
+from .policy import Rule
 from .routing import Router
+from .state import Bucket, State, create_state
+from .state.admin import answer_revocations
 from .storage import Storage
 
 log = logging.getLogger("proxy")
@@ -110,8 +113,16 @@ class Gateway:
         # The storage (and its S3 connection pool) lives as long as the Gateway: a reload
         # keeps it, so s3 settings other than redirect_cache_control need a restart.
         self._storage = MeasuredStorage(storage, telemetry)
-        handler = self._handler = _Handler(config, self._storage, clock, self._http_json, telemetry)
-        self.streams = handler.streams
+        # Revocations, rate limits and stream slots live here, not in the handler: they (and
+        # a Redis pool with its poller) outlive every handler a reload swaps in. A reload
+        # retunes them (limits, when_down, lifetimes); a change of state.backend, url,
+        # key_prefix, timeout or max_connections needs a restart.
+        self.state = create_state(config.settings, clock)
+        self._resources.append(self.state)
+        self.streams = self.state.streams
+        handler = self._handler = _Handler(
+            config, self._storage, clock, self._http_json, telemetry, self.state
+        )
         telemetry.watch_streams(lambda: self.streams.in_use)
         telemetry.watch_requests(lambda: self.in_flight)
         self._pages: dict[str, Page] = {}
@@ -120,7 +131,7 @@ class Gateway:
     def _set_probes(self, config: Config, handler: _Handler) -> None:
         health = config.settings.health
         self.readiness = Readiness(
-            _readiness_checks(config, self._storage, handler.verifier),
+            _readiness_checks(config, self._storage, handler.verifier, self.state),
             health.cache,
             health.timeout,
             self._clock,
@@ -136,9 +147,15 @@ class Gateway:
         started with (it holds a reference to it; the old handler is freed after the last
         one). If building the new handler raises, the old one stays in place."""
         handler = _Handler(
-            config, self._storage, self._clock, self._http_json, self.telemetry, self._handler
+            config,
+            self._storage,
+            self._clock,
+            self._http_json,
+            self.telemetry,
+            self.state,
+            self._handler,
         )
-        self._handler, self.streams, self.config = handler, handler.streams, config
+        self._handler, self.config = handler, config
         self._set_probes(config, handler)  # the buckets to check may have changed
 
     def _count_reload(self, outcome: str) -> None:
@@ -250,8 +267,13 @@ class Gateway:
 _LIMITS = {"rate limit per client": "client", "rate limit per subject": "subject"}
 
 
-def _readiness_checks(config: Config, storage: Storage, verifier: TokenVerifier) -> list[Check]:
+def _readiness_checks(
+    config: Config, storage: Storage, verifier: TokenVerifier, state: State
+) -> list[Check]:
     checks = storage_checks(storage, [route.settings.bucket for route in config.routes])
+    if config.settings.state.backend == "redis":
+        # Redis unreachable: tokens are refused (by default), so this process is not ready.
+        checks.append(Check("redis", state.check))
 
     async def key_sets() -> str | None:
         missing = await verifier.missing_key_sets()
@@ -284,6 +306,7 @@ class _Handler:
         clock: Clock,
         fetch_json: HttpJson,
         telemetry: Telemetry,
+        state: State,
         previous: _Handler | None = None,
     ) -> None:
         """`previous`: the handler this one replaces on a reload. Its state that no setting
@@ -304,6 +327,9 @@ class _Handler:
         metrics = settings.metrics
         self._metrics_path = metrics.path if metrics.enabled and metrics.on_main_port else None
         self._metrics_access = config.metrics_access
+        self._admin_path = settings.admin.path
+        self._admin_access = config.admin_access
+        self._state = state
         self._routes = config.routes
         self._router = Router([route.pattern for route in config.routes])
         self._auth = settings.auth
@@ -335,12 +361,6 @@ class _Handler:
         self._sign_api = settings.sign_api
         self._redirect_cache_control = settings.s3.redirect_cache_control
         self._limits = settings.limits
-        tracked = settings.limits.max_tracked_clients
-        self._rates: RateLimiter = (
-            previous._rates
-            if previous is not None and previous._limits.max_tracked_clients == tracked
-            else RateLimiter(clock, tracked)
-        )
         self._links_cache: LinkCache = (
             previous._links_cache if previous is not None else LinkCache()
         )
@@ -368,37 +388,35 @@ class _Handler:
             else None
         )
         if previous is not None:
-            # One count across handlers: streams still running on the old one hold slots.
-            # (Last, so that nothing above can fail after the shared count was changed.)
-            self.streams: StreamSlots = previous.streams
-            self.streams.limit = settings.limits.max_streams
-            self.streams.per_client = settings.limits.max_streams_per_client
-            self.streams.per_subject = settings.limits.max_streams_per_subject
-        else:
-            self.streams = StreamSlots(
-                settings.limits.max_streams,
-                settings.limits.max_streams_per_client,
-                settings.limits.max_streams_per_subject,
-            )
+            # The state (revocations, rate buckets, stream slots held by streams still running
+            # on the old handler) is the Gateway's and carries on; only its settings change.
+            # (Last, so that nothing above can fail after the shared state was changed.)
+            state.reconfigure(settings)
 
     async def handle(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         if self.sign_in is not None and record.path in self.sign_in.paths:
             return await self.sign_in.answer(request, record)
         if self._metrics_path is not None and record.path == self._metrics_path:
             record.route = "metrics"
-            await self._check_metrics_access(request, record)
+            await self._check_access(self._metrics_access, "metrics", request, record)
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("metrics take GET", allowed="GET, HEAD")
             return web.Response(
                 body=self._telemetry.render(),
                 headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"},
             )
+        if self._admin_access is not None and record.path == self._admin_path:
+            record.route = "admin"
+            await self._check_access(self._admin_access, "admin", request, record)
+            return await answer_revocations(request, self._state, self._settings, self._clock)
         if self._sign_api.enabled and record.path == self._sign_api.path:
             record.route = "sign-api"
             record.delivery = "sign"
             preflight = _cors(request, record, self._sign_api.cors, ["POST"])
-            self._limit_client(request, "sign-api", self._limits.rate_limit)
-            return preflight or await self._sign_batch(request, record)
+            if preflight is not None:
+                return preflight
+            await self._limit(request, "sign-api", self._limits.rate_limit, None)
+            return await self._sign_batch(request, record)
         found = self._router.match(request.raw_path)
         if found is None:
             raise NotFound("no route matches")
@@ -414,8 +432,25 @@ class _Handler:
                 f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
             )
         rates = settings.rate_limit or self._limits.rate_limit
-        self._limit_client(request, route.name, rates)
-        claims: dict[str, Any] | None
+        try:
+            claims, key = await self._admit(request, record, route, found.params)
+        except ProxyError:
+            # A refused request spends its client's tokens too (a flood of bad tokens is
+            # limited like any other), and over the limit it is told 429.
+            await self._limit(request, route.name, rates, None)
+            raise
+        # Both buckets in one call: with Redis, one round trip per request.
+        await self._limit(request, route.name, rates, _subject_key(claims))
+        return await self._deliver(request, record, route, key, claims)
+
+    async def _admit(
+        self,
+        request: web.BaseRequest,
+        record: AccessRecord,
+        route: Route,
+        params: dict[str, str],
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Authenticate and authorize: the claims (None on a public route) and the key."""
         link = request.query.get(self._auth.link_param) if self._links else None
         if link and self._links is not None and route.rule.needs_token:
             # A share link is itself the authorization for exactly one object: checked after
@@ -428,24 +463,20 @@ class _Handler:
             self._telemetry.token_checked("link", "valid")
             record.token_source = "share link"  # noqa: S105 - a label, not a secret
             record.sub = _subject(claims)
-            key = route.key.render(found.params, claims)
-            self._links.check_target(claims, LinkTarget(route.name, settings.bucket, key))
-        else:
-            claims = (
-                await self._authenticate(request, record, route.sign_in)
-                if route.rule.needs_token
-                else None
-            )
-            key = self._authorize(route, found.params, claims)
-        subject = _subject_key(claims)
-        if rates.per_subject is not None and subject is not None:
-            self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
-        return await self._deliver(request, record, route, key, claims)
+            self._state.check_token(claims, link=True)
+            key = route.key.render(params, claims)
+            self._links.check_target(claims, LinkTarget(route.name, route.settings.bucket, key))
+            return claims, key
+        if not route.rule.needs_token:
+            return None, self._authorize(route, params, None)
+        claims = await self._authenticate(request, record, route.sign_in)
+        return claims, self._authorize(route, params, claims)
 
-    async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
-        rule = self._metrics_access
-        if rule is None:  # config refuses listen: main without metrics.access
-            raise Forbidden("metrics.access not configured")
+    async def _check_access(
+        self, rule: Rule | None, what: str, request: web.BaseRequest, record: AccessRecord
+    ) -> None:
+        if rule is None:  # config refuses metrics or admin without their access rule
+            raise Forbidden(f"{what}.access not configured")
         if not rule.needs_token:
             return
         claims = await self._authenticate(request, record)
@@ -453,10 +484,18 @@ class _Handler:
         if denial is not None:
             raise Forbidden(denial)
 
-    def _limit_client(self, request: web.BaseRequest, scope: str, rates: RateLimitSettings) -> None:
-        if rates.per_client is not None:
-            client = request.remote or "unknown"
-            self._rates.take((scope, "client", client), rates.per_client, "client")
+    async def _limit(
+        self,
+        request: web.BaseRequest,
+        scope: str,
+        rates: RateLimitSettings,
+        subject: str | None,
+    ) -> None:
+        group = _buckets(request, scope, rates, subject)
+        if group:
+            refusal = (await self._state.take([group]))[0]
+            if refusal is not None:
+                raise refusal
 
     async def _authenticate(
         self, request: web.BaseRequest, record: AccessRecord, sign_in: bool = False
@@ -489,6 +528,9 @@ class _Handler:
             raise
         self._telemetry.token_checked("jwt", "valid")
         record.sub = _subject(claims)
+        # After the verified-token cache, on every request: a cached token is still refused
+        # once revoked.
+        self._state.check_token(claims)
         return claims
 
     @staticmethod
@@ -563,8 +605,7 @@ class _Handler:
             return redirect_response(link, as_json, route.rule.needs_token)
         shown = _presentation(route, key, record.cors)
         outcome = Outcome()
-        client, subject = request.remote or "unknown", _subject_key(claims)
-        self.streams.acquire(client, subject)
+        lease = await self._state.acquire_stream(request.remote or "unknown", _subject_key(claims))
         try:
             response = await stream(
                 request,
@@ -579,7 +620,7 @@ class _Handler:
                 route.sse,
             )
         finally:
-            self.streams.release(client, subject)
+            await self._state.release_stream(lease)
         record.bytes_sent = outcome.bytes_sent
         record.first_byte = outcome.first_byte
         if outcome.aborted:
@@ -616,8 +657,11 @@ class _Handler:
             )
         claims = await self._optional_claims(request, record)
         # Admitted in order, before any S3 call: each path spends its route's rate-limit
-        # tokens exactly as a GET would, so the first paths within the limit pass.
-        admitted = [self._admit_signing(request, path, claims) for path in paths]
+        # tokens exactly as a GET would, so the first paths within the limit pass. All the
+        # paths' buckets are spent in one call (one Redis round trip for the whole batch).
+        checked = [self._admit_signing(request, path, claims) for path in paths]
+        refusals = await self._state.take([group for _, group in checked])
+        admitted = [refusal or found for (found, _), refusal in zip(checked, refusals, strict=True)]
         results = await self._sign_admitted(paths, admitted, claims)
         record.reason = f"{len(paths)} paths"
         return web.json_response(
@@ -627,9 +671,10 @@ class _Handler:
 
     def _admit_signing(
         self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
-    ) -> tuple[Route, str] | ProxyError:
-        """Route, limit and authorize one path of a batch as its GET would be: the route and
-        key, or the refusal."""
+    ) -> tuple[tuple[Route, str] | ProxyError, list[Bucket]]:
+        """Route and authorize one path of a batch as its GET would be: the route and key,
+        or the refusal; and the rate-limit buckets its GET would spend (a 429 from those
+        takes precedence over an authorization refusal, as on a GET)."""
         try:
             found = self._router.match(path) if path.startswith("/") else None
             if found is None:
@@ -637,15 +682,14 @@ class _Handler:
             route = self._routes[found.index]
             if "GET" not in route.settings.methods:
                 raise MethodNotAllowed("route does not allow GET")
-            rates = route.settings.rate_limit or self._limits.rate_limit
-            self._limit_client(request, route.name, rates)
-            key = self._authorize(route, found.params, claims)
-            subject = _subject_key(claims)
-            if rates.per_subject is not None and subject is not None:
-                self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
-            return route, key
         except ProxyError as exc:
-            return exc
+            return exc, []
+        rates = route.settings.rate_limit or self._limits.rate_limit
+        try:
+            key = self._authorize(route, found.params, claims)
+        except ProxyError as exc:
+            return exc, _buckets(request, route.name, rates, None)
+        return (route, key), _buckets(request, route.name, rates, _subject_key(claims))
 
     async def _sign_admitted(
         self,
@@ -719,6 +763,20 @@ def _subject(claims: dict[str, Any]) -> str | None:
     """`sub` as the access log records it (cut at 256 characters)."""
     sub = claims.get("sub")
     return str(sub)[:256] if sub is not None else None
+
+
+def _buckets(
+    request: web.BaseRequest, scope: str, rates: RateLimitSettings, subject: str | None
+) -> list[Bucket]:
+    """The rate-limit buckets one request spends, client first."""
+    group = []
+    if rates.per_client is not None:
+        group.append(
+            Bucket((scope, "client", request.remote or "unknown"), rates.per_client, "client")
+        )
+    if rates.per_subject is not None and subject is not None:
+        group.append(Bucket((scope, "sub", subject), rates.per_subject, "subject"))
+    return group
 
 
 def _subject_key(claims: Mapping[str, Any] | None) -> str | None:

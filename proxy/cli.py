@@ -1,5 +1,5 @@
 """Command line: argument parsing and process set-up only (serve / reload / check / token /
-link / demo / bench)."""
+link / revoke / demo / bench)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     link.set_defaults(run=_link)
 
+    revoke = commands.add_parser(
+        "revoke",
+        help="refuse a subject's tokens, or one token or share link, from now on",
+        description="--sub revokes every token of that subject issued until now (a fresh "
+        "sign-in works); --jti one token or share link. With state.backend redis this writes "
+        "Redis; with memory it asks the running server's admin endpoint (admin.access).",
+    )
+    what = revoke.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sub", help="the subject whose tokens to refuse")
+    what.add_argument("--jti", help="the jti of one token or share link")
+    what.add_argument("--list", action="store_true", help="print the revocations in force")
+    revoke.add_argument(
+        "--iss", help="with --sub: only this issuer's tokens (default: every issuer's)"
+    )
+    revoke.add_argument(
+        "--ttl",
+        type=int,
+        help="forget it after this many seconds (default: once no token "
+        "it covers can still be valid)",
+    )
+    revoke.add_argument("--undo", action="store_true", help="remove the revocation instead")
+    revoke.add_argument("--url", help="memory backend: the admin endpoint's URL")
+    revoke.add_argument(
+        "--token", help="memory backend: a token admin.access lets in (or $PROXY_ADMIN_TOKEN)"
+    )
+    _claim_argument(revoke)
+    revoke.set_defaults(run=_revoke)
+
     demo = commands.add_parser(
         "demo", help="run the proxy against an in-process S3 with demo data and a demo page"
     )
@@ -128,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _claim_argument(bench)
 
-    for sub in (serve, reload, check, token, link):
+    for sub in (serve, reload, check, token, link, revoke):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
 
@@ -278,6 +306,8 @@ def _token(args: argparse.Namespace, config: Config) -> int:
 def _link(args: argparse.Namespace, config: Config) -> int:
     from urllib.parse import quote, unquote
 
+    import jwt
+
     from .links import LinkError, link_target, mint_link_token
 
     auth = config.settings.auth
@@ -303,4 +333,34 @@ def _link(args: argparse.Namespace, config: Config) -> int:
     listen = config.settings.listen
     base = (args.base_url or f"http://{listen.host}:{listen.port}").rstrip("/")
     print(f"{base}{quote(path, safe='/')}?{quote(auth.link_param)}={token}")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    print(f"to revoke this link: python -m proxy revoke --jti {jti}", file=sys.stderr)
     return 0
+
+
+def _revoke(args: argparse.Namespace, config: Config) -> int:
+    from .state.command import Order, run_order
+
+    if args.iss is not None and args.sub is None:
+        print("--iss goes with --sub", file=sys.stderr)
+        return 2
+    if args.ttl is not None and not 1 <= args.ttl <= 31_536_000:
+        print("--ttl must be between 1 and 31536000 seconds", file=sys.stderr)
+        return 2
+    claims = _claims("proxy-revoke", args.claim)
+    if claims is None:
+        return 2
+    if args.list:
+        if args.undo or args.ttl is not None:
+            print("--list takes no --undo or --ttl", file=sys.stderr)
+            return 2
+        order = Order("list")
+    else:
+        order = Order(
+            "undo" if args.undo else "revoke",
+            "sub" if args.sub is not None else "jti",
+            args.sub or args.jti,
+            args.iss,
+            args.ttl,
+        )
+    return run_order(config, order, args.url, args.token, claims)

@@ -571,6 +571,63 @@ def _fixed_path(value: str, example: str) -> str:
     return value
 
 
+class WhenStateDown(_Model):
+    """What a check that needs the shared state does when it cannot reach it in time."""
+
+    # Rate limits and stream caps protect capacity: a short Redis outage should not take the
+    # proxy down with it, so they let requests through (logged and counted) by default.
+    limits: Literal["open", "closed"] = "open"
+    # A revocation is a security decision: by default a token is refused (503) rather than
+    # let through when the list of revocations may be out of date.
+    revocations: Literal["open", "closed"] = "closed"
+
+
+class StateSettings(_Model):
+    """Where revocations, rate limits and stream caps live: this process (`memory`), or a
+    Redis shared by every worker and replica (`redis`)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    # redis://[:password@]host:port/db, rediss:// for TLS, unix:///path; secret (it may hold
+    # a password), so never shown in errors or logs.
+    url: SecretStr | None = None
+    key_prefix: str = Field("s3proxy:", min_length=1, max_length=64)
+    # Longest any request waits for Redis (connect, pool wait and command together).
+    timeout: float = Field(0.25, gt=0, le=10)
+    max_connections: int = Field(64, ge=1, le=10000)
+    when_down: WhenStateDown = Field(default_factory=WhenStateDown)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # `url: ${REDIS_URL:-}` with the variable unset
+        if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"
+            )
+        return value
+
+
+class RevocationSettings(_Model):
+    # The longest a token may live (exp - iat): a longer one is refused, so that a
+    # revocation can forget a subject once every token it covers has expired.
+    max_token_lifetime: int = Field(86400, ge=60, le=31_536_000)
+
+
+class AdminSettings(_Model):
+    """The revocation endpoint (POST/GET/DELETE), on when `access` is set."""
+
+    path: str = "/_admin/revocations"
+    access: Any = None  # an access rule: who may revoke (e.g. {claims: {role: admin}})
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "{" in value:
+            raise ValueError("must be a fixed path starting with '/', e.g. /_admin/revocations")
+        return value
+
+
 class Settings(_Model):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -581,6 +638,9 @@ class Settings(_Model):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     object_cache: ObjectCacheSettings = Field(default_factory=ObjectCacheSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    revocation: RevocationSettings = Field(default_factory=RevocationSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -610,6 +670,7 @@ class Config:
     settings: Settings
     routes: tuple[Route, ...]
     metrics_access: Rule | None = None
+    admin_access: Rule | None = None  # None: no admin endpoint
     # Legal but risky choices, one line each (`key.path: what and fix`), shown at start-up.
     warnings: tuple[str, ...] = ()
 
@@ -655,17 +716,26 @@ def parse_config(
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
+    admin_access = _admin_access(settings, problems)
+    _check_state(settings.state, problems)
     _check_paths(settings, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes), metrics_access, tuple(_warnings(settings)))
+    return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
 
 
 def _warnings(settings: Settings) -> list[str]:
-    """An identity provider signs tokens for many applications: without `audience` (and
-    `issuer`), a token it minted for any of them would open this proxy's routes."""
+    """Legal but risky: several workers that do not share their state; and, since an
+    identity provider signs tokens for many applications, a JWKS issuer without `audience`
+    (and `issuer`), whose tokens minted for any of them would open this proxy's routes."""
     auth = settings.auth
     found = []
+    if settings.listen.workers > 1 and settings.state.backend == "memory":
+        found.append(
+            "state.backend: memory with listen.workers > 1 keeps rate limits, stream caps and "
+            "revocations per worker (a revocation reaches only the worker that took it); set "
+            "backend: redis to share them"
+        )
     for index, issuer in enumerate(auth.issuer_list()):
         if issuer.jwks_url is None:
             continue
@@ -740,6 +810,9 @@ _HINTS = {
 }
 
 
+_URL = ("state", "url")
+
+
 def _describe_validation_error(exc: ValidationError, data: Any) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
@@ -747,7 +820,8 @@ def _describe_validation_error(exc: ValidationError, data: Any) -> list[str]:
         message = _HINTS.get(error["type"], error["msg"].removeprefix("Value error, "))
         if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
             shown = error["input"]
-            secret = "secret" in loc or "sse_customer_key" in loc
+            # A Redis URL may carry a password, like a secret.
+            secret = "secret" in loc or "sse_customer_key" in loc or loc == _URL
             if not isinstance(shown, dict | list) and not secret:
                 message += f" (got {shown!r})"
         problems.append(f"{_location(loc, data)}: {message}")
@@ -927,6 +1001,32 @@ def _metrics_access(settings: Settings, problems: list[str]) -> Rule | None:
         return None
 
 
+def _admin_access(settings: Settings, problems: list[str]) -> Rule | None:
+    admin = settings.admin
+    if admin.access is None:
+        if "path" in admin.model_fields_set:
+            problems.append(
+                "admin.access: required with admin.path (who may revoke tokens); "
+                "e.g. {claims: {role: admin}}"
+            )
+        return None
+    try:
+        return compile_rule(admin.access, [], frozenset(settings.auth.list_claims))
+    except ValueError as exc:
+        problems.append(f"admin.access: {exc}")
+        return None
+
+
+def _check_state(state: StateSettings, problems: list[str]) -> None:
+    if state.backend == "redis" and state.url is None:
+        problems.append(
+            "state.url: required with backend redis; e.g. url: ${REDIS_URL} and "
+            "export REDIS_URL=redis://127.0.0.1:6379/0"
+        )
+    if state.backend == "memory" and state.url is not None:
+        problems.append("state.url: only used with backend redis; set backend: redis or remove it")
+
+
 def _check_paths(settings: Settings, problems: list[str]) -> None:
     """Fixed paths answered before routing must not shadow one another."""
     taken: dict[str, str] = {}
@@ -936,6 +1036,8 @@ def _check_paths(settings: Settings, problems: list[str]) -> None:
         fixed.append(("metrics.path", metrics.path))
     if settings.sign_api.enabled:
         fixed.append(("sign_api.path", settings.sign_api.path))
+    if settings.admin.access is not None:
+        fixed.append(("admin.path", settings.admin.path))
     login = settings.auth.login
     if login is not None:
         for key in ("redirect_path", "login_path", "logout_path"):

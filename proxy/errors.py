@@ -50,8 +50,18 @@ class Unauthenticated(ProxyError):
     status = 401
     detail = "authentication required"
 
-    def __init__(self, reason: str | None = None, *, invalid_token: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        invalid_token: bool = False,
+        description: str | None = None,
+    ) -> None:
         challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+        if description is not None:
+            # RFC 6750 3: said only where the client can act on it (a revoked token: sign
+            # in again); never a detail of a failed signature check.
+            challenge += f', error_description="{description}"'
         super().__init__(reason, headers={"WWW-Authenticate": challenge})
 
 
@@ -152,6 +162,17 @@ class StorageBusy(ProxyError):
 
     status = 503
     detail = "busy, try again"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, headers={"Retry-After": "1"})
+
+
+class StateUnavailable(ProxyError):
+    """The shared state (Redis) did not answer in time and the configured behaviour for it is
+    to refuse (`state.when_down`): revocations by default, rate limits if asked."""
+
+    status = 503
+    detail = "temporarily unavailable, try again"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, headers={"Retry-After": "1"})

@@ -1,8 +1,9 @@
 """In-process rate limits (token buckets) and the concurrent-stream caps. No I/O.
 
-Buckets are per process: with N workers or replicas, the effective limit is N times the
-configured one. Idle buckets are forgotten first when the table is full, so memory stays
-bounded however many clients come and go.
+These are the `state.backend: memory` implementations (proxy/state/memory.py): per
+process, so with N workers or replicas the effective limit is N times the configured one;
+proxy/state/redisstate.py shares them. Idle buckets are forgotten first when the table is
+full, so memory stays bounded however many clients come and go.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Overloaded(ProxyError):
 class RateLimiter:
     def __init__(self, clock: Callable[[], float], max_buckets: int) -> None:
         self._clock = clock
-        self._max = max_buckets
+        self.max_buckets = max_buckets
         # key -> (tokens, last refill time)
         self._buckets: OrderedDict[tuple[str, ...], tuple[float, float]] = OrderedDict()
 
@@ -47,7 +48,7 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             raise TooManyRequests(f"rate limit per {what}", (1 - tokens) / settings.rate)
         self._buckets[key] = (tokens - 1, now)
-        while len(self._buckets) > self._max:
+        while len(self._buckets) > self.max_buckets:
             self._buckets.popitem(last=False)
 
 

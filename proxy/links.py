@@ -7,11 +7,13 @@ link is accepted only if the route's name, bucket and rendered key are exactly t
 minted for. It is never compared with the request path, so no other spelling of the path
 (`%2F`, a longer path cut for the log) can carry it to another route or object. Its audience
 keeps it from ever passing as a normal access token, and normal tokens from passing as links.
-No I/O.
+Each link carries its own `jti`, so one mailed link can be revoked without rotating the
+secret (`python -m proxy revoke --jti`). No I/O.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +84,7 @@ def mint_link_token(
         "mth": list(LINK_METHODS),
         "iat": issued,
         "exp": issued + ttl,
+        "jti": secrets.token_urlsafe(12),
     }
     if sub:
         payload["sub"] = sub

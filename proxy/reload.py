@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import Gateway
-from .config import ConfigError, S3Settings, Settings, load_config
+from .config import ConfigError, S3Settings, Settings, StateSettings, load_config
 
 log = logging.getLogger("proxy.reload")
 
@@ -49,6 +49,9 @@ RESTART_ONLY: tuple[str, ...] = (
     "limits.header_timeout",
     "limits.keepalive_timeout",
     "limits.max_connections_per_client",
+    # The state backend (a Redis pool and its poller) is opened once with the Gateway; a
+    # reload retunes it (when_down, limits, lifetimes) but never swaps it.
+    *(f"state.{name}" for name in StateSettings.model_fields if name != "when_down"),
 )
 
 

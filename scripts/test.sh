@@ -10,6 +10,13 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
     >/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped" >&2
 fi
+# Debian's redis-server for the shared-state tests (two proxy processes on one Redis). Without
+# root or apt-get, those tests are skipped with their reason.
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's redis-server for the shared-state tests..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+    >/dev/null 2>&1 || echo "warning: could not install redis-server; its tests will be skipped" >&2
+fi
 # s3rver 3 (Node.js) enforces presigned URL expiry, which moto does not; s3rver 5 also verifies
 # SigV4 signatures (tests/test_s3rver_sigv4.py). Their tests skip without them.
 if command -v npm >/dev/null 2>&1; then

@@ -37,6 +37,8 @@ from proxy.config import Config, parse_config
 from proxy.server import low_level_server
 from proxy.storage import Storage
 
+from .redisd import redis_server  # noqa: F401 - a fixture, for the tests that share state
+
 SECRET = "test-secret-" + "x" * 40
 BIG_SIZE = 3 * 1024 * 1024 + 17  # spans many chunks, not a multiple of any chunk size
 HUGE_SIZE = 48 * 1024 * 1024

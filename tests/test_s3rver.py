@@ -79,7 +79,7 @@ def s3rver_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def _follow(client: Any, path: str, now: float) -> tuple[int, bytes, str]:
     response = await client.get(
-        path, headers=bearer(make_token(now=now, ttl=100_000)), allow_redirects=False
+        path, headers=bearer(make_token(now=now, ttl=86_400)), allow_redirects=False
     )
     assert response.status == 302
     location = response.headers["Location"]

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.both_engines
 
 S3RVER5 = Path(__file__).parent / "s3rver5"
 PHOTO = b"\xff\xd8 a small jpeg-ish body, long enough for a range"
-ALICE = bearer(make_token(ttl=100_000))
+ALICE = bearer(make_token(ttl=86_400))  # revocation.max_token_lifetime
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,159 @@
+"""What every state backend does the same way: the revocation check on a local copy, and
+the choice between failing open and closed. No I/O.
+
+Rule: the request path never waits on the backend for a revocation. Each process checks its
+own copy (`RevocationList`), which the backend keeps current; if the backend cannot vouch
+that the copy is current (Redis down for longer than the one-second bound), the token is
+refused with 503, or let through when `state.when_down.revocations` is `open`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import RateSettings, Settings
+from ..errors import StateUnavailable, Unauthenticated
+from ..limits import StreamSlots, TooManyRequests
+from .revocations import LINK_MAX_LIFETIME, Kind, Revocation, RevocationList, lifetime_refusal
+
+log = logging.getLogger("proxy.state")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One rate-limit bucket to spend a token from: `key` names it, `what` the refusal."""
+
+    key: tuple[str, ...]
+    rate: RateSettings
+    what: str
+
+
+# Buckets spent in order, stopping at the first that refuses (a client over its limit does
+# not also spend its subject's tokens); one group per path of a sign API batch.
+BucketGroup = Sequence[Bucket]
+
+
+@dataclass
+class StreamLease:
+    """A stream slot held by one response; handed back to `release_stream`."""
+
+    client: str
+    subject: str | None
+    shared: str | None = None  # the slot's member name in Redis, when it holds one there
+
+
+@dataclass
+class Counters:
+    """How often the backend failed and what was let through or refused because of it."""
+
+    errors: int = 0
+    limits_let_through: int = 0
+    limits_refused: int = 0
+    revocations_let_through: int = 0
+    revocations_refused: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class State:
+    """Revocations, rate limits and stream caps, for one process or shared by many."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._clock = clock
+        self.revoked = RevocationList()
+        self.counters = Counters()
+        limits = settings.limits
+        self.streams = StreamSlots(
+            limits.max_streams, limits.max_streams_per_client, limits.max_streams_per_subject
+        )
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take a reloaded config's settings. The backend itself (state.backend, url, ...)
+        stays as it was opened: changing it needs a restart."""
+        self._leeway = settings.auth.leeway
+        self._max_lifetime = settings.revocation.max_token_lifetime
+        self._revocations_closed = settings.state.when_down.revocations == "closed"
+        self._limits_closed = settings.state.when_down.limits == "closed"
+        limits = settings.limits
+        self.streams.limit = limits.max_streams
+        self.streams.per_client = limits.max_streams_per_client
+        self.streams.per_subject = limits.max_streams_per_subject
+
+    # --- requests ------------------------------------------------------------------------
+
+    def check_token(self, claims: Mapping[str, Any], link: bool = False) -> None:
+        """Refuse a revoked token or link (401), or one that outlives revocations."""
+        longest = LINK_MAX_LIFETIME if link else self._max_lifetime
+        refusal = lifetime_refusal(claims, longest + self._leeway)
+        if refusal is not None:
+            raise Unauthenticated(refusal, invalid_token=True)
+        stale = self.stale_for()
+        if stale is not None:
+            if self._revocations_closed:
+                self.counters.revocations_refused += 1
+                raise StateUnavailable(f"revocations not confirmed for {stale:.1f} s")
+            self.counters.revocations_let_through += 1
+        if self.revoked.covers(claims, self._clock(), link):
+            raise Unauthenticated("token revoked", invalid_token=True, description="token revoked")
+
+    def stale_for(self) -> float | None:
+        """Seconds the local copy has not been confirmed current, past the bound; else None."""
+        return None
+
+    async def take(self, groups: Sequence[BucketGroup]) -> list[TooManyRequests | None]:
+        """Spend one token per bucket, group by group: each group's refusal, or None."""
+        raise NotImplementedError
+
+    async def acquire_stream(self, client: str, subject: str | None) -> StreamLease:
+        """A slot for one streamed response (503 past limits.max_streams, 429 past the per
+        client or per subject caps)."""
+        raise NotImplementedError
+
+    async def release_stream(self, lease: StreamLease) -> None:
+        raise NotImplementedError
+
+    # --- administration ------------------------------------------------------------------
+
+    async def revoke(self, entry: Revocation) -> None:
+        raise NotImplementedError
+
+    async def unrevoke(self, kind: Kind, value: str, iss: str | None) -> bool:
+        raise NotImplementedError
+
+    async def revocations(self) -> list[Revocation]:
+        raise NotImplementedError
+
+    async def check(self) -> str | None:
+        """For readiness: what is wrong with the backend, or None."""
+        return None
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # --- for backends --------------------------------------------------------------------
+
+    def _limits_down(self, reason: str) -> TooManyRequests | None:
+        """The answer for a rate limit or stream cap the backend could not check."""
+        self._failed(reason)
+        if self._limits_closed:
+            self.counters.limits_refused += 1
+            raise StateUnavailable(f"limits not checked: {reason}")
+        self.counters.limits_let_through += 1
+        return None
+
+    def _failed(self, reason: str) -> None:
+        self.counters.errors += 1
+        self.counters.by_reason[reason] = self.counters.by_reason.get(reason, 0) + 1
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,590 @@
+"""State shared by every worker and replica through one Redis (`state.backend: redis`).
+
+Rules:
+1. No request waits on Redis longer than `state.timeout`: every call runs under that
+   deadline, the pool is a blocking one with the same wait, and redis-py retries nothing.
+2. Revocations cost no round trip per request. Each process keeps a copy, loaded whole once
+   and then kept current from a change log (a Redis stream) polled every POLL_INTERVAL: a
+   poll with nothing new is one small round trip, and a revocation made on sign-out costs
+   every replica one entry, not a reload of the whole list. Each change carries a sequence
+   number; a gap (the log trimmed past us) or a new epoch (a Redis that lost its data) means
+   a full reload. A copy not confirmed for STALE_AFTER is not trusted: `when_down.revocations`
+   decides (refuse, by default).
+3. Rate limits are one script call per request (a token bucket per key, on Redis's own
+   clock so that replicas with skewed clocks agree), however many buckets it spends.
+4. Stream slots are members of a sorted set scored by a lease deadline, renewed every
+   HEARTBEAT while the stream lasts: a replica that dies leaks its slots for at most LEASE.
+5. When Redis fails, limits fail open and revocations closed (both configurable); every
+   failure is counted, and the change between reachable and not is logged once each way.
+   After a failed limit call, limits are not asked of Redis for BACKOFF (or until the
+   poller reaches it again): a Redis that drops packets would otherwise add the whole
+   timeout to every request.
+   The Redis URL is never logged (it may hold a password).
+
+One Redis, not a Cluster: scripts touch several keys that Cluster would spread over nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..config import Settings, StateSettings
+from ..errors import StateUnavailable
+from ..limits import TooManyRequests
+from .base import BucketGroup, Clock, State, StreamLease, monotonic
+from .revocations import Kind, Revocation, entry_id
+
+log = logging.getLogger("proxy.state")
+
+POLL_INTERVAL = 0.25
+CHANGES_PER_POLL = 1000
+SYNC_TIMEOUT = 0.5
+BACKOFF = 1.0
+LOG_LENGTH = 10_000  # changes kept in the log; a process further behind reloads
+# The promise: a revocation takes effect on every replica within one second.
+STALE_AFTER = 1.0
+LEASE = 15.0
+HEARTBEAT = 5.0
+
+T = TypeVar("T")
+
+
+class StateDown(Exception):
+    """Redis did not answer in time, or answered with an error; str() is loggable."""
+
+
+def redis_client(settings: StateSettings) -> Redis:
+    """A client with a bounded, blocking pool and no retries (rule 1)."""
+    if settings.url is None:
+        raise ValueError("state.url is not set")
+    no_retry = Retry(NoBackoff(), 0)
+    pool = BlockingConnectionPool.from_url(
+        settings.url.get_secret_value(),
+        max_connections=settings.max_connections,
+        timeout=settings.timeout,
+        socket_timeout=settings.timeout,
+        socket_connect_timeout=settings.timeout,
+        retry=no_retry,
+    )
+    return Redis(connection_pool=pool, retry=no_retry)
+
+
+async def bounded(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+    """Run one Redis call under the deadline; its failures become StateDown."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await call()
+    except TimeoutError:
+        raise StateDown("timed out") from None
+    except (RedisError, OSError) as exc:
+        # The class name only: a message may name the server, never the URL's password,
+        # but keep log lines short and alike.
+        raise StateDown(type(exc).__name__) from None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole list, and where in the change log it stands."""
+
+    epoch: bytes | None
+    seq: int
+    log_id: bytes | None
+    entries: list[Revocation]
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    log_id: bytes
+    entry_id: str
+    entry: Revocation | None  # None: removed
+
+
+class RedisRevocations:
+    """The revocation list in Redis: a hash of entries (the truth), a sorted set of their
+    expiry times (for pruning), a change log, its sequence counter and an epoch. Used by the
+    server and by `python -m proxy revoke`."""
+
+    def __init__(self, redis: Redis, prefix: str, timeout: float) -> None:
+        self._redis = redis
+        self._timeout = timeout
+        name = f"{prefix}revocations"
+        self._keys = [name, f"{name}:expiry", f"{name}:log", f"{name}:seq", f"{name}:epoch"]
+        self._write = redis.register_script(_WRITE_REVOCATION)
+
+    async def put(self, entry: Revocation, now: float) -> None:
+        await self._run_write(entry.id, entry.dumps(), entry.expires_at, now)
+
+    async def delete(self, kind: Kind, value: str, iss: str | None, now: float) -> bool:
+        return bool(await self._run_write(entry_id(kind, value, iss), "", 0, now))
+
+    async def load(self, now: float) -> list[Revocation]:
+        return (await self.snapshot(now)).entries
+
+    async def snapshot(self, now: float) -> Snapshot:
+        entries, _, log, seq, epoch = self._keys
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(epoch)
+                pipe.get(seq)
+                pipe.hgetall(entries)
+                pipe.xrevrange(log, count=1)
+                answer: list[Any] = await pipe.execute()
+                return answer
+
+        found_epoch, found_seq, raw, last = await bounded(self._timeout, read)
+        live = []
+        for text in raw.values():
+            entry = _parse(text)
+            if entry is not None and now < entry.expires_at:
+                live.append(entry)
+        return Snapshot(
+            found_epoch,
+            int(found_seq or 0),
+            last[0][0] if last else None,
+            sorted(live, key=lambda e: e.revoked_at),
+        )
+
+    async def changes(self, after: bytes | None) -> tuple[bytes | None, list[Change]]:
+        """The epoch, and the changes logged after `after` (at most CHANGES_PER_POLL)."""
+        _, _, log, _, epoch = self._keys
+        start = b"(" + after if after is not None else b"-"
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(epoch)
+                pipe.xrange(log, min=start, count=CHANGES_PER_POLL)
+                answer: list[Any] = await pipe.execute()
+                return answer
+
+        found_epoch, logged = await bounded(self._timeout, read)
+        changes = []
+        for log_id, fields in logged:
+            text = fields.get(b"entry", b"")
+            changes.append(
+                Change(int(fields[b"seq"]), log_id, fields[b"id"].decode(), _parse(text))
+            )
+        return found_epoch, changes
+
+    async def _run_write(self, field: str, value: str, expires_at: float, now: float) -> int:
+        args: list[str | int] = [
+            field,
+            value,
+            repr(expires_at),
+            repr(now),
+            secrets.token_hex(8),
+            LOG_LENGTH,
+        ]
+        result: int = await bounded(self._timeout, lambda: self._write(self._keys, args))
+        return result
+
+
+def _parse(text: bytes) -> Revocation | None:
+    if not text:
+        return None
+    try:
+        return Revocation.loads(text)
+    except ValueError:
+        return None  # not ours to judge; it expires with its expiry score
+
+
+class RedisState(State):
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        redis: Redis | None = None,
+        monotonic_clock: Clock = monotonic,
+    ) -> None:
+        super().__init__(settings, clock)
+        state = settings.state
+        self._settings = state
+        self._timeout = state.timeout
+        self._prefix = state.key_prefix
+        self._monotonic = monotonic_clock
+        self._redis = redis
+        self._store: RedisRevocations | None = None
+        self._poll_store: RedisRevocations | None = None
+        self._epoch: bytes | None = None
+        self._seq = -1  # no snapshot yet
+        self._log_id: bytes | None = None
+        self._synced_at = -math.inf
+        self._tasks: list[asyncio.Task[None]] = []
+        self._down: str | None = None  # why Redis is failing, while it is
+        self._limits_resume_at = -math.inf  # limits skip Redis until then (rule 5)
+        # Stream slots this process holds in Redis: member -> its sorted sets.
+        self._held: dict[str, list[str]] = {}
+        self._process = secrets.token_hex(6)
+        self._serial = itertools.count()
+
+    def reconfigure(self, settings: Settings) -> None:
+        super().reconfigure(settings)
+        self._per_client = settings.limits.max_streams_per_client
+        self._per_subject = settings.limits.max_streams_per_subject
+
+    async def open(self) -> None:
+        if self._redis is None:
+            self._redis = redis_client(self._settings)
+        redis = self._redis
+        self._store = RedisRevocations(redis, self._prefix, self._timeout)
+        # The poller is no request: it may wait longer (a reload of a long list, a busy
+        # Redis) while requests keep to `timeout`; staleness is judged apart from it.
+        self._poll_store = RedisRevocations(redis, self._prefix, max(self._timeout, SYNC_TIMEOUT))
+        self._take = redis.register_script(_TAKE_TOKENS)
+        self._acquire = redis.register_script(_ACQUIRE_SLOT)
+        self._renew = redis.register_script(_RENEW_SLOTS)
+        await self._sync_quietly()
+        self._tasks = [
+            asyncio.create_task(self._every(POLL_INTERVAL, self._sync_quietly)),
+            asyncio.create_task(self._every(HEARTBEAT, self._renew_quietly)),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._redis is not None:
+            with contextlib.suppress(StateDown):
+                await self._release_all()
+            await self._redis.aclose(close_connection_pool=True)
+            self._redis = None
+
+    async def check(self) -> str | None:
+        if self._redis is None:
+            return "redis: not connected"
+        redis = self._redis
+        try:
+            await bounded(self._timeout, lambda: redis.ping())
+        except StateDown as exc:
+            return f"redis: {exc}"
+        stale = self.stale_for()
+        if stale is not None:
+            return f"redis: revocations not confirmed for {stale:.1f} s"
+        return None
+
+    # --- revocations (rule 2) ------------------------------------------------------------
+
+    def stale_for(self) -> float | None:
+        age = self._monotonic() - self._synced_at
+        return age if age > STALE_AFTER else None
+
+    async def _sync(self) -> None:
+        store = self._poll_store
+        if store is None:
+            raise StateDown("not connected")
+        while self._seq >= 0:
+            epoch, changes = await store.changes(self._log_id)
+            if epoch != self._epoch:
+                break  # first write, or Redis lost its data or was pointed elsewhere: reload
+            fresh = [change for change in changes if change.seq > self._seq]
+            if fresh and fresh[0].seq != self._seq + 1:
+                break  # the log was trimmed past us: reload
+            for change in fresh:
+                if change.entry is None:
+                    self.revoked.remove_id(change.entry_id)
+                else:
+                    self.revoked.add(change.entry)
+                self._seq, self._log_id = change.seq, change.log_id
+            if len(changes) < CHANGES_PER_POLL:
+                self._synced_at = self._monotonic()
+                return
+        snapshot = await store.snapshot(self._clock())
+        self.revoked.replace(snapshot.entries)
+        self._epoch, self._seq, self._log_id = snapshot.epoch, snapshot.seq, snapshot.log_id
+        self._synced_at = self._monotonic()
+
+    async def _sync_quietly(self) -> None:
+        try:
+            await self._sync()
+        except StateDown as exc:
+            self._note_down(str(exc))
+        else:
+            self._note_up()
+
+    async def revoke(self, entry: Revocation) -> None:
+        await self._write(lambda store: store.put(entry, self._clock()))
+        self.revoked.add(entry)  # in force here at once, elsewhere at the next poll
+
+    async def unrevoke(self, kind: Kind, value: str, iss: str | None) -> bool:
+        removed = await self._write(lambda store: store.delete(kind, value, iss, self._clock()))
+        self.revoked.remove(kind, value, iss)
+        return removed
+
+    async def revocations(self) -> list[Revocation]:
+        return await self._write(lambda store: store.load(self._clock()))
+
+    async def _write(self, call: Callable[[RedisRevocations], Awaitable[T]]) -> T:
+        try:
+            return await call(self._checked_store())
+        except StateDown as exc:
+            self._note_down(str(exc))
+            raise StateUnavailable(f"revocations not written: {exc}") from None
+
+    def _checked_store(self) -> RedisRevocations:
+        if self._store is None:
+            raise StateDown("not connected")
+        return self._store
+
+    # --- rate limits (rule 3) ------------------------------------------------------------
+
+    async def take(self, groups: Sequence[BucketGroup]) -> list[TooManyRequests | None]:
+        keys: list[str] = []
+        args: list[str | float] = []
+        for index, group in enumerate(groups):
+            for bucket in group:
+                keys.append(self._key("rate", bucket.key))
+                args += [repr(bucket.rate.rate), str(bucket.rate.burst), str(index)]
+        if not keys:
+            return [None] * len(groups)
+        try:
+            self._check_backoff()
+            answers: list[bytes] = await bounded(self._timeout, lambda: self._take(keys, args))
+        except StateDown as exc:
+            self._back_off(exc)
+            refusal = self._limits_down(f"rate limits: {exc}")
+            return [refusal] * len(groups)
+        refusals: list[TooManyRequests | None] = []
+        position = 0
+        for group in groups:
+            refusal = None
+            for bucket in group:
+                answer = answers[position]
+                position += 1
+                if answer not in (b"", b"-"):
+                    refusal = TooManyRequests(f"rate limit per {bucket.what}", float(answer))
+            refusals.append(refusal)
+        return refusals
+
+    # --- stream slots (rule 4) -----------------------------------------------------------
+
+    async def acquire_stream(self, client: str, subject: str | None) -> StreamLease:
+        # The process-wide cap and, should Redis fail, the per-process caps still hold.
+        self.streams.acquire(client, subject)
+        lease = StreamLease(client, subject)
+        keys = [self._key("streams", ("client", client))]
+        caps = [self._per_client]
+        if subject is not None:
+            keys.append(self._key("streams", ("subject", subject)))
+            caps.append(self._per_subject)
+        member = f"{self._process}:{next(self._serial)}"
+        args = [member, repr(LEASE), *map(str, caps)]
+        try:
+            self._check_backoff()
+            refused: int = await bounded(self._timeout, lambda: self._acquire(keys, args))
+        except StateDown as exc:
+            self._back_off(exc)
+            try:
+                self._limits_down(f"stream slots: {exc}")
+            except BaseException:
+                self.streams.release(client, subject)
+                raise
+            return lease
+        if refused:
+            self.streams.release(client, subject)
+            cap = "client" if refused == 1 else "subject"
+            raise TooManyRequests(f"streams per {cap} (limits.max_streams_per_{cap})", 1)
+        lease.shared = member
+        self._held[member] = keys
+        return lease
+
+    async def release_stream(self, lease: StreamLease) -> None:
+        self.streams.release(lease.client, lease.subject)
+        if lease.shared is None:
+            return
+        keys = self._held.pop(lease.shared, [])
+        if not keys or self._redis is None:
+            return
+        redis, member = self._redis, lease.shared
+
+        async def remove() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrem(key, member)
+                await pipe.execute()
+
+        try:
+            await bounded(self._timeout, remove)
+        except StateDown as exc:
+            # The lease runs out on its own within LEASE.
+            self._failed(f"stream slots: {exc}")
+
+    async def _renew_quietly(self) -> None:
+        if not self._held:
+            return
+        keys = [key for held in self._held.values() for key in held]
+        members = [member for member, held in self._held.items() for _ in held]
+        try:
+            await bounded(self._timeout, lambda: self._renew(keys, [repr(LEASE), *members]))
+        except StateDown as exc:
+            self._failed(f"stream slots: {exc}")
+
+    async def _release_all(self) -> None:
+        if self._redis is None or not self._held:
+            return
+        redis, held = self._redis, dict(self._held)
+        self._held.clear()
+
+        async def remove() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                for member, keys in held.items():
+                    for key in keys:
+                        pipe.zrem(key, member)
+                await pipe.execute()
+
+        await bounded(self._timeout, remove)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _key(self, kind: str, parts: Sequence[str]) -> str:
+        # Hashed: client addresses and subjects are caller-controlled and may be long.
+        digest = hashlib.blake2b(json.dumps(list(parts)).encode(), digest_size=12).hexdigest()
+        return f"{self._prefix}{kind}:{digest}"
+
+    async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await work()
+            await asyncio.sleep(interval)
+
+    def _note_down(self, reason: str) -> None:
+        self._failed(f"revocations: {reason}")
+        if self._down is None:
+            log.warning(
+                "state backend redis unreachable (%s): rate limits and stream caps %s, "
+                "revocation checks %s",
+                reason,
+                "refuse" if self._limits_closed else "let requests through",
+                f"refuse tokens after {STALE_AFTER:.0f} s"
+                if self._revocations_closed
+                else "use the last copy",
+            )
+        self._down = reason
+
+    def _note_up(self) -> None:
+        if self._down is not None:
+            log.warning("state backend redis reachable again")
+        self._down = None
+        self._limits_resume_at = -math.inf
+
+    def _check_backoff(self) -> None:
+        if self._monotonic() < self._limits_resume_at:
+            raise StateDown("backing off")
+
+    def _back_off(self, exc: StateDown) -> None:
+        if str(exc) != "backing off":
+            self._limits_resume_at = self._monotonic() + BACKOFF
+
+
+# KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
+# ("" removes it), its expiry, now, an epoch for a Redis that has none yet, the log's length.
+# Expired entries are pruned on every write (found by their expiry score, so a write costs
+# the same with a long list), and every key expires with the last entry.
+_WRITE_REVOCATION = """
+local result = 1
+if ARGV[2] == '' then
+  result = redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('SET', KEYS[5], ARGV[5], 'NX')
+local seq = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
+  'seq', seq, 'id', ARGV[1], 'entry', ARGV[2])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last > 0 then
+  local until_ms = math.ceil(tonumber(last[2]) * 1000)
+  for i = 1, 5 do
+    redis.call('PEXPIREAT', KEYS[i], until_ms)
+  end
+end
+return result
+"""
+
+# KEYS: one bucket per key. ARGV: per key, rate, burst and its group's number. Buckets are
+# spent in order; after a refusal the rest of that group is skipped ("-"). Answers per key:
+# "" spent, "-" skipped, or the seconds until a token is back.
+_TAKE_TOKENS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local answers = {}
+local refused = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[i * 3 - 2])
+  local burst = tonumber(ARGV[i * 3 - 1])
+  local group = ARGV[i * 3]
+  if refused[group] then
+    answers[i] = '-'
+  else
+    local held = redis.call('HMGET', key, 'tokens', 'at')
+    local tokens = tonumber(held[1]) or burst
+    local at = tonumber(held[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+    if tokens < 1 then
+      refused[group] = true
+      answers[i] = tostring((1 - tokens) / rate)
+    else
+      tokens = tokens - 1
+      answers[i] = ''
+    end
+    redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
+    redis.call('PEXPIRE', key, math.ceil((burst / rate + 1) * 1000))
+  end
+end
+return answers
+"""
+
+# KEYS: the slot sets (client, then subject). ARGV: member, lease seconds, then each set's
+# cap. Returns 0 when the slot was taken in every set, else the number of the full set.
+_ACQUIRE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then
+    return i
+  end
+end
+local lease = tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, tostring(now + lease), ARGV[1])
+  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+end
+return 0
+"""
+
+# KEYS: slot sets; ARGV: lease seconds, then the member held in each set (same order).
+_RENEW_SLOTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', tostring(now + lease), ARGV[i + 1])
+  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+end
+return 0
+"""

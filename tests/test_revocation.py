@@ -1,0 +1,349 @@
+"""Revocation with the memory backend: by subject, by jti, share links, the admin endpoint's
+access rule and refusals, expiry, and the CLI talking to a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.cli import main
+from proxy.config import ConfigError
+from proxy.links import LinkTarget, mint_link_token
+from proxy.state import Revocation, RevocationList, new_revocation
+
+from .conftest import (
+    SECRET,
+    Clock,
+    S3Objects,
+    bearer,
+    build_config,
+    config_dict,
+    make_token,
+)
+
+LINK_SECRET = "link-secret-" + "y" * 40
+T0 = 1_700_000_000.0
+ADMIN = make_token("root", role="admin", now=T0)  # for tests on Clock(T0)
+ADMIN_NOW = make_token("root", role="admin")  # for tests on the real clock
+REVOKED = 'Bearer error="invalid_token", error_description="token revoked"'
+
+
+def _config(s3: S3Objects, **sections: Any) -> dict[str, Any]:
+    data = config_dict(s3.endpoint, admin={"access": {"claims": {"role": "admin"}}}, **sections)
+    data["auth"]["link_secret"] = LINK_SECRET
+    return data
+
+
+async def _revoke(client: Any, body: dict[str, Any], token: str = ADMIN) -> Any:
+    return await client.post("/_admin/revocations", json=body, headers=bearer(token))
+
+
+async def test_a_revoked_subject_is_refused_on_stream_and_redirect_a_fresh_sign_in_works(
+    proxy, s3: S3Objects
+) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    old = make_token("alice", now=clock.now - 10)
+    # Verified once, so it sits in the verified-token cache when revoked.
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 200
+    response = await _revoke(client, {"sub": "alice"})
+    assert response.status == 201
+    entry = (await response.json())["revocation"]
+    assert entry["sub"] == "alice" and entry["iss"] is None
+    # Lasts as long as a token issued just now can live: max_token_lifetime plus leeway.
+    assert entry["expires_at"] == T0 + 86400 + 30
+
+    for path in ("/stream/photos/42", "/photos/42"):
+        refused = await client.get(path, headers=bearer(old), allow_redirects=False)
+        assert refused.status == 401, path
+        assert refused.headers["WWW-Authenticate"] == REVOKED
+    # Issued in the same second as the revocation: still covered ("at or before").
+    same_second = make_token("alice", now=T0)
+    assert (await client.get("/stream/photos/42", headers=bearer(same_second))).status == 401
+    fresh = make_token("alice", now=T0 + 1)
+    assert (await client.get("/stream/photos/42", headers=bearer(fresh))).status == 200
+    redirect = await client.get("/photos/42", headers=bearer(fresh), allow_redirects=False)
+    assert redirect.status == 302
+    # Someone else is untouched.
+    bob = make_token("bob", now=clock.now - 10)
+    assert (await client.get("/stream/photos/42", headers=bearer(bob))).status == 200
+
+
+async def test_a_token_without_iat_counts_as_issued_before(proxy, s3: S3Objects) -> None:
+    import jwt
+
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    no_iat = jwt.encode({"sub": "alice", "exp": int(T0) + 600}, SECRET, algorithm="HS256")
+    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 200
+    await _revoke(client, {"sub": "alice"})
+    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 401
+
+
+async def test_the_sign_api_refuses_a_revoked_token(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    old = make_token("alice", now=clock.now - 10)
+    await _revoke(client, {"sub": "alice"})
+    response = await client.post("/_sign", json={"paths": ["/photos/42"]}, headers=bearer(old))
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == REVOKED
+
+
+async def test_revoking_one_jti_leaves_the_subjects_other_tokens(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    lost = make_token("alice", now=clock.now - 10, jti="lost-laptop")
+    other = make_token("alice", now=clock.now - 10, jti="phone")
+    assert (await _revoke(client, {"jti": "lost-laptop"})).status == 201
+    assert (await client.get("/stream/photos/42", headers=bearer(lost))).status == 401
+    assert (await client.get("/stream/photos/42", headers=bearer(other))).status == 200
+
+
+async def test_a_share_link_is_revoked_by_its_jti(proxy, s3: S3Objects) -> None:
+    import jwt
+
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    target = LinkTarget("admin-exports", "reports", "exports/q4.pdf")
+    link = mint_link_token(LINK_SECRET, target, 600, now=clock.now)
+    other = mint_link_token(LINK_SECRET, target, 600, now=clock.now)
+    jti = jwt.decode(link, options={"verify_signature": False})["jti"]
+    assert jti != jwt.decode(other, options={"verify_signature": False})["jti"]
+    assert (await client.get(f"/admin/exports/q4.pdf?link={link}")).status == 200
+    await _revoke(client, {"jti": jti})
+    refused = await client.get(f"/admin/exports/q4.pdf?link={link}")
+    assert refused.status == 401
+    assert refused.headers["WWW-Authenticate"] == REVOKED
+    assert (await client.get(f"/admin/exports/q4.pdf?link={other}")).status == 200
+
+
+async def test_a_token_living_longer_than_revocations_last_is_refused(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3, revocation={"max_token_lifetime": 3600}), clock=clock)
+    ok = make_token("alice", now=clock.now, ttl=3600)
+    too_long = make_token("alice", now=clock.now, ttl=3600 + 31)  # leeway is 30
+    assert (await client.get("/stream/photos/42", headers=bearer(ok))).status == 200
+    response = await client.get("/stream/photos/42", headers=bearer(too_long))
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_entries_expire_list_and_undo(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    await _revoke(client, {"sub": "alice", "iss": "https://idp.example", "ttl": 60})
+    await _revoke(client, {"jti": "j1"})
+    listed = await client.get("/_admin/revocations", headers=bearer(ADMIN))
+    assert listed.status == 200
+    entries = (await listed.json())["revocations"]
+    assert [e.get("sub") or e.get("jti") for e in entries] == ["alice", "j1"]
+    assert entries[0]["expires_at"] == T0 + 60
+
+    clock.now += 61
+    listed = await client.get("/_admin/revocations", headers=bearer(ADMIN))
+    assert [e.get("jti") for e in (await listed.json())["revocations"]] == ["j1"]
+
+    undone = await client.delete("/_admin/revocations?jti=j1", headers=bearer(ADMIN))
+    assert undone.status == 200
+    again = await client.delete("/_admin/revocations?jti=j1", headers=bearer(ADMIN))
+    assert again.status == 404
+
+
+async def test_undo_lets_the_subject_back_in(proxy, s3: S3Objects) -> None:
+    clock = Clock(T0)
+    client = await proxy(_config(s3), clock=clock)
+    old = make_token("alice", now=clock.now - 10)
+    await _revoke(client, {"sub": "alice"})
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
+    assert (
+        await client.delete("/_admin/revocations?sub=alice", headers=bearer(ADMIN))
+    ).status == 200
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), (bearer(make_token("alice")), 403), (bearer("not-a-token"), 401)],
+)
+async def test_the_admin_endpoint_keeps_to_its_access_rule(
+    proxy, s3: S3Objects, headers: dict[str, str], status: int
+) -> None:
+    client = await proxy(_config(s3))
+    response = await client.post("/_admin/revocations", json={"sub": "bob"}, headers=headers)
+    assert response.status == status
+    assert (await client.get("/_admin/revocations", headers=headers)).status == status
+    listed = await client.get("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    assert (await listed.json())["revocations"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"{", "application/json", 400),
+        (b"[]", "application/json", 400),
+        (b'{"sub": "a", "jti": "b"}', "application/json", 400),
+        (b"{}", "application/json", 400),
+        (b'{"jti": "b", "iss": "x"}', "application/json", 400),
+        (b'{"sub": ""}', "application/json", 400),
+        (b'{"sub": 5}', "application/json", 400),
+        (b'{"sub": "a", "ttl": 0}', "application/json", 400),
+        (b'{"sub": "a", "ttl": true}', "application/json", 400),
+        (b'{"sub": "a", "until": 5}', "application/json", 400),
+        (b'{"sub": "a"}', "text/plain", 415),
+        (b'{"sub": "' + b"a" * 5000 + b'"}', "application/json", 413),
+    ],
+)
+async def test_the_admin_endpoint_refuses_what_it_cannot_use(
+    proxy, s3: S3Objects, body: bytes, content_type: str, status: int
+) -> None:
+    client = await proxy(_config(s3))
+    headers = {**bearer(ADMIN_NOW), "Content-Type": content_type}
+    response = await client.post("/_admin/revocations", data=body, headers=headers)
+    assert response.status == status
+    assert "error" in await response.json()
+
+
+async def test_the_admin_endpoint_allows_three_methods(proxy, s3: S3Objects) -> None:
+    client = await proxy(_config(s3))
+    response = await client.put("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET, POST, DELETE"
+    missing = await client.delete("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    assert missing.status == 400
+
+
+async def test_without_admin_access_there_is_no_admin_endpoint(proxy, s3: S3Objects) -> None:
+    client = await proxy(config_dict(s3.endpoint))
+    response = await client.get("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    assert response.status == 404
+
+
+async def test_a_configured_admin_path_is_used(proxy, s3: S3Objects) -> None:
+    data = _config(s3)
+    data["admin"]["path"] = "/ops/revoke"
+    client = await proxy(data)
+    assert (await client.get("/ops/revoke", headers=bearer(ADMIN_NOW))).status == 200
+    assert (await client.get("/_admin/revocations", headers=bearer(ADMIN_NOW))).status == 404
+
+
+async def test_the_cli_revokes_through_the_running_server(
+    proxy, s3: S3Objects, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _config(s3)
+    client = await proxy(data)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    url = f"http://127.0.0.1:{client.server.port}/_admin/revocations"
+    old = make_token("alice", now=time.time() - 10)
+
+    def cli(*args: str) -> int:
+        return main(["revoke", "--config", str(config), "--url", url, *args])
+
+    # Its own token is minted with auth.secret and the --claim items.
+    assert await asyncio.to_thread(cli, "--sub", "alice", "--claim", "role=admin") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["sub"] == "alice"
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
+
+    assert await asyncio.to_thread(cli, "--list", "--token", ADMIN_NOW) == 0
+    assert json.loads(capsys.readouterr().out)["sub"] == "alice"
+    assert await asyncio.to_thread(cli, "--sub", "alice", "--undo", "--token", ADMIN_NOW) == 0
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 200
+
+    # A token the rule refuses: the refusal is reported, and the token is not printed.
+    assert await asyncio.to_thread(cli, "--jti", "x") == 1
+    err = capsys.readouterr().err
+    assert "403" in err
+
+
+def test_the_cli_needs_admin_access_with_the_memory_backend(
+    s3: S3Objects, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_dict(s3.endpoint)))
+    assert main(["revoke", "--config", str(config), "--sub", "alice"]) == 2
+    assert "admin.access is not set" in capsys.readouterr().err
+    assert main(["revoke", "--config", str(config), "--jti", "j", "--iss", "x"]) == 2
+    assert "--iss goes with --sub" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        ({"state": {"backend": "redis"}}, "state.url: required with backend redis"),
+        ({"state": {"url": "redis://127.0.0.1:6379"}}, "state.url: only used with backend redis"),
+        ({"state": {"backend": "redis", "url": "http://x"}}, "state.url: must be a redis://"),
+        ({"state": {"timeout": 0}}, "state.timeout"),
+        ({"state": {"when_down": {"revocations": "maybe"}}}, "state.when_down.revocations"),
+        ({"admin": {"path": "/_adm"}}, "admin.access: required with admin.path"),
+        ({"admin": {"path": "x", "access": "public"}}, "admin.path: must be a fixed path"),
+        (
+            {"admin": {"path": "/_sign", "access": "public"}},
+            "admin.path: /_sign is also sign_api.path",
+        ),
+        ({"admin": {"access": {"claims": 5}}}, "admin.access"),
+        ({"revocation": {"max_token_lifetime": 5}}, "revocation.max_token_lifetime"),
+    ],
+)
+def test_state_and_admin_mistakes_are_caught_at_load(
+    sections: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(config_dict("http://127.0.0.1:9", **sections))
+    assert problem in str(caught.value)
+
+
+def test_several_workers_on_the_memory_backend_are_warned_about() -> None:
+    data = config_dict("http://127.0.0.1:9", listen={"workers": 2})
+    (warning,) = build_config(data).warnings
+    assert warning.startswith("state.backend: memory with listen.workers > 1")
+    data["state"] = {"backend": "redis", "url": "redis://127.0.0.1:6379/0"}
+    assert build_config(data).warnings == ()
+
+
+def test_the_redis_url_is_never_shown_in_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(config_dict(None, state={"backend": "redis", "url": "http://:pw@x"}))
+    assert "pw" not in str(caught.value)
+
+
+# --- the list itself, no I/O --------------------------------------------------------------
+
+
+def _sub(value: str, iss: str | None, at: float = T0, ttl: float = 100) -> Revocation:
+    return Revocation("sub", value, iss, at, at + ttl)
+
+
+def test_a_subject_revocation_is_keyed_by_issuer_or_covers_every_issuer() -> None:
+    revoked = RevocationList([_sub("alice", "https://a.example")])
+    old = {"sub": "alice", "iat": T0 - 1}
+    assert revoked.covers({**old, "iss": "https://a.example"}, T0)
+    assert not revoked.covers({**old, "iss": "https://b.example"}, T0)
+    everywhere = RevocationList([_sub("alice", None)])
+    assert everywhere.covers({**old, "iss": "https://b.example"}, T0)
+    assert everywhere.covers(old, T0)
+    # Past its expiry, an entry covers nothing.
+    assert not everywhere.covers(old, T0 + 100)
+
+
+def test_a_subject_revocation_does_not_cover_share_links() -> None:
+    revoked = RevocationList([_sub("alice", None)])
+    assert not revoked.covers({"sub": "alice", "iat": T0 - 1}, T0, link=True)
+
+
+def test_entries_round_trip_and_expire_by_kind() -> None:
+    entry = new_revocation("sub", "alice", "https://a", T0, 3600, 30)
+    assert Revocation.loads(entry.dumps()) == entry
+    assert entry.expires_at == T0 + 3630
+    link = new_revocation("jti", "j", None, T0, 3600, 30)
+    assert link.expires_at == T0 + 604800 + 30  # a share link may live 7 days
+    for bad in ("[]", '{"sub": 1}', '{"jti": "x", "revoked_at": "a", "expires_at": 1}'):
+        with pytest.raises(ValueError):
+            Revocation.loads(bad)

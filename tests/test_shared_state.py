@@ -1,0 +1,373 @@
+"""State shared through a real redis-server: two proxy processes (and, where the point is
+Redis rather than processes, two gateways in this one) see the same revocations, rate
+limits and stream caps; Redis stopping and coming back gives the documented behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from proxy.state.redisstate import STALE_AFTER
+
+from .conftest import S3Objects, bearer, config_dict, make_token
+from .redisd import RedisServer, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN = {"claims": {"role": "admin"}}
+REVOKED = 'Bearer error="invalid_token", error_description="token revoked"'
+
+
+def _shared(s3: S3Objects, redis: RedisServer, **sections: Any) -> dict[str, Any]:
+    state = {"backend": "redis", "url": redis.url, **sections.pop("state", {})}
+    return config_dict(s3.endpoint, state=state, admin={"access": ADMIN}, **sections)
+
+
+@contextmanager
+def _replica(data: dict[str, Any], tmp_path: Path, name: str) -> Iterator[str]:
+    """A `python -m proxy serve` process; yields its base URL."""
+    port = free_port()
+    data = {**data, "listen": {"host": "127.0.0.1", "port": port}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _get(f"http://127.0.0.1:{port}/public/42")[0] == 0:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "proxy did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        _, stderr = process.communicate(timeout=20)
+        assert "Traceback" not in stderr, stderr
+
+
+@contextmanager
+def _replicas(data: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, str]]:
+    with ExitStack() as stack:
+        yield (
+            stack.enter_context(_replica(data, tmp_path, "a")),
+            stack.enter_context(_replica(data, tmp_path, "b")),
+        )
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _get(
+    url: str, token: str | None = None, method: str = "GET", body: Any = None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body); status 0 when nothing answers."""
+    headers = bearer(token) if token else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with _OPENER.open(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, {}, b""
+
+
+def _until(check: Any, within: float) -> float:
+    """Poll `check()` until true; the seconds it took (fails past `within`)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, "not within the bound"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_subject_revoked_through_one_replica_is_refused_by_both_within_a_second(
+    s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    old = make_token("alice", now=time.time() - 10)
+    admin = make_token("root", role="admin")
+    with _replicas(_shared(s3, redis_server), tmp_path) as (a, b):
+        for base in (a, b):
+            assert _get(f"{base}/stream/photos/42", old)[0] == 200
+            assert _get(f"{base}/photos/42", old)[0] == 302
+        assert _get(f"{a}/_admin/revocations", admin, "POST", {"sub": "alice"})[0] == 201
+
+        def refused_everywhere() -> bool:
+            return all(
+                _get(f"{base}{path}", old)[0] == 401
+                for base in (a, b)
+                for path in ("/stream/photos/42", "/photos/42")
+            )
+
+        assert _until(refused_everywhere, within=1.0) < 1.0
+        status, headers, _ = _get(f"{b}/photos/42", old)
+        assert (status, headers["WWW-Authenticate"]) == (401, REVOKED)
+        fresh = make_token("alice", now=time.time() + 2)  # a sign-in after the revocation
+        for base in (a, b):
+            assert _get(f"{base}/stream/photos/42", fresh)[0] == 200
+            assert _get(f"{base}/photos/42", fresh)[0] == 302
+
+
+def test_the_cli_writes_redis_and_every_replica_follows(
+    s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    data = _shared(s3, redis_server)
+    lost = make_token("alice", now=time.time() - 10, jti="lost-laptop")
+    kept = make_token("alice", now=time.time() - 10, jti="phone")
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "revoke", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=30,
+            check=False,
+        )
+
+    with _replicas(data, tmp_path) as (a, b):
+        done = cli("--jti", "lost-laptop")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["jti"] == "lost-laptop"
+
+        def both(token: str, status: int) -> bool:
+            return all(_get(f"{base}/stream/photos/42", token)[0] == status for base in (a, b))
+
+        assert _until(lambda: both(lost, 401), within=1.0) < 1.0
+        assert both(kept, 200)
+        listed = cli("--list")
+        assert [json.loads(line)["jti"] for line in listed.stdout.splitlines()] == ["lost-laptop"]
+        assert cli("--jti", "lost-laptop", "--undo").returncode == 0
+        _until(lambda: both(lost, 200), within=1.0)
+        assert cli("--jti", "lost-laptop", "--undo").returncode == 1  # no such revocation
+
+
+def test_a_rate_limit_is_n_across_both_replicas_not_2n(
+    s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    limits = {"rate_limit": {"per_client": {"rate": 0.01, "burst": 6}}}
+    with _replicas(_shared(s3, redis_server, limits=limits), tmp_path) as (a, b):
+        # Starting the replicas spent some of the bucket (each polled /public/42): reset it.
+        with redis.Redis.from_url(redis_server.url) as direct:
+            direct.flushdb()
+        statuses = [_get(f"{base}/public/42")[0] for _ in range(6) for base in (a, b)]
+    assert statuses.count(200) == 6
+    assert statuses.count(429) == 6
+
+
+def test_with_redis_stopped_limits_fail_open_revocations_closed_and_both_recover(
+    s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    limits = {"rate_limit": {"per_client": {"rate": 1000, "burst": 1000}}}
+    token = make_token("alice")
+    with _replicas(_shared(s3, redis_server, limits=limits), tmp_path) as (a, b):
+        assert _get(f"{a}/stream/photos/42", token)[0] == 200
+        redis_server.stop()
+        # Revocations are not confirmed past STALE_AFTER: tokens are refused, 503.
+        for base in (a, b):
+            _until(lambda: _get(f"{base}/photos/42", token)[0] == 503, within=STALE_AFTER + 2)  # noqa: B023
+        status, headers, _ = _get(f"{a}/photos/42", token)
+        assert (status, headers.get("Retry-After")) == (503, "1")
+        # Rate limits let requests through, and no request waits past state.timeout.
+        started = time.monotonic()
+        assert _get(f"{a}/public/42")[0] == 200
+        assert _get(f"{b}/public/42")[0] == 200
+        assert time.monotonic() - started < 2 * (0.25 + 0.5)
+        redis_server.start()
+        _until(
+            lambda: all(_get(f"{base}/stream/photos/42", token)[0] == 200 for base in (a, b)),
+            within=5,
+        )
+
+
+# --- in this process: two gateways sharing one Redis -------------------------------------
+
+
+async def test_when_down_can_be_reversed(proxy, s3: S3Objects, redis_server: RedisServer) -> None:
+    limits = {"rate_limit": {"per_client": {"rate": 1000, "burst": 1000}}}
+    state = {"when_down": {"limits": "closed", "revocations": "open"}}
+    client = await proxy(_shared(s3, redis_server, limits=limits, state=state))
+    token = make_token("alice")
+    assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 200
+    redis_server.stop()
+    refused = await client.get("/public/42")
+    assert refused.status == 503
+    # For a second after a failed call, limits do not ask Redis again (a Redis that drops
+    # packets would otherwise cost every request the whole timeout).
+    assert (await client.get("/public/42")).status == 503
+    assert client.server.gateway.state.counters.by_reason["rate limits: backing off"] == 1
+    await asyncio.sleep(STALE_AFTER + 0.1)  # the copy goes stale on the real clock
+    # The token is let through on the last copy; its rate limit, closed, refuses it.
+    assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 503
+    counters = client.server.gateway.state.counters
+    assert counters.limits_refused >= 2
+    assert counters.revocations_let_through >= 1
+    assert await client.server.gateway.state.check() is not None
+
+
+async def test_stream_caps_hold_across_gateways_and_free_when_streams_end(
+    proxy, s3: S3Objects, redis_server: RedisServer
+) -> None:
+    data = _shared(s3, redis_server, limits={"max_streams_per_subject": 1})
+    first, second = await proxy(data), await proxy(data)
+    token = make_token("alice")
+    holding = await first.get(
+        "/admin/exports/huge.bin", headers=bearer(make_token("alice", role="admin"))
+    )
+    assert holding.status == 200
+    refused = await second.get("/stream/photos/42", headers=bearer(token))
+    assert refused.status == 429
+    assert (await second.get("/stream/photos/42", headers=bearer(make_token("bob")))).status == 200
+    holding.close()  # the client goes away: the slot is released in Redis
+    deadline = time.monotonic() + 5
+    while (await second.get("/stream/photos/42", headers=bearer(token))).status != 200:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert await second.server.gateway.state.check() is None
+
+
+async def test_a_crashed_replicas_slots_expire_with_their_lease(
+    proxy, s3: S3Objects, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from proxy.state import redisstate
+
+    monkeypatch.setattr(redisstate, "LEASE", 0.3)
+    data = _shared(s3, redis_server, limits={"max_streams_per_client": 1})
+    client = await proxy(data)
+    state = client.server.gateway.state
+    lease = await state.acquire_stream("203.0.113.9", None)
+    state._held.clear()  # as if the process died: nobody renews or releases it
+    state.streams.release("203.0.113.9", None)
+    with pytest.raises(Exception, match="streams per client"):
+        await state.acquire_stream("203.0.113.9", None)
+    await asyncio.sleep(0.4)
+    again = await state.acquire_stream("203.0.113.9", None)
+    await state.release_stream(again)
+    assert lease.shared is not None
+
+
+async def _until_async(check: Any, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the bound"
+        await asyncio.sleep(0.02)
+
+
+async def test_changes_reach_other_processes_through_the_log_gaps_and_wipes_reload(
+    s3: S3Objects, redis_server: RedisServer
+) -> None:
+    from proxy.state import create_state, new_revocation
+
+    from .conftest import build_config
+
+    settings = build_config(_shared(s3, redis_server)).settings
+    writer, reader = create_state(settings), create_state(settings)
+    await writer.open()
+    await reader.open()
+    old = {"sub": "alice", "iat": time.time() - 10}
+    try:
+        for n in range(3):
+            await writer.revoke(new_revocation("jti", f"j{n}", None, time.time(), 3600, 30))
+        await writer.revoke(new_revocation("sub", "alice", None, time.time(), 3600, 30))
+        await _until_async(lambda: reader.revoked.covers(old, time.time()))
+        assert len(reader.revoked) == 4
+        await writer.unrevoke("jti", "j0", None)
+        await _until_async(lambda: len(reader.revoked) == 3)
+
+        # The log trimmed past what the reader has seen: it reloads the whole list.
+        with redis.Redis.from_url(redis_server.url) as direct:
+            for n in range(3, 6):
+                await writer.revoke(new_revocation("jti", f"j{n}", None, time.time(), 3600, 30))
+            direct.xtrim("s3proxy:revocations:log", maxlen=1, approximate=False)
+        await _until_async(lambda: len(reader.revoked) == 6)
+
+        # Redis lost its data: the copy follows it (empty), not the memory of it.
+        with redis.Redis.from_url(redis_server.url) as direct:
+            direct.flushdb()
+        await _until_async(lambda: len(reader.revoked) == 0)
+        assert not reader.revoked.covers(old, time.time())
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_the_sign_api_spends_each_paths_buckets_in_one_call(
+    proxy, s3: S3Objects, redis_server: RedisServer
+) -> None:
+    limits = {"rate_limit": {"per_client": {"rate": 0.01, "burst": 2}}}
+    client = await proxy(_shared(s3, redis_server, limits=limits))
+    token = make_token("alice")
+    response = await client.post(
+        "/_sign", json={"paths": ["/photos/1", "/photos/2", "/photos/3"]}, headers=bearer(token)
+    )
+    assert response.status == 200
+    results = (await response.json())["results"]
+    assert [r.get("status", 200) for r in results] == [200, 200, 429]
+    assert results[2]["retry_after"] >= 1
+
+
+async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
+    proxy, s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from proxy.reload import reload_gateway
+
+    from .conftest import Clock
+
+    clock = Clock()
+    data = _shared(s3, redis_server)
+    client = await proxy(data, clock=clock)
+    old = make_token("alice", now=clock.now - 10)
+    admin = make_token("root", role="admin", now=clock.now)
+    assert (await client.get("/readyz")).status == 200
+    revoked = await client.post("/_admin/revocations", json={"sub": "alice"}, headers=bearer(admin))
+    assert revoked.status == 201
+
+    # The reloaded handler checks against the same state: the revocation still holds, and
+    # the new when_down applies.
+    path = tmp_path / "config.yaml"
+    state = {"when_down": {"revocations": "open"}}
+    path.write_text(yaml.safe_dump(_shared(s3, redis_server, state=state)))
+    assert reload_gateway(client.server.gateway, path) == "ok"
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
+
+    redis_server.stop()
+    clock.now += 60  # past health.cache: the next probe checks again
+    await _until_async(lambda: client.server.gateway.state.stale_for() is not None)
+    response = await client.get("/readyz")
+    assert response.status == 503
+    problems = (await response.json())["problems"]
+    assert any(problem.startswith("redis") for problem in problems), problems
+    # when_down.revocations: open (reloaded): the last copy still refuses alice.
+    assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
