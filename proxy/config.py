@@ -805,7 +805,7 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
 
 
 _HINTS = {
-    "extra_forbidden": "unknown key; check its spelling against the README's config reference",
+    "extra_forbidden": "unknown key; check its spelling against docs/configuration.md",
     "missing": "required key is missing",
 }
 

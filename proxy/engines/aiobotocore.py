@@ -5,7 +5,7 @@ still signed by presign.py (see signing.py for why).
 What it offers over `builtin`: the AWS SDK's own request path (its signer, endpoint and
 addressing rules, retry modes and retry quota, response parsing), for deployments that want
 the SDK's behaviour or run against an S3 look-alike the built-in signer does not suit. What
-it costs: more CPU per request (README, Performance).
+it costs: more CPU per request (docs/performance.md).
 
 Rules:
 1. Every botocore answer and failure becomes the same project error, with the same reason,

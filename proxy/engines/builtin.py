@@ -3,8 +3,8 @@ and sent over the proxy's own HTTP/1.1 keep-alive pool (upstream.py). botocore s
 per-request path; aiobotocore's session only supplies credentials.
 
 Why: a small streamed object costs the proxy less in S3 round trips than in a general SDK's
-per-request machinery (request objects, event hooks, response parsing); see the README's
-performance section for the figures against the `aiobotocore` engine.
+per-request machinery (request objects, event hooks, response parsing); see
+docs/performance.md for the figures against the `aiobotocore` engine.
 """
 
 from __future__ import annotations
