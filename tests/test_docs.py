@@ -133,3 +133,16 @@ def test_the_module_map_names_every_module() -> None:
     names += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
     missing = [name for name in names if name not in text]
     assert not missing, f"add to docs/development.md: {missing}"
+
+
+def test_the_readmes_minimal_config_loads() -> None:
+    from proxy.config import parse_config
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## A minimal config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(block, env={"JWT_SECRET": "s" * 64})
+    assert [route.name for route in config.routes] == [
+        "employee-photos",
+        "my-files",
+        "admin-exports",
+    ]
