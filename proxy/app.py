@@ -20,14 +20,11 @@ from aiohttp import web
 from .accesslog import AccessRecord
 from .auth import Clock, TokenVerifier, extract_token
 from .config import Config, CorsSettings, RateLimitSettings, Route
-from .contenttype import guess_type
 from .cors import add_headers, preflight_headers, response_headers
 from .delivery import (
     LinkCache,
     Outcome,
-    Presentation,
     SignedLink,
-    content_disposition,
     redirect_response,
     sign_link,
     stream,
@@ -65,6 +62,7 @@ from .ops import (
     storage_checks,
 )
 from .policy import Rule
+from .presentation import presentation, signed_overrides
 from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
@@ -568,7 +566,7 @@ class _Handler:
     ) -> SignedLink:
         settings = route.settings
         exp = (claims or {}).get("exp")
-        overrides = _signed_overrides(route, key)
+        overrides = signed_overrides(route, key)
         if self._redirect_cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
             overrides.setdefault("Cache-Control", self._redirect_cache_control)
@@ -603,7 +601,7 @@ class _Handler:
             method = "GET" if as_json else request.method
             link = await self._sign(route, key, method, claims)
             return redirect_response(link, as_json, route.rule.needs_token)
-        shown = _presentation(route, key, record.cors)
+        shown = presentation(route, key, record.cors)
         outcome = Outcome()
         lease = await self._state.acquire_stream(request.remote or "unknown", _subject_key(claims))
         try:
@@ -807,40 +805,3 @@ def _cors(
         return web.Response(status=204, headers=headers)
     record.cors = response_headers(settings, origin)
     return None
-
-
-def _presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Presentation:
-    """The headers a streamed answer from this route carries, whatever the object."""
-    settings = route.settings
-    headers: dict[str, str] = {"Cache-Control": settings.cache_control or "private, no-cache"}
-    if settings.disposition:
-        headers["Content-Disposition"] = content_disposition(settings.disposition, key)
-    if settings.content_type:
-        headers["Content-Type"] = settings.content_type
-    if route.rule.needs_token:
-        # The answer depends on who asks: a browser shared by two people must not show one
-        # of them the other's cached file.
-        headers["Vary"] = "Authorization, Cookie"
-    if cors:
-        add_headers(headers, cors)
-    return Presentation(headers, route.inline, key)
-
-
-def _signed_overrides(route: Route, key: str) -> dict[str, str]:
-    """Response headers signed into a presigned URL: S3 then serves the object as a type the
-    route may show inline, or as an attachment. Nothing is fetched, so the type is the
-    route's `content_type` or the one the key's extension names."""
-    settings = route.settings
-    overrides: dict[str, str] = {}
-    shown_as = settings.content_type or guess_type(key)
-    if shown_as is not None and route.inline.allows(shown_as):
-        overrides["Content-Type"] = shown_as
-        if settings.disposition:
-            overrides["Content-Disposition"] = content_disposition(settings.disposition, key)
-    else:
-        if settings.content_type:
-            overrides["Content-Type"] = settings.content_type
-        overrides["Content-Disposition"] = content_disposition("attachment", key)
-    if settings.cache_control:
-        overrides["Cache-Control"] = settings.cache_control
-    return overrides

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -33,7 +29,6 @@ from .conditional import (
     satisfiable_spans,
 )
 from .config import RouteCacheSettings, RouteSettings
-from .contenttype import SANDBOX_CSP, InlineTypes, safe_content_type
 from .errors import (
     NotModified,
     PreconditionFailed,
@@ -43,27 +38,10 @@ from .errors import (
     UpstreamError,
 )
 from .objectcache import ObjectCache
+from .presentation import Presentation, object_headers
 from .presign import Lifetime, LifetimeError, plan_lifetime
 from .ssec import CustomerKey
 from .storage import ObjectMeta, ObjectStream, Storage
-
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-_ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
-
-
-@dataclass(frozen=True)
-class Presentation:
-    """How a route presents one key: its fixed answer headers (disposition, type, caching,
-    Vary, CORS), the object types it may show inline, and the key whose name an attachment
-    header carries otherwise."""
-
-    headers: Mapping[str, str]
-    inline: InlineTypes
-    key: str
-
-    @property
-    def attachment(self) -> str:
-        return content_disposition("attachment", self.key)
 
 
 @dataclass
@@ -75,47 +53,6 @@ class Outcome:
     first_byte: float | None = None  # perf_counter() after the first chunk was written
     cache_hit: bool = False
     aborted: str | None = None
-
-
-def _single_line(value: str | None) -> str | None:
-    """A header value safe to forward: short, printable ASCII (else treated as absent)."""
-    if value is None or len(value) > 1024 or not _PRINTABLE_ASCII.fullmatch(value):
-        return None
-    return value
-
-
-@lru_cache(maxsize=4096)  # hot keys repeat; building one costs ~20 us of unicode work
-def content_disposition(disposition: str, key: str) -> str:
-    """RFC 6266 header with an ASCII fallback and an RFC 5987 UTF-8 filename from the key."""
-    name = key.rsplit("/", 1)[-1] or "download"
-    fallback = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    fallback = _ASCII_SAFE.sub("_", fallback).strip() or "download"
-    encoded = quote(name, safe="")
-    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
-
-
-def object_headers(meta: ObjectMeta, shown: Presentation) -> dict[str, str]:
-    """Headers for a streamed object: whatever type S3 names, the body is inert on the
-    proxy's origin (sandboxed, not sniffed), and shown inline only if the route allows it."""
-    headers = {
-        "Accept-Ranges": "bytes",
-        "Content-Type": safe_content_type(meta.content_type),
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": SANDBOX_CSP,
-    }
-    for name, value in (
-        ("ETag", meta.etag),
-        ("Last-Modified", meta.last_modified),
-        ("Content-Range", meta.content_range),
-        ("Content-Encoding", meta.content_encoding),
-        ("Content-Language", meta.content_language),
-    ):
-        if value and _single_line(value):
-            headers[name] = value
-    headers.update(shown.headers)
-    if not shown.inline.allows(headers["Content-Type"]):
-        headers["Content-Disposition"] = shown.attachment
-    return headers
 
 
 async def stream(
