@@ -66,6 +66,7 @@ from .ops import (
 )
 from .routing import Router
 from .storage import Storage
+from .uploads import receive, redirect_put, upload_target
 
 log = logging.getLogger("proxy")
 
@@ -198,8 +199,8 @@ class Gateway:
             if isinstance(exc, TooManyRequests):
                 self.telemetry.rate_limited(record.route, _LIMITS.get(exc.reason, "other"))
             response = _error_response(exc.status, exc.detail, exc.headers)
-            if isinstance(exc, RequestTimeout):
-                response.force_close()  # the rest of a trickled body is not waited for
+            if isinstance(exc, RequestTimeout | PayloadTooLarge):
+                response.force_close()  # the rest of a trickled or oversized body is unwanted
         except ConnectionError:
             # The client went away while we answered: nothing to send, and not our error.
             record.reason = "client disconnected"
@@ -409,10 +410,10 @@ class _Handler:
         preflight = _cors(request, record, settings.cors, list(settings.methods))
         if preflight is not None:
             return preflight
-        if request.method not in settings.methods:
-            raise MethodNotAllowed(
-                f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
-            )
+        if request.method not in settings.methods or request.method == "POST":
+            # A route's POST is the sign API's presigned form uploads, never a request here.
+            allowed = ", ".join(method for method in settings.methods if method != "POST")
+            raise MethodNotAllowed(f"method {request.method[:16]} not allowed", allowed=allowed)
         rates = settings.rate_limit or self._limits.rate_limit
         self._limit_client(request, route.name, rates)
         claims: dict[str, Any] | None
@@ -440,7 +441,44 @@ class _Handler:
         subject = _subject_key(claims)
         if rates.per_subject is not None and subject is not None:
             self._rates.take((route.name, "sub", subject), rates.per_subject, "subject")
+        if request.method == "PUT":
+            return await self._upload(request, record, route, key, claims)
         return await self._deliver(request, record, route, key, claims)
+
+    async def _upload(
+        self,
+        request: web.BaseRequest,
+        record: AccessRecord,
+        route: Route,
+        key: str,
+        claims: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        """A PUT, authorized: 307 to a presigned PUT (redirect routes), or the body streamed
+        to S3 (stream routes) holding one of the stream slots, as a download would."""
+        target = upload_target(route, key, request.headers.get("Content-Type"))
+        if route.settings.delivery == "redirect":
+            return await redirect_put(
+                request, self._storage, target, route.settings.ttl, self._clock(), _expiry(claims)
+            )
+        client, subject = request.remote or "unknown", _subject_key(claims)
+        self.streams.acquire(client, subject)
+        try:
+            received = await receive(request, self._storage, target, self._limits.body_timeout)
+        finally:
+            self.streams.release(client, subject)
+        record.bytes_received = received.size
+        self._metadata.forget(target.bucket, key)
+        self._objects.forget(target.bucket, key)
+        return web.json_response(
+            {"path": record.path, "size": received.size, "etag": received.etag},
+            status=201,
+            headers={
+                "ETag": received.etag,
+                "Location": record.path,
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     async def _check_metrics_access(self, request: web.BaseRequest, record: AccessRecord) -> None:
         rule = self._metrics_access
@@ -525,7 +563,6 @@ class _Handler:
         self, route: Route, key: str, method: str, claims: dict[str, Any] | None
     ) -> SignedLink:
         settings = route.settings
-        exp = (claims or {}).get("exp")
         overrides = _signed_overrides(route, key)
         if self._redirect_cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
@@ -538,7 +575,7 @@ class _Handler:
             key,
             overrides,
             self._clock(),
-            exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+            _expiry(claims),
             self._links_cache,
         )
 
@@ -713,6 +750,12 @@ _NO_QUERY: dict[str, str] = {}
 def _rejected(exc: Unauthenticated) -> str:
     """The outcome label of a refused credential: a fixed value, never the reason's text."""
     return "expired" if exc.reason == "token expired" else "invalid"
+
+
+def _expiry(claims: Mapping[str, Any] | None) -> float | None:
+    """The token's `exp`, if it has a numeric one: nothing signed may outlive it."""
+    exp = (claims or {}).get("exp")
+    return exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def _subject(claims: dict[str, Any]) -> str | None:
