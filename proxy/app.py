@@ -66,7 +66,7 @@ from .ops import (
 )
 from .routing import Router
 from .storage import Storage
-from .uploads import receive, redirect_put, upload_target
+from .uploads import post_form, receive, redirect_put, upload_target
 
 log = logging.getLogger("proxy")
 
@@ -642,13 +642,21 @@ class _Handler:
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
+        uploads = body.get("uploads") if isinstance(body, dict) else None
+        if paths is None and isinstance(uploads, list):
+            paths = []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadRequest(
                 "sign API without a list of paths", detail='expected {"paths": ["/path", ...]}'
             )
-        if len(paths) > self._sign_api.max_paths:
+        if uploads is not None and not isinstance(uploads, list):
+            raise BadRequest(
+                "sign API uploads not a list",
+                detail='expected {"uploads": [{"path": ..., "content_type": ..., "size": ...}]}',
+            )
+        if len(paths) + len(uploads or ()) > self._sign_api.max_paths:
             raise PayloadTooLarge(
-                f"sign API batch of {len(paths)} paths",
+                f"sign API batch of {len(paths) + len(uploads or ())} paths",
                 detail=f"at most {self._sign_api.max_paths} paths per request",
             )
         claims = await self._optional_claims(request, record)
@@ -656,24 +664,58 @@ class _Handler:
         # tokens exactly as a GET would, so the first paths within the limit pass.
         admitted = [self._admit_signing(request, path, claims) for path in paths]
         results = await self._sign_admitted(paths, admitted, claims)
+        answer: dict[str, Any] = {"results": results}
         record.reason = f"{len(paths)} paths"
+        if uploads is not None:
+            answer["uploads"] = [
+                await self._sign_upload(request, entry, claims) for entry in uploads
+            ]
+            record.reason += f", {len(uploads)} uploads"
         return web.json_response(
-            {"results": results},
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+            answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
 
+    async def _sign_upload(
+        self, request: web.BaseRequest, entry: object, claims: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """One `uploads` entry: a presigned POST form, authorized as a PUT to its path would
+        be, on a route that lists POST; or its refusal."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            return _refusal("", BadRequest(detail='each upload is {"path": "/path", ...}'))
+        path, content_type, size = entry["path"], entry.get("content_type"), entry.get("size")
+        admitted = self._admit_signing(request, path, claims, "POST")
+        if isinstance(admitted, ProxyError):
+            return _refusal(path, admitted)
+        route, key = admitted
+        try:
+            if not isinstance(content_type, str):
+                raise UnsupportedMediaType(detail="content_type required")
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise BadRequest(detail="size is a byte count")
+            target = upload_target(route, key, content_type)
+            form = await post_form(
+                self._storage, target, size, route.settings.ttl, self._clock(), _expiry(claims)
+            )
+        except ProxyError as exc:
+            return _refusal(path, exc)
+        return {"path": path, **form}
+
     def _admit_signing(
-        self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
+        self,
+        request: web.BaseRequest,
+        path: str,
+        claims: dict[str, Any] | None,
+        method: str = "GET",
     ) -> tuple[Route, str] | ProxyError:
-        """Route, limit and authorize one path of a batch as its GET would be: the route and
-        key, or the refusal."""
+        """Route, limit and authorize one path of a batch as its GET (or, for an upload form,
+        its POST) would be: the route and key, or the refusal."""
         try:
             found = self._router.match(path) if path.startswith("/") else None
             if found is None:
                 raise NotFound("no route matches")
             route = self._routes[found.index]
-            if "GET" not in route.settings.methods:
-                raise MethodNotAllowed("route does not allow GET")
+            if method not in route.settings.methods:
+                raise MethodNotAllowed(f"route does not allow {method}")
             rates = route.settings.rate_limit or self._limits.rate_limit
             self._limit_client(request, route.name, rates)
             key = self._authorize(route, found.params, claims)
