@@ -225,3 +225,26 @@ async def test_nothing_is_left_by_refused_sign_requests(
     entry = {"path": f"/direct/{path}", "content_type": "text/html", "size": 1}
     await client.post("/_sign", json={"uploads": [entry]}, headers=ALICE)
     assert_nothing_left(s3_client, f"direct/alice/{path}")
+
+
+async def test_paths_and_uploads_share_one_request(proxy, s3: S3Objects) -> None:
+    client = await proxy(redirect_config(s3.endpoint))
+    entry = {"path": f"/direct/{fresh()}", "content_type": "text/plain", "size": 1}
+    response = await client.post(
+        "/_sign", json={"paths": ["/photos/42"], "uploads": [entry]}, headers=ALICE
+    )
+    answer = await response.json()
+    assert "url" in answer["results"][0]
+    assert "fields" in answer["uploads"][0]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"uploads": {"path": "/direct/x"}}, 400), ({"uploads": [{}] * 1001}, 413)],
+)
+async def test_malformed_or_oversized_upload_batches(
+    proxy, s3: S3Objects, body: dict[str, Any], status: int
+) -> None:
+    client = await proxy(redirect_config(s3.endpoint))
+    response = await client.post("/_sign", json=body, headers=ALICE)
+    assert response.status == status

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import LengthRequired, Unauthenticated, UpstreamError
-from ..presign import Lifetime, LifetimeError, plan_lifetime
+from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
 from ..storage import Storage
 from .receive import check_absent
 from .rules import UploadTarget, check_size
@@ -43,9 +43,9 @@ async def redirect_put(
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
     await check_absent(storage, target)
-    lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
     url = storage.presign_put(
-        await storage.credentials(),
+        credentials,
         target.bucket,
         target.key,
         lifetime,
@@ -69,9 +69,9 @@ async def post_form(
     """One sign API answer: a presigned POST form for the target."""
     check_size(target.settings, size)
     await check_absent(storage, target)
-    lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
-        await storage.credentials(),
+        credentials,
         target.bucket,
         target.key,
         target.content_type,
@@ -84,10 +84,11 @@ async def post_form(
 
 async def _lifetime(
     storage: Storage, ttl: int, now: float, token_expires_at: float | None
-) -> Lifetime:
+) -> tuple[Credentials, Lifetime]:
+    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2)."""
     credentials = await storage.credentials()
     try:
-        return plan_lifetime(now, ttl, None, token_expires_at, credentials.expires_at)
+        return credentials, plan_lifetime(now, ttl, None, token_expires_at, credentials.expires_at)
     except LifetimeError as exc:
         if exc.limit == "token":
             raise Unauthenticated("token expires before an upload could be signed") from None
