@@ -21,8 +21,12 @@ from .test_uploads import BUCKET, assert_nothing_left, fresh
 pytestmark = pytest.mark.both_engines
 
 MAX = 1024 * 1024
-ALICE_TOKEN = make_token("alice", ttl=120)
-ALICE = bearer(ALICE_TOKEN)
+
+
+def alice() -> dict[str, str]:
+    """A short-lived token (its exp caps what is signed), minted when the test runs."""
+    return bearer(make_token("alice", ttl=120))
+
 
 REDIRECT_ROUTE: dict[str, Any] = {
     "name": "direct-uploads",
@@ -56,7 +60,7 @@ async def test_put_is_307_to_a_url_signing_type_and_length(
     client = await proxy(redirect_config(s3.endpoint))
     path = fresh("p.png")
     body = b"\x89PNG fake image"
-    headers = {**ALICE, "Content-Type": "image/png"}
+    headers = {**alice(), "Content-Type": "image/png"}
     response = await client.put(
         f"/direct/{path}", data=body, headers=headers, allow_redirects=False
     )
@@ -95,7 +99,7 @@ async def test_put_refusals(proxy, s3: S3Objects, headers: dict[str, str], statu
     response = await client.put(
         f"/direct/{fresh()}",
         data=b"" if "Content-Length" in headers else b"x",
-        headers={**ALICE, **headers},
+        headers={**alice(), **headers},
         allow_redirects=False,
     )
     assert response.status == status
@@ -110,7 +114,7 @@ async def test_chunked_put_is_411(proxy, s3: S3Objects) -> None:
     response = await client.put(
         f"/direct/{fresh()}",
         data=body(),
-        headers={**ALICE, "Content-Type": "text/plain"},
+        headers={**alice(), "Content-Type": "text/plain"},
         allow_redirects=False,
     )
     assert response.status == 411
@@ -123,7 +127,7 @@ async def test_put_to_an_existing_key_is_412(proxy, s3: S3Objects, s3_client: An
     response = await client.put(
         f"/direct/{path}",
         data=b"x",
-        headers={**ALICE, "Content-Type": "text/plain"},
+        headers={**alice(), "Content-Type": "text/plain"},
         allow_redirects=False,
     )
     assert response.status == 412
@@ -163,7 +167,7 @@ async def test_sign_api_answers_a_post_form_that_moto_accepts(
     response = await client.post(
         "/_sign",
         json={"uploads": [{"path": f"/direct/{path}", "content_type": "text/plain", "size": 5}]},
-        headers=ALICE,
+        headers=alice(),
     )
     assert response.status == 200
     answer = await response.json()
@@ -201,7 +205,7 @@ async def test_sign_api_upload_refusals_are_per_entry(proxy, s3: S3Objects, s3_c
         {"content_type": "text/plain"},
         {"path": f"/direct/{fresh()}", "content_type": "image/png"},  # size is optional
     ]
-    response = await client.post("/_sign", json={"uploads": entries}, headers=ALICE)
+    response = await client.post("/_sign", json={"uploads": entries}, headers=alice())
     assert response.status == 200
     statuses = [entry.get("status", 200) for entry in (await response.json())["uploads"]]
     assert statuses == [415, 413, 412, 405, 404, 415, 400, 400, 200]
@@ -223,7 +227,7 @@ async def test_nothing_is_left_by_refused_sign_requests(
     client = await proxy(redirect_config(s3.endpoint))
     path = fresh()
     entry = {"path": f"/direct/{path}", "content_type": "text/html", "size": 1}
-    await client.post("/_sign", json={"uploads": [entry]}, headers=ALICE)
+    await client.post("/_sign", json={"uploads": [entry]}, headers=alice())
     assert_nothing_left(s3_client, f"direct/alice/{path}")
 
 
@@ -231,7 +235,7 @@ async def test_paths_and_uploads_share_one_request(proxy, s3: S3Objects) -> None
     client = await proxy(redirect_config(s3.endpoint))
     entry = {"path": f"/direct/{fresh()}", "content_type": "text/plain", "size": 1}
     response = await client.post(
-        "/_sign", json={"paths": ["/photos/42"], "uploads": [entry]}, headers=ALICE
+        "/_sign", json={"paths": ["/photos/42"], "uploads": [entry]}, headers=alice()
     )
     answer = await response.json()
     assert "url" in answer["results"][0]
@@ -246,5 +250,5 @@ async def test_malformed_or_oversized_upload_batches(
     proxy, s3: S3Objects, body: dict[str, Any], status: int
 ) -> None:
     client = await proxy(redirect_config(s3.endpoint))
-    response = await client.post("/_sign", json=body, headers=ALICE)
+    response = await client.post("/_sign", json=body, headers=alice())
     assert response.status == status
