@@ -87,6 +87,7 @@ class AccessRecord:
     delivery: str | None = None
     status: int = 0
     bytes_sent: int = 0
+    bytes_received: int = 0  # an upload's body, as stored
     reason: str | None = None
     token_source: str | None = None
     started: float = 0.0  # perf_counter() at arrival
@@ -108,6 +109,8 @@ class AccessRecord:
             "delivery": self.delivery,
             "client": self.client,
         }
+        if self.bytes_received:
+            line["bytes_received"] = self.bytes_received
         if self.token_source:
             line["token_source"] = self.token_source
         if self.reason:

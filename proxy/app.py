@@ -67,6 +67,7 @@ from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
 from .storage import Storage
+from .uploads import post_form, receive, redirect_put, upload_target
 
 log = logging.getLogger("proxy")
 
@@ -213,8 +214,8 @@ class Gateway:
             if isinstance(exc, TooManyRequests):
                 self.telemetry.rate_limited(record.route, _LIMITS.get(exc.reason, "other"))
             response = _error_response(exc.status, exc.detail, exc.headers)
-            if isinstance(exc, RequestTimeout):
-                response.force_close()  # the rest of a trickled body is not waited for
+            if isinstance(exc, RequestTimeout | PayloadTooLarge):
+                response.force_close()  # the rest of a trickled or oversized body is unwanted
         except ConnectionError:
             # The client went away while we answered: nothing to send, and not our error.
             record.reason = "client disconnected"
@@ -425,10 +426,10 @@ class _Handler:
         preflight = _cors(request, record, settings.cors, list(settings.methods))
         if preflight is not None:
             return preflight
-        if request.method not in settings.methods:
-            raise MethodNotAllowed(
-                f"method {request.method[:16]} not allowed", allowed=", ".join(settings.methods)
-            )
+        if request.method not in settings.methods or request.method == "POST":
+            # A route's POST is the sign API's presigned form uploads, never a request here.
+            allowed = ", ".join(method for method in settings.methods if method != "POST")
+            raise MethodNotAllowed(f"method {request.method[:16]} not allowed", allowed=allowed)
         rates = settings.rate_limit or self._limits.rate_limit
         try:
             claims, key = await self._admit(request, record, route, found.params)
@@ -439,6 +440,8 @@ class _Handler:
             raise
         # Both buckets in one call: with Redis, one round trip per request.
         await self._limit(request, route.name, rates, _subject_key(claims))
+        if request.method == "PUT":
+            return await self._upload(request, record, route, key, claims)
         return await self._deliver(request, record, route, key, claims)
 
     async def _admit(
@@ -469,6 +472,40 @@ class _Handler:
             return None, self._authorize(route, params, None)
         claims = await self._authenticate(request, record, route.sign_in)
         return claims, self._authorize(route, params, claims)
+
+    async def _upload(
+        self,
+        request: web.BaseRequest,
+        record: AccessRecord,
+        route: Route,
+        key: str,
+        claims: dict[str, Any] | None,
+    ) -> web.StreamResponse:
+        """A PUT, authorized: 307 to a presigned PUT (redirect routes), or the body streamed
+        to S3 (stream routes) holding one of the stream slots, as a download would."""
+        target = upload_target(route, key, request.headers.get("Content-Type"))
+        if route.settings.delivery == "redirect":
+            return await redirect_put(
+                request, self._storage, target, route.settings.ttl, self._clock(), _expiry(claims)
+            )
+        lease = await self._state.acquire_stream(request.remote or "unknown", _subject_key(claims))
+        try:
+            received = await receive(request, self._storage, target, self._limits.body_timeout)
+        finally:
+            await self._state.release_stream(lease)
+        record.bytes_received = received.size
+        self._metadata.forget(target.bucket, key)
+        self._objects.forget(target.bucket, key)
+        return web.json_response(
+            {"path": record.path, "size": received.size, "etag": received.etag},
+            status=201,
+            headers={
+                "ETag": received.etag,
+                "Location": record.path,
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     async def _check_access(
         self, rule: Rule | None, what: str, request: web.BaseRequest, record: AccessRecord
@@ -565,7 +602,6 @@ class _Handler:
         self, route: Route, key: str, method: str, claims: dict[str, Any] | None
     ) -> SignedLink:
         settings = route.settings
-        exp = (claims or {}).get("exp")
         overrides = signed_overrides(route, key)
         if self._redirect_cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
@@ -578,7 +614,7 @@ class _Handler:
             key,
             overrides,
             self._clock(),
-            exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+            _expiry(claims),
             self._links_cache,
         )
 
@@ -644,13 +680,21 @@ class _Handler:
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
+        uploads = body.get("uploads") if isinstance(body, dict) else None
+        if paths is None and isinstance(uploads, list):
+            paths = []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadRequest(
                 "sign API without a list of paths", detail='expected {"paths": ["/path", ...]}'
             )
-        if len(paths) > self._sign_api.max_paths:
+        if uploads is not None and not isinstance(uploads, list):
+            raise BadRequest(
+                "sign API uploads not a list",
+                detail='expected {"uploads": [{"path": ..., "content_type": ..., "size": ...}]}',
+            )
+        if len(paths) + len(uploads or ()) > self._sign_api.max_paths:
             raise PayloadTooLarge(
-                f"sign API batch of {len(paths)} paths",
+                f"sign API batch of {len(paths) + len(uploads or ())} paths",
                 detail=f"at most {self._sign_api.max_paths} paths per request",
             )
         claims = await self._optional_claims(request, record)
@@ -661,25 +705,63 @@ class _Handler:
         refusals = await self._state.take([group for _, group in checked])
         admitted = [refusal or found for (found, _), refusal in zip(checked, refusals, strict=True)]
         results = await self._sign_admitted(paths, admitted, claims)
+        answer: dict[str, Any] = {"results": results}
         record.reason = f"{len(paths)} paths"
+        if uploads is not None:
+            answer["uploads"] = [
+                await self._sign_upload(request, entry, claims) for entry in uploads
+            ]
+            record.reason += f", {len(uploads)} uploads"
         return web.json_response(
-            {"results": results},
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+            answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
 
+    async def _sign_upload(
+        self, request: web.BaseRequest, entry: object, claims: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """One `uploads` entry: a presigned POST form, authorized as a PUT to its path would
+        be, on a route that lists POST; or its refusal."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            return _refusal("", BadRequest(detail='each upload is {"path": "/path", ...}'))
+        path, content_type, size = entry["path"], entry.get("content_type"), entry.get("size")
+        admitted, buckets = self._admit_signing(request, path, claims, "POST")
+        over_limit = (await self._state.take([buckets]))[0]
+        if over_limit is not None:
+            return _refusal(path, over_limit)
+        if isinstance(admitted, ProxyError):
+            return _refusal(path, admitted)
+        route, key = admitted
+        try:
+            if not isinstance(content_type, str):
+                raise UnsupportedMediaType(detail="content_type required")
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise BadRequest(detail="size is a byte count")
+            target = upload_target(route, key, content_type)
+            form = await post_form(
+                self._storage, target, size, route.settings.ttl, self._clock(), _expiry(claims)
+            )
+        except ProxyError as exc:
+            return _refusal(path, exc)
+        return {"path": path, **form}
+
     def _admit_signing(
-        self, request: web.BaseRequest, path: str, claims: dict[str, Any] | None
+        self,
+        request: web.BaseRequest,
+        path: str,
+        claims: dict[str, Any] | None,
+        method: str = "GET",
     ) -> tuple[tuple[Route, str] | ProxyError, list[Bucket]]:
-        """Route and authorize one path of a batch as its GET would be: the route and key,
-        or the refusal; and the rate-limit buckets its GET would spend (a 429 from those
-        takes precedence over an authorization refusal, as on a GET)."""
+        """Route and authorize one path of a batch as its GET (or, for an upload form, its
+        POST) would be: the route and key, or the refusal; and the rate-limit buckets that
+        request would spend (a 429 from those takes precedence over an authorization refusal,
+        as on a GET)."""
         try:
             found = self._router.match(path) if path.startswith("/") else None
             if found is None:
                 raise NotFound("no route matches")
             route = self._routes[found.index]
-            if "GET" not in route.settings.methods:
-                raise MethodNotAllowed("route does not allow GET")
+            if method not in route.settings.methods:
+                raise MethodNotAllowed(f"route does not allow {method}")
         except ProxyError as exc:
             return exc, []
         rates = route.settings.rate_limit or self._limits.rate_limit
@@ -755,6 +837,12 @@ _NO_QUERY: dict[str, str] = {}
 def _rejected(exc: Unauthenticated) -> str:
     """The outcome label of a refused credential: a fixed value, never the reason's text."""
     return "expired" if exc.reason == "token expired" else "invalid"
+
+
+def _expiry(claims: Mapping[str, Any] | None) -> float | None:
+    """The token's `exp`, if it has a numeric one: nothing signed may outlive it."""
+    exp = (claims or {}).get("exp")
+    return exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def _subject(claims: dict[str, Any]) -> str | None:

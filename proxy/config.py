@@ -352,7 +352,9 @@ class AuthSettings(IssuerSettings):
 
 
 Delivery = Literal["stream", "redirect", "auto"]
-Method = Literal["GET", "HEAD"]
+Method = Literal["GET", "HEAD", "PUT", "POST"]
+# Methods that write: a route listing one needs `upload` settings.
+UPLOAD_METHODS = ("PUT", "POST")
 
 
 def _all_methods() -> list[Method]:
@@ -438,6 +440,41 @@ class CorsSettings(_Model):
         return self
 
 
+MIB = 1024 * 1024
+# S3's smallest part (all but the last part of a multipart upload) and its most parts.
+S3_MIN_PART = 5 * MIB
+S3_MAX_PARTS = 10_000
+
+
+class UploadSettings(_Model):
+    """What a route accepts when it takes PUT (through the proxy or to a presigned URL) or
+    POST (presigned form uploads signed by the sign API). See docs/uploads.md."""
+
+    max_bytes: int = Field(ge=0)  # required: no upload route without a size cap
+    # Media types an upload may declare (`type/*` covers a type); None: the route's
+    # inline_types, so a browser is never shown an uploaded type it was not allowed to show.
+    content_types: list[str] | None = Field(None, min_length=1)
+    overwrite: bool = False  # false: an existing key answers 412 and is kept
+    # Streamed uploads: bodies of at most this many bytes (Content-Length known) go up in one
+    # PutObject; larger or chunked ones in parts of this size (held in memory one at a time).
+    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=5 * 1024 * MIB)
+
+    @field_validator("content_types")
+    @classmethod
+    def _media_types(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [check_pattern(pattern) for pattern in value]
+
+    @model_validator(mode="after")
+    def _parts_cover_max_bytes(self) -> UploadSettings:
+        if self.max_bytes > self.part_size * S3_MAX_PARTS:
+            needed = -(-self.max_bytes // S3_MAX_PARTS)
+            raise ValueError(
+                f"max_bytes {self.max_bytes} needs more than S3's {S3_MAX_PARTS} parts of "
+                f"part_size {self.part_size}; raise part_size to at least {needed}"
+            )
+        return self
+
+
 class RouteSettings(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -463,6 +500,7 @@ class RouteSettings(_Model):
     issuers: list[str] | None = Field(None, min_length=1)
     # The SSE-C key the route's objects are encrypted with (32 bytes or their base64).
     sse_customer_key: SecretStr | None = None
+    upload: UploadSettings | None = None  # required when methods lists PUT or POST
 
     @field_validator("inline_types")
     @classmethod
@@ -659,6 +697,8 @@ class Route:
     # this route accepts the session that sign-in ends with.
     sign_in: bool = False
     sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
+    # The media types an upload may declare (upload.content_types, else inline_types).
+    upload_types: InlineTypes | None = None
 
     @property
     def name(self) -> str:
@@ -889,11 +929,54 @@ def _cross_check(
             and (issuers is None or login.public_url in issuers)
         )
         sse = _customer_key(route, where, problems)
+        _check_upload(route, where, problems)
         inline = InlineTypes(route.inline_types)
+        upload_types = (
+            None
+            if route.upload is None
+            else InlineTypes(route.upload.content_types or route.inline_types)
+        )
         routes.append(
-            Route(route, pattern, template, rule, inline, issuers, sign_in=sign_in, sse=sse)
+            Route(
+                route,
+                pattern,
+                template,
+                rule,
+                inline,
+                issuers,
+                sign_in=sign_in,
+                sse=sse,
+                upload_types=upload_types,
+            )
         )
     return settings, routes
+
+
+def _check_upload(route: RouteSettings, where: str, problems: list[str]) -> None:
+    """Upload methods and `upload` settings come together, on a delivery that can take them."""
+    writes = sorted(set(route.methods) & set(UPLOAD_METHODS))
+    if route.upload is None:
+        if writes:
+            problems.append(
+                f"{where}.upload: required when methods lists {' and '.join(writes)}; add e.g. "
+                "upload: {max_bytes: 10485760}"
+            )
+        return
+    if not writes:
+        problems.append(
+            f"{where}.upload: the route takes no uploads; add PUT (or POST, for the sign API's "
+            "presigned form uploads) to methods, or remove upload"
+        )
+    if "PUT" in writes and route.delivery == "auto":
+        problems.append(
+            f"{where}.methods: PUT needs delivery stream (through the proxy) or redirect (to a "
+            "presigned URL); auto chooses by the size of an object that does not exist yet"
+        )
+    if route.sse_customer_key is not None and ("POST" in writes or route.delivery != "stream"):
+        problems.append(
+            f"{where}.methods: uploads to an SSE-C route must stream through the proxy (PUT "
+            "with delivery: stream); a presigned upload cannot carry the key"
+        )
 
 
 def _customer_key(route: RouteSettings, where: str, problems: list[str]) -> CustomerKey | None:

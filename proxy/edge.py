@@ -168,10 +168,15 @@ class EdgeRequest(web.BaseRequest):
         if length is not None and length > self._client_max_size:
             # Before 100 Continue, so the client need not send what would be refused.
             raise PayloadTooLarge(f"body of {length} bytes")
+        await self.send_continue()
+        return await super().read()
+
+    async def send_continue(self) -> None:
+        """Ask a client waiting on `Expect: 100-continue` for its body (once): for a body
+        read piece by piece from `content`, after every check that could refuse it."""
         if self.expects_continue:
             self.expects_continue = False
             await self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return await super().read()
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         # aiohttp names itself and its version; a version helps only an attacker.

@@ -91,6 +91,11 @@ class RequestTimeout(ProxyError):
     detail = "request timeout"
 
 
+class LengthRequired(ProxyError):
+    status = 411
+    detail = "Content-Length required"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     detail = "request too large"
@@ -109,6 +114,12 @@ class UnsupportedMediaType(ProxyError):
 class PreconditionFailed(ProxyError):
     status = 412
     detail = "precondition failed"
+
+
+class KeyExists(PreconditionFailed):
+    """An upload to a key that exists, on a route with `upload.overwrite: false`."""
+
+    detail = "an object exists at this path"
 
 
 class RangeNotSatisfiable(ProxyError):

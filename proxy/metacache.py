@@ -62,6 +62,10 @@ class MetadataCache:
         """S3 answered 404 for this key."""
         self._store(bucket, key, MISSING, min(self._negative_ttl, self._ttl))
 
+    def forget(self, bucket: str, key: str) -> None:
+        """The object changed (this process stored it): the next lookup asks S3."""
+        self._entries.pop((bucket, key), None)
+
     def _store(self, bucket: str, key: str, meta: ObjectMeta | _Absent, ttl: float) -> None:
         if self._max <= 0 or ttl <= 0:
             return

@@ -85,6 +85,10 @@ class ObjectCache:
         while self._bytes > self._max_bytes or len(self._entries) > self._max_entries:
             self._drop(next(iter(self._entries)))
 
+    def forget(self, bucket: str, key: str) -> None:
+        """The object changed (this process stored it): drop the stale copy."""
+        self._drop((bucket, key))
+
     def _drop_expired(self, now: float) -> None:
         entries = self._entries
         while entries:

@@ -10,9 +10,11 @@ is signed, so clients need to send nothing special.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,9 +152,14 @@ def presign_url(
     signed_at: int,
     expires_in: int,
     params: Mapping[str, str] | None = None,
+    signed_headers: Mapping[str, str] | None = None,
 ) -> str:
+    """A query-signed URL. `signed_headers` (lower-case names, e.g. content-type for an
+    upload) are signed besides host: the request made with the URL must carry exactly them."""
     host, path = endpoint.locate(bucket, key)
     timestamp, scope = _scope(signed_at, region)
+    headers = dict(sorted({"host": host, **(signed_headers or {})}.items()))
+    names = ";".join(headers)
     query = dict(params or {})
     query.update(
         {
@@ -160,7 +167,7 @@ def presign_url(
             "X-Amz-Credential": f"{credentials.access_key}/{scope}",
             "X-Amz-Date": timestamp,
             "X-Amz-Expires": str(expires_in),
-            "X-Amz-SignedHeaders": "host",
+            "X-Amz-SignedHeaders": names,
         }
     )
     if credentials.token:
@@ -168,8 +175,9 @@ def presign_url(
     canonical_query = "&".join(
         f"{_uri_encode(name)}={_uri_encode(value)}" for name, value in sorted(query.items())
     )
+    canonical_headers = "".join(f"{name}:{value.strip()}\n" for name, value in headers.items())
     canonical_request = (
-        f"{method}\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
+        f"{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{names}\nUNSIGNED-PAYLOAD"
     )
     signature = _signature(credentials.secret_key, region, timestamp, scope, canonical_request)
     return f"{endpoint.scheme}://{host}{path}?{canonical_query}&X-Amz-Signature={signature}"
@@ -221,6 +229,57 @@ def sign_request(
     )
     del headers["host"]  # the HTTP client sends Host itself, exactly as signed
     return host, f"{path}?{canonical_query}" if canonical_query else path, headers
+
+
+@dataclass(frozen=True)
+class PostForm:
+    """A presigned POST: the browser sends a multipart/form-data POST to `url` with `fields`
+    first and the file last (as the field named `file`)."""
+
+    url: str
+    fields: dict[str, str]
+
+
+def presign_post(
+    *,
+    endpoint: Endpoint,
+    region: str,
+    credentials: Credentials,
+    bucket: str,
+    key: str,
+    content_type: str,
+    max_bytes: int,
+    signed_at: int,
+    expires_at: int,
+) -> PostForm:
+    """A SigV4-signed POST policy (S3's browser-based uploads) that admits exactly one key,
+    one Content-Type and a body of 0..max_bytes, until `expires_at` (epoch seconds).
+
+    The signature covers the base64 policy document itself (not a canonical request), so what
+    the form may carry is fixed by the policy's conditions; S3 refuses a field the policy does
+    not name and any field that breaks a condition.
+    """
+    timestamp, scope = _scope(signed_at, region)
+    fields = {
+        "key": key,
+        "Content-Type": content_type,
+        "x-amz-algorithm": "AWS4-HMAC-SHA256",
+        "x-amz-credential": f"{credentials.access_key}/{scope}",
+        "x-amz-date": timestamp,
+    }
+    if credentials.token:
+        fields["x-amz-security-token"] = credentials.token
+    conditions: list[object] = [{"bucket": bucket}]
+    conditions += [{name: value} for name, value in fields.items()]
+    conditions.append(["content-length-range", 0, max_bytes])
+    expiration = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    document = json.dumps({"expiration": expiration, "conditions": conditions})
+    policy = base64.b64encode(document.encode()).decode()
+    key_bytes = _signing_key(credentials.secret_key, timestamp[:8], region)
+    fields["policy"] = policy
+    fields["x-amz-signature"] = hmac.new(key_bytes, policy.encode(), hashlib.sha256).hexdigest()
+    host, path = endpoint.locate(bucket, "")
+    return PostForm(f"{endpoint.scheme}://{host}{path}", fields)
 
 
 @lru_cache(maxsize=8)  # the same second is signed many times over

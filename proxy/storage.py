@@ -32,7 +32,7 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from .presign import Credentials, Lifetime
+from .presign import Credentials, Lifetime, PostForm
 from .ssec import CustomerKey
 from .upstream import MalformedResponse, PoolExhausted
 
@@ -59,7 +59,47 @@ class ObjectStream:
             self._close()
 
 
+class Writes(Protocol):
+    """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
+    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed."""
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        content_type: str,
+        overwrite: bool,
+        sse: CustomerKey | None = None,
+    ) -> str: ...
+
+    async def start_multipart(
+        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
+    ) -> str: ...
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        sse: CustomerKey | None = None,
+    ) -> str: ...
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+    ) -> str: ...
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+
+
 class Storage(Protocol):
+    @property
+    def writes(self) -> Writes:
+        """Uploads' S3 calls (proxy/engines/writes.py)."""
+        ...
+
     async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         """The object's metadata; `sse` is the SSE-C key it is encrypted with, if any."""
         ...
@@ -89,6 +129,31 @@ class Storage(Protocol):
         overrides: Mapping[str, str] | None = None,
     ) -> str:
         """A presigned URL; pure CPU work, no S3 call."""
+        ...
+
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        """A presigned PUT that signs the Content-Type and Content-Length it must be sent
+        with; no S3 call."""
+        ...
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        """A presigned POST form for one key; no S3 call."""
         ...
 
 

@@ -13,13 +13,24 @@ def _sign(key: bytes, message: str) -> bytes:
 
 
 def verify_presigned_url(
-    url: str, *, secret_key: str, method: str = "GET", now: datetime | None = None
+    url: str,
+    *,
+    secret_key: str,
+    method: str = "GET",
+    now: datetime | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Recompute the URL's signature; return its query params, raise AssertionError if wrong."""
+    """Recompute the URL's signature; return its query params, raise AssertionError if wrong.
+    `headers`: the request's headers other than host (lower-case names); each one the URL
+    signs must be among them, and is signed with its value there."""
     parts = urlsplit(url)
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     assert params["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
-    assert params["X-Amz-SignedHeaders"] == "host", "only the host header may be signed"
+    signed = params["X-Amz-SignedHeaders"].split(";")
+    if headers is None:
+        assert signed == ["host"], "only the host header may be signed"
+    sent = {"host": parts.netloc, **(headers or {})}
+    assert signed == sorted(signed) and "host" in signed
     signature = params.pop("X-Amz-Signature")
     canonical_query = "&".join(
         f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
@@ -29,9 +40,9 @@ def verify_presigned_url(
             method,
             parts.path,
             canonical_query,
-            f"host:{parts.netloc}",
+            "".join(f"{name}:{sent[name]}\n" for name in signed).rstrip("\n"),
             "",
-            "host",
+            ";".join(signed),
             "UNSIGNED-PAYLOAD",
         ]
     )

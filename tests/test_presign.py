@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
@@ -17,6 +21,7 @@ from proxy.presign import (
     LifetimeError,
     aws_endpoint,
     plan_lifetime,
+    presign_post,
     presign_url,
     sign_request,
 )
@@ -51,8 +56,9 @@ def _botocore_url(
     expires: int,
     at: int,
     method: str = "GET",
+    headers: dict[str, str] | None = None,
 ) -> str:
-    request = AWSRequest(method=method, url=url_without_auth, params=params)
+    request = AWSRequest(method=method, url=url_without_auth, params=params, headers=headers)
     signer = _BotocoreAtTime(
         BotoCredentials(creds.access_key, creds.secret_key, creds.token), "eu-west-1", expires, at
     )
@@ -267,3 +273,89 @@ def test_a_signed_query_equals_botocores() -> None:
     canonical = signer.canonical_request(request)
     expected = signer.signature(signer.string_to_sign(request, canonical), request)
     assert headers["authorization"].endswith(f"Signature={expected}")
+
+
+def test_post_policy_pins_key_type_and_size_and_verifies_independently() -> None:
+    signed_at = 1_700_000_000  # 2023-11-14T22:13:20Z
+    form = presign_post(
+        endpoint=Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "auto"),
+        region="eu-west-1",
+        credentials=Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token="session"),
+        bucket="uploads-bucket",
+        key="users/alice/a b.png",
+        content_type="image/png",
+        max_bytes=1000,
+        signed_at=signed_at,
+        expires_at=signed_at + 300,
+    )
+    assert form.url == "https://uploads-bucket.s3.eu-west-1.amazonaws.com/"
+    fields = form.fields
+    assert fields["key"] == "users/alice/a b.png"
+    assert fields["x-amz-date"] == "20231114T221320Z"
+    assert fields["x-amz-credential"] == "AKIDEXAMPLE/20231114/eu-west-1/s3/aws4_request"
+    assert fields["x-amz-security-token"] == "session"
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert policy["expiration"] == "2023-11-14T22:18:20Z"
+    assert policy["conditions"] == [
+        {"bucket": "uploads-bucket"},
+        {"key": "users/alice/a b.png"},
+        {"Content-Type": "image/png"},
+        {"x-amz-algorithm": "AWS4-HMAC-SHA256"},
+        {"x-amz-credential": "AKIDEXAMPLE/20231114/eu-west-1/s3/aws4_request"},
+        {"x-amz-date": "20231114T221320Z"},
+        {"x-amz-security-token": "session"},
+        ["content-length-range", 0, 1000],
+    ]
+    # SigV4 for POST: the string to sign is the base64 policy itself.
+    key = b"AWS4wJalrXUtnFEMI/K7MDENG"
+    for part in ("20231114", "eu-west-1", "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, fields["policy"].encode(), hashlib.sha256).hexdigest()
+    assert fields["x-amz-signature"] == expected
+
+
+def test_presigned_put_signs_the_declared_headers() -> None:
+    url = presign_url(
+        endpoint=Endpoint.parse("http://127.0.0.1:9000", "path"),
+        region="us-east-1",
+        credentials=Credentials("AKID", "secret"),
+        method="PUT",
+        bucket="b",
+        key="k.txt",
+        signed_at=1_700_000_000,
+        expires_in=60,
+        signed_headers={"content-type": "text/plain", "content-length": "5"},
+    )
+    params = verify_presigned_url(
+        url,
+        secret_key="secret",
+        method="PUT",
+        headers={"content-type": "text/plain", "content-length": "5"},
+    )
+    assert params["X-Amz-SignedHeaders"] == "content-length;content-type;host"
+    with pytest.raises(AssertionError):  # another type: S3 would refuse the signature
+        verify_presigned_url(
+            url,
+            secret_key="secret",
+            method="PUT",
+            headers={"content-type": "text/html", "content-length": "5"},
+        )
+
+
+def test_presigned_put_with_signed_headers_equals_botocores() -> None:
+    endpoint = Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "path")
+    ours = presign_url(
+        endpoint=endpoint,
+        region="eu-west-1",
+        credentials=CREDS,
+        method="PUT",
+        bucket="my-bucket",
+        key="up/a b.png",
+        signed_at=T0,
+        expires_in=300,
+        signed_headers={"content-type": "image/png", "content-length": "1234"},
+    )
+    base, _ = _sorted_query(ours)
+    headers = {"Content-Type": "image/png", "Content-Length": "1234"}
+    theirs = _botocore_url(base, {}, CREDS, 300, T0, "PUT", headers)
+    assert _sorted_query(ours) == _sorted_query(theirs)

@@ -35,7 +35,7 @@ from botocore.loaders import create_loader
 
 from ..config import S3Settings
 from ..errors import ProxyError, StorageBusy, UpstreamError, UpstreamTimeout
-from ..presign import Credentials, Lifetime
+from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
@@ -45,6 +45,7 @@ from ..storage import (
     translate_errors,
 )
 from .signing import Signer
+from .writes import LazyClient, ObjectWriter
 
 
 class AiobotocoreStorage:
@@ -54,6 +55,8 @@ class AiobotocoreStorage:
         session.register_component("data_loader", _shared_loader())
         self._session = session
         self._signer = Signer(settings, session)
+        self._write_client = LazyClient(settings, session)
+        self._writes = ObjectWriter(settings, self._write_client)
         self._slots = _Slots(settings.max_connections, settings.pool_timeout)
         self._exits = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -84,6 +87,7 @@ class AiobotocoreStorage:
     async def close(self) -> None:
         await self._exits.aclose()
         self._client = None
+        await self._write_client.close()
 
     async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         async with self._slots.held("HeadObject"):
@@ -172,6 +176,38 @@ class AiobotocoreStorage:
         overrides: Mapping[str, str] | None = None,
     ) -> str:
         return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+
+    @property
+    def writes(self) -> ObjectWriter:
+        """Uploads' S3 calls, over an aiobotocore client of their own created on the first
+        upload (engines/writes.py): uploads never hold one of the reads' connections."""
+        return self._writes
+
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        return self._signer.presign_put(
+            credentials, bucket, key, lifetime, content_type, content_length
+        )
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        return self._signer.presign_post(
+            credentials, bucket, key, content_type, max_bytes, lifetime
+        )
 
 
 @functools.cache

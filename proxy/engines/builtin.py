@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 
 from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
-from ..presign import Credentials, Lifetime, sign_request
+from ..presign import Credentials, Lifetime, PostForm, sign_request
 from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
@@ -31,6 +31,7 @@ from ..storage import (
 )
 from ..upstream import MalformedResponse, Origin, Pool, Response
 from .signing import Signer
+from .writes import LazyClient, ObjectWriter
 
 MAX_ERROR_BODY = 16 * 1024
 
@@ -41,7 +42,10 @@ class BuiltinStorage:
 
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
-        self._signer = Signer(settings, get_session())
+        session = get_session()
+        self._signer = Signer(settings, session)
+        self._write_client = LazyClient(settings, session)
+        self._writes = ObjectWriter(settings, self._write_client)
         self._endpoint = self._signer.endpoint
         self._pool: Pool | None = None
 
@@ -62,6 +66,7 @@ class BuiltinStorage:
         return self._signer.has_credentials
 
     async def close(self) -> None:
+        await self._write_client.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -191,6 +196,38 @@ class BuiltinStorage:
         overrides: Mapping[str, str] | None = None,
     ) -> str:
         return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+
+    @property
+    def writes(self) -> ObjectWriter:
+        """Uploads' S3 calls, over an aiobotocore client of their own created on the first
+        upload (engines/writes.py): uploads never hold one of the reads' connections."""
+        return self._writes
+
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        return self._signer.presign_put(
+            credentials, bucket, key, lifetime, content_type, content_length
+        )
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        return self._signer.presign_post(
+            credentials, bucket, key, content_type, max_bytes, lifetime
+        )
 
 
 async def _read_chunks(response: Response) -> AsyncIterator[bytes]:

@@ -18,7 +18,15 @@ from aiobotocore.session import AioSession
 
 from ..config import S3Settings
 from ..errors import UpstreamError
-from ..presign import Credentials, Endpoint, Lifetime, aws_endpoint, presign_url
+from ..presign import (
+    Credentials,
+    Endpoint,
+    Lifetime,
+    PostForm,
+    aws_endpoint,
+    presign_post,
+    presign_url,
+)
 from ..storage import OVERRIDE_PARAMS, translate_errors
 
 log = logging.getLogger("proxy.storage")
@@ -100,4 +108,46 @@ class Signer:
             signed_at=lifetime.signed_at,
             expires_in=lifetime.expires_in,
             params=params,
+        )
+
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method="PUT",
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            signed_headers={"content-type": content_type, "content-length": str(content_length)},
+        )
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        return presign_post(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            bucket=bucket,
+            key=key,
+            content_type=content_type,
+            max_bytes=max_bytes,
+            signed_at=lifetime.signed_at,
+            expires_at=lifetime.expires_at,
         )

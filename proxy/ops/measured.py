@@ -4,19 +4,30 @@ of its own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
-from ..errors import NotFound, RangeNotSatisfiable, UpstreamTimeout
-from ..presign import Credentials, Lifetime
+from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
+from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
-from ..storage import ObjectMeta, ObjectStream, Storage
+from ..storage import ObjectMeta, ObjectStream, Storage, Writes
 from .metrics import Telemetry
+
+_T = TypeVar("_T")
 
 
 class MeasuredStorage:
     def __init__(self, inner: Storage, telemetry: Telemetry) -> None:
         self._inner = inner
         self._telemetry = telemetry
+        self._writes: MeasuredWrites | None = None
+
+    @property
+    def writes(self) -> MeasuredWrites:
+        # Made on first use: a storage that takes no uploads (a test's fake) need have none.
+        if self._writes is None:
+            self._writes = MeasuredWrites(self._inner.writes, self._telemetry)
+        return self._writes
 
     async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
         started = time.perf_counter()
@@ -62,12 +73,102 @@ class MeasuredStorage:
     ) -> str:
         return self._inner.presign(credentials, method, bucket, key, lifetime, overrides)
 
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        return self._inner.presign_put(
+            credentials, bucket, key, lifetime, content_type, content_length
+        )
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        return self._inner.presign_post(credentials, bucket, key, content_type, max_bytes, lifetime)
+
+
+class MeasuredWrites:
+    """Times and counts each write call, as MeasuredStorage does the reads."""
+
+    def __init__(self, inner: Writes, telemetry: Telemetry) -> None:
+        self._inner = inner
+        self._telemetry = telemetry
+
+    async def _measure(self, operation: str, call: Awaitable[_T]) -> _T:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except Exception as exc:
+            self._telemetry.observe_s3(operation, _outcome(exc), time.perf_counter() - started)
+            raise
+        self._telemetry.observe_s3(operation, "ok", time.perf_counter() - started)
+        return result
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        content_type: str,
+        overwrite: bool,
+        sse: CustomerKey | None = None,
+    ) -> str:
+        return await self._measure(
+            "PutObject", self._inner.put(bucket, key, body, content_type, overwrite, sse)
+        )
+
+    async def start_multipart(
+        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
+    ) -> str:
+        return await self._measure(
+            "CreateMultipartUpload", self._inner.start_multipart(bucket, key, content_type, sse)
+        )
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        sse: CustomerKey | None = None,
+    ) -> str:
+        return await self._measure(
+            "UploadPart", self._inner.upload_part(bucket, key, upload_id, number, body, sse)
+        )
+
+    async def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+    ) -> str:
+        return await self._measure(
+            "CompleteMultipartUpload",
+            self._inner.complete_multipart(bucket, key, upload_id, etags, overwrite),
+        )
+
+    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        await self._measure(
+            "AbortMultipartUpload", self._inner.abort_multipart(bucket, key, upload_id)
+        )
+
 
 def _outcome(exc: Exception) -> str:
     if isinstance(exc, NotFound):
         return "not_found"
     if isinstance(exc, RangeNotSatisfiable):
         return "range_not_satisfiable"
+    if isinstance(exc, PreconditionFailed):
+        return "precondition_failed"
     if isinstance(exc, UpstreamTimeout):
         return "timeout"
     return "error"

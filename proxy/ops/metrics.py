@@ -29,7 +29,7 @@ from . import multiprocess
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "-"  # the route label of a request no route matched (or refused before routing)
 NO_DELIVERY = "none"
-_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "OPTIONS"})
 _DELIVERIES = {
     "stream": "stream",
     "redirect": "redirect",
@@ -39,7 +39,24 @@ _DELIVERIES = {
 }
 CACHES = ("object", "metadata", "link", "token")
 TOKEN_OUTCOMES = ("valid", "expired", "invalid")
-S3_OUTCOMES = ("ok", "not_found", "range_not_satisfiable", "timeout", "error")
+S3_OUTCOMES = (
+    "ok",
+    "not_found",
+    "range_not_satisfiable",
+    "precondition_failed",
+    "timeout",
+    "error",
+)
+S3_OPERATIONS = (
+    "HeadObject",
+    "GetObject",
+    "ListObjectsV2",
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+)
 # Seconds: from a cached answer on loopback to a large object over a slow link.
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SAMPLE_EVERY = 1.0  # seconds, in a worker of several
@@ -117,12 +134,11 @@ class Telemetry:
         )
         self._s3 = {
             (operation, outcome): s3_calls.labels(operation, outcome)
-            for operation in ("HeadObject", "GetObject", "ListObjectsV2")
+            for operation in S3_OPERATIONS
             for outcome in S3_OUTCOMES
         }
         self._s3_duration = {
-            operation: s3_duration.labels(operation)
-            for operation in ("HeadObject", "GetObject", "ListObjectsV2")
+            operation: s3_duration.labels(operation) for operation in S3_OPERATIONS
         }
         self._pool_in_use = _live_gauge(
             "proxy_s3_pool_connections_in_use", "S3 connections busy with a request.", registry

@@ -1,0 +1,95 @@
+"""Redirect uploads: the client sends its bytes straight to S3 with a URL or form the proxy
+signed after authorizing it. A PUT answers 307 to a presigned PUT; the sign API answers a
+presigned POST form per entry. No body passes through the proxy. Its rules:
+
+1. Everything a signature can pin is pinned: the exact key; for a PUT, the declared
+   Content-Type and Content-Length (signed headers: S3 refuses the request unless the client
+   sends exactly those values); for a POST form, the Content-Type and a content-length-range
+   of 0..max_bytes.
+2. A signature lives no longer than the route's ttl, the caller's token and the signing
+   credentials (presign.plan_lifetime).
+3. `overwrite: false` is a HEAD before signing: a presigned request cannot carry S3's
+   conditional write unless the client adds the header, so two racing uploads may both land;
+   docs/uploads.md says so.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import LengthRequired, Unauthenticated, UpstreamError
+from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
+from ..storage import Storage
+from .receive import check_absent
+from .rules import UploadTarget, check_size
+
+
+async def redirect_put(
+    request: web.BaseRequest,
+    storage: Storage,
+    target: UploadTarget,
+    ttl: int,
+    now: float,
+    token_expires_at: float | None,
+) -> web.Response:
+    """307 to a presigned PUT for this request's declared type and length; the body, if the
+    client sent it already, is not read."""
+    length = request.content_length
+    if length is None:
+        # The length is signed, so it must be known (a chunked PUT cannot be presigned).
+        raise LengthRequired("redirect upload without Content-Length")
+    check_size(target.settings, length)
+    await check_absent(storage, target)
+    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    url = storage.presign_put(
+        credentials,
+        target.bucket,
+        target.key,
+        lifetime,
+        target.content_type,
+        length,
+    )
+    return web.Response(
+        status=307,
+        headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
+    )
+
+
+async def post_form(
+    storage: Storage,
+    target: UploadTarget,
+    size: int | None,
+    ttl: int,
+    now: float,
+    token_expires_at: float | None,
+) -> dict[str, Any]:
+    """One sign API answer: a presigned POST form for the target."""
+    check_size(target.settings, size)
+    await check_absent(storage, target)
+    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    form = storage.presign_post(
+        credentials,
+        target.bucket,
+        target.key,
+        target.content_type,
+        target.settings.max_bytes,
+        lifetime,
+    )
+    expires = datetime.fromtimestamp(lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"url": form.url, "fields": form.fields, "expires_at": expires}
+
+
+async def _lifetime(
+    storage: Storage, ttl: int, now: float, token_expires_at: float | None
+) -> tuple[Credentials, Lifetime]:
+    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2)."""
+    credentials = await storage.credentials()
+    try:
+        return credentials, plan_lifetime(now, ttl, None, token_expires_at, credentials.expires_at)
+    except LifetimeError as exc:
+        if exc.limit == "token":
+            raise Unauthenticated("token expires before an upload could be signed") from None
+        raise UpstreamError("AWS credentials expired; cannot sign") from None

@@ -1,0 +1,149 @@
+"""Stream uploads: a PUT's body goes to S3 as it arrives, in bounded memory. Its rules:
+
+1. Nothing is read before every refusal that needs no body: the caller has authorized the
+   request, the type and the declared size are checked, and (overwrite false) a HEAD found
+   no object; only then is 100 Continue sent.
+2. At most one part (`upload.part_size`) is held in memory. A body that fits in one part is
+   one PutObject; a larger one is a multipart upload, its parts sent one after the other.
+3. Nothing partial is left in S3: any failure after CreateMultipartUpload (a body past
+   max_bytes, a stalled or vanished client, S3 refusing a part, cancellation) aborts the
+   upload before the error goes on. A PutObject is atomic by itself.
+4. `overwrite: false` is S3's own conditional write (If-None-Match: *) on PutObject and
+   CompleteMultipartUpload: two uploads racing for one key cannot both win. The HEAD before
+   is only there to refuse early, before the body is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+
+from ..edge import EdgeRequest
+from ..errors import KeyExists, NotFound, PayloadTooLarge, ProxyError, RequestTimeout
+from ..storage import Storage, Writes
+from .rules import UploadTarget, check_size
+
+log = logging.getLogger("proxy.uploads")
+
+
+@dataclass(frozen=True)
+class Received:
+    size: int
+    etag: str
+    parts: int  # 0: one PutObject
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed the connection (or broke the framing) before its body ended."""
+
+
+async def check_absent(storage: Storage, target: UploadTarget) -> None:
+    """412 if an object is at the key and the route does not overwrite (rule 4's early
+    refusal; S3's conditional write is what closes the race)."""
+    if target.settings.overwrite:
+        return
+    try:
+        await storage.head(target.bucket, target.key, target.sse)
+    except NotFound:
+        return
+    raise KeyExists("upload to an existing key (overwrite is false)")
+
+
+async def receive(
+    request: web.BaseRequest, storage: Storage, target: UploadTarget, body_timeout: float
+) -> Received:
+    """Store the request's body at the target (rules 1-3). `body_timeout`: the longest the
+    client may send nothing (408, and the upload aborted)."""
+    settings = target.settings
+    declared = request.content_length
+    check_size(settings, declared)
+    await check_absent(storage, target)
+    if isinstance(request, EdgeRequest):
+        await request.send_continue()
+    body = _Body(request.content, body_timeout, settings.max_bytes)
+    first = await body.read(settings.part_size)
+    if len(first) < settings.part_size or declared == len(first):
+        # The whole body: one PutObject (rule 2).
+        etag = await storage.writes.put(
+            target.bucket, target.key, first, target.content_type, settings.overwrite, target.sse
+        )
+        return Received(len(first), etag, 0)
+    return await _multipart(storage.writes, target, body, first)
+
+
+async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: bytes) -> Received:
+    settings = target.settings
+    upload_id = await writes.start_multipart(
+        target.bucket, target.key, target.content_type, target.sse
+    )
+    try:
+        etags: list[str] = []
+        part = first
+        while part:
+            etags.append(
+                await writes.upload_part(
+                    target.bucket, target.key, upload_id, len(etags) + 1, part, target.sse
+                )
+            )
+            part = b"" if len(part) < settings.part_size else await body.read(settings.part_size)
+        etag = await writes.complete_multipart(
+            target.bucket, target.key, upload_id, etags, settings.overwrite
+        )
+    except BaseException:
+        # Rule 3. Shielded: a cancelled request still aborts.
+        await asyncio.shield(_abort(writes, target, upload_id))
+        raise
+    return Received(body.size, etag, len(etags))
+
+
+async def _abort(writes: Writes, target: UploadTarget, upload_id: str) -> None:
+    try:
+        await writes.abort_multipart(target.bucket, target.key, upload_id)
+    except ProxyError as exc:
+        # S3 drops an abandoned upload's parts only by a lifecycle rule (docs/uploads.md).
+        log.warning("multipart upload to %s not aborted: %s", target.route, exc.reason)
+
+
+class _Body:
+    """The request body read in parts, counted against max_bytes, each read bounded by the
+    body timeout (a client that stops sending does not hold the upload open)."""
+
+    def __init__(self, content: StreamReader, timeout: float, max_bytes: int) -> None:
+        self._content = content
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self.size = 0
+
+    async def read(self, size: int) -> bytes:
+        """Up to `size` bytes: fewer only at the body's end."""
+        buffer = bytearray()
+        while len(buffer) < size:
+            with self._mapped():
+                async with asyncio.timeout(self._timeout):
+                    chunk = await self._content.read(size - len(buffer))
+            if not chunk:
+                break
+            buffer += chunk
+            self.size += len(chunk)
+            if self.size > self._max_bytes:
+                raise PayloadTooLarge(
+                    "upload body grew past upload.max_bytes",
+                    detail=f"at most {self._max_bytes} bytes",
+                )
+        return bytes(buffer)
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except TimeoutError:
+            raise RequestTimeout("upload body stalled for limits.body_timeout") from None
+        except (OSError, HttpProcessingError) as exc:
+            raise ClientGone(f"upload body broken off ({type(exc).__name__})") from None

@@ -1,0 +1,98 @@
+"""`routes[].upload` and upload methods: mistakes caught at load, naming the key and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError
+
+from .conftest import build_config, config_dict
+
+MIB = 1024 * 1024
+
+
+def _with_route(**changes: Any) -> dict[str, Any]:
+    data = config_dict("http://127.0.0.1:9000")
+    route = {
+        "name": "up",
+        "match": "/up/{path:.+}",
+        "bucket": "user-files",
+        "key": "uploads/{path}",
+        "delivery": "stream",
+        "access": "authenticated",
+        "methods": ["GET", "PUT"],
+        "upload": {"max_bytes": 10 * MIB},
+    }
+    route.update(changes)
+    data["routes"] = [route]
+    return data
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        build_config(data)
+    return caught.value.problems
+
+
+def test_defaults() -> None:
+    route = build_config(_with_route()).routes[0]
+    upload = route.settings.upload
+    assert upload is not None
+    assert upload.overwrite is False
+    assert upload.part_size == 8 * MIB
+    assert upload.content_types is None
+    assert route.upload_types is not None
+    assert route.upload_types.allows("image/png")  # the route's inline types
+    assert not route.upload_types.allows("text/html")
+
+
+def test_content_types_with_wildcards() -> None:
+    route = build_config(
+        _with_route(upload={"max_bytes": 1, "content_types": ["image/*", "Text/CSV"]})
+    ).routes[0]
+    assert route.upload_types is not None
+    assert route.upload_types.allows("image/svg+xml")
+    assert route.upload_types.allows("text/csv; charset=utf-8")
+    assert not route.upload_types.allows("text/plain")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"upload": None},
+            "routes[0] (up).upload: required when methods lists PUT; add e.g. upload:",
+        ),
+        ({"upload": {}}, "routes[0] (up).upload.max_bytes: required key is missing"),
+        (
+            {"upload": {"max_bytes": 1, "part_size": 4 * MIB}},
+            "routes[0] (up).upload.part_size: Input should be greater than or equal to 5242880",
+        ),
+        (
+            {"upload": {"max_bytes": 1, "content_types": ["html"]}},
+            "routes[0] (up).upload.content_types: 'html' is not a media type",
+        ),
+        (
+            {"upload": {"max_bytes": 100_000 * MIB}},
+            "routes[0] (up).upload: max_bytes 104857600000 needs more than S3's 10000 parts",
+        ),
+        ({"methods": ["GET"]}, "routes[0] (up).upload: the route takes no uploads; add PUT"),
+        ({"delivery": "auto"}, "routes[0] (up).methods: PUT needs delivery stream"),
+        (
+            {"methods": ["DELETE"]},
+            "routes[0] (up).methods[0]: Input should be 'GET', 'HEAD', 'PUT' or 'POST'",
+        ),
+        (
+            {"delivery": "redirect", "sse_customer_key": "k" * 32, "methods": ["PUT"]},
+            "routes[0] (up).methods: uploads to an SSE-C route must stream",
+        ),
+    ],
+)
+def test_upload_mistakes_name_the_key_and_the_fix(changes: dict[str, Any], expected: str) -> None:
+    data = _with_route(**changes)
+    if data["routes"][0]["upload"] is None:
+        del data["routes"][0]["upload"]
+    problems = _problems(data)
+    assert any(problem.startswith(expected) for problem in problems), problems
