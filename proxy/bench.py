@@ -12,6 +12,9 @@ and (with matplotlib) a PNG of charts that the report links.
   several sizes, behind one route.
 - With a config, the world is the user's: their S3 and routes, and the paths they name.
 
+The default world also compares uploads: the same bytes PUT through the proxy (stream) and PUT
+to the proxy, answered 307, then PUT to the presigned URL (redirect), into a bench bucket.
+
 Each S3 engine asked for (`--engine`, both by default) gets a run of its own, one after the
 other with a fresh proxy process: the report is the first engine's, followed by the engines
 side by side on what they change (the stream column: its time and the proxy's CPU).
@@ -33,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -53,6 +56,9 @@ if TYPE_CHECKING:
     from .demo.s3 import CountingS3
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
+UPLOAD_SIZES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
+UPLOAD_PREFIXES = {"stream": "/bench-uploads/stream", "redirect": "/bench-uploads/redirect"}
+UPLOAD_TYPE = "application/octet-stream"
 ENGINES = ("builtin", "aiobotocore")
 TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
 START_TIMEOUT = 30.0  # seconds for the proxy process to listen
@@ -394,6 +400,73 @@ async def measure(target: Target, rounds: int) -> tuple[list[int], dict[str, lis
     return sizes, results
 
 
+@dataclass
+class UploadRun:
+    """`rounds` uploads of one size by one method, as the client and the proxy saw them."""
+
+    size: int
+    method: str
+    total: list[float] = field(default_factory=list)  # seconds per upload, to the last answer
+    proxy_bytes: int = 0  # upload bytes the proxy took (it answers a 307 before the body)
+    s3_requests: int = 0  # by the proxy or by the client
+    proxy_cpu: float = 0.0  # CPU seconds the proxy process spent
+
+
+async def upload(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str]
+) -> tuple[float, int, int]:
+    """PUT `body` as a careful client does: with `Expect: 100-continue`, so a redirect costs
+    no body to the proxy, and following a 307 with the same type and length but without the
+    token. Returns the seconds taken, the bytes the proxy stored, and the requests sent to S3."""
+    started = time.perf_counter()
+    sent = {**headers, "Content-Type": UPLOAD_TYPE}
+    async with session.put(
+        url, data=body, headers=sent, expect100=True, allow_redirects=False
+    ) as response:
+        if response.status == 201:
+            stored = int((await response.json())["size"])
+            return time.perf_counter() - started, stored, 0
+        if response.status != 307 or "Location" not in response.headers:
+            detail = _error_name(await response.content.read(4096))
+            raise BenchError(f"PUT {url}: {response.status} from the proxy ({detail})")
+        location = URL(response.headers["Location"], encoded=True)  # signed: kept to the byte
+    async with session.put(location, data=body, headers={"Content-Type": UPLOAD_TYPE}) as s3:
+        if s3.status != 200:
+            detail = _error_name(await s3.content.read(4096))
+            raise BenchError(f"PUT {url}, redirected: {s3.status} from S3 ({detail})")
+        await s3.read()
+    return time.perf_counter() - started, 0, 1
+
+
+async def measure_uploads(target: Target, sizes: Sequence[int], rounds: int) -> list[UploadRun]:
+    """Per size and method, one unmeasured upload (it warms the connections and checks the
+    route), then `rounds` measured ones of the same bytes to the same key."""
+    runs = []
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        print(f"uploading {len(sizes)} sizes both ways...", file=sys.stderr)
+        progress = Progress(len(METHODS) * len(sizes) * rounds)
+        for size in sizes:
+            body = os.urandom(size)
+            for method in METHODS:
+                url = f"{target.base}{UPLOAD_PREFIXES[method]}/{size}.bin"
+                await upload(session, url, body, target.headers)
+                run = UploadRun(size, method)
+                before = await _metrics(session, target)
+                cpu_before = _cpu_seconds(target.pid)
+                for _ in range(rounds):
+                    seconds, stored, direct = await upload(session, url, body, target.headers)
+                    run.total.append(seconds)
+                    run.proxy_bytes += stored
+                    run.s3_requests += direct
+                    progress.step()
+                after = await _metrics(session, target)
+                run.proxy_cpu = _cpu_seconds(target.pid) - cpu_before
+                run.s3_requests += after["s3_requests"] - before["s3_requests"]
+                runs.append(run)
+    return runs
+
+
 class Progress:
     def __init__(self, total: int) -> None:
         self.total, self.done = total, 0
@@ -540,6 +613,38 @@ def engine_report(runs: Mapping[str, dict[str, list[View]]], tick: float | None 
     return "\n".join(lines)
 
 
+def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = None) -> str:
+    """The uploads comparison as Markdown: per size, a row per method."""
+    tick = cpu_tick() if tick is None else tick
+
+    def cpu_per_upload(run: UploadRun) -> str:
+        if run.proxy_cpu < tick:
+            return f"< {tick / rounds:.2g} s ({BELOW_RESOLUTION})"
+        return f"{run.proxy_cpu / rounds * 1e3:.1f} ms"
+
+    rows = [
+        f"| {_size(run.size)} | {run.method} | {_ms(run.total)} | "
+        f"{_mib(run.proxy_bytes / rounds)} | {run.s3_requests / rounds:g} | {cpu_per_upload(run)} |"
+        for run in runs
+    ]
+    lines = [
+        "## Uploads",
+        "",
+        f"The same bytes uploaded {rounds} time(s) per size and method (after one unmeasured "
+        "upload), to a key that is overwritten. stream: `PUT` through the proxy, which passes "
+        "the body on to S3. redirect: `PUT` to the proxy, answered `307` before the body (the "
+        "client sends `Expect: 100-continue`), then the same `PUT` to the presigned URL. Bytes "
+        "through the proxy are the upload bytes it stored; S3 requests include the proxy's own.",
+        "",
+        "| size | method | median time per upload (client) | bytes through the proxy per "
+        "upload | S3 requests per upload | proxy CPU per upload |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    return "\n".join(lines)
+
+
 CHART = "comparison.png"  # beside report.md, which links it
 COLOURS = {"stream": "#3867d6", "redirect": "#e17a16"}  # as on the demo page
 
@@ -644,9 +749,14 @@ def run_config_bench(
 
 
 def run_bench(
-    out: Path, rounds: int, sizes: tuple[int, ...] = SIZES, engines: Sequence[str] = ENGINES
+    out: Path,
+    rounds: int,
+    sizes: tuple[int, ...] = SIZES,
+    engines: Sequence[str] = ENGINES,
+    upload_sizes: Sequence[int] = UPLOAD_SIZES,
 ) -> int:
-    """Bench the default world: the demo's S3 in this process, objects of `sizes`."""
+    """Bench the default world: the demo's S3 in this process, objects of `sizes`, and
+    uploads of `upload_sizes`."""
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
@@ -660,6 +770,9 @@ def run_bench(
             client.put_object(Bucket="bench", Key=f"objects/{size}.bin", Body=os.urandom(size))
         config = parse_config(yaml.safe_dump(_demo_config(s3.endpoint)), env={})
         plan = plan_bench(config, [f"/objects/{size}.bin" for size in sizes])
+        # Upload routes are the bench's own, not copies of a route the plan picked.
+        routes = [*plan.config["routes"], *_upload_routes()]
+        plan = replace(plan, config={**plan.config, "routes": routes})
         # The proxy process gets test credentials for moto; this process's env is untouched.
         env = {
             **os.environ,
@@ -674,7 +787,7 @@ def run_bench(
             "away), every extra hop costs that much more."
         )
         token = _mint_token(config, plan, {"sub": "bench"})
-        return _run(plan, token, env, out, rounds, about, engines)
+        return _run(plan, token, env, out, rounds, about, engines, upload_sizes)
     finally:
         s3.stop()
 
@@ -712,6 +825,27 @@ def _demo_config(endpoint: str) -> dict[str, Any]:
     }
 
 
+def _upload_routes() -> list[dict[str, Any]]:
+    """A stream-upload and a redirect-upload route into the bench bucket, one per method."""
+    return [
+        {
+            "name": f"bench-uploads/{method}",
+            "match": UPLOAD_PREFIXES[method] + "/{name}",
+            "bucket": "bench",
+            "key": "uploads/" + method + "/{name}",
+            "delivery": method,
+            "access": "authenticated",
+            "methods": ["GET", "HEAD", "PUT"],
+            "upload": {
+                "max_bytes": 64 * 2**20,
+                "content_types": [UPLOAD_TYPE],
+                "overwrite": True,  # every round uploads to the same key
+            },
+        }
+        for method in METHODS
+    ]
+
+
 def _mint_token(config: Config, plan: Plan, claims: Mapping[str, Any]) -> str | None:
     if not plan.needs_token:
         return None
@@ -732,11 +866,15 @@ def _run(
     rounds: int,
     about: str,
     engines: Sequence[str] = ENGINES,
+    upload_sizes: Sequence[int] = (),
 ) -> int:
+    """Measure `plan` with each engine; uploads of `upload_sizes` (the plan has the routes
+    for them) with the first engine only."""
     out.mkdir(parents=True, exist_ok=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     runs: dict[str, dict[str, list[View]]] = {}
     sizes: list[int] = []
+    uploads: list[UploadRun] = []
     for engine in engines:
         print(f"s3.engine: {engine}", file=sys.stderr)
         config = {**plan.config, "s3": {**plan.config.get("s3", {}), "engine": engine}}
@@ -747,6 +885,8 @@ def _run(
             target = Target(proxy.base, proxy.pid, plan.paths, headers)
             try:
                 sizes, runs[engine] = asyncio.run(measure(target, rounds))
+                if upload_sizes and engine == engines[0]:
+                    uploads = asyncio.run(measure_uploads(target, upload_sizes, rounds))
             except aiohttp.ClientError as exc:  # the metrics endpoint: the proxy itself is gone
                 tail = proxy.output_tail()
                 raise BenchError(f"lost the proxy ({exc}); its last output:{tail}") from None
@@ -756,6 +896,8 @@ def _run(
     picture = chart(results, objects, out)
     linked = picture.name if picture else None
     text = report(results, objects, rounds, notes, chart=linked)
+    if uploads:
+        text += "\n" + upload_report(uploads, rounds)
     if len(runs) > 1:
         text += "\n" + engine_report(runs)
     (out / "report.md").write_text(text)
@@ -763,6 +905,8 @@ def _run(
     (out / "results.json").write_text(json.dumps(raw, indent=1))
     by_engine = {e: {m: [v.__dict__ for v in vs] for m, vs in r.items()} for e, r in runs.items()}
     (out / "engines.json").write_text(json.dumps(by_engine, indent=1))
+    if uploads:
+        (out / "uploads.json").write_text(json.dumps([u.__dict__ for u in uploads], indent=1))
     print(text)
     print(
         f"report: {out / 'report.md'}"

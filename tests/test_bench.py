@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from proxy.bench import View, chart, draw_charts, report, run_bench
+from proxy.bench import UploadRun, View, chart, draw_charts, report, run_bench, upload_report
 
 
 def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys) -> None:
-    assert run_bench(tmp_path, rounds=1, sizes=(10 * 1024, 100 * 1024)) == 0
+    assert run_bench(tmp_path, rounds=1, sizes=(10 * 1024, 100 * 1024), upload_sizes=(4096,)) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| bytes sent through the proxy |" in report
     # The charts, beside the report and linked from it.
@@ -34,6 +34,26 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
         )
     assert "| | builtin | aiobotocore |" in report
     assert "| proxy CPU per request |" in report
+    # Uploads: the same bytes through the proxy, and past it by a 307 to a presigned PUT.
+    assert "## Uploads" in report
+    stream_upload, redirect_upload = json.loads((tmp_path / "uploads.json").read_text())
+    assert (stream_upload["method"], stream_upload["size"]) == ("stream", 4096)
+    assert stream_upload["proxy_bytes"] == 4096  # the body went through the proxy
+    assert stream_upload["s3_requests"] == 1  # the proxy's PutObject
+    assert (redirect_upload["method"], redirect_upload["proxy_bytes"]) == ("redirect", 0)
+    assert redirect_upload["s3_requests"] == 1  # the client's PUT to the presigned URL
+    assert "| 4 KiB | stream |" in report and "| 4 KiB | redirect |" in report
+
+
+def test_upload_report_rows_per_size_and_method() -> None:
+    runs = [
+        UploadRun(8 * 2**20, "stream", [0.1, 0.3], 16 * 2**20, 2, 0.09),
+        UploadRun(8 * 2**20, "redirect", [0.05, 0.07], 0, 2, 0.0),
+    ]
+    text = upload_report(runs, rounds=2, tick=0.01)
+    below = "(below what this run can measure; use more --rounds or larger objects)"
+    assert "| 8 MiB | stream | 200.0 ms | 8.0 MiB | 1 | 45.0 ms |" in text
+    assert f"| 8 MiB | redirect | 60.0 ms | 0 B | 1 | < 0.005 s {below} |" in text
 
 
 def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:
