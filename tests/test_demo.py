@@ -112,6 +112,65 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
     refused.value.close()  # its socket, now, not whenever the garbage collector finds it
 
 
+def _demo_token(demo: str, role: str) -> str:
+    """The token the demo's sign-in page sets as a cookie for `role`."""
+
+    class Keep(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None  # the 302 itself carries the cookie
+
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.build_opener(Keep).open(f"{demo}/_demo/login?as={role}", timeout=10)
+    cookies = answer.value.headers.get_all("Set-Cookie")
+    answer.value.close()
+    return next(c.split(";")[0].split("=", 1)[1] for c in cookies if c.startswith("access_token="))
+
+
+def _put(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """PUT `body`; the status and headers, without following a redirect."""
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    request = urllib.request.Request(url, data=body, headers=headers, method="PUT")
+    try:
+        with urllib.request.build_opener(Stay).open(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as refused:
+        refused.close()
+        return refused.code, dict(refused.headers)
+
+
+def test_employees_upload_pictures_to_their_own_folder_both_ways(demo: str) -> None:
+    picture = portrait_png(48, 2)
+    png = {"Content-Type": "image/png"}
+    # Anonymous: refused before any byte goes to S3.
+    for path in ("/stream/uploads/me.png", "/uploads/me.png"):
+        assert _put(demo + path, picture, png)[0] == 401
+    employee = {**png, "Authorization": "Bearer " + _demo_token(demo, "employee")}
+    # Stream: through the proxy, 201.
+    status, headers = _put(demo + "/stream/uploads/me.png", picture, employee)
+    assert (status, headers["Location"]) == (201, "/stream/uploads/me.png")
+    # Redirect: 307 to a presigned PUT, which the client repeats with the same type.
+    status, headers = _put(demo + "/uploads/me-too.png", picture, employee)
+    assert status == 307
+    assert _put(headers["Location"], picture, png)[0] == 200
+    # Each reads back by either route, from the employee's folder; not from the admin's.
+    read = {"Authorization": employee["Authorization"]}
+    for path in ("/stream/uploads/me.png", "/stream/uploads/me-too.png"):
+        request = urllib.request.Request(demo + path, headers=read)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.read() == picture
+    admin = {"Authorization": "Bearer " + _demo_token(demo, "admin")}
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(
+            urllib.request.Request(demo + "/stream/uploads/me.png", headers=admin), timeout=10
+        )
+    assert missing.value.code == 404
+    missing.value.close()
+
+
 def _chromium_or_skip() -> Any:
     if not Path(CHROMIUM).exists():
         pytest.skip(
@@ -171,6 +230,49 @@ def test_both_methods_in_a_real_browser(demo: str, tmp_path: Path) -> None:
             assert saved.read_text().startswith("quarter,revenue")
             page.screenshot(path=str(tmp_path / "demo-admin.png"), full_page=True)
             print(f"\nscreenshots: {tmp_path / 'demo-employee.png'}, {tmp_path / 'demo-admin.png'}")
+        finally:
+            browser.close()
+
+
+def test_upload_a_picture_both_ways_in_a_real_browser(demo: str, tmp_path: Path) -> None:
+    """The page's upload: by stream (201 from the proxy) and by redirect (the browser follows
+    the 307 to S3 itself), each picture then shown from the route it went up by."""
+    sync_api = _chromium_or_skip()
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(portrait_png(64, 4))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1100, "height": 1500}).new_page()
+            page.goto(demo + "/_demo/login?as=employee", wait_until="networkidle")
+            page.set_input_files("#upload-file", str(picture))
+            for method, status, said in (
+                ("stream", "201", "stream: 201 from the proxy"),
+                ("redirect", "200", "redirect: 200 from S3, after a 307 from the proxy"),
+            ):
+                page.click(f"#upload-{method}")
+                page.wait_for_selector(f"#upload-shown img[data-method={method}]")
+                assert page.get_attribute("#upload-result", "data-status") == status
+                assert page.inner_text("#upload-result").startswith(said)
+                page.wait_for_function(
+                    f"(() => {{ const i = document.querySelector("
+                    f"'#upload-shown img[data-method={method}]'); return i.complete; }})()"
+                )
+                width = page.evaluate(
+                    f"document.querySelector('#upload-shown img[data-method={method}]')"
+                    ".naturalWidth"
+                )
+                assert width == 64
+            page.screenshot(path=str(tmp_path / "upload-employee.png"), full_page=True)
+
+            # Anonymous: the proxy refuses the upload.
+            page = browser.new_context().new_page()
+            page.goto(demo + "/_demo/login?as=anonymous", wait_until="networkidle")
+            page.set_input_files("#upload-file", str(picture))
+            page.click("#upload-redirect")
+            page.wait_for_selector("#upload-result[data-status]")
+            assert page.get_attribute("#upload-result", "data-status") == "401"
+            assert page.inner_text("#upload-result").startswith("redirect: 401 sign in first")
         finally:
             browser.close()
 

@@ -26,6 +26,7 @@ from .s3 import CountingS3
 
 PHOTO_SIZES = (96, 128, 192, 256, 320, 384)  # px: six employees, images of different weights
 BIG_FILE_BYTES = 24 * 1024 * 1024
+UPLOAD_MAX_BYTES = 5 * 1024 * 1024
 TOKEN_TTL = 12 * 3600
 
 
@@ -58,6 +59,28 @@ def build_routes() -> list[dict[str, Any]]:
             "stable": 3600,
             "cache_control": "private, max-age=3600",
         },
+        # Uploads, each user into their own folder (the key names the token's sub): a PUT
+        # through the proxy, or a PUT answered 307 to a presigned PUT straight to S3.
+        *(
+            {
+                "name": f"uploads-{method}",
+                "match": match,
+                "bucket": "hr-private",
+                "key": "uploads/{claims.sub}/{name}",
+                "delivery": method,
+                "access": "authenticated",
+                "methods": ["GET", "HEAD", "PUT"],
+                "upload": {
+                    "max_bytes": UPLOAD_MAX_BYTES,
+                    "content_types": ["image/*"],
+                    "overwrite": True,  # uploading a picture again replaces it
+                },
+            }
+            for method, match in (
+                ("stream", "/stream/uploads/{name}"),
+                ("redirect", "/uploads/{name}"),
+            )
+        ),
         {
             "name": "admin-reports",
             "match": "/admin/reports/{path:.+}",

@@ -237,6 +237,46 @@ async function viewGalleries(photos) {
   await refreshTotals();
 }
 
+const UPLOAD_PREFIXES = { stream: "/stream/uploads/", redirect: "/uploads/" };
+
+async function uploadPicture(method) {
+  // A PUT with the cookie's token. By redirect, the browser follows the 307 itself: same
+  // method, body and Content-Type, to S3 (which sees neither the cookie nor the token).
+  const file = document.getElementById("upload-file").files[0];
+  if (!file) { set("upload-result", "choose a picture first"); return; }
+  const name = method + "-" + file.name.replace(/[^A-Za-z0-9._-]/g, "_");
+  const path = UPLOAD_PREFIXES[method] + name;
+  let answer;
+  try {
+    answer = await fetch(path, {
+      method: "PUT", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
+    });
+  } catch (error) {
+    set("upload-result", `${method}: the upload failed (${error.message})`);
+    return;
+  }
+  const result = document.getElementById("upload-result");
+  result.dataset.status = String(answer.status);
+  if (!answer.ok) {
+    let error = "";
+    try { error = (await answer.json()).error || ""; } catch { /* S3's XML, not the proxy's JSON */ }
+    const advice = { 401: "sign in first" }[answer.status] || "";
+    set("upload-result", `${method}: ${answer.status} ` + [advice, error ? `(${error})` : ""].filter(Boolean).join(" "));
+    return;
+  }
+  // By stream, the proxy's 201; by redirect, S3's 200 at the end of the redirect.
+  set("upload-result", `${method}: ${answer.status} from ${answer.redirected ? "S3, after a 307 from the proxy" : "the proxy"}; shown below from ${path}`);
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  const caption = document.createElement("figcaption");
+  img.alt = name;
+  img.dataset.method = method;
+  img.src = path + "?v=" + Date.now();  // a new query each time: never an older copy
+  caption.textContent = method + ": " + name;
+  figure.append(img, caption);
+  document.getElementById("upload-shown").prepend(figure);
+}
+
 async function main() {
   const info = await (await fetch("/_demo/info", { cache: "no-store" })).json();
   document.getElementById("share-link").href = info.share_link;
@@ -249,6 +289,9 @@ async function main() {
       : answer.status + ": " + (await answer.json()).error);
     if (answer.ok) location.href = "/admin/reports/q4-report.csv";
   });
+  for (const method of KINDS) {
+    document.getElementById("upload-" + method).addEventListener("click", () => uploadPicture(method));
+  }
   await viewGalleries(info.photos);
   setInterval(refreshTotals, 2000);
 }
