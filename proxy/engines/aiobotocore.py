@@ -35,7 +35,6 @@ from botocore.loaders import create_loader
 
 from ..config import S3Settings
 from ..errors import ProxyError, StorageBusy, UpstreamError, UpstreamTimeout
-from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
@@ -44,11 +43,11 @@ from ..storage import (
     error_for_status,
     translate_errors,
 )
-from .signing import Signer
+from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
 
-class AiobotocoreStorage:
+class AiobotocoreStorage(SignedByTheProxy):
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
         session = get_session()
@@ -162,52 +161,6 @@ class AiobotocoreStorage:
     def pool_load(self) -> tuple[int, int]:
         """(S3 connections in use, requests waiting for one), for the metrics."""
         return self._slots.in_use, self._slots.waiting
-
-    async def credentials(self) -> Credentials:
-        return await self._signer.credentials("presign")
-
-    def presign(
-        self,
-        credentials: Credentials,
-        method: str,
-        bucket: str,
-        key: str,
-        lifetime: Lifetime,
-        overrides: Mapping[str, str] | None = None,
-    ) -> str:
-        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
-
-    @property
-    def writes(self) -> ObjectWriter:
-        """Uploads' S3 calls, over an aiobotocore client of their own created on the first
-        upload (engines/writes.py): uploads never hold one of the reads' connections."""
-        return self._writes
-
-    def presign_put(
-        self,
-        credentials: Credentials,
-        bucket: str,
-        key: str,
-        lifetime: Lifetime,
-        content_type: str,
-        content_length: int,
-    ) -> str:
-        return self._signer.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length
-        )
-
-    def presign_post(
-        self,
-        credentials: Credentials,
-        bucket: str,
-        key: str,
-        content_type: str,
-        max_bytes: int,
-        lifetime: Lifetime,
-    ) -> PostForm:
-        return self._signer.presign_post(
-            credentials, bucket, key, content_type, max_bytes, lifetime
-        )
 
 
 @functools.cache

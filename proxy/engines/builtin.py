@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 
 from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
-from ..presign import Credentials, Lifetime, PostForm, sign_request
+from ..presign import sign_request
 from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
@@ -30,13 +30,13 @@ from ..storage import (
     xml_field,
 )
 from ..upstream import MalformedResponse, Origin, Pool, Response
-from .signing import Signer
+from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
 MAX_ERROR_BODY = 16 * 1024
 
 
-class BuiltinStorage:
+class BuiltinStorage(SignedByTheProxy):
     """Reads objects over one pool of keep-alive connections, signing each request itself
     (SigV4). Opened at start-up, closed at exit."""
 
@@ -182,52 +182,6 @@ class BuiltinStorage:
         """(S3 connections in use, requests waiting for one), for the metrics."""
         pool = self._pool
         return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
-
-    async def credentials(self) -> Credentials:
-        return await self._signer.credentials("presign")
-
-    def presign(
-        self,
-        credentials: Credentials,
-        method: str,
-        bucket: str,
-        key: str,
-        lifetime: Lifetime,
-        overrides: Mapping[str, str] | None = None,
-    ) -> str:
-        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
-
-    @property
-    def writes(self) -> ObjectWriter:
-        """Uploads' S3 calls, over an aiobotocore client of their own created on the first
-        upload (engines/writes.py): uploads never hold one of the reads' connections."""
-        return self._writes
-
-    def presign_put(
-        self,
-        credentials: Credentials,
-        bucket: str,
-        key: str,
-        lifetime: Lifetime,
-        content_type: str,
-        content_length: int,
-    ) -> str:
-        return self._signer.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length
-        )
-
-    def presign_post(
-        self,
-        credentials: Credentials,
-        bucket: str,
-        key: str,
-        content_type: str,
-        max_bytes: int,
-        lifetime: Lifetime,
-    ) -> PostForm:
-        return self._signer.presign_post(
-            credentials, bucket, key, content_type, max_bytes, lifetime
-        )
 
 
 async def _read_chunks(response: Response) -> AsyncIterator[bytes]:

@@ -28,6 +28,7 @@ from ..presign import (
     presign_url,
 )
 from ..storage import OVERRIDE_PARAMS, translate_errors
+from .writes import ObjectWriter
 
 log = logging.getLogger("proxy.storage")
 _REREAD_TEMPORARY = 30.0  # seconds between re-reads of refreshable credentials
@@ -150,4 +151,59 @@ class Signer:
             max_bytes=max_bytes,
             signed_at=lifetime.signed_at,
             expires_at=lifetime.expires_at,
+        )
+
+
+class SignedByTheProxy:
+    """The Storage methods both engines answer alike: credentials and presigned URLs from
+    their `Signer`, uploads' S3 calls from their `ObjectWriter`. An engine sets `_signer` and
+    `_writes` in its constructor."""
+
+    _signer: Signer
+    _writes: ObjectWriter
+
+    async def credentials(self) -> Credentials:
+        return await self._signer.credentials("presign")
+
+    def presign(
+        self,
+        credentials: Credentials,
+        method: str,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        overrides: Mapping[str, str] | None = None,
+    ) -> str:
+        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+
+    @property
+    def writes(self) -> ObjectWriter:
+        """Uploads' S3 calls, over an aiobotocore client of their own created on the first
+        upload (engines/writes.py): uploads never hold one of the reads' connections."""
+        return self._writes
+
+    def presign_put(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        lifetime: Lifetime,
+        content_type: str,
+        content_length: int,
+    ) -> str:
+        return self._signer.presign_put(
+            credentials, bucket, key, lifetime, content_type, content_length
+        )
+
+    def presign_post(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        content_type: str,
+        max_bytes: int,
+        lifetime: Lifetime,
+    ) -> PostForm:
+        return self._signer.presign_post(
+            credentials, bucket, key, content_type, max_bytes, lifetime
         )
