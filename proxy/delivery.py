@@ -51,7 +51,6 @@ class Outcome:
     bytes_from_s3: int = 0
     bytes_sent: int = 0
     first_byte: float | None = None  # perf_counter() after the first chunk was written
-    cache_hit: bool = False
     aborted: str | None = None
 
 
@@ -248,7 +247,6 @@ async def _from_cache(
 ) -> web.StreamResponse:
     cached = cache.get(bucket, key, settings.max_age)
     if cached is not None:
-        chunk_outcome.cache_hit = True
         return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
@@ -417,13 +415,12 @@ def wants_json(accept: str | None) -> bool:
     for media_range in accept.split(","):
         media, *params = (part.strip() for part in media_range.split(";"))
         if media.lower() == "application/json":
-            return not any(
-                p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params
-            )
+            return not any(_is_zero_quality(param) for param in params)
     return False
 
 
 def _is_zero_quality(param: str) -> bool:
+    """`q=0` in any spelling (`Q=0.000`, `q = 0.`): the client refuses that type."""
     name, _, value = param.replace(" ", "").partition("=")
     try:
         return name.lower() == "q" and float(value) == 0

@@ -80,3 +80,21 @@ async def test_redirect_is_refused_without_a_token(proxy) -> None:
     response = await client.get("/photos/42", allow_redirects=False)
     assert response.status == 401
     assert "Location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("application/json", True),
+        ("text/html, application/json;q=0.5", True),
+        ("application/json;q=0", False),
+        ("application/json; Q = 0.0000", False),
+        ("application/json;q=0.", False),
+        ("*/*", False),
+        (None, False),
+    ],
+)
+def test_wants_json_reads_any_spelling_of_zero_quality(accept: str | None, expected: bool) -> None:
+    from proxy.delivery import wants_json
+
+    assert wants_json(accept) is expected
