@@ -7,9 +7,7 @@ Installed by scripts/test.sh with npm; skipped with a message where Node is unav
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 
 from .conftest import Clock, bearer, config_dict, make_token
+from .node_s3 import running_node_s3
 
 S3RVER = Path(__file__).parent / "s3rver" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
 PHOTO = b"\xff\xd8 a small jpeg-ish body"
@@ -33,42 +31,21 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("s3rver is not installed (needs Node.js; scripts/test.sh installs it with npm)")
     data = tmp_path_factory.mktemp("s3rver")
     log = data.parent / f"{data.name}.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [
-                node,
-                str(S3RVER),
-                "-d",
-                str(data),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "--configure-bucket",
-                "hr-private",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while not (found := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())):
-            assert process.poll() is None, f"s3rver exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "s3rver did not start"
-            time.sleep(0.05)
-        endpoint = f"http://127.0.0.1:{found.group(1)}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="S3RVER",
-            aws_secret_access_key="S3RVER",
-        )
+    command = [
+        node,
+        str(S3RVER),
+        "-d",
+        str(data),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--configure-bucket",
+        "hr-private",
+    ]
+    with running_node_s3(command, log) as (endpoint, client):
         client.put_object(Bucket="hr-private", Key="employees/42/photo.jpg", Body=PHOTO)
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

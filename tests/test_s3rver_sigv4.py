@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 
 from .conftest import bearer, config_dict, make_token
+from .node_s3 import running_node_s3
 
 pytestmark = pytest.mark.both_engines
 
@@ -42,26 +39,8 @@ def s3rver5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     data = tmp_path_factory.mktemp("s3rver5")
     log = data.parent / f"{data.name}.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [node, str(S3RVER5 / "start.js"), str(data), "hr-private"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while not (found := re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())):
-            assert process.poll() is None, f"s3rver exited: {log.read_text()}"
-            assert time.monotonic() < deadline, "s3rver did not start"
-            time.sleep(0.05)
-        endpoint = f"http://127.0.0.1:{found.group(1)}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="S3RVER",
-            aws_secret_access_key="S3RVER",
-        )
+    command = [node, str(S3RVER5 / "start.js"), str(data), "hr-private"]
+    with running_node_s3(command, log) as (endpoint, client):
         client.put_object(
             Bucket="hr-private",
             Key="employees/42/photo.jpg",
@@ -69,9 +48,6 @@ def s3rver5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ContentType="image/jpeg",
         )
         yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
