@@ -30,6 +30,9 @@ from pydantic import (
 from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
+from .redisurl import check_url as check_redis_url
+from .redisurl import is_sentinel as is_sentinel_url
+from .redisurl import uses_tls
 from .routing import KeyTemplate, PathPattern, TemplateError, compile_pattern, compile_template
 from .ssec import CustomerKey
 
@@ -620,30 +623,49 @@ class WhenStateDown(_Model):
     revocations: Literal["open", "closed"] = "closed"
 
 
+class StateTls(_Model):
+    """TLS to Redis (and to Sentinel), for `rediss://` and `rediss+sentinel://` URLs."""
+
+    ca_file: Path | None = None  # PEM certificates to trust; unset: the system's store
+    cert_file: Path | None = None  # a client certificate, for a Redis that asks for one
+    key_file: Path | None = None  # its private key (PEM, unencrypted)
+    check_hostname: bool = True  # the certificate must name the host in the URL
+
+
 class StateSettings(_Model):
     """Where revocations, rate limits and stream caps live: this process (`memory`), or a
     Redis shared by every worker and replica (`redis`)."""
 
     backend: Literal["memory", "redis"] = "memory"
-    # redis://[:password@]host:port/db, rediss:// for TLS, unix:///path; secret (it may hold
-    # a password), so never shown in errors or logs.
+    # redis://[:password@]host:port/db, rediss:// for TLS, unix:///path, or a master found
+    # through Sentinel (redis+sentinel://host:26379,host2:26379/mymaster/0); secret (it may
+    # hold a password), so never shown in errors or logs.
     url: SecretStr | None = None
     key_prefix: str = Field("s3proxy:", min_length=1, max_length=64)
     # Longest any request waits for Redis (connect, pool wait and command together).
     timeout: float = Field(0.25, gt=0, le=10)
     max_connections: int = Field(64, ge=1, le=10000)
     when_down: WhenStateDown = Field(default_factory=WhenStateDown)
+    # Seconds a process keeps serving on its copy of the revocations while Redis is
+    # unreachable (nobody can revoke meanwhile: that needs Redis); past it, when_down decides.
+    outage_grace: float = Field(30.0, ge=0, le=3600)
+    # The sentinels' own password (`requirepass` in sentinel.conf), when they have one; the
+    # URL's password is the master's.
+    sentinel_password: SecretStr | None = None
+    tls: StateTls = Field(default_factory=StateTls)
 
     @field_validator("url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None  # `url: ${REDIS_URL:-}` with the variable unset
-        if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"
-            )
+        check_redis_url(value.get_secret_value())
         return value
+
+    @field_validator("sentinel_password")
+    @classmethod
+    def _unset_if_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
 
 class RevocationSettings(_Model):
@@ -758,6 +780,7 @@ def parse_config(
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
+    settings = _resolve_state_tls(settings, base_dir or Path.cwd(), problems)
     _check_paths(settings, problems)
     if problems:
         raise ConfigError(problems)
@@ -861,7 +884,12 @@ def _describe_validation_error(exc: ValidationError, data: Any) -> list[str]:
         if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
             shown = error["input"]
             # A Redis URL may carry a password, like a secret.
-            secret = "secret" in loc or "sse_customer_key" in loc or loc == _URL
+            secret = (
+                "secret" in loc
+                or "sse_customer_key" in loc
+                or loc == _URL
+                or "sentinel_password" in loc
+            )
             if not isinstance(shown, dict | list) and not secret:
                 message += f" (got {shown!r})"
         problems.append(f"{_location(loc, data)}: {message}")
@@ -1108,6 +1136,45 @@ def _check_state(state: StateSettings, problems: list[str]) -> None:
         )
     if state.backend == "memory" and state.url is not None:
         problems.append("state.url: only used with backend redis; set backend: redis or remove it")
+    url = state.url.get_secret_value() if state.url is not None else ""
+    if state.sentinel_password is not None and not is_sentinel_url(url):
+        problems.append(
+            "state.sentinel_password: only used with a redis+sentinel:// or rediss+sentinel:// "
+            "state.url; remove it, or put the password of a plain Redis in the URL"
+        )
+    tls = state.tls
+    if not uses_tls(url):
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(tls, name) is not None:
+                problems.append(
+                    f"state.tls.{name}: only used with a rediss:// or rediss+sentinel:// "
+                    "state.url; use rediss:// for TLS, or remove it"
+                )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        problems.append(
+            "state.tls: cert_file and key_file go together (a client certificate and its key)"
+        )
+
+
+def _resolve_state_tls(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    """TLS files: relative to the config file, and readable now rather than at first use."""
+    tls = settings.state.tls
+    found: dict[str, Path] = {}
+    for name in ("ca_file", "cert_file", "key_file"):
+        given: Path | None = getattr(tls, name)
+        if given is None:
+            continue
+        path = given if given.is_absolute() else base_dir / given
+        try:
+            with path.open("rb") as file:
+                file.read(1)
+        except OSError as exc:
+            problems.append(f"state.tls.{name}: cannot read {path} ({exc.strerror})")
+        found[name] = path.absolute()
+    if not found:
+        return settings
+    state = settings.state.model_copy(update={"tls": tls.model_copy(update=found)})
+    return settings.model_copy(update={"state": state})
 
 
 def _check_paths(settings: Settings, problems: list[str]) -> None:

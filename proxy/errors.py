@@ -185,8 +185,8 @@ class StateUnavailable(ProxyError):
     status = 503
     detail = "temporarily unavailable, try again"
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, headers={"Retry-After": "1"})
+    def __init__(self, reason: str, *, detail: str | None = None) -> None:
+        super().__init__(reason, detail=detail, headers={"Retry-After": "1"})
 
 
 class NotModified(Exception):

@@ -36,23 +36,29 @@ def _shared(s3: S3Objects, redis: RedisServer, **sections: Any) -> dict[str, Any
 
 
 @contextmanager
-def _replica(data: dict[str, Any], tmp_path: Path, name: str) -> Iterator[str]:
-    """A `python -m proxy serve` process; yields its base URL."""
+def _replica(
+    data: dict[str, Any], tmp_path: Path, name: str, logs: list[str] | None = None
+) -> Iterator[str]:
+    """A `python -m proxy serve` process; yields its base URL. Its log goes to `logs` when
+    it has stopped. Its output goes to files: a pipe nobody reads while the test runs would
+    fill up (the access log) and stop the process mid-test."""
     port = free_port()
     data = {**data, "listen": {"host": "127.0.0.1", "port": port}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            cwd=REPO,
+        )
     try:
         deadline = time.monotonic() + 30
         while _get(f"http://127.0.0.1:{port}/public/42")[0] == 0:
-            assert process.poll() is None, process.communicate()
+            assert process.poll() is None, err.read_text()
             assert time.monotonic() < deadline, "proxy did not start"
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
@@ -62,17 +68,33 @@ def _replica(data: dict[str, Any], tmp_path: Path, name: str) -> Iterator[str]:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-        _, stderr = process.communicate(timeout=20)
-        assert "Traceback" not in stderr, stderr
+            process.wait(timeout=20)
+        log = err.read_text()
+        if logs is not None:
+            logs.append(out.read_text() + log)
+        assert "Traceback" not in log, log
 
 
 @contextmanager
-def _replicas(data: dict[str, Any], tmp_path: Path) -> Iterator[tuple[str, str]]:
+def _replicas(
+    data: dict[str, Any], tmp_path: Path, logs: list[str] | None = None
+) -> Iterator[tuple[str, str]]:
     with ExitStack() as stack:
         yield (
-            stack.enter_context(_replica(data, tmp_path, "a")),
-            stack.enter_context(_replica(data, tmp_path, "b")),
+            stack.enter_context(_replica(data, tmp_path, "a", logs)),
+            stack.enter_context(_replica(data, tmp_path, "b", logs)),
         )
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "revoke", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -148,14 +170,7 @@ def test_the_cli_writes_redis_and_every_replica_follows(
     config.write_text(yaml.safe_dump(data))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "proxy", "revoke", "--config", str(config), *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=30,
-            check=False,
-        )
+        return _cli(config, *args)
 
     with _replicas(data, tmp_path) as (a, b):
         done = cli("--jti", "lost-laptop")
@@ -187,29 +202,94 @@ def test_a_rate_limit_is_n_across_both_replicas_not_2n(
     assert statuses.count(429) == 6
 
 
-def test_with_redis_stopped_limits_fail_open_revocations_closed_and_both_recover(
+def test_with_redis_stopped_replicas_serve_on_their_copy_then_refuse_and_both_recover(
     s3: S3Objects, redis_server: RedisServer, tmp_path: Path
 ) -> None:
+    # The exact bounds are checked on an injected clock (test_state_recovery.py); here, two
+    # real processes show the whole course with a grace long enough for a busy machine.
+    grace = 5
     limits = {"rate_limit": {"per_client": {"rate": 1000, "burst": 1000}}}
-    token = make_token("alice")
-    with _replicas(_shared(s3, redis_server, limits=limits), tmp_path) as (a, b):
-        assert _get(f"{a}/stream/photos/42", token)[0] == 200
+    data = _shared(s3, redis_server, limits=limits, state={"outage_grace": grace})
+    bob, old = make_token("bob"), make_token("alice", now=time.time() - 10)
+    admin = make_token("root", role="admin")
+    logs: list[str] = []
+    with _replicas(data, tmp_path, logs) as (a, b):
+        assert _get(f"{a}/_admin/revocations", admin, "POST", {"sub": "alice"})[0] == 201
+        _until(lambda: all(_get(f"{base}/photos/42", old)[0] == 401 for base in (a, b)), 1.0)
         redis_server.stop()
-        # Revocations are not confirmed past STALE_AFTER: tokens are refused, 503.
+        # Inside state.outage_grace: served on each process's copy, which still refuses alice.
         for base in (a, b):
-            _until(lambda: _get(f"{base}/photos/42", token)[0] == 503, within=STALE_AFTER + 2)  # noqa: B023
-        status, headers, _ = _get(f"{a}/photos/42", token)
+            assert _get(f"{base}/stream/photos/42", bob)[0] == 200
+            assert _get(f"{base}/photos/42", old)[0] == 401
+        # Nobody can revoke meanwhile: the admin endpoint says so and changes nothing.
+        status, headers, body = _get(f"{b}/_admin/revocations", admin, "POST", {"sub": "bob"})
+        assert (status, headers.get("Retry-After")) == (503, "1")
+        assert json.loads(body) == {
+            "error": "revocation not stored: the shared state (Redis) is unreachable; try again"
+        }
+        # Past the grace: tokens are refused, 503.
+        for base in (a, b):
+            _until(lambda: _get(f"{base}/photos/42", bob)[0] == 503, within=grace + 3)  # noqa: B023
+        status, headers, _ = _get(f"{a}/photos/42", bob)
         assert (status, headers.get("Retry-After")) == (503, "1")
         # Rate limits let requests through, and no request waits past state.timeout.
         started = time.monotonic()
         assert _get(f"{a}/public/42")[0] == 200
         assert _get(f"{b}/public/42")[0] == 200
         assert time.monotonic() - started < 2 * (0.25 + 0.5)
-        redis_server.start()
+        redis_server.start()  # empty: it kept nothing
         _until(
-            lambda: all(_get(f"{base}/stream/photos/42", token)[0] == 200 for base in (a, b)),
+            lambda: all(_get(f"{base}/stream/photos/42", bob)[0] == 200 for base in (a, b)),
             within=5,
         )
+        for base in (a, b):
+            assert _get(f"{base}/photos/42", old)[0] == 401
+            assert _get(f"{base}/stream/photos/42", bob)[0] == 200  # bob was never revoked
+    for log in logs:
+        assert "state backend redis unreachable" in log
+        assert f"after state.outage_grace ({grace} s) tokens are refused (503)" in log
+        assert "reachable again after" in log
+
+
+def test_a_redis_restarted_empty_gets_the_revocations_back_from_the_replicas(
+    s3: S3Objects, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    data = _shared(s3, redis_server)
+    config = tmp_path / "cli.yaml"
+    config.write_text(yaml.safe_dump(data))
+    lost = make_token("carol", now=time.time() - 10, jti="lost-laptop")
+    old = make_token("alice", now=time.time() - 10)
+    logs: list[str] = []
+    with _replicas(data, tmp_path, logs) as (a, b):
+        assert _cli(config, "--jti", "lost-laptop").returncode == 0
+        assert _cli(config, "--sub", "alice").returncode == 0
+
+        def refused_by(*bases: str) -> bool:
+            return all(
+                _get(f"{base}/stream/photos/42", token)[0] == 401
+                for base in bases
+                for token in (lost, old)
+            )
+
+        _until(lambda: refused_by(a, b), within=1.0)
+        redis_server.stop()
+        redis_server.start()  # without persistence: empty
+        # Refused all along, and written back within a poll or two.
+        for _ in range(10):
+            assert refused_by(a, b)
+
+        def listed() -> set[str]:
+            lines = _cli(config, "--list").stdout.splitlines()
+            return {json.loads(line).get("jti") or json.loads(line)["sub"] for line in lines}
+
+        _until(lambda: listed() == {"lost-laptop", "alice"}, within=2.0)
+        # A replica started after the loss refuses what was revoked before it.
+        with _replica(data, tmp_path, "c") as c:
+            assert refused_by(c)
+            assert _get(f"{c}/stream/photos/42", make_token("alice"))[0] == 200  # a new sign-in
+    warned = [line for log in logs for line in log.splitlines() if "lost revocations" in line]
+    assert len(warned) == 2, logs  # one line from each replica
+    assert any("written back: " in line for line in warned), warned
 
 
 # --- in this process: two gateways sharing one Redis -------------------------------------
@@ -217,7 +297,7 @@ def test_with_redis_stopped_limits_fail_open_revocations_closed_and_both_recover
 
 async def test_when_down_can_be_reversed(proxy, s3: S3Objects, redis_server: RedisServer) -> None:
     limits = {"rate_limit": {"per_client": {"rate": 1000, "burst": 1000}}}
-    state = {"when_down": {"limits": "closed", "revocations": "open"}}
+    state = {"when_down": {"limits": "closed", "revocations": "open"}, "outage_grace": 0}
     client = await proxy(_shared(s3, redis_server, limits=limits, state=state))
     token = make_token("alice")
     assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 200
@@ -313,11 +393,12 @@ async def test_changes_reach_other_processes_through_the_log_gaps_and_wipes_relo
             direct.xtrim("s3proxy:revocations:log", maxlen=1, approximate=False)
         await _until_async(lambda: len(reader.revoked) == 6)
 
-        # Redis lost its data: the copy follows it (empty), not the memory of it.
+        # Redis lost its data: the copies are written back to it, not replaced by nothing.
         with redis.Redis.from_url(redis_server.url) as direct:
             direct.flushdb()
-        await _until_async(lambda: len(reader.revoked) == 0)
-        assert not reader.revoked.covers(old, time.time())
+            await _until_async(lambda: direct.hlen("s3proxy:revocations") == 6)
+        assert len(reader.revoked) == 6
+        assert reader.revoked.covers(old, time.time())
     finally:
         await writer.close()
         await reader.close()
@@ -346,7 +427,7 @@ async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
     from .conftest import Clock
 
     clock = Clock()
-    data = _shared(s3, redis_server)
+    data = _shared(s3, redis_server, state={"outage_grace": 0})
     client = await proxy(data, clock=clock)
     old = make_token("alice", now=clock.now - 10)
     admin = make_token("root", role="admin", now=clock.now)
@@ -357,7 +438,7 @@ async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
     # The reloaded handler checks against the same state: the revocation still holds, and
     # the new when_down applies.
     path = tmp_path / "config.yaml"
-    state = {"when_down": {"revocations": "open"}}
+    state = {"when_down": {"revocations": "open"}, "outage_grace": 0}
     path.write_text(yaml.safe_dump(_shared(s3, redis_server, state=state)))
     assert reload_gateway(client.server.gateway, path) == "ok"
     assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401

@@ -5,6 +5,10 @@ Readiness runs its checks (credentials, each route's bucket, JWKS keys) at most 
 that comes while a run is under way waits for that run instead of starting another. Each
 check is bounded by `health.timeout`. The answer lists what is wrong, never a secret. Changes
 of state are logged once; probes themselves never are.
+
+A check may also say what is degraded while the process still serves (Redis unreachable, the
+revocations checked on this process's copy): read at each probe, never cached, and shown
+beside the status without making it fail.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ Problem = Awaitable[str | None]
 class Check:
     name: str  # says what was checked: "aws credentials", "bucket hr-private", ...
     run: Callable[[], Problem]  # None when fine, else what is wrong
+    degraded: Callable[[], str | None] | None = None  # what is wrong while still serving
 
 
 class Readiness:
@@ -56,6 +61,15 @@ class Readiness:
             running = self._running = asyncio.ensure_future(self._run())
         # Shielded: a probe that hangs up does not cancel the run the others wait for.
         return await asyncio.shield(running)
+
+    def degraded(self) -> list[str]:
+        """What is wrong now while the proxy still serves; no I/O."""
+        found = []
+        for check in self._checks:
+            note = check.degraded() if check.degraded is not None else None
+            if note is not None:
+                found.append(f"{check.name}: {note}")
+        return found
 
     async def _run(self) -> list[str]:
         try:
@@ -121,9 +135,11 @@ async def ready_response(readiness: Readiness, draining: bool) -> web.Response:
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
+    degraded = readiness.degraded()
+    shown = {"degraded": degraded} if degraded else {}
     if problems:
-        return _json(503, {"status": "not ready", "problems": problems})
-    return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", "problems": problems, **shown})
+    return _json(200, {"status": "ready", **shown})
 
 
 def _json(status: int, body: object) -> web.Response:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +57,20 @@ S3_OPERATIONS = (
     "CompleteMultipartUpload",
     "AbortMultipartUpload",
 )
+# What a state backend failed at (the start of its failure reasons, state/base.py) -> label.
+STATE_OPERATIONS = {
+    "revocations": "revocations",
+    "rate limits": "rate_limits",
+    "stream slots": "stream_slots",
+}
+# (check, decision) -> the Counters field (state/base.py) that counts it.
+STATE_DECISIONS = {
+    ("limits", "let_through"): "limits_let_through",
+    ("limits", "refused"): "limits_refused",
+    ("revocations", "unconfirmed_copy"): "revocations_unconfirmed",
+    ("revocations", "let_through"): "revocations_let_through",
+    ("revocations", "refused"): "revocations_refused",
+}
 # Seconds: from a cached answer on loopback to a large object over a slow link.
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SAMPLE_EVERY = 1.0  # seconds, in a worker of several
@@ -67,6 +81,21 @@ class CacheCounts(Protocol):
 
     hits: int
     misses: int
+
+
+class StateView(Protocol):
+    """What a state backend keeps about itself (proxy/state/base.py): plain numbers, bumped
+    where they happen and read before each scrape."""
+
+    @property
+    def counters(self) -> Any: ...  # state.base.Counters: ints, and by_reason: dict[str, int]
+
+    @property
+    def revoked(self) -> Sized: ...
+
+    def is_up(self) -> bool: ...
+
+    def stale_for(self) -> float | None: ...
 
 
 @dataclass
@@ -186,6 +215,59 @@ class Telemetry:
             registry=registry,
         )
         self._reloads = {outcome: reloads.labels(outcome) for outcome in ("ok", "failed")}
+        state_errors = Counter(
+            "proxy_state_errors",
+            "Calls to the shared state (Redis) that failed, or were skipped while backing off "
+            "after a failure, by operation.",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self._state_errors = {
+            (operation, outcome): state_errors.labels(operation, outcome)
+            for operation in (*STATE_OPERATIONS.values(), "other")
+            for outcome in ("failed", "skipped")
+        }
+        decisions = Counter(
+            "proxy_state_decisions",
+            "Requests decided without the shared state's answer: rate limits let through or "
+            "refused, tokens checked on an unconfirmed copy of the revocations (inside "
+            "state.outage_grace), let through or refused past it.",
+            ["check", "decision"],
+            registry=registry,
+        )
+        self._state_decisions = {key: decisions.labels(*key) for key in STATE_DECISIONS}
+        self._state_restores = Counter(
+            "proxy_state_restores",
+            "Times Redis was found to have lost revocations (restarted empty, flushed, failed "
+            "over to a replica that missed writes).",
+            registry=registry,
+        )
+        self._state_restored = Counter(
+            "proxy_state_restored_revocations",
+            "Revocations this process wrote back to a Redis that had lost them.",
+            registry=registry,
+        )
+        self._state_up = Gauge(
+            "proxy_state_up",
+            "1 while the state backend answers, 0 while it fails (the least of the workers).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._state_unconfirmed = Gauge(
+            "proxy_state_revocations_unconfirmed_seconds",
+            "Seconds this process's copy of the revocations has gone unconfirmed, past the "
+            "one-second bound (0 when current; +Inf before its first load).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._state_revocations = Gauge(
+            "proxy_state_revocations",
+            "Revocations in this process's copy.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._state: StateView | None = None
+        self._state_seen: dict[int, int] = {}  # id(child) -> the count it has been given
         self._series: dict[tuple[str, str, str, int], _RequestSeries] = {}
         self._caches: dict[str, tuple[CacheCounts, list[int]]] = {}
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
@@ -267,6 +349,13 @@ class Telemetry:
     def watch_requests(self, in_flight: Callable[[], int]) -> None:
         self._gauges.append((self._in_flight, in_flight))
 
+    def watch_state(self, state: StateView) -> None:
+        """The state backend's counters and condition (one backend per process)."""
+        self._state, self._state_seen = state, {}
+        self._gauges.append((self._state_up, lambda: 1.0 if state.is_up() else 0.0))
+        self._gauges.append((self._state_unconfirmed, lambda: state.stale_for() or 0.0))
+        self._gauges.append((self._state_revocations, lambda: len(state.revoked)))
+
     def sample(self) -> None:
         """Carry the plainly kept numbers into their series."""
         with self._sampling:
@@ -277,8 +366,31 @@ class Telemetry:
                 if misses > seen[1]:
                     self._cache_misses[name].inc(misses - seen[1])
                 seen[:] = [hits, misses]
+            if self._state is not None:
+                self._sample_state(self._state.counters)
             for gauge, read in self._gauges:
                 gauge.set(read())
+
+    def _sample_state(self, counters: Any) -> None:
+        totals: dict[int, tuple[Any, int]] = {}  # id(child) -> (child, its count now)
+
+        def add(child: Any, count: int) -> None:
+            totals[id(child)] = (child, totals.get(id(child), (child, 0))[1] + count)
+
+        # dict() copies in one step: the event loop may add a reason while a scrape thread reads.
+        for reason, count in dict(counters.by_reason).items():
+            start, _, rest = reason.partition(":")
+            outcome = "skipped" if rest.strip() == "backing off" else "failed"
+            add(self._state_errors[(STATE_OPERATIONS.get(start, "other"), outcome)], count)
+        for decision, name in STATE_DECISIONS.items():
+            add(self._state_decisions[decision], getattr(counters, name))
+        add(self._state_restores, counters.restores)
+        add(self._state_restored, counters.restored)
+        for child_id, (child, count) in totals.items():
+            grown = count - self._state_seen.get(child_id, 0)
+            if grown > 0:
+                child.inc(grown)
+            self._state_seen[child_id] = count
 
     async def sample_periodically(self) -> None:
         """In a worker of several: another process renders, so numbers must be written out."""

@@ -3,7 +3,9 @@
 The caller has passed `admin.access` before this runs. Bodies are small JSON objects:
     POST   {"sub": "alice", "iss": "https://idp.example"} | {"jti": "..."}, optional "ttl"
     DELETE ?sub=alice&iss=... | ?jti=...
-Every refusal is a ProxyError (400, 404, 405, 408, 413, 415) chosen here.
+Every refusal is a ProxyError (400, 404, 405, 408, 413, 415) chosen here, but for one: a
+change or list the shared state cannot take now (Redis unreachable) is the state's 503,
+saying so, and changes nothing.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 the choice between failing open and closed. No I/O.
 
 Rule: the request path never waits on the backend for a revocation. Each process checks its
-own copy (`RevocationList`), which the backend keeps current; if the backend cannot vouch
-that the copy is current (Redis down for longer than the one-second bound), the token is
-refused with 503, or let through when `state.when_down.revocations` is `open`.
+own copy (`RevocationList`), which the backend keeps current. When the backend cannot vouch
+that the copy is current (Redis unreachable past the one-second bound), the copy is still
+enforced for `state.outage_grace` seconds: nobody can revoke meanwhile (that needs Redis),
+so the copy is as complete as it was when Redis went away. Past the grace the token is
+refused with 503, or let through (on the copy) when `state.when_down.revocations` is `open`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,11 @@ class Counters:
     errors: int = 0
     limits_let_through: int = 0
     limits_refused: int = 0
-    revocations_let_through: int = 0
-    revocations_refused: int = 0
+    revocations_unconfirmed: int = 0  # checked on a copy not confirmed, inside the grace
+    revocations_let_through: int = 0  # past the grace, when_down.revocations: open
+    revocations_refused: int = 0  # past the grace, closed (503)
+    restores: int = 0  # times the backend was found to have lost revocations
+    restored: int = 0  # revocations this process wrote back to it
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -79,6 +84,7 @@ class State:
         self._leeway = settings.auth.leeway
         self._max_lifetime = settings.revocation.max_token_lifetime
         self._revocations_closed = settings.state.when_down.revocations == "closed"
+        self._outage_grace = settings.state.outage_grace
         self._limits_closed = settings.state.when_down.limits == "closed"
         limits = settings.limits
         self.streams.limit = limits.max_streams
@@ -95,16 +101,30 @@ class State:
             raise Unauthenticated(refusal, invalid_token=True)
         stale = self.stale_for()
         if stale is not None:
-            if self._revocations_closed:
+            if stale <= self._outage_grace:
+                self.counters.revocations_unconfirmed += 1
+            elif self._revocations_closed:
                 self.counters.revocations_refused += 1
-                raise StateUnavailable(f"revocations not confirmed for {stale:.1f} s")
-            self.counters.revocations_let_through += 1
+                raise StateUnavailable(
+                    f"revocations not confirmed for {stale:.1f} s (past state.outage_grace)"
+                )
+            else:
+                self.counters.revocations_let_through += 1
         if self.revoked.covers(claims, self._clock(), link):
             raise Unauthenticated("token revoked", invalid_token=True, description="token revoked")
 
     def stale_for(self) -> float | None:
         """Seconds the local copy has not been confirmed current, past the bound; else None."""
         return None
+
+    def past_grace(self) -> bool:
+        """True when tokens are no longer checked on the copy alone (see the module rule)."""
+        stale = self.stale_for()
+        return stale is not None and stale > self._outage_grace
+
+    def is_up(self) -> bool:
+        """Whether the backend answered its last call (always, in memory)."""
+        return True
 
     async def take(self, groups: Sequence[BucketGroup]) -> list[TooManyRequests | None]:
         """Spend one token per bucket, group by group: each group's refusal, or None."""
@@ -130,7 +150,11 @@ class State:
         raise NotImplementedError
 
     async def check(self) -> str | None:
-        """For readiness: what is wrong with the backend, or None."""
+        """For readiness: what keeps this process from serving, or None."""
+        return None
+
+    def degraded(self) -> str | None:
+        """For readiness: what is wrong while the process still serves, or None."""
         return None
 
     async def open(self) -> None:

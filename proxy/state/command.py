@@ -21,7 +21,8 @@ from urllib.parse import urlencode, urlsplit
 
 from ..auth import issue_token
 from ..config import Config
-from .redisstate import RedisRevocations, StateDown, redis_client
+from .connect import open_link
+from .redisstate import RedisRevocations, StateDown
 from .revocations import Kind, Revocation, new_revocation
 
 TOKEN_ENV = "PROXY_ADMIN_TOKEN"  # noqa: S105 - the variable's name
@@ -53,9 +54,11 @@ def run_order(
 
 async def _in_redis(config: Config, order: Order) -> int:
     settings = config.settings
-    redis = redis_client(settings.state)
+    link = open_link(settings.state)
     # A person waits on this, not a request: a second is fine, the request timeout is not.
-    store = RedisRevocations(redis, settings.state.key_prefix, max(1.0, settings.state.timeout))
+    store = RedisRevocations(
+        link.redis, settings.state.key_prefix, max(1.0, settings.state.timeout)
+    )
     now = time.time()
     try:
         if order.action == "list":
@@ -76,7 +79,7 @@ async def _in_redis(config: Config, order: Order) -> int:
         print(f"cannot reach Redis at state.url ({exc})", file=sys.stderr)
         return 2
     finally:
-        await redis.aclose(close_connection_pool=True)
+        await link.close()
 
 
 def _entry(config: Config, order: Order, now: float) -> Revocation:

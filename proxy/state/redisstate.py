@@ -7,21 +7,31 @@ Rules:
    and then kept current from a change log (a Redis stream) polled every POLL_INTERVAL: a
    poll with nothing new is one small round trip, and a revocation made on sign-out costs
    every replica one entry, not a reload of the whole list. Each change carries a sequence
-   number; a gap (the log trimmed past us) or a new epoch (a Redis that lost its data) means
-   a full reload. A copy not confirmed for STALE_AFTER is not trusted: `when_down.revocations`
-   decides (refuse, by default).
-3. Rate limits are one script call per request (a token bucket per key, on Redis's own
+   number; a gap (the log trimmed past us) means a full reload. A copy not confirmed for
+   STALE_AFTER is trusted for `state.outage_grace` more (see base.py); then
+   `when_down.revocations` decides (refuse, by default).
+3. Redis that forgets does not take revocations with it. An epoch marker, set by the first
+   process to find none, names the list's history. A Redis that lost its data (restarted
+   without persistence, flushed, or failed over to an empty replica) has no marker or a new
+   one; one that failed over to a replica that missed writes has a change counter behind
+   ours, or a log that disagrees with what we read. Either way each process writes back the
+   revocations it holds that Redis lacks (a newer entry in Redis wins), then reloads, and
+   says in the log what was lost and what it restored. So a process started after the loss
+   refuses what was revoked before it, once any process that held it has polled. The cost:
+   an undo that raced the loss may be undone by it (revoking too much is the safe mistake).
+4. Rate limits are one script call per request (a token bucket per key, on Redis's own
    clock so that replicas with skewed clocks agree), however many buckets it spends.
-4. Stream slots are members of a sorted set scored by a lease deadline, renewed every
+5. Stream slots are members of a sorted set scored by a lease deadline, renewed every
    HEARTBEAT while the stream lasts: a replica that dies leaks its slots for at most LEASE.
-5. When Redis fails, limits fail open and revocations closed (both configurable); every
-   failure is counted, and the change between reachable and not is logged once each way.
-   After a failed limit call, limits are not asked of Redis for BACKOFF (or until the
-   poller reaches it again): a Redis that drops packets would otherwise add the whole
-   timeout to every request.
+6. When Redis fails, limits fail open and revocations closed past the grace (both
+   configurable); every failure is counted, and the change between reachable and not, the
+   end of the grace and a loss of data are logged once each. After a failed limit call,
+   limits are not asked of Redis for BACKOFF (or until the poller reaches it again): a Redis
+   that drops packets would otherwise add the whole timeout to every request.
    The Redis URL is never logged (it may hold a password).
 
-One Redis, not a Cluster: scripts touch several keys that Cluster would spread over nodes.
+One Redis (a master found through Sentinel counts as one), not a Cluster: scripts touch
+several keys that Cluster would spread over nodes.
 """
 
 from __future__ import annotations
@@ -38,15 +48,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..config import Settings, StateSettings
+from ..config import Settings
 from ..errors import StateUnavailable
 from ..limits import TooManyRequests
 from .base import BucketGroup, Clock, State, StreamLease, monotonic
+from .connect import RedisLink, open_link
 from .revocations import Kind, Revocation, entry_id
 
 log = logging.getLogger("proxy.state")
@@ -60,28 +69,13 @@ LOG_LENGTH = 10_000  # changes kept in the log; a process further behind reloads
 STALE_AFTER = 1.0
 LEASE = 15.0
 HEARTBEAT = 5.0
+SHOWN_IN_LOG = 10  # revocations named in a log line about lost ones; the rest are counted
 
 T = TypeVar("T")
 
 
 class StateDown(Exception):
     """Redis did not answer in time, or answered with an error; str() is loggable."""
-
-
-def redis_client(settings: StateSettings) -> Redis:
-    """A client with a bounded, blocking pool and no retries (rule 1)."""
-    if settings.url is None:
-        raise ValueError("state.url is not set")
-    no_retry = Retry(NoBackoff(), 0)
-    pool = BlockingConnectionPool.from_url(
-        settings.url.get_secret_value(),
-        max_connections=settings.max_connections,
-        timeout=settings.timeout,
-        socket_timeout=settings.timeout,
-        socket_connect_timeout=settings.timeout,
-        retry=no_retry,
-    )
-    return Redis(connection_pool=pool, retry=no_retry)
 
 
 async def bounded(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
@@ -95,6 +89,14 @@ async def bounded(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
         # The class name only: a message may name the server, never the URL's password,
         # but keep log lines short and alike.
         raise StateDown(type(exc).__name__) from None
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where the list in Redis stands: its epoch marker (None: there is none) and counter."""
+
+    epoch: bytes | None
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class RedisRevocations:
         name = f"{prefix}revocations"
         self._keys = [name, f"{name}:expiry", f"{name}:log", f"{name}:seq", f"{name}:epoch"]
         self._write = redis.register_script(_WRITE_REVOCATION)
+        self._restore = redis.register_script(_RESTORE_REVOCATIONS)
 
     async def put(self, entry: Revocation, now: float) -> None:
         await self._run_write(entry.id, entry.dumps(), entry.expires_at, now)
@@ -136,17 +139,21 @@ class RedisRevocations:
     async def load(self, now: float) -> list[Revocation]:
         return (await self.snapshot(now)).entries
 
-    async def snapshot(self, now: float) -> Snapshot:
+    async def snapshot(self, now: float, mark: bool = False) -> Snapshot:
+        """The whole list. `mark`: first set an epoch marker if there is none (rule 3), so
+        that a later loss of the data shows."""
         entries, _, log, seq, epoch = self._keys
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=True) as pipe:
+                if mark:
+                    pipe.set(epoch, secrets.token_hex(8), nx=True)
                 pipe.get(epoch)
                 pipe.get(seq)
                 pipe.hgetall(entries)
                 pipe.xrevrange(log, count=1)
                 answer: list[Any] = await pipe.execute()
-                return answer
+                return answer[1:] if mark else answer
 
         found_epoch, found_seq, raw, last = await bounded(self._timeout, read)
         live = []
@@ -161,26 +168,37 @@ class RedisRevocations:
             sorted(live, key=lambda e: e.revoked_at),
         )
 
-    async def changes(self, after: bytes | None) -> tuple[bytes | None, list[Change]]:
-        """The epoch, and the changes logged after `after` (at most CHANGES_PER_POLL)."""
-        _, _, log, _, epoch = self._keys
+    async def changes(self, after: bytes | None) -> tuple[Head, list[Change]]:
+        """Where the list stands, and the changes logged after `after` (at most
+        CHANGES_PER_POLL). The head is read first: every change it counts is in the log."""
+        _, _, log, seq, epoch = self._keys
         start = b"(" + after if after is not None else b"-"
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(epoch)
+                pipe.get(seq)
                 pipe.xrange(log, min=start, count=CHANGES_PER_POLL)
                 answer: list[Any] = await pipe.execute()
                 return answer
 
-        found_epoch, logged = await bounded(self._timeout, read)
+        found_epoch, found_seq, logged = await bounded(self._timeout, read)
         changes = []
         for log_id, fields in logged:
             text = fields.get(b"entry", b"")
             changes.append(
                 Change(int(fields[b"seq"]), log_id, fields[b"id"].decode(), _parse(text))
             )
-        return found_epoch, changes
+        return Head(found_epoch, int(found_seq or 0)), changes
+
+    async def restore(self, entries: Sequence[Revocation], now: float) -> list[str]:
+        """Write back the entries Redis lacks or holds an older version of (by revoked_at),
+        each logged as a change; the ids of those written."""
+        args: list[str | int] = [secrets.token_hex(8), LOG_LENGTH, repr(now)]
+        for entry in entries:
+            args += [entry.id, entry.dumps(), repr(entry.expires_at), repr(entry.revoked_at)]
+        written: list[bytes] = await bounded(self._timeout, lambda: self._restore(self._keys, args))
+        return [found.decode() for found in written]
 
     async def _run_write(self, field: str, value: str, expires_at: float, now: float) -> int:
         args: list[str | int] = [
@@ -204,6 +222,19 @@ def _parse(text: bytes) -> Revocation | None:
         return None  # not ours to judge; it expires with its expiry score
 
 
+def _describe(entries: Sequence[Revocation]) -> str:
+    """Revocations for a log line: which subject or jti (never a token), the first few."""
+    shown = [
+        f"sub {entry.value}" + (f" (iss {entry.iss})" if entry.iss else "")
+        if entry.kind == "sub"
+        else f"jti {entry.value}"
+        for entry in entries[:SHOWN_IN_LOG]
+    ]
+    if len(entries) > SHOWN_IN_LOG:
+        shown.append(f"and {len(entries) - SHOWN_IN_LOG} more")
+    return ", ".join(shown)
+
+
 class RedisState(State):
     def __init__(
         self,
@@ -217,8 +248,10 @@ class RedisState(State):
         self._settings = state
         self._timeout = state.timeout
         self._prefix = state.key_prefix
-        self._monotonic = monotonic_clock
+        # Staleness and the outage grace are measured on it (a wall clock may jump).
+        self.monotonic = monotonic_clock
         self._redis = redis
+        self._link: RedisLink | None = None  # when this state opened the client itself
         self._store: RedisRevocations | None = None
         self._poll_store: RedisRevocations | None = None
         self._epoch: bytes | None = None
@@ -227,7 +260,9 @@ class RedisState(State):
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._down: str | None = None  # why Redis is failing, while it is
-        self._limits_resume_at = -math.inf  # limits skip Redis until then (rule 5)
+        self._down_since = 0.0
+        self._grace_over_logged = False
+        self._limits_resume_at = -math.inf  # limits skip Redis until then (rule 6)
         # Stream slots this process holds in Redis: member -> its sorted sets.
         self._held: dict[str, list[str]] = {}
         self._process = secrets.token_hex(6)
@@ -240,7 +275,8 @@ class RedisState(State):
 
     async def open(self) -> None:
         if self._redis is None:
-            self._redis = redis_client(self._settings)
+            self._link = open_link(self._settings)
+            self._redis = self._link.redis
         redis = self._redis
         self._store = RedisRevocations(redis, self._prefix, self._timeout)
         # The poller is no request: it may wait longer (a reload of a long list, a busy
@@ -265,26 +301,65 @@ class RedisState(State):
         if self._redis is not None:
             with contextlib.suppress(StateDown):
                 await self._release_all()
-            await self._redis.aclose(close_connection_pool=True)
-            self._redis = None
+            if self._link is not None:
+                await self._link.close()
+            else:
+                await self._redis.aclose(close_connection_pool=True)
+            self._redis = self._link = None
 
     async def check(self) -> str | None:
         if self._redis is None:
-            return "redis: not connected"
+            return "not connected"
         redis = self._redis
         try:
             await bounded(self._timeout, lambda: redis.ping())
         except StateDown as exc:
-            return f"redis: {exc}"
-        stale = self.stale_for()
-        if stale is not None:
-            return f"redis: revocations not confirmed for {stale:.1f} s"
+            if not self.past_grace():
+                return None  # serving on the copy: degraded() says so
+            return f"unreachable ({exc}); {self._copy_state()}"
+        if self.past_grace():
+            return self._copy_state()
         return None
 
-    # --- revocations (rule 2) ------------------------------------------------------------
+    def degraded(self) -> str | None:
+        stale = self.stale_for()
+        if self._down is None and stale is None:
+            return None
+        said = f"unreachable ({self._down}) for {self.monotonic() - self._down_since:.1f} s"
+        if self._down is None:
+            said = "answering, but the revocations were not confirmed"
+        return f"{said}; {self._copy_state()}"
+
+    def is_up(self) -> bool:
+        return self._down is None
+
+    def _copy_state(self) -> str:
+        """What the revocation checks rest on now, for readiness and the log."""
+        if self._seq < 0:
+            return "no copy of the revocations loaded yet: tokens are refused (503)"
+        age = self.monotonic() - self._synced_at
+        copy = (
+            f"this process's copy of the revocations ({len(self.revoked)} entries, confirmed "
+            f"{age:.1f} s ago)"
+        )
+        if self._down is None and self.stale_for() is None:
+            return f"{copy} is current"
+        then = (
+            "tokens are refused (503)"
+            if self._revocations_closed
+            else "tokens are let through on that copy (when_down.revocations: open)"
+        )
+        if self.past_grace():
+            return f"{copy} is past state.outage_grace ({self._outage_grace:g} s): {then}"
+        return (
+            f"tokens are checked on {copy}; after state.outage_grace "
+            f"({self._outage_grace:g} s) {then}"
+        )
+
+    # --- revocations (rules 2 and 3) -----------------------------------------------------
 
     def stale_for(self) -> float | None:
-        age = self._monotonic() - self._synced_at
+        age = self.monotonic() - self._synced_at
         return age if age > STALE_AFTER else None
 
     async def _sync(self) -> None:
@@ -292,9 +367,11 @@ class RedisState(State):
         if store is None:
             raise StateDown("not connected")
         while self._seq >= 0:
-            epoch, changes = await store.changes(self._log_id)
-            if epoch != self._epoch:
-                break  # first write, or Redis lost its data or was pointed elsewhere: reload
+            head, changes = await store.changes(self._log_id)
+            lost = self._loss(head, changes)
+            if lost is not None:
+                await self._restore(store, lost)
+                return
             fresh = [change for change in changes if change.seq > self._seq]
             if fresh and fresh[0].seq != self._seq + 1:
                 break  # the log was trimmed past us: reload
@@ -305,12 +382,66 @@ class RedisState(State):
                     self.revoked.add(change.entry)
                 self._seq, self._log_id = change.seq, change.log_id
             if len(changes) < CHANGES_PER_POLL:
-                self._synced_at = self._monotonic()
+                if self._seq < head.seq:
+                    # Counted, yet not in the log after what we read: the log was written
+                    # again below our place (a new master with a clock behind the old one).
+                    await self._restore(store, f"its log lacks changes {self._seq + 1}+")
+                    return
+                self._synced_at = self.monotonic()
                 return
-        snapshot = await store.snapshot(self._clock())
+        self._adopt(await store.snapshot(self._clock(), mark=True))
+
+    def _loss(self, head: Head, changes: Sequence[Change]) -> str | None:
+        """Why Redis no longer holds the history this copy was built from (rule 3), or None."""
+        if head.epoch != self._epoch:
+            return "its epoch marker is gone" if head.epoch is None else "its epoch changed"
+        if head.seq < self._seq:
+            return f"its change counter went back from {self._seq} to {head.seq}"
+        if changes and changes[0].seq <= self._seq:
+            return f"its log was rewritten after change {changes[0].seq - 1}"
+        return None
+
+    async def _restore(self, store: RedisRevocations, why: str) -> None:
+        now = self._clock()
+        held = self.revoked.entries(now)
+        written = await store.restore(held, now) if held else []
+        self._adopt(await store.snapshot(now, mark=True))
+        self.counters.restores += 1
+        self.counters.restored += len(written)
+        cause = (
+            "restarted without persistence, flushed, or failed over to a replica that missed writes"
+        )
+        if written:
+            restored = set(written)
+            lost = [entry for entry in held if entry.id in restored]
+            log.warning(
+                "state backend redis lost revocations (%s: %s): of the %d this process holds "
+                "it lacked %d; written back: %s",
+                why,
+                cause,
+                len(held),
+                len(written),
+                _describe(lost),
+            )
+        elif held:
+            log.warning(
+                "state backend redis lost revocations (%s: %s): the %d this process holds are "
+                "there again (written back by another process)",
+                why,
+                cause,
+                len(held),
+            )
+        else:
+            log.info(
+                "state backend redis has a new revocation history (%s); this process held "
+                "none to write back",
+                why,
+            )
+
+    def _adopt(self, snapshot: Snapshot) -> None:
         self.revoked.replace(snapshot.entries)
         self._epoch, self._seq, self._log_id = snapshot.epoch, snapshot.seq, snapshot.log_id
-        self._synced_at = self._monotonic()
+        self._synced_at = self.monotonic()
 
     async def _sync_quietly(self) -> None:
         try:
@@ -321,27 +452,40 @@ class RedisState(State):
             self._note_up()
 
     async def revoke(self, entry: Revocation) -> None:
-        await self._write(lambda store: store.put(entry, self._clock()))
+        store = self._checked_store()
+        await self._write(lambda: store.put(entry, self._clock()), "revocation not stored")
         self.revoked.add(entry)  # in force here at once, elsewhere at the next poll
 
     async def unrevoke(self, kind: Kind, value: str, iss: str | None) -> bool:
-        removed = await self._write(lambda store: store.delete(kind, value, iss, self._clock()))
+        store = self._checked_store()
+        removed = await self._write(
+            lambda: store.delete(kind, value, iss, self._clock()), "revocation not removed"
+        )
         self.revoked.remove(kind, value, iss)
         return removed
 
     async def revocations(self) -> list[Revocation]:
-        return await self._write(lambda store: store.load(self._clock()))
+        store = self._checked_store()
+        return await self._write(lambda: store.load(self._clock()), "revocations not listed")
 
-    async def _write(self, call: Callable[[RedisRevocations], Awaitable[T]]) -> T:
+    async def _write(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """An administrative call: it is refused (503) rather than half done when Redis
+        cannot take it; nothing changes in this process either."""
         try:
-            return await call(self._checked_store())
+            return await call()
         except StateDown as exc:
             self._note_down(str(exc))
-            raise StateUnavailable(f"revocations not written: {exc}") from None
+            raise StateUnavailable(
+                f"{what}: redis {exc}",
+                detail=f"{what}: the shared state (Redis) is unreachable; try again",
+            ) from None
 
     def _checked_store(self) -> RedisRevocations:
         if self._store is None:
-            raise StateDown("not connected")
+            raise StateUnavailable(
+                "revocations: redis not connected",
+                detail="the shared state (Redis) is not connected; try again",
+            )
         return self._store
 
     # --- rate limits (rule 3) ------------------------------------------------------------
@@ -466,31 +610,43 @@ class RedisState(State):
 
     def _note_down(self, reason: str) -> None:
         self._failed(f"revocations: {reason}")
-        if self._down is None:
+        was_down, self._down = self._down, reason
+        if was_down is None:
+            self._down_since = self.monotonic()
             log.warning(
-                "state backend redis unreachable (%s): rate limits and stream caps %s, "
-                "revocation checks %s",
+                "state backend redis unreachable (%s): %s; rate limits and stream caps %s; "
+                "new revocations are refused (503) until it answers",
                 reason,
-                "refuse" if self._limits_closed else "let requests through",
-                f"refuse tokens after {STALE_AFTER:.0f} s"
-                if self._revocations_closed
-                else "use the last copy",
+                self._copy_state(),
+                "refuse requests (503)" if self._limits_closed else "let requests through",
             )
-        self._down = reason
+        elif not self._grace_over_logged and self.past_grace() and self._seq >= 0:
+            self._grace_over_logged = True
+            log.warning(
+                "state backend redis unreachable for %.1f s (%s): %s",
+                self.monotonic() - self._down_since,
+                reason,
+                self._copy_state(),
+            )
 
     def _note_up(self) -> None:
-        if self._down is not None:
-            log.warning("state backend redis reachable again")
-        self._down = None
+        was_down, self._down = self._down, None
+        if was_down is not None:
+            log.warning(
+                "state backend redis reachable again after %.1f s; %s",
+                self.monotonic() - self._down_since,
+                self._copy_state(),
+            )
+        self._grace_over_logged = False
         self._limits_resume_at = -math.inf
 
     def _check_backoff(self) -> None:
-        if self._monotonic() < self._limits_resume_at:
+        if self.monotonic() < self._limits_resume_at:
             raise StateDown("backing off")
 
     def _back_off(self, exc: StateDown) -> None:
         if str(exc) != "backing off":
-            self._limits_resume_at = self._monotonic() + BACKOFF
+            self._limits_resume_at = self.monotonic() + BACKOFF
 
 
 # KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
@@ -523,6 +679,46 @@ if #last > 0 then
   end
 end
 return result
+"""
+
+# KEYS: as above. ARGV: an epoch for a Redis that has none, the log's length, now, then per
+# entry its id, JSON, expiry and revoked_at. An entry is written (and logged as a change)
+# when Redis lacks it or holds one revoked earlier; a value that is not ours counts as
+# lacking. Returns the ids written.
+_RESTORE_REVOCATIONS = """
+redis.call('SET', KEYS[5], ARGV[1], 'NX')
+local written = {}
+for i = 4, #ARGV, 4 do
+  local id = ARGV[i]
+  local held = redis.call('HGET', KEYS[1], id)
+  local lacking = not held
+  if held then
+    local ok, entry = pcall(cjson.decode, held)
+    local at = ok and type(entry) == 'table' and tonumber(entry['revoked_at'])
+    lacking = (not at) or at < tonumber(ARGV[i + 3])
+  end
+  if lacking then
+    redis.call('HSET', KEYS[1], id, ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], ARGV[i + 2], id)
+    local seq = redis.call('INCR', KEYS[4])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
+      'seq', seq, 'id', id, 'entry', ARGV[i + 1])
+    written[#written + 1] = id
+  end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last > 0 then
+  local until_ms = math.ceil(tonumber(last[2]) * 1000)
+  for i = 1, 5 do
+    redis.call('PEXPIREAT', KEYS[i], until_ms)
+  end
+end
+return written
 """
 
 # KEYS: one bucket per key. ARGV: per key, rate, burst and its group's number. Buckets are
