@@ -7,18 +7,19 @@ Rules:
    and then kept current from a change log (a Redis stream) polled every POLL_INTERVAL: a
    poll with nothing new is one small round trip, and a revocation made on sign-out costs
    every replica one entry, not a reload of the whole list. Each change carries a sequence
-   number; a gap (the log trimmed past us) means a full reload. A copy not confirmed for
-   STALE_AFTER is trusted for `state.outage_grace` more (see base.py); then
-   `when_down.revocations` decides (refuse, by default).
+   number. A copy not confirmed for STALE_AFTER is trusted for `state.outage_grace` more
+   (see base.py); then `when_down.revocations` decides (refuse, by default).
 3. Redis that forgets does not take revocations with it. An epoch marker, set by the first
    process to find none, names the list's history. A Redis that lost its data (restarted
    without persistence, flushed, or failed over to an empty replica) has no marker or a new
-   one; one that failed over to a replica that missed writes has a change counter behind
-   ours, or a log that disagrees with what we read. Either way each process writes back the
-   revocations it holds that Redis lacks (a newer entry in Redis wins), then reloads, and
-   says in the log what was lost and what it restored. So a process started after the loss
-   refuses what was revoked before it, once any process that held it has polled. The cost:
-   an undo that raced the loss may be undone by it (revoking too much is the safe mistake).
+   one; one that failed over to a replica that missed writes has a counter behind ours, or
+   a log that no longer holds the last change we read (as has a log trimmed past a process
+   more than LOG_LENGTH changes behind: treated alike). Either way each process writes back
+   the revocations it holds that Redis lacks (a newer entry in Redis wins), then reloads,
+   and says in the log what was lost and what it wrote back. So a process started after the
+   loss refuses what was revoked before it, once any process that held it has polled. The
+   cost: an undo that raced the loss may be undone by it (revoking too much is the safe
+   mistake, and the undo can be repeated).
 4. Rate limits are one script call per request (a token bucket per key, on Redis's own
    clock so that replicas with skewed clocks agree), however many buckets it spends.
 5. Stream slots are members of a sorted set scored by a lease deadline, renewed every
@@ -105,16 +106,27 @@ class Snapshot:
 
     epoch: bytes | None
     seq: int
-    log_id: bytes | None
+    last: Change | None  # the log's last entry
     entries: list[Revocation]
 
 
 @dataclass(frozen=True)
 class Change:
+    """One entry of the change log. Two are equal only if all of it is: a new master that
+    logs another change under the same id and number is not mistaken for the old one."""
+
     seq: int
     log_id: bytes
     entry_id: str
-    entry: Revocation | None  # None: removed
+    text: bytes  # the entry as logged; empty: removed
+
+    @property
+    def entry(self) -> Revocation | None:
+        return _parse(self.text)
+
+    @classmethod
+    def logged(cls, log_id: bytes, fields: dict[bytes, bytes]) -> Change:
+        return cls(int(fields[b"seq"]), log_id, fields[b"id"].decode(), fields.get(b"entry", b""))
 
 
 class RedisRevocations:
@@ -164,31 +176,26 @@ class RedisRevocations:
         return Snapshot(
             found_epoch,
             int(found_seq or 0),
-            last[0][0] if last else None,
+            Change.logged(*last[0]) if last else None,
             sorted(live, key=lambda e: e.revoked_at),
         )
 
-    async def changes(self, after: bytes | None) -> tuple[Head, list[Change]]:
-        """Where the list stands, and the changes logged after `after` (at most
-        CHANGES_PER_POLL). The head is read first: every change it counts is in the log."""
+    async def changes(self, since: bytes | None) -> tuple[Head, list[Change]]:
+        """Where the list stands, and the log from `since` on, that entry included (or from
+        the start): at most CHANGES_PER_POLL after it. The head is read first: every change
+        it counts is in the log."""
         _, _, log, seq, epoch = self._keys
-        start = b"(" + after if after is not None else b"-"
 
         async def read() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(epoch)
                 pipe.get(seq)
-                pipe.xrange(log, min=start, count=CHANGES_PER_POLL)
+                pipe.xrange(log, min=since or b"-", count=CHANGES_PER_POLL + 1)
                 answer: list[Any] = await pipe.execute()
                 return answer
 
         found_epoch, found_seq, logged = await bounded(self._timeout, read)
-        changes = []
-        for log_id, fields in logged:
-            text = fields.get(b"entry", b"")
-            changes.append(
-                Change(int(fields[b"seq"]), log_id, fields[b"id"].decode(), _parse(text))
-            )
+        changes = [Change.logged(log_id, fields) for log_id, fields in logged]
         return Head(found_epoch, int(found_seq or 0)), changes
 
     async def restore(self, entries: Sequence[Revocation], now: float) -> list[str]:
@@ -256,7 +263,7 @@ class RedisState(State):
         self._poll_store: RedisRevocations | None = None
         self._epoch: bytes | None = None
         self._seq = -1  # no snapshot yet
-        self._log_id: bytes | None = None
+        self._last: Change | None = None  # the last change read from the log
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         self._down: str | None = None  # why Redis is failing, while it is
@@ -366,40 +373,48 @@ class RedisState(State):
         store = self._poll_store
         if store is None:
             raise StateDown("not connected")
-        while self._seq >= 0:
-            head, changes = await store.changes(self._log_id)
-            lost = self._loss(head, changes)
+        if self._seq < 0:  # the first load
+            self._adopt(await store.snapshot(self._clock(), mark=True))
+            return
+        while True:
+            head, logged = await store.changes(self._last.log_id if self._last else None)
+            fresh, lost = self._continuation(head, logged)
             if lost is not None:
                 await self._restore(store, lost)
                 return
-            fresh = [change for change in changes if change.seq > self._seq]
-            if fresh and fresh[0].seq != self._seq + 1:
-                break  # the log was trimmed past us: reload
             for change in fresh:
-                if change.entry is None:
+                entry = change.entry
+                if entry is None:
                     self.revoked.remove_id(change.entry_id)
                 else:
-                    self.revoked.add(change.entry)
-                self._seq, self._log_id = change.seq, change.log_id
-            if len(changes) < CHANGES_PER_POLL:
+                    self.revoked.add(entry)
+                self._seq, self._last = change.seq, change
+            if len(fresh) < CHANGES_PER_POLL:
                 if self._seq < head.seq:
-                    # Counted, yet not in the log after what we read: the log was written
-                    # again below our place (a new master with a clock behind the old one).
-                    await self._restore(store, f"its log lacks changes {self._seq + 1}+")
+                    why = f"its counter is at {head.seq} but its log ends at {self._seq}"
+                    await self._restore(store, why)
                     return
                 self._synced_at = self.monotonic()
                 return
-        self._adopt(await store.snapshot(self._clock(), mark=True))
 
-    def _loss(self, head: Head, changes: Sequence[Change]) -> str | None:
-        """Why Redis no longer holds the history this copy was built from (rule 3), or None."""
+    def _continuation(self, head: Head, logged: list[Change]) -> tuple[list[Change], str | None]:
+        """The changes after ours, or why Redis no longer holds the history this copy was
+        read from (rule 3). Replication copies a prefix of the log, and the log only grows
+        at its end: if the last change we read is still there, under its number, everything
+        before it is what we read, and what follows it continues it."""
         if head.epoch != self._epoch:
-            return "its epoch marker is gone" if head.epoch is None else "its epoch changed"
+            return [], "its epoch marker is gone" if head.epoch is None else "its epoch changed"
         if head.seq < self._seq:
-            return f"its change counter went back from {self._seq} to {head.seq}"
-        if changes and changes[0].seq <= self._seq:
-            return f"its log was rewritten after change {changes[0].seq - 1}"
-        return None
+            return [], f"its change counter went back from {self._seq} to {head.seq}"
+        fresh = logged
+        if self._last is not None:
+            if not logged or logged[0] != self._last:
+                return [], f"its log no longer holds change {self._last.seq}, the last read here"
+            fresh = logged[1:]
+        for expected, change in enumerate(fresh, start=self._seq + 1):
+            if change.seq != expected:
+                return [], f"its log skips from change {expected - 1} to {change.seq}"
+        return fresh, None
 
     async def _restore(self, store: RedisRevocations, why: str) -> None:
         now = self._clock()
@@ -409,13 +424,14 @@ class RedisState(State):
         self.counters.restores += 1
         self.counters.restored += len(written)
         cause = (
-            "restarted without persistence, flushed, or failed over to a replica that missed writes"
+            "restarted without persistence, flushed, failed over to a replica that missed "
+            f"writes, or this process fell more than {LOG_LENGTH} changes behind"
         )
         if written:
             restored = set(written)
             lost = [entry for entry in held if entry.id in restored]
             log.warning(
-                "state backend redis lost revocations (%s: %s): of the %d this process holds "
+                "state backend redis lost revocations (%s; %s): of the %d this process holds "
                 "it lacked %d; written back: %s",
                 why,
                 cause,
@@ -425,8 +441,8 @@ class RedisState(State):
             )
         elif held:
             log.warning(
-                "state backend redis lost revocations (%s: %s): the %d this process holds are "
-                "there again (written back by another process)",
+                "state backend redis changed its revocation history (%s; %s): the %d this "
+                "process holds are all there (written back by another process, or none lost)",
                 why,
                 cause,
                 len(held),
@@ -440,7 +456,7 @@ class RedisState(State):
 
     def _adopt(self, snapshot: Snapshot) -> None:
         self.revoked.replace(snapshot.entries)
-        self._epoch, self._seq, self._log_id = snapshot.epoch, snapshot.seq, snapshot.log_id
+        self._epoch, self._seq, self._last = snapshot.epoch, snapshot.seq, snapshot.last
         self._synced_at = self.monotonic()
 
     async def _sync_quietly(self) -> None:
