@@ -63,6 +63,7 @@ from .ops import (
 )
 from .policy import Rule
 from .presentation import presentation, signed_overrides
+from .request import ObjectRef
 from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
@@ -309,9 +310,9 @@ class _Handler:
         previous: _Handler | None = None,
     ) -> None:
         """`previous`: the handler this one replaces on a reload. Its state that no setting
-        changed is kept: none of it depends on a route's rules (caches are keyed by bucket and
-        key or by everything a URL is a function of; rate buckets clamp to the new burst), so
-        a route whose rules changed is answered by the new rules at once."""
+        changed is kept: none of it depends on a route's rules (caches are keyed by the object
+        as S3 sees it or by everything a URL is a function of; rate buckets clamp to the new
+        burst), so a route whose rules changed is answered by the new rules at once."""
         settings = config.settings
         self._settings = settings
 
@@ -432,7 +433,7 @@ class _Handler:
             raise MethodNotAllowed(f"method {request.method[:16]} not allowed", allowed=allowed)
         rates = settings.rate_limit or self._limits.rate_limit
         try:
-            claims, key = await self._admit(request, record, route, found.params)
+            claims, ref = await self._admit(request, record, route, found.params)
         except ProxyError:
             # A refused request spends its client's tokens too (a flood of bad tokens is
             # limited like any other), and over the limit it is told 429.
@@ -441,8 +442,8 @@ class _Handler:
         # Both buckets in one call: with Redis, one round trip per request.
         await self._limit(request, route.name, rates, _subject_key(claims))
         if request.method == "PUT":
-            return await self._upload(request, record, route, key, claims)
-        return await self._deliver(request, record, route, key, claims)
+            return await self._upload(request, record, route, ref, claims)
+        return await self._deliver(request, record, route, ref, claims)
 
     async def _admit(
         self,
@@ -450,8 +451,8 @@ class _Handler:
         record: AccessRecord,
         route: Route,
         params: dict[str, str],
-    ) -> tuple[dict[str, Any] | None, str]:
-        """Authenticate and authorize: the claims (None on a public route) and the key."""
+    ) -> tuple[dict[str, Any] | None, ObjectRef]:
+        """Authenticate and authorize: the claims (None on a public route) and the object."""
         link = request.query.get(self._auth.link_param) if self._links else None
         if link and self._links is not None and route.rule.needs_token:
             # A share link is itself the authorization for exactly one object: checked after
@@ -467,7 +468,7 @@ class _Handler:
             self._state.check_token(claims, link=True)
             key = route.key.render(params, claims)
             self._links.check_target(claims, LinkTarget(route.name, route.settings.bucket, key))
-            return claims, key
+            return claims, _object(route, key)
         if not route.rule.needs_token:
             return None, self._authorize(route, params, None)
         claims = await self._authenticate(request, record, route.sign_in)
@@ -478,12 +479,12 @@ class _Handler:
         request: web.BaseRequest,
         record: AccessRecord,
         route: Route,
-        key: str,
+        ref: ObjectRef,
         claims: dict[str, Any] | None,
     ) -> web.StreamResponse:
         """A PUT, authorized: 307 to a presigned PUT (redirect routes), or the body streamed
         to S3 (stream routes) holding one of the stream slots, as a download would."""
-        target = upload_target(route, key, request.headers.get("Content-Type"))
+        target = upload_target(route, ref, request.headers.get("Content-Type"))
         if route.settings.delivery == "redirect":
             return await redirect_put(
                 request, self._storage, target, route.settings.ttl, self._clock(), _expiry(claims)
@@ -494,8 +495,8 @@ class _Handler:
         finally:
             await self._state.release_stream(lease)
         record.bytes_received = received.size
-        self._metadata.forget(target.bucket, key)
-        self._objects.forget(target.bucket, key)
+        self._metadata.forget(ref)
+        self._objects.forget(ref)
         return web.json_response(
             {"path": record.path, "size": received.size, "etag": received.etag},
             status=201,
@@ -569,7 +570,9 @@ class _Handler:
         return claims
 
     @staticmethod
-    def _authorize(route: Route, params: dict[str, str], claims: dict[str, Any] | None) -> str:
+    def _authorize(
+        route: Route, params: dict[str, str], claims: dict[str, Any] | None
+    ) -> ObjectRef:
         """Check the rule, then render the key; both before any S3 call."""
         if route.rule.needs_token:
             if claims is None:
@@ -580,29 +583,29 @@ class _Handler:
             denial = route.rule.denial(claims, params)
             if denial is not None:
                 raise Forbidden(denial)
-        return route.key.render(params, claims)
+        return _object(route, route.key.render(params, claims))
 
-    async def _choose_delivery(self, route: Route, key: str) -> str:
+    async def _choose_delivery(self, route: Route, ref: ObjectRef) -> str:
         settings = route.settings
         if settings.delivery != "auto":
             return settings.delivery
-        meta = self._metadata.get(settings.bucket, key)
+        meta = self._metadata.get(ref)
         if meta is MISSING:
             raise NotFound("no such key (a recent HEAD said so)")
         if meta is None:
             try:
-                meta = await self._storage.head(settings.bucket, key)
+                meta = await self._storage.head(ref)
             except NotFound:
-                self._metadata.put_missing(settings.bucket, key)
+                self._metadata.put_missing(ref)
                 raise
-            self._metadata.put(settings.bucket, key, meta)
+            self._metadata.put(ref, meta)
         return "stream" if meta.content_length < settings.stream_below else "redirect"
 
     async def _sign(
-        self, route: Route, key: str, method: str, claims: dict[str, Any] | None
+        self, route: Route, ref: ObjectRef, method: str, claims: dict[str, Any] | None
     ) -> SignedLink:
         settings = route.settings
-        overrides = signed_overrides(route, key)
+        overrides = signed_overrides(route, ref.key)
         if self._redirect_cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
             overrides.setdefault("Cache-Control", self._redirect_cache_control)
@@ -610,8 +613,7 @@ class _Handler:
             self._storage,
             settings,
             method,
-            settings.bucket,
-            key,
+            ref,
             overrides,
             self._clock(),
             _expiry(claims),
@@ -623,11 +625,11 @@ class _Handler:
         request: web.BaseRequest,
         record: AccessRecord,
         route: Route,
-        key: str,
+        ref: ObjectRef,
         claims: dict[str, Any] | None,
     ) -> web.StreamResponse:
         settings = route.settings
-        delivery = await self._choose_delivery(route, key)
+        delivery = await self._choose_delivery(route, ref)
         if settings.delivery == "auto":
             record.delivery = f"auto:{delivery}"
         if delivery == "redirect":
@@ -635,23 +637,21 @@ class _Handler:
             # The JSON answer names a URL for fetch() to GET; HEAD gets the same answer, so a
             # HEAD's headers (Content-Length included) match its GET's.
             method = "GET" if as_json else request.method
-            link = await self._sign(route, key, method, claims)
+            link = await self._sign(route, ref, method, claims)
             return redirect_response(link, as_json, route.rule.needs_token)
-        shown = presentation(route, key, record.cors)
+        shown = presentation(route, ref.key, record.cors)
         outcome = Outcome()
         lease = await self._state.acquire_stream(request.remote or "unknown", _subject_key(claims))
         try:
             response = await stream(
                 request,
                 self._storage,
-                settings.bucket,
-                key,
+                ref,
                 shown,
                 outcome,
                 self._limits.client_write_timeout,
                 self._objects,
                 settings.cache,
-                route.sse,
             )
         finally:
             await self._state.release_stream(lease)
@@ -730,13 +730,13 @@ class _Handler:
             return _refusal(path, over_limit)
         if isinstance(admitted, ProxyError):
             return _refusal(path, admitted)
-        route, key = admitted
+        route, ref = admitted
         try:
             if not isinstance(content_type, str):
                 raise UnsupportedMediaType(detail="content_type required")
             if size is not None and (not isinstance(size, int) or size < 0):
                 raise BadRequest(detail="size is a byte count")
-            target = upload_target(route, key, content_type)
+            target = upload_target(route, ref, content_type)
             form = await post_form(
                 self._storage, target, size, route.settings.ttl, self._clock(), _expiry(claims)
             )
@@ -750,9 +750,9 @@ class _Handler:
         path: str,
         claims: dict[str, Any] | None,
         method: str = "GET",
-    ) -> tuple[tuple[Route, str] | ProxyError, list[Bucket]]:
+    ) -> tuple[tuple[Route, ObjectRef] | ProxyError, list[Bucket]]:
         """Route and authorize one path of a batch as its GET (or, for an upload form, its
-        POST) would be: the route and key, or the refusal; and the rate-limit buckets that
+        POST) would be: the route and object, or the refusal; and the rate-limit buckets that
         request would spend (a 429 from those takes precedence over an authorization refusal,
         as on a GET)."""
         try:
@@ -766,15 +766,15 @@ class _Handler:
             return exc, []
         rates = route.settings.rate_limit or self._limits.rate_limit
         try:
-            key = self._authorize(route, found.params, claims)
+            ref = self._authorize(route, found.params, claims)
         except ProxyError as exc:
             return exc, _buckets(request, route.name, rates, None)
-        return (route, key), _buckets(request, route.name, rates, _subject_key(claims))
+        return (route, ref), _buckets(request, route.name, rates, _subject_key(claims))
 
     async def _sign_admitted(
         self,
         paths: list[str],
-        admitted: list[tuple[Route, str] | ProxyError],
+        admitted: list[tuple[Route, ObjectRef] | ProxyError],
         claims: dict[str, Any] | None,
     ) -> list[dict[str, Any]]:
         """Answers in the order of `paths`. Paths on `auto` routes may need a HEAD: those run
@@ -798,20 +798,20 @@ class _Handler:
     async def _sign_one(
         self,
         path: str,
-        admitted: tuple[Route, str] | ProxyError,
+        admitted: tuple[Route, ObjectRef] | ProxyError,
         claims: dict[str, Any] | None,
         lookups: asyncio.Semaphore,
     ) -> dict[str, Any]:
         if isinstance(admitted, ProxyError):
             return _refusal(path, admitted)
-        route, key = admitted
+        route, ref = admitted
         try:
             async with lookups:
-                delivery = await self._choose_delivery(route, key)
+                delivery = await self._choose_delivery(route, ref)
             if delivery == "stream":
                 # Streamed objects are fetched from the proxy itself, with the caller's token.
                 return {"path": path, "url": path, "expires_at": None}
-            link = await self._sign(route, key, "GET", claims)
+            link = await self._sign(route, ref, "GET", claims)
             return {"path": path, "url": link.url, "expires_at": link.expires_at_iso}
         except ProxyError as exc:
             return _refusal(path, exc)
@@ -843,6 +843,11 @@ def _expiry(claims: Mapping[str, Any] | None) -> float | None:
     """The token's `exp`, if it has a numeric one: nothing signed may outlive it."""
     exp = (claims or {}).get("exp")
     return exp if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def _object(route: Route, key: str) -> ObjectRef:
+    """The object a route names with `key`, as S3 sees it: with the route's customer key."""
+    return ObjectRef(route.settings.bucket, key, route.sse)
 
 
 def _subject(claims: dict[str, Any]) -> str | None:

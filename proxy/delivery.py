@@ -40,7 +40,7 @@ from .errors import (
 from .objectcache import ObjectCache
 from .presentation import Presentation, object_headers
 from .presign import Lifetime, LifetimeError, plan_lifetime
-from .ssec import CustomerKey
+from .request import ObjectRef
 from .storage import ObjectMeta, ObjectStream, Storage
 
 
@@ -57,37 +57,26 @@ class Outcome:
 async def stream(
     request: web.BaseRequest,
     storage: Storage,
-    bucket: str,
-    key: str,
+    ref: ObjectRef,
     shown: Presentation,
     chunk_outcome: Outcome,
     write_timeout: float = 60.0,
     cache: ObjectCache | None = None,
     cache_settings: RouteCacheSettings | None = None,
-    sse: CustomerKey | None = None,
 ) -> web.StreamResponse:
-    """Answer from S3 (or the object cache); `sse` is the route's SSE-C key, if any."""
+    """Answer from S3 (or the object cache)."""
     if cache is not None and cache_settings is not None:
         return await _from_cache(
-            request,
-            storage,
-            bucket,
-            key,
-            shown,
-            chunk_outcome,
-            write_timeout,
-            cache,
-            cache_settings,
-            sse,
+            request, storage, ref, shown, chunk_outcome, write_timeout, cache, cache_settings
         )
     if request.method == "HEAD":
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
         response.content_length = meta.content_length
         return response
-    obj = await _open_for_get(request, storage, bucket, key, shown, sse)
-    return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+    opened = await _open_for_get(request, storage, ref, shown)
+    return await send_object(request, opened, shown, chunk_outcome, write_timeout)
 
 
 def _check_preconditions(request: web.BaseRequest, meta: ObjectMeta, shown: Presentation) -> None:
@@ -114,10 +103,8 @@ _DRAIN_LIMIT = 64 * 1024
 async def _open_for_get(
     request: web.BaseRequest,
     storage: Storage,
-    bucket: str,
-    key: str,
+    ref: ObjectRef,
     shown: Presentation,
-    sse: CustomerKey | None,
 ) -> ObjectStream:
     """GET the object from S3 and judge the preconditions on that very answer, so the
     validators are those of the bytes served. Client conditionals never go to S3.
@@ -135,27 +122,27 @@ async def _open_for_get(
     if ranges == ():
         # A malformed range set: 416 with the size, unless a precondition or a stale
         # If-Range decides first (RFC 9110 13.2.2). Rare, so a HEAD finds the size.
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
     elif has_preconditions(headers):
-        _check_preconditions(request, await storage.head(bucket, key, sse), shown)
+        _check_preconditions(request, await storage.head(ref), shown)
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
-        obj = await storage.get(bucket, key, byte_range, sse)
+        obj = await storage.get(ref, byte_range)
     except RangeNotSatisfiable:
         if not has_preconditions(headers) and "If-Range" not in headers:
             raise
         # S3 says 416 before we saw the validators; but preconditions and If-Range come first
         # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise
         byte_range = None
-        obj = await storage.get(bucket, key, None, sse)
+        obj = await storage.get(ref, None)
     while True:
         meta = obj.meta
         try:
@@ -167,7 +154,7 @@ async def _open_for_get(
             return obj
         await _discard(obj)  # the client's copy is stale: it gets the whole object
         byte_range = None
-        obj = await storage.get(bucket, key, None, sse)
+        obj = await storage.get(ref, None)
 
 
 async def _discard(obj: ObjectStream) -> None:
@@ -236,21 +223,19 @@ async def send_object(
 async def _from_cache(
     request: web.BaseRequest,
     storage: Storage,
-    bucket: str,
-    key: str,
+    ref: ObjectRef,
     shown: Presentation,
     chunk_outcome: Outcome,
     write_timeout: float,
     cache: ObjectCache,
     settings: RouteCacheSettings,
-    sse: CustomerKey | None,
 ) -> web.StreamResponse:
-    cached = cache.get(bucket, key, settings.max_age)
+    cached = cache.get(ref, settings.max_age)
     if cached is not None:
         return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
-    obj = await storage.get(bucket, key, None, sse)
+    obj = await storage.get(ref, None)
     if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
         if request.method == "GET" and "Range" not in request.headers:
             try:
@@ -260,16 +245,14 @@ async def _from_cache(
                 raise
             return await send_object(request, obj, shown, chunk_outcome, write_timeout)
         await _discard(obj)  # too big to cache: ask S3 the client's own question
-        return await stream(
-            request, storage, bucket, key, shown, chunk_outcome, write_timeout, sse=sse
-        )
+        return await stream(request, storage, ref, shown, chunk_outcome, write_timeout)
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:
         await obj.aclose()
     if len(body) != obj.meta.content_length:
         raise UpstreamError("GetObject: body shorter than its Content-Length")
-    cache.put(bucket, key, obj.meta, body)
+    cache.put(ref, obj.meta, body)
     return _memory_response(request, obj.meta, body, shown, chunk_outcome)
 
 
@@ -369,8 +352,7 @@ async def sign_link(
     storage: Storage,
     settings: RouteSettings,
     method: str,
-    bucket: str,
-    key: str,
+    ref: ObjectRef,
     overrides: Mapping[str, str],
     now: float,
     token_expires_at: float | None,
@@ -393,8 +375,7 @@ async def sign_link(
             credentials.access_key,
             credentials.token,
             method,
-            bucket,
-            key,
+            ref,
             tuple(sorted((signed_overrides or {}).items())),
             lifetime.signed_at,
             lifetime.expires_in,
@@ -402,7 +383,7 @@ async def sign_link(
         url = cache.get(cache_key)
         if url is not None:
             return SignedLink(url, lifetime)
-    url = storage.presign(credentials, method, bucket, key, lifetime, signed_overrides)
+    url = storage.presign(credentials, method, ref, lifetime, signed_overrides)
     if cache is not None and cache_key is not None:
         cache.put(cache_key, url)
     return SignedLink(url, lifetime)
