@@ -40,35 +40,33 @@ from .errors import (
 from .objectcache import ObjectCache
 from .presentation import Presentation, object_headers
 from .presign import Lifetime, LifetimeError, plan_lifetime
-from .request import ObjectRef
+from .request import ObjectRef, RequestContext
 from .storage import ObjectMeta, ObjectStream, Storage
 
 
-@dataclass
-class Outcome:
-    """What delivery reports to the access log."""
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """What every stream of one config shares: where objects come from, and how long a
+    client may stop reading (limits.client_write_timeout) before its connection is cut."""
 
-    bytes_from_s3: int = 0
-    bytes_sent: int = 0
-    first_byte: float | None = None  # perf_counter() after the first chunk was written
-    aborted: str | None = None
+    storage: Storage
+    objects: ObjectCache  # used by routes with `cache:`
+    write_timeout: float = 60.0
 
 
 async def stream(
     request: web.BaseRequest,
-    storage: Storage,
+    context: RequestContext,
     ref: ObjectRef,
     shown: Presentation,
-    chunk_outcome: Outcome,
-    write_timeout: float = 60.0,
-    cache: ObjectCache | None = None,
-    cache_settings: RouteCacheSettings | None = None,
+    cache: RouteCacheSettings | None,
+    settings: StreamSettings,
 ) -> web.StreamResponse:
-    """Answer from S3 (or the object cache)."""
-    if cache is not None and cache_settings is not None:
-        return await _from_cache(
-            request, storage, ref, shown, chunk_outcome, write_timeout, cache, cache_settings
-        )
+    """Answer from S3, or from the object cache when the route has `cache:`. What was sent
+    (bytes, first byte, why it was cut short) goes on `context`."""
+    if cache is not None:
+        return await _from_cache(request, context, ref, shown, cache, settings)
+    storage = settings.storage
     if request.method == "HEAD":
         meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
@@ -76,7 +74,7 @@ async def stream(
         response.content_length = meta.content_length
         return response
     opened = await _open_for_get(request, storage, ref, shown)
-    return await send_object(request, opened, shown, chunk_outcome, write_timeout)
+    return await send_object(request, context, opened, shown, settings.write_timeout)
 
 
 def _check_preconditions(request: web.BaseRequest, meta: ObjectMeta, shown: Presentation) -> None:
@@ -171,12 +169,13 @@ async def _discard(obj: ObjectStream) -> None:
 
 async def send_object(
     request: web.BaseRequest,
+    context: RequestContext,
     obj: ObjectStream,
     shown: Presentation,
-    chunk_outcome: Outcome,
     write_timeout: float,
 ) -> web.StreamResponse:
     """Stream an opened S3 object to the client, then release it."""
+    bytes_from_s3 = 0
     try:
         status = 206 if obj.meta.content_range else 200
         response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
@@ -184,33 +183,33 @@ async def send_object(
         try:
             await response.prepare(request)
         except ConnectionError:
-            chunk_outcome.aborted = "client disconnected"
+            context.reason = "client disconnected"
             return response
         try:
             async for chunk in obj.chunks:
-                chunk_outcome.bytes_from_s3 += len(chunk)
+                bytes_from_s3 += len(chunk)
                 # write() waits while the client's socket buffer is full: back-pressure keeps
                 # memory bounded per stream, and the timeout frees a stalled client's slot.
                 async with asyncio.timeout(write_timeout):
                     await response.write(chunk)
-                if chunk_outcome.first_byte is None:
-                    chunk_outcome.first_byte = time.perf_counter()
-                chunk_outcome.bytes_sent += len(chunk)
+                if context.first_byte is None:
+                    context.first_byte = time.perf_counter()
+                context.bytes_sent += len(chunk)
         except ConnectionError:
-            chunk_outcome.aborted = "client disconnected"
+            context.reason = "client disconnected"
             return response
         except TimeoutError:
-            chunk_outcome.aborted = "client stopped reading (limits.client_write_timeout)"
+            context.reason = "client stopped reading (limits.client_write_timeout)"
             if request.transport is not None:
                 request.transport.abort()
             return response
         except Exception as exc:
-            chunk_outcome.aborted = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
+            context.reason = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
             if request.transport is not None:
                 request.transport.abort()
             return response
-        if chunk_outcome.bytes_from_s3 != obj.meta.content_length:
-            chunk_outcome.aborted = "upstream body shorter than its Content-Length"
+        if bytes_from_s3 != obj.meta.content_length:
+            context.reason = "upstream body shorter than its Content-Length"
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -222,46 +221,44 @@ async def send_object(
 
 async def _from_cache(
     request: web.BaseRequest,
-    storage: Storage,
+    context: RequestContext,
     ref: ObjectRef,
     shown: Presentation,
-    chunk_outcome: Outcome,
-    write_timeout: float,
-    cache: ObjectCache,
-    settings: RouteCacheSettings,
+    cache: RouteCacheSettings,
+    settings: StreamSettings,
 ) -> web.StreamResponse:
-    cached = cache.get(ref, settings.max_age)
+    cached = settings.objects.get(ref, cache.max_age)
     if cached is not None:
-        return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
+        return _memory_response(request, context, cached.meta, cached.body, shown)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
-    obj = await storage.get(ref, None)
-    if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
+    obj = await settings.storage.get(ref, None)
+    if obj.meta.content_length > cache.max_object_bytes or obj.meta.content_range:
         if request.method == "GET" and "Range" not in request.headers:
             try:
                 _check_preconditions(request, obj.meta, shown)
             except (NotModified, PreconditionFailed):
                 await _discard(obj)
                 raise
-            return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+            return await send_object(request, context, obj, shown, settings.write_timeout)
         await _discard(obj)  # too big to cache: ask S3 the client's own question
-        return await stream(request, storage, ref, shown, chunk_outcome, write_timeout)
+        return await stream(request, context, ref, shown, None, settings)
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:
         await obj.aclose()
     if len(body) != obj.meta.content_length:
         raise UpstreamError("GetObject: body shorter than its Content-Length")
-    cache.put(ref, obj.meta, body)
-    return _memory_response(request, obj.meta, body, shown, chunk_outcome)
+    settings.objects.put(ref, obj.meta, body)
+    return _memory_response(request, context, obj.meta, body, shown)
 
 
 def _memory_response(
     request: web.BaseRequest,
+    context: RequestContext,
     meta: ObjectMeta,
     body: bytes,
     shown: Presentation,
-    chunk_outcome: Outcome,
 ) -> web.Response:
     _check_preconditions(request, meta, shown)
     headers = object_headers(meta, shown)
@@ -276,9 +273,9 @@ def _memory_response(
     elif spans is not None:
         status = 206
         payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
-    chunk_outcome.first_byte = time.perf_counter()
+    context.first_byte = time.perf_counter()
     if request.method != "HEAD":
-        chunk_outcome.bytes_sent = len(payload)
+        context.bytes_sent = len(payload)
     return web.Response(status=status, body=payload, headers=headers)
 
 

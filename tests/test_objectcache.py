@@ -121,7 +121,7 @@ async def test_empty_objects_with_long_keys_are_not_cached_for_free(proxy) -> No
         response = await client.get(f"/stream/photos/{employee}", headers=token)
         assert (response.status, await response.read()) == (200, b"")
     assert _gets(fake) == 200
-    cache = client.server.gateway._handler._objects  # white box: what the memory holds
+    cache = client.server.gateway._surfaces.downloads.objects  # white box: what the memory holds
     assert 0 < cache.size_bytes <= 64 * 1024
     each = len("hr-private") + len(f"employees/{ids[0]}/photo.jpg") + ENTRY_OVERHEAD
     assert len(cache) == 64 * 1024 // each
@@ -136,7 +136,7 @@ async def test_entries_past_every_routes_max_age_are_dropped(proxy) -> None:
     clock = Clock(T0)
     client, fake, token = await _start(proxy, clock)  # the only cached route: max_age 5
     assert (await client.get("/stream/photos/42", headers=token)).status == 200
-    cache = client.server.gateway._handler._objects
+    cache = client.server.gateway._surfaces.downloads.objects
     assert len(cache) == 1
     clock.now += 5
     fake_key = ("hr-private", "employees/44/photo.jpg")
