@@ -1,6 +1,6 @@
 """GET and HEAD of an authorized object: choose how it is delivered (a route's `delivery`, or
-for `auto` by its size from the metadata cache or a HEAD), then stream it or redirect to a
-presigned URL. Owns the caches of what S3 answered (metadata, small objects, signed links).
+for `auto` by its size from the metadata cache or a HEAD), then hand it to that method
+(proxy/delivery). Owns the caches of what S3 answered (metadata, small objects, signed links).
 
 Runs only after access.py admitted the request: every S3 call here is for an object the
 caller may read.
@@ -12,20 +12,11 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Config, Route
-from ..delivery import (
-    LinkCache,
-    SignedLink,
-    StreamSettings,
-    redirect_response,
-    sign_link,
-    stream,
-    wants_json,
-)
+from ..delivery import LinkCache, Method, Redirect, Stream
 from ..errors import NotFound
 from ..metacache import MISSING, MetadataCache
 from ..objectcache import ObjectCache
 from ..ops import Telemetry
-from ..presentation import presentation, signed_overrides
 from ..request import ObjectRef, RequestContext
 from ..state import State
 from ..storage import Storage
@@ -50,7 +41,6 @@ class Downloads:
         self._storage = storage
         self._clock = clock
         self._state = state
-        self._redirect_cache_control = settings.s3.redirect_cache_control
         same_metadata = (
             previous
             if previous and previous._settings.metadata_cache == (settings.metadata_cache)
@@ -82,9 +72,11 @@ class Downloads:
         self.objects: ObjectCache = kept_objects or ObjectCache(
             settings.object_cache.max_bytes, settings.object_cache.max_entries, longest, clock
         )
-        self._streaming = StreamSettings(
-            storage, self.objects, settings.limits.client_write_timeout
-        )
+        # The methods, by the name a route's `delivery` (or `auto`'s choice) gives.
+        self._methods: dict[str, Method] = {
+            "stream": Stream(storage, self.objects, state, settings.limits.client_write_timeout),
+            "redirect": Redirect(storage, clock, self.links, settings.s3.redirect_cache_control),
+        }
         telemetry.watch_cache("object", self.objects)
         telemetry.watch_cache("metadata", self.metadata)
         telemetry.watch_cache("link", self.links)
@@ -97,22 +89,10 @@ class Downloads:
         delivery = await self.choose_delivery(route, ref)
         if settings.delivery == "auto":
             context.delivery = f"auto:{delivery}"
-        if delivery == "redirect":
-            as_json = wants_json(request.headers.get("Accept"))
-            # The JSON answer names a URL for fetch() to GET; HEAD gets the same answer, so a
-            # HEAD's headers (Content-Length included) match its GET's.
-            method = "GET" if as_json else request.method
-            link = await self.sign(context, route, ref, method)
-            return redirect_response(link, as_json, route.rule.needs_token)
-        shown = presentation(route, ref.key, context.cors)
-        lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
-        try:
-            return await stream(request, context, ref, shown, settings.cache, self._streaming)
-        finally:
-            await self._state.release_stream(lease)
+        return await self._methods[delivery].answer(request, context, route, ref)
 
     async def choose_delivery(self, route: Route, ref: ObjectRef) -> str:
-        """`stream` or `redirect`: the route's, or for `auto` by the object's size."""
+        """The method's name: the route's, or for `auto` by the object's size."""
         settings = route.settings
         if settings.delivery != "auto":
             return settings.delivery
@@ -128,26 +108,9 @@ class Downloads:
             self.metadata.put(ref, meta)
         return "stream" if meta.content_length < settings.stream_below else "redirect"
 
-    async def sign(
-        self, context: RequestContext, route: Route, ref: ObjectRef, method: str
-    ) -> SignedLink:
-        """A presigned URL for the object, shown as the route shows it, that outlives
-        neither the route's ttl nor the caller's credential."""
-        settings = route.settings
-        overrides = signed_overrides(route, ref.key)
-        if self._redirect_cache_control is not None:
-            # Else S3's answer for a private file would be storable by shared caches.
-            overrides.setdefault("Cache-Control", self._redirect_cache_control)
-        return await sign_link(
-            self._storage,
-            settings,
-            method,
-            ref,
-            overrides,
-            self._clock(),
-            context.expires_at,
-            self.links,
-        )
+    def method(self, name: str) -> Method:
+        """The method `choose_delivery` named."""
+        return self._methods[name]
 
     def forget(self, ref: ObjectRef) -> None:
         """The object changed (this process stored it): what the caches hold of it is stale."""

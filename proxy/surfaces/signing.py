@@ -215,13 +215,10 @@ class Signing:
         try:
             async with lookups:
                 delivery = await self._downloads.choose_delivery(route, ref)
-            if delivery == "stream":
-                # Streamed objects are fetched from the proxy itself, with the caller's token.
-                return {"path": path, "url": path, "expires_at": None}
-            link = await self._downloads.sign(context, route, ref, "GET")
-            return {"path": path, "url": link.url, "expires_at": link.expires_at_iso}
+            link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
             return _refusal(path, exc)
+        return {"path": path, "url": link.url, "expires_at": link.expires_at}
 
 
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:

@@ -1,25 +1,22 @@
-"""The two ways an authorized request gets its object: stream it, or redirect to a presigned URL.
+"""Streaming: the proxy fetches the object from S3 (or its object cache) and sends the bytes.
 
 Decides what goes to S3 (a single Range; never the client's conditionals, which the proxy
 judges itself with conditional.py on S3's answer) and which S3 headers come back (length,
 type, validators, range). Statuses are settled before prepare(): once bytes have
 been sent, a failure aborts the connection instead of writing a body that looks complete.
+Each stream holds one of the stream slots (limits.max_streams*) while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import web
 
-from .conditional import (
+from ..conditional import (
     NOT_MODIFIED,
     PRECONDITION_FAILED,
     has_preconditions,
@@ -28,20 +25,45 @@ from .conditional import (
     precondition_status,
     satisfiable_spans,
 )
-from .config import RouteCacheSettings, RouteSettings
-from .errors import (
+from ..config import Route, RouteCacheSettings
+from ..errors import (
     NotModified,
     PreconditionFailed,
     ProxyError,
     RangeNotSatisfiable,
-    Unauthenticated,
     UpstreamError,
 )
-from .objectcache import ObjectCache
-from .presentation import Presentation, object_headers
-from .presign import Lifetime, LifetimeError, plan_lifetime
-from .request import ObjectRef, RequestContext
-from .storage import ObjectMeta, ObjectStream, Storage
+from ..objectcache import ObjectCache
+from ..request import ObjectRef, RequestContext
+from ..state import State
+from ..storage import ObjectMeta, ObjectStream, Storage
+from .method import Link
+from .presentation import Presentation, object_headers, presentation
+
+
+class Stream:
+    """The `stream` method of one config: objects fetched through `storage`, the small ones of
+    routes with `cache:` kept in `objects`, each stream holding one of `state`'s slots."""
+
+    def __init__(
+        self, storage: Storage, objects: ObjectCache, state: State, write_timeout: float
+    ) -> None:
+        self._settings = StreamSettings(storage, objects, write_timeout)
+        self._state = state
+
+    async def answer(
+        self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
+    ) -> web.StreamResponse:
+        shown = presentation(route, ref.key, context.cors)
+        lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        try:
+            return await stream(request, context, ref, shown, route.settings.cache, self._settings)
+        finally:
+            await self._state.release_stream(lease)
+
+    async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
+        """A streamed object is fetched from the proxy itself, with the caller's token."""
+        return Link(path, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,115 +330,3 @@ def _multipart(body: bytes, spans: list[tuple[int, int]], part_type: str) -> tup
         pieces += (part_head.encode("latin-1", "replace"), body[first : last + 1])
     pieces.append(f"\r\n--{boundary}--\r\n".encode("latin-1"))
     return b"".join(pieces), f"multipart/byteranges; boundary={boundary}"
-
-
-@dataclass(frozen=True)
-class SignedLink:
-    url: str
-    lifetime: Lifetime
-
-    @property
-    def expires_at_iso(self) -> str:
-        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class LinkCache:
-    """Stable URLs repeat within their window: remember them (bounded LRU) instead of
-    signing again. Keyed by everything the URL is a function of."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
-        self.hits = 0  # lookups answered and not (read by the metrics)
-        self.misses = 0
-
-    def get(self, key: tuple[object, ...]) -> str | None:
-        url = self._urls.get(key)
-        if url is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-            self._urls.move_to_end(key)
-        return url
-
-    def put(self, key: tuple[object, ...], url: str) -> None:
-        self._urls[key] = url
-        if len(self._urls) > self._size:
-            self._urls.popitem(last=False)
-
-
-async def sign_link(
-    storage: Storage,
-    settings: RouteSettings,
-    method: str,
-    ref: ObjectRef,
-    overrides: Mapping[str, str],
-    now: float,
-    token_expires_at: float | None,
-    cache: LinkCache | None = None,
-) -> SignedLink:
-    credentials = await storage.credentials()
-    try:
-        lifetime = plan_lifetime(
-            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
-        )
-    except LifetimeError as exc:
-        if exc.limit == "token":
-            raise Unauthenticated("token expires before a link could be used") from None
-        raise UpstreamError("AWS credentials expired; cannot sign") from None
-    # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
-    signed_overrides = overrides if method == "GET" else None
-    cache_key: tuple[object, ...] | None = None
-    if cache is not None and settings.stable:
-        cache_key = (
-            credentials.access_key,
-            credentials.token,
-            method,
-            ref,
-            tuple(sorted((signed_overrides or {}).items())),
-            lifetime.signed_at,
-            lifetime.expires_in,
-        )
-        url = cache.get(cache_key)
-        if url is not None:
-            return SignedLink(url, lifetime)
-    url = storage.presign(credentials, method, ref, lifetime, signed_overrides)
-    if cache is not None and cache_key is not None:
-        cache.put(cache_key, url)
-    return SignedLink(url, lifetime)
-
-
-def wants_json(accept: str | None) -> bool:
-    """True when the client explicitly accepts application/json (q > 0), as fetch()/XHR do."""
-    if not accept or "json" not in accept:
-        return False
-    for media_range in accept.split(","):
-        media, *params = (part.strip() for part in media_range.split(";"))
-        if media.lower() == "application/json":
-            return not any(_is_zero_quality(param) for param in params)
-    return False
-
-
-def _is_zero_quality(param: str) -> bool:
-    """`q=0` in any spelling (`Q=0.000`, `q = 0.`): the client refuses that type."""
-    name, _, value = param.replace(" ", "").partition("=")
-    try:
-        return name.lower() == "q" and float(value) == 0
-    except ValueError:
-        return False
-
-
-def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
-    lifetime = link.lifetime
-    # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
-    # URL must not be, or a later page view would reuse a dead link.
-    cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
-    # When the answer depends on who asks, a browser shared by two people must not hand one
-    # of them the other's cached redirect.
-    vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
-    headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
-    if as_json:
-        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
-        headers["X-Content-Type-Options"] = "nosniff"
-        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
-    return web.Response(status=302, headers={"Location": link.url, **headers})
