@@ -106,6 +106,7 @@ class Gateway:
         )
         telemetry.watch_streams(lambda: self.streams.in_use)
         telemetry.watch_requests(lambda: self.in_flight)
+        telemetry.watch_state(self.state)
         self._pages: dict[str, Page] = {}
         self._set_probes(config, surfaces)
 
@@ -251,8 +252,9 @@ def _readiness_checks(
 ) -> list[Check]:
     checks = storage_checks(storage, [route.settings.bucket for route in config.routes])
     if config.settings.state.backend == "redis":
-        # Redis unreachable: tokens are refused (by default), so this process is not ready.
-        checks.append(Check("redis", state.check))
+        # Redis unreachable past state.outage_grace: tokens are refused (by default), so this
+        # process is not ready. Inside the grace it serves: ready, with a "degraded" note.
+        checks.append(Check("redis", state.check, state.degraded))
 
     async def key_sets() -> str | None:
         missing = await verifier.missing_key_sets()

@@ -156,6 +156,22 @@ async def test_rate_limit_refusals_are_counted_by_route(proxy, s3: S3Objects) ->
     assert value(m, "proxy_rate_limited_total", route="photo-stream", limit="client") == 2
 
 
+async def test_the_state_series_are_there_with_the_memory_backend(proxy, s3: S3Objects) -> None:
+    client = await proxy(config_dict(s3.endpoint, metrics=METRICS))
+    m = await scrape(client)
+    assert value(m, "proxy_state_up") == 1
+    assert value(m, "proxy_state_revocations") == 0
+    assert value(m, "proxy_state_revocations_unconfirmed_seconds") == 0
+    assert value(m, "proxy_state_errors_total") == 0
+    assert value(m, "proxy_state_decisions_total") == 0
+    labels = {
+        (dict(have)["operation"], dict(have)["outcome"])
+        for (n, have) in m
+        if n == "proxy_state_errors_total"
+    }
+    assert ("rate_limits", "skipped") in labels  # every label set is there from the start
+
+
 async def test_streams_and_s3_connections_in_use_are_gauges(proxy, s3: S3Objects) -> None:
     client = await proxy(config_dict(s3.endpoint, metrics=METRICS))
     admin = bearer(make_token(role="admin"))

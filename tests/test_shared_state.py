@@ -324,6 +324,49 @@ async def test_when_down_can_be_reversed(proxy, s3: S3Objects, redis_server: Red
     assert await client.server.gateway.state.check() is not None
 
 
+async def test_inside_the_grace_readiness_is_degraded_not_failed_and_the_metrics_say_why(
+    proxy, s3: S3Objects, redis_server: RedisServer
+) -> None:
+    from .conftest import Clock
+    from .test_metrics import METRICS, scrape, value
+
+    clock = Clock()  # the wall clock: readiness answers are cached by it
+    client = await proxy(_shared(s3, redis_server, metrics=METRICS), clock=clock)
+    state = client.server.gateway.state
+    ticks = Clock(time.monotonic())  # staleness and the grace are measured on it
+    state.monotonic = ticks
+    token = bearer(make_token("alice", now=clock.now))
+    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+    redis_server.stop()
+    await _until_async(lambda: not state.is_up())
+    ticks.now += 10
+    clock.now += 60  # past health.cache: the next probe checks again
+    response = await client.get("/readyz")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "ready"
+    (note,) = body["degraded"]
+    assert note.startswith("redis: unreachable (")
+    assert "after state.outage_grace (30 s) tokens are refused (503)" in note
+    assert (await client.get("/stream/photos/42", headers=token)).status == 200
+    m = await scrape(client)
+    assert value(m, "proxy_state_up") == 0
+    assert value(m, "proxy_state_revocations_unconfirmed_seconds") >= 10
+    assert value(m, "proxy_state_errors_total", operation="revocations", outcome="failed") >= 1
+    copy = {"check": "revocations", "decision": "unconfirmed_copy"}
+    assert value(m, "proxy_state_decisions_total", **copy) >= 2  # the stream, the scrape
+
+    ticks.now += 21  # past the grace
+    clock.now += 60
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    (problem,) = body["problems"]
+    assert problem.startswith("redis: unreachable (") and "past state.outage_grace" in problem
+    assert len(body["degraded"]) == 1
+    assert (await client.get("/stream/photos/42", headers=token)).status == 503
+
+
 async def test_stream_caps_hold_across_gateways_and_free_when_streams_end(
     proxy, s3: S3Objects, redis_server: RedisServer
 ) -> None:
