@@ -94,8 +94,8 @@ def sentinel_address(url: str) -> SentinelAddress:
 
 def _host_port(text: str, number: int) -> tuple[str, int]:
     if text.startswith("["):  # an IPv6 address: [::1]:26379
-        host, _, after = text[1:].partition("]")
-        if after and not after.startswith(":"):
+        host, bracket, after = text[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
             raise ValueError(f"sentinel {number}: expected [address]:port")
         port_text = after[1:]
     else:

@@ -266,6 +266,9 @@ class RedisState(State):
         self._last: Change | None = None  # the last change read from the log
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
+        # Set on close: the background loops end even if a cancellation is lost (redis-py
+        # can swallow one that lands while it tears down a failed TLS connection).
+        self._closing = asyncio.Event()
         self._down: str | None = None  # why Redis is failing, while it is
         self._down_since = 0.0
         self._grace_over_logged = False
@@ -281,6 +284,7 @@ class RedisState(State):
         self._per_subject = settings.limits.max_streams_per_subject
 
     async def open(self) -> None:
+        self._closing.clear()
         if self._redis is None:
             self._link = open_link(self._settings)
             self._redis = self._link.redis
@@ -299,6 +303,7 @@ class RedisState(State):
         ]
 
     async def close(self) -> None:
+        self._closing.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -620,9 +625,11 @@ class RedisState(State):
         return f"{self._prefix}{kind}:{digest}"
 
     async def _every(self, interval: float, work: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        while not self._closing.is_set():
             await work()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._closing.wait()
 
     def _note_down(self, reason: str) -> None:
         self._failed(f"revocations: {reason}")
