@@ -62,6 +62,7 @@ STATE_OPERATIONS = {
     "revocations": "revocations",
     "rate limits": "rate_limits",
     "stream slots": "stream_slots",
+    "sentinel": "sentinel",
 }
 # (check, decision) -> the Counters field (state/base.py) that counts it.
 STATE_DECISIONS = {

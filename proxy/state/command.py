@@ -66,7 +66,8 @@ async def _in_redis(config: Config, order: Order) -> int:
                 print(entry.dumps())
             return 0
         if order.action == "undo":
-            if not await store.delete(order.kind, order.value, order.iss, now):
+            removed, _ = await store.delete(order.kind, order.value, order.iss, now)
+            if not removed:
                 print("no such revocation", file=sys.stderr)
                 return 1
             print(json.dumps({"removed": {order.kind: order.value, "iss": order.iss}}))

@@ -4,10 +4,14 @@ master Sentinel names, over TLS when the URL says `rediss`. Builds clients; send
 Rules:
 1. Every client has a bounded, blocking pool (a caller waits at most `state.timeout` for a
    connection) and redis-py retries nothing: the caller's own deadline is the only one.
-2. Through Sentinel, each new connection asks a sentinel where the master is; a connection
-   to a master that was demoted fails its next write (redis-py turns READONLY into a
-   connection error) and the one after it goes to the new master. The sentinels share the
-   timeout and TLS settings, and have their own password (`state.sentinel_password`).
+2. Through Sentinel, each new connection asks a sentinel where the master is. A demoted
+   master goes on taking writes for seconds, until Sentinel reconfigures it (and then drops
+   them as it resyncs), so the state asks again every second (`follow_master`): when the
+   answer changes, every connection to the old master is closed, in use or not. Later, a
+   connection to a master that was demoted fails its next write (redis-py turns READONLY
+   into a connection error) and the one after it goes to the new master. The sentinels
+   share the timeout and TLS settings, and have their own password
+   (`state.sentinel_password`).
 3. Nothing here logs, and no error it raises carries the URL (it may hold a password).
 """
 
@@ -38,6 +42,20 @@ class RedisLink:
 
     redis: Redis
     sentinel: Sentinel | None = None
+
+    async def follow_master(self) -> tuple[str, int] | None:
+        """Through Sentinel: ask where the master is; if it moved, close every connection to
+        the old one and say where it is now (rule 2). None when it did not move."""
+        pool = self.redis.connection_pool
+        if self.sentinel is None or not isinstance(pool, BlockingSentinelPool):
+            return None
+        before = pool.master_address
+        # Asking also closes the idle connections to a former master.
+        now: tuple[str, int] = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        if before is None or now == before:
+            return None
+        await pool.disconnect(inuse_connections=True)
+        return now
 
     async def close(self) -> None:
         await self.redis.aclose(close_connection_pool=True)

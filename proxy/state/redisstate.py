@@ -70,6 +70,7 @@ LOG_LENGTH = 10_000  # changes kept in the log; a process further behind reloads
 STALE_AFTER = 1.0
 LEASE = 15.0
 HEARTBEAT = 5.0
+MASTER_CHECK = 1.0  # through Sentinel: how often to ask where the master is (connect.py)
 SHOWN_IN_LOG = 10  # revocations named in a log line about lost ones; the rest are counted
 
 T = TypeVar("T")
@@ -142,11 +143,15 @@ class RedisRevocations:
         self._write = redis.register_script(_WRITE_REVOCATION)
         self._restore = redis.register_script(_RESTORE_REVOCATIONS)
 
-    async def put(self, entry: Revocation, now: float) -> None:
-        await self._run_write(entry.id, entry.dumps(), entry.expires_at, now)
+    async def put(self, entry: Revocation, now: float) -> int:
+        """Store the entry; the number its change was logged under."""
+        _, seq = await self._run_write(entry.id, entry.dumps(), entry.expires_at, now)
+        return seq
 
-    async def delete(self, kind: Kind, value: str, iss: str | None, now: float) -> bool:
-        return bool(await self._run_write(entry_id(kind, value, iss), "", 0, now))
+    async def delete(self, kind: Kind, value: str, iss: str | None, now: float) -> tuple[bool, int]:
+        """Whether there was such an entry, and the number the change was logged under."""
+        removed, seq = await self._run_write(entry_id(kind, value, iss), "", 0, now)
+        return bool(removed), seq
 
     async def load(self, now: float) -> list[Revocation]:
         return (await self.snapshot(now)).entries
@@ -207,7 +212,9 @@ class RedisRevocations:
         written: list[bytes] = await bounded(self._timeout, lambda: self._restore(self._keys, args))
         return [found.decode() for found in written]
 
-    async def _run_write(self, field: str, value: str, expires_at: float, now: float) -> int:
+    async def _run_write(
+        self, field: str, value: str, expires_at: float, now: float
+    ) -> tuple[int, int]:
         args: list[str | int] = [
             field,
             value,
@@ -216,8 +223,8 @@ class RedisRevocations:
             secrets.token_hex(8),
             LOG_LENGTH,
         ]
-        result: int = await bounded(self._timeout, lambda: self._write(self._keys, args))
-        return result
+        result, seq = await bounded(self._timeout, lambda: self._write(self._keys, args))
+        return int(result), int(seq)
 
 
 def _parse(text: bytes) -> Revocation | None:
@@ -264,6 +271,9 @@ class RedisState(State):
         self._epoch: bytes | None = None
         self._seq = -1  # no snapshot yet
         self._last: Change | None = None  # the last change read from the log
+        # The highest change this process wrote itself: a Redis counting less lost it, even
+        # if every change this process read is still there (rule 3).
+        self._wrote = 0
         self._synced_at = -math.inf
         self._tasks: list[asyncio.Task[None]] = []
         # Set on close: the background loops end even if a cancellation is lost (redis-py
@@ -271,6 +281,7 @@ class RedisState(State):
         self._closing = asyncio.Event()
         self._down: str | None = None  # why Redis is failing, while it is
         self._down_since = 0.0
+        self._master_checked_at = -math.inf
         self._grace_over_logged = False
         self._limits_resume_at = -math.inf  # limits skip Redis until then (rule 6)
         # Stream slots this process holds in Redis: member -> its sorted sets.
@@ -409,8 +420,9 @@ class RedisState(State):
         before it is what we read, and what follows it continues it."""
         if head.epoch != self._epoch:
             return [], "its epoch marker is gone" if head.epoch is None else "its epoch changed"
-        if head.seq < self._seq:
-            return [], f"its change counter went back from {self._seq} to {head.seq}"
+        counted = max(self._seq, self._wrote)
+        if head.seq < counted:
+            return [], f"its change counter went back from {counted} to {head.seq}"
         fresh = logged
         if self._last is not None:
             if not logged or logged[0] != self._last:
@@ -462,9 +474,11 @@ class RedisState(State):
     def _adopt(self, snapshot: Snapshot) -> None:
         self.revoked.replace(snapshot.entries)
         self._epoch, self._seq, self._last = snapshot.epoch, snapshot.seq, snapshot.last
+        self._wrote = 0  # what this process wrote before is in the snapshot, or written back
         self._synced_at = self.monotonic()
 
     async def _sync_quietly(self) -> None:
+        await self._follow_master()
         try:
             await self._sync()
         except StateDown as exc:
@@ -472,17 +486,42 @@ class RedisState(State):
         else:
             self._note_up()
 
+    async def _follow_master(self) -> None:
+        link = self._link
+        if link is None or link.sentinel is None:
+            return
+        now = self.monotonic()
+        if now - self._master_checked_at < MASTER_CHECK:
+            return
+        self._master_checked_at = now
+        try:
+            moved = await bounded(max(self._timeout, SYNC_TIMEOUT), link.follow_master)
+        except StateDown as exc:
+            # The master may still answer; the poll that follows says whether it does.
+            self._failed(f"sentinel: {exc}")
+            return
+        if moved is not None:
+            host, port = moved
+            log.warning(
+                "state backend redis: Sentinel names a new master at %s:%d; connections to "
+                "the old one closed",
+                host,
+                port,
+            )
+
     async def revoke(self, entry: Revocation) -> None:
         store = self._checked_store()
-        await self._write(lambda: store.put(entry, self._clock()), "revocation not stored")
+        seq = await self._write(lambda: store.put(entry, self._clock()), "revocation not stored")
         self.revoked.add(entry)  # in force here at once, elsewhere at the next poll
+        self._wrote = max(self._wrote, seq)
 
     async def unrevoke(self, kind: Kind, value: str, iss: str | None) -> bool:
         store = self._checked_store()
-        removed = await self._write(
+        removed, seq = await self._write(
             lambda: store.delete(kind, value, iss, self._clock()), "revocation not removed"
         )
         self.revoked.remove(kind, value, iss)
+        self._wrote = max(self._wrote, seq)
         return removed
 
     async def revocations(self) -> list[Revocation]:
@@ -674,6 +713,7 @@ class RedisState(State):
 
 # KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
 # ("" removes it), its expiry, now, an epoch for a Redis that has none yet, the log's length.
+# Returns whether the entry was there (for a removal) and the change's number.
 # Expired entries are pruned on every write (found by their expiry score, so a write costs
 # the same with a long list), and every key expires with the last entry.
 _WRITE_REVOCATION = """
@@ -701,7 +741,7 @@ if #last > 0 then
     redis.call('PEXPIREAT', KEYS[i], until_ms)
   end
 end
-return result
+return {result, seq}
 """
 
 # KEYS: as above. ARGV: an epoch for a Redis that has none, the log's length, now, then per
