@@ -50,8 +50,12 @@ RESTART_ONLY: tuple[str, ...] = (
     "limits.keepalive_timeout",
     "limits.max_connections_per_client",
     # The state backend (a Redis pool and its poller) is opened once with the Gateway; a
-    # reload retunes it (when_down, limits, lifetimes) but never swaps it.
-    *(f"state.{name}" for name in StateSettings.model_fields if name != "when_down"),
+    # reload retunes it (when_down, outage_grace, limits, lifetimes) but never swaps it.
+    *(
+        f"state.{name}"
+        for name in StateSettings.model_fields
+        if name not in ("when_down", "outage_grace")
+    ),
 )
 
 

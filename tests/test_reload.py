@@ -239,6 +239,7 @@ def test_restart_only_changes_name_each_key() -> None:
             s3={"redirect_cache_control": "no-store"},
             auth={"jwks": {"timeout": 1}},
             limits={"max_headers": 100, "max_streams": 3},
+            state={"key_prefix": "other:", "outage_grace": 5, "when_down": {"limits": "closed"}},
         )
     )
     assert restart_only_changes(old.settings, new.settings) == [
@@ -246,6 +247,7 @@ def test_restart_only_changes_name_each_key() -> None:
         "s3.endpoint_url",
         "auth.jwks.timeout",
         "limits.max_headers",
+        "state.key_prefix",
     ]
 
 

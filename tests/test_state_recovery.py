@@ -137,6 +137,19 @@ async def test_with_no_grace_tokens_are_refused_a_second_into_the_outage(
             state.check_token(_claims("bob", time.time()))
 
 
+async def test_a_reload_retunes_the_grace(redis_server: RedisServer) -> None:
+    ticks = Clock(1000.0)
+    state = RedisState(_settings(redis_server, outage_grace=30), time.time, monotonic_clock=ticks)
+    async with _opened(state):
+        redis_server.stop()
+        await _until(lambda: not state.is_up())
+        ticks.now += 10
+        state.check_token(_claims("bob", time.time()))
+        state.reconfigure(_settings(redis_server, outage_grace=5))
+        with pytest.raises(StateUnavailable):
+            state.check_token(_claims("bob", time.time()))
+
+
 async def test_a_process_that_never_loaded_a_copy_refuses_from_the_start(
     redis_server: RedisServer,
 ) -> None:
