@@ -21,8 +21,8 @@ from urllib.parse import urlencode, urlsplit
 
 from ..auth import issue_token
 from ..config import Config
-from .connect import open_link
-from .redisstate import RedisRevocations, StateDown
+from .connect import StateDown, open_link
+from .redislog import RedisRevocations
 from .revocations import Kind, Revocation, new_revocation
 
 TOKEN_ENV = "PROXY_ADMIN_TOKEN"  # noqa: S105 - the variable's name

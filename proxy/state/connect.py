@@ -1,5 +1,6 @@
 """The Redis client the state backend and `python -m proxy revoke` use: one server, or the
-master Sentinel names, over TLS when the URL says `rediss`. Builds clients; sends nothing.
+master Sentinel names, over TLS when the URL says `rediss`; and the deadline every call to it
+runs under (`bounded`), which turns its failures into one loggable StateDown.
 
 Rules:
 1. Every client has a bounded, blocking pool (a caller waits at most `state.timeout` for a
@@ -17,16 +18,38 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from ..config import StateSettings, StateTls
 from ..redisurl import is_sentinel, sentinel_address, uses_tls
+
+T = TypeVar("T")
+
+
+class StateDown(Exception):
+    """Redis did not answer in time, or answered with an error; str() is loggable."""
+
+
+async def bounded(deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+    """Run one Redis call under the deadline; its failures become StateDown."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await call()
+    except TimeoutError:
+        raise StateDown("timed out") from None
+    except (RedisError, OSError) as exc:
+        # The class name only: a message may name the server, never the URL's password,
+        # but keep log lines short and alike.
+        raise StateDown(type(exc).__name__) from None
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
