@@ -66,7 +66,7 @@ def write_lines_to(sink: Callable[[str], None] | None) -> None:
     _sink = sink
 
 
-def _timestamp(now: float) -> str:
+def timestamp(now: float) -> str:
     """ISO 8601 with milliseconds; the date-time part is formatted once per second."""
     global _second
     whole = int(now)
@@ -98,7 +98,7 @@ class AccessRecord:
         if _sink is None and not log.isEnabledFor(logging.INFO):
             return
         line = {
-            "time": _timestamp(now),
+            "time": timestamp(now),
             "route": self.route,
             "sub": self.sub,
             "method": self.method,

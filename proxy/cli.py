@@ -1,5 +1,5 @@
 """Command line: argument parsing and process set-up only (serve / reload / check / token /
-link / revoke / demo / bench)."""
+link / revoke / audit / demo / bench)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "audit":
+        return _audit(args)
     config = _load(args.config)
     if config is None:
         return 2
@@ -112,6 +114,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     _claim_argument(revoke)
     revoke.set_defaults(run=_revoke)
+
+    audit = commands.add_parser("audit", help="work with the audit trail (audit.path)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check the hash chain of audit files; exit 0 if intact, 1 naming the first line "
+        "that breaks it",
+        description="Files may be given in any order; a file that continues another (after a "
+        "rotation) is checked against it when both are given.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument(
+        "--mixed",
+        action="store_true",
+        help='skip lines that are not audit lines (audit.path "-" shares stdout with the '
+        "access log)",
+    )
 
     demo = commands.add_parser(
         "demo", help="run the proxy against an in-process S3 with demo data and a demo page"
@@ -276,6 +295,24 @@ def _bench(args: argparse.Namespace) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .audit import ChainBroken, verify_files
+
+    try:
+        report = verify_files([Path(name) for name in args.files], args.mixed)
+    except ChainBroken as exc:
+        print(f"audit chain broken at {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for line in report:
+        print(line)
+    return 0
 
 
 _CONFIG_ONLY = (("--path", "paths"), ("--token", "token"), ("--claim", "claim"))

@@ -666,6 +666,24 @@ class AdminSettings(_Model):
         return value
 
 
+class AuditSettings(_Model):
+    """The audit trail (who got what): off unless `path` is set. See docs/operations.md."""
+
+    # A file appended to (relative to the config file; with listen.workers > 1 each worker
+    # writes its own, `.wN` before the suffix), or "-" for stdout beside the access log.
+    path: str | None = None
+    # Past this size the file is renamed aside (UTC timestamp suffix) and a new one goes on
+    # with the chain; 0: never (logrotate and SIGHUP instead).
+    max_bytes: int = Field(100 * MIB, ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\x00" in value):
+            raise ValueError('must be a file path, or "-" for stdout; null turns the audit off')
+        return value
+
+
 class Settings(_Model):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -679,6 +697,7 @@ class Settings(_Model):
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -755,6 +774,7 @@ def parse_config(
 
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
+    settings = _resolve_audit_path(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
@@ -1010,6 +1030,25 @@ def _resolve_pid_file(settings: Settings, base_dir: Path, problems: list[str]) -
         )
     listen = listen.model_copy(update={"pid_file": path.absolute()})
     return settings.model_copy(update={"listen": listen})
+
+
+def _resolve_audit_path(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    """An absolute audit path in a directory that exists, so a typo fails at load, not at
+    the first event."""
+    audit = settings.audit
+    if audit.path is None or audit.path == "-":
+        return settings
+    path = Path(audit.path)
+    path = path if path.is_absolute() else base_dir / path
+    if not path.parent.is_dir():
+        problems.append(
+            f"audit.path: directory {path.parent} does not exist; create it (writable by the "
+            'proxy) or choose a path in an existing directory, or "-" for stdout'
+        )
+    elif path.is_dir():
+        problems.append(f"audit.path: {path} is a directory; name a file in it, e.g. audit.jsonl")
+    audit = audit.model_copy(update={"path": str(path.absolute())})
+    return settings.model_copy(update={"audit": audit})
 
 
 def _route_issuers(

@@ -323,3 +323,35 @@ def test_s3_engine_is_builtin_unless_aiobotocore_is_named() -> None:
     assert _problems(config_dict(s3={"engine": "boto3"})) == [
         "s3.engine: Input should be 'builtin' or 'aiobotocore' (got 'boto3')"
     ]
+
+
+def test_the_audit_is_off_unless_a_path_is_set(tmp_path: Path) -> None:
+    assert build_config(config_dict()).settings.audit.path is None
+    config = load_config(_write(tmp_path, config_dict(audit={"path": "logs/audit.jsonl"})))
+    assert config.settings.audit.path == str(tmp_path / "logs" / "audit.jsonl")
+    assert config.settings.audit.max_bytes == 100 * 1024 * 1024
+    stdout = parse_config(yaml.safe_dump(config_dict(audit={"path": "-", "max_bytes": 0})))
+    assert stdout.settings.audit.path == "-"
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("audit", "expected"),
+    [
+        ({"path": "/nonexistent/dir/audit.jsonl"}, "audit.path: directory /nonexistent/dir does"),
+        ({"path": "logs"}, "audit.path: "),
+        ({"path": "  "}, 'audit.path: must be a file path, or "-" for stdout'),
+        ({"path": "a.jsonl", "max_bytes": -1}, "audit.max_bytes: Input should be greater"),
+        ({"path": "a.jsonl", "rotate": True}, "audit.rotate: unknown key"),
+    ],
+)
+def test_audit_mistakes_name_the_key(tmp_path: Path, audit: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, config_dict(audit=audit)))
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value

@@ -1,0 +1,203 @@
+"""Writes the audit trail: one sealed JSON line per event, appended and flushed at once.
+
+Rules:
+1. Each event is one `write()` of one whole line to a file opened for appending, flushed
+   before `record()` returns: a crash loses no event already recorded, and no two writers'
+   lines interleave mid-line (with several workers each has a file of its own, `.wN` before
+   the suffix; on stdout each line says which `worker` wrote it, and each worker is a chain).
+2. A chain goes on across restarts: opening a file that has lines continues from its last
+   hash. A torn last line (a crash mid-write) is left as it is, for `verify` to name.
+3. Rotation keeps the chain: past `max_bytes` the file is renamed with a UTC timestamp and a
+   new one starts with an `audit.rotated` line naming the old file and its last hash. On
+   SIGHUP (`reopen()`), a file that was moved away (logrotate) is followed the same way.
+4. Writing never fails a request: an I/O error is reported once on stderr (the diagnostics),
+   the event is lost, and the gap shows as a break in the chain.
+It never decides what an event holds (the request value does) and never reads the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..accesslog import timestamp
+from .chain import hash_of, seal
+
+log = logging.getLogger("proxy.audit")
+
+STDOUT = "-"
+_TAIL = 64 * 1024  # how far back from the end a file's last line is looked for
+
+
+def worker_path(path: Path, worker: int | None) -> Path:
+    """The file one worker of several writes: audit.jsonl -> audit.w2.jsonl."""
+    if worker is None:
+        return path
+    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+
+
+class AuditTrail:
+    """The audit file of this process (or stdout). `open()` before `record()`."""
+
+    def __init__(
+        self,
+        path: str,
+        max_bytes: int = 0,
+        worker: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stdout = path == STDOUT
+        self.path = Path(path) if self._stdout else worker_path(Path(path), worker)
+        self._max_bytes = max_bytes if not self._stdout else 0
+        self._worker = worker
+        self._clock = clock
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._last: str | None = None  # the hash the next line chains to
+        self._failing = False
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._stdout:
+            self._file = sys.stdout.buffer
+            return
+        self._open_file()
+
+    def close(self) -> None:
+        if self._file is not None and not self._stdout:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+
+    def reopen(self) -> None:
+        """SIGHUP: if the file was moved or removed (logrotate), go on in a new one at the
+        configured path, chained to the old one's last line."""
+        if self._stdout or self._file is None:
+            return
+        try:
+            moved = not os.path.samestat(os.stat(self.path), os.fstat(self._file.fileno()))
+        except FileNotFoundError:
+            moved = True
+        except OSError as exc:
+            log.error("audit: cannot check %s (%s)", self.path, exc.strerror)
+            return
+        if moved:
+            log.info("audit: %s was moved; continuing the chain in a new file", self.path)
+            self._start_new_file(previous=None)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def record(self, event: str, fields: Mapping[str, Any]) -> None:
+        """Append one event: `time` and `event` first, then `fields` in their order."""
+        line: dict[str, Any] = {"time": timestamp(self._clock()), "event": event, **fields}
+        if self._worker is not None and self._stdout:
+            line["worker"] = self._worker
+        self._append(line)
+
+    def _append(self, fields: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
+        sealed, digest = seal(fields, self._last)
+        data = sealed + b"\n"
+        if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
+            self._rotate()
+            if self._file is None:
+                return
+            sealed, digest = seal(fields, self._last)
+            data = sealed + b"\n"
+        try:
+            if self._stdout:
+                sys.stdout.flush()  # the access log's pending lines first, whole
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+            return
+        self._size += len(data)
+        self._last = digest
+        if self._failing:
+            self._failing = False
+            log.warning("audit: writing to %s again", self._where)
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:
+            self._failing = True
+            reason = getattr(exc, "strerror", None) or str(exc)
+            log.error("audit: cannot write to %s (%s); events are being lost", self._where, reason)
+
+    @property
+    def _where(self) -> str:
+        return "stdout" if self._stdout else str(self.path)
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _open_file(self) -> None:
+        file = self.path.open("ab")
+        self._file = file
+        self._size = os.fstat(file.fileno()).st_size
+        self._last = None
+        if self._size:
+            self._last, whole = _last_line(self.path)
+            if not whole:
+                # End the torn line, so that the next one starts on a line of its own.
+                file.write(b"\n")
+                file.flush()
+                self._size += 1
+
+    def _rotate(self) -> None:
+        """Rename the full file aside, then start a new one that names it."""
+        now = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.{now}Z")
+        for number in range(1, 1000):
+            if not aside.exists():
+                break
+            aside = self.path.with_name(f"{self.path.name}.{now}Z-{number}")
+        try:
+            os.rename(self.path, aside)
+        except OSError as exc:
+            # Go on in the full file rather than lose events, and stop trying each event.
+            self._max_bytes = 0
+            log.error(
+                "audit: cannot rename %s aside (%s); size rotation is off until restart",
+                self.path,
+                exc.strerror,
+            )
+            return
+        self._start_new_file(previous=aside.name)
+
+    def _start_new_file(self, previous: str | None) -> None:
+        last = self._last
+        self.close()
+        try:
+            self._open_file()
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if self._size == 0:
+            # A new file: its first line joins it to the chain it continues.
+            self._last = last
+            self._append(
+                {"time": timestamp(self._clock()), "event": "audit.rotated", "previous": previous}
+            )
+
+
+def _last_line(path: Path) -> tuple[str | None, bool]:
+    """The hash of a file's last line, and whether that line is whole (ends in a newline).
+    None if it is torn or not an audit line: the line written next then starts a chain, and
+    `verify` names the torn one."""
+    with path.open("rb") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        file.seek(max(0, size - _TAIL))
+        tail = file.read()
+    if not tail.endswith(b"\n"):
+        return None, False
+    return hash_of(tail[:-1].rsplit(b"\n", 1)[-1]), True
