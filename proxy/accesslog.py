@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,7 +53,9 @@ class LineWriter:
             if not self._broken:
                 self._broken = True
                 with contextlib.suppress(Exception):
-                    sys.stderr.write("access log: stdout is not writable; lines dropped\n")
+                    logging.getLogger("proxy").error(
+                        "access log: stdout is not writable; lines dropped"
+                    )
 
 
 # Where lines go: the logging module by default (tests capture it), a LineWriter in `serve`.

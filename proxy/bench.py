@@ -271,7 +271,7 @@ class ProxyProcess:
                 f"the proxy did not start (exit status {self._process.returncode}); "
                 f"its last output:{self.output_tail()}"
             )
-        self.base = line.rsplit(" ", 1)[1]
+        self.base = str(json.loads(line)["url"])
         return self
 
     def __exit__(

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__
 from .config import RANDOM_KEY_COMMAND, Config, ConfigError, load_config
-from .logs import configure_logging
+from .logs import configure_logging, write_diagnostic
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -25,24 +25,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(args)
     if args.command == "audit":
         return _audit(args)
-    config = _load(args.config)
+    # `serve` speaks JSON on stderr from its first line; the other commands speak to people.
+    config = _load(args.config, as_json=args.command == "serve")
     if config is None:
         return 2
     command: int = args.run(args, config)
     return command
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, as_json: bool = False) -> Config | None:
     """The config, or None after saying what is wrong with it."""
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"config error in {path}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        if as_json:
+            for problem in exc.problems:
+                write_diagnostic("error", f"config error in {path}: {problem}", "proxy.config")
+        else:
+            print(f"config error in {path}:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
         return None
     for warning in config.warnings:
-        print(f"config warning in {path}: {warning}", file=sys.stderr)
+        if as_json:
+            write_diagnostic("warning", f"config warning in {path}: {warning}", "proxy.config")
+        else:
+            print(f"config warning in {path}: {warning}", file=sys.stderr)
     return config
 
 
@@ -217,15 +225,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     port = args.port if args.port is not None else listen.port
 
     def ready(bound: int) -> None:
-        print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{bound}", flush=True)
+        url = f"http://{host}:{bound}"
+        # Always written (whatever --log-level): scripts wait for it, and take `url` from it.
+        message = f"proxy: {len(config.routes)} routes, listening on {url}"
+        write_diagnostic("info", message, url=url)
 
     try:
         run(config, host, port, ready, config_path=Path(args.config))
     except PidFileError as exc:
-        print(str(exc), file=sys.stderr)
+        write_diagnostic("error", str(exc))
         return 2
     except OSError as exc:
-        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        write_diagnostic("error", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         return 2
     return 0
 
