@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -343,6 +344,17 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     claims = _claims(args.sub, args.claim)
     if claims is None:
         return 2
+    longest = config.settings.revocation.max_token_lifetime
+    if not 1 <= args.ttl <= longest:
+        # The proxy refuses a token that lives longer (so revocations can expire): printing
+        # one would hand the user a token that never works.
+        print(
+            f"--ttl must be between 1 and {longest} seconds (revocation.max_token_lifetime in "
+            f"{args.config}); the proxy refuses longer-lived tokens. Raise that setting if "
+            "tokens must live longer",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(issue_token(config.settings.auth, claims, args.ttl))
     except ValueError as exc:
@@ -382,8 +394,26 @@ def _link(args: argparse.Namespace, config: Config) -> int:
     base = (args.base_url or f"http://{listen.host}:{listen.port}").rstrip("/")
     print(f"{base}{quote(path, safe='/')}?{quote(auth.link_param)}={token}")
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    print(f"to revoke this link: python -m proxy revoke --jti {jti}", file=sys.stderr)
+    print(f"to revoke this link: {_revoke_command(args.config, config, jti)}", file=sys.stderr)
     return 0
+
+
+def _revoke_command(path: str, config: Config, jti: str) -> str:
+    """The revoke command for one jti, to be run as printed from anywhere: with this config
+    (its state backend or admin endpoint is where the revocation must go), and with the
+    claims admin.access wants when the command must go through that endpoint."""
+    from pathlib import Path
+
+    from .policy import claims_that_pass
+    from .state.command import claim_arguments
+
+    command = f"python -m proxy revoke --config {shlex.quote(str(Path(path).absolute()))}"
+    rule = config.admin_access
+    if config.settings.state.backend == "memory" and rule is not None and rule.needs_token:
+        wanted = claims_that_pass(rule)
+        if wanted:
+            command += " " + claim_arguments(wanted)
+    return f"{command} --jti {jti}"
 
 
 def _revoke(args: argparse.Namespace, config: Config) -> int:

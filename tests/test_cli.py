@@ -84,6 +84,25 @@ def _free_port() -> int:
     return port
 
 
+@pytest.mark.parametrize("ttl", ["86401", "0"])
+def test_token_refuses_a_ttl_the_proxy_would_refuse(ttl: str) -> None:
+    """Past revocation.max_token_lifetime the proxy refuses the token: none is printed."""
+    result = _run(
+        "token", "--config", "config.yaml", "--sub", "alice", "--ttl", ttl,
+        env={"JWT_SECRET": SECRET},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "--ttl must be between 1 and 86400 seconds (revocation.max_token_lifetime" in (
+        result.stderr
+    )
+    ok = _run(
+        "token", "--config", "config.yaml", "--sub", "alice", "--ttl", "86400",
+        env={"JWT_SECRET": SECRET},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path: Path) -> None:
     port = _free_port()
     path = tmp_path / "config.yaml"
