@@ -763,15 +763,14 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a map with at least 'routes'"])
 
+    # Every mistake is reported in one run: the environment's, the shape's, and the
+    # cross-checks' of whatever part of the config is sound enough to check.
+    reported: list[str] = []
+    expanded = _expand_env(raw, os.environ if env is None else env, "", reported)
+    settings, dropped = _validate_sound_parts(expanded, reported)
+    if settings is None:
+        raise ConfigError(reported)
     problems: list[str] = []
-    expanded = _expand_env(raw, os.environ if env is None else env, "", problems)
-    if problems:
-        raise ConfigError(problems)
-    try:
-        settings = Settings.model_validate(expanded)
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, expanded)) from None
-
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_audit_path(settings, base_dir or Path.cwd(), problems)
@@ -779,9 +778,76 @@ def parse_config(
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
     _check_paths(settings, problems)
-    if problems:
-        raise ConfigError(problems)
+    reported += _not_yet_reported(problems, dropped, reported)
+    if reported:
+        raise ConfigError(reported)
     return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """What shape errors removed before the cross-checks ran: whole sections, and routes (by
+    their index in the file)."""
+
+    sections: frozenset[str] = frozenset()
+    routes: tuple[int, ...] = ()  # the file's indices of the routes that were kept
+    any_route: bool = False
+
+
+def _validate_sound_parts(expanded: Any, reported: list[str]) -> tuple[Settings | None, _Dropped]:
+    """The settings, after reporting every shape error; with errors, the settings without the
+    sections and routes that had them (defaults instead), so that the cross-checks can still
+    look at the rest. None if even that is not a config."""
+    try:
+        return Settings.model_validate(expanded), _Dropped()
+    except ValidationError as exc:
+        reported += _describe_validation_error(exc, expanded)
+        failed = [error["loc"] for error in exc.errors(include_url=False)]
+    if not isinstance(expanded, dict):
+        return None, _Dropped()
+    bad_routes = {loc[1] for loc in failed if len(loc) > 1 and loc[0] == "routes"}
+    sections = {str(loc[0]) for loc in failed if loc and loc[0] != "routes"}
+    if any(len(loc) < 2 or not isinstance(loc[1], int) for loc in failed if loc[:1] == ("routes",)):
+        sections.add("routes")
+    sound = {key: value for key, value in expanded.items() if key not in sections}
+    routes = sound.get("routes")
+    kept: tuple[int, ...] = ()
+    if isinstance(routes, list):
+        kept = tuple(index for index in range(len(routes)) if index not in bad_routes)
+        sound["routes"] = [routes[index] for index in kept]
+    dropped = _Dropped(frozenset(sections), kept, bool(bad_routes))
+    try:
+        return Settings.model_validate(sound), dropped
+    except ValidationError:
+        return None, dropped
+
+
+def _not_yet_reported(problems: list[str], dropped: _Dropped, reported: list[str]) -> list[str]:
+    """Cross-check problems worth adding: none about a key already reported (an unset
+    variable, a shape error), or about a section replaced by its defaults, or (with `auth`
+    replaced) about routes' issuers, which are judged against auth; route indices as in the
+    file."""
+    said = {_key_of(problem) for problem in reported}
+    kept = []
+    for problem in problems:
+        if dropped.any_route:
+            problem = _ROUTE_INDEX.sub(lambda m: f"routes[{dropped.routes[int(m[1])]}]", problem)
+        key = _key_of(problem)
+        section = re.split(r"[.\[]", key, maxsplit=1)[0]
+        if key in said or section in dropped.sections:
+            continue
+        if "auth" in dropped.sections and key.endswith(".issuers"):
+            continue
+        kept.append(problem)
+    return kept
+
+
+_ROUTE_INDEX = re.compile(r"^routes\[(\d+)\]")
+
+
+def _key_of(problem: str) -> str:
+    """`routes[0] (photos).ttl: ...` -> `routes[0].ttl`."""
+    return re.sub(r" \([^)]*\)", "", problem.split(": ", 1)[0])
 
 
 def _warnings(settings: Settings) -> list[str]:

@@ -222,6 +222,41 @@ def test_several_mistakes_are_reported_together() -> None:
     assert len(_problems(data)) == 2
 
 
+def test_every_kind_of_mistake_is_reported_in_one_run() -> None:
+    """An unset variable, shape errors and cross-check errors together: `check` is run once,
+    not once per kind. Route numbers stay those of the file, though a broken route is left
+    out of the cross-checks."""
+    data = config_dict()
+    data["auth"]["secret"] = "${JWT_SECRET}"
+    data["limits"] = {"max_streams": 0}
+    data["routes"][1]["delivery"] = "fax"
+    data["routes"][3]["key"] = "{nope}"
+    data["routes"][4]["name"] = data["routes"][0]["name"]
+    problems = _problems(data)
+    assert [problem.split(":", 1)[0] for problem in problems] == [
+        "auth.secret",
+        "limits.max_streams",
+        "routes[1] (photo-stream).delivery",
+        "routes[3] (admin-links).key",
+        "routes[4] (employee-photos).name",
+    ]
+    assert "environment variable JWT_SECRET is not set" in problems[0]  # said once
+
+
+def test_a_broken_auth_section_does_not_make_up_route_problems() -> None:
+    """auth is replaced by its defaults to check the rest: its own and the issuers' checks,
+    which would judge against those defaults, are left out."""
+    data = config_dict(auth={"algorithms": ["HS1"]})
+    data["auth"]["issuers"] = None
+    data["routes"][0]["issuers"] = ["staff"]
+    data["routes"][2]["key"] = "{nope}"
+    problems = _problems(data)
+    assert [problem.split(":", 1)[0] for problem in problems] == [
+        "auth.algorithms",
+        "routes[2] (admin-exports).key",
+    ], problems
+
+
 def test_duplicate_route_names() -> None:
     data = config_dict()
     data["routes"][1]["name"] = data["routes"][0]["name"]
