@@ -570,7 +570,7 @@ def report(
                 "",
             ]
             if chart
-            else ["(No charts: pip install matplotlib for them.)", ""]
+            else [f"(No charts: {CHARTS_NEED})", ""]
         ),
         "Notes:",
         "",
@@ -647,6 +647,10 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
 
 CHART = "comparison.png"  # beside report.md, which links it
 COLOURS = {"stream": "#3867d6", "redirect": "#e17a16"}  # as on the demo page
+
+
+# What to install for the charts: the extra that has matplotlib, named as pip takes it.
+CHARTS_NEED = "the bench extra draws them with matplotlib: pip install -e '.[bench]'"
 
 
 def chart(
@@ -910,6 +914,6 @@ def _run(
     print(text)
     print(
         f"report: {out / 'report.md'}"
-        + (f", chart: {picture}" if picture else " (pip install matplotlib for the chart)")
+        + (f", chart: {picture}" if picture else f" (no chart: {CHARTS_NEED})")
     )
     return 0
