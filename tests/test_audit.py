@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from proxy.audit import AuditTrail, ChainBroken, check_line, seal, verify_file, verify_files
+from proxy.audit import (
+    AuditFileBusy,
+    AuditTrail,
+    ChainBroken,
+    check_line,
+    seal,
+    verify_file,
+    verify_files,
+)
 from proxy.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,6 +202,16 @@ def test_sighup_follows_a_file_moved_away_by_logrotate(tmp_path: Path) -> None:
     assert first["prev"] == _lines(moved)[-1]["hash"]
     assert last["request_id"] == "r4"
     verify_files([moved, path])
+
+
+def test_a_file_another_process_writes_is_refused(tmp_path: Path) -> None:
+    """Two writers on one file would fork its chain (two replicas given one path)."""
+    path = tmp_path / "audit.jsonl"
+    first = _trail(path)
+    with pytest.raises(AuditFileBusy, match="is being written by another process"):
+        _trail(path)
+    first.close()
+    _trail(path).close()  # free again once the first has let go
 
 
 def test_workers_write_files_of_their_own(tmp_path: Path) -> None:

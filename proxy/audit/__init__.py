@@ -6,14 +6,16 @@ event holds is decided by the request value that records it; nothing else writes
 """
 
 from .chain import check_line, seal
-from .trail import STDOUT, AuditTrail, worker_path
+from .trail import STDOUT, AuditFileBusy, AuditTrail, record_from_command_line, worker_path
 from .verify import ChainBroken, verify_file, verify_files
 
 __all__ = [
     "STDOUT",
+    "AuditFileBusy",
     "AuditTrail",
     "ChainBroken",
     "check_line",
+    "record_from_command_line",
     "seal",
     "verify_file",
     "verify_files",

@@ -18,6 +18,7 @@ It never decides what an event holds (the request value does) and never reads th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -36,11 +37,32 @@ STDOUT = "-"
 _TAIL = 64 * 1024  # how far back from the end a file's last line is looked for
 
 
-def worker_path(path: Path, worker: int | None) -> Path:
-    """The file one worker of several writes: audit.jsonl -> audit.w2.jsonl."""
+def worker_path(path: Path, worker: int | str | None) -> Path:
+    """The file one writer of several writes: worker 2's audit.jsonl is audit.w2.jsonl, the
+    command line's (`revoke` against Redis) audit.cli.jsonl."""
     if worker is None:
         return path
-    return path.with_name(f"{path.stem}.w{worker}{path.suffix}")
+    name = f"w{worker}" if isinstance(worker, int) else worker
+    return path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
+COMMAND_LINE = "cli"
+
+
+def record_from_command_line(path: str, event: str, fields: Mapping[str, Any]) -> None:
+    """One event from a command-line process, in a file of its own beside the servers'
+    (audit.cli.jsonl; stdout when the path is "-"), under an exclusive lock held from reading
+    the chain's last hash to writing the line: two commands at once still make one chain."""
+    trail = AuditTrail(path, worker=None if path == STDOUT else COMMAND_LINE, lock=True)
+    trail.open()
+    try:
+        trail.record(event, fields)
+    finally:
+        trail.close()
+
+
+class AuditFileBusy(OSError):
+    """The audit file is held by another process writing its own chain into it."""
 
 
 class AuditTrail:
@@ -50,13 +72,19 @@ class AuditTrail:
         self,
         path: str,
         max_bytes: int = 0,
-        worker: int | None = None,
+        worker: int | str | None = None,
         clock: Callable[[], float] = time.time,
+        lock: bool = False,
     ) -> None:
+        """`worker`: this process's number among several (or COMMAND_LINE): its own file, or
+        on stdout a `worker` field naming its chain. The file is locked while open: with
+        `lock` the lock is waited for (short-lived writers that may run at once); without, a
+        file another process holds is refused (AuditFileBusy)."""
         self._stdout = path == STDOUT
         self.path = Path(path) if self._stdout else worker_path(Path(path), worker)
         self._max_bytes = max_bytes if not self._stdout else 0
         self._worker = worker
+        self._lock = lock
         self._clock = clock
         self._file: BinaryIO | None = None
         self._size = 0
@@ -141,6 +169,18 @@ class AuditTrail:
 
     def _open_file(self) -> None:
         file = self.path.open("ab")
+        try:
+            # Two processes appending to one file would fork its chain: a server refuses to
+            # share its file; a command line waits its turn.
+            fcntl.flock(
+                file.fileno(), fcntl.LOCK_EX if self._lock else fcntl.LOCK_EX | fcntl.LOCK_NB
+            )
+        except BlockingIOError:
+            file.close()
+            raise AuditFileBusy(
+                f"audit.path: {self.path} is being written by another process; give each "
+                "process (each replica on this machine) a file of its own"
+            ) from None
         self._file = file
         self._size = os.fstat(file.fileno()).st_size
         self._last = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import shlex
+import socket
 import sys
 import time
 import urllib.error
@@ -23,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 import jwt
 
+from ..audit import record_from_command_line
 from ..auth import issue_token
 from ..config import Config
 from ..policy import claims_that_pass
@@ -71,10 +74,12 @@ async def _in_redis(config: Config, order: Order) -> int:
             if not await store.delete(order.kind, order.value, order.iss, now):
                 print("no such revocation", file=sys.stderr)
                 return 1
+            _audit(config, "revocation.removed", order)
             print(json.dumps({"removed": {order.kind: order.value, "iss": order.iss}}))
             return 0
         entry = _entry(config, order, now)
         await store.put(entry, now)
+        _audit(config, "revocation.added", order)
         print(entry.dumps())
         return 0
     except StateDown as exc:
@@ -82,6 +87,40 @@ async def _in_redis(config: Config, order: Order) -> int:
         return 2
     finally:
         await redis.aclose(close_connection_pool=True)
+
+
+def _audit(config: Config, event: str, order: Order) -> None:
+    """Written Redis itself, so no server sees it: this command records it (audit.path)."""
+    path = config.settings.audit.path
+    if path is None:
+        return
+    what: dict[str, Any] = {order.kind: order.value}
+    if order.kind == "sub":
+        what["iss"] = order.iss
+    fields = {
+        "request_id": os.urandom(8).hex(),
+        "sub": None,
+        "iss": None,
+        "client": None,
+        "route": None,
+        "method": None,
+        "status": None,
+        "what": what,
+        "by": f"command line ({_operator()})",
+    }
+    try:
+        record_from_command_line(path, event, fields)
+    except OSError as exc:
+        print(f"audit: cannot write {path} ({exc.strerror}); the change is made", file=sys.stderr)
+
+
+def _operator() -> str:
+    """Who ran the command, as the machine knows them: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _entry(config: Config, order: Order, now: float) -> Revocation:
