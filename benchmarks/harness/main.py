@@ -38,6 +38,8 @@ from .model import (
     NAIVE,
     NGINX,
     PROXY,
+    PROXY_AUDIT,
+    PROXY_AUDIT_REDIRECT,
     PROXY_BOTO_ENGINE,
     PROXY_CACHED,
     PROXY_REDIRECT,
@@ -394,6 +396,14 @@ class Bench:
             self.incident(engine)
         else:
             self.start("proxy-boto", engine)
+        # And writing the audit trail: what one event per request costs, in the same run.
+        audited = self.make_proxy(
+            "proxy-audit", self.server_cpu, [("audit.path", str(self.base / "audit.jsonl"))]
+        )
+        if isinstance(audited, str):
+            self.incident(audited)
+        else:
+            self.start("proxy-audit", audited)
         self.log(f"servers up: {', '.join(f'{k}:{s.port}' for k, s in self.servers.items())}")
 
     def cases(self) -> list[Case]:
@@ -414,9 +424,19 @@ class Bench:
             Case(
                 SMALL_STREAM, PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{sk}", small, n_small, t_small
             ),
+            Case(SMALL_STREAM, PROXY_AUDIT, "proxy-audit", f"/s/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, PROXY_CACHED, "proxy", f"/c/{sk}", small, n_small, t_small),
             Case(SMALL_REDIRECT, BARE, "bare", f"/r/{sk}", redirect, n_small, t_small),
             Case(SMALL_REDIRECT, PROXY_REDIRECT, "proxy", f"/r/{sk}", redirect, n_small, t_small),
+            Case(
+                SMALL_REDIRECT,
+                PROXY_AUDIT_REDIRECT,
+                "proxy-audit",
+                f"/r/{sk}",
+                redirect,
+                n_small,
+                t_small,
+            ),
             Case(LARGE, DIRECT, "direct", f"/bench/{lk}", large, n_large, t_large),
             Case(LARGE, NGINX, "nginx", f"/s/{lk}", large, n_large, t_large),
             Case(LARGE, NAIVE, "naive", f"/s/{lk}", large, n_large, t_large),

@@ -23,6 +23,9 @@ BARE = "bare 302 (aiohttp)"
 PROXY_STREAM = "s3-private-proxy /s/ (stream)"
 PROXY_BOTO_ENGINE = "s3-private-proxy /s/ (stream, s3.engine aiobotocore)"
 PROXY_CACHED = "s3-private-proxy /c/ (stream, cache max_age 5)"
+# The same proxy and config writing the audit trail to a file (a second process).
+PROXY_AUDIT = "s3-private-proxy /s/ (stream, audit.path on)"
+PROXY_AUDIT_REDIRECT = "s3-private-proxy /r/ (redirect, audit.path on)"
 PROXY_REDIRECT = "s3-private-proxy /r/ (redirect)"
 PROXY = "s3-private-proxy"
 

@@ -13,6 +13,7 @@ from .model import (
     LARGE,
     NGINX,
     PROXY,
+    PROXY_AUDIT,
     PROXY_CACHED,
     PROXY_REDIRECT,
     PROXY_STREAM,
@@ -247,6 +248,7 @@ def _targets(results: Results) -> list[str]:
     cached = div(rps(SMALL_STREAM, PROXY_CACHED), rps(SMALL_STREAM, BOTO))
     redirect = div(rps(SMALL_REDIRECT, PROXY_REDIRECT), rps(SMALL_REDIRECT, BARE))
     large = div(mbps(PROXY_STREAM), mbps(NGINX))
+    audited = div(rps(SMALL_STREAM, PROXY_AUDIT), rps(SMALL_STREAM, PROXY_STREAM))
     rss_row = results.rss.get(PROXY)
     peak = rss_row.hwm_mib if rss_row and rss_row.runs else math.nan
     scaling = results.scaling.ratio
@@ -280,6 +282,12 @@ def _targets(results: Results) -> list[str]:
             _ratio(redirect, 1.0),
             "≥ 0.5x",
             _at_least(redirect, 0.5),
+        ],
+        [
+            "stream 10 KiB writing the audit trail vs not (req/s)",
+            _ratio(audited, 1.0),
+            "≥ 0.9x",
+            _at_least(audited, 0.9),
         ],
         [
             "stream 100 MiB vs nginx proxy_pass (MB/s)",
