@@ -84,6 +84,7 @@ def write_access_line(context: RequestContext, now: float, duration: float) -> N
         return
     line = {
         "time": timestamp(now),
+        "request_id": context.id,  # as in X-Request-Id and the request's audit events
         "route": context.route,
         "sub": context.sub,
         "method": context.method,

@@ -217,6 +217,7 @@ def _claims(sub: str, items: Sequence[str]) -> dict[str, Any] | None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from pathlib import Path
 
+    from .audit import AuditUnavailable
     from .reload import PidFileError
     from .server import run
 
@@ -233,7 +234,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
     try:
         run(config, host, port, ready, config_path=Path(args.config))
-    except PidFileError as exc:
+    except (PidFileError, AuditUnavailable) as exc:
         write_diagnostic("error", str(exc))
         return 2
     except OSError as exc:

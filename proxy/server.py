@@ -7,8 +7,9 @@ refused), in-flight responses get up to `listen.shutdown_grace` seconds to finis
 flush what is still buffered for their clients, then everything left is closed and the process
 exits 0. (aiohttp's own shutdown waits for handlers but not for their buffered bytes.)
 
-On SIGHUP the config file is reloaded (see reload.py); with workers, the supervisor passes the
-signal on to each of them.
+On SIGHUP the config file is reloaded (see reload.py), and an audit file that logrotate moved
+is followed into a new one (audit/trail.py); with workers, the supervisor passes the signal on
+to each of them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from types import ModuleType
 from aiohttp import web
 
 from .app import Gateway
+from .audit import enter_worker as enter_audit_worker
 from .config import Config, ConfigError, load_config
 from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
@@ -123,6 +125,7 @@ async def _serve_until_signal(
         stop.set()
 
     def on_hangup() -> None:
+        gateway.reopen_audit()  # logrotate moved the audit file: go on in a new one
         if config_path is None:
             log.warning("SIGHUP ignored: this server was not started from a config file")
         else:
@@ -361,6 +364,7 @@ def _supervise_workers(
                     listener.close_in_child()
                 if metrics_directory is not None:
                     enter_worker(metrics_directory)
+                enter_audit_worker(number)  # its audit trail is a file of its own
                 _die_with_parent()
                 for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)

@@ -109,9 +109,11 @@ class Storage(Protocol):
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         """A presigned URL; pure CPU work, no S3 call. A URL cannot carry a customer key
-        (config allows one only on `delivery: stream` routes, which never presign)."""
+        (config allows one only on `delivery: stream` routes, which never presign).
+        `request_id`: signed in as `x-request-id`, for S3's server access log."""
         ...
 
     def presign_put(
@@ -121,9 +123,10 @@ class Storage(Protocol):
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        request_id: str | None = None,
     ) -> str:
         """A presigned PUT that signs the Content-Type and Content-Length it must be sent
-        with; no S3 call."""
+        with; no S3 call. `request_id` as for presign."""
         ...
 
     def presign_post(

@@ -25,12 +25,17 @@ async def test_one_json_line_per_request_with_the_agreed_fields(
     token = make_token("alice")
     ok = await client.get("/stream/photos/42", headers=bearer(token))
     await ok.read()
-    await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
-    await client.get("/admin/exports/q4.pdf", headers=bearer(token))
+    moved = await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
+    refused = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
 
     stream, redirect, denied = _lines(caplog)
+    # One id per request: in its answer's X-Request-Id and in its access line.
+    answered = [r.headers["X-Request-Id"] for r in (ok, moved, refused)]
+    assert [line["request_id"] for line in (stream, redirect, denied)] == answered
+    assert len(set(answered)) == 3
     assert set(stream) >= {
         "time",
+        "request_id",
         "route",
         "sub",
         "method",

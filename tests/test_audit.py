@@ -18,11 +18,14 @@ from proxy.audit import (
     AuditTrail,
     ChainBroken,
     check_line,
+    request_events,
     seal,
     verify_file,
     verify_files,
 )
 from proxy.cli import main
+from proxy.request import ObjectRef, RequestContext, request_id
+from proxy.ssec import CustomerKey
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -295,3 +298,76 @@ def test_python_m_proxy_audit_verify_needs_no_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "1 events, chain intact" in result.stdout
+
+
+# --- what a request writes (audit/events.py) and its id (request.py) --------------------------
+
+
+def _ended(method: str, status: int, **fields: object) -> RequestContext:
+    context = RequestContext(method, "/p", "203.0.113.7", id="r1", audited=True)
+    context.route, context.status = "files", status
+    context.object = ObjectRef("b", "k", CustomerKey.parse("k" * 32))
+    for name, value in fields.items():
+        setattr(context, name, value)
+    return context
+
+
+def test_a_request_line_names_who_what_and_how_it_ended() -> None:
+    context = _ended("GET", 200, sub="alice", iss="https://idp", delivery="stream")
+    context.audit("object.streamed", bytes=5, complete=True)
+    ((event, line),) = request_events(context)
+    assert event == "object.streamed"
+    assert line == {
+        "request_id": "r1",
+        "sub": "alice",
+        "iss": "https://idp",
+        "client": "203.0.113.7",
+        "route": "files",
+        "method": "GET",
+        "status": 200,
+        "bucket": "b",
+        "key": "k",
+        "delivery": "stream",
+        "bytes": 5,
+        "complete": True,
+    }
+    assert "k" * 32 not in json.dumps(line)  # never the customer key
+
+
+def test_a_refusal_is_its_own_event_and_a_url_in_a_failed_answer_is_none() -> None:
+    denied = _ended("GET", 403, reason="claim 'role' missing")
+    assert [(e, f["reason"]) for e, f in request_events(denied)] == [
+        ("access.denied", "claim 'role' missing")
+    ]
+    refused = _ended("PUT", 413, reason="upload of 9 bytes over upload.max_bytes")
+    assert [e for e, _ in request_events(refused)] == ["upload.refused"]
+    failed = _ended("POST", 500, reason="internal error")
+    failed.audit("url.signed", expires="2026-01-01T00:00:00Z")
+    assert list(request_events(failed)) == []  # the URL never reached anyone
+
+
+def test_events_are_kept_only_when_the_trail_is_on() -> None:
+    context = RequestContext("GET", "/p", None)
+    context.audit("url.signed")
+    assert context.events is None
+
+
+@pytest.mark.parametrize(
+    ("given", "trusted", "kept"),
+    [
+        ("abc-123", True, True),
+        ("abc-123", False, False),  # a client picks no id of its own
+        (None, True, False),
+        ("a" * 129, True, False),
+        ("a b", True, False),
+        ("a\r\nX-Evil: 1", True, False),
+        ("x&X-Amz-Signature=1", True, False),  # it goes into URLs
+    ],
+)
+def test_a_request_id_is_taken_only_from_a_trusted_proxy(
+    given: str | None, trusted: bool, kept: bool
+) -> None:
+    made = request_id(given, trusted)
+    assert (made == given) is kept
+    if not kept:
+        assert len(made) == 16 and int(made, 16) >= 0

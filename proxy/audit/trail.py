@@ -61,8 +61,26 @@ def record_from_command_line(path: str, event: str, fields: Mapping[str, Any]) -
         trail.close()
 
 
-class AuditFileBusy(OSError):
+class AuditUnavailable(Exception):
+    """The audit file cannot be opened for writing: the proxy does not start without it."""
+
+
+class AuditFileBusy(AuditUnavailable):
     """The audit file is held by another process writing its own chain into it."""
+
+
+_worker: int | None = None  # this process's number among several workers (enter_worker)
+
+
+def enter_worker(number: int) -> None:
+    """In a worker of several, before its Gateway is made: its trail is a file of its own."""
+    global _worker
+    _worker = number
+
+
+def this_worker() -> int | None:
+    """This process's worker number, or None when it is the only one."""
+    return _worker
 
 
 class AuditTrail:
@@ -94,10 +112,16 @@ class AuditTrail:
     # --- life cycle -----------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open the file (continuing its chain), or raise AuditUnavailable saying why not."""
         if self._stdout:
             self._file = sys.stdout.buffer
             return
-        self._open_file()
+        try:
+            self._open_file()
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"audit.path: cannot open {self.path} for appending ({exc.strerror or exc})"
+            ) from None
 
     def close(self) -> None:
         if self._file is not None and not self._stdout:
@@ -218,7 +242,7 @@ class AuditTrail:
         self.close()
         try:
             self._open_file()
-        except OSError as exc:
+        except (OSError, AuditUnavailable) as exc:
             self._failed(exc)
             return
         if self._size == 0:

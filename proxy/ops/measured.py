@@ -67,8 +67,9 @@ class MeasuredStorage:
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
-        return self._inner.presign(credentials, method, ref, lifetime, overrides)
+        return self._inner.presign(credentials, method, ref, lifetime, overrides, request_id)
 
     def presign_put(
         self,
@@ -77,8 +78,11 @@ class MeasuredStorage:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        request_id: str | None = None,
     ) -> str:
-        return self._inner.presign_put(credentials, ref, lifetime, content_type, content_length)
+        return self._inner.presign_put(
+            credentials, ref, lifetime, content_type, content_length, request_id
+        )
 
     def presign_post(
         self,

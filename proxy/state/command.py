@@ -25,10 +25,11 @@ from urllib.parse import urlencode, urlsplit
 
 import jwt
 
-from ..audit import record_from_command_line
+from ..audit import AuditUnavailable, record_from_command_line
 from ..auth import issue_token
 from ..config import Config
 from ..policy import claims_that_pass
+from ..request import new_request_id
 from .redisstate import RedisRevocations, StateDown, redis_client
 from .revocations import Kind, Revocation, new_revocation
 
@@ -98,7 +99,7 @@ def _audit(config: Config, event: str, order: Order) -> None:
     if order.kind == "sub":
         what["iss"] = order.iss
     fields = {
-        "request_id": os.urandom(8).hex(),
+        "request_id": new_request_id(),
         "sub": None,
         "iss": None,
         "client": None,
@@ -110,8 +111,8 @@ def _audit(config: Config, event: str, order: Order) -> None:
     }
     try:
         record_from_command_line(path, event, fields)
-    except OSError as exc:
-        print(f"audit: cannot write {path} ({exc.strerror}); the change is made", file=sys.stderr)
+    except (OSError, AuditUnavailable) as exc:
+        print(f"audit: {exc}; the change is made all the same", file=sys.stderr)
 
 
 def _operator() -> str:

@@ -1,7 +1,9 @@
 """The sign API (`POST sign_api.path`): one request for a whole page of links and upload forms
 (the N+1 problem). Each path is routed, authorized and rate-limited exactly as its own GET
 (or, for an upload form, its POST) would be, and answered on its own: a URL, or the refusal
-with the status that request would have had.
+with the status that request would have had. Each entry is audited as its own request would
+be: a URL signed (by its delivery method), an upload form signed, an access refused (401,
+403, 429) or an upload refused, naming the entry's path, route and object.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import DENIED
 from ..auth import Clock
 from ..config import Config, Route
 from ..errors import (
@@ -127,14 +130,16 @@ class Signing:
         """One `uploads` entry: a presigned POST form, authorized as a PUT to its path would
         be, on a route that lists POST; or its refusal."""
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            return _refusal("", BadRequest(detail='each upload is {"path": "/path", ...}'))
+            return _refused(
+                context, "", BadRequest(detail='each upload is {"path": "/path"}'), True
+            )
         path, content_type, size = entry["path"], entry.get("content_type"), entry.get("size")
         admitted, group = self._admit(context, path, claims, "POST")
         over_limit = (await self._state.take([group]))[0]
         if over_limit is not None:
-            return _refusal(path, over_limit)
+            return _refused(context, path, over_limit, upload=True)
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted)
+            return _refused(context, path, admitted, upload=True)
         route, ref = admitted
         try:
             if not isinstance(content_type, str):
@@ -151,7 +156,16 @@ class Signing:
                 context.expires_at,
             )
         except ProxyError as exc:
-            return _refusal(path, exc)
+            return _refused(context, path, exc, True, route, ref)
+        context.audit(
+            "url.signed",
+            path=path,
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method="POST",
+            expires=form["expires_at"],
+        )
         return {"path": path, **form}
 
     def _admit(
@@ -210,15 +224,34 @@ class Signing:
         lookups: asyncio.Semaphore,
     ) -> dict[str, Any]:
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted)
+            return _refused(context, path, admitted)
         route, ref = admitted
         try:
             async with lookups:
                 delivery = await self._downloads.choose_delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
-            return _refusal(path, exc)
+            return _refused(context, path, exc, False, route, ref)
         return {"path": path, "url": link.url, "expires_at": link.expires_at}
+
+
+def _refused(
+    context: RequestContext,
+    path: str,
+    exc: ProxyError,
+    upload: bool = False,
+    route: Route | None = None,
+    ref: ObjectRef | None = None,
+) -> dict[str, Any]:
+    """One entry's refusal, audited as its own request's would be (access.denied for a 401,
+    403 or 429; upload.refused for another refusal of an upload form), then answered."""
+    event = "access.denied" if exc.status in DENIED else "upload.refused" if upload else None
+    if event is not None:
+        named = {} if ref is None else {"bucket": ref.bucket, "key": ref.key}
+        if route is not None:
+            named["route"] = route.name
+        context.audit(event, path=path, **named, status=exc.status, reason=exc.reason)
+    return _refusal(path, exc)
 
 
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..errors import LengthRequired, Unauthenticated, UpstreamError
 from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
+from ..request import RequestContext
 from ..storage import Storage
 from .receive import check_absent
 from .rules import UploadTarget, check_size
@@ -29,22 +30,26 @@ from .rules import UploadTarget, check_size
 
 async def redirect_put(
     request: web.BaseRequest,
+    context: RequestContext,
     storage: Storage,
     target: UploadTarget,
     ttl: int,
     now: float,
-    token_expires_at: float | None,
 ) -> web.Response:
     """307 to a presigned PUT for this request's declared type and length; the body, if the
-    client sent it already, is not read."""
+    client sent it already, is not read. The URL carries the request's id (x-request-id, for
+    S3's server access log) and is a `url.signed` audit event."""
     length = request.content_length
     if length is None:
         # The length is signed, so it must be known (a chunked PUT cannot be presigned).
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
     await check_absent(storage, target)
-    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
-    url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
+    credentials, lifetime = await _lifetime(storage, ttl, now, context.expires_at)
+    url = storage.presign_put(
+        credentials, target.ref, lifetime, target.content_type, length, context.id
+    )
+    context.audit("url.signed", url_method="PUT", bytes=length, expires=_iso(lifetime.expires_at))
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
@@ -66,8 +71,11 @@ async def post_form(
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
     )
-    expires = datetime.fromtimestamp(lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"url": form.url, "fields": form.fields, "expires_at": expires}
+    return {"url": form.url, "fields": form.fields, "expires_at": _iso(lifetime.expires_at)}
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _lifetime(
