@@ -1,10 +1,10 @@
 """Writes the audit trail: one sealed JSON line per event, appended and flushed at once.
 
 Rules:
-1. Each event is one `write()` of one whole line to a file opened for appending, flushed
-   before `record()` returns: a crash loses no event already recorded, and no two writers'
-   lines interleave mid-line (with several workers each has a file of its own, `.wN` before
-   the suffix; on stdout each line says which `worker` wrote it, and each worker is a chain).
+1. Each event is one `write()` of one whole line to a file opened for appending, unbuffered:
+   in the file before `record()` returns, so a crash loses no event already recorded; and no
+   two writers' lines interleave mid-line (with several workers each has a file of its own,
+   `.wN` before the suffix; on stdout each line names its `worker`, each worker a chain).
 2. A chain goes on across restarts: opening a file that has lines continues from its last
    hash. A torn last line (a crash mid-write) is left as it is, for `verify` to name.
 3. Rotation keeps the chain: past `max_bytes` the file is renamed with a UTC timestamp and a
@@ -168,8 +168,10 @@ class AuditTrail:
         try:
             if self._stdout:
                 sys.stdout.flush()  # the access log's pending lines first, whole
-            self._file.write(data)
-            self._file.flush()
+                self._file.write(data)
+                self._file.flush()
+            elif self._file.write(data) != len(data):  # unbuffered: one write() system call
+                raise OSError(0, "short write (disk full?)")
         except (OSError, ValueError) as exc:
             self._failed(exc)
             return
@@ -192,7 +194,8 @@ class AuditTrail:
     # --- files ----------------------------------------------------------------------------
 
     def _open_file(self) -> None:
-        file = self.path.open("ab")
+        # Unbuffered: each event is one write() of its whole line, in the file as it returns.
+        file = self.path.open("ab", buffering=0)
         try:
             # Two processes appending to one file would fork its chain: a server refuses to
             # share its file; a command line waits its turn.
