@@ -27,6 +27,15 @@ from pydantic import (
     model_validator,
 )
 
+from .cloudfront.settings import (
+    CloudFrontSettings,
+    LoadedCloudFront,
+    check_cookie_domain,
+    check_route,
+    load_signer,
+    route_field_problems,
+)
+from .cloudfront.signer import Signer
 from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
@@ -351,7 +360,7 @@ class AuthSettings(IssuerSettings):
         return listed
 
 
-Delivery = Literal["stream", "redirect", "auto"]
+Delivery = Literal["stream", "redirect", "auto", "cloudfront"]
 Method = Literal["GET", "HEAD", "PUT", "POST"]
 # Methods that write: a route listing one needs `upload` settings.
 UPLOAD_METHODS = ("PUT", "POST")
@@ -501,6 +510,9 @@ class RouteSettings(_Model):
     # The SSE-C key the route's objects are encrypted with (32 bytes or their base64).
     sse_customer_key: SecretStr | None = None
     upload: UploadSettings | None = None  # required when methods lists PUT or POST
+    # delivery: cloudfront: sign cookies for this scope (a key template whose own text may
+    # hold CloudFront's wildcards, e.g. albums/{album}/*) instead of signing each URL.
+    cookie_scope: str | None = None
 
     @field_validator("inline_types")
     @classmethod
@@ -679,6 +691,7 @@ class Settings(_Model):
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    cloudfront: CloudFrontSettings | None = None  # needed by routes with delivery: cloudfront
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -699,6 +712,8 @@ class Route:
     sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
     # The media types an upload may declare (upload.content_types, else inline_types).
     upload_types: InlineTypes | None = None
+    # delivery: cloudfront with cookie_scope: the Resource its signed cookies cover.
+    cookie_scope: KeyTemplate | None = None
 
     @property
     def name(self) -> str:
@@ -713,6 +728,7 @@ class Config:
     admin_access: Rule | None = None  # None: no admin endpoint
     # Legal but risky choices, one line each (`key.path: what and fix`), shown at start-up.
     warnings: tuple[str, ...] = ()
+    cloudfront: Signer | None = None  # signs for routes with delivery: cloudfront
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -759,9 +775,28 @@ def parse_config(
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
     _check_paths(settings, problems)
+    cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
+    warnings = [*_warnings(settings), *(cloudfront.warnings if cloudfront else ())]
+    return Config(
+        settings,
+        tuple(routes),
+        metrics_access,
+        admin_access,
+        tuple(warnings),
+        cloudfront.signer if cloudfront else None,
+    )
+
+
+def _load_cloudfront(
+    settings: Settings, base_dir: Path, problems: list[str]
+) -> LoadedCloudFront | None:
+    """The key files read and checked, and the Signer built, once the section is sound."""
+    if settings.cloudfront is None:
+        return None
+    check_cookie_domain(settings.cloudfront, problems)
+    return load_signer(settings.cloudfront, base_dir, problems)
 
 
 def _warnings(settings: Settings) -> list[str]:
@@ -770,6 +805,14 @@ def _warnings(settings: Settings) -> list[str]:
     (and `issuer`), whose tokens minted for any of them would open this proxy's routes."""
     auth = settings.auth
     found = []
+    for index, route in enumerate(settings.routes):
+        if route.delivery == "cloudfront" and route.cookie_scope and route.stable:
+            found.append(
+                f"routes[{index}] ({route.name}).stable: browsers cache this route's 302 but "
+                "keep one set of CloudFront cookies (Path=/), so after a page of another "
+                "cookie_scope a cached 302 leads to the edge with that scope's cookies (403); "
+                "remove stable unless pages show one scope at a time"
+            )
     if settings.listen.workers > 1 and settings.state.backend == "memory":
         found.append(
             "state.backend: memory with listen.workers > 1 keeps rate limits, stream caps and "
@@ -815,7 +858,13 @@ def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[st
             return default
         if name in env:
             return ""  # set but empty: the key's own check says what it needs
-        value = f"$({RANDOM_KEY_COMMAND})" if where.endswith("secret") else "..."
+        value = (
+            f"$({RANDOM_KEY_COMMAND})"
+            if where.endswith("secret")
+            else "/path/to/private_key.pem"
+            if where.endswith("private_key")
+            else "..."
+        )
         problems.append(f"{where}: environment variable {name} is not set; export {name}={value}")
         return ""
 
@@ -907,6 +956,16 @@ def _cross_check(
                 f"{where}.access: a public route cannot use claims in its key "
                 f"({route.key!r}); use access: authenticated"
             )
+        problems += route_field_problems(route.delivery, route.model_fields_set, where)
+        cookie_scope = check_route(
+            route.delivery,
+            route.cookie_scope,
+            pattern.params,
+            template,
+            settings.cloudfront,
+            where,
+            problems,
+        )
         if route.cache is not None and route.delivery == "redirect":
             problems.append(
                 f"{where}.cache: only applies to delivery stream or auto (a redirect sends no "
@@ -947,6 +1006,7 @@ def _cross_check(
                 sign_in=sign_in,
                 sse=sse,
                 upload_types=upload_types,
+                cookie_scope=cookie_scope,
             )
         )
     return settings, routes
@@ -966,6 +1026,11 @@ def _check_upload(route: RouteSettings, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.upload: the route takes no uploads; add PUT (or POST, for the sign API's "
             "presigned form uploads) to methods, or remove upload"
+        )
+    if "PUT" in writes and route.delivery == "cloudfront":
+        problems.append(
+            f"{where}.methods: PUT is not taken on a cloudfront route (CloudFront serves "
+            "reads); upload through a stream or redirect route of its own"
         )
     if "PUT" in writes and route.delivery == "auto":
         problems.append(
