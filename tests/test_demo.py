@@ -97,7 +97,7 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
     with urllib.request.urlopen(demo + "/", timeout=10) as response:
         assert "stream" in response.read().decode()
     stats = _json(demo + "/_demo/stats")
-    assert set(stats) == {"proxy", "s3", "settled"}
+    assert set(stats) == {"proxy", "s3", "edge", "settled"}
     assert _json(demo + "/_demo/stats?settled")["settled"] is True  # nothing in progress
     info = _json(demo + "/_demo/info")
     assert info["photos"] == 6 and info["share_link"].startswith("/admin/reports/")

@@ -118,6 +118,7 @@ def _stats(demo: Demo, gateway: DemoGateway) -> Page:
             {
                 "proxy": summary(gateway.telemetry.collect()),
                 "s3": demo.s3.snapshot(),
+                "edge": dict(demo.edge.thread.edge.counts) if demo.edge else {},
                 "settled": settled,
             },
             headers={"Cache-Control": "no-store"},
