@@ -87,7 +87,14 @@ class StandInEdge:
         self._cache_bytes = cache_bytes
         self._cache_object_bytes = cache_object_bytes
         self._session: aiohttp.ClientSession | None = None
-        self.counts = {"requests": 0, "refused": 0, "hits": 0, "misses": 0, "bytes": 0}
+        self.counts = {
+            "requests": 0,
+            "refused": 0,
+            "hits": 0,
+            "misses": 0,
+            "not_modified": 0,
+            "bytes": 0,
+        }
 
     def application(self) -> web.Application:
         app = web.Application()
@@ -143,6 +150,7 @@ class StandInEdge:
         headers["Age"] = str(max(0, int(self._clock() - cached.stored_at)))
         etag = headers.get("ETag")
         if etag is not None and request.headers.get("If-None-Match") in (etag, "*"):
+            self.counts["not_modified"] += 1
             headers.pop("Content-Type", None)
             return web.Response(status=304, headers=headers)
         body = b"" if request.method == "HEAD" else cached.body
@@ -180,7 +188,8 @@ class StandInEdge:
                 return await self._pass_through(request, answer, kept)
             body = await answer.read()
         cached = _Cached(body, kept, self._clock(), _max_age(kept.get("Cache-Control")))
-        self._store(path, cached)
+        if cached.max_age > 0:
+            self._store(path, cached)
         return self._answer(request, cached, "Miss")
 
     async def _pass_through(
@@ -205,9 +214,12 @@ class StandInEdge:
 
 
 def _max_age(cache_control: str | None) -> int:
-    found = _MAX_AGE.search(cache_control or "")
-    if cache_control and "no-store" in cache_control.lower():
+    """How long the edge keeps an answer: as CloudFront's default cache policy (minimum TTL
+    0), never one the origin marks private, no-store or no-cache."""
+    directives = (cache_control or "").lower()
+    if any(word in directives for word in ("private", "no-store", "no-cache")):
         return 0
+    found = _MAX_AGE.search(directives)
     return int(found.group(1)) if found else DEFAULT_TTL
 
 
