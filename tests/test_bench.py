@@ -128,7 +128,7 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [axes.get_title() for axes in figure.axes] == [
         "time to first byte at the client",
         "bytes through the proxy",
-        "requests (S3's include the proxy's own)",
+        "requests (S3's include the proxy's and the edge's)",
     ]
     assert [text.get_text() for text in ttfb.texts] == ["2.0", "4.0", "2.0", "4.0"]
     assert [text.get_text() for text in sent.texts] == ["200 KiB", "0 B"]
@@ -136,3 +136,31 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [text.get_text() for text in requests.texts] == ["4", "4", "4", "0"]
     path = chart(results, objects, tmp_path)
     assert path == tmp_path / "comparison.png" and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_third_method_gets_its_column_and_its_bars() -> None:
+    """With a cloudfront section: a column of its own, requests to the edge apart from S3's,
+    and S3 requests a real CloudFront made said to be unseen."""
+    size = 100 * 1024
+    results = {
+        "stream": [_view(0.0, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.0, 0, size), _view(0.0, 0, size)],
+        "cloudfront": [_view(0.0, 0, size), _view(0.0, 0, size)],
+    }
+    results["cloudfront"][0].edge_requests = 1
+    results["cloudfront"][0].s3_requests = 0
+    results["cloudfront"][0].s3_unseen = True
+    text = report(results, [("/objects/a.bin", size)], rounds=1, notes=[], tick=0.01)
+    assert text.startswith("# stream vs redirect vs cloudfront")
+    assert "| | stream | redirect | cloudfront |" in text
+    assert "| requests that reached the edge | 0 | 0 | 1 |" in text
+    assert (
+        "| S3 requests (by the proxy, the client or the edge) | 2 | 2 | "
+        "0 + CloudFront's (not seen from here) |" in text
+    )
+    figure = draw_charts(results, [("/objects/a.bin", size)])
+    _, sent, requests = figure.axes
+    assert [text.get_text() for text in sent.texts] == ["100 KiB", "0 B", "0 B"]
+    assert [label.get_text() for label in requests.get_legend().get_texts()][-1] == (
+        "cloudfront: to the edge"
+    )

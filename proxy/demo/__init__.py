@@ -220,9 +220,9 @@ def prepare(workdir: Path, port: int, sign_in: str | None = None) -> Demo:
     return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}", edge)
 
 
-def start_edge(workdir: Path, s3_endpoint: str) -> Edge:
+def start_edge(workdir: Path, s3_endpoint: str, bucket: str = "hr-private") -> Edge:
     """A key pair for this run (the private key in `workdir`, mode 600) and the stand-in
-    edge that trusts its public key, serving the demo's photos bucket."""
+    edge that trusts its public key, serving `bucket` (the demo's photos)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -240,7 +240,7 @@ def start_edge(workdir: Path, s3_endpoint: str) -> Edge:
         )
     )
     trusted = {EDGE_KEY_ID: VerifyingKey(EDGE_KEY_ID, private.public_key())}
-    thread = EdgeThread(StandInEdge(trusted, EdgeOrigin(s3_endpoint, "hr-private")))
+    thread = EdgeThread(StandInEdge(trusted, EdgeOrigin(s3_endpoint, bucket)))
     thread.start()
     return Edge(thread, key_file)
 
