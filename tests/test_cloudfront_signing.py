@@ -260,3 +260,18 @@ def test_a_key_never_shows_its_material() -> None:
         assert secret_number not in text
         assert "PRIVATE" not in text
     assert repr(key) == f"SigningKey({KEY_ID}, RSA 2048)"
+
+
+def test_cookie_headers_are_secure_httponly_lax_for_the_whole_path() -> None:
+    cookies = _signer().signed_cookies(ORIGIN + "/albums/trip/*", EXPIRES)
+    headers = cookies.set_cookie_headers("example.com")
+    assert [header.split("=", 1)[0] for header in headers] == [
+        "CloudFront-Policy",
+        "CloudFront-Signature",
+        "CloudFront-Key-Pair-Id",
+    ]
+    for header in headers:
+        attributes = header.split("; ")[1:]
+        assert attributes == ["Domain=example.com", "Path=/", "Secure", "HttpOnly", "SameSite=Lax"]
+    assert all("Domain" not in header for header in cookies.set_cookie_headers(None))
+    assert headers[2].startswith(f"CloudFront-Key-Pair-Id={KEY_ID};")

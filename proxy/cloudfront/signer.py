@@ -26,6 +26,12 @@ def object_path(key: str) -> str:
     return "/" + quote(key, safe="/~")
 
 
+# Lax: sent and accepted on every same-site hop (a page on app.example.com, its <img> through
+# files.example.com to cdn.example.com) and on a top-level link from elsewhere, but never on
+# another site's <img>, fetch() or frame (docs/delivery.md says more).
+COOKIE_SAMESITE = "Lax"
+
+
 @dataclass(frozen=True)
 class SignedCookies:
     """The cookies that let a browser fetch every URL `resource` covers until `expires_at`."""
@@ -33,6 +39,15 @@ class SignedCookies:
     resource: str
     expires_at: int
     values: tuple[tuple[str, str], ...]  # (cookie name, value), in the order they are set
+
+    def set_cookie_headers(self, domain: str | None) -> list[str]:
+        """One Set-Cookie value per cookie. No Expires or Max-Age, as AWS advises: they end
+        with the browser session, and the policy's DateLessThan ends them sooner."""
+        scope = f"; Domain={domain}" if domain else ""
+        return [
+            f"{name}={value}{scope}; Path=/; Secure; HttpOnly; SameSite={COOKIE_SAMESITE}"
+            for name, value in self.values
+        ]
 
 
 class Signer:
