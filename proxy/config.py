@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .cloudfront.scope import CookieScope
 from .cloudfront.settings import (
     CloudFrontSettings,
     LoadedCloudFront,
@@ -713,7 +714,7 @@ class Route:
     # The media types an upload may declare (upload.content_types, else inline_types).
     upload_types: InlineTypes | None = None
     # delivery: cloudfront with cookie_scope: the Resource its signed cookies cover.
-    cookie_scope: KeyTemplate | None = None
+    cookie_scope: CookieScope | None = None
 
     @property
     def name(self) -> str:
@@ -960,7 +961,7 @@ def _cross_check(
         cookie_scope = check_route(
             route.delivery,
             route.cookie_scope,
-            pattern.params,
+            pattern.multi_segment,
             template,
             settings.cloudfront,
             where,

@@ -111,6 +111,11 @@ class UnsupportedMediaType(ProxyError):
     detail = "expected application/json"
 
 
+class Conflict(ProxyError):
+    status = 409
+    detail = "conflict"
+
+
 class PreconditionFailed(ProxyError):
     status = 412
     detail = "precondition failed"

@@ -20,10 +20,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from proxy.cloudfront import Signer, SigningKey, object_path, resource_matches, scope_path
+from proxy.cloudfront import Signer, SigningKey, compile_scope, object_path, resource_matches
 from proxy.cloudfront.keys import KeyProblem, load_private_key, load_public_key
 from proxy.cloudfront.policy import decode, encode
-from proxy.routing import compile_template
+from proxy.routing import TemplateError, compile_template
 
 from .cfkeys import KEY_ID, ec_key, private_pem, public_pem, rsa_key
 
@@ -209,17 +209,50 @@ def test_a_resource_wildcard_covers_what_cloudfront_says(
 
 
 def test_a_value_in_a_cookie_scope_is_a_character_never_a_wildcard() -> None:
-    scope = compile_template("albums/{album}/*")
-    assert scope_path(scope, {"album": "trip"}, None) == "/albums/trip/*"
-    widened = scope_path(scope, {"album": "*"}, None)
+    scope = compile_scope(
+        compile_template("albums/{album}/*"), compile_template("albums/{album}/{name}"), frozenset()
+    )
+    assert scope.path_for("albums/trip/1.jpg") == "/albums/trip/*"
+    widened = scope.path_for("albums/*/x.jpg")
     assert widened == "/albums/%2A/*"
     assert not resource_matches(ORIGIN + widened, ORIGIN + "/albums/other/1.jpg")
-    assert scope_path(scope, {"album": "a?b c"}, None) == "/albums/a%3Fb%20c/*"
+    assert scope.path_for("albums/a?b c/1.jpg") == "/albums/a%3Fb%20c/*"
     # the value is encoded as the object's key is: the scope covers its own objects
     assert resource_matches(
-        ORIGIN + scope_path(scope, {"album": "été 1"}, None),
+        ORIGIN + scope.path_for("albums/été 1/photo 1.jpg"),
         ORIGIN + object_path("albums/été 1/photo 1.jpg"),
     )
+
+
+def test_a_scope_reads_its_values_back_from_the_key() -> None:
+    key = compile_template("users/{claims.sub}/{path}")
+    mine = compile_scope(compile_template("users/{claims.sub}/*"), key, frozenset({"path"}))
+    assert mine.path_for("users/alice/albums/trip/1.jpg") == "/users/alice/*"
+    deep = compile_scope(compile_template("users/{claims.sub}/{path}*"), key, frozenset({"path"}))
+    assert deep.path_for("users/alice/a/b.jpg") == "/users/alice/a/b.jpg*"
+    twice = compile_scope(
+        compile_template("{id}/*"), compile_template("{id}/{id}.jpg"), frozenset()
+    )
+    assert twice.path_for("7/7.jpg") == "/7/*"
+    with pytest.raises(ValueError):
+        twice.path_for("7/8.jpg")
+
+
+@pytest.mark.parametrize(
+    ("scope", "says"),
+    [
+        ("albums/{other}/*", "{other} is not in the route's key"),
+        ("users/{claims.sub}/*", "{claims.sub} is not in the route's key"),
+        ("photos/{album}/*", "does not cover the route's key"),
+        ("albums/{album}/{name}.png", "does not cover the route's key"),
+    ],
+)
+def test_a_scope_that_is_not_part_of_its_key_is_refused(scope: str, says: str) -> None:
+    with pytest.raises(TemplateError) as refused:
+        compile_scope(
+            compile_template(scope), compile_template("albums/{album}/{name}"), frozenset()
+        )
+    assert says in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,12 @@ network I/O; settings.py alone reads files (the key files, at config load).
 
 from .keys import KeyProblem, SigningKey, VerifyingKey, describe
 from .policy import Policy, custom_policy, parse_policy, resource_matches
-from .scope import covers_key, scope_path
+from .scope import CookieScope, compile_scope, scope_path
 from .signer import SignedCookies, Signer, object_path
 from .verify import Presented, Verdict, from_request, verify
 
 __all__ = [
+    "CookieScope",
     "KeyProblem",
     "Policy",
     "Presented",
@@ -23,7 +24,7 @@ __all__ = [
     "SigningKey",
     "Verdict",
     "VerifyingKey",
-    "covers_key",
+    "compile_scope",
     "custom_policy",
     "describe",
     "from_request",

@@ -24,7 +24,7 @@ from .keys import (
     load_private_key,
     load_public_key,
 )
-from .scope import covers_key
+from .scope import CookieScope, compile_scope
 from .signer import Signer
 
 # CloudFront's public key IDs (K2JCJMDEHXQW5F) and legacy key pair IDs (APKA...).
@@ -232,14 +232,14 @@ def _load_key(
 def check_route(
     delivery: str,
     cookie_scope: str | None,
-    match_params: tuple[str, ...],
+    multi_segment: frozenset[str],
     key: KeyTemplate,
     settings: CloudFrontSettings | None,
     where: str,
     problems: list[str],
-) -> KeyTemplate | None:
+) -> CookieScope | None:
     """A route's CloudFront fields: the section exists when needed, and its cookie scope
-    compiles, uses the route's own parameters and covers the route's key."""
+    compiles, uses only the key's own parameters and claims, and covers the key."""
     if delivery != "cloudfront":
         if cookie_scope is not None:
             problems.append(
@@ -255,23 +255,9 @@ def check_route(
     if cookie_scope is None:
         return None
     try:
-        scope = compile_template(cookie_scope)
+        scope = compile_scope(compile_template(cookie_scope), key, multi_segment)
     except TemplateError as exc:
         problems.append(f"{where}.cookie_scope: {exc}")
-        return None
-    missing = scope.params - set(match_params)
-    if missing:
-        problems.append(
-            f"{where}.cookie_scope: {{{sorted(missing)[0]}}} is not a parameter of match; use "
-            "the route's own parameters (or {claims.NAME})"
-        )
-        return None
-    if not covers_key(scope, key):
-        problems.append(
-            f"{where}.cookie_scope: {cookie_scope!r} does not cover the route's key "
-            f"{key.source!r}, so its cookies would not open the object the 302 points at; "
-            "e.g. albums/{album}/* for albums/{album}/{name}"
-        )
         return None
     if settings is not None and settings.host.endswith(".cloudfront.net"):
         problems.append(
