@@ -132,7 +132,11 @@ def _info(demo: Demo) -> Page:
         from . import PHOTO_SIZES
 
         return web.json_response(
-            {"photos": len(PHOTO_SIZES), "share_link": demo.share_link},
+            {
+                "photos": len(PHOTO_SIZES),
+                "share_link": demo.share_link,
+                "edge": demo.edge.origin if demo.edge else None,
+            },
             headers={"Cache-Control": "no-store"},
         )
 

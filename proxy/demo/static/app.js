@@ -160,7 +160,7 @@ function showCharts(view, previous) {
   }));
   barChart(document.getElementById("chart-bytes"), "bytes through the proxy",
     groups((v) => v.proxyBytes), human);
-  barChart(document.getElementById("chart-requests"), "requests this browser sent (proxy + S3 + edge)",
+  barChart(document.getElementById("chart-requests"), "requests sent (proxy + S3 + edge)",
     groups((v) => v.browserRequests), String);
   barChart(document.getElementById("chart-ttfb"), "mean time to first byte at the proxy",
     groups((v) => v.ttfb), (x) => (x === null ? "no request" : x.toFixed(2) + " ms"));
