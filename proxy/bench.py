@@ -883,7 +883,8 @@ def run_bench(
             "away), every extra hop costs that much more. The cloudfront method goes through "
             "the demo's loopback stand-in for a CloudFront edge (it verifies signatures as "
             "CloudFront does and caches in memory; not a CDN), so its times say nothing of a "
-            "real edge's distance; its requests and bytes do."
+            "real edge's distance; its requests and bytes do. The unmeasured first fetch fills "
+            "the edge's cache, as any earlier viewer would: measured views find it there."
         )
         token = _mint_token(config, plan, {"sub": "bench"})
         return _run(

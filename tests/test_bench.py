@@ -24,6 +24,14 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     # A second view: redirects and images come from the cache; streams are revalidated.
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
+    # cloudfront, through the stand-in edge: a 302 each, the bytes from the edge, whose cache
+    # the unmeasured check filled (no S3 request); then the cached 302s and a 304 from the edge.
+    cloudfront_first, cloudfront_second = results["cloudfront"]
+    assert (cloudfront_first["proxy_requests"], cloudfront_first["proxy_bytes"]) == (2, 0)
+    assert (cloudfront_first["edge_requests"], cloudfront_first["edge_bytes"]) == (2, 110 * 1024)
+    assert cloudfront_first["s3_requests"] == 0
+    assert (cloudfront_second["proxy_requests"], cloudfront_second["edge_bytes"]) == (0, 0)
+    assert "| | stream | redirect | cloudfront |" in report
     assert "report:" in capsys.readouterr().out
     engines = json.loads((tmp_path / "engines.json").read_text())
     assert set(engines) == {"builtin", "aiobotocore"}

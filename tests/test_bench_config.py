@@ -224,3 +224,29 @@ def test_plan_adds_a_cloudfront_copy_when_the_config_signs_for_cloudfront(
     )
     bench = parse_config(yaml.safe_dump(plan.config), env={})  # loads from any directory
     assert bench.cloudfront is not None
+
+
+def test_bench_runs_a_cloudfront_route_three_ways(s3: S3Objects, tmp_path: Path) -> None:
+    """A config with a cloudfront section: its distribution (here the demo's stand-in edge,
+    not a CDN) is benched as the third method; the S3 requests it makes are not seen."""
+    from proxy.demo import start_edge
+
+    edge = start_edge(tmp_path, s3.endpoint, bucket="hr-private")
+    try:
+        data = config_dict(s3.endpoint)
+        data["cloudfront"] = {
+            "domain": edge.origin,
+            "key_pair_id": "KDEMOSTANDIN01",
+            "private_key": str(edge.key_file),
+        }
+        config = _write(tmp_path, data)
+        assert _bench(tmp_path, config, "--path", "/photos/42", "--engine", "builtin") == 0
+    finally:
+        edge.thread.stop()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    first, second = results["cloudfront"]
+    assert (first["proxy_requests"], first["proxy_bytes"], first["edge_requests"]) == (1, 0, 1)
+    assert first["edge_bytes"] == len(s3.photo) and first["s3_unseen"]
+    assert second["proxy_requests"] == 0  # the stable 302 is cached
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "0 + CloudFront's (not seen from here)" in report
