@@ -312,3 +312,35 @@ async def _proxy_requests(client: Any) -> float:
         for line in text.splitlines()
         if line.startswith("proxy_requests_total{") and 'route="metrics"' not in line
     )
+
+
+async def test_a_remembered_stable_url_is_never_one_another_key_signed(
+    proxy: Any, key_file: Path, s3: S3Objects
+) -> None:
+    """Links are remembered across a reload (one LinkCache); a key file replaced under the
+    same ID must not hand out the old key's URLs."""
+    from proxy.cloudfront import Signer, SigningKey
+    from proxy.delivery import CloudFront, LinkCache
+    from proxy.request import ObjectRef, RequestContext
+
+    from .conftest import build_config
+
+    config = build_config(cloudfront_config(key_file, s3.endpoint))
+    route = next(route for route in config.routes if route.name == "cdn-photos")
+    links = LinkCache()
+    context = RequestContext("GET", "/cdn/photos/42", "127.0.0.1")
+    ref = ObjectRef("hr-private", "employees/42/photo.jpg")
+    clock = Clock(NOW)
+    urls = []
+    for seed in (0, 3):
+        signer = Signer(ORIGIN, SigningKey(KEY_ID, rsa_key(2048, seed)))
+        urls.append(CloudFront(signer, clock, links, None).sign(context, route, ref).url)
+    assert urls[0] != urls[1]
+    url, _, query = urls[1].partition("?")
+    signature = _decode(dict(parse_qsl(query))["Signature"])
+    expires = int(dict(parse_qsl(query))["Expires"])
+    rsa_key(2048, 3).public_key().verify(signature, _canned(url, expires), padding.PKCS1v15(), SHA1)
+    assert links.hits == 0
+    signer = Signer(ORIGIN, SigningKey(KEY_ID, rsa_key(2048, 3)))
+    assert CloudFront(signer, clock, links, None).sign(context, route, ref).url == urls[1]
+    assert links.hits == 1  # the same key: remembered, not signed again

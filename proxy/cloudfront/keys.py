@@ -10,6 +10,7 @@ in every process; a random ECDSA signature verifies just as well, it only varies
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,6 +126,15 @@ class SigningKey:
 
     key_id: str
     private: PrivateKey = field(repr=False)
+    # What tells two keys apart even under one ID (a key file replaced on reload): a digest
+    # of the public key, safe to hold in a cache key or to show.
+    fingerprint: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        public = self.private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        object.__setattr__(self, "fingerprint", hashlib.sha256(public).hexdigest()[:32])
 
     def sign(self, message: bytes, hash_name: HashName = "SHA1") -> bytes:
         digest = _HASHES[hash_name]()

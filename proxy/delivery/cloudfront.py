@@ -65,7 +65,16 @@ class CloudFront:
         if route.settings.stable:
             # Everything the answer is a function of, the key that signs it included.
             resource = self._signer.origin + scope.path_for(ref.key) if scope else None
-            remembered = ("cloudfront", self._signer.active.key_id, url, resource, expires)
+            remembered = (
+                "cloudfront",
+                self._signer.active.key_id,
+                self._signer.active.fingerprint,
+                self._signer.hash_name,
+                self._cookie_domain,
+                url,
+                resource,
+                expires,
+            )
             found = self._links.get(remembered)
             if found is not None:
                 return _unpack(found, url, lifetime, resource)
