@@ -146,10 +146,12 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="compare stream and redirect on the same objects, with numbers",
-        description="Without --config: against the demo's S3 with objects of several sizes. "
-        "With --config: the routes of that config, on the objects named by --path, each "
-        "fetched through a stream copy and a redirect copy of its route.",
+        help="compare stream, redirect and cloudfront on the same objects, with numbers",
+        description="Without --config: against the demo's S3 (and its loopback stand-in for "
+        "a CloudFront edge) with objects of several sizes. With --config: the routes of that "
+        "config, on the objects named by --path, each fetched through a stream copy and a "
+        "redirect copy of its route, and a cloudfront copy when the config has a cloudfront "
+        "section.",
     )
     bench.add_argument("--out", default="bench-report", help="folder for report.md and the chart")
     bench.add_argument("--rounds", type=int, default=3, help="first views to take the median of")

@@ -337,3 +337,19 @@ def test_check_validates_the_key_and_shows_its_kind_never_its_material(
     refused = check()
     assert refused.returncode == 2
     assert f"cloudfront.private_key: {key_file} is an RSA key of 1024 bits" in refused.stderr
+
+
+def test_the_shipped_configs_cloudfront_example_loads_once_uncommented(key_file: Path) -> None:
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (repo / "config.yaml").read_text()
+    section = r"^# (cloudfront:|  (domain|key_pair_id|private_key|cookie_domain):)"
+    text = re.sub(section, r"\1", text, flags=re.MULTILINE)
+    text = re.sub(r"^  # (- name: cdn|  )", r"  \1", text, flags=re.MULTILINE)
+    env = {"JWT_SECRET": "s" * 64, "CLOUDFRONT_KEY_FILE": str(key_file)}
+    config = parse_config(text, env=env)
+    routes = {route.name: route for route in config.routes}
+    assert routes["cdn-albums"].cookie_scope is not None
+    assert routes["cdn-photos"].settings.delivery == "cloudfront"
+    assert config.cloudfront is not None and config.warnings == ()
