@@ -6,6 +6,12 @@ along) and signs it with the key pair's private key: RSA with PKCS #1 v1.5 paddi
 with a DER-encoded signature, exactly what `openssl sha1 -sign key.pem` writes for either.
 ECDSA signs deterministically (RFC 6979) where OpenSSL can, so that a `stable` URL is the same
 in every process; a random ECDSA signature verifies just as well, it only varies.
+
+What AWS documents, and this follows: "CloudFront supports signed URLs and signed cookies with
+RSA 2048 or ECDSA 256 key signatures" (the PublicKey API reference); the signature is what
+`openssl sha1 -sign private_key.pem` makes, "the private key signature can be either RSA 2048
+or ECDSA 256" (developer guide, "Linux commands and OpenSSL for base64 encoding and
+encryption"); SHA-256 with `Hash-Algorithm=SHA256` or the `CloudFront-Hash-Algorithm` cookie.
 """
 
 from __future__ import annotations
