@@ -4,13 +4,13 @@ of its own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
-from ..storage import ObjectMeta, ObjectStream, Storage, Writes
+from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
@@ -97,6 +97,20 @@ class MeasuredStorage:
     ) -> PostForm:
         return self._inner.presign_post(credentials, bucket, key, content_type, max_bytes, lifetime)
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._inner.presign_part(
+            credentials, bucket, key, upload_id, number, content_length, lifetime
+        )
+
 
 class MeasuredWrites:
     """Times and counts each write call, as MeasuredStorage does the reads."""
@@ -149,17 +163,30 @@ class MeasuredWrites:
         )
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(bucket, key, upload_id, etags, overwrite),
+            self._inner.complete_multipart(bucket, key, upload_id, parts, overwrite),
         )
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         await self._measure(
             "AbortMultipartUpload", self._inner.abort_multipart(bucket, key, upload_id)
         )
+
+    async def has_upload(self, bucket: str, key: str, upload_id: str) -> bool:
+        return await self._measure(
+            "ListMultipartUploads", self._inner.has_upload(bucket, key, upload_id)
+        )
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[UploadedPart]:
+        return await self._measure("ListParts", self._inner.list_parts(bucket, key, upload_id))
 
 
 def _outcome(exc: Exception) -> str:
