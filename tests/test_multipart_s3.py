@@ -32,6 +32,8 @@ from proxy.errors import (
     UnsupportedMediaType,
     UploadNotFound,
 )
+from proxy.ops.measured import MeasuredStorage
+from proxy.ops.metrics import Telemetry
 from proxy.uploads import Signing, abort, begin, complete, multipart_place, resume
 
 from .conftest import S3Objects, build_config, config_dict
@@ -349,3 +351,29 @@ async def test_the_budget_caps_the_urls_of_one_answer(s3: S3Objects) -> None:
     resumed = await resume(fake, place, started["upload_id"], MAX, _signing(), 20)
     assert [part["number"] for part in resumed["parts"]] == list(range(1, 14))
     assert "length=4194304" in resumed["parts"][-1]["url"]  # 64 MiB - 12 x 5 MiB
+
+
+async def test_every_multipart_s3_call_and_step_is_counted() -> None:
+    telemetry = Telemetry()
+    fake = FakeStorage()
+    measured = MeasuredStorage(fake, telemetry)
+    upload_id = await measured.writes.start_multipart(BUCKET, "k", "video/mp4")
+    assert await measured.writes.has_upload(BUCKET, "k", upload_id)
+    assert await measured.writes.list_parts(BUCKET, "k", upload_id) == []
+    with pytest.raises(UploadNotFound):
+        await measured.writes.list_parts(BUCKET, "other", upload_id)
+    telemetry.multipart_step("multipart", 200, part_urls=7)
+    telemetry.multipart_step("complete", 400)
+    telemetry.multipart_step("abort", 502)
+    text = telemetry.render().decode()
+    for line in (
+        'proxy_s3_requests_total{operation="CreateMultipartUpload",outcome="ok"} 1.0',
+        'proxy_s3_requests_total{operation="ListMultipartUploads",outcome="ok"} 1.0',
+        'proxy_s3_requests_total{operation="ListParts",outcome="ok"} 1.0',
+        'proxy_s3_requests_total{operation="ListParts",outcome="not_found"} 1.0',
+        'proxy_multipart_steps_total{outcome="ok",step="multipart"} 1.0',
+        'proxy_multipart_steps_total{outcome="refused",step="complete"} 1.0',
+        'proxy_multipart_steps_total{outcome="failed",step="abort"} 1.0',
+        "proxy_multipart_part_urls_total 7.0",
+    ):
+        assert line in text, line

@@ -80,8 +80,7 @@ def test_content_types_with_wildcards() -> None:
         ),
         (
             {"upload": {"max_bytes": 5 * 1024 * 1024 * MIB + 1, "multipart": True}},
-            "routes[0] (up).upload.max_bytes: Input should be less than or equal to "
-            "5497558138880",
+            "routes[0] (up).upload.max_bytes: Input should be less than or equal to 5497558138880",
         ),
         (
             {

@@ -8,18 +8,32 @@ The request has been routed, authenticated and authorized before any of this run
 touched only after that. docs/uploads.md is the user's guide.
 """
 
-from .multipart import MultipartPlace, Signing, abort, begin, complete, multipart_place, resume
+from .multipart import (
+    MULTIPART_KINDS,
+    Answered,
+    MultipartPlace,
+    Signing,
+    abort,
+    answer_entry,
+    begin,
+    complete,
+    multipart_place,
+    resume,
+)
 from .presigned import post_form, redirect_put
 from .receive import ClientGone, Received, receive
 from .rules import UploadTarget, upload_target
 
 __all__ = [
+    "MULTIPART_KINDS",
+    "Answered",
     "ClientGone",
     "MultipartPlace",
     "Received",
     "Signing",
     "UploadTarget",
     "abort",
+    "answer_entry",
     "begin",
     "complete",
     "multipart_place",

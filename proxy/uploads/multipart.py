@@ -28,6 +28,7 @@ this runs; answers carry no path (the sign API adds it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,46 @@ class Completed:
 
     def answer(self) -> dict[str, Any]:
         return {"status": 201, "etag": self.etag}
+
+
+# The sign API's entry kinds this module answers, in the order a batch answers them.
+MULTIPART_KINDS = ("multipart", "resume", "complete", "abort")
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One entry's answer (without its path), the part URLs it carries, and the object it
+    stored (a `complete`)."""
+
+    answer: dict[str, Any]
+    part_urls: int = 0
+    stored: Completed | None = None
+
+
+async def answer_entry(
+    kind: str,
+    storage: Storage,
+    place: MultipartPlace,
+    entry: Mapping[str, Any],
+    signing: Signing,
+    budget: int,
+) -> Answered:
+    """Run one entry of `kind` (one of MULTIPART_KINDS) with its fields as the client sent them."""
+    upload_id = entry.get("upload_id")
+    if kind == "multipart":
+        begun = await begin(
+            storage, place, entry.get("content_type"), entry.get("size"), signing, budget
+        )
+        return Answered(begun, len(begun["parts"]))
+    if kind == "resume":
+        resumed = await resume(storage, place, upload_id, entry.get("size"), signing, budget)
+        return Answered(resumed, len(resumed["parts"]))
+    if kind == "complete":
+        done = await complete(storage, place, upload_id, entry.get("parts"))
+        return Answered(done.answer(), stored=done)
+    if kind == "abort":
+        return Answered(await abort(storage, place, upload_id))
+    raise ValueError(f"unknown multipart entry kind {kind!r}")
 
 
 def multipart_place(route: Route, key: str) -> MultipartPlace:
