@@ -67,7 +67,16 @@ from .routing import Router
 from .state import Bucket, State, create_state
 from .state.admin import answer_revocations
 from .storage import Storage
-from .uploads import post_form, receive, redirect_put, upload_target
+from .uploads import (
+    MULTIPART_KINDS,
+    Signing,
+    answer_entry,
+    multipart_place,
+    post_form,
+    receive,
+    redirect_put,
+    upload_target,
+)
 
 log = logging.getLogger("proxy")
 
@@ -681,7 +690,18 @@ class _Handler:
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
         uploads = body.get("uploads") if isinstance(body, dict) else None
-        if paths is None and isinstance(uploads, list):
+        steps: dict[str, list[object]] = {}
+        for kind in MULTIPART_KINDS:
+            entries = body.get(kind) if isinstance(body, dict) else None
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                raise BadRequest(
+                    f"sign API {kind} not a list",
+                    detail=f'expected {{"{kind}": [{{"path": ..., ...}}]}}',
+                )
+            steps[kind] = entries
+        if paths is None and (isinstance(uploads, list) or steps):
             paths = []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadRequest(
@@ -692,9 +712,10 @@ class _Handler:
                 "sign API uploads not a list",
                 detail='expected {"uploads": [{"path": ..., "content_type": ..., "size": ...}]}',
             )
-        if len(paths) + len(uploads or ()) > self._sign_api.max_paths:
+        count = len(paths) + len(uploads or ()) + sum(len(e) for e in steps.values())
+        if count > self._sign_api.max_paths:
             raise PayloadTooLarge(
-                f"sign API batch of {len(paths) + len(uploads or ())} paths",
+                f"sign API batch of {count} paths",
                 detail=f"at most {self._sign_api.max_paths} paths per request",
             )
         claims = await self._optional_claims(request, record)
@@ -712,6 +733,20 @@ class _Handler:
                 await self._sign_upload(request, entry, claims) for entry in uploads
             ]
             record.reason += f", {len(uploads)} uploads"
+        budget = [self._sign_api.max_paths]  # part URLs this answer may still carry
+        for kind, entries in steps.items():
+            answers = [
+                await self._sign_multipart(request, kind, entry, claims, budget)
+                for entry in entries
+            ]
+            answer[kind] = answers
+            record.reason += f", {len(answers)} {kind}"
+            urls = sum(len(a.get("parts", ())) for a in answers if kind in ("multipart", "resume"))
+            refused = sum(1 for a in answers if a.get("status", 200) >= 400)
+            notes = [f"{urls} part URLs"] if urls else []
+            notes += [f"{refused} refused"] if refused else []
+            if notes:
+                record.reason += f" ({', '.join(notes)})"
         return web.json_response(
             answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
@@ -744,12 +779,50 @@ class _Handler:
             return _refusal(path, exc)
         return {"path": path, **form}
 
+    async def _sign_multipart(
+        self,
+        request: web.BaseRequest,
+        kind: str,
+        entry: object,
+        claims: dict[str, Any] | None,
+        budget: list[int],
+    ) -> dict[str, Any]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            self._telemetry.multipart_step(kind, 400)
+            return _refusal("", BadRequest(detail='each entry is {"path": "/path", ...}'))
+        path = entry["path"]
+        admitted, buckets = self._admit_signing(request, path, claims, None)
+        over_limit = (await self._state.take([buckets]))[0]
+        refusal = over_limit or (admitted if isinstance(admitted, ProxyError) else None)
+        if refusal is not None or isinstance(admitted, ProxyError):
+            refused = refusal or NotFound()
+            self._telemetry.multipart_step(kind, refused.status)
+            return _refusal(path, refused)
+        route, key = admitted
+        try:
+            place = multipart_place(route, key)
+            signing = Signing(route.settings.ttl, self._clock(), _expiry(claims))
+            answered = await answer_entry(
+                kind, self._storage, place, entry, signing, max(budget[0], 0)
+            )
+        except ProxyError as exc:
+            self._telemetry.multipart_step(kind, exc.status)
+            return _refusal(path, exc)
+        budget[0] -= answered.part_urls
+        self._telemetry.multipart_step(
+            kind, int(answered.answer.get("status", 200)), answered.part_urls
+        )
+        if answered.stored is not None:
+            self._metadata.forget(place.bucket, key)
+            self._objects.forget(place.bucket, key)
+        return {"path": path, **answered.answer}
+
     def _admit_signing(
         self,
         request: web.BaseRequest,
         path: str,
         claims: dict[str, Any] | None,
-        method: str = "GET",
+        method: str | None = "GET",
     ) -> tuple[tuple[Route, str] | ProxyError, list[Bucket]]:
         """Route and authorize one path of a batch as its GET (or, for an upload form, its
         POST) would be: the route and key, or the refusal; and the rate-limit buckets that
@@ -760,7 +833,7 @@ class _Handler:
             if found is None:
                 raise NotFound("no route matches")
             route = self._routes[found.index]
-            if method not in route.settings.methods:
+            if method is not None and method not in route.settings.methods:
                 raise MethodNotAllowed(f"route does not allow {method}")
         except ProxyError as exc:
             return exc, []
