@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from proxy.conditional import parse_ranges
 from proxy.errors import BadRequest, KeyExists, NotFound, RangeNotSatisfiable, UploadNotFound
 from proxy.presign import Credentials, Lifetime
+from proxy.request import ObjectRef
 from proxy.ssec import CustomerKey
 from proxy.storage import ObjectMeta, ObjectStream, UploadedPart
 
@@ -32,17 +33,17 @@ class FakeStorage:
     def __post_init__(self) -> None:
         self.writes = FakeWrites(self)
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
+        bucket, key = ref.bucket, ref.key
         self.calls.append(("head", bucket, key))
-        self.sse_keys.append(sse)
+        self.sse_keys.append(ref.sse)
         return self._meta(bucket, key)
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """Answers a single range as S3 does: 206 with Content-Range, or 416 past the end."""
+        bucket, key = ref.bucket, ref.key
         self.calls.append(("get", bucket, key))
-        self.sse_keys.append(sse)
+        self.sse_keys.append(ref.sse)
         meta = self._meta(bucket, key, mid_stream=self.fail_after_bytes is not None)
         body = self.objects[(bucket, key)]
         ranges = parse_ranges(byte_range)
@@ -70,30 +71,28 @@ class FakeStorage:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        self.calls.append(("presign", bucket, key))
+        self.calls.append(("presign", ref.bucket, ref.key))
         return (
-            f"https://s3.example/{bucket}/{key}?X-Amz-Date={lifetime.signed_at}"
+            f"https://s3.example/{ref.bucket}/{ref.key}?X-Amz-Date={lifetime.signed_at}"
             f"&X-Amz-Expires={lifetime.expires_in}"
         )
 
     def presign_part(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         upload_id: str,
         number: int,
         content_length: int,
         lifetime: Lifetime,
     ) -> str:
-        self.calls.append(("presign_part", bucket, key))
+        self.calls.append(("presign_part", ref.bucket, ref.key))
         return (
-            f"https://s3.example/{bucket}/{key}?partNumber={number}&uploadId={upload_id}"
+            f"https://s3.example/{ref.bucket}/{ref.key}?partNumber={number}&uploadId={upload_id}"
             f"&length={content_length}&X-Amz-Expires={lifetime.expires_in}"
         )
 
@@ -133,70 +132,60 @@ class FakeWrites:
         self.uploads: dict[str, _Upload] = {}
         self._ids = itertools.count(1)
 
-    def _record(self, operation: str, bucket: str, key: str) -> None:
-        self._storage.calls.append((operation, bucket, key))
+    def _record(self, operation: str, ref: ObjectRef) -> None:
+        self._storage.calls.append((operation, ref.bucket, ref.key))
         if self._storage.fail_with is not None:
             raise self._storage.fail_with
 
-    def _upload(self, bucket: str, key: str, upload_id: str) -> _Upload:
+    def _upload(self, ref: ObjectRef, upload_id: str) -> _Upload:
         upload = self.uploads.get(upload_id)
-        if upload is None or (upload.bucket, upload.key) != (bucket, key):
+        if upload is None or (upload.bucket, upload.key) != (ref.bucket, ref.key):
             raise UploadNotFound("no such upload")
         return upload
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str:
-        self._record("CreateMultipartUpload", bucket, key)
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
+        self._record("CreateMultipartUpload", ref)
         upload_id = f"upload-{next(self._ids)}"
-        self.uploads[upload_id] = _Upload(bucket, key, content_type)
+        self.uploads[upload_id] = _Upload(ref.bucket, ref.key, content_type)
         return upload_id
 
-    async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
-    ) -> str:
-        self._record("UploadPart", bucket, key)
-        self._upload(bucket, key, upload_id).parts[number] = body
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
+        self._record("UploadPart", ref)
+        self._upload(ref, upload_id).parts[number] = body
         return _etag(body)
 
-    async def has_upload(self, bucket: str, key: str, upload_id: str) -> bool:
-        self._record("ListMultipartUploads", bucket, key)
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        self._record("ListMultipartUploads", ref)
         upload = self.uploads.get(upload_id)
-        return upload is not None and (upload.bucket, upload.key) == (bucket, key)
+        return upload is not None and (upload.bucket, upload.key) == (ref.bucket, ref.key)
 
-    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[UploadedPart]:
-        self._record("ListParts", bucket, key)
-        parts = self._upload(bucket, key, upload_id).parts
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        self._record("ListParts", ref)
+        parts = self._upload(ref, upload_id).parts
         return [UploadedPart(n, len(parts[n]), _etag(parts[n])) for n in sorted(parts)]
 
     async def complete_multipart(
         self,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
         overwrite: bool,
     ) -> str:
-        self._record("CompleteMultipartUpload", bucket, key)
-        upload = self._upload(bucket, key, upload_id)
+        self._record("CompleteMultipartUpload", ref)
+        upload = self._upload(ref, upload_id)
         if any(_etag(upload.parts.get(n, b"\0")) != etag for n, etag in parts):
             raise BadRequest("S3 refused the part list (InvalidPart)")
-        if not overwrite and (bucket, key) in self._storage.objects:
+        key = (ref.bucket, ref.key)
+        if not overwrite and key in self._storage.objects:
             raise KeyExists("the key exists")
         body = b"".join(upload.parts[n] for n, _ in parts)
-        self._storage.objects[(bucket, key)] = body
+        self._storage.objects[key] = body
         del self.uploads[upload_id]
         return _etag(body)
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        self._record("AbortMultipartUpload", bucket, key)
-        self._upload(bucket, key, upload_id)
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
+        self._record("AbortMultipartUpload", ref)
+        self._upload(ref, upload_id)
         del self.uploads[upload_id]
 
 

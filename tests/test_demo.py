@@ -474,12 +474,16 @@ def test_a_huge_file_in_parts_survives_a_reload_in_a_real_browser(
         try:
             page = browser.new_context(viewport={"width": 1100, "height": 1500}).new_page()
             held: list[Any] = []
+            reloaded = False
 
             def hold_after_two(route: Any) -> None:
-                if "partNumber=1&" in route.request.url or "partNumber=2&" in route.request.url:
+                first_two = (
+                    "partNumber=1&" in route.request.url or "partNumber=2&" in route.request.url
+                )
+                if reloaded or first_two:
                     route.continue_()
                 else:
-                    held.append(route)  # never answered: this page is reloaded first
+                    held.append(route)  # never sent to S3: the connection "drops" first
 
             page.route("**/*partNumber=*", hold_after_two)
             page.goto(demo + "/_demo/login?as=employee", wait_until="networkidle")
@@ -489,7 +493,9 @@ def test_a_huge_file_in_parts_survives_a_reload_in_a_real_browser(
                 "Number(document.getElementById('multipart-status').dataset.parts || 0) >= 2"
             )
             assert page.get_attribute("#multipart-status", "data-state") == "uploading"
-            page.unroute("**/*partNumber=*")
+            for route in held:
+                route.abort()
+            reloaded = True
             page.reload()
             page.wait_for_selector("#multipart-status[data-state=done]", timeout=60_000)
             assert page.get_attribute("#multipart-status", "data-resumed-parts") == "2"

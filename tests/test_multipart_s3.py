@@ -34,7 +34,8 @@ from proxy.errors import (
 )
 from proxy.ops.measured import MeasuredStorage
 from proxy.ops.metrics import Telemetry
-from proxy.uploads import Signing, abort, begin, complete, multipart_place, resume
+from proxy.request import ObjectRef
+from proxy.uploads import PartSigning, abort, begin, complete, multipart_place, resume
 
 from .conftest import S3Objects, build_config, config_dict
 from .fakes import FakeStorage
@@ -75,8 +76,12 @@ def _route(config: Config) -> Route:
     return config.routes[0]
 
 
-def _signing() -> Signing:
-    return Signing(ttl=300, now=time.time(), token_expires_at=None)
+def _ref(key: str) -> ObjectRef:
+    return ObjectRef(BUCKET, key)
+
+
+def _signing() -> PartSigning:
+    return PartSigning(ttl=300, now=time.time(), token_expires_at=None)
 
 
 def _body(size: int = SIZE) -> bytes:
@@ -115,7 +120,7 @@ async def test_parts_sent_to_presigned_urls_resume_after_a_drop_and_read_back(
 ) -> None:
     route = _route(_config(s3.endpoint))
     key = f"big/alice/{fresh('movie.bin')}"
-    place = multipart_place(route, key)
+    place = multipart_place(route, _ref(key))
     body = _body()
     started = await begin(storage, place, "application/octet-stream", SIZE, _signing(), 2)
     part_size = started["part_size"]
@@ -154,13 +159,13 @@ async def test_parts_sent_to_presigned_urls_resume_after_a_drop_and_read_back(
 async def test_abort_leaves_no_upload_listed(
     storage: Engine, s3: S3Objects, s3_client: Any
 ) -> None:
-    place = multipart_place(_route(_config(s3.endpoint)), f"big/alice/{fresh()}")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref(f"big/alice/{fresh()}"))
     started = await begin(storage, place, "video/mp4", SIZE, _signing(), 1)
     async with aiohttp.ClientSession() as session:
         await _put_part(session, started["parts"][0]["url"], _body(5 * MIB))
-    assert len(multipart_uploads(s3_client, place.key)) == 1
+    assert len(multipart_uploads(s3_client, place.ref.key)) == 1
     assert await abort(storage, place, started["upload_id"]) == {"status": 204}
-    assert multipart_uploads(s3_client, place.key) == []
+    assert multipart_uploads(s3_client, place.ref.key) == []
     with pytest.raises(UploadNotFound):
         await resume(storage, place, started["upload_id"], SIZE, _signing(), 10)
     with pytest.raises(UploadNotFound):
@@ -174,8 +179,8 @@ async def test_another_users_key_gets_nothing_from_an_upload_id(
     signed or any part listed; Alice's upload is untouched and nothing lands at Bob's key."""
     route = _route(_config(s3.endpoint))
     name = fresh()
-    alices = multipart_place(route, f"big/alice/{name}")
-    bobs = multipart_place(route, f"big/bob/{name}")
+    alices = multipart_place(route, _ref(f"big/alice/{name}"))
+    bobs = multipart_place(route, _ref(f"big/bob/{name}"))
     started = await begin(storage, alices, "video/mp4", SIZE, _signing(), 1)
     async with aiohttp.ClientSession() as session:
         etag = await _put_part(session, started["parts"][0]["url"], _body(5 * MIB))
@@ -187,12 +192,12 @@ async def test_another_users_key_gets_nothing_from_an_upload_id(
     with pytest.raises(UploadNotFound):
         await abort(storage, bobs, upload_id)
     # A prefix of Alice's key is not her key either.
-    prefix = multipart_place(route, alices.key[:-1])
+    prefix = multipart_place(route, _ref(alices.ref.key[:-1]))
     with pytest.raises(UploadNotFound):
         await resume(storage, prefix, upload_id, SIZE, _signing(), 10)
-    assert [u["Key"] for u in multipart_uploads(s3_client, alices.key)] == [alices.key]
-    assert multipart_uploads(s3_client, bobs.key) == []
-    assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix=bobs.key).get("KeyCount") == 0
+    assert [u["Key"] for u in multipart_uploads(s3_client, alices.ref.key)] == [alices.ref.key]
+    assert multipart_uploads(s3_client, bobs.ref.key) == []
+    assert s3_client.list_objects_v2(Bucket=BUCKET, Prefix=bobs.ref.key).get("KeyCount") == 0
     still = await resume(storage, alices, upload_id, SIZE, _signing(), 10)
     assert still["uploaded"] == [{"number": 1, "size": 5 * MIB, "etag": etag}]
     await abort(storage, alices, upload_id)
@@ -201,7 +206,7 @@ async def test_another_users_key_gets_nothing_from_an_upload_id(
 async def test_a_wrong_part_list_is_a_400_and_the_upload_stays_resumable(
     storage: Engine, s3: S3Objects, s3_client: Any
 ) -> None:
-    place = multipart_place(_route(_config(s3.endpoint)), f"big/alice/{fresh()}")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref(f"big/alice/{fresh()}"))
     started = await begin(storage, place, "video/mp4", SIZE, _signing(), 3)
     body = _body()
     async with aiohttp.ClientSession() as session:
@@ -220,7 +225,7 @@ async def test_a_wrong_part_list_is_a_400_and_the_upload_stays_resumable(
     # S3's own refusal of a list (the proxy's check bypassed) is the same clear 400.
     with pytest.raises(BadRequest) as refused:
         await storage.writes.complete_multipart(
-            BUCKET, place.key, upload_id, [(1, etags[1]), (2, etags[1])], overwrite=False
+            place.ref, upload_id, [(1, etags[1]), (2, etags[1])], overwrite=False
         )
     assert refused.value.status == 400
     assert "InvalidPart" in refused.value.reason
@@ -235,14 +240,14 @@ async def test_complete_does_not_overwrite_a_key_taken_meanwhile(
 ) -> None:
     """overwrite: false is S3's conditional write at completion (If-None-Match: *): a file
     that landed at the key while the parts were uploading is kept."""
-    place = multipart_place(_route(_config(s3.endpoint)), f"big/alice/{fresh()}")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref(f"big/alice/{fresh()}"))
     started = await begin(storage, place, "video/mp4", 100, _signing(), 1)
     async with aiohttp.ClientSession() as session:
         etag = await _put_part(session, started["parts"][0]["url"], _body(100))
-    s3_client.put_object(Bucket=BUCKET, Key=place.key, Body=b"first")
+    s3_client.put_object(Bucket=BUCKET, Key=place.ref.key, Body=b"first")
     with pytest.raises(KeyExists):
         await complete(storage, place, started["upload_id"], [{"number": 1, "etag": etag}])
-    assert s3_client.get_object(Bucket=BUCKET, Key=place.key)["Body"].read() == b"first"
+    assert s3_client.get_object(Bucket=BUCKET, Key=place.ref.key)["Body"].read() == b"first"
     # And a taken key is refused before an upload begins at all.
     with pytest.raises(KeyExists):
         await begin(storage, place, "video/mp4", 100, _signing(), 1)
@@ -252,13 +257,15 @@ async def test_complete_does_not_overwrite_a_key_taken_meanwhile(
 async def test_overwrite_true_replaces_the_object(
     storage: Engine, s3: S3Objects, s3_client: Any
 ) -> None:
-    place = multipart_place(_route(_config(s3.endpoint, overwrite=True)), f"big/alice/{fresh()}")
-    s3_client.put_object(Bucket=BUCKET, Key=place.key, Body=b"old")
+    place = multipart_place(
+        _route(_config(s3.endpoint, overwrite=True)), _ref(f"big/alice/{fresh()}")
+    )
+    s3_client.put_object(Bucket=BUCKET, Key=place.ref.key, Body=b"old")
     started = await begin(storage, place, "video/mp4", 3, _signing(), 1)
     async with aiohttp.ClientSession() as session:
         etag = await _put_part(session, started["parts"][0]["url"], b"new")
     await complete(storage, place, started["upload_id"], [{"number": 1, "etag": etag}])
-    assert s3_client.get_object(Bucket=BUCKET, Key=place.key)["Body"].read() == b"new"
+    assert s3_client.get_object(Bucket=BUCKET, Key=place.ref.key)["Body"].read() == b"new"
 
 
 async def test_list_parts_walks_every_page(s3: S3Objects, s3_client: Any) -> None:
@@ -272,11 +279,11 @@ async def test_list_parts_walks_every_page(s3: S3Objects, s3_client: Any) -> Non
             s3_client.upload_part(
                 Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=number, Body=b"x" * number
             )
-        parts = await writer.list_parts(BUCKET, key, upload_id)
+        parts = await writer.list_parts(_ref(key), upload_id)
         assert [(part.number, part.size) for part in parts] == [(n, n) for n in range(1, 6)]
-        assert await writer.has_upload(BUCKET, key, upload_id)
-        assert not await writer.has_upload(BUCKET, key, "not-" + upload_id)
-        assert not await writer.has_upload(BUCKET, key + "x", upload_id)
+        assert await writer.has_upload(_ref(key), upload_id)
+        assert not await writer.has_upload(_ref(key), "not-" + upload_id)
+        assert not await writer.has_upload(_ref(key + "x"), upload_id)
     finally:
         s3_client.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id)
         await client.close()
@@ -284,8 +291,8 @@ async def test_list_parts_walks_every_page(s3: S3Objects, s3_client: Any) -> Non
 
 async def test_a_token_about_to_expire_begins_no_upload(s3: S3Objects) -> None:
     fake = FakeStorage()
-    place = multipart_place(_route(_config(s3.endpoint)), "big/alice/x.bin")
-    expiring = Signing(ttl=300, now=1000.0, token_expires_at=1000.0)
+    place = multipart_place(_route(_config(s3.endpoint)), _ref("big/alice/x.bin"))
+    expiring = PartSigning(ttl=300, now=1000.0, token_expires_at=1000.0)
     with pytest.raises(Unauthenticated):
         await begin(fake, place, "video/mp4", 10, expiring, 5)
     assert [call[0] for call in fake.calls] == ["head"]  # no CreateMultipartUpload
@@ -306,7 +313,7 @@ async def test_oversize_and_wrong_types_are_refused_before_s3_is_touched(
     s3: S3Objects, content_type: str | None, size: object, refused: type[Exception]
 ) -> None:
     fake = FakeStorage()
-    place = multipart_place(_route(_config(s3.endpoint)), "big/alice/x.bin")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref("big/alice/x.bin"))
     with pytest.raises(refused):
         await begin(fake, place, content_type, size, _signing(), 5)
     assert fake.calls == []
@@ -318,7 +325,7 @@ async def test_oversize_and_wrong_types_are_refused_before_s3_is_touched(
 )
 async def test_malformed_entries_are_refused_before_s3_is_touched(s3: S3Objects, step: str) -> None:
     fake = FakeStorage()
-    place = multipart_place(_route(_config(s3.endpoint)), "big/alice/x.bin")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref("big/alice/x.bin"))
     good_parts = [{"number": 1, "etag": "e"}]
     calls = {
         "resume-id": resume(fake, place, "a b", 10, _signing(), 5),
@@ -338,12 +345,12 @@ async def test_malformed_entries_are_refused_before_s3_is_touched(s3: S3Objects,
 async def test_a_route_without_multipart_takes_none(s3: S3Objects) -> None:
     route = _route(_config(s3.endpoint, multipart=False))
     with pytest.raises(MethodNotAllowed):
-        multipart_place(route, "big/alice/x.bin")
+        multipart_place(route, _ref("big/alice/x.bin"))
 
 
 async def test_the_budget_caps_the_urls_of_one_answer(s3: S3Objects) -> None:
     fake = FakeStorage()
-    place = multipart_place(_route(_config(s3.endpoint)), "big/alice/x.bin")
+    place = multipart_place(_route(_config(s3.endpoint)), _ref("big/alice/x.bin"))
     started = await begin(fake, place, "video/mp4", MAX, _signing(), 4)
     assert [part["number"] for part in started["parts"]] == [1, 2, 3, 4]  # of 13
     none = await begin(fake, place, "video/mp4", MAX, _signing(), 0)
@@ -357,11 +364,11 @@ async def test_every_multipart_s3_call_and_step_is_counted() -> None:
     telemetry = Telemetry()
     fake = FakeStorage()
     measured = MeasuredStorage(fake, telemetry)
-    upload_id = await measured.writes.start_multipart(BUCKET, "k", "video/mp4")
-    assert await measured.writes.has_upload(BUCKET, "k", upload_id)
-    assert await measured.writes.list_parts(BUCKET, "k", upload_id) == []
+    upload_id = await measured.writes.start_multipart(_ref("k"), "video/mp4")
+    assert await measured.writes.has_upload(_ref("k"), upload_id)
+    assert await measured.writes.list_parts(_ref("k"), upload_id) == []
     with pytest.raises(UploadNotFound):
-        await measured.writes.list_parts(BUCKET, "other", upload_id)
+        await measured.writes.list_parts(_ref("other"), upload_id)
     telemetry.multipart_step("multipart", 200, part_urls=7)
     telemetry.multipart_step("complete", 400)
     telemetry.multipart_step("abort", 502)

@@ -23,6 +23,7 @@ import pytest
 
 from proxy.engines import create_engine
 from proxy.presign import plan_lifetime
+from proxy.request import ObjectRef
 
 from .conftest import bearer, build_config, config_dict, make_token
 from .node_s3 import running_node_s3
@@ -149,14 +150,12 @@ async def test_presigned_upload_part_urls_verify_and_pin_their_length(
     storage = create_engine(build_config(data).settings.s3)
     await storage.open()
     try:
-        key = "uploads/big.bin"
-        upload_id = await storage.writes.start_multipart("hr-private", key, "video/mp4")
+        ref = ObjectRef("hr-private", "uploads/big.bin")
+        upload_id = await storage.writes.start_multipart(ref, "video/mp4")
         credentials = await storage.credentials()
         lifetime = plan_lifetime(time.time(), 300)
         part = b"p" * (5 * 1024 * 1024)
-        url = storage.presign_part(
-            credentials, "hr-private", key, upload_id, 1, len(part), lifetime
-        )
+        url = storage.presign_part(credentials, ref, upload_id, 1, len(part), lifetime)
         async with aiohttp.ClientSession() as plain:
             for wrong in (
                 url.replace("partNumber=1", "partNumber=2"),
@@ -170,15 +169,15 @@ async def test_presigned_upload_part_urls_verify_and_pin_their_length(
             async with plain.put(url, data=io.BytesIO(part)) as sent:
                 assert sent.status == 200, await sent.text()
                 etag = sent.headers["ETag"]
-            last = storage.presign_part(credentials, "hr-private", key, upload_id, 2, 3, lifetime)
+            last = storage.presign_part(credentials, ref, upload_id, 2, 3, lifetime)
             async with plain.put(last, data=b"end") as sent:
                 assert sent.status == 200, await sent.text()
                 etag_2 = sent.headers["ETag"]
         await storage.writes.complete_multipart(
-            "hr-private", key, upload_id, [(1, etag), (2, etag_2)], overwrite=True
+            ref, upload_id, [(1, etag), (2, etag_2)], overwrite=True
         )
         async with aiohttp.ClientSession() as plain:
-            url = storage.presign(credentials, "GET", "hr-private", key, lifetime)
+            url = storage.presign(credentials, "GET", ref, lifetime)
             async with plain.get(url) as got:
                 assert (got.status, await got.read()) == (200, part + b"end")
     finally:

@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 
 from ..config import S3Settings
 from ..errors import BadRequest, KeyExists, ProxyError, UploadNotFound, UpstreamError
+from ..request import ObjectRef
 from ..ssec import CustomerKey
 from ..storage import UploadedPart, error_for_status, translate_errors
 
@@ -72,90 +73,70 @@ class ObjectWriter:
         self._client = client
         self._page = page  # smaller in tests, to walk S3's pages without 1,000 parts
 
-    async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        overwrite: bool,
-        sse: CustomerKey | None = None,
-    ) -> str:
-        """Store `body` at `key` in one request; its ETag."""
+    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
+        """Store `body` as the object in one request; its ETag."""
         params: dict[str, Any] = {"Body": body, "ContentType": content_type}
         if not overwrite:
             params["IfNoneMatch"] = "*"
-        answer = await self._call("PutObject", "put_object", bucket, key, sse, params)
+        answer = await self._call("PutObject", "put_object", ref, ref.sse, params)
         return str(answer.get("ETag", ""))
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str:
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         """A new multipart upload's id."""
         answer = await self._call(
             "CreateMultipartUpload",
             "create_multipart_upload",
-            bucket,
-            key,
-            sse,
+            ref,
+            ref.sse,
             {"ContentType": content_type},
         )
         return str(answer["UploadId"])
 
-    async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
-    ) -> str:
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
         """Send part `number` (from 1); its ETag."""
         params = {"UploadId": upload_id, "PartNumber": number, "Body": body}
-        answer = await self._call("UploadPart", "upload_part", bucket, key, sse, params)
+        answer = await self._call("UploadPart", "upload_part", ref, ref.sse, params)
         return str(answer["ETag"])
 
     async def complete_multipart(
         self,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
         overwrite: bool,
     ) -> str:
-        """Join the parts ((number, ETag) in ascending order) into the object; its ETag."""
+        """Join the parts ((number, ETag) in ascending order) into the object; its ETag. S3
+        wants no customer key here: the parts are encrypted already."""
         listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
         params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": listed}}
         if not overwrite:
             params["IfNoneMatch"] = "*"
         answer = await self._call(
-            "CompleteMultipartUpload", "complete_multipart_upload", bucket, key, None, params
+            "CompleteMultipartUpload", "complete_multipart_upload", ref, None, params
         )
         return str(answer.get("ETag", ""))
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         """Drop the upload and every part sent so far."""
         await self._call(
             "AbortMultipartUpload",
             "abort_multipart_upload",
-            bucket,
-            key,
+            ref,
             None,
             {"UploadId": upload_id},
         )
 
-    async def has_upload(self, bucket: str, key: str, upload_id: str) -> bool:
-        """Whether `upload_id` is open on exactly `key` (rule 3). S3 lists the uploads under
-        a prefix sorted by key, so those on `key` itself come first: the walk stops at the
-        first longer key."""
-        params: dict[str, Any] = {"Prefix": key, "MaxUploads": self._page}
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        """Whether `upload_id` is open on exactly `ref`'s key (rule 3). S3 lists the uploads
+        under a prefix sorted by key, so those on the key itself come first: the walk stops
+        at the first longer key."""
+        params: dict[str, Any] = {"Prefix": ref.key, "MaxUploads": self._page}
         for _ in range(_MAX_UPLOAD_PAGES):
             answer = await self._call(
-                "ListMultipartUploads", "list_multipart_uploads", bucket, None, None, params
+                "ListMultipartUploads", "list_multipart_uploads", ref, None, params, keyed=False
             )
             for upload in answer.get("Uploads") or ():
-                if upload.get("Key") != key:
+                if upload.get("Key") != ref.key:
                     return False
                 if upload.get("UploadId") == upload_id:
                     return True
@@ -171,12 +152,12 @@ class ObjectWriter:
             "key; abort them (or let a lifecycle rule do it)"
         )
 
-    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[UploadedPart]:
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
         """Every part S3 holds of the upload, page after page, in part order."""
         parts: list[UploadedPart] = []
         params: dict[str, Any] = {"UploadId": upload_id, "MaxParts": self._page}
         for _ in range(_MAX_PART_PAGES * PAGE // self._page + 1):
-            answer = await self._call("ListParts", "list_parts", bucket, key, None, params)
+            answer = await self._call("ListParts", "list_parts", ref, None, params)
             parts += [
                 UploadedPart(int(part["PartNumber"]), int(part["Size"]), str(part["ETag"]))
                 for part in answer.get("Parts") or ()
@@ -191,21 +172,21 @@ class ObjectWriter:
         self,
         operation: str,
         method: str,
-        bucket: str,
-        key: str | None,
+        ref: ObjectRef,
         sse: CustomerKey | None,
         params: dict[str, Any],
+        keyed: bool = True,  # False: a call on the bucket (ListMultipartUploads)
     ) -> dict[str, Any]:
         if sse is not None:
             params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=sse.key)
-        if key is not None:  # None: a call on the bucket (ListMultipartUploads)
-            params = {"Key": key, **params}
+        if keyed:
+            params = {"Key": ref.key, **params}
         with translate_errors(operation):
             client = await self._client()
             call: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, method)
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
-                    return await call(Bucket=bucket, **params)
+                    return await call(Bucket=ref.bucket, **params)
             except ClientError as exc:
                 raise _write_error(exc, operation) from None
 

@@ -36,6 +36,7 @@ from ..config import Route, UploadSettings
 from ..contenttype import InlineTypes
 from ..errors import BadRequest, KeyExists, MethodNotAllowed, NotFound, UploadNotFound
 from ..presign import Credentials, Lifetime
+from ..request import ObjectRef
 from ..storage import Storage
 from .parts import (
     PartPlan,
@@ -58,14 +59,13 @@ class MultipartPlace:
     """Where a caller's multipart upload lives: its route's object, under its limits."""
 
     route: str
-    bucket: str
-    key: str
+    ref: ObjectRef  # the object the caller's own path renders (config: never SSE-C)
     settings: UploadSettings
     types: InlineTypes
 
 
 @dataclass(frozen=True)
-class Signing:
+class PartSigning:
     """How long URLs may live: the route's ttl from `now`, within the token's expiry."""
 
     ttl: int
@@ -101,7 +101,7 @@ async def answer_entry(
     storage: Storage,
     place: MultipartPlace,
     entry: Mapping[str, Any],
-    signing: Signing,
+    signing: PartSigning,
     budget: int,
 ) -> Answered:
     """Run one entry of `kind` (one of MULTIPART_KINDS) with its fields as the client sent them."""
@@ -122,15 +122,15 @@ async def answer_entry(
     raise ValueError(f"unknown multipart entry kind {kind!r}")
 
 
-def multipart_place(route: Route, key: str) -> MultipartPlace:
-    """The place of an upload to `key` on `route`; 405 unless the route takes presigned
+def multipart_place(route: Route, ref: ObjectRef) -> MultipartPlace:
+    """The place of an upload to `ref` on `route`; 405 unless the route takes presigned
     multipart uploads (`upload.multipart: true`)."""
     settings = route.settings.upload
     if settings is None or not settings.multipart or route.upload_types is None:
         raise MethodNotAllowed(
             "route takes no multipart uploads", allowed=", ".join(route.settings.methods)
         )
-    return MultipartPlace(route.name, route.settings.bucket, key, settings, route.upload_types)
+    return MultipartPlace(route.name, ref, settings, route.upload_types)
 
 
 async def begin(
@@ -138,7 +138,7 @@ async def begin(
     place: MultipartPlace,
     content_type: object,
     size: object,
-    signing: Signing,
+    signing: PartSigning,
     budget: int,
 ) -> dict[str, Any]:
     """CreateMultipartUpload, then URLs for the first `budget` parts."""
@@ -151,7 +151,7 @@ async def begin(
     credentials, lifetime = await signing_lifetime(
         storage, signing.ttl, signing.now, signing.token_expires_at
     )
-    upload_id = await storage.writes.start_multipart(place.bucket, place.key, stored_type)
+    upload_id = await storage.writes.start_multipart(place.ref, stored_type)
     numbers = missing_parts(plan, (), budget)
     return {
         "upload_id": upload_id,
@@ -166,14 +166,14 @@ async def resume(
     place: MultipartPlace,
     upload_id: object,
     size: object,
-    signing: Signing,
+    signing: PartSigning,
     budget: int,
 ) -> dict[str, Any]:
     """The parts S3 holds, and URLs for the first `budget` parts it does not."""
     upload = parse_upload_id(upload_id)
     plan = plan_parts(declared_size(size, place.settings.max_bytes), place.settings.part_size)
     await _check_bound(storage, place, upload)
-    held = await storage.writes.list_parts(place.bucket, place.key, upload)
+    held = await storage.writes.list_parts(place.ref, upload)
     check_held(plan, held)
     wanted = missing_parts(plan, {part.number for part in held}, budget)
     urls: list[dict[str, Any]] = []
@@ -202,10 +202,10 @@ async def complete(
     upload = parse_upload_id(upload_id)
     listed = parse_parts(parts)
     await _check_bound(storage, place, upload)
-    held = await storage.writes.list_parts(place.bucket, place.key, upload)
+    held = await storage.writes.list_parts(place.ref, upload)
     size = check_completion(listed, {part.number: part for part in held}, place.settings.max_bytes)
     etag = await storage.writes.complete_multipart(
-        place.bucket, place.key, upload, listed, place.settings.overwrite
+        place.ref, upload, listed, place.settings.overwrite
     )
     return Completed(etag, size)
 
@@ -214,7 +214,7 @@ async def abort(storage: Storage, place: MultipartPlace, upload_id: object) -> d
     """AbortMultipartUpload: the upload and its parts are gone."""
     upload = parse_upload_id(upload_id)
     await _check_bound(storage, place, upload)
-    await storage.writes.abort_multipart(place.bucket, place.key, upload)
+    await storage.writes.abort_multipart(place.ref, upload)
     return {"status": 204}
 
 
@@ -227,13 +227,13 @@ def parse_upload_id(value: object) -> str:
 
 async def _check_bound(storage: Storage, place: MultipartPlace, upload_id: str) -> None:
     """Rule 2: 404 unless S3 lists `upload_id` as open on this very key."""
-    if not await storage.writes.has_upload(place.bucket, place.key, upload_id):
+    if not await storage.writes.has_upload(place.ref, upload_id):
         raise UploadNotFound("upload id not open on the caller's key")
 
 
 async def _check_absent(storage: Storage, place: MultipartPlace) -> None:
     try:
-        await storage.head(place.bucket, place.key)
+        await storage.head(place.ref)
     except NotFound:
         return
     raise KeyExists("multipart upload to an existing key (overwrite is false)")
@@ -254,8 +254,7 @@ def _sign_parts(
             "number": number,
             "url": storage.presign_part(
                 credentials,
-                place.bucket,
-                place.key,
+                place.ref,
                 upload_id,
                 number,
                 plan.length(number),

@@ -44,14 +44,7 @@ async def redirect_put(
     check_size(target.settings, length)
     await check_absent(storage, target)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
-    url = storage.presign_put(
-        credentials,
-        target.bucket,
-        target.key,
-        lifetime,
-        target.content_type,
-        length,
-    )
+    url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
@@ -71,12 +64,7 @@ async def post_form(
     await check_absent(storage, target)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
-        credentials,
-        target.bucket,
-        target.key,
-        target.content_type,
-        target.settings.max_bytes,
-        lifetime,
+        credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
     )
     return {"url": form.url, "fields": form.fields, "expires_at": iso_time(lifetime.expires_at)}
 
