@@ -220,6 +220,8 @@ class Signing:
         budget[0] -= answered.part_urls
         status = int(answered.answer.get("status", 200))
         self._telemetry.multipart_step(kind, status, answered.part_urls)
+        # Audit (issue 27): `url.signed` for each entry that hands out part URLs and
+        # `object.uploaded` for a completed one belong here, once proxy/audit is on main.
         if answered.stored is not None:
             # What this process cached about the key is stale now (other workers' expires).
             self._downloads.forget(ref)
