@@ -1,7 +1,8 @@
-"""The sign API (`POST sign_api.path`): one request for a whole page of links and upload forms
-(the N+1 problem). Each path is routed, authorized and rate-limited exactly as its own GET
-(or, for an upload form, its POST) would be, and answered on its own: a URL, or the refusal
-with the status that request would have had.
+"""The sign API (`POST sign_api.path`): one request for a whole page of links, upload forms
+and multipart upload steps (the N+1 problem). Each path is routed, authorized and
+rate-limited exactly as its own GET (or, for an upload, an upload of that path) would be, and
+answered on its own: a URL, a form, a step of a multipart upload (uploads/multipart.py), or
+the refusal with the status that request would have had.
 """
 
 from __future__ import annotations
@@ -25,11 +26,19 @@ from ..errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from ..ops.metrics import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..routing import Router
 from ..state import Bucket, State
 from ..storage import Storage
-from ..uploads import post_form, upload_target
+from ..uploads import (
+    MULTIPART_KINDS,
+    PartSigning,
+    answer_entry,
+    multipart_place,
+    post_form,
+    upload_target,
+)
 from .access import Access, Claims, answer_cors, authorize, buckets
 from .downloads import Downloads
 
@@ -51,8 +60,10 @@ class Signing:
         state: State,
         access: Access,
         downloads: Downloads,
+        telemetry: Telemetry,
     ) -> None:
         self._settings = config.settings.sign_api
+        self._telemetry = telemetry
         self._routes = config.routes
         self._router = router
         self._storage = storage
@@ -88,7 +99,18 @@ class Signing:
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
         uploads = body.get("uploads") if isinstance(body, dict) else None
-        if paths is None and isinstance(uploads, list):
+        steps: dict[str, list[object]] = {}
+        for kind in MULTIPART_KINDS:
+            entries = body.get(kind) if isinstance(body, dict) else None
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                raise BadRequest(
+                    f"sign API {kind} not a list",
+                    detail=f'expected {{"{kind}": [{{"path": ..., ...}}]}}',
+                )
+            steps[kind] = entries
+        if paths is None and (isinstance(uploads, list) or steps):
             paths = []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadRequest(
@@ -99,9 +121,10 @@ class Signing:
                 "sign API uploads not a list",
                 detail='expected {"uploads": [{"path": ..., "content_type": ..., "size": ...}]}',
             )
-        if len(paths) + len(uploads or ()) > self._settings.max_paths:
+        count = len(paths) + len(uploads or ()) + sum(len(e) for e in steps.values())
+        if count > self._settings.max_paths:
             raise PayloadTooLarge(
-                f"sign API batch of {len(paths) + len(uploads or ())} paths",
+                f"sign API batch of {count} paths",
                 detail=f"at most {self._settings.max_paths} paths per request",
             )
         claims = await self._access.optional_claims(request, context)
@@ -119,6 +142,14 @@ class Signing:
                 await self._sign_upload(context, entry, claims) for entry in uploads
             ]
             context.reason += f", {len(uploads)} uploads"
+        budget = [self._settings.max_paths]  # part URLs this answer may still carry
+        for kind, entries in steps.items():
+            answers = [
+                await self._sign_multipart(context, kind, entry, claims, budget)
+                for entry in entries
+            ]
+            answer[kind] = answers
+            context.reason += _step_summary(kind, answers)
         response = web.json_response(
             answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
@@ -159,15 +190,58 @@ class Signing:
             return _refusal(path, exc)
         return {"path": path, **form}
 
+    async def _sign_multipart(
+        self,
+        context: RequestContext,
+        kind: str,
+        entry: object,
+        claims: Claims | None,
+        budget: list[int],
+    ) -> dict[str, Any]:
+        """One multipart entry of `kind`, authorized as an upload of its path on a route with
+        `upload.multipart` (any upload method: the parts go to S3, not to the route), and
+        spending its route's rate-limit tokens; or its refusal."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            self._telemetry.multipart_step(kind, 400)
+            return _refusal("", BadRequest(detail='each entry is {"path": "/path", ...}'))
+        path = entry["path"]
+        admitted, group = self._admit(context, path, claims, None)
+        over_limit = (await self._state.take([group]))[0]
+        # A 429 from the route's buckets comes before an authorization refusal, as on a GET.
+        found = over_limit if over_limit is not None else admitted
+        if isinstance(found, ProxyError):
+            self._telemetry.multipart_step(kind, found.status)
+            return _refusal(path, found)
+        route, ref = found
+        try:
+            place = multipart_place(route, ref)
+            lifetime = PartSigning(route.settings.ttl, self._clock(), context.expires_at)
+            answered = await answer_entry(
+                kind, self._storage, place, entry, lifetime, max(budget[0], 0)
+            )
+        except ProxyError as exc:
+            self._telemetry.multipart_step(kind, exc.status)
+            return _refusal(path, exc)
+        budget[0] -= answered.part_urls
+        status = int(answered.answer.get("status", 200))
+        self._telemetry.multipart_step(kind, status, answered.part_urls)
+        # Audit (issue 27): `url.signed` for each entry that hands out part URLs and
+        # `object.uploaded` for a completed one belong here, once proxy/audit is on main.
+        if answered.stored is not None:
+            # What this process cached about the key is stale now (other workers' expires).
+            self._downloads.forget(ref)
+        return {"path": path, **answered.answer}
+
     def _admit(
         self,
         context: RequestContext,
         path: str,
         claims: Claims | None,
-        method: str = "GET",
+        method: str | None = "GET",
     ) -> tuple[Admitted, list[Bucket]]:
         """Route and authorize one path of a batch as its GET (or, for an upload form, its
-        POST) would be: the route and object, or the refusal; and the rate-limit buckets that
+        POST; None: any method, for multipart entries) would be: the route and object, or the
+        refusal; and the rate-limit buckets that
         request would spend (a 429 from those takes precedence over an authorization refusal,
         as on a GET)."""
         try:
@@ -175,7 +249,7 @@ class Signing:
             if found is None:
                 raise NotFound("no route matches")
             route = self._routes[found.index]
-            if method not in route.settings.methods:
+            if method is not None and method not in route.settings.methods:
                 raise MethodNotAllowed(f"route does not allow {method}")
         except ProxyError as exc:
             return exc, []
@@ -259,3 +333,13 @@ def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:
     if "Retry-After" in exc.headers:
         refused["retry_after"] = int(exc.headers["Retry-After"])
     return refused
+
+
+def _step_summary(kind: str, answers: list[dict[str, Any]]) -> str:
+    """What the access line says of a batch's multipart entries of one kind: how many, the
+    part URLs handed out and the refusals (never an upload id or a URL)."""
+    urls = sum(len(answer.get("parts", ())) for answer in answers if "upload_id" in answer)
+    refused = sum(1 for answer in answers if int(answer.get("status", 200)) >= 400)
+    notes = [f"{urls} part URLs"] if urls else []
+    notes += [f"{refused} refused"] if refused else []
+    return f", {len(answers)} {kind}" + (f" ({', '.join(notes)})" if notes else "")
