@@ -45,11 +45,13 @@ async def redirect_put(
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
     await check_absent(storage, target)
-    credentials, lifetime = await _lifetime(storage, ttl, now, context.expires_at)
+    credentials, lifetime = await signing_lifetime(storage, ttl, now, context.expires_at)
     url = storage.presign_put(
         credentials, target.ref, lifetime, target.content_type, length, context.id
     )
-    context.audit("url.signed", url_method="PUT", bytes=length, expires=_iso(lifetime.expires_at))
+    context.audit(
+        "url.signed", url_method="PUT", bytes=length, expires=iso_time(lifetime.expires_at)
+    )
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
@@ -67,21 +69,23 @@ async def post_form(
     """One sign API answer: a presigned POST form for the target."""
     check_size(target.settings, size)
     await check_absent(storage, target)
-    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
     )
-    return {"url": form.url, "fields": form.fields, "expires_at": _iso(lifetime.expires_at)}
+    return {"url": form.url, "fields": form.fields, "expires_at": iso_time(lifetime.expires_at)}
 
 
-def _iso(epoch: int) -> str:
+def iso_time(epoch: int) -> str:
+    """An expiry as the sign API writes it: UTC, to the second."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _lifetime(
+async def signing_lifetime(
     storage: Storage, ttl: int, now: float, token_expires_at: float | None
 ) -> tuple[Credentials, Lifetime]:
-    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2)."""
+    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2):
+    401 when the token expires first, 502 when the credentials do."""
     credentials = await storage.credentials()
     try:
         return credentials, plan_lifetime(now, ttl, None, token_expires_at, credentials.expires_at)
