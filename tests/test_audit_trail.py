@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
-from .conftest import S3Objects, config_dict, make_token
+from .cfkeys import DOMAIN, cloudfront_config, private_pem, rsa_key, write_key
+from .conftest import S3Objects, bearer, config_dict, make_token
 from .running import REPO, RunningProxy, running_proxy
+from .test_multipart_http import ROUTE as MULTIPART_ROUTE
+from .test_uploads import fresh
 
 ALICE = make_token("alice", ttl=600)
 ROOT = make_token("root", ttl=600, role="admin")
@@ -403,3 +407,69 @@ def test_a_second_server_on_the_same_audit_file_refuses_to_start(
     ):
         pass
     assert "is being written by another process" in (second / "proxy.out").read_text()
+
+
+# --- the methods and steps that arrived later: CloudFront, presigned multipart -----------------
+
+
+async def test_cloudfront_urls_and_cookies_are_signed_events(proxy: Any, tmp_path: Path) -> None:
+    key_file = write_key(tmp_path, "cf.pem", private_pem(rsa_key()))
+    audit = tmp_path / "audit.jsonl"
+    data = {**cloudfront_config(key_file), "audit": {"path": str(audit)}}
+    client = await proxy(data)
+    url = await client.get("/cdn/photos/42", headers=bearer(ALICE), allow_redirects=False)
+    cookies = await client.get(
+        "/cdn/albums/trip/1.jpg", headers=bearer(ALICE), allow_redirects=False
+    )
+    assert (url.status, cookies.status) == (302, 302)
+    signed_url, signed_cookies = _events(audit)
+    assert signed_url["request_id"] == url.headers["X-Request-Id"]
+    assert (signed_url["event"], signed_url["delivery"], signed_url["stable"]) == (
+        "url.signed",
+        "cloudfront",
+        True,
+    )
+    assert (signed_cookies["key"], signed_cookies["cookie_scope"]) == (
+        "albums/trip/1.jpg",
+        f"https://{DOMAIN}/albums/trip/*",
+    )
+    text = audit.read_text()
+    assert "Signature" not in text and "CloudFront-" not in text  # never a signature
+
+
+async def test_multipart_part_urls_and_completion_are_events(
+    proxy: Any, s3: S3Objects, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    data = config_dict(s3.endpoint, audit={"path": str(audit)})
+    data["routes"].insert(0, MULTIPART_ROUTE)
+    client = await proxy(data)
+    path = f"/big/{fresh('clip.bin')}"
+    begin = {"path": path, "content_type": "application/octet-stream", "size": 10}
+    answer = await client.post("/_sign", json={"multipart": [begin]}, headers=bearer(ALICE))
+    (begun,) = (await answer.json())["multipart"]
+    async with aiohttp.ClientSession() as session:
+        part = begun["parts"][0]["url"]
+        async with session.put(part, data=b"0123456789") as put:
+            assert put.status == 200
+            etag = put.headers["ETag"]
+    parts = [{"number": 1, "etag": etag}]
+    complete = {"path": path, "upload_id": begun["upload_id"], "parts": parts}
+    done = await client.post("/_sign", json={"complete": [complete]}, headers=bearer(ALICE))
+    assert (await done.json())["complete"][0]["status"] == 201
+    signed, uploaded = _events(audit)
+    assert (signed["event"], signed["step"], signed["upload_id"], signed["parts"]) == (
+        "url.signed",
+        "multipart",
+        begun["upload_id"],
+        1,
+    )
+    assert (signed["route"], signed["url_method"], signed["path"]) == ("big-files", "PUT", path)
+    assert (uploaded["event"], uploaded["step"], uploaded["bytes"], uploaded["status"]) == (
+        "object.uploaded",
+        "complete",
+        10,
+        201,
+    )
+    assert uploaded["key"] == f"big/alice/{path.removeprefix('/big/')}"
+    assert uploaded["request_id"] == done.headers["X-Request-Id"]
