@@ -250,3 +250,15 @@ def test_every_label_value_of_a_series_is_documented(series: str, values: tuple[
     )
     missing = [value for value in values if f"`{value}`" not in row]
     assert not missing, f"docs/operations.md, {series}: add {missing}"
+
+
+def test_shipped_configs_point_at_the_configuration_reference() -> None:
+    """config.yaml and every manifest that carries a config say where each key is explained
+    (the README's reference moved to docs/configuration.md)."""
+    shipped = [REPO / "config.yaml"]
+    shipped += [p for p in (REPO / "deploy").rglob("*.yaml") if "config.yaml: |" in p.read_text()]
+    assert len(shipped) >= 2
+    for path in shipped:
+        text = path.read_text()
+        assert "docs/configuration.md" in text, f"{path.relative_to(REPO)}: name the reference"
+        assert "Config reference" not in text, f"{path.relative_to(REPO)}: the README has none"
