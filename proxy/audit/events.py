@@ -26,39 +26,48 @@ DENIED = frozenset({401, 403, 429})
 
 
 def write_request_events(trail: AuditTrail, context: RequestContext) -> None:
-    """Append the ended request's events to the trail, in the order they happened."""
-    for event, fields in request_events(context):
-        trail.record(event, fields)
+    """Append the ended request's events to the trail, in the order they happened. (On every
+    audited request: each line is built once, in place, in its final order.)"""
+    for event, fields in _events(context):
+        line = trail.start(event)
+        _fill(line, context)
+        line.update(fields)
+        trail.append(line)
 
 
 def request_events(context: RequestContext) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event, fields) for each line the ended request writes (rules 1-3)."""
+    """(event, fields) for each line the ended request writes (rules 1-3), without `time`."""
+    for event, fields in _events(context):
+        line: dict[str, Any] = {}
+        _fill(line, context)
+        line.update(fields)
+        yield event, line
+
+
+def _events(context: RequestContext) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The request's own events (rule 3), then its outcome's (rule 2), without rule 1's."""
     status = context.status
     for event, fields in context.events or ():
-        if event == "url.signed" and status >= 400:
-            continue
-        yield event, _line(context, fields)
+        if event != "url.signed" or status < 400:
+            yield event, fields
     if status in DENIED:
-        yield "access.denied", _line(context, {"reason": context.reason})
+        yield "access.denied", {"reason": context.reason}
     elif context.method == "PUT" and context.object is not None and status >= 400:
-        yield "upload.refused", _line(context, {"reason": context.reason})
+        yield "upload.refused", {"reason": context.reason}
 
 
-def _line(context: RequestContext, fields: dict[str, Any]) -> dict[str, Any]:
-    line: dict[str, Any] = {
-        "request_id": context.id,
-        "sub": context.sub,
-        "iss": context.iss,
-        "client": context.client,
-        "route": context.route,
-        "method": context.method,
-        "status": context.status,
-    }
+def _fill(line: dict[str, Any], context: RequestContext) -> None:
+    """Rule 1's fields, after whatever `line` holds."""
+    line["request_id"] = context.id
+    line["sub"] = context.sub
+    line["iss"] = context.iss
+    line["client"] = context.client
+    line["route"] = context.route
+    line["method"] = context.method
+    line["status"] = context.status
     ref = context.object
     if ref is not None:
         line["bucket"] = ref.bucket
         line["key"] = ref.key
     if context.delivery is not None:
         line["delivery"] = context.delivery
-    line.update(fields)
-    return line

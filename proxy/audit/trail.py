@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..accesslog import timestamp
-from .chain import hash_of, seal
+from .chain import hash_of, seal_line
 
 log = logging.getLogger("proxy.audit")
 
@@ -149,22 +149,29 @@ class AuditTrail:
 
     def record(self, event: str, fields: Mapping[str, Any]) -> None:
         """Append one event: `time` and `event` first, then `fields` in their order."""
-        line: dict[str, Any] = {"time": timestamp(self._clock()), "event": event, **fields}
+        line = self.start(event)
+        line.update(fields)
+        self.append(line)
+
+    def start(self, event: str) -> dict[str, Any]:
+        """A new line's first fields (`time`, `event`), for `append` once it is filled in."""
+        line: dict[str, Any] = {"time": timestamp(self._clock()), "event": event}
         if self._worker is not None and self._stdout:
             line["worker"] = self._worker
-        self._append(line)
+        return line
 
-    def _append(self, fields: Mapping[str, Any]) -> None:
+    def append(self, line: dict[str, Any]) -> None:
+        """Seal a line made by `start` (it gets its `prev`) and write it."""
         if self._file is None:
             return
-        sealed, digest = seal(fields, self._last)
-        data = sealed + b"\n"
+        line["prev"] = self._last
+        data, digest = seal_line(line, b"\n")
         if self._max_bytes and self._size and self._size + len(data) > self._max_bytes:
             self._rotate()
             if self._file is None:
                 return
-            sealed, digest = seal(fields, self._last)
-            data = sealed + b"\n"
+            line["prev"] = self._last
+            data, digest = seal_line(line, b"\n")
         try:
             if self._stdout:
                 sys.stdout.flush()  # the access log's pending lines first, whole
@@ -251,9 +258,7 @@ class AuditTrail:
         if self._size == 0:
             # A new file: its first line joins it to the chain it continues.
             self._last = last
-            self._append(
-                {"time": timestamp(self._clock()), "event": "audit.rotated", "previous": previous}
-            )
+            self.record("audit.rotated", {"previous": previous})
 
 
 def _last_line(path: Path) -> tuple[str | None, bool]:
