@@ -148,6 +148,21 @@ class MethodNotImplemented(ProxyError):
     detail = "method not implemented"
 
 
+class TransferCodingNotImplemented(ProxyError):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+    status = 501
+    detail = "transfer coding not implemented"
+
+
+class HttpVersionNotSupported(ProxyError):
+    """A request line with a major version this server does not speak (HTTP/2.0 and up on
+    an HTTP/1.1 connection)."""
+
+    status = 505
+    detail = "HTTP version not supported"
+
+
 class UpstreamError(ProxyError):
     """S3 failed, refused or was unreachable. The client never sees S3's own words."""
 
