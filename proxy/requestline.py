@@ -28,11 +28,13 @@ import re
 
 # The version at the end of a request line (its CR, if any, still on): ` HTTP/d.d`.
 _VERSION = re.compile(rb" HTTP/([0-9])\.([0-9])\r?\Z")
+_USUAL = b" HTTP/1.1\r"  # (a shortcut: nearly every request line ends so)
+_LINE_ENDS = (b"\r", b"\n")
 # What may be the start of that version at the end of a line that has not ended yet.
 _VERSION_START = re.compile(rb" (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?\Z")
-# Any field that could give a head a body or switch protocols: the request line after such
-# a head is not looked for (its name, in any case, anywhere in the head, to err on the safe side).
-_FRAMING = re.compile(rb"content-length|transfer-encoding|upgrade", re.IGNORECASE)
+# Fields that could give a head a body or switch protocols: no request line is looked for
+# after a head that names one (in any case, anywhere in the head, to err on the safe side).
+_FRAMING = (b"content-length", b"transfer-encoding", b"upgrade")
 _AT_LINE, _IN_LINE, _ELSEWHERE = "at line", "in line", "elsewhere"
 
 
@@ -57,7 +59,9 @@ class RequestLines:
         start = 0  # where the next request line (or the rest of one) begins
         in_line = self._state is _IN_LINE
         while True:
-            line_start = start if in_line else _after_empty_lines(data, start)
+            line_start = start
+            if not in_line and data[start : start + 1] in _LINE_ENDS:
+                line_start = _after_empty_lines(data, start)
             if line_start == len(data):
                 self._state = _IN_LINE if in_line else _AT_LINE
                 break
@@ -77,11 +81,13 @@ class RequestLines:
                 copied = end
             # Rule 1 within one read: after a head that ends here and cannot have a body
             # (no field that could frame one, or switch protocols), a request line follows.
+            # (A head that ends the read is left to the connection, which knows if it has a
+            # body: the common case then costs no look at its fields.)
             head_end = data.find(b"\r\n\r\n", end - 1)
-            if head_end < 0 or _FRAMING.search(data, end, head_end):
+            start = head_end + 4
+            if head_end < 0 or start == len(data) or _may_have_body(data[end:head_end]):
                 self._state = _ELSEWHERE
                 break
-            start = head_end + 4
         if not out:
             return data
         out.append(data[copied:])
@@ -99,6 +105,8 @@ class RequestLines:
             self._state = _ELSEWHERE
 
     def _versioned(self, line: bytes) -> bytes:
+        if line.endswith(_USUAL):
+            return line
         found = _VERSION.search(line)
         if found is None:
             return line  # no version (HTTP/0.9) or a malformed one: the parser's to refuse
@@ -108,6 +116,11 @@ class RequestLines:
         if major > 1:
             self.unsupported_major = True  # rule 3
         return line
+
+
+def _may_have_body(fields: bytes) -> bool:
+    fields = fields.lower()
+    return any(name in fields for name in _FRAMING)
 
 
 def _after_empty_lines(data: bytes, start: int) -> int:
