@@ -141,14 +141,14 @@ def write_preconditions_hold(
     if_none_match = _list_field(headers, "If-None-Match")
     if if_none_match is None:
         return True
-    if if_none_match.strip() != "*" and _tags(if_none_match) is None:
+    if if_none_match.strip() != "*" and entity_tags(if_none_match) is None:
         return False  # a guard the proxy cannot read: refuse rather than overwrite
     return not exists or not _any_tag_matches(if_none_match, etag, weak=True)
 
 
 def if_range_holds(headers: Mapping[str, str], etag: str | None, last_modified: str | None) -> bool:
     """Whether a Range may be honoured: no If-Range, or one that matches strongly."""
-    values = _values(headers, "If-Range")
+    values = field_lines(headers, "If-Range")
     if not values:
         return True
     if len(values) > 1:
@@ -161,7 +161,7 @@ def if_range_holds(headers: Mapping[str, str], etag: str | None, last_modified: 
     return date is not None and date == parse_http_date(last_modified)
 
 
-def _values(headers: Mapping[str, str], name: str) -> list[str]:
+def field_lines(headers: Mapping[str, str], name: str) -> list[str]:
     """Every line of a field: a multidict's `getall`, or the one value of a plain mapping."""
     getall = getattr(headers, "getall", None)
     if getall is not None:
@@ -172,7 +172,7 @@ def _values(headers: Mapping[str, str], name: str) -> list[str]:
 
 def _list_field(headers: Mapping[str, str], name: str) -> str | None:
     """A list field's lines as the one list they are (RFC 9110 5.3)."""
-    values = _values(headers, name)
+    values = field_lines(headers, name)
     if not values:
         return None
     return values[0] if len(values) == 1 else ", ".join(values)
@@ -181,7 +181,7 @@ def _list_field(headers: Mapping[str, str], name: str) -> str | None:
 def _date_field(headers: Mapping[str, str], name: str) -> datetime | None:
     """A date field's date; None when absent, invalid, or sent more than once (a list of
     dates is not a date: RFC 9110 13.1.3-4 ignore it)."""
-    values = _values(headers, name)
+    values = field_lines(headers, name)
     return parse_http_date(values[0]) if len(values) == 1 else None
 
 
@@ -191,8 +191,9 @@ def _modified_after(headers: Mapping[str, str], name: str, last_modified: str | 
     return since is not None and modified is not None and modified > since
 
 
-def _tags(field: str) -> list[tuple[bool, str]] | None:
-    """A `#entity-tag` list as (weak, opaque-tag) pairs; None if it does not parse."""
+def entity_tags(field: str) -> list[tuple[bool, str]] | None:
+    """A `#entity-tag` list as (weak, opaque-tag) pairs; None if it does not parse (`*`,
+    which is no list, included)."""
     tags: list[tuple[bool, str]] = []
     position = 0
     while True:
@@ -215,7 +216,7 @@ def _any_tag_matches(field: str, etag: str | None, *, weak: bool) -> bool:
     mine = etag.removeprefix("W/") if weak else _strong_tag(etag)
     if mine is None:
         return False
-    tags = _tags(field)
+    tags = entity_tags(field)
     if tags is None:
         return False  # a list that does not parse matches nothing
     return any(opaque == mine and (weak or not is_weak) for is_weak, opaque in tags)

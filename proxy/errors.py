@@ -116,10 +116,12 @@ class PreconditionFailed(ProxyError):
     detail = "precondition failed"
 
 
-class KeyExists(PreconditionFailed):
-    """An upload to a key that exists, on a route with `upload.overwrite: false`."""
+class KeyExists(ProxyError):
+    """An upload to a key that exists, on a route with `upload.overwrite: false`: the route's
+    rule, not a precondition the client sent (that would be 412)."""
 
-    detail = "an object exists at this path"
+    status = 409
+    detail = "an object exists at this path and this route does not replace it"
 
 
 class RangeNotSatisfiable(ProxyError):

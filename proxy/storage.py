@@ -59,9 +59,18 @@ class ObjectStream:
             self._close()
 
 
+@dataclass(frozen=True)
+class WriteCondition:
+    """What S3 checks as it stores an object (its conditional write): that the key still
+    holds the object with `etag` (If-Match), or, with `etag` None, nothing (If-None-Match: *).
+    A write S3 refuses for it is PreconditionFailed."""
+
+    etag: str | None = None
+
+
 class Writes(Protocol):
-    """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
-    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed."""
+    """Writing objects: one PutObject, or a multipart upload; with a `condition`, S3 stores
+    the object only if it holds (see WriteCondition)."""
 
     async def put(
         self,
@@ -69,7 +78,7 @@ class Writes(Protocol):
         key: str,
         body: bytes,
         content_type: str,
-        overwrite: bool,
+        condition: WriteCondition | None,
         sse: CustomerKey | None = None,
     ) -> str: ...
 
@@ -88,7 +97,12 @@ class Writes(Protocol):
     ) -> str: ...
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        etags: list[str],
+        condition: WriteCondition | None,
     ) -> str: ...
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
@@ -139,9 +153,11 @@ class Storage(Protocol):
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
         """A presigned PUT that signs the Content-Type and Content-Length it must be sent
-        with; no S3 call."""
+        with, and `preconditions` (lower-case If-Match / If-None-Match, as S3 checks them);
+        no S3 call."""
         ...
 
     def presign_post(

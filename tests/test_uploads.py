@@ -255,7 +255,9 @@ async def test_authorized_put_gets_100_continue_then_201(
     assert stored["Body"].read() == b"hello"
 
 
-async def test_existing_key_is_412_and_kept(proxy, s3: S3Objects, s3_client: Any) -> None:
+async def test_existing_key_is_409_and_kept(proxy, s3: S3Objects, s3_client: Any) -> None:
+    """The route's own rule (overwrite: false) refuses: 409, not the 412 of a client's
+    precondition."""
     client = await proxy(upload_config(s3.endpoint))
     path = fresh("d.txt")
     key = f"uploads/alice/{path}"
@@ -264,7 +266,10 @@ async def test_existing_key_is_412_and_kept(proxy, s3: S3Objects, s3_client: Any
         response = await client.put(
             f"/up/{path}", data=data, headers={**ALICE, "Content-Type": "text/plain"}
         )
-        assert response.status == 412
+        assert response.status == 409
+        assert await response.json() == {
+            "error": "an object exists at this path and this route does not replace it"
+        }
     assert s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"original"
     assert s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", []) == []
 
@@ -287,7 +292,7 @@ async def test_a_key_created_during_the_upload_wins_over_it(
     response = await client.put(
         f"/up/{path}", data=body(), headers={**ALICE, "Content-Type": "image/png"}
     )
-    assert response.status == 412
+    assert response.status == 409
     assert s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"first"
     assert s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", []) == []
 

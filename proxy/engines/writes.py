@@ -8,8 +8,10 @@ on the first upload (a proxy that never takes one never pays for it) and apart f
 reads' connections, so a long upload never holds a slot a download waits for.
 
 Rules:
-1. A conditional write refused by S3 (`If-None-Match: *` on an existing key: 412, or a
-   concurrent write to the same key: 409 ConditionalRequestConflict) is KeyExists (412).
+1. A write's WriteCondition goes to S3 as its own conditional write: `If-Match: <etag>` or
+   `If-None-Match: *` on PutObject and CompleteMultipartUpload. S3's refusal of it (412; 409
+   ConditionalRequestConflict for a concurrent write; 404 NoSuchKey when the object that
+   If-Match named is gone) is PreconditionFailed; the upload decides what the client is told.
 2. Each call is bounded by s3.request_timeout, and the checksums botocore would add by
    default are asked for only where S3 requires them (`when_required`): a part is sent as it
    is, without a second pass over it.
@@ -26,9 +28,9 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from ..config import S3Settings
-from ..errors import KeyExists, ProxyError, UpstreamError
+from ..errors import PreconditionFailed, ProxyError, UpstreamError
 from ..ssec import CustomerKey
-from ..storage import error_for_status, translate_errors
+from ..storage import WriteCondition, error_for_status, translate_errors
 
 ClientFactory = Callable[[], Awaitable[Any]]
 
@@ -61,14 +63,15 @@ class ObjectWriter:
         key: str,
         body: bytes,
         content_type: str,
-        overwrite: bool,
+        condition: WriteCondition | None,
         sse: CustomerKey | None = None,
     ) -> str:
-        """Store `body` at `key` in one request; its ETag."""
+        """Store `body` at `key` in one request, if `condition` holds; its ETag."""
         params: dict[str, Any] = {"Body": body, "ContentType": content_type}
-        if not overwrite:
-            params["IfNoneMatch"] = "*"
-        answer = await self._call("PutObject", "put_object", bucket, key, sse, params)
+        params.update(_conditional(condition))
+        answer = await self._call(
+            "PutObject", "put_object", bucket, key, sse, params, condition is not None
+        )
         return str(answer.get("ETag", ""))
 
     async def start_multipart(
@@ -100,15 +103,26 @@ class ObjectWriter:
         return str(answer["ETag"])
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        etags: list[str],
+        condition: WriteCondition | None,
     ) -> str:
-        """Join the parts (ETags in part order) into the object; its ETag."""
+        """Join the parts (ETags in part order) into the object, if `condition` holds; its
+        ETag."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
         params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
-        if not overwrite:
-            params["IfNoneMatch"] = "*"
+        params.update(_conditional(condition))
         answer = await self._call(
-            "CompleteMultipartUpload", "complete_multipart_upload", bucket, key, None, params
+            "CompleteMultipartUpload",
+            "complete_multipart_upload",
+            bucket,
+            key,
+            None,
+            params,
+            condition is not None,
         )
         return str(answer.get("ETag", ""))
 
@@ -131,6 +145,7 @@ class ObjectWriter:
         key: str,
         sse: CustomerKey | None,
         params: dict[str, Any],
+        conditional: bool = False,
     ) -> dict[str, Any]:
         if sse is not None:
             params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=sse.key)
@@ -141,14 +156,26 @@ class ObjectWriter:
                 async with asyncio.timeout(self._settings.request_timeout):
                     return await call(Bucket=bucket, Key=key, **params)
             except ClientError as exc:
-                raise _write_error(exc, operation) from None
+                raise _write_error(exc, operation, conditional) from None
 
 
-def _write_error(exc: ClientError, operation: str) -> ProxyError:
+def _conditional(condition: WriteCondition | None) -> dict[str, str]:
+    if condition is None:
+        return {}
+    if condition.etag is None:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": condition.etag}
+
+
+def _write_error(exc: ClientError, operation: str, conditional: bool) -> ProxyError:
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     code = str(exc.response.get("Error", {}).get("Code") or "")
-    if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-        return KeyExists(f"{operation}: the key exists (overwrite is false)")
+    if (
+        status == 412
+        or code in ("PreconditionFailed", "ConditionalRequestConflict")
+        or (conditional and status == 404 and code == "NoSuchKey")
+    ):
+        return PreconditionFailed(f"{operation}: S3 refused the conditional write")
     if status == 404 and code == "NoSuchUpload":
         return UpstreamError(f"{operation}: S3 lost the multipart upload")
     return error_for_status(status, code, operation)

@@ -10,7 +10,7 @@ from typing import TypeVar
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
-from ..storage import ObjectMeta, ObjectStream, Storage, Writes
+from ..storage import ObjectMeta, ObjectStream, Storage, WriteCondition, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
@@ -81,9 +81,10 @@ class MeasuredStorage:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
         return self._inner.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length
+            credentials, bucket, key, lifetime, content_type, content_length, preconditions
         )
 
     def presign_post(
@@ -121,11 +122,11 @@ class MeasuredWrites:
         key: str,
         body: bytes,
         content_type: str,
-        overwrite: bool,
+        condition: WriteCondition | None,
         sse: CustomerKey | None = None,
     ) -> str:
         return await self._measure(
-            "PutObject", self._inner.put(bucket, key, body, content_type, overwrite, sse)
+            "PutObject", self._inner.put(bucket, key, body, content_type, condition, sse)
         )
 
     async def start_multipart(
@@ -149,11 +150,16 @@ class MeasuredWrites:
         )
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        etags: list[str],
+        condition: WriteCondition | None,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(bucket, key, upload_id, etags, overwrite),
+            self._inner.complete_multipart(bucket, key, upload_id, etags, condition),
         )
 
     async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:

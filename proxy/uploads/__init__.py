@@ -7,7 +7,7 @@ touched only after that. docs/uploads.md is the user's guide.
 """
 
 from .presigned import post_form, redirect_put
-from .receive import ClientGone, Received, receive
+from .receive import ClientGone, Received, receive, stored
 from .rules import UploadTarget, upload_target
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "post_form",
     "receive",
     "redirect_put",
+    "stored",
     "upload_target",
 ]
