@@ -12,8 +12,10 @@ and (with matplotlib) a PNG of charts that the report links.
   several sizes, behind one route.
 - With a config, the world is the user's: their S3 and routes, and the paths they name.
 
-The default world also compares uploads: the same bytes PUT through the proxy (stream) and PUT
-to the proxy, answered 307, then PUT to the presigned URL (redirect), into a bench bucket.
+The default world also compares uploads: the same bytes PUT through the proxy (stream), PUT
+to the proxy, answered 307, then PUT to the presigned URL (redirect), and sent in parts to the
+URLs of a presigned multipart upload that the sign API began and completed (multipart), into a
+bench bucket.
 
 Each S3 engine asked for (`--engine`, both by default) gets a run of its own, one after the
 other with a fresh proxy process: the report is the first engine's, followed by the engines
@@ -57,7 +59,10 @@ if TYPE_CHECKING:
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
 UPLOAD_SIZES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
-UPLOAD_PREFIXES = {"stream": "/bench-uploads/stream", "redirect": "/bench-uploads/redirect"}
+UPLOAD_METHODS = (*METHODS, "multipart")
+UPLOAD_PREFIXES = {method: f"/bench-uploads/{method}" for method in UPLOAD_METHODS}
+MULTIPART_PARALLEL = 4  # part PUTs in flight at once, as a browser uploader sends them
+SIGN_PATH = "/_sign"
 UPLOAD_TYPE = "application/octet-stream"
 ENGINES = ("builtin", "aiobotocore")
 TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
@@ -407,7 +412,9 @@ class UploadRun:
     size: int
     method: str
     total: list[float] = field(default_factory=list)  # seconds per upload, to the last answer
-    proxy_bytes: int = 0  # upload bytes the proxy took (it answers a 307 before the body)
+    # Bytes through the proxy: the upload bytes it took (none for a 307 answered before the
+    # body); for multipart, the sign API's JSON both ways (the parts never reach it).
+    proxy_bytes: int = 0
     s3_requests: int = 0  # by the proxy or by the client
     proxy_cpu: float = 0.0  # CPU seconds the proxy process spent
 
@@ -438,24 +445,85 @@ async def upload(
     return time.perf_counter() - started, 0, 1
 
 
+async def upload_in_parts(
+    session: aiohttp.ClientSession, base: str, path: str, body: bytes, headers: Mapping[str, str]
+) -> tuple[float, int, int]:
+    """Send `body` as a presigned multipart upload: `multipart` from the sign API, each part
+    PUT to its URL (MULTIPART_PARALLEL at a time), then `complete`. Returns the seconds taken,
+    the JSON bytes that crossed the proxy, and the requests sent to S3."""
+    started = time.perf_counter()
+    entry = {"path": path, "content_type": UPLOAD_TYPE, "size": len(body)}
+    begun, crossed = await _sign_entry(session, base, headers, "multipart", entry)
+    part_size = int(begun["part_size"])
+    slots = asyncio.Semaphore(MULTIPART_PARALLEL)
+
+    async def send(part: Mapping[str, Any]) -> dict[str, Any]:
+        number = int(part["number"])
+        piece = body[(number - 1) * part_size : number * part_size]
+        async with slots, session.put(URL(part["url"], encoded=True), data=piece) as answer:
+            if answer.status != 200:
+                detail = _error_name(await answer.content.read(4096))
+                raise BenchError(f"part {number} of {path}: {answer.status} from S3 ({detail})")
+            return {"number": number, "etag": answer.headers["ETag"]}
+
+    listed = await asyncio.gather(*(send(part) for part in begun["parts"]))
+    if len(listed) * part_size < len(body):
+        raise BenchError(f"{path}: more parts than sign_api.max_paths; raise it for the bench")
+    done = {"path": path, "upload_id": begun["upload_id"], "parts": listed}
+    _, more = await _sign_entry(session, base, headers, "complete", done)
+    return time.perf_counter() - started, crossed + more, len(listed)
+
+
+async def _sign_entry(
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: Mapping[str, str],
+    kind: str,
+    entry: Mapping[str, Any],
+) -> tuple[dict[str, Any], int]:
+    """One sign API entry's answer, and the bytes of the request and answer bodies."""
+    sent = json.dumps({kind: [entry]}).encode()
+    async with session.post(
+        base + SIGN_PATH, data=sent, headers={**headers, "Content-Type": "application/json"}
+    ) as response:
+        received = await response.read()
+    if response.status != 200:
+        raise BenchError(f"{SIGN_PATH} {kind}: {response.status} ({_error_name(received)})")
+    answer: dict[str, Any] = json.loads(received)[kind][0]
+    if int(answer.get("status", 200)) >= 400:
+        refused = f"{answer['status']} {answer['error']}"
+        raise BenchError(f"{SIGN_PATH} {kind} {entry['path']}: {refused}")
+    return answer, len(sent) + len(received)
+
+
+async def _upload_once(
+    session: aiohttp.ClientSession, target: Target, method: str, path: str, body: bytes
+) -> tuple[float, int, int]:
+    if method == "multipart":
+        return await upload_in_parts(session, target.base, path, body, target.headers)
+    return await upload(session, target.base + path, body, target.headers)
+
+
 async def measure_uploads(target: Target, sizes: Sequence[int], rounds: int) -> list[UploadRun]:
     """Per size and method, one unmeasured upload (it warms the connections and checks the
     route), then `rounds` measured ones of the same bytes to the same key."""
     runs = []
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        print(f"uploading {len(sizes)} sizes both ways...", file=sys.stderr)
-        progress = Progress(len(METHODS) * len(sizes) * rounds)
+        print(f"uploading {len(sizes)} sizes three ways...", file=sys.stderr)
+        progress = Progress(len(UPLOAD_METHODS) * len(sizes) * rounds)
         for size in sizes:
             body = os.urandom(size)
-            for method in METHODS:
-                url = f"{target.base}{UPLOAD_PREFIXES[method]}/{size}.bin"
-                await upload(session, url, body, target.headers)
+            for method in UPLOAD_METHODS:
+                path = f"{UPLOAD_PREFIXES[method]}/{size}.bin"
+                await _upload_once(session, target, method, path, body)
                 run = UploadRun(size, method)
                 before = await _metrics(session, target)
                 cpu_before = _cpu_seconds(target.pid)
                 for _ in range(rounds):
-                    seconds, stored, direct = await upload(session, url, body, target.headers)
+                    seconds, stored, direct = await _upload_once(
+                        session, target, method, path, body
+                    )
                     run.total.append(seconds)
                     run.proxy_bytes += stored
                     run.s3_requests += direct
@@ -622,9 +690,15 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
             return f"< {tick / rounds:.2g} s ({BELOW_RESOLUTION})"
         return f"{run.proxy_cpu / rounds * 1e3:.1f} ms"
 
+    def cpu_per_gib(run: UploadRun) -> str:
+        if run.proxy_cpu < tick:
+            return f"< {tick / rounds / run.size * 2**30:.2g} s"
+        return f"{run.proxy_cpu / rounds / run.size * 2**30:.2f} s"
+
     rows = [
         f"| {_size(run.size)} | {run.method} | {_ms(run.total)} | "
-        f"{_mib(run.proxy_bytes / rounds)} | {run.s3_requests / rounds:g} | {cpu_per_upload(run)} |"
+        f"{_mib(run.proxy_bytes / rounds)} | {run.s3_requests / rounds:g} | {cpu_per_upload(run)} "
+        f"| {_mib(run.proxy_bytes / rounds / run.size * 2**30)} | {cpu_per_gib(run)} |"
         for run in runs
     ]
     lines = [
@@ -633,12 +707,17 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
         f"The same bytes uploaded {rounds} time(s) per size and method (after one unmeasured "
         "upload), to a key that is overwritten. stream: `PUT` through the proxy, which passes "
         "the body on to S3. redirect: `PUT` to the proxy, answered `307` before the body (the "
-        "client sends `Expect: 100-continue`), then the same `PUT` to the presigned URL. Bytes "
-        "through the proxy are the upload bytes it stored; S3 requests include the proxy's own.",
+        "client sends `Expect: 100-continue`), then the same `PUT` to the presigned URL. "
+        "multipart: `POST /_sign` `multipart`, each part `PUT` to its presigned URL "
+        f"({MULTIPART_PARALLEL} at a time), then `complete`. Bytes through the proxy are the "
+        "upload bytes it stored, and for multipart the sign API's JSON both ways; S3 requests "
+        "include the proxy's own. Per GiB: the per-upload figures scaled to 1 GiB uploaded in "
+        "uploads of that size (a multipart upload's fixed calls make small sizes look dear).",
         "",
         "| size | method | median time per upload (client) | bytes through the proxy per "
-        "upload | S3 requests per upload | proxy CPU per upload |",
-        "|---|---|---|---|---|---|",
+        "upload | S3 requests per upload | proxy CPU per upload | bytes through the proxy "
+        "per GiB | proxy CPU per GiB |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
@@ -826,23 +905,25 @@ def _demo_config(endpoint: str) -> dict[str, Any]:
 
 
 def _upload_routes() -> list[dict[str, Any]]:
-    """A stream-upload and a redirect-upload route into the bench bucket, one per method."""
+    """An upload route into the bench bucket per upload method."""
     return [
         {
             "name": f"bench-uploads/{method}",
             "match": UPLOAD_PREFIXES[method] + "/{name}",
             "bucket": "bench",
             "key": "uploads/" + method + "/{name}",
-            "delivery": method,
+            "delivery": "redirect" if method == "multipart" else method,
             "access": "authenticated",
-            "methods": ["GET", "HEAD", "PUT"],
+            "methods": ["GET", "HEAD", "POST" if method == "multipart" else "PUT"],
             "upload": {
                 "max_bytes": 64 * 2**20,
                 "content_types": [UPLOAD_TYPE],
                 "overwrite": True,  # every round uploads to the same key
+                "multipart": method == "multipart",
+                "part_size": 5 * 2**20,
             },
         }
-        for method in METHODS
+        for method in UPLOAD_METHODS
     ]
 
 

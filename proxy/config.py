@@ -444,35 +444,34 @@ MIB = 1024 * 1024
 # S3's smallest part (all but the last part of a multipart upload) and its most parts.
 S3_MIN_PART = 5 * MIB
 S3_MAX_PARTS = 10_000
+# S3's largest part, and its largest object (a multipart upload's most).
+S3_MAX_PART = 5 * 1024 * MIB
+S3_MAX_OBJECT = 5 * 1024 * 1024 * MIB
 
 
 class UploadSettings(_Model):
     """What a route accepts when it takes PUT (through the proxy or to a presigned URL) or
     POST (presigned form uploads signed by the sign API). See docs/uploads.md."""
 
-    max_bytes: int = Field(ge=0)  # required: no upload route without a size cap
+    # Required: no upload route without a size cap. At most S3's largest object, 5 TiB.
+    max_bytes: int = Field(ge=0, le=S3_MAX_OBJECT)
     # Media types an upload may declare (`type/*` covers a type); None: the route's
     # inline_types, so a browser is never shown an uploaded type it was not allowed to show.
     content_types: list[str] | None = Field(None, min_length=1)
     overwrite: bool = False  # false: an existing key answers 412 and is kept
     # Streamed uploads: bodies of at most this many bytes (Content-Length known) go up in one
     # PutObject; larger or chunked ones in parts of this size (held in memory one at a time).
-    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=5 * 1024 * MIB)
+    # Presigned multipart uploads also start from it: their parts are this size or, for a
+    # file too large for 10,000 of them, the next whole MiB that fits.
+    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    # The sign API may begin presigned multipart uploads here (`multipart`, `resume`,
+    # `complete`, `abort` entries): files up to max_bytes straight to S3, resumable.
+    multipart: bool = False
 
     @field_validator("content_types")
     @classmethod
     def _media_types(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [check_pattern(pattern) for pattern in value]
-
-    @model_validator(mode="after")
-    def _parts_cover_max_bytes(self) -> UploadSettings:
-        if self.max_bytes > self.part_size * S3_MAX_PARTS:
-            needed = -(-self.max_bytes // S3_MAX_PARTS)
-            raise ValueError(
-                f"max_bytes {self.max_bytes} needs more than S3's {S3_MAX_PARTS} parts of "
-                f"part_size {self.part_size}; raise part_size to at least {needed}"
-            )
-        return self
 
 
 class RouteSettings(_Model):
@@ -966,6 +965,22 @@ def _check_upload(route: RouteSettings, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.upload: the route takes no uploads; add PUT (or POST, for the sign API's "
             "presigned form uploads) to methods, or remove upload"
+        )
+    upload = route.upload
+    streamed_put = "PUT" in writes and route.delivery == "stream"
+    # Only a streamed PUT cuts the body into part_size parts itself; presigned multipart
+    # uploads plan their own parts (up to 5 TiB).
+    if streamed_put and upload.max_bytes > upload.part_size * S3_MAX_PARTS:
+        needed = -(-upload.max_bytes // S3_MAX_PARTS)
+        problems.append(
+            f"{where}.upload: max_bytes {upload.max_bytes} needs more than S3's "
+            f"{S3_MAX_PARTS} parts of part_size {upload.part_size}; raise part_size to at "
+            f"least {needed} (one part is held in memory per streamed upload)"
+        )
+    if upload.multipart and route.sse_customer_key is not None:
+        problems.append(
+            f"{where}.upload.multipart: an SSE-C route cannot take presigned multipart "
+            "uploads (a presigned part cannot carry the key); remove multipart"
         )
     if "PUT" in writes and route.delivery == "auto":
         problems.append(

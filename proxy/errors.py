@@ -75,6 +75,13 @@ class NotFound(ProxyError):
     detail = "not found"
 
 
+class UploadNotFound(NotFound):
+    """A multipart upload id S3 does not hold for the caller's key: never begun there,
+    completed, aborted, or another user's (the id of another key is not told apart)."""
+
+    detail = "no such upload"
+
+
 class MethodNotAllowed(ProxyError):
     status = 405
     detail = "method not allowed"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .presign import Credentials, Lifetime, PostForm
-from .ssec import CustomerKey
+from .request import ObjectRef
 from .upstream import MalformedResponse, PoolExhausted
 
 
@@ -60,6 +60,15 @@ class ObjectStream:
 
 
 @dataclass(frozen=True)
+class UploadedPart:
+    """One part S3 holds of a multipart upload in progress (ListParts)."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
 class WriteCondition:
     """What S3 checks as it stores an object (its conditional write): that the key still
     holds the object with `etag` (If-Match), or, with `etag` None, nothing (If-None-Match: *).
@@ -70,42 +79,38 @@ class WriteCondition:
 
 class Writes(Protocol):
     """Writing objects: one PutObject, or a multipart upload; with a `condition`, S3 stores
-    the object only if it holds (see WriteCondition)."""
+    the object only if it holds (see WriteCondition). The object's customer key, if any, goes
+    with PutObject, CreateMultipartUpload and UploadPart. A multipart call naming an upload S3
+    does not hold raises UploadNotFound."""
 
     async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        condition: WriteCondition | None,
-        sse: CustomerKey | None = None,
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
     ) -> str: ...
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str: ...
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str: ...
 
     async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
+        self, ref: ObjectRef, upload_id: str, number: int, body: bytes
     ) -> str: ...
 
     async def complete_multipart(
         self,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         upload_id: str,
-        etags: list[str],
+        parts: Sequence[tuple[int, str]],
         condition: WriteCondition | None,
     ) -> str: ...
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
+
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        """Whether `upload_id` is an upload in progress to exactly this key (S3's
+        ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
+        ...
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        """Every part S3 holds of the upload, in part order (all pages of ListParts)."""
+        ...
 
 
 class Storage(Protocol):
@@ -114,13 +119,11 @@ class Storage(Protocol):
         """Uploads' S3 calls (proxy/engines/writes.py)."""
         ...
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
-        """The object's metadata; `sse` is the SSE-C key it is encrypted with, if any."""
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
+        """The object's metadata (read with its customer key, if it has one)."""
         ...
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """The object (or one byte range of it), its body read as the caller reads it."""
         ...
 
@@ -137,19 +140,18 @@ class Storage(Protocol):
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        """A presigned URL; pure CPU work, no S3 call."""
+        """A presigned URL; pure CPU work, no S3 call. A URL cannot carry a customer key
+        (config allows one only on `delivery: stream` routes, which never presign)."""
         ...
 
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
@@ -163,13 +165,25 @@ class Storage(Protocol):
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,
     ) -> PostForm:
         """A presigned POST form for one key; no S3 call."""
+        ...
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        """A presigned UploadPart (PUT ?partNumber=N&uploadId=...) that signs the part's
+        Content-Length; no S3 call."""
         ...
 
 

@@ -36,24 +36,35 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     assert "| proxy CPU per request |" in report
     # Uploads: the same bytes through the proxy, and past it by a 307 to a presigned PUT.
     assert "## Uploads" in report
-    stream_upload, redirect_upload = json.loads((tmp_path / "uploads.json").read_text())
+    stream_upload, redirect_upload, multipart_upload = json.loads(
+        (tmp_path / "uploads.json").read_text()
+    )
     assert (stream_upload["method"], stream_upload["size"]) == ("stream", 4096)
     assert stream_upload["proxy_bytes"] == 4096  # the body went through the proxy
     assert stream_upload["s3_requests"] == 1  # the proxy's PutObject
     assert (redirect_upload["method"], redirect_upload["proxy_bytes"]) == ("redirect", 0)
     assert redirect_upload["s3_requests"] == 1  # the client's PUT to the presigned URL
     assert "| 4 KiB | stream |" in report and "| 4 KiB | redirect |" in report
+    # And in parts to presigned part URLs: only the sign API's JSON crossed the proxy.
+    assert multipart_upload["method"] == "multipart"
+    assert 0 < multipart_upload["proxy_bytes"] < 4096
+    # One part PUT by the client; CreateMultipartUpload, then ListMultipartUploads (the key
+    # check), ListParts and CompleteMultipartUpload by the proxy.
+    assert multipart_upload["s3_requests"] == 5
+    assert "| 4 KiB | multipart |" in report
 
 
 def test_upload_report_rows_per_size_and_method() -> None:
     runs = [
         UploadRun(8 * 2**20, "stream", [0.1, 0.3], 16 * 2**20, 2, 0.09),
         UploadRun(8 * 2**20, "redirect", [0.05, 0.07], 0, 2, 0.0),
+        UploadRun(8 * 2**20, "multipart", [0.07, 0.09], 6000, 6, 0.02),
     ]
     text = upload_report(runs, rounds=2, tick=0.01)
     below = "(below what this run can measure; use more --rounds or larger objects)"
-    assert "| 8 MiB | stream | 200.0 ms | 8.0 MiB | 1 | 45.0 ms |" in text
-    assert f"| 8 MiB | redirect | 60.0 ms | 0 B | 1 | < 0.005 s {below} |" in text
+    assert "| 8 MiB | stream | 200.0 ms | 8.0 MiB | 1 | 45.0 ms | 1024.0 MiB | 5.76 s |" in text
+    assert f"| 8 MiB | redirect | 60.0 ms | 0 B | 1 | < 0.005 s {below} | 0 B | < 0.64 s |" in text
+    assert "| 8 MiB | multipart | 80.0 ms | 2.93 KiB | 3 | 10.0 ms | 375 KiB | 1.28 s |" in text
 
 
 def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:

@@ -150,6 +150,50 @@ async def test_a_precondition_outranks_the_routes_overwrite_rule(
     assert stored(s3_client, key) == b"kept"
 
 
+# 1b. Preconditions that hold: the upload is stored, 201 when it created the object (with
+# Location), 200 when it replaced one.
+
+HOLDING = [
+    ("if-match-etag", True, lambda etag: {"If-Match": etag}, 200),
+    ("if-match-list", True, lambda etag: {"If-Match": f'"x", {etag}'}, 200),
+    ("if-match-star", True, lambda etag: {"If-Match": "*"}, 200),
+    ("if-none-match-other", True, lambda etag: {"If-None-Match": '"x"'}, 200),
+    ("if-unmodified-since-soon", True, lambda etag: {"If-Unmodified-Since": SOON}, 200),
+    ("if-none-match-star-missing", False, lambda etag: {"If-None-Match": "*"}, 201),
+    ("if-unmodified-since-missing", False, lambda etag: {"If-Unmodified-Since": LONG_AGO}, 201),
+    ("if-modified-since-ignored", True, lambda etag: {"If-Modified-Since": SOON}, 200),
+]
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["one-put", "multipart"])
+@pytest.mark.parametrize(
+    ("name", "present", "build", "status"), HOLDING, ids=[c[0] for c in HOLDING]
+)
+async def test_a_holding_precondition_stores_the_upload(
+    proxy,
+    s3: S3Objects,
+    s3_client: Any,
+    name: str,
+    present: bool,
+    build: Any,
+    status: int,
+    multipart: bool,
+) -> None:
+    client = await proxy(upload_config(s3.endpoint))
+    if present:
+        path, key, etag = existing(s3_client)
+    else:
+        path, etag = fresh("h.png"), '"none"'
+        key = f"uploads/alice/{path}"
+    data = pattern(PART + 1) if multipart else b"new"
+    response = await client.put(
+        f"/upw/{path}", data=chunked(data) if multipart else data, headers={**PNG, **build(etag)}
+    )
+    assert response.status == status, name
+    assert stored(s3_client, key) == data
+    assert (response.headers.get("Location") == f"/upw/{path}") is (status == 201)
+
+
 # 2. Races: whatever the proxy judged is pinned on the write, so S3 refuses a write that
 # would lose another one made in between.
 
@@ -317,7 +361,7 @@ async def test_an_unconditional_upload_pins_nothing(
     client = await proxy(_faulty_config(faulty.url))
     path, key, _ = existing(s3_client)
     response = await client.put(f"/upw/{path}", data=b"new", headers=PNG)
-    assert response.status < 300
+    assert response.status == 200
     (put,) = [h for h, p in zip(faulty.headers, faulty.paths, strict=True) if p.startswith("PUT")]
     assert "if-match" not in put
     assert "if-none-match" not in put
@@ -339,7 +383,7 @@ OVERWRITING_REDIRECT["upload"] = {**REDIRECT_ROUTE["upload"], "overwrite": True}
 
 def redirect_config(endpoint: str) -> dict[str, Any]:
     data = upload_config(endpoint)
-    data["routes"] = [REDIRECT_ROUTE, OVERWRITING_REDIRECT, *data["routes"]]
+    data["routes"] = [*copy.deepcopy([REDIRECT_ROUTE, OVERWRITING_REDIRECT]), *data["routes"]]
     return data
 
 

@@ -27,6 +27,9 @@ from .s3 import CountingS3
 PHOTO_SIZES = (96, 128, 192, 256, 320, 384)  # px: six employees, images of different weights
 BIG_FILE_BYTES = 24 * 1024 * 1024
 UPLOAD_MAX_BYTES = 5 * 1024 * 1024
+# Presigned multipart uploads: a generated file of up to this size, in parts of PART_BYTES.
+MULTIPART_MAX_BYTES = 1024 * 1024 * 1024
+MULTIPART_PART_BYTES = 5 * 1024 * 1024
 TOKEN_TTL = 12 * 3600
 
 
@@ -81,6 +84,26 @@ def build_routes() -> list[dict[str, Any]]:
                 ("redirect", "/uploads/{name}"),
             )
         ),
+        # Huge files: the sign API begins a multipart upload and signs a URL per part; the
+        # browser sends the parts straight to S3 and can resume after a reload.
+        {
+            "name": "uploads-multipart",
+            "match": "/big/uploads/{name}",
+            "bucket": "big-files",
+            "key": "uploads/{claims.sub}/{name}",
+            "delivery": "redirect",
+            "access": "authenticated",
+            "methods": ["GET", "HEAD", "POST"],
+            "ttl": 900,
+            "disposition": "attachment",
+            "upload": {
+                "max_bytes": MULTIPART_MAX_BYTES,
+                "content_types": ["application/octet-stream"],
+                "part_size": MULTIPART_PART_BYTES,
+                "overwrite": True,
+                "multipart": True,
+            },
+        },
         {
             "name": "admin-reports",
             "match": "/admin/reports/{path:.+}",

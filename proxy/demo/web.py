@@ -39,6 +39,7 @@ class DemoGateway(Gateway):
         self._own = {
             "/": _static("index.html"),
             "/_demo/app.js": _static("app.js"),
+            "/_demo/multipart.js": _static("multipart.js"),
             "/_demo/style.css": _static("style.css"),
             "/_demo/login": _login(demo),
             "/_demo/stats": _stats(demo, self),

@@ -1,5 +1,5 @@
-"""What both engines share: credentials from the standard AWS chain, and presigned URLs signed
-by the proxy's own presign.py. Makes no S3 request.
+"""What both engines share: credentials from the standard AWS chain, and presigned URLs (GET,
+PUT, POST forms, multipart parts) signed by the proxy's own presign.py. Makes no S3 request.
 
 Both engines presign with presign.py, not botocore's generate_presigned_url: that one always
 signs "now", so it cannot back-date a URL to the start of a `stable` window, and a browser
@@ -27,6 +27,7 @@ from ..presign import (
     presign_post,
     presign_url,
 )
+from ..request import ObjectRef
 from ..storage import OVERRIDE_PARAMS, translate_errors
 from .writes import ObjectWriter
 
@@ -155,6 +156,31 @@ class Signer:
             expires_at=lifetime.expires_at,
         )
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        # The length is signed so that parts add up to no more than the size the caller
+        # declared (and was allowed): S3 refuses a part of any other length.
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method="PUT",
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            params={"partNumber": str(number), "uploadId": upload_id},
+            signed_headers={"content-length": str(content_length)},
+        )
+
 
 class SignedByTheProxy:
     """The Storage methods both engines answer alike: credentials and presigned URLs from
@@ -171,12 +197,11 @@ class SignedByTheProxy:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+        return self._signer.presign(credentials, method, ref.bucket, ref.key, lifetime, overrides)
 
     @property
     def writes(self) -> ObjectWriter:
@@ -187,26 +212,37 @@ class SignedByTheProxy:
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
     ) -> str:
         return self._signer.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length, preconditions
+            credentials, ref.bucket, ref.key, lifetime, content_type, content_length, preconditions
         )
 
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,
     ) -> PostForm:
         return self._signer.presign_post(
-            credentials, bucket, key, content_type, max_bytes, lifetime
+            credentials, ref.bucket, ref.key, content_type, max_bytes, lifetime
+        )
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._signer.presign_part(
+            credentials, ref.bucket, ref.key, upload_id, number, content_length, lifetime
         )

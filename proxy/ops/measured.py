@@ -4,13 +4,13 @@ of its own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime, PostForm
-from ..ssec import CustomerKey
-from ..storage import ObjectMeta, ObjectStream, Storage, WriteCondition, Writes
+from ..request import ObjectRef
+from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, WriteCondition, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
@@ -29,23 +29,21 @@ class MeasuredStorage:
             self._writes = MeasuredWrites(self._inner.writes, self._telemetry)
         return self._writes
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
         started = time.perf_counter()
         try:
-            meta = await self._inner.head(bucket, key, sse)
+            meta = await self._inner.head(ref)
         except Exception as exc:
             self._telemetry.observe_s3("HeadObject", _outcome(exc), time.perf_counter() - started)
             raise
         self._telemetry.observe_s3("HeadObject", "ok", time.perf_counter() - started)
         return meta
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """Timed until the answer's head: the body's pace is the client's."""
         started = time.perf_counter()
         try:
-            stream = await self._inner.get(bucket, key, byte_range, sse)
+            stream = await self._inner.get(ref, byte_range)
         except Exception as exc:
             self._telemetry.observe_s3("GetObject", _outcome(exc), time.perf_counter() - started)
             raise
@@ -66,37 +64,47 @@ class MeasuredStorage:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        return self._inner.presign(credentials, method, bucket, key, lifetime, overrides)
+        return self._inner.presign(credentials, method, ref, lifetime, overrides)
 
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
     ) -> str:
         return self._inner.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length, preconditions
+            credentials, ref, lifetime, content_type, content_length, preconditions
         )
 
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,
     ) -> PostForm:
-        return self._inner.presign_post(credentials, bucket, key, content_type, max_bytes, lifetime)
+        return self._inner.presign_post(credentials, ref, content_type, max_bytes, lifetime)
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._inner.presign_part(
+            credentials, ref, upload_id, number, content_length, lifetime
+        )
 
 
 class MeasuredWrites:
@@ -117,55 +125,40 @@ class MeasuredWrites:
         return result
 
     async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        condition: WriteCondition | None,
-        sse: CustomerKey | None = None,
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
     ) -> str:
+        return await self._measure("PutObject", self._inner.put(ref, body, content_type, condition))
+
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         return await self._measure(
-            "PutObject", self._inner.put(bucket, key, body, content_type, condition, sse)
+            "CreateMultipartUpload", self._inner.start_multipart(ref, content_type)
         )
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str:
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
         return await self._measure(
-            "CreateMultipartUpload", self._inner.start_multipart(bucket, key, content_type, sse)
-        )
-
-    async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
-    ) -> str:
-        return await self._measure(
-            "UploadPart", self._inner.upload_part(bucket, key, upload_id, number, body, sse)
+            "UploadPart", self._inner.upload_part(ref, upload_id, number, body)
         )
 
     async def complete_multipart(
         self,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         upload_id: str,
-        etags: list[str],
+        parts: Sequence[tuple[int, str]],
         condition: WriteCondition | None,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(bucket, key, upload_id, etags, condition),
+            self._inner.complete_multipart(ref, upload_id, parts, condition),
         )
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await self._measure(
-            "AbortMultipartUpload", self._inner.abort_multipart(bucket, key, upload_id)
-        )
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
+        await self._measure("AbortMultipartUpload", self._inner.abort_multipart(ref, upload_id))
+
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        return await self._measure("ListMultipartUploads", self._inner.has_upload(ref, upload_id))
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        return await self._measure("ListParts", self._inner.list_parts(ref, upload_id))
 
 
 def _outcome(exc: Exception) -> str:

@@ -99,6 +99,6 @@ def signed_preconditions(headers: Mapping[str, str]) -> dict[str, str]:
 
 async def _current(storage: Storage, target: UploadTarget) -> ObjectMeta | None:
     try:
-        return await storage.head(target.bucket, target.key, target.sse)
+        return await storage.head(target.ref)
     except NotFound:
         return None

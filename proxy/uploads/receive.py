@@ -29,7 +29,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from ..edge import EdgeRequest
-from ..errors import PayloadTooLarge, PreconditionFailed, ProxyError, RequestTimeout
+from ..errors import (
+    PayloadTooLarge,
+    PreconditionFailed,
+    ProxyError,
+    RequestTimeout,
+    UploadNotFound,
+    UpstreamError,
+)
 from ..storage import Storage, Writes
 from .preconditions import WritePlan, plan_write
 from .rules import UploadTarget, check_size
@@ -65,9 +72,7 @@ async def receive(
     try:
         if len(first) < settings.part_size or declared == len(first):
             # The whole body: one PutObject (rule 2).
-            etag = await storage.writes.put(
-                target.bucket, target.key, first, target.content_type, plan.condition, target.sse
-            )
+            etag = await storage.writes.put(target.ref, first, target.content_type, plan.condition)
             return Received(len(first), etag, 0, not plan.replaces)
         size, etag, parts = await _multipart(storage.writes, target, body, first, plan)
     except PreconditionFailed:
@@ -96,22 +101,20 @@ async def _multipart(
 ) -> tuple[int, str, int]:
     """The size, ETag and part count of a multipart upload of `first` and the rest."""
     settings = target.settings
-    upload_id = await writes.start_multipart(
-        target.bucket, target.key, target.content_type, target.sse
-    )
+    upload_id = await writes.start_multipart(target.ref, target.content_type)
     try:
         etags: list[str] = []
         part = first
         while part:
-            etags.append(
-                await writes.upload_part(
-                    target.bucket, target.key, upload_id, len(etags) + 1, part, target.sse
-                )
-            )
+            etags.append(await writes.upload_part(target.ref, upload_id, len(etags) + 1, part))
             part = b"" if len(part) < settings.part_size else await body.read(settings.part_size)
         etag = await writes.complete_multipart(
-            target.bucket, target.key, upload_id, etags, plan.condition
+            target.ref, upload_id, list(enumerate(etags, start=1)), plan.condition
         )
+    except UploadNotFound:
+        # The proxy began this upload a moment ago: S3 losing it is S3's failure, not a 404.
+        await asyncio.shield(_abort(writes, target, upload_id))
+        raise UpstreamError("S3 lost the multipart upload") from None
     except BaseException:
         # Rule 3. Shielded: a cancelled request still aborts.
         await asyncio.shield(_abort(writes, target, upload_id))
@@ -121,7 +124,7 @@ async def _multipart(
 
 async def _abort(writes: Writes, target: UploadTarget, upload_id: str) -> None:
     try:
-        await writes.abort_multipart(target.bucket, target.key, upload_id)
+        await writes.abort_multipart(target.ref, upload_id)
     except ProxyError as exc:
         # S3 drops an abandoned upload's parts only by a lifecycle rule (docs/uploads.md).
         log.warning("multipart upload to %s not aborted: %s", target.route, exc.reason)
