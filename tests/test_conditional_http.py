@@ -249,6 +249,23 @@ async def test_several_ranges_from_memory_are_multipart_byteranges(proxy, s3: S3
     assert response.headers["Content-Length"] == str(len(expected))
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("header", ["bytes=20000-,30000-", "bytes=20000-20001, 30000-30009"])
+async def test_several_ranges_none_satisfiable_are_416_on_every_route(
+    proxy, s3: S3Objects, path: str, header: str
+) -> None:
+    """The streamed and the cached route answer several ranges alike when none can be
+    served (the photo is 10 KiB): 416 with the size."""
+    client, _, _ = await _start(proxy, s3)
+    response = await client.get(path, headers={**ALICE, "Range": header})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(s3.photo)}"
+    # A stale If-Range asks for the whole object instead, on both.
+    stale = await client.get(path, headers={**ALICE, "Range": header, "If-Range": '"old"'})
+    assert stale.status == 200
+    assert await stale.read() == s3.photo
+
+
 async def test_several_ranges_streamed_get_the_whole_object(proxy, s3: S3Objects) -> None:
     client, _, _ = await _start(proxy, s3)
     response = await client.get(STREAMED, headers={**ALICE, "Range": "bytes=0-1,5-6"})
