@@ -115,6 +115,11 @@ class S3Settings(_Model):
     max_connections: int = Field(64, ge=1, le=10000)
     # Overall bound on S3 starting to answer, including retries and their backoff.
     request_timeout: float = Field(60.0, gt=0)
+    # The longest a request waits for S3's response head (retries included), whichever of
+    # this and request_timeout ends first: past it, 504 at once. A healthy S3 answers in tens
+    # of milliseconds; while it is stalled (a brownout), clients get a clear answer in
+    # seconds instead of waiting read_timeout for nothing.
+    first_byte_timeout: float = Field(5.0, gt=0, le=3600)
     # How long a request waits for a free pooled connection before a fast 503 with
     # Retry-After. Short: a pool held by slow downloads frees up in seconds or not at all, and
     # everyone waiting the whole request_timeout for a 504 is what made one client enough to

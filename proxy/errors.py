@@ -167,6 +167,11 @@ class UpstreamTimeout(ProxyError):
     detail = "storage timed out"
 
 
+class NoFirstByte(UpstreamTimeout):
+    """S3 sent no response head within s3.first_byte_timeout: stalled, as in a brownout. Told
+    apart from other timeouts so that /readyz can say S3 is stalling."""
+
+
 class StorageBusy(ProxyError):
     """Every connection to S3 is in use: a quick 503 the client may retry, not a 504 after
     a minute's wait. S3 itself is fine, so this is not an UpstreamError."""

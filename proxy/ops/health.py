@@ -5,6 +5,10 @@ Readiness runs its checks (credentials, each route's bucket, JWKS keys) at most 
 that comes while a run is under way waits for that run instead of starting another. Each
 check is bounded by `health.timeout`. The answer lists what is wrong, never a secret. Changes
 of state are logged once; probes themselves never are.
+
+A check that is not `blocking` reports trouble every replica shares (S3 stalling) under
+`degraded` while the process stays ready: failing readiness on every replica at once would only
+turn a partial outage into a total one (redirects, for one, need no S3 call).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from aiohttp import web
 
 from ..errors import ProxyError
 from ..storage import Storage
+from .measured import STALL_WINDOW, MeasuredStorage
 
 log = logging.getLogger("proxy.health")
 
@@ -29,6 +34,7 @@ Problem = Awaitable[str | None]
 class Check:
     name: str  # says what was checked: "aws credentials", "bucket hr-private", ...
     run: Callable[[], Problem]  # None when fine, else what is wrong
+    blocking: bool = True  # False: its problem is reported as `degraded`, still ready
 
 
 class Readiness:
@@ -44,6 +50,7 @@ class Readiness:
         self._timeout = timeout
         self._clock = clock
         self._problems: list[str] | None = None
+        self.degraded: list[str] = []  # the non-blocking checks' problems, as of the last run
         self._checked_at = 0.0
         self._running: asyncio.Future[list[str]] | None = None
 
@@ -60,7 +67,22 @@ class Readiness:
     async def _run(self) -> list[str]:
         try:
             found = await asyncio.gather(*(self._one(check) for check in self._checks))
-            problems = [problem for problem in found if problem is not None]
+            problems = [
+                problem
+                for check, problem in zip(self._checks, found, strict=True)
+                if problem is not None and check.blocking
+            ]
+            degraded = [
+                problem
+                for check, problem in zip(self._checks, found, strict=True)
+                if problem is not None and not check.blocking
+            ]
+            if degraded != self.degraded:
+                if degraded:
+                    log.warning("degraded: %s", "; ".join(degraded))
+                else:
+                    log.info("no longer degraded")
+                self.degraded = degraded
             if problems != self._problems:
                 if problems:
                     log.warning("not ready: %s", "; ".join(problems))
@@ -108,9 +130,23 @@ def storage_checks(storage: Storage, buckets: Sequence[str]) -> list[Check]:
 
         return Check(f"bucket {bucket}", reachable)
 
-    return [Check("aws credentials", credentials)] + [
+    checks = [Check("aws credentials", credentials)] + [
         bucket_check(bucket) for bucket in dict.fromkeys(buckets)
     ]
+    if isinstance(storage, MeasuredStorage):
+        measured = storage
+
+        async def stalling() -> str | None:
+            count = measured.recent_stalls()
+            if not count:
+                return None
+            return (
+                f"{count} request(s) got no response head within s3.first_byte_timeout in the "
+                f"last {STALL_WINDOW:g} s (answered 504)"
+            )
+
+        checks.append(Check("s3 stalling", stalling, blocking=False))
+    return checks
 
 
 def live_response() -> web.Response:
@@ -121,9 +157,12 @@ async def ready_response(readiness: Readiness, draining: bool) -> web.Response:
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
-    if problems:
-        return _json(503, {"status": "not ready", "problems": problems})
-    return _json(200, {"status": "ready"})
+    body: dict[str, object] = (
+        {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
+    )
+    if readiness.degraded:
+        body["degraded"] = readiness.degraded
+    return _json(503 if problems else 200, body)
 
 
 def _json(status: int, body: object) -> web.Response:

@@ -1,26 +1,52 @@
-"""A Storage that times and counts the S3 calls of another, by operation and outcome. No I/O
-of its own."""
+"""A Storage that times and counts the S3 calls of another, by operation and outcome, and
+remembers when S3 lately sent no response head in time (for /readyz). No I/O of its own."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
+from ..errors import (
+    NoFirstByte,
+    NotFound,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    UpstreamTimeout,
+)
 from ..presign import Credentials, Lifetime, PostForm
 from ..ssec import CustomerKey
 from ..storage import ObjectMeta, ObjectStream, Storage, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
+# How far back /readyz looks for calls S3 left without a response head (s3.first_byte_timeout).
+STALL_WINDOW = 60.0
 
 
 class MeasuredStorage:
-    def __init__(self, inner: Storage, telemetry: Telemetry) -> None:
+    def __init__(
+        self, inner: Storage, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._inner = inner
         self._telemetry = telemetry
         self._writes: MeasuredWrites | None = None
+        self._clock = clock
+        self._stalls: deque[float] = deque(maxlen=10_000)  # when each happened
+
+    def recent_stalls(self) -> int:
+        """Calls that got no response head within s3.first_byte_timeout in the last
+        STALL_WINDOW seconds."""
+        stalls, oldest = self._stalls, self._clock() - STALL_WINDOW
+        while stalls and stalls[0] < oldest:
+            stalls.popleft()
+        return len(stalls)
+
+    def _failed(self, operation: str, exc: Exception, started: float) -> None:
+        self._telemetry.observe_s3(operation, _outcome(exc), time.perf_counter() - started)
+        if isinstance(exc, NoFirstByte):
+            self._stalls.append(self._clock())
 
     @property
     def writes(self) -> MeasuredWrites:
@@ -34,7 +60,7 @@ class MeasuredStorage:
         try:
             meta = await self._inner.head(bucket, key, sse)
         except Exception as exc:
-            self._telemetry.observe_s3("HeadObject", _outcome(exc), time.perf_counter() - started)
+            self._failed("HeadObject", exc, started)
             raise
         self._telemetry.observe_s3("HeadObject", "ok", time.perf_counter() - started)
         return meta
@@ -47,7 +73,7 @@ class MeasuredStorage:
         try:
             stream = await self._inner.get(bucket, key, byte_range, sse)
         except Exception as exc:
-            self._telemetry.observe_s3("GetObject", _outcome(exc), time.perf_counter() - started)
+            self._failed("GetObject", exc, started)
             raise
         self._telemetry.observe_s3("GetObject", "ok", time.perf_counter() - started)
         return stream
