@@ -18,7 +18,6 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from ..accesslog import AccessRecord
 from ..auth import parse_cookie_header
 from ..config import AuthSettings, LoginSettings
 from ..errors import (
@@ -29,6 +28,7 @@ from ..errors import (
     ProxyError,
     SignInRedirect,
 )
+from ..request import RequestContext
 from .navigation import is_navigation, safe_next, without_params
 from .provider import Provider, ProviderHttp
 from .session import (
@@ -82,13 +82,13 @@ class SignIn:
         location = f"{self._login.login_path}?{urlencode({'next': target})}"
         return SignInRedirect(f"sign-in: {refused.reason}", location=location)
 
-    async def answer(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
-        record.route = "sign-in"
+    async def answer(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
+        context.route = "sign-in"
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed("sign-in takes GET", allowed="GET, HEAD")
-        return await self._pages[record.path](request, record)
+        return await self._pages[context.path](request, context)
 
-    async def _start(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _start(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
         target = safe_next(request.query.get("next", "/"))
         if target is None:
             raise BadRequest(
@@ -123,10 +123,12 @@ class SignIn:
             httponly=True,
             samesite="Lax",
         )
-        record.reason = "sign-in started"
+        context.reason = "sign-in started"
         return response
 
-    async def _callback(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _callback(
+        self, request: web.BaseRequest, context: RequestContext
+    ) -> web.StreamResponse:
         login = self._login
         state = request.query.get("state", "")
         if not STATE_PATTERN.fullmatch(state):
@@ -163,7 +165,7 @@ class SignIn:
                 f"session of {len(token)} bytes does not fit a cookie; map fewer claims "
                 "(auth.login.claims)",
             )
-        record.sub = str(session["sub"])[:256]
+        context.sub = str(session["sub"])[:256]
         response = web.Response(status=302, headers={"Location": flow.next, **_NO_STORE})
         response.set_cookie(
             login.cookie.name,
@@ -181,10 +183,12 @@ class SignIn:
             httponly=True,
             samesite="Lax",
         )
-        record.reason = "signed in"
+        context.reason = "signed in"
         return response
 
-    async def _logout(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _logout(
+        self, request: web.BaseRequest, context: RequestContext
+    ) -> web.StreamResponse:
         """Clear the session; then end the provider's session too where it says how."""
         login = self._login
         location: str | None = login.logout_redirect
@@ -206,5 +210,5 @@ class SignIn:
         response.del_cookie(
             login.cookie.name, path="/", secure=login.secure, httponly=True, samesite="Lax"
         )
-        record.reason = "signed out"
+        context.reason = "signed out"
         return response
