@@ -524,8 +524,13 @@ class EdgeServer(web.Server):
         resolver = self.resolver
         if resolver is None or not isinstance(protocol, EdgeProtocol):
             return EdgeRequest(message, payload, protocol, writer, task, self._loop)
-        trusted = headers and protocol.client_trusted
-        client = resolver.resolve(protocol.client, message.headers, trusted)
+        if not (headers and protocol.client_trusted):
+            # The peer, or the client its PROXY header named: no header is read.
+            loop = self._loop
+            return EdgeRequest(
+                message, payload, protocol, writer, task, loop, remote=protocol.client
+            )
+        client = resolver.resolve(protocol.client, message.headers, True)
         request = EdgeRequest(
             message,
             payload,
