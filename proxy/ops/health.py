@@ -6,9 +6,9 @@ that comes while a run is under way waits for that run instead of starting anoth
 check is bounded by `health.timeout`. The answer lists what is wrong, never a secret. Changes
 of state are logged once; probes themselves never are.
 
-A check that is not `blocking` reports trouble every replica shares (S3 stalling) under
-`degraded` while the process stays ready: failing readiness on every replica at once would only
-turn a partial outage into a total one (redirects, for one, need no S3 call).
+A check may also say what is degraded while the process still serves (Redis unreachable, the
+revocations checked on this process's copy): read at each probe, never cached, and shown
+beside the status without making it fail.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ Problem = Awaitable[str | None]
 class Check:
     name: str  # says what was checked: "aws credentials", "bucket hr-private", ...
     run: Callable[[], Problem]  # None when fine, else what is wrong
-    blocking: bool = True  # False: its problem is reported as `degraded`, still ready
+    degraded: Callable[[], str | None] | None = None  # what is wrong while still serving
 
 
 class Readiness:
@@ -50,7 +50,6 @@ class Readiness:
         self._timeout = timeout
         self._clock = clock
         self._problems: list[str] | None = None
-        self.degraded: list[str] = []  # the non-blocking checks' problems, as of the last run
         self._checked_at = 0.0
         self._running: asyncio.Future[list[str]] | None = None
 
@@ -64,25 +63,19 @@ class Readiness:
         # Shielded: a probe that hangs up does not cancel the run the others wait for.
         return await asyncio.shield(running)
 
+    def degraded(self) -> list[str]:
+        """What is wrong now while the proxy still serves; no I/O."""
+        found = []
+        for check in self._checks:
+            note = check.degraded() if check.degraded is not None else None
+            if note is not None:
+                found.append(f"{check.name}: {note}")
+        return found
+
     async def _run(self) -> list[str]:
         try:
             found = await asyncio.gather(*(self._one(check) for check in self._checks))
-            problems = [
-                problem
-                for check, problem in zip(self._checks, found, strict=True)
-                if problem is not None and check.blocking
-            ]
-            degraded = [
-                problem
-                for check, problem in zip(self._checks, found, strict=True)
-                if problem is not None and not check.blocking
-            ]
-            if degraded != self.degraded:
-                if degraded:
-                    log.warning("degraded: %s", "; ".join(degraded))
-                else:
-                    log.info("no longer degraded")
-                self.degraded = degraded
+            problems = [problem for problem in found if problem is not None]
             if problems != self._problems:
                 if problems:
                     log.warning("not ready: %s", "; ".join(problems))
@@ -134,19 +127,28 @@ def storage_checks(storage: Storage, buckets: Sequence[str]) -> list[Check]:
         bucket_check(bucket) for bucket in dict.fromkeys(buckets)
     ]
     if isinstance(storage, MeasuredStorage):
-        measured = storage
-
-        async def stalling() -> str | None:
-            count = measured.recent_stalls()
-            if not count:
-                return None
-            return (
-                f"{count} request(s) got no response head within s3.first_byte_timeout in the "
-                f"last {STALL_WINDOW:g} s (answered 504)"
-            )
-
-        checks.append(Check("s3 stalling", stalling, blocking=False))
+        checks.append(_stalling(storage))
     return checks
+
+
+def _stalling(storage: MeasuredStorage) -> Check:
+    """S3 lately sent no response head within s3.first_byte_timeout: reported as degraded,
+    never failing readiness. Every replica shares S3, so failing them all at once would only
+    turn a partial outage into a total one (redirects, for one, need no S3 call)."""
+
+    async def nothing() -> str | None:
+        return None
+
+    def stalls() -> str | None:
+        count = storage.recent_stalls()
+        if not count:
+            return None
+        return (
+            f"{count} request(s) got no response head within s3.first_byte_timeout in the "
+            f"last {STALL_WINDOW:g} s (answered 504)"
+        )
+
+    return Check("s3 stalling", nothing, stalls)
 
 
 def live_response() -> web.Response:
@@ -157,12 +159,11 @@ async def ready_response(readiness: Readiness, draining: bool) -> web.Response:
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
-    body: dict[str, object] = (
-        {"status": "not ready", "problems": problems} if problems else {"status": "ready"}
-    )
-    if readiness.degraded:
-        body["degraded"] = readiness.degraded
-    return _json(503 if problems else 200, body)
+    degraded = readiness.degraded()
+    shown = {"degraded": degraded} if degraded else {}
+    if problems:
+        return _json(503, {"status": "not ready", "problems": problems, **shown})
+    return _json(200, {"status": "ready", **shown})
 
 
 def _json(status: int, body: object) -> web.Response:
