@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.edge import via_trusted_proxy
 
+from .balancer import Balancer
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
 from .test_limits import _SlowStorage
 from .test_proxyheader import v2, v2_inet, v2_inet6
@@ -346,3 +347,26 @@ async def test_a_token_route_works_behind_the_balancer(proxy, s3: S3Objects) -> 
         writer.close()
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.endswith(s3.report)
+
+
+@pytest.mark.parametrize("mode", ["xff", "proxy-v1", "proxy-v2"])
+async def test_behind_the_test_balancer_each_client_is_itself(
+    proxy, s3: S3Objects, mode: str
+) -> None:
+    """tests/balancer.py, as the fleet soak uses it: through an L7 balancer (X-Forwarded-For)
+    or an L4 one (PROXY protocol), each client keeps its own address."""
+    listen = {"trusted_proxies": ["127.0.0.1/32"], "proxy_protocol": mode != "xff"}
+    client = await proxy(config_dict(s3.endpoint, listen=listen))
+    client.server.gateway.add_pages({"/whoami": _whoami})
+    balancer = Balancer([(client.server.host, client.server.port)], mode=mode)
+    port = await balancer.start()
+    try:
+        for address in ("127.0.0.2", "127.0.0.3"):
+            async with (
+                _from(address) as session,
+                session.get(f"http://127.0.0.1:{port}/whoami") as answer,
+            ):
+                assert (await answer.json())["remote"] == address
+    finally:
+        await balancer.close()
+    assert balancer.connections == 2
