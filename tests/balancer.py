@@ -141,6 +141,8 @@ class Balancer:
         self._splices.add(task)
         try:
             await self._splice_to_backend(reader, writer)
+        except asyncio.CancelledError:
+            pass  # close() ends it: asyncio's server would log a cancelled handler as a failure
         finally:
             self._splices.discard(task)
             writer.close()

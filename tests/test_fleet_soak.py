@@ -9,7 +9,8 @@ client addresses, it:
 4. reloads one replica with SIGHUP;
 5. drains the other with SIGTERM.
 
-Asserted: every body's hash matches its object; no success for the revoked subject once the
+Asserted: every body's hash matches its object; each client reached the replicas as itself
+(the PROXY header), never as the balancer; no success for the revoked subject once the
 revocation propagated; errors only inside the fault windows and only of the statuses
 documented for them (docs/failures.md): 503 while Redis is away past state.outage_grace, 504
 while S3 is frozen, 503 with Retry-After while a replica drains; and no request left without
@@ -45,13 +46,15 @@ from .running import RunningProxy, running_proxy
 WORKERS = 6  # client addresses 127.0.0.11 .. 127.0.0.16
 PACE = 0.02  # seconds between one worker's requests: bounds the CPU a shared machine gives it
 PROBE_FROM = "127.0.0.50"  # direct to a replica: untrusted, so no PROXY header is needed
+ADMIN_FROM = "127.0.0.60"
+CLIENTS = {f"127.0.0.{11 + n}" for n in range(WORKERS)}
 FIRST_BYTE_TIMEOUT = 1.0
 DRAIN_DELAY = 1.0
 # The scenario, seconds after the load starts.
 REVOKE_AT, REDIS_STOP_AT, REDIS_DOWN_FOR = 2.0, 6.0, 2.0
 S3_FREEZE_AT, S3_FROZEN_FOR = 13.0, 3.0
 RELOAD_AT, DRAIN_AT, LOAD_FOR = 19.0, 22.0, 28.0
-SETTLE = 3.0  # after a fault ends, seconds its errors may still show (a request begun inside)
+SETTLE = 1.0  # after a fault ends, seconds its errors may still show (a request begun inside)
 # Features of the state helper's branch ("fleetstate") the soak exercises; until it is merged,
 # the assertions that need them are skipped by name.
 HAS_OUTAGE_GRACE = "outage_grace" in StateSettings.model_fields
@@ -277,8 +280,9 @@ async def _soak(
         async with _direct() as probe:
             # 1. Revoke mallory through the balancer; wait until both replicas refuse him.
             await at(REVOKE_AT)
+            admin_from = aiohttp.TCPConnector(local_addr=(ADMIN_FROM, 0))
             async with (
-                aiohttp.ClientSession() as admin,
+                aiohttp.ClientSession(connector=admin_from) as admin,
                 admin.post(
                     f"{base}/_admin/revocations",
                     json={"sub": "mallory"},
@@ -302,7 +306,14 @@ async def _soak(
             await asyncio.sleep(REDIS_DOWN_FOR)
             await asyncio.to_thread(redis.start)
             timeline.marks["redis back"] = loop.time()
-            redis_window.end = loop.time() + 2  # the replicas' next poll sees it back
+
+            async def served_everywhere() -> bool:
+                return all([await _status(probe, url, ALICE) == 200 for url in direct])
+
+            # The fault lasts until every replica serves a token again (at once with the
+            # outage grace; without it, once each has polled Redis back).
+            await _until(served_everywhere, 10, "both replicas serve again after Redis")
+            redis_window.end = loop.time()
 
             # 3. S3 freezes.
             await at(S3_FREEZE_AT)
@@ -311,7 +322,8 @@ async def _soak(
             faulty.pause()
             await asyncio.sleep(S3_FROZEN_FOR)
             faulty.resume()
-            s3_window.end = loop.time() + FIRST_BYTE_TIMEOUT
+            await _until(served_everywhere, 10, "both replicas stream again after S3")
+            s3_window.end = loop.time()
 
             # 4. One replica reloads its (unchanged) config.
             await at(RELOAD_AT)
@@ -339,6 +351,19 @@ async def _soak(
 
     _report(outcomes, timeline, start, balancer, capsys)
     _check(outcomes, timeline, after_restart)
+    _check_clients(replicas)
+
+
+def _check_clients(replicas: list[RunningProxy]) -> None:
+    """The replicas saw each client's own address (from the balancer's PROXY header), never
+    the balancer's: per-client limits and the log are per user."""
+    seen: Counter[str] = Counter()
+    for replica in replicas:
+        for line in replica.output.splitlines():
+            if line.startswith("{") and '"client"' in line:
+                seen[json.loads(line)["client"]] += 1
+    assert set(seen) <= CLIENTS | {PROBE_FROM, ADMIN_FROM}, seen
+    assert set(seen) >= CLIENTS, seen
 
 
 def _check(outcomes: list[Outcome], timeline: Timeline, after_restart: int) -> None:
