@@ -353,3 +353,26 @@ def test_the_shipped_configs_cloudfront_example_loads_once_uncommented(key_file:
     assert routes["cdn-albums"].cookie_scope is not None
     assert routes["cdn-photos"].settings.delivery == "cloudfront"
     assert config.cloudfront is not None and config.warnings == ()
+
+
+@pytest.mark.parametrize("shape", ["pem", "one-line-base64", "ec-base64"])
+def test_a_key_pasted_where_its_path_belongs_is_never_printed(tmp_path: Path, shape: str) -> None:
+    """The common mistake: the PEM itself (or its base64 on one line) in the variable that
+    should name the key file. `check` must refuse it without echoing it as a path."""
+    pem = private_pem(ec_key() if shape == "ec-base64" else rsa_key()).decode()
+    body = "".join(pem.splitlines()[1:-1])
+    value = pem if shape == "pem" else body
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cloudfront_config(Path("${CLOUDFRONT_KEY_FILE}"))))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CLOUDFRONT_KEY_FILE": value},
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "cloudfront.private_key: holds what looks like the key itself" in output
+    for line in pem.splitlines()[1:-1]:
+        assert line[:16] not in output
