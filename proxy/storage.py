@@ -92,8 +92,8 @@ class Writes(Protocol):
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        """Whether `upload_id` is an upload in progress to exactly this key (S3's
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads in progress to exactly this key (S3's
         ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
         ...
 

@@ -149,8 +149,8 @@ class MeasuredWrites:
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         await self._measure("AbortMultipartUpload", self._inner.abort_multipart(ref, upload_id))
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        return await self._measure("ListMultipartUploads", self._inner.has_upload(ref, upload_id))
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        return await self._measure("ListMultipartUploads", self._inner.open_uploads(ref))
 
     async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
         return await self._measure("ListParts", self._inner.list_parts(ref, upload_id))
