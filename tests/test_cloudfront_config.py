@@ -232,6 +232,17 @@ def test_a_scope_wider_than_the_key_is_fine_and_a_claim_may_narrow_it(key_file: 
     assert scope.path_for("users/alice/x.jpg") == "/users/alice/*"
 
 
+@pytest.mark.parametrize("scope", ["albums/{album}*", "albums/*{album}/*", "albums/{album}?/*"])
+def test_a_wildcard_beside_a_value_is_refused(key_file: Path, scope: str) -> None:
+    # With albums/{album}*, album a's cookies would open album ab too.
+    problems = _problems(_with_route(key_file, 10, cookie_scope=scope))
+    assert any(
+        problem.startswith("routes[10] (cdn-albums).cookie_scope:")
+        and "wildcard right beside a value" in problem
+        for problem in problems
+    ), problems
+
+
 def test_stable_on_a_cookie_route_is_a_warning(key_file: Path) -> None:
     config = _load(_with_route(key_file, 10, stable=3600))
     (warning,) = config.warnings
