@@ -118,6 +118,11 @@ class UnsupportedMediaType(ProxyError):
     detail = "expected application/json"
 
 
+class Conflict(ProxyError):
+    status = 409
+    detail = "conflict"
+
+
 class PreconditionFailed(ProxyError):
     status = 412
     detail = "precondition failed"
@@ -189,6 +194,11 @@ class ProviderUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     detail = "storage timed out"
+
+
+class NoFirstByte(UpstreamTimeout):
+    """S3 sent no response head within s3.first_byte_timeout: stalled, as in a brownout. Told
+    apart from other timeouts so that /readyz can say S3 is stalling."""
 
 
 class StorageBusy(ProxyError):

@@ -10,6 +10,7 @@ tell which one runs. Tests put a `FakeStorage` behind the same seam. No I/O here
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from botocore.exceptions import (
 )
 
 from .errors import (
+    NoFirstByte,
     NotFound,
     ProxyError,
     RangeNotSatisfiable,
@@ -103,8 +105,8 @@ class Writes(Protocol):
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        """Whether `upload_id` is an upload in progress to exactly this key (S3's
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads in progress to exactly this key (S3's
         ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
         ...
 
@@ -236,6 +238,30 @@ def bucket_problem(status: int, code: str) -> str | None:
     if status in (301, 307) or code == "PermanentRedirect":
         return "S3 redirected: the bucket is in another region than s3.region"
     return f"S3 answered {status} {code[:64]}".rstrip()
+
+
+@contextlib.asynccontextmanager
+async def response_head_deadline(
+    operation: str, first_byte_timeout: float, request_timeout: float
+) -> AsyncIterator[None]:
+    """Bound the wait for S3's response head, retries included, by s3.first_byte_timeout or
+    s3.request_timeout, whichever ends first; both engines wrap their call in it."""
+    limit = min(first_byte_timeout, request_timeout)
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a timeout of its own (read_timeout): translate_errors says which
+        if first_byte_timeout <= request_timeout:
+            raise NoFirstByte(
+                f"{operation}: no response head from S3 within s3.first_byte_timeout "
+                f"({first_byte_timeout:g} s)"
+            ) from None
+        raise UpstreamTimeout(
+            f"{operation}: S3 did not answer within s3.request_timeout ({request_timeout:g} s)"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -24,6 +24,14 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     # A second view: redirects and images come from the cache; streams are revalidated.
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
+    # cloudfront, through the stand-in edge: a 302 each, the bytes from the edge, whose cache
+    # the unmeasured check filled (no S3 request); then the cached 302s and a 304 from the edge.
+    cloudfront_first, cloudfront_second = results["cloudfront"]
+    assert (cloudfront_first["proxy_requests"], cloudfront_first["proxy_bytes"]) == (2, 0)
+    assert (cloudfront_first["edge_requests"], cloudfront_first["edge_bytes"]) == (2, 110 * 1024)
+    assert cloudfront_first["s3_requests"] == 0
+    assert (cloudfront_second["proxy_requests"], cloudfront_second["edge_bytes"]) == (0, 0)
+    assert "| | stream | redirect | cloudfront |" in report
     assert "report:" in capsys.readouterr().out
     engines = json.loads((tmp_path / "engines.json").read_text())
     assert set(engines) == {"builtin", "aiobotocore"}
@@ -139,7 +147,7 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [axes.get_title() for axes in figure.axes] == [
         "time to first byte at the client",
         "bytes through the proxy",
-        "requests (S3's include the proxy's own)",
+        "requests (S3's include the proxy's and the edge's)",
     ]
     assert [text.get_text() for text in ttfb.texts] == ["2.0", "4.0", "2.0", "4.0"]
     assert [text.get_text() for text in sent.texts] == ["200 KiB", "0 B"]
@@ -147,3 +155,31 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [text.get_text() for text in requests.texts] == ["4", "4", "4", "0"]
     path = chart(results, objects, tmp_path)
     assert path == tmp_path / "comparison.png" and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_third_method_gets_its_column_and_its_bars() -> None:
+    """With a cloudfront section: a column of its own, requests to the edge apart from S3's,
+    and S3 requests a real CloudFront made said to be unseen."""
+    size = 100 * 1024
+    results = {
+        "stream": [_view(0.0, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.0, 0, size), _view(0.0, 0, size)],
+        "cloudfront": [_view(0.0, 0, size), _view(0.0, 0, size)],
+    }
+    results["cloudfront"][0].edge_requests = 1
+    results["cloudfront"][0].s3_requests = 0
+    results["cloudfront"][0].s3_unseen = True
+    text = report(results, [("/objects/a.bin", size)], rounds=1, notes=[], tick=0.01)
+    assert text.startswith("# stream vs redirect vs cloudfront")
+    assert "| | stream | redirect | cloudfront |" in text
+    assert "| requests that reached the edge | 0 | 0 | 1 |" in text
+    assert (
+        "| S3 requests (by the proxy, the client or the edge) | 2 | 2 | "
+        "0 + CloudFront's (not seen from here) |" in text
+    )
+    figure = draw_charts(results, [("/objects/a.bin", size)])
+    _, sent, requests = figure.axes
+    assert [text.get_text() for text in sent.texts] == ["100 KiB", "0 B", "0 B"]
+    assert [label.get_text() for label in requests.get_legend().get_texts()][-1] == (
+        "cloudfront: to the edge"
+    )

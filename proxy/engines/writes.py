@@ -15,7 +15,7 @@ Rules:
 2. Each call is bounded by s3.request_timeout, and the checksums botocore would add by
    default are asked for only where S3 requires them (`when_required`): a part is sent as it
    is, without a second pass over it.
-3. An upload id belongs to one key. `has_upload` asks S3 which uploads are open on the key
+3. An upload id belongs to one key. `open_uploads` asks S3 which uploads are open on the key
    (ListMultipartUploads) and compares the key itself: S3 answers ListParts, UploadPart and
    CompleteMultipartUpload by upload id, and not every S3 implementation checks that the
    key in the request is the upload's (moto and s3rver do not).
@@ -44,7 +44,7 @@ ClientFactory = Callable[[], Awaitable[Any]]
 # S3 answers at most 1,000 parts or uploads a page; an upload has at most 10,000 parts.
 PAGE = 1000
 _MAX_PART_PAGES = 10
-# Uploads open on one key that `has_upload` looks through before giving up (rule 3): a
+# Uploads open on one key that `open_uploads` looks through before giving up (rule 3): a
 # client that opens more than this many on one key without completing or aborting them is
 # told to clean up rather than costing a long walk through S3's listing on every step.
 _MAX_UPLOAD_PAGES = 10
@@ -135,10 +135,11 @@ class ObjectWriter:
             {"UploadId": upload_id},
         )
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        """Whether `upload_id` is open on exactly `ref`'s key (rule 3). S3 lists the uploads
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads open on exactly `ref`'s key (rule 3). S3 lists the uploads
         under a prefix sorted by key, so those on the key itself come first: the walk stops
         at the first longer key."""
+        found: set[str] = set()
         params: dict[str, Any] = {"Prefix": ref.key, "MaxUploads": self._page}
         for _ in range(_MAX_UPLOAD_PAGES):
             answer = await self._call(
@@ -146,11 +147,10 @@ class ObjectWriter:
             )
             for upload in answer.get("Uploads") or ():
                 if upload.get("Key") != ref.key:
-                    return False
-                if upload.get("UploadId") == upload_id:
-                    return True
+                    return frozenset(found)
+                found.add(str(upload.get("UploadId")))
             if not answer.get("IsTruncated"):
-                return False
+                return frozenset(found)
             params = {
                 **params,
                 "KeyMarker": answer.get("NextKeyMarker") or "",

@@ -35,6 +35,7 @@ _DELIVERIES = {
     "redirect": "redirect",
     "auto:stream": "stream",
     "auto:redirect": "redirect",
+    "cloudfront": "cloudfront",
     "sign": "sign",
 }
 CACHES = ("object", "metadata", "link", "token")

@@ -15,8 +15,10 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Config, Route
+from ..delivery import Link
 from ..errors import (
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -31,6 +33,7 @@ from ..state import Bucket, State
 from ..storage import Storage
 from ..uploads import (
     MULTIPART_KINDS,
+    OpenUploads,
     PartSigning,
     answer_entry,
     multipart_place,
@@ -132,7 +135,7 @@ class Signing:
         checked = [self._admit(context, path, claims) for path in paths]
         refusals = await self._state.take([group for _, group in checked])
         admitted = [refusal or found for (found, _), refusal in zip(checked, refusals, strict=True)]
-        results = await self._sign_admitted(context, paths, admitted)
+        results, cookies = await self._sign_admitted(context, paths, admitted)
         answer: dict[str, Any] = {"results": results}
         context.reason = f"{len(paths)} paths"
         if uploads is not None:
@@ -141,16 +144,20 @@ class Signing:
             ]
             context.reason += f", {len(uploads)} uploads"
         budget = [self._settings.max_paths]  # part URLs this answer may still carry
+        open_uploads = OpenUploads(self._storage)  # each key's listed once per request
         for kind, entries in steps.items():
             answers = [
-                await self._sign_multipart(context, kind, entry, claims, budget)
+                await self._sign_multipart(context, kind, entry, claims, budget, open_uploads)
                 for entry in entries
             ]
             answer[kind] = answers
             context.reason += _step_summary(kind, answers)
-        return web.json_response(
+        response = web.json_response(
             answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
+        for value in cookies:
+            response.headers.add("Set-Cookie", value)
+        return response
 
     async def _sign_upload(
         self, context: RequestContext, entry: object, claims: Claims | None
@@ -192,6 +199,7 @@ class Signing:
         entry: object,
         claims: Claims | None,
         budget: list[int],
+        open_uploads: OpenUploads,
     ) -> dict[str, Any]:
         """One multipart entry of `kind`, authorized as an upload of its path on a route with
         `upload.multipart` (any upload method: the parts go to S3, not to the route), and
@@ -212,7 +220,7 @@ class Signing:
             place = multipart_place(route, ref)
             lifetime = PartSigning(route.settings.ttl, self._clock(), context.expires_at)
             answered = await answer_entry(
-                kind, self._storage, place, entry, lifetime, max(budget[0], 0)
+                kind, self._storage, place, entry, lifetime, max(budget[0], 0), open_uploads
             )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)
@@ -257,10 +265,15 @@ class Signing:
 
     async def _sign_admitted(
         self, context: RequestContext, paths: list[str], admitted: list[Admitted]
-    ) -> list[dict[str, Any]]:
-        """Answers in the order of `paths`. Paths on `auto` routes may need a HEAD: those run
-        concurrently, at most _SIGN_LOOKUPS at once; the others need no S3 call and are
-        signed inline (a task each would add half again to a large batch's CPU cost)."""
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """Answers in the order of `paths`, and the Set-Cookie values of the answer. Paths on
+        `auto` routes may need a HEAD: those run concurrently, at most _SIGN_LOOKUPS at once;
+        the others need no S3 call and are signed inline (a task each would add half again to
+        a large batch's CPU cost).
+
+        A browser holds one set of CloudFront cookies (fixed names, Path=/), so an answer sets
+        the cookies of one scope: the first cookie path's, in order; a path of another scope
+        is refused (409) rather than given a URL its cookies would not open."""
         lookups = asyncio.Semaphore(_SIGN_LOOKUPS)
         looked_up = [
             index
@@ -274,7 +287,18 @@ class Signing:
         for index, found in enumerate(admitted):
             if index not in results:
                 results[index] = await self._sign_one(context, paths[index], found, lookups)
-        return [results[index] for index in range(len(paths))]
+        ordered: list[dict[str, Any]] = []
+        scope: str | None = None
+        cookies: tuple[str, ...] = ()
+        for index in range(len(paths)):
+            entry, link = results[index]
+            if link is not None and link.cookie_scope is not None:
+                if scope is None:
+                    scope, cookies = link.cookie_scope, link.set_cookies
+                elif link.cookie_scope != scope:
+                    entry = _refusal(paths[index], _another_scope(scope))
+            ordered.append(entry)
+        return ordered, cookies
 
     async def _sign_one(
         self,
@@ -282,17 +306,28 @@ class Signing:
         path: str,
         admitted: Admitted,
         lookups: asyncio.Semaphore,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Link | None]:
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted)
+            return _refusal(path, admitted), None
         route, ref = admitted
         try:
             async with lookups:
                 delivery = await self._downloads.choose_delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
-            return _refusal(path, exc)
-        return {"path": path, "url": link.url, "expires_at": link.expires_at}
+            return _refusal(path, exc), None
+        entry = {"path": path, "url": link.url, "expires_at": link.expires_at}
+        if link.cookie_scope is not None:
+            entry["cookie_scope"] = link.cookie_scope
+        return entry, link
+
+
+def _another_scope(scope: str) -> Conflict:
+    return Conflict(
+        "sign API: a second cookie scope in one answer",
+        detail=f"another cookie scope ({scope}) is already set by this answer; sign this path "
+        "in a request of its own",
+    )
 
 
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:
