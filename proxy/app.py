@@ -22,7 +22,7 @@ from .audit import AuditTrail, this_worker, write_request_events
 from .auth import Clock, TokenVerifier
 from .config import Config
 from .cors import add_headers
-from .edge import edge_refusal
+from .edge import edge_refusal, via_trusted_proxy
 from .engines import create_engine
 from .errors import (
     MethodNotAllowed,
@@ -195,7 +195,7 @@ class Gateway:
             path,
             request.remote,
             started,
-            request_id(request.headers.get("X-Request-Id"), _from_trusted_proxy(request)),
+            request_id(request.headers.get("X-Request-Id"), via_trusted_proxy(request)),
             audited=self.audit is not None,
         )
         refusal = edge_refusal(request)
@@ -268,14 +268,6 @@ class Gateway:
         if request.method not in ("GET", "HEAD"):
             return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
         return await ready_response(self.readiness, self.draining)
-
-
-def _from_trusted_proxy(request: web.BaseRequest) -> bool:
-    """Whether the peer is a trusted proxy (listen.trusted_proxies), whose X-Request-Id this
-    request keeps. THE one place that trust is read for the request id: the edge marks a
-    request whose client a trusted proxy named (`via_trusted_proxy`); until it can, no peer
-    is trusted and every request gets an id of its own."""
-    return getattr(request, "via_trusted_proxy", False) is True
 
 
 # TooManyRequests reasons (limits.py) -> the `limit` label of proxy_rate_limited_total.

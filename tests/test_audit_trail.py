@@ -24,6 +24,7 @@ from .cfkeys import DOMAIN, cloudfront_config, private_pem, rsa_key, write_key
 from .conftest import S3Objects, bearer, config_dict, make_token
 from .running import REPO, RunningProxy, running_proxy
 from .test_multipart_http import ROUTE as MULTIPART_ROUTE
+from .test_trusted_proxies import INGRESS, _from
 from .test_uploads import fresh
 
 ALICE = make_token("alice", ttl=600)
@@ -473,3 +474,38 @@ async def test_multipart_part_urls_and_completion_are_events(
     )
     assert uploaded["key"] == f"big/alice/{path.removeprefix('/big/')}"
     assert uploaded["request_id"] == done.headers["X-Request-Id"]
+
+
+async def test_a_trusted_proxys_request_id_is_kept_and_anyone_elses_is_not(
+    proxy: Any, s3: S3Objects, tmp_path: Path
+) -> None:
+    """One id through the ingress and the proxy; a direct client cannot pick the id its
+    events are filed under, nor one that would break a header, a log line or a URL."""
+    audit = tmp_path / "audit.jsonl"
+    listen = {"trusted_proxies": [f"{INGRESS}/32"]}
+    client = await proxy(config_dict(s3.endpoint, listen=listen, audit={"path": str(audit)}))
+    url = str(client.make_url("/photos/42"))
+    given = {**bearer(ALICE), "X-Forwarded-For": "203.0.113.7", "X-Request-Id": "ingress-42.a:b"}
+    async with (
+        _from(INGRESS) as ingress,
+        ingress.get(url, headers=given, allow_redirects=False) as kept,
+    ):
+        assert kept.headers["X-Request-Id"] == "ingress-42.a:b"
+        assert parse_qs(urlsplit(kept.headers["Location"]).query)["x-request-id"] == [
+            "ingress-42.a:b"
+        ]
+    hostile = {**given, "X-Request-Id": "x&X-Amz-Signature=0"}
+    async with (
+        _from(INGRESS) as ingress,
+        ingress.get(url, headers=hostile, allow_redirects=False) as replaced,
+    ):
+        assert replaced.headers["X-Request-Id"] != "x&X-Amz-Signature=0"
+    async with (
+        _from("127.0.0.2") as direct,
+        direct.get(url, headers=given, allow_redirects=False) as own,
+    ):
+        assert own.headers["X-Request-Id"] != "ingress-42.a:b"
+    first, second, third = _events(audit)
+    assert (first["request_id"], first["client"]) == ("ingress-42.a:b", "203.0.113.7")
+    assert second["request_id"] == replaced.headers["X-Request-Id"]
+    assert (third["request_id"], third["client"]) == (own.headers["X-Request-Id"], "127.0.0.2")

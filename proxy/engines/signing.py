@@ -124,8 +124,10 @@ class Signer:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
         request_id: str | None = None,
     ) -> str:
+        signed = {"content-type": content_type, "content-length": str(content_length)}
         return presign_url(
             endpoint=self._public_endpoint,
             region=self._settings.region,
@@ -136,7 +138,7 @@ class Signer:
             signed_at=lifetime.signed_at,
             expires_in=lifetime.expires_in,
             params={REQUEST_ID_PARAM: request_id} if request_id is not None else None,
-            signed_headers={"content-type": content_type, "content-length": str(content_length)},
+            signed_headers={**signed, **(preconditions or {})},
         )
 
     def presign_post(
@@ -223,10 +225,18 @@ class SignedByTheProxy:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
         request_id: str | None = None,
     ) -> str:
         return self._signer.presign_put(
-            credentials, ref.bucket, ref.key, lifetime, content_type, content_length, request_id
+            credentials,
+            ref.bucket,
+            ref.key,
+            lifetime,
+            content_type,
+            content_length,
+            preconditions,
+            request_id,
         )
 
     def presign_post(

@@ -38,6 +38,7 @@ from ..storage import Storage
 from ..uploads import (
     MULTIPART_KINDS,
     Answered,
+    OpenUploads,
     PartSigning,
     answer_entry,
     multipart_place,
@@ -148,9 +149,10 @@ class Signing:
             ]
             context.reason += f", {len(uploads)} uploads"
         budget = [self._settings.max_paths]  # part URLs this answer may still carry
+        open_uploads = OpenUploads(self._storage)  # each key's listed once per request
         for kind, entries in steps.items():
             answers = [
-                await self._sign_multipart(context, kind, entry, claims, budget)
+                await self._sign_multipart(context, kind, entry, claims, budget, open_uploads)
                 for entry in entries
             ]
             answer[kind] = answers
@@ -212,6 +214,7 @@ class Signing:
         entry: object,
         claims: Claims | None,
         budget: list[int],
+        open_uploads: OpenUploads,
     ) -> dict[str, Any]:
         """One multipart entry of `kind`, authorized as an upload of its path on a route with
         `upload.multipart` (any upload method: the parts go to S3, not to the route), and
@@ -233,7 +236,7 @@ class Signing:
             place = multipart_place(route, ref)
             lifetime = PartSigning(route.settings.ttl, self._clock(), context.expires_at)
             answered = await answer_entry(
-                kind, self._storage, place, entry, lifetime, max(budget[0], 0)
+                kind, self._storage, place, entry, lifetime, max(budget[0], 0), open_uploads
             )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)

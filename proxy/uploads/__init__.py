@@ -12,6 +12,7 @@ from .multipart import (
     MULTIPART_KINDS,
     Answered,
     MultipartPlace,
+    OpenUploads,
     PartSigning,
     abort,
     answer_entry,
@@ -21,7 +22,7 @@ from .multipart import (
     resume,
 )
 from .presigned import post_form, redirect_put
-from .receive import ClientGone, Received, receive
+from .receive import ClientGone, Received, receive, stored
 from .rules import UploadTarget, upload_target
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Answered",
     "ClientGone",
     "MultipartPlace",
+    "OpenUploads",
     "PartSigning",
     "Received",
     "UploadTarget",
@@ -41,5 +43,6 @@ __all__ = [
     "receive",
     "redirect_put",
     "resume",
+    "stored",
     "upload_target",
 ]
