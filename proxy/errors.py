@@ -60,9 +60,9 @@ class Unauthenticated(ProxyError):
         challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
         if description is not None:
             # RFC 6750 3: said only where the client can act on it (a revoked token: sign
-            # in again); never a detail of a failed signature check.
+            # in again); never a detail of a failed signature check. The body says the same.
             challenge += f', error_description="{description}"'
-        super().__init__(reason, headers={"WWW-Authenticate": challenge})
+        super().__init__(reason, detail=description, headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(ProxyError):
@@ -73,6 +73,13 @@ class Forbidden(ProxyError):
 class NotFound(ProxyError):
     status = 404
     detail = "not found"
+
+
+class UploadNotFound(NotFound):
+    """A multipart upload id S3 does not hold for the caller's key: never begun there,
+    completed, aborted, or another user's (the id of another key is not told apart)."""
+
+    detail = "no such upload"
 
 
 class MethodNotAllowed(ProxyError):
@@ -111,15 +118,22 @@ class UnsupportedMediaType(ProxyError):
     detail = "expected application/json"
 
 
+class Conflict(ProxyError):
+    status = 409
+    detail = "conflict"
+
+
 class PreconditionFailed(ProxyError):
     status = 412
     detail = "precondition failed"
 
 
-class KeyExists(PreconditionFailed):
-    """An upload to a key that exists, on a route with `upload.overwrite: false`."""
+class KeyExists(ProxyError):
+    """An upload to a key that exists, on a route with `upload.overwrite: false`: the route's
+    rule, not a precondition the client sent (that would be 412)."""
 
-    detail = "an object exists at this path"
+    status = 409
+    detail = "an object exists at this path and this route does not replace it"
 
 
 class RangeNotSatisfiable(ProxyError):
@@ -148,6 +162,21 @@ class MethodNotImplemented(ProxyError):
     detail = "method not implemented"
 
 
+class TransferCodingNotImplemented(ProxyError):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+    status = 501
+    detail = "transfer coding not implemented"
+
+
+class HttpVersionNotSupported(ProxyError):
+    """A request line with a major version this server does not speak (HTTP/2.0 and up on
+    an HTTP/1.1 connection)."""
+
+    status = 505
+    detail = "HTTP version not supported"
+
+
 class UpstreamError(ProxyError):
     """S3 failed, refused or was unreachable. The client never sees S3's own words."""
 
@@ -165,6 +194,11 @@ class ProviderUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     detail = "storage timed out"
+
+
+class NoFirstByte(UpstreamTimeout):
+    """S3 sent no response head within s3.first_byte_timeout: stalled, as in a brownout. Told
+    apart from other timeouts so that /readyz can say S3 is stalling."""
 
 
 class StorageBusy(ProxyError):

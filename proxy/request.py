@@ -8,13 +8,17 @@ bucket and key with different SSE-C customer keys name two objects, and never sh
 
 `RequestContext` is filled in by the gateway and each surface as the request flows (who asks,
 through which route, for which object, with what outcome), and read by what reports on it:
-the access line and the metrics.
+the access line, the metrics and the audit trail. A surface (or a delivery method) records an
+audit event with one call, `context.audit("url.signed", expires=...)`; the Gateway writes the
+request's events with who asked when the request ends (audit/events.py decides the lines).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .ssec import CustomerKey
 
@@ -34,14 +38,28 @@ def new_request_id() -> str:
     return os.urandom(8).hex()
 
 
+# An id a trusted proxy may hand on: short, and safe in a header, a log line and a URL query.
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(given: str | None, from_trusted_proxy: bool) -> str:
+    """The request's id: the `X-Request-Id` a trusted proxy in front sent (so one id follows
+    the request through both), else a new one. Never a client's own: it could then choose
+    which audit events its requests are filed under, or pose as another request."""
+    if from_trusted_proxy and given is not None and _GIVEN_ID.fullmatch(given):
+        return given
+    return new_request_id()
+
+
 @dataclass(slots=True)
 class RequestContext:
     """One request, filled in as it flows and read once it ends."""
 
     method: str
     path: str  # the raw path without its query string
-    # Who sent it: the peer address today; the one place a trusted proxy's forwarded address
-    # would go, so every limit, lease and log line reads it from here.
+    # Who sent it, as the edge resolved it (edge.py rule 6): the peer, or behind
+    # listen.trusted_proxies the client they name. Every limit, lease and log line reads it
+    # from here.
     client: str | None
     started: float = 0.0  # perf_counter() at arrival
     id: str = field(default_factory=new_request_id)
@@ -61,3 +79,16 @@ class RequestContext:
     reason: str | None = None
     first_byte: float | None = None  # perf_counter() when the first body byte was written
     cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged
+    # The audit trail (audit.path): whether it is on, and this request's events so far.
+    audited: bool = False
+    events: list[tuple[str, dict[str, Any]]] | None = None
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record an audit event of this request (nothing when the trail is off). Written when
+        the request ends, after who asked, the route, object and final status: give `route`,
+        `bucket` and `key` only for an entry that is not the request's own (a sign API batch).
+        Never pass a token, cookie, signature, signed URL or customer key."""
+        if self.audited:
+            if self.events is None:
+                self.events = []
+            self.events.append((event, fields))

@@ -1,6 +1,11 @@
 """Redirecting: the client is sent to a presigned S3 URL (302, or its JSON for fetch()), so
 the bytes never pass through the proxy. Stable URLs (a route's `stable` window) repeat, and
 are remembered instead of signed again (LinkCache). No S3 call: signing is CPU work.
+
+Each URL handed out is a `url.signed` audit event. A one-off URL carries its request's id
+(`x-request-id`, signed), which S3 writes to its server access log; a stable URL carries none:
+it is the same URL for every caller in its window (across replicas too), so no one request's
+id could be in it, and a per-request id would end the sameness browsers cache by.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class Redirect:
         if self._cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
             overrides.setdefault("Cache-Control", self._cache_control)
-        return await sign_link(
+        stable = route.settings.stable is not None
+        link = await sign_link(
             self._storage,
             route.settings,
             method,
@@ -68,7 +74,18 @@ class Redirect:
             self._clock(),
             context.expires_at,
             self._links,
+            None if stable else context.id,
         )
+        context.audit(
+            "url.signed",
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method=method,
+            expires=link.expires_at_iso,
+            **({"stable": True, "signed_at": _iso(link.lifetime.signed_at)} if stable else {}),
+        )
+        return link
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,11 @@ class SignedLink:
 
     @property
     def expires_at_iso(self) -> str:
-        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _iso(self.lifetime.expires_at)
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LinkCache:
@@ -115,16 +136,11 @@ async def sign_link(
     now: float,
     token_expires_at: float | None,
     cache: LinkCache | None = None,
+    request_id: str | None = None,
 ) -> SignedLink:
+    """`request_id`: signed into the URL (never into a stable, cached one: Redirect.sign)."""
     credentials = await storage.credentials()
-    try:
-        lifetime = plan_lifetime(
-            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
-        )
-    except LifetimeError as exc:
-        if exc.limit == "token":
-            raise Unauthenticated("token expires before a link could be used") from None
-        raise UpstreamError("AWS credentials expired; cannot sign") from None
+    lifetime = link_lifetime(settings, now, token_expires_at, credentials.expires_at)
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
     signed_overrides = overrides if method == "GET" else None
     cache_key: tuple[object, ...] | None = None
@@ -141,10 +157,29 @@ async def sign_link(
         url = cache.get(cache_key)
         if url is not None:
             return SignedLink(url, lifetime)
-    url = storage.presign(credentials, method, ref, lifetime, signed_overrides)
+    url = storage.presign(credentials, method, ref, lifetime, signed_overrides, request_id)
     if cache is not None and cache_key is not None:
         cache.put(cache_key, url)
     return SignedLink(url, lifetime)
+
+
+def link_lifetime(
+    settings: RouteSettings,
+    now: float,
+    token_expires_at: float | None,
+    credentials_expire_at: float | None = None,
+) -> Lifetime:
+    """When a link signed now for a route is signed and expires (its `ttl`, its `stable`
+    window), never outliving the caller's token or the signing credentials; the refusal
+    when no link could still be used. Every method that signs links plans them here."""
+    try:
+        return plan_lifetime(
+            now, settings.ttl, settings.stable, token_expires_at, credentials_expire_at
+        )
+    except LifetimeError as exc:
+        if exc.limit == "token":
+            raise Unauthenticated("token expires before a link could be used") from None
+        raise UpstreamError("AWS credentials expired; cannot sign") from None
 
 
 def wants_json(accept: str | None) -> bool:
@@ -167,7 +202,14 @@ def _is_zero_quality(param: str) -> bool:
         return False
 
 
-def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
+def redirect_response(
+    link: SignedLink,
+    as_json: bool,
+    per_caller: bool,
+    extra: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The 302 to `link` (or its JSON, with `extra` fields beside url and expires_at), cached
+    by the browser for as long as a stable URL stays good."""
     lifetime = link.lifetime
     # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
     # URL must not be, or a later page view would reuse a dead link.
@@ -177,7 +219,7 @@ def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.
     vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
     headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
     if as_json:
-        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
+        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso, **(extra or {})})
         headers["X-Content-Type-Options"] = "nosniff"
         return web.Response(status=200, text=body, content_type="application/json", headers=headers)
     return web.Response(status=302, headers={"Location": link.url, **headers})

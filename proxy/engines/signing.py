@@ -1,5 +1,5 @@
-"""What both engines share: credentials from the standard AWS chain, and presigned URLs signed
-by the proxy's own presign.py. Makes no S3 request.
+"""What both engines share: credentials from the standard AWS chain, and presigned URLs (GET,
+PUT, POST forms, multipart parts) signed by the proxy's own presign.py. Makes no S3 request.
 
 Both engines presign with presign.py, not botocore's generate_presigned_url: that one always
 signs "now", so it cannot back-date a URL to the start of a `stable` window, and a browser
@@ -19,6 +19,7 @@ from aiobotocore.session import AioSession
 from ..config import S3Settings
 from ..errors import UpstreamError
 from ..presign import (
+    REQUEST_ID_PARAM,
     Credentials,
     Endpoint,
     Lifetime,
@@ -98,8 +99,11 @@ class Signer:
         key: str,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         params = {OVERRIDE_PARAMS[name.lower()]: value for name, value in (overrides or {}).items()}
+        if request_id is not None:
+            params[REQUEST_ID_PARAM] = request_id
         return presign_url(
             endpoint=self._public_endpoint,
             region=self._settings.region,
@@ -120,7 +124,10 @@ class Signer:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
+        signed = {"content-type": content_type, "content-length": str(content_length)}
         return presign_url(
             endpoint=self._public_endpoint,
             region=self._settings.region,
@@ -130,7 +137,8 @@ class Signer:
             key=key,
             signed_at=lifetime.signed_at,
             expires_in=lifetime.expires_in,
-            signed_headers={"content-type": content_type, "content-length": str(content_length)},
+            params={REQUEST_ID_PARAM: request_id} if request_id is not None else None,
+            signed_headers={**signed, **(preconditions or {})},
         )
 
     def presign_post(
@@ -154,6 +162,31 @@ class Signer:
             expires_at=lifetime.expires_at,
         )
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        # The length is signed so that parts add up to no more than the size the caller
+        # declared (and was allowed): S3 refuses a part of any other length.
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method="PUT",
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            params={"partNumber": str(number), "uploadId": upload_id},
+            signed_headers={"content-length": str(content_length)},
+        )
+
 
 class SignedByTheProxy:
     """The Storage methods both engines answer alike: credentials and presigned URLs from
@@ -173,8 +206,11 @@ class SignedByTheProxy:
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
-        return self._signer.presign(credentials, method, ref.bucket, ref.key, lifetime, overrides)
+        return self._signer.presign(
+            credentials, method, ref.bucket, ref.key, lifetime, overrides, request_id
+        )
 
     @property
     def writes(self) -> ObjectWriter:
@@ -189,9 +225,18 @@ class SignedByTheProxy:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         return self._signer.presign_put(
-            credentials, ref.bucket, ref.key, lifetime, content_type, content_length
+            credentials,
+            ref.bucket,
+            ref.key,
+            lifetime,
+            content_type,
+            content_length,
+            preconditions,
+            request_id,
         )
 
     def presign_post(
@@ -204,4 +249,17 @@ class SignedByTheProxy:
     ) -> PostForm:
         return self._signer.presign_post(
             credentials, ref.bucket, ref.key, content_type, max_bytes, lifetime
+        )
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._signer.presign_part(
+            credentials, ref.bucket, ref.key, upload_id, number, content_length, lifetime
         )

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ..errors import ProxyError
 from ..storage import Storage
+from .measured import STALL_WINDOW, MeasuredStorage
 
 log = logging.getLogger("proxy.health")
 
@@ -122,9 +123,32 @@ def storage_checks(storage: Storage, buckets: Sequence[str]) -> list[Check]:
 
         return Check(f"bucket {bucket}", reachable)
 
-    return [Check("aws credentials", credentials)] + [
+    checks = [Check("aws credentials", credentials)] + [
         bucket_check(bucket) for bucket in dict.fromkeys(buckets)
     ]
+    if isinstance(storage, MeasuredStorage):
+        checks.append(_stalling(storage))
+    return checks
+
+
+def _stalling(storage: MeasuredStorage) -> Check:
+    """S3 lately sent no response head within s3.first_byte_timeout: reported as degraded,
+    never failing readiness. Every replica shares S3, so failing them all at once would only
+    turn a partial outage into a total one (redirects, for one, need no S3 call)."""
+
+    async def nothing() -> str | None:
+        return None
+
+    def stalls() -> str | None:
+        count = storage.recent_stalls()
+        if not count:
+            return None
+        return (
+            f"{count} request(s) got no response head within s3.first_byte_timeout in the "
+            f"last {STALL_WINDOW:g} s (answered 504)"
+        )
+
+    return Check("s3 stalling", nothing, stalls)
 
 
 def live_response() -> web.Response:

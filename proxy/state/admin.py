@@ -2,10 +2,12 @@
 
 The caller has passed `admin.access` before this runs. Bodies are small JSON objects:
     POST   {"sub": "alice", "iss": "https://idp.example"} | {"jti": "..."}, optional "ttl"
+           -> 201, Location: the entry's own URL (`admin.path?sub=alice&iss=...`)
+    GET    the list; with ?sub=alice&iss=... | ?jti=..., that one entry (404 if none)
     DELETE ?sub=alice&iss=... | ?jti=...
-Every refusal is a ProxyError (400, 404, 405, 408, 413, 415) chosen here, but for one: a
-change or list the shared state cannot take now (Redis unreachable) is the state's 503,
-saying so, and changes nothing.
+HEAD answers as GET does, without the body. Every refusal is a ProxyError (400, 404, 405,
+408, 413, 415) chosen here, but for one: a change or list the shared state cannot take now
+(Redis unreachable) is the state's 503, saying so, and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -26,21 +29,34 @@ from ..errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from ..request import RequestContext
 from .base import State
-from .revocations import Kind, new_revocation
+from .revocations import Kind, entry_id, new_revocation
 
 MAX_BODY = 4096
 MAX_VALUE = 1024  # longest sub, iss or jti accepted
 MAX_TTL = 31_536_000
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-_ALLOWED = "GET, POST, DELETE"
+_ALLOWED = "GET, HEAD, POST, DELETE"
 
 
 async def answer_revocations(
-    request: web.BaseRequest, state: State, settings: Settings, clock: Callable[[], float]
+    request: web.BaseRequest,
+    context: RequestContext,
+    state: State,
+    settings: Settings,
+    clock: Callable[[], float],
 ) -> web.Response:
-    if request.method == "GET":
+    """Answer one call; a change is a `revocation.added` or `.removed` audit event, by the
+    admin the context names."""
+    if request.method in ("GET", "HEAD"):
         entries = await state.revocations()
+        if request.query:
+            wanted = entry_id(*_target(request.query))
+            for entry in entries:
+                if entry.id == wanted:
+                    return web.json_response({"revocation": entry.to_json()}, headers=_HEADERS)
+            raise NotFound("no such revocation", detail="no such revocation")
         return web.json_response(
             {"revocations": [entry.to_json() for entry in entries]}, headers=_HEADERS
         )
@@ -62,11 +78,20 @@ async def answer_revocations(
             ttl,
         )
         await state.revoke(entry)
-        return web.json_response({"revocation": entry.to_json()}, status=201, headers=_HEADERS)
+        context.audit("revocation.added", what=_what(kind, value, iss), by="admin endpoint")
+        # RFC 9110 15.3.2: a 201 names what it created; GET and DELETE take this URL.
+        named = [(kind, value)] if iss is None else [(kind, value), ("iss", iss)]
+        location = f"{request.raw_path.split('?', 1)[0]}?{urlencode(named)}"
+        return web.json_response(
+            {"revocation": entry.to_json()},
+            status=201,
+            headers={**_HEADERS, "Location": location},
+        )
     if request.method == "DELETE":
         kind, value, iss = _target(request.query)
         if not await state.unrevoke(kind, value, iss):
             raise NotFound("no such revocation", detail="no such revocation")
+        context.audit("revocation.removed", what=_what(kind, value, iss), by="admin endpoint")
         return web.json_response({"removed": {kind: value, "iss": iss}}, headers=_HEADERS)
     raise MethodNotAllowed(f"method {request.method[:16]} not allowed", allowed=_ALLOWED)
 
@@ -94,6 +119,12 @@ async def _read_json(request: web.BaseRequest, wait: float) -> Mapping[str, Any]
     if unknown:
         raise BadRequest("unknown revocation field", detail=f"unknown field {sorted(unknown)[0]!r}")
     return body
+
+
+def _what(kind: Kind, value: str, iss: str | None) -> dict[str, str | None]:
+    """What a revocation names, as the audit trail records it: a subject (and its issuer, or
+    null for every issuer's), or one token's or share link's jti."""
+    return {"sub": value, "iss": iss} if kind == "sub" else {"jti": value}
 
 
 _SHAPE = 'expected {"sub": "...", "iss": "..."} (iss optional) or {"jti": "..."}'
