@@ -163,12 +163,37 @@ def _parse(text: bytes) -> Revocation | None:
         return None  # not ours to judge; it expires with its expiry score
 
 
-# KEYS: entries hash, expiry zset, change log, sequence, epoch. ARGV: entry id, entry JSON
-# ("" removes it), its expiry, now, an epoch for a Redis that has none yet, the log's length.
-# Returns whether the entry was there (for a removal) and the change's number.
-# Expired entries are pruned on every write (found by their expiry score, so a write costs
-# the same with a long list), and every key expires with the last entry.
-_WRITE_REVOCATION = """
+# KEYS of both scripts: entries hash, expiry zset, change log, sequence, epoch. Expired
+# entries are pruned on every write (found by their expiry score, so a write costs the same
+# with a long list), and every key expires with the last entry.
+_SHARED = """
+local function log_change(id, entry, length)
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', length, '*', 'seq', seq, 'id', id, 'entry', entry)
+  return seq
+end
+local function prune_and_expire(now)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for _, id in ipairs(expired) do
+    redis.call('HDEL', KEYS[1], id)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if #last > 0 then
+    local until_ms = math.ceil(tonumber(last[2]) * 1000)
+    for i = 1, 5 do
+      redis.call('PEXPIREAT', KEYS[i], until_ms)
+    end
+  end
+end
+"""
+
+# ARGV: entry id, entry JSON ("" removes it), its expiry, now, an epoch for a Redis that has
+# none yet, the log's length. Returns whether the entry was there (for a removal) and the
+# change's number.
+_WRITE_REVOCATION = (
+    _SHARED
+    + """
 local result = 1
 if ARGV[2] == '' then
   result = redis.call('HDEL', KEYS[1], ARGV[1])
@@ -177,30 +202,20 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
-for _, id in ipairs(expired) do
-  redis.call('HDEL', KEYS[1], id)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 redis.call('SET', KEYS[5], ARGV[5], 'NX')
-local seq = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
-  'seq', seq, 'id', ARGV[1], 'entry', ARGV[2])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last > 0 then
-  local until_ms = math.ceil(tonumber(last[2]) * 1000)
-  for i = 1, 5 do
-    redis.call('PEXPIREAT', KEYS[i], until_ms)
-  end
-end
+local seq = log_change(ARGV[1], ARGV[2], ARGV[6])
+prune_and_expire(ARGV[4])
 return {result, seq}
 """
+)
 
-# KEYS: as above. ARGV: an epoch for a Redis that has none, the log's length, now, then per
-# entry its id, JSON, expiry and revoked_at. An entry is written (and logged as a change)
-# when Redis lacks it or holds one revoked earlier; a value that is not ours counts as
-# lacking. Returns the ids written.
-_RESTORE_REVOCATIONS = """
+# ARGV: an epoch for a Redis that has none, the log's length, now, then per entry its id,
+# JSON, expiry and revoked_at. An entry is written (and logged as a change) when Redis lacks
+# it or holds one revoked earlier; a value that is not ours counts as lacking. Returns the
+# ids written.
+_RESTORE_REVOCATIONS = (
+    _SHARED
+    + """
 redis.call('SET', KEYS[5], ARGV[1], 'NX')
 local written = {}
 for i = 4, #ARGV, 4 do
@@ -215,23 +230,11 @@ for i = 4, #ARGV, 4 do
   if lacking then
     redis.call('HSET', KEYS[1], id, ARGV[i + 1])
     redis.call('ZADD', KEYS[2], ARGV[i + 2], id)
-    local seq = redis.call('INCR', KEYS[4])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',
-      'seq', seq, 'id', id, 'entry', ARGV[i + 1])
+    log_change(id, ARGV[i + 1], ARGV[2])
     written[#written + 1] = id
   end
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-for _, id in ipairs(expired) do
-  redis.call('HDEL', KEYS[1], id)
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last > 0 then
-  local until_ms = math.ceil(tonumber(last[2]) * 1000)
-  for i = 1, 5 do
-    redis.call('PEXPIREAT', KEYS[i], until_ms)
-  end
-end
+prune_and_expire(ARGV[3])
 return written
 """
+)
