@@ -66,6 +66,17 @@ class Stream:
         return Link(path, None)
 
 
+class ObjectResponse(web.StreamResponse):
+    """A streamed object's response, whose head goes out with the first piece of the body in
+    one write. (aiohttp sends a StreamResponse's head by itself at prepare(): one more
+    syscall and TCP segment per response, about a tenth of a 10 KiB stream's CPU. Its
+    `Response` buffers the head this way; tests/test_stream.py pins the switch.) The status
+    is settled before prepare() either way; the client sees the head once the first bytes
+    came from S3, which for a small object is the same read."""
+
+    _send_headers_immediately = False
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     """What every stream of one config shares: where objects come from, and how long a
@@ -92,7 +103,7 @@ async def stream(
     if request.method == "HEAD":
         meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
-        response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
+        response = ObjectResponse(status=200, headers=object_headers(meta, shown))
         response.content_length = meta.content_length
         return response
     opened = await _open_for_get(request, storage, ref, shown)
@@ -200,7 +211,7 @@ async def send_object(
     bytes_from_s3 = 0
     try:
         status = 206 if obj.meta.content_range else 200
-        response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
+        response = ObjectResponse(status=status, headers=object_headers(obj.meta, shown))
         response.content_length = obj.meta.content_length
         try:
             await response.prepare(request)
