@@ -1,6 +1,7 @@
 """Where the proxy's CPU goes on the 10 KiB stream and redirect paths, and A/B CPU per request.
 
-    .venv/bin/python benchmarks/profile_paths.py cpu [--against DIR ...] [--rounds 4]
+    .venv/bin/python benchmarks/profile_paths.py cpu [--against DIR ...] [--peer naive --peer bare]
+    .venv/bin/python benchmarks/profile_paths.py callgrind [--against DIR ...] [--peer ...]
     .venv/bin/python benchmarks/profile_paths.py cprofile [--out DIR]
     .venv/bin/python benchmarks/profile_paths.py pyspy [--out DIR]
 
@@ -38,6 +39,21 @@ from harness.procs import Server, free_port, run_command, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = {"stream": "/s/10k.bin", "redirect": "/r/10k.bin"}
+# The peers that set issue 26's marks, each on the path it is compared on.
+PEERS = {
+    "naive": ROOT / "benchmarks" / "peers" / "naive_proxy.py",
+    "bare": ROOT / "benchmarks" / "peers" / "bare_302.py",
+}
+PEER_PATHS = {"naive": "stream", "bare": "redirect"}
+Tree = tuple[str, Path | None]  # a label and a source tree; None: the peer of that name
+
+
+def _paths(label: str, tree: Path | None) -> dict[str, str]:
+    if tree is None:
+        return {PEER_PATHS[label]: PATHS[PEER_PATHS[label]]}
+    return PATHS
+
+
 POOL = 128
 
 
@@ -99,8 +115,27 @@ class Setup:
         server = Server(
             name=name, argv=argv, port=port, cpus="0", log_dir=self.logs, env=self.env, cwd=tree
         )
+        server.ready_timeout = 120 if wrap else 20  # valgrind and profilers start slowly
         server.start(self.taskset)
         return server
+
+    def peer(self, name: str, wrap: list[str] | None = None) -> Server:
+        """A peer from benchmarks/peers (naive: the stream path's, bare: the redirect's)."""
+        port = free_port()
+        argv = [*(wrap or [sys.executable]), str(PEERS[name]), "--port", str(port)]
+        if name == "naive":
+            argv += ["--backend", f"http://127.0.0.1:{self.backend.port}", "--pool", str(POOL)]
+        server = Server(
+            name=name, argv=argv, port=port, cpus="0", log_dir=self.logs, env=self.env, cwd=ROOT
+        )
+        server.ready_timeout = 120 if wrap else 20
+        server.start(self.taskset)
+        return server
+
+    def start(self, label: str, tree: Path | None, wrap: list[str] | None = None) -> Server:
+        if tree is None:
+            return self.peer(label, wrap)
+        return self.proxy(f"proxy-{label}", tree, wrap)
 
     def load(self, server: Server, path: str, seconds: float) -> tuple[int, float]:
         """(requests, server CPU seconds) of one wrk run."""
@@ -121,28 +156,32 @@ class Setup:
         return result.requests, used
 
 
-def cpu(setup: Setup, trees: list[tuple[str, Path]], rounds: int, seconds: float) -> None:
-    servers = [(label, setup.proxy(f"proxy-{i}", tree)) for i, (label, tree) in enumerate(trees)]
+def cpu(setup: Setup, trees: list[Tree], rounds: int, seconds: float) -> None:
+    servers = [(label, tree, setup.start(label, tree)) for label, tree in trees]
     figures: dict[tuple[str, str], list[float]] = {}
     try:
-        for _, server in servers:
-            for path in PATHS.values():
+        for label, tree, server in servers:
+            for path in _paths(label, tree).values():
                 setup.load(server, path, 1)  # warm-up
         for number in range(rounds):
             order = servers if number % 2 == 0 else servers[::-1]
             for what, path in PATHS.items():
-                for label, server in order:
+                for label, tree, server in order:
+                    if what not in _paths(label, tree):
+                        continue
                     requests, used = setup.load(server, path, seconds)
                     per = used / max(requests, 1) * 1e6
                     figures.setdefault((label, what), []).append(per)
                     print(f"{label:>12} {what:8} {requests / seconds:8.0f} req/s {per:7.1f} us/req")
     finally:
-        for _, server in servers:
+        for _, _, server in servers:
             server.stop()
     print("\nmedian CPU us/request (all rounds):")
     for what in PATHS:
         cells = []
-        for label, _ in trees:
+        for label, tree in trees:
+            if what not in _paths(label, tree):
+                continue
             values = sorted(figures[(label, what)])
             cells.append(f"{label} {values[len(values) // 2]:.1f} (min {values[0]:.1f})")
         print(f"  {what:8} " + " | ".join(cells))
@@ -242,14 +281,14 @@ def _sequential(port: int, path: str, token: str, count: int) -> None:
         connection.close()
 
 
-def callgrind(setup: Setup, trees: list[tuple[str, Path]], count: int, keep: Path) -> None:
+def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path) -> None:
     """Instructions per request (user space; deterministic, unlike time): each tree's proxy
     under callgrind, instrumentation switched on after a warm-up, then `count` sequential
     requests per path."""
     control = shutil.which("callgrind_control") or "callgrind_control"
     token = proxyconf.mint_token(setup.secret)
     for label, tree in trees:
-        for what, path in PATHS.items():
+        for what, path in _paths(label, tree).items():
             out = keep / f"callgrind-{label}-{what}.out"
             wrap = [
                 "valgrind",
@@ -258,8 +297,7 @@ def callgrind(setup: Setup, trees: list[tuple[str, Path]], count: int, keep: Pat
                 f"--callgrind-out-file={out}",
                 sys.executable,
             ]
-            server = setup.proxy(f"callgrind-{label}-{what}", tree, wrap)
-            server.ready_timeout = 120
+            server = setup.start(label, tree, wrap)
             try:
                 _sequential(server.port, path, token, 300)
                 run_command([control, "-i", "on", str(server.pid)], timeout=60)
@@ -278,6 +316,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["cpu", "cprofile", "pyspy", "callgrind"])
     parser.add_argument("--against", action="append", default=[], metavar="DIR")
+    parser.add_argument("--peer", action="append", default=[], choices=sorted(PEERS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--count", type=int, default=1000)
@@ -286,7 +325,9 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="proxy-profile-"))
     setup = Setup(base)
     try:
-        trees = [("this", ROOT)] + [(Path(p).name, Path(p).resolve()) for p in args.against]
+        trees: list[Tree] = [("this", ROOT)]
+        trees += [(Path(p).name, Path(p).resolve()) for p in args.against]
+        trees += [(name, None) for name in args.peer]
         if args.mode == "cpu":
             cpu(setup, trees, args.rounds, args.seconds)
         elif args.mode == "callgrind":
