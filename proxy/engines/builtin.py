@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 
 from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
-from ..presign import sign_request
+from ..presign import Credentials, Endpoint, sign_request
 from ..request import ObjectRef
 from ..storage import (
     ObjectMeta,
@@ -142,20 +142,20 @@ class BuiltinStorage(SignedByTheProxy):
         pool = self._pool
         if pool is None:
             raise UpstreamError("storage is not open")
-        host, target, headers = sign_request(
-            endpoint=self._endpoint,
-            region=self._settings.region,
-            credentials=await self._signer.credentials(operation),
-            method=method,
-            bucket=bucket,
-            key=key,
-            now=time.time(),
-            query=query,
-            signed_headers=signed,
+        host, target, signed_head = _signed(
+            self._endpoint,
+            self._settings.region,
+            await self._signer.credentials(operation),
+            method,
+            bucket,
+            key,
+            int(time.time()),
+            tuple(query.items()) if query else (),
+            tuple(signed.items()) if signed else (),
         )
-        headers.update(extra)
+        headers = [*signed_head, *extra.items()]
         return await pool.request(
-            _origin(self._endpoint.scheme, host), method, target, host, list(headers.items())
+            _origin(self._endpoint.scheme, host), method, target, host, headers
         )
 
     async def check_bucket(self, bucket: str) -> str | None:
@@ -218,6 +218,35 @@ async def _error_body(response: Response, method: str) -> str:
     finally:
         response.release()
     return b"".join(parts)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=1024)
+def _signed(
+    endpoint: Endpoint,
+    region: str,
+    credentials: Credentials,
+    method: str,
+    bucket: str,
+    key: str,
+    signed_at: int,
+    query: tuple[tuple[str, str], ...],
+    signed: tuple[tuple[str, str], ...],
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """A request's SigV4 head: (host, target, headers). A pure function of its arguments
+    (SigV4 signs whole seconds), so an object fetched again within the same second reuses
+    the signature instead of hashing and formatting it again (under load, most requests)."""
+    host, target, headers = sign_request(
+        endpoint=endpoint,
+        region=region,
+        credentials=credentials,
+        method=method,
+        bucket=bucket,
+        key=key,
+        now=signed_at,
+        query=dict(query) if query else None,
+        signed_headers=dict(signed) if signed else None,
+    )
+    return host, target, tuple(headers.items())
 
 
 @lru_cache(maxsize=256)
