@@ -10,9 +10,8 @@ tell which one runs. Tests put a `FakeStorage` behind the same seam. No I/O here
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -189,24 +188,41 @@ def bucket_problem(status: int, code: str) -> str | None:
     return f"S3 answered {status} {code[:64]}".rstrip()
 
 
-@contextlib.contextmanager
-def translate_errors(operation: str) -> Iterator[None]:
-    """Map transport failures to the project's errors, including while streaming."""
-    try:
-        yield
-    except ProxyError:
-        raise
-    except (TimeoutError, ReadTimeoutError, ConnectTimeoutError):
-        raise UpstreamTimeout(f"{operation}: S3 timed out") from None
-    except NoCredentialsError:
-        raise UpstreamError(
-            f"{operation}: no AWS credentials found in the standard chain"
-        ) from None
-    except MalformedResponse:
-        raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
-    except PoolExhausted:
-        raise StorageBusy(
-            f"{operation}: every S3 connection busy for s3.pool_timeout (s3.max_connections)"
-        ) from None
-    except (BotoCoreError, OSError, aiohttp.ClientError) as exc:
-        raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
+def translate_errors(operation: str) -> ErrorTranslation:
+    """Map transport failures to the project's errors, including while streaming:
+    `with translate_errors("GetObject"): ...`."""
+    return ErrorTranslation(operation)
+
+
+class ErrorTranslation:
+    """The context manager `translate_errors` returns. A class rather than a
+    @contextmanager generator: it is entered for every S3 request and every body piece."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:  # never swallows: an error goes on as it was, or as the project's own
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, ProxyError):
+            return
+        operation = self.operation
+        if isinstance(exc, TimeoutError | ReadTimeoutError | ConnectTimeoutError):
+            raise UpstreamTimeout(f"{operation}: S3 timed out") from None
+        if isinstance(exc, NoCredentialsError):
+            raise UpstreamError(
+                f"{operation}: no AWS credentials found in the standard chain"
+            ) from None
+        if isinstance(exc, MalformedResponse):
+            raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
+        if isinstance(exc, PoolExhausted):
+            raise StorageBusy(
+                f"{operation}: every S3 connection busy for s3.pool_timeout (s3.max_connections)"
+            ) from None
+        if isinstance(exc, BotoCoreError | OSError | aiohttp.ClientError):
+            raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 
 from aiobotocore.session import get_session
@@ -81,7 +81,7 @@ class BuiltinStorage(SignedByTheProxy):
         response = await self._send("GET", ref, headers, "GetObject")
         return ObjectStream(
             meta=_meta_from_headers(response),
-            chunks=_read_chunks(response),
+            chunks=_Body(response),
             _close=response.release,  # keeps the connection only if the body was read to the end
         )
 
@@ -180,11 +180,25 @@ class BuiltinStorage(SignedByTheProxy):
         return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
 
 
-async def _read_chunks(response: Response) -> AsyncIterator[bytes]:
-    # Each piece is passed on as the socket delivered it: no re-assembly copies.
-    with translate_errors("GetObject body"):
-        while chunk := await response.read():
-            yield chunk
+class _Body:
+    """A GetObject answer's body, each piece passed on as the socket delivered it (no
+    re-assembly copies). A class, not an async generator: the event loop registers and
+    finalizes every async generator, a cost paid once per streamed object."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with translate_errors("GetObject body"):
+            chunk = await self._response.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _meta_from_headers(response: Response) -> ObjectMeta:
