@@ -128,9 +128,12 @@ async def test_two_hundred_aborted_downloads_leak_nothing(proxy, s3: S3Objects) 
     assert await ok.read() == s3.report  # the S3 pool still has connections to give
 
 
-async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> None:
+async def test_a_client_that_stops_reading_is_dropped(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
     """Clients that never read must not pin the S3 pool: with a pool of 2 and two stalled
     clients, a third request is still served once the write timeout frees the slots."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
     data = config_dict(
         s3.endpoint,
         s3={"max_connections": 2, "request_timeout": 10},
@@ -159,6 +162,10 @@ async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> N
     finally:
         for writer in stalled:
             writer.transport.abort()
+    reasons = [
+        json.loads(r.getMessage()).get("reason") for r in caplog.records if r.name == "proxy.access"
+    ]
+    assert "client stopped reading (limits.client_write_timeout)" in reasons
 
 
 async def test_a_full_s3_pool_is_a_fast_503_not_a_504_a_minute_later(proxy, s3: S3Objects) -> None:

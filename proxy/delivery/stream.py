@@ -218,28 +218,32 @@ async def send_object(
         except ConnectionError:
             context.reason = "client disconnected"
             return response
+        deadline = WriteDeadline(request.transport, write_timeout)
         try:
             async for chunk in obj.chunks:
                 bytes_from_s3 += len(chunk)
                 # write() waits while the client's socket buffer is full: back-pressure keeps
-                # memory bounded per stream, and the timeout frees a stalled client's slot.
-                async with asyncio.timeout(write_timeout):
-                    await response.write(chunk)
+                # memory bounded per stream, and the deadline frees a stalled client's slot.
+                deadline.since = deadline.now()
+                await response.write(chunk)
+                deadline.since = None
+                if deadline.expired:
+                    break
                 if context.first_byte is None:
                     context.first_byte = time.perf_counter()
                 context.bytes_sent += len(chunk)
         except ConnectionError:
-            context.reason = "client disconnected"
-            return response
-        except TimeoutError:
-            context.reason = "client stopped reading (limits.client_write_timeout)"
-            if request.transport is not None:
-                request.transport.abort()
+            context.reason = _STALLED if deadline.expired else "client disconnected"
             return response
         except Exception as exc:
             context.reason = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
             if request.transport is not None:
                 request.transport.abort()
+            return response
+        finally:
+            deadline.cancel()
+        if deadline.expired:
+            context.reason = _STALLED  # the deadline aborted the connection
             return response
         if bytes_from_s3 != obj.meta.content_length:
             context.reason = "upstream body shorter than its Content-Length"
@@ -250,6 +254,43 @@ async def send_object(
         return response
     finally:
         await obj.aclose()
+
+
+_STALLED = "client stopped reading (limits.client_write_timeout)"
+
+
+class WriteDeadline:
+    """limits.client_write_timeout for one stream: a write() still waiting that long after it
+    began aborts the connection. One timer for the whole stream, re-armed when it fires,
+    instead of a timeout scope around each chunk's write (which cost a timer, a task lookup
+    and a cancel per chunk, though most writes never wait). `since` is set around each
+    write; `expired` says the deadline cut the connection."""
+
+    __slots__ = ("_loop", "_timeout", "_timer", "_transport", "expired", "since")
+
+    def __init__(self, transport: asyncio.Transport | None, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport = transport
+        self.since: float | None = None  # when the write in progress began (loop time)
+        self.expired = False
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _check(self) -> None:
+        since, now = self.since, self._loop.time()
+        if since is not None and now - since >= self._timeout:
+            self.expired = True
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        wait = self._timeout if since is None else since + self._timeout - now
+        self._timer = self._loop.call_later(wait, self._check)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 async def _from_cache(
