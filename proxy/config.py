@@ -7,6 +7,7 @@ pydantic shape check (unknown keys refused) -> cross-checks that need several ke
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import jwt
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +29,16 @@ from pydantic import (
     model_validator,
 )
 
+from .cloudfront.scope import CookieScope
+from .cloudfront.settings import (
+    CloudFrontSettings,
+    LoadedCloudFront,
+    check_cookie_domain,
+    check_route,
+    load_signer,
+    route_field_problems,
+)
+from .cloudfront.signer import Signer
 from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
@@ -55,6 +67,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _proxy_network(value: str) -> str:
+    """A CIDR (or a single address) a trusted proxy connects from, in canonical form."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+            raise ValueError(f"has host bits set; did you mean {loose}?") from None
+        raise ValueError(
+            "must be an IP network in CIDR form, e.g. 10.0.0.0/8, 192.168.1.7/32 or fd00::/8"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError(
+            "trusts every address, so any client could name itself in X-Forwarded-For; list "
+            "only the networks your load balancers or ingress connect from"
+        )
+    return str(network)
+
+
 class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -65,6 +96,19 @@ class ListenSettings(_Model):
     workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
     # Where `serve` writes its pid, for `python -m proxy reload`; relative to the config file.
     pid_file: Path | None = None
+    # Load balancers and ingresses (CIDRs) whose forwarding headers name the client: from a
+    # peer in one of them, the client is the rightmost untrusted address of forwarded_header
+    # (proxy/forwarded.py). Empty: every peer is the client itself and the headers are ignored.
+    trusted_proxies: list[Annotated[str, AfterValidator(_proxy_network)]] = Field(
+        default_factory=list, max_length=256
+    )
+    # Which header a trusted proxy names the client in: X-Forwarded-For (with
+    # X-Forwarded-Proto), or RFC 7239 Forwarded (for= and proto=). Only one is read: a proxy
+    # that sets one usually passes the other through from the client unchanged.
+    forwarded_header: Literal["X-Forwarded-For", "Forwarded"] = "X-Forwarded-For"
+    # Connections from trusted_proxies start with a PROXY protocol header (v1 or v2) naming
+    # the client, as L4 load balancers send it; others must not send one.
+    proxy_protocol: bool = False
 
 
 class S3Settings(_Model):
@@ -81,6 +125,11 @@ class S3Settings(_Model):
     max_connections: int = Field(64, ge=1, le=10000)
     # Overall bound on S3 starting to answer, including retries and their backoff.
     request_timeout: float = Field(60.0, gt=0)
+    # The longest a request waits for S3's response head (retries included), whichever of
+    # this and request_timeout ends first: past it, 504 at once. A healthy S3 answers in tens
+    # of milliseconds; while it is stalled (a brownout), clients get a clear answer in
+    # seconds instead of waiting read_timeout for nothing.
+    first_byte_timeout: float = Field(5.0, gt=0, le=3600)
     # How long a request waits for a free pooled connection before a fast 503 with
     # Retry-After. Short: a pool held by slow downloads frees up in seconds or not at all, and
     # everyone waiting the whole request_timeout for a 504 is what made one client enough to
@@ -351,7 +400,7 @@ class AuthSettings(IssuerSettings):
         return listed
 
 
-Delivery = Literal["stream", "redirect", "auto"]
+Delivery = Literal["stream", "redirect", "auto", "cloudfront"]
 Method = Literal["GET", "HEAD", "PUT", "POST"]
 # Methods that write: a route listing one needs `upload` settings.
 UPLOAD_METHODS = ("PUT", "POST")
@@ -444,35 +493,34 @@ MIB = 1024 * 1024
 # S3's smallest part (all but the last part of a multipart upload) and its most parts.
 S3_MIN_PART = 5 * MIB
 S3_MAX_PARTS = 10_000
+# S3's largest part, and its largest object (a multipart upload's most).
+S3_MAX_PART = 5 * 1024 * MIB
+S3_MAX_OBJECT = 5 * 1024 * 1024 * MIB
 
 
 class UploadSettings(_Model):
     """What a route accepts when it takes PUT (through the proxy or to a presigned URL) or
     POST (presigned form uploads signed by the sign API). See docs/uploads.md."""
 
-    max_bytes: int = Field(ge=0)  # required: no upload route without a size cap
+    # Required: no upload route without a size cap. At most S3's largest object, 5 TiB.
+    max_bytes: int = Field(ge=0, le=S3_MAX_OBJECT)
     # Media types an upload may declare (`type/*` covers a type); None: the route's
     # inline_types, so a browser is never shown an uploaded type it was not allowed to show.
     content_types: list[str] | None = Field(None, min_length=1)
     overwrite: bool = False  # false: an existing key answers 412 and is kept
     # Streamed uploads: bodies of at most this many bytes (Content-Length known) go up in one
     # PutObject; larger or chunked ones in parts of this size (held in memory one at a time).
-    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=5 * 1024 * MIB)
+    # Presigned multipart uploads also start from it: their parts are this size or, for a
+    # file too large for 10,000 of them, the next whole MiB that fits.
+    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    # The sign API may begin presigned multipart uploads here (`multipart`, `resume`,
+    # `complete`, `abort` entries): files up to max_bytes straight to S3, resumable.
+    multipart: bool = False
 
     @field_validator("content_types")
     @classmethod
     def _media_types(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [check_pattern(pattern) for pattern in value]
-
-    @model_validator(mode="after")
-    def _parts_cover_max_bytes(self) -> UploadSettings:
-        if self.max_bytes > self.part_size * S3_MAX_PARTS:
-            needed = -(-self.max_bytes // S3_MAX_PARTS)
-            raise ValueError(
-                f"max_bytes {self.max_bytes} needs more than S3's {S3_MAX_PARTS} parts of "
-                f"part_size {self.part_size}; raise part_size to at least {needed}"
-            )
-        return self
 
 
 class RouteSettings(_Model):
@@ -501,6 +549,9 @@ class RouteSettings(_Model):
     # The SSE-C key the route's objects are encrypted with (32 bytes or their base64).
     sse_customer_key: SecretStr | None = None
     upload: UploadSettings | None = None  # required when methods lists PUT or POST
+    # delivery: cloudfront: sign cookies for this scope (a key template whose own text may
+    # hold CloudFront's wildcards, e.g. albums/{album}/*) instead of signing each URL.
+    cookie_scope: str | None = None
 
     @field_validator("inline_types")
     @classmethod
@@ -679,6 +730,7 @@ class Settings(_Model):
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    cloudfront: CloudFrontSettings | None = None  # needed by routes with delivery: cloudfront
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -699,6 +751,8 @@ class Route:
     sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
     # The media types an upload may declare (upload.content_types, else inline_types).
     upload_types: InlineTypes | None = None
+    # delivery: cloudfront with cookie_scope: the Resource its signed cookies cover.
+    cookie_scope: CookieScope | None = None
 
     @property
     def name(self) -> str:
@@ -713,6 +767,7 @@ class Config:
     admin_access: Rule | None = None  # None: no admin endpoint
     # Legal but risky choices, one line each (`key.path: what and fix`), shown at start-up.
     warnings: tuple[str, ...] = ()
+    cloudfront: Signer | None = None  # signs for routes with delivery: cloudfront
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -758,10 +813,30 @@ def parse_config(
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
+    _check_listen(settings.listen, problems)
     _check_paths(settings, problems)
+    cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
+    warnings = [*_warnings(settings), *(cloudfront.warnings if cloudfront else ())]
+    return Config(
+        settings,
+        tuple(routes),
+        metrics_access,
+        admin_access,
+        tuple(warnings),
+        cloudfront.signer if cloudfront else None,
+    )
+
+
+def _load_cloudfront(
+    settings: Settings, base_dir: Path, problems: list[str]
+) -> LoadedCloudFront | None:
+    """The key files read and checked, and the Signer built, once the section is sound."""
+    if settings.cloudfront is None:
+        return None
+    check_cookie_domain(settings.cloudfront, problems)
+    return load_signer(settings.cloudfront, base_dir, problems)
 
 
 def _warnings(settings: Settings) -> list[str]:
@@ -770,6 +845,14 @@ def _warnings(settings: Settings) -> list[str]:
     (and `issuer`), whose tokens minted for any of them would open this proxy's routes."""
     auth = settings.auth
     found = []
+    for index, route in enumerate(settings.routes):
+        if route.delivery == "cloudfront" and route.cookie_scope and route.stable:
+            found.append(
+                f"routes[{index}] ({route.name}).stable: browsers cache this route's 302 but "
+                "keep one set of CloudFront cookies (Path=/), so after a page of another "
+                "cookie_scope a cached 302 leads to the edge with that scope's cookies (403); "
+                "remove stable unless pages show one scope at a time"
+            )
     if settings.listen.workers > 1 and settings.state.backend == "memory":
         found.append(
             "state.backend: memory with listen.workers > 1 keeps rate limits, stream caps and "
@@ -815,7 +898,13 @@ def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[st
             return default
         if name in env:
             return ""  # set but empty: the key's own check says what it needs
-        value = f"$({RANDOM_KEY_COMMAND})" if where.endswith("secret") else "..."
+        value = (
+            f"$({RANDOM_KEY_COMMAND})"
+            if where.endswith("secret")
+            else "/path/to/private_key.pem"
+            if where.endswith("private_key")
+            else "..."
+        )
         problems.append(f"{where}: environment variable {name} is not set; export {name}={value}")
         return ""
 
@@ -907,6 +996,16 @@ def _cross_check(
                 f"{where}.access: a public route cannot use claims in its key "
                 f"({route.key!r}); use access: authenticated"
             )
+        problems += route_field_problems(route.delivery, route.model_fields_set, where)
+        cookie_scope = check_route(
+            route.delivery,
+            route.cookie_scope,
+            pattern.multi_segment,
+            template,
+            settings.cloudfront,
+            where,
+            problems,
+        )
         if route.cache is not None and route.delivery == "redirect":
             problems.append(
                 f"{where}.cache: only applies to delivery stream or auto (a redirect sends no "
@@ -947,6 +1046,7 @@ def _cross_check(
                 sign_in=sign_in,
                 sse=sse,
                 upload_types=upload_types,
+                cookie_scope=cookie_scope,
             )
         )
     return settings, routes
@@ -966,6 +1066,27 @@ def _check_upload(route: RouteSettings, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.upload: the route takes no uploads; add PUT (or POST, for the sign API's "
             "presigned form uploads) to methods, or remove upload"
+        )
+    upload = route.upload
+    streamed_put = "PUT" in writes and route.delivery == "stream"
+    # Only a streamed PUT cuts the body into part_size parts itself; presigned multipart
+    # uploads plan their own parts (up to 5 TiB).
+    if streamed_put and upload.max_bytes > upload.part_size * S3_MAX_PARTS:
+        needed = -(-upload.max_bytes // S3_MAX_PARTS)
+        problems.append(
+            f"{where}.upload: max_bytes {upload.max_bytes} needs more than S3's "
+            f"{S3_MAX_PARTS} parts of part_size {upload.part_size}; raise part_size to at "
+            f"least {needed} (one part is held in memory per streamed upload)"
+        )
+    if upload.multipart and route.sse_customer_key is not None:
+        problems.append(
+            f"{where}.upload.multipart: an SSE-C route cannot take presigned multipart "
+            "uploads (a presigned part cannot carry the key); remove multipart"
+        )
+    if "PUT" in writes and route.delivery == "cloudfront":
+        problems.append(
+            f"{where}.methods: PUT is not taken on a cloudfront route (CloudFront serves "
+            "reads); upload through a stream or redirect route of its own"
         )
     if "PUT" in writes and route.delivery == "auto":
         problems.append(
@@ -1108,6 +1229,15 @@ def _check_state(state: StateSettings, problems: list[str]) -> None:
         )
     if state.backend == "memory" and state.url is not None:
         problems.append("state.url: only used with backend redis; set backend: redis or remove it")
+
+
+def _check_listen(listen: ListenSettings, problems: list[str]) -> None:
+    if listen.proxy_protocol and not listen.trusted_proxies:
+        problems.append(
+            "listen.proxy_protocol: needs listen.trusted_proxies, the networks the load "
+            "balancers connect from (e.g. trusted_proxies: [10.0.0.0/8]); only they may send "
+            "a PROXY header"
+        )
 
 
 def _check_paths(settings: Settings, problems: list[str]) -> None:

@@ -10,8 +10,10 @@ tell which one runs. Tests put a `FakeStorage` behind the same seam. No I/O here
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ from botocore.exceptions import (
 )
 
 from .errors import (
+    NoFirstByte,
     NotFound,
     ProxyError,
     RangeNotSatisfiable,
@@ -58,10 +61,20 @@ class ObjectStream:
             self._close()
 
 
+@dataclass(frozen=True)
+class UploadedPart:
+    """One part S3 holds of a multipart upload in progress (ListParts)."""
+
+    number: int
+    size: int
+    etag: str
+
+
 class Writes(Protocol):
     """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
     itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed. The
-    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart."""
+    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart.
+    A multipart call naming an upload S3 does not hold raises UploadNotFound."""
 
     async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str: ...
 
@@ -72,10 +85,23 @@ class Writes(Protocol):
     ) -> str: ...
 
     async def complete_multipart(
-        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
     ) -> str: ...
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
+
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads in progress to exactly this key (S3's
+        ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
+        ...
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        """Every part S3 holds of the upload, in part order (all pages of ListParts)."""
+        ...
 
 
 class Storage(Protocol):
@@ -136,6 +162,19 @@ class Storage(Protocol):
         """A presigned POST form for one key; no S3 call."""
         ...
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        """A presigned UploadPart (PUT ?partNumber=N&uploadId=...) that signs the part's
+        Content-Length; no S3 call."""
+        ...
+
 
 # Response overrides S3 accepts as query parameters of a presigned GET.
 OVERRIDE_PARAMS = {
@@ -186,6 +225,30 @@ def bucket_problem(status: int, code: str) -> str | None:
     if status in (301, 307) or code == "PermanentRedirect":
         return "S3 redirected: the bucket is in another region than s3.region"
     return f"S3 answered {status} {code[:64]}".rstrip()
+
+
+@contextlib.asynccontextmanager
+async def response_head_deadline(
+    operation: str, first_byte_timeout: float, request_timeout: float
+) -> AsyncIterator[None]:
+    """Bound the wait for S3's response head, retries included, by s3.first_byte_timeout or
+    s3.request_timeout, whichever ends first; both engines wrap their call in it."""
+    limit = min(first_byte_timeout, request_timeout)
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a timeout of its own (read_timeout): translate_errors says which
+        if first_byte_timeout <= request_timeout:
+            raise NoFirstByte(
+                f"{operation}: no response head from S3 within s3.first_byte_timeout "
+                f"({first_byte_timeout:g} s)"
+            ) from None
+        raise UpstreamTimeout(
+            f"{operation}: S3 did not answer within s3.request_timeout ({request_timeout:g} s)"
+        ) from None
 
 
 def translate_errors(operation: str) -> ErrorTranslation:

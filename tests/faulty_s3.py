@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-MODES = ("ok", "error", "hang", "die_mid_stream", "refuse", "answer")
+MODES = ("ok", "error", "hang", "pause", "die_mid_stream", "refuse", "answer")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class FaultyS3:
     _server: TestServer | None = None
     _session: aiohttp.ClientSession | None = None
     _hung: list[asyncio.Event] = field(default_factory=list)
+    _resumed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         app = web.Application()
@@ -39,7 +40,18 @@ class FaultyS3:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         self.url = str(self._server.make_url("")).rstrip("/")
 
+    def pause(self) -> None:
+        """A frozen S3: requests from now on get no answer until resume(), then the usual one
+        (a brownout, where `hang` is an outage that never answers)."""
+        self._resumed.clear()
+        self.mode = "pause"
+
+    def resume(self) -> None:
+        self.mode = "ok"
+        self._resumed.set()
+
     async def close(self) -> None:
+        self._resumed.set()
         for event in self._hung:
             event.set()
         if self._session is not None:
@@ -65,6 +77,8 @@ class FaultyS3:
             status, code = (500, "InternalError") if self.mode == "error" else self.answer
             xml = f"<Error><Code>{code}</Code><Message>boom</Message></Error>"
             return web.Response(status=status, text=xml, content_type="application/xml")
+        if self.mode == "pause":
+            await self._resumed.wait()
         if self.mode == "hang":
             event = asyncio.Event()
             self._hung.append(event)
