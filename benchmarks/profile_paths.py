@@ -240,6 +240,112 @@ def pyspy(setup: Setup, out: Path, seconds: float) -> None:
         per_request = used / max(requests, 1) * 1e6
         print(f"== {what}: {requests} requests, {per_request:.0f} us/req")
         summarize(out / f"{what}.folded", per_request)
+        parts(out / f"{what}.folded", per_request)
+
+
+# The parts of a request the issue asks about, each by the functions that do it. A sample
+# counts for the part of its innermost frame that names one (so signing inside the S3
+# client counts as signing); samples in none of them are the event loop and aiohttp itself.
+PARTS = (
+    ("routing (raw path -> route, params)", ("Router.match", "PathPattern.match")),
+    (
+        "token check (extract, verify, cache)",
+        (
+            "Access.optional_claims",
+            "extract_token",
+            "TokenVerifier.",
+            "check_times",
+            "check_clock",
+            "_note_caller",
+        ),
+    ),
+    ("rule and key (authorize, render)", ("authorize", "KeyTemplate.render", "object_of")),
+    ("revocation lookup", ("State.check_token", "RevocationList.", "lifetime_refusal")),
+    ("rate limits", ("Access.limit", "MemoryState.take", "RateLimiter.", "buckets")),
+    ("stream lease", ("acquire_stream", "release_stream", "StreamSlots.")),
+    (
+        "sandboxing and object headers",
+        ("object_headers", "presentation", "safe_content_type", "InlineTypes.", "essence"),
+    ),
+    ("preconditions and ranges", ("has_preconditions", "_check_preconditions", "parse_ranges")),
+    ("S3 signing (SigV4 head)", ("_signed", "sign_request", "_signature")),
+    (
+        "S3 client (pool, HTTP/1.1 parse)",
+        ("Pool.", "_Connection.", "Response.read", "_Body.", "_meta_from_headers"),
+    ),
+    (
+        "S3 call accounting (retries, deadline)",
+        ("BuiltinStorage._send", "ResponseHeadDeadline", "ErrorTranslation"),
+    ),
+    (
+        "redirect signing (lifetime, link cache)",
+        (
+            "Redirect.",
+            "sign_link",
+            "link_lifetime",
+            "plan_lifetime",
+            "LinkCache.",
+            "redirect_response",
+            "signed_overrides",
+        ),
+    ),
+    (
+        "Prometheus series",
+        ("Telemetry.", "MeasuredStorage.", "MutexValue", "Counter.inc", "Histogram.observe"),
+    ),
+    ("access line", ("write_access_line", "LineWriter", "_timestamp", "_encode")),
+    (
+        "response writing (aiohttp)",
+        ("StreamResponse.", "Response.", "StreamWriter.", "send_object", "WriteDeadline"),
+    ),
+    (
+        "the Gateway's own steps",
+        (
+            "Gateway.",
+            "_Surfaces.",
+            "Downloads.",
+            "Stream.answer",
+            "RequestContext",
+            "edge_refusal",
+            "new_request_id",
+        ),
+    ),
+    (
+        "edge (head checks, deadlines)",
+        ("EdgeProtocol.", "EdgeServer.", "check_head", "EdgeRequest"),
+    ),
+)
+
+
+def parts(folded: Path, per_request: float) -> None:
+    """Each part's share of the samples, in microseconds of the measured CPU per request."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        part = "event loop, aiohttp's server, kernel (socket I/O)"
+        for frame in reversed(stack.split(";")):
+            name = frame.split(" (", 1)[0]
+            found = next(
+                (title for title, names in PARTS if any(_names(name, n) for n in names)), None
+            )
+            if found is not None:
+                part = found
+                break
+        counts[part] += int(count)
+    print(f"-- by part ({total} samples, {per_request:.0f} us/request)")
+    for part, count in counts.most_common():
+        print(f"{count / total * 100:5.1f}% {count / total * per_request:6.1f} us  {part}")
+
+
+def _names(frame: str, name: str) -> bool:
+    """`Pool.` names a class's methods; a bare name a function (or any class's method)."""
+    if name.endswith("."):
+        return frame.startswith(name)
+    return frame == name or frame.endswith("." + name)
 
 
 def summarize(folded: Path, per_request: float, top: int = 60) -> None:
