@@ -50,20 +50,38 @@ class Stream:
     ) -> None:
         self._settings = StreamSettings(storage, objects, write_timeout)
         self._state = state
+        # (route name, key) -> how the route presents the key to a request without CORS
+        # headers: a function of this config's route and the key only, so made once per
+        # hot key, not per request.
+        self._shown: dict[tuple[str, str], Presentation] = {}
 
     async def answer(
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
     ) -> web.StreamResponse:
-        shown = presentation(route, ref.key, context.cors)
+        shown = self._presentation(route, ref.key, context)
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         try:
             return await stream(request, context, ref, shown, route.settings.cache, self._settings)
         finally:
             await self._state.release_stream(lease)
 
+    def _presentation(self, route: Route, key: str, context: RequestContext) -> Presentation:
+        if context.cors:
+            return presentation(route, key, context.cors)  # depends on the request's Origin
+        shown = self._shown.get((route.name, key))
+        if shown is None:
+            shown = presentation(route, key, None)
+            if len(self._shown) >= _PRESENTATIONS_KEPT:
+                self._shown.clear()  # bounded: many distinct keys only cost a rebuild
+            self._shown[(route.name, key)] = shown
+        return shown
+
     async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
         """A streamed object is fetched from the proxy itself, with the caller's token."""
         return Link(path, None)
+
+
+_PRESENTATIONS_KEPT = 4096
 
 
 class ObjectResponse(web.StreamResponse):
@@ -149,6 +167,7 @@ async def _open_for_get(
     ranges get the whole object (200), which RFC 9110 14.2 permits.
     """
     headers = request.headers
+    preconditions = has_preconditions(headers)  # once: most requests carry none
     ranges = parse_ranges(headers.get("Range")) if "Range" in headers else None
     if ranges == ():
         # A malformed range set: 416 with the size, unless a precondition or a stale
@@ -158,13 +177,13 @@ async def _open_for_get(
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
-    elif has_preconditions(headers):
+    elif preconditions:
         _check_preconditions(request, await storage.head(ref), shown)
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
         obj = await storage.get(ref, byte_range)
     except RangeNotSatisfiable:
-        if not has_preconditions(headers) and "If-Range" not in headers:
+        if not preconditions and "If-Range" not in headers:
             raise
         # S3 says 416 before we saw the validators; but preconditions and If-Range come first
         # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
@@ -176,11 +195,12 @@ async def _open_for_get(
         obj = await storage.get(ref, None)
     while True:
         meta = obj.meta
-        try:
-            _check_preconditions(request, meta, shown)
-        except (NotModified, PreconditionFailed):
-            await _discard(obj)
-            raise
+        if preconditions:
+            try:
+                _check_preconditions(request, meta, shown)
+            except (NotModified, PreconditionFailed):
+                await _discard(obj)
+                raise
         if byte_range is None or if_range_holds(headers, meta.etag, meta.last_modified):
             return obj
         await _discard(obj)  # the client's copy is stale: it gets the whole object
