@@ -363,9 +363,10 @@ class _Surfaces:
         settings = route.settings
         context.route = route.name
         context.delivery = settings.delivery
-        preflight = answer_cors(request, context, settings.cors, list(settings.methods))
-        if preflight is not None:
-            return preflight
+        if settings.cors is not None:
+            preflight = answer_cors(request, context, settings.cors, list(settings.methods))
+            if preflight is not None:
+                return preflight
         if request.method not in settings.methods or request.method == "POST":
             # A route's POST is the sign API's presigned form uploads, never a request here.
             allowed = ", ".join(method for method in settings.methods if method != "POST")
