@@ -30,7 +30,7 @@ from ..storage import (
     translate_errors,
     xml_field,
 )
-from ..upstream import MalformedResponse, Origin, Pool, Response
+from ..upstream import MalformedResponse, Origin, Pool, Response, request_head
 from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
@@ -146,7 +146,7 @@ class BuiltinStorage(SignedByTheProxy):
         pool = self._pool
         if pool is None:
             raise UpstreamError("storage is not open")
-        host, target, signed_head = _signed(
+        origin, head = _signed(
             self._endpoint,
             self._settings.region,
             await self._signer.credentials(operation),
@@ -156,11 +156,9 @@ class BuiltinStorage(SignedByTheProxy):
             int(time.time()),
             tuple(query.items()) if query else (),
             tuple(signed.items()) if signed else (),
+            tuple(extra.items()),
         )
-        headers = [*signed_head, *extra.items()]
-        return await pool.request(
-            _origin(self._endpoint.scheme, host), method, target, host, headers
-        )
+        return await pool.send_head(origin, method, head)
 
     async def check_bucket(self, bucket: str) -> str | None:
         """A ListObjectsV2 for no keys, sent once: it proves the endpoint answers, the bucket
@@ -249,10 +247,12 @@ def _signed(
     signed_at: int,
     query: tuple[tuple[str, str], ...],
     signed: tuple[tuple[str, str], ...],
-) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """A request's SigV4 head: (host, target, headers). A pure function of its arguments
-    (SigV4 signs whole seconds), so an object fetched again within the same second reuses
-    the signature instead of hashing and formatting it again (under load, most requests)."""
+    unsigned: tuple[tuple[str, str], ...] = (),
+) -> tuple[Origin, bytes]:
+    """Where to send a request and its SigV4-signed head (`unsigned` headers, such as Range,
+    sent unsigned after the signed ones). A pure function of its arguments (SigV4 signs
+    whole seconds), so an object fetched again within the same second reuses the head
+    instead of hashing and formatting it again (under load, most requests)."""
     host, target, headers = sign_request(
         endpoint=endpoint,
         region=region,
@@ -264,7 +264,8 @@ def _signed(
         query=dict(query) if query else None,
         signed_headers=dict(signed) if signed else None,
     )
-    return host, target, tuple(headers.items())
+    head = request_head(method, target, host, [*headers.items(), *unsigned])
+    return _origin(endpoint.scheme, host), head
 
 
 @lru_cache(maxsize=256)
