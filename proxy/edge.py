@@ -27,6 +27,15 @@ what it parsed. Its rules:
    (its clients' requests still meet the per-client rate limits and stream caps).
 7. Once shutdown begins (`closing`), every response says `Connection: close`, so clients and
    load balancers move to new connections; a request that still arrives is answered.
+8. Versions and framing, as RFC 9110 2.5 and RFC 9112 6.1 say: HTTP/1.x above 1.1 is served
+   as 1.1 (requestline.py); a major version over 1 is 505; a request line without a version
+   (HTTP/0.9) is 400, never an answer without a status line; a transfer coding other than one
+   final `chunked` is 501, and Transfer-Encoding in an HTTP/1.0 request 400. Each of these
+   refusals closes the connection. Every answer has an HTTP/1.1 status line, an HTTP/1.0
+   client's too (as nginx answers), with HTTP/1.0's framing and `Connection: close` unless
+   it asked to keep the connection.
+9. A HEAD answer carries the header fields its GET would, `Content-Length: 0` of an empty
+   body included (aiohttp leaves it out of a bodiless HEAD answer).
 
 This leans on aiohttp's RequestHandler internals (`_make_error_handler`, `_messages`,
 `_waiter`); tests/test_edge.py pins the behaviour, so an aiohttp upgrade that moves them fails
@@ -46,7 +55,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -58,14 +67,17 @@ from .errors import (
     BadRequest,
     ExpectationFailed,
     HeaderFieldsTooLarge,
+    HttpVersionNotSupported,
     MethodNotImplemented,
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
+    TransferCodingNotImplemented,
     UriTooLong,
 )
 from .forwarded import ClientResolver
 from .proxyheader import ProxyHeaderError, parse_proxy_header, starts_like_proxy_header
+from .requestline import RequestLines
 
 log = logging.getLogger("proxy.edge")
 
@@ -81,6 +93,8 @@ _HOST = re.compile(
 # HTTP/1.1 status line for the answer (aiohttp's placeholder says HTTP/1.0). should_close
 # stays set: after a parse error the connection's framing is lost.
 _UNPARSED = ERROR._replace(method="-", path="-", version=HttpVersion11)
+# Statuses whose answers carry no Content-Length for an empty body (RFC 9110 8.6).
+_NO_LENGTH = frozenset({204, 304})
 # Fixed parser messages that may be logged as the reason; all others quote request bytes.
 _PARSER_REASONS = (
     ("Missing 'Host' header", "missing Host header"),
@@ -92,11 +106,16 @@ class HeadTimeout(HttpProcessingError):
     """Stands in for a parser error when the head did not arrive in time."""
 
 
-def refusal_for_parse_error(exc: BaseException, target_limit: int) -> ProxyError:
+def refusal_for_parse_error(
+    exc: BaseException, target_limit: int, unsupported_major: bool = False
+) -> ProxyError:
     """The answer to a request the parser rejected. `target_limit` is the parser's request
-    line limit, which tells an over-long target from an over-long header line."""
+    line limit, which tells an over-long target from an over-long header line;
+    `unsupported_major`: the request line named a major version over 1 (rule 8)."""
     if isinstance(exc, HeadTimeout):
         return RequestTimeout("request head not received within limits.header_timeout")
+    if unsupported_major:
+        return HttpVersionNotSupported("HTTP major version over 1")
     if isinstance(exc, LineTooLong):
         if exc.args[1:2] == (target_limit,):
             return UriTooLong("request target over limits.max_target_length")
@@ -125,6 +144,10 @@ def check_head(
     target = message.path
     if len(target) > max_target_length:
         return message, UriTooLong("request target over limits.max_target_length"), False
+    framing = _framing_refusal(message)
+    if framing is not None:
+        # The connection's framing is not to be trusted after these (rule 8): close it.
+        return message._replace(should_close=True), framing, False
     method = message.method
     if method not in KNOWN_METHODS:
         return message, MethodNotImplemented("unknown method"), False
@@ -147,6 +170,26 @@ def check_head(
         return message, ExpectationFailed("unsupported Expect"), False
     # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
     return message, None, message.version >= HttpVersion11
+
+
+def _framing_refusal(message: RawRequestMessage) -> ProxyError | None:
+    """Rule 8's refusals of a version or a transfer coding the proxy does not speak."""
+    version = message.version
+    if version.major > 1:
+        return HttpVersionNotSupported("HTTP major version over 1")
+    if version < HttpVersion10:
+        return BadRequest("request line without an HTTP version", detail="HTTP version required")
+    codings = message.headers.getall("Transfer-Encoding", ())
+    if not codings:
+        return None
+    if version == HttpVersion10:
+        # RFC 9112 6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty.
+        return BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+    # The parser has refused a list whose last coding is not chunked (RFC 9112 6.3: 400).
+    names = [name.strip().lower() for field in codings for name in field.split(",")]
+    if [name for name in names if name] != ["chunked"]:
+        return TransferCodingNotImplemented("transfer coding other than chunked")
+    return None
 
 
 def _origin_form(message: RawRequestMessage) -> tuple[RawRequestMessage, ProxyError | None]:
@@ -190,13 +233,32 @@ class EdgeRequest(web.BaseRequest):
             await self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # Called between aiohttp choosing the framing (from the request's version) and
+        # writing the status line (with the request's version).
+        headers = response.headers
         # aiohttp names itself and its version; a version helps only an attacker.
-        response.headers.popall("Server", None)
+        headers.popall("Server", None)
+        if (
+            self.method == "HEAD"
+            and isinstance(response, web.Response)
+            and not response.body
+            and response.status not in _NO_LENGTH
+            and "Content-Length" not in headers
+        ):
+            headers["Content-Length"] = "0"  # rule 9: the GET's empty body has this length
+        if self.version != HttpVersion11:
+            # Rule 8: the framing stays the client's version's; the status line says 1.1.
+            if "Connection" not in headers:
+                headers["Connection"] = "close"  # aiohttp would keep it alive: no header
+                response.force_close()
+            # `version` is cached (reify) in `_cache`: both change, or the line would not.
+            self._message = self._message._replace(version=HttpVersion11)
+            self._cache["version"] = HttpVersion11
         protocol = self._protocol
         if isinstance(protocol, EdgeProtocol) and protocol._edge.closing:
             # Rule 7. The hook runs after aiohttp wrote its Connection header: set it too.
             response.force_close()
-            response.headers["Connection"] = "close"
+            headers["Connection"] = "close"
 
 
 class EdgeProtocol(RequestHandler):
@@ -204,14 +266,19 @@ class EdgeProtocol(RequestHandler):
 
     __slots__ = (
         "_admitted",
+        "_body_encoded",
         "_client",
         "_client_trusted",
         "_counted",
         "_deadline",
         "_edge",
+        "_heads_seen",
         "_idle",
+        "_lines",
         "_parse_refusal",
+        "_payload",
         "_preface",
+        "_recent",
         "_reused",
         "_timed_out",
         "_timer",
@@ -233,6 +300,12 @@ class EdgeProtocol(RequestHandler):
         self._timed_out = False
         self._admitted = False
         self._parse_refusal: ProxyError | None = None
+        # What requestline.py needs to know where request lines begin (its rule 1).
+        self._lines = RequestLines()
+        self._heads_seen = 0  # heads the parser gave out, as of the last read
+        self._payload: StreamReader | None = None  # the newest request's body
+        self._body_encoded = False  # ...and whether it has a Content-Encoding
+        self._recent = b""  # the last bytes handed to the parser
 
     @property
     def client(self) -> str | None:
@@ -299,9 +372,40 @@ class EdgeProtocol(RequestHandler):
             if self._reused:
                 self._set_deadline(self._edge.limits.header_timeout)
         heads = self._request_count
-        super().data_received(data)
-        if self._request_count != heads:
+        if heads != self._heads_seen:
+            self._lines.lost_track()  # heads were parsed elsewhere (after a timeout, an upgrade)
+        payload = self._payload
+        body_before = payload.total_bytes if payload is not None else 0
+        fed = self._lines.feed(data)
+        if fed or not data:  # (an empty read is aiohttp resuming its paused parser)
+            super().data_received(fed)
+        emitted = self._request_count != heads
+        if emitted:
             self._deadline = None  # a whole head arrived: its handler runs unhurried
+            if self._messages:
+                message, self._payload = self._messages[-1]
+                self._body_encoded = getattr(message, "compression", None) is not None
+        self._heads_seen = self._request_count
+        if fed:
+            self._follow_request_lines(fed, emitted, body_before)
+
+    def _follow_request_lines(self, fed: bytes, emitted: bool, body_before: int) -> None:
+        """Tell requestline.py whether the parser, having read `fed`, is between messages: the
+        newest message has ended, and the read ended with it (an empty line ends a head and a
+        chunked body; a Content-Length body is known to end there when all of the read was
+        body). Otherwise the next request line's start is unknown."""
+        self._recent = (self._recent + fed)[-4:]
+        payload = self._payload
+        if payload is None:
+            return  # the first head has not ended yet
+        if self._buffer_paused or self._upgraded or not payload.is_eof():
+            self._lines.lost_track()
+        elif self._recent == b"\r\n\r\n" or (
+            not emitted and not self._body_encoded and payload.total_bytes - body_before == len(fed)
+        ):
+            self._lines.between_messages()
+        else:
+            self._lines.lost_track()
 
     def _take_preface(self, data: bytes) -> bytes:
         """listen.proxy_protocol: read a trusted proxy's PROXY header, or make sure anyone
@@ -354,7 +458,9 @@ class EdgeProtocol(RequestHandler):
         self, err_info: _ErrInfo
     ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         # The request made next for this error (EdgeServer._make_request) carries the refusal.
-        self._parse_refusal = refusal_for_parse_error(err_info.exc, self._edge.target_line_limit)
+        self._parse_refusal = refusal_for_parse_error(
+            err_info.exc, self._edge.target_line_limit, self._lines.unsupported_major
+        )
         return self._edge.request_handler
 
     def take_parse_refusal(self) -> ProxyError:

@@ -70,13 +70,24 @@ class UploadedPart:
     etag: str
 
 
-class Writes(Protocol):
-    """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
-    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed. The
-    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart.
-    A multipart call naming an upload S3 does not hold raises UploadNotFound."""
+@dataclass(frozen=True)
+class WriteCondition:
+    """What S3 checks as it stores an object (its conditional write): that the key still
+    holds the object with `etag` (If-Match), or, with `etag` None, nothing (If-None-Match: *).
+    A write S3 refuses for it is PreconditionFailed."""
 
-    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str: ...
+    etag: str | None = None
+
+
+class Writes(Protocol):
+    """Writing objects: one PutObject, or a multipart upload; with a `condition`, S3 stores
+    the object only if it holds (see WriteCondition). The object's customer key, if any, goes
+    with PutObject, CreateMultipartUpload and UploadPart. A multipart call naming an upload S3
+    does not hold raises UploadNotFound."""
+
+    async def put(
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
+    ) -> str: ...
 
     async def start_multipart(self, ref: ObjectRef, content_type: str) -> str: ...
 
@@ -89,7 +100,7 @@ class Writes(Protocol):
         ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
-        overwrite: bool,
+        condition: WriteCondition | None,
     ) -> str: ...
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
@@ -146,9 +157,11 @@ class Storage(Protocol):
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
         """A presigned PUT that signs the Content-Type and Content-Length it must be sent
-        with; no S3 call."""
+        with, and `preconditions` (lower-case If-Match / If-None-Match, as S3 checks them);
+        no S3 call."""
         ...
 
     def presign_post(

@@ -35,6 +35,7 @@ from proxy.errors import (
 from proxy.ops.measured import MeasuredStorage
 from proxy.ops.metrics import Telemetry
 from proxy.request import ObjectRef
+from proxy.storage import WriteCondition
 from proxy.uploads import PartSigning, abort, begin, complete, multipart_place, resume
 
 from .conftest import S3Objects, build_config, config_dict
@@ -225,7 +226,7 @@ async def test_a_wrong_part_list_is_a_400_and_the_upload_stays_resumable(
     # S3's own refusal of a list (the proxy's check bypassed) is the same clear 400.
     with pytest.raises(BadRequest) as refused:
         await storage.writes.complete_multipart(
-            place.ref, upload_id, [(1, etags[1]), (2, etags[1])], overwrite=False
+            place.ref, upload_id, [(1, etags[1]), (2, etags[1])], WriteCondition(None)
         )
     assert refused.value.status == 400
     assert "InvalidPart" in refused.value.reason

@@ -17,7 +17,7 @@ from ..errors import (
 )
 from ..presign import Credentials, Lifetime, PostForm
 from ..request import ObjectRef
-from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, Writes
+from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, WriteCondition, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
@@ -103,8 +103,11 @@ class MeasuredStorage:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
-        return self._inner.presign_put(credentials, ref, lifetime, content_type, content_length)
+        return self._inner.presign_put(
+            credentials, ref, lifetime, content_type, content_length, preconditions
+        )
 
     def presign_post(
         self,
@@ -147,8 +150,10 @@ class MeasuredWrites:
         self._telemetry.observe_s3(operation, "ok", time.perf_counter() - started)
         return result
 
-    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
-        return await self._measure("PutObject", self._inner.put(ref, body, content_type, overwrite))
+    async def put(
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
+    ) -> str:
+        return await self._measure("PutObject", self._inner.put(ref, body, content_type, condition))
 
     async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         return await self._measure(
@@ -165,11 +170,11 @@ class MeasuredWrites:
         ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
-        overwrite: bool,
+        condition: WriteCondition | None,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(ref, upload_id, parts, overwrite),
+            self._inner.complete_multipart(ref, upload_id, parts, condition),
         )
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:

@@ -1,6 +1,7 @@
 """PUT of an authorized object: a 307 to a presigned PUT (redirect routes), or the body
 streamed to S3 through the proxy (stream routes), holding one of the stream slots as a
-download would. What uploads/ decides (type, size, overwrite, multipart) stays there.
+download would. What uploads/ decides (type, size, preconditions, overwrite, multipart, the
+answer's status) stays there.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..config import Config, Route
 from ..request import ObjectRef, RequestContext
 from ..state import State
 from ..storage import Storage
-from ..uploads import receive, redirect_put, upload_target
+from ..uploads import receive, redirect_put, stored, upload_target
 
 
 class Uploads:
@@ -56,13 +57,4 @@ class Uploads:
             await self._state.release_stream(lease)
         context.bytes_received = received.size
         self._forget(ref)
-        return web.json_response(
-            {"path": context.path, "size": received.size, "etag": received.etag},
-            status=201,
-            headers={
-                "ETag": received.etag,
-                "Location": context.path,
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        return stored(context.path, received)  # 201 with Location, or 200 for a replacement

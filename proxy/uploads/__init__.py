@@ -22,7 +22,7 @@ from .multipart import (
     resume,
 )
 from .presigned import post_form, redirect_put
-from .receive import ClientGone, Received, receive
+from .receive import ClientGone, Received, receive, stored
 from .rules import UploadTarget, upload_target
 
 __all__ = [
@@ -43,5 +43,6 @@ __all__ = [
     "receive",
     "redirect_put",
     "resume",
+    "stored",
     "upload_target",
 ]

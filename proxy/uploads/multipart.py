@@ -19,8 +19,8 @@ part; the parts themselves go from the client straight to S3. Its rules:
 4. `complete` checks the part list against what S3 holds and says what is wrong (400),
    leaving the upload as it is, resumable; the joined size is checked against max_bytes
    again (413). With `overwrite: false` a HEAD refuses a taken key before the upload begins
-   (412), and CompleteMultipartUpload carries If-None-Match: *, so of two uploads racing for
-   one key only one lands.
+   (409), and CompleteMultipartUpload carries If-None-Match: *, so of two uploads racing for
+   one key only one lands (the other is 409 too).
 5. `abort` drops the upload and every part of it.
 
 The caller has routed, authenticated, authorized and rate-limited the entry before any of
@@ -36,10 +36,17 @@ from typing import Any
 
 from ..config import Route, UploadSettings
 from ..contenttype import InlineTypes
-from ..errors import BadRequest, KeyExists, MethodNotAllowed, NotFound, UploadNotFound
+from ..errors import (
+    BadRequest,
+    KeyExists,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    UploadNotFound,
+)
 from ..presign import Credentials, Lifetime
 from ..request import ObjectRef
-from ..storage import Storage
+from ..storage import Storage, WriteCondition
 from .parts import (
     PartPlan,
     check_completion,
@@ -239,9 +246,12 @@ async def complete(
     await _check_bound(uploads, place, upload)
     held = await storage.writes.list_parts(place.ref, upload)
     size = check_completion(listed, {part.number: part for part in held}, place.settings.max_bytes)
-    etag = await storage.writes.complete_multipart(
-        place.ref, upload, listed, place.settings.overwrite
-    )
+    # Of two uploads racing for a key the route does not replace, only one lands (rule 4).
+    condition = None if place.settings.overwrite else WriteCondition(None)
+    try:
+        etag = await storage.writes.complete_multipart(place.ref, upload, listed, condition)
+    except PreconditionFailed:
+        raise KeyExists("another upload took the key first (overwrite is false)") from None
     uploads.ended(place.ref, upload)
     return Completed(etag, size)
 

@@ -8,9 +8,11 @@ presigned POST form per entry. No body passes through the proxy. Its rules:
    of 0..max_bytes.
 2. A signature lives no longer than the route's ttl, the caller's token and the signing
    credentials (presign.plan_lifetime).
-3. `overwrite: false` is a HEAD before signing: a presigned request cannot carry S3's
-   conditional write unless the client adds the header, so two racing uploads may both land;
-   docs/uploads.md says so.
+3. The client's preconditions and the route's `overwrite` are judged before signing
+   (preconditions.py: 412, 409), and those S3 can check itself are signed in: the client's
+   `If-None-Match: *` or single-tag `If-Match`, which it sends again to S3. What cannot be
+   pinned (`overwrite: false` alone, If-Unmodified-Since, tag lists) holds only when the proxy
+   looks: two racing uploads may both land; docs/uploads.md says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from ..errors import LengthRequired, Unauthenticated, UpstreamError
 from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
 from ..storage import Storage
-from .receive import check_absent
+from .preconditions import NO_HEADERS, plan_write, signed_preconditions
 from .rules import UploadTarget, check_size
 
 
@@ -42,9 +44,16 @@ async def redirect_put(
         # The length is signed, so it must be known (a chunked PUT cannot be presigned).
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
-    await check_absent(storage, target)
+    await plan_write(storage, target, request.headers, always_look=False)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
-    url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
+    url = storage.presign_put(
+        credentials,
+        target.ref,
+        lifetime,
+        target.content_type,
+        length,
+        signed_preconditions(request.headers),
+    )
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
@@ -61,7 +70,7 @@ async def post_form(
 ) -> dict[str, Any]:
     """One sign API answer: a presigned POST form for the target."""
     check_size(target.settings, size)
-    await check_absent(storage, target)
+    await plan_write(storage, target, NO_HEADERS, always_look=False)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
