@@ -8,13 +8,17 @@ bucket and key with different SSE-C customer keys name two objects, and never sh
 
 `RequestContext` is filled in by the gateway and each surface as the request flows (who asks,
 through which route, for which object, with what outcome), and read by what reports on it:
-the access line and the metrics.
+the access line, the metrics and the audit trail. A surface (or a delivery method) records an
+audit event with one call, `context.audit("url.signed", expires=...)`; the Gateway writes the
+request's events with who asked when the request ends (audit/events.py decides the lines).
 """
 
 from __future__ import annotations
 
-import random
+import os
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .ssec import CustomerKey
 
@@ -30,10 +34,41 @@ class ObjectRef:
 
 
 def new_request_id() -> str:
-    """16 hex digits, random: unique across processes and replicas without coordination.
-    An identifier, not a secret: `random` (reseeded in each forked worker) costs no syscall,
-    where os.urandom cost one getrandom() per request."""
-    return f"{random.getrandbits(64):016x}"
+    """16 hex digits from os.urandom: unique across processes and replicas without
+    coordination, and unpredictable (the audit trail files events under it). Drawn from a
+    block read 512 ids at a time: one getrandom() per request was a syscall of its own."""
+    global _random_block, _random_at
+    at = _random_at
+    if at >= len(_random_block):
+        _random_block, at = os.urandom(8 * 512), 0
+    _random_at = at + 8
+    return _random_block[at : at + 8].hex()
+
+
+_random_block = b""
+_random_at = 0
+
+
+def _forget_random_block() -> None:
+    """A forked worker must not hand out the ids its parent's block still holds."""
+    global _random_block, _random_at
+    _random_block, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random_block)
+
+
+# An id a trusted proxy may hand on: short, and safe in a header, a log line and a URL query.
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(given: str | None, from_trusted_proxy: bool) -> str:
+    """The request's id: the `X-Request-Id` a trusted proxy in front sent (so one id follows
+    the request through both), else a new one. Never a client's own: it could then choose
+    which audit events its requests are filed under, or pose as another request."""
+    if from_trusted_proxy and given is not None and _GIVEN_ID.fullmatch(given):
+        return given
+    return new_request_id()
 
 
 @dataclass(slots=True)
@@ -64,3 +99,16 @@ class RequestContext:
     reason: str | None = None
     first_byte: float | None = None  # perf_counter() when the first body byte was written
     cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged
+    # The audit trail (audit.path): whether it is on, and this request's events so far.
+    audited: bool = False
+    events: list[tuple[str, dict[str, Any]]] | None = None
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record an audit event of this request (nothing when the trail is off). Written when
+        the request ends, after who asked, the route, object and final status: give `route`,
+        `bucket` and `key` only for an entry that is not the request's own (a sign API batch).
+        Never pass a token, cookie, signature, signed URL or customer key."""
+        if self.audited:
+            if self.events is None:
+                self.events = []
+            self.events.append((event, fields))

@@ -63,9 +63,20 @@ class Stream:
         shown = self._presentation(route, ref.key, context)
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         try:
-            return await stream(request, context, ref, shown, route.settings.cache, self._settings)
+            response = await stream(
+                request, context, ref, shown, route.settings.cache, self._settings
+            )
         finally:
             await self._state.release_stream(lease)
+        if request.method == "GET":
+            # Who got what, and all of it or not: a client that hung up mid-body got
+            # `bytes_sent`. (A body answered from memory is handed to the connection whole.)
+            whole = context.reason is None and response.content_length in (
+                None,
+                context.bytes_sent,
+            )
+            context.audit("object.streamed", bytes=context.bytes_sent, complete=whole)
+        return response
 
     def _presentation(self, route: Route, key: str, context: RequestContext) -> Presentation:
         if context.cors:
@@ -251,6 +262,8 @@ async def send_object(
         status = 206 if obj.meta.content_range else 200
         response = ObjectResponse(status=status, headers=object_headers(obj.meta, shown))
         response.content_length = obj.meta.content_length
+        # Given here: the Gateway adds it to answers that have not started, and this one has.
+        response.headers["X-Request-Id"] = context.id
         try:
             await response.prepare(request)
         except ConnectionError:

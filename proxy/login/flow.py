@@ -11,6 +11,7 @@ the path only, and refusals name the check that failed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -40,6 +41,7 @@ from .session import (
     encode_flow,
     mint_session,
     session_claims,
+    session_subject,
 )
 
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -166,6 +168,12 @@ class SignIn:
                 "(auth.login.claims)",
             )
         context.sub = str(session["sub"])[:256]
+        context.iss = login.public_url  # the session's issuer, as routes' `issuers` name it
+        context.audit(
+            "signin",
+            provider=login.issuer,
+            expires=datetime.fromtimestamp(int(session["exp"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         response = web.Response(status=302, headers={"Location": flow.next, **_NO_STORE})
         response.set_cookie(
             login.cookie.name,
@@ -191,6 +199,11 @@ class SignIn:
     ) -> web.StreamResponse:
         """Clear the session; then end the provider's session too where it says how."""
         login = self._login
+        session = parse_cookie_header(request.headers.get("Cookie")).get(login.cookie.name)
+        signed_in = session_subject(session, self._secret, login) if session else None
+        if signed_in is not None:
+            context.sub, context.iss = signed_in
+        context.audit("signout", provider=login.issuer)
         location: str | None = login.logout_redirect
         try:
             end_session = (await self.provider.metadata()).end_session_endpoint

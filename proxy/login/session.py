@@ -110,6 +110,24 @@ def mint_session(claims: Mapping[str, Any], secret: str) -> str:
     return jwt.encode(dict(claims), secret, algorithm="HS256")
 
 
+def session_subject(token: str, secret: str, login: LoginSettings) -> tuple[str, str] | None:
+    """Whose session cookie this is (sub, iss), its signature checked and its expiry not (a
+    sign-out may come after it); None for anything that is not one of this proxy's sessions."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=SESSION_AUDIENCE,
+            issuer=login.public_url,
+            options={"verify_exp": False},
+        )
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    return (str(sub)[:256], login.public_url) if sub is not None else None
+
+
 def _lookup(claims: Mapping[str, Any], path: str) -> Any:
     """`realm_access.roles` -> claims["realm_access"]["roles"]; a claim named with a dot
     (some providers use URLs as claim names) is found whole first."""

@@ -2,7 +2,10 @@
 and multipart upload steps (the N+1 problem). Each path is routed, authorized and
 rate-limited exactly as its own GET (or, for an upload, an upload of that path) would be, and
 answered on its own: a URL, a form, a step of a multipart upload (uploads/multipart.py), or
-the refusal with the status that request would have had.
+the refusal with the status that request would have had. Each entry is audited as its own
+request would be: a URL signed (by its delivery method), an upload form or part URLs signed,
+an upload completed, an access refused (401, 403, 429) or an upload refused, naming the
+entry's path, route and object.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import DENIED
 from ..auth import Clock
 from ..config import Config, Route
 from ..delivery import Link
@@ -33,6 +37,7 @@ from ..state import Bucket, State
 from ..storage import Storage
 from ..uploads import (
     MULTIPART_KINDS,
+    Answered,
     OpenUploads,
     PartSigning,
     answer_entry,
@@ -165,14 +170,15 @@ class Signing:
         """One `uploads` entry: a presigned POST form, authorized as a PUT to its path would
         be, on a route that lists POST; or its refusal."""
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            return _refusal("", BadRequest(detail='each upload is {"path": "/path", ...}'))
+            shape = BadRequest(detail='each upload is {"path": "/path", ...}')
+            return _refused(context, "", shape, upload=True)
         path, content_type, size = entry["path"], entry.get("content_type"), entry.get("size")
         admitted, group = self._admit(context, path, claims, "POST")
         over_limit = (await self._state.take([group]))[0]
         if over_limit is not None:
-            return _refusal(path, over_limit)
+            return _refused(context, path, over_limit, upload=True)
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted)
+            return _refused(context, path, admitted, upload=True)
         route, ref = admitted
         try:
             if not isinstance(content_type, str):
@@ -189,7 +195,16 @@ class Signing:
                 context.expires_at,
             )
         except ProxyError as exc:
-            return _refusal(path, exc)
+            return _refused(context, path, exc, True, route, ref)
+        context.audit(
+            "url.signed",
+            path=path,
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method="POST",
+            expires=form["expires_at"],
+        )
         return {"path": path, **form}
 
     async def _sign_multipart(
@@ -206,7 +221,8 @@ class Signing:
         spending its route's rate-limit tokens; or its refusal."""
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             self._telemetry.multipart_step(kind, 400)
-            return _refusal("", BadRequest(detail='each entry is {"path": "/path", ...}'))
+            shape = BadRequest(detail='each entry is {"path": "/path", ...}')
+            return _refused(context, "", shape, upload=True)
         path = entry["path"]
         admitted, group = self._admit(context, path, claims, None)
         over_limit = (await self._state.take([group]))[0]
@@ -214,7 +230,7 @@ class Signing:
         found = over_limit if over_limit is not None else admitted
         if isinstance(found, ProxyError):
             self._telemetry.multipart_step(kind, found.status)
-            return _refusal(path, found)
+            return _refused(context, path, found, upload=True)
         route, ref = found
         try:
             place = multipart_place(route, ref)
@@ -224,12 +240,11 @@ class Signing:
             )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)
-            return _refusal(path, exc)
+            return _refused(context, path, exc, True, route, ref)
         budget[0] -= answered.part_urls
         status = int(answered.answer.get("status", 200))
         self._telemetry.multipart_step(kind, status, answered.part_urls)
-        # Audit (issue 27): `url.signed` for each entry that hands out part URLs and
-        # `object.uploaded` for a completed one belong here, once proxy/audit is on main.
+        _audit_step(context, kind, path, route, ref, answered)
         if answered.stored is not None:
             # What this process cached about the key is stale now (other workers' expires).
             self._downloads.forget(ref)
@@ -308,14 +323,14 @@ class Signing:
         lookups: asyncio.Semaphore,
     ) -> tuple[dict[str, Any], Link | None]:
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted), None
+            return _refused(context, path, admitted), None
         route, ref = admitted
         try:
             async with lookups:
                 delivery = await self._downloads.choose_delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
-            return _refusal(path, exc), None
+            return _refused(context, path, exc, False, route, ref), None
         entry = {"path": path, "url": link.url, "expires_at": link.expires_at}
         if link.cookie_scope is not None:
             entry["cookie_scope"] = link.cookie_scope
@@ -328,6 +343,58 @@ def _another_scope(scope: str) -> Conflict:
         detail=f"another cookie scope ({scope}) is already set by this answer; sign this path "
         "in a request of its own",
     )
+
+
+def _audit_step(
+    context: RequestContext,
+    kind: str,
+    path: str,
+    route: Route,
+    ref: ObjectRef,
+    answered: Answered,
+) -> None:
+    """A multipart step's audit event: part URLs handed out (`url.signed`, with the upload's
+    id, which S3's access log shows in each part's Request-URI), or the upload completed."""
+    named = {"path": path, "route": route.name, "bucket": ref.bucket, "key": ref.key}
+    upload_id = answered.answer.get("upload_id")
+    if answered.part_urls:
+        context.audit(
+            "url.signed",
+            **named,
+            url_method="PUT",
+            step=kind,
+            upload_id=upload_id,
+            parts=answered.part_urls,
+            expires=answered.answer.get("expires_at"),
+        )
+    if answered.stored is not None:
+        context.audit(
+            "object.uploaded",
+            **named,
+            status=201,
+            step=kind,
+            bytes=answered.stored.size,
+            etag=answered.stored.etag,
+        )
+
+
+def _refused(
+    context: RequestContext,
+    path: str,
+    exc: ProxyError,
+    upload: bool = False,
+    route: Route | None = None,
+    ref: ObjectRef | None = None,
+) -> dict[str, Any]:
+    """One entry's refusal, audited as its own request's would be (access.denied for a 401,
+    403 or 429; upload.refused for another refusal of an upload form), then answered."""
+    event = "access.denied" if exc.status in DENIED else "upload.refused" if upload else None
+    if event is not None:
+        named = {} if ref is None else {"bucket": ref.bucket, "key": ref.key}
+        if route is not None:
+            named["route"] = route.name
+        context.audit(event, path=path, **named, status=exc.status, reason=exc.reason)
+    return _refusal(path, exc)
 
 
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:

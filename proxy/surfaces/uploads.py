@@ -43,12 +43,7 @@ class Uploads:
         target = upload_target(route, ref, request.headers.get("Content-Type"))
         if route.settings.delivery == "redirect":
             return await redirect_put(
-                request,
-                self._storage,
-                target,
-                route.settings.ttl,
-                self._clock(),
-                context.expires_at,
+                request, context, self._storage, target, route.settings.ttl, self._clock()
             )
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         try:
@@ -56,5 +51,6 @@ class Uploads:
         finally:
             await self._state.release_stream(lease)
         context.bytes_received = received.size
+        context.audit("object.uploaded", bytes=received.size, etag=received.etag)
         self._forget(ref)
         return stored(context.path, received)  # 201 with Location, or 200 for a replacement
