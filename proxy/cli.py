@@ -295,6 +295,14 @@ def _token(args: argparse.Namespace, config: Config) -> int:
     claims = _claims(args.sub, args.claim)
     if claims is None:
         return 2
+    longest = config.settings.revocation.max_token_lifetime
+    if not 1 <= args.ttl <= longest:
+        # A longer-lived token would be refused by the proxy that minted it.
+        print(
+            f"--ttl must be between 1 and {longest} seconds (revocation.max_token_lifetime)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(issue_token(config.settings.auth, claims, args.ttl))
     except ValueError as exc:

@@ -647,8 +647,8 @@ class StateSettings(_Model):
 
 
 class RevocationSettings(_Model):
-    # The longest a token may live (exp - iat): a longer one is refused, so that a
-    # revocation can forget a subject once every token it covers has expired.
+    # The longest a token may live (exp - iat): a longer one, or one without iat or exp, is
+    # refused, so that a revocation outlives every token it covers and can then be forgotten.
     max_token_lifetime: int = Field(86400, ge=60, le=31_536_000)
 
 
@@ -758,6 +758,7 @@ def parse_config(
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
+    _check_token_lifetimes(settings, problems)
     _check_paths(settings, problems)
     if problems:
         raise ConfigError(problems)
@@ -1108,6 +1109,27 @@ def _check_state(state: StateSettings, problems: list[str]) -> None:
         )
     if state.backend == "memory" and state.url is not None:
         problems.append("state.url: only used with backend redis; set backend: redis or remove it")
+
+
+def _check_token_lifetimes(settings: Settings, problems: list[str]) -> None:
+    """A revocation lasts as long as the longest token it may cover, so every token's lifetime
+    must be known and bounded by revocation.max_token_lifetime (state/revocations.py rule 4):
+    settings that could only admit tokens past that bound are refused here, not at each
+    request."""
+    longest = settings.revocation.max_token_lifetime
+    if not settings.auth.require_exp:
+        problems.append(
+            "auth.require_exp: false is not supported: a token without exp would outlive "
+            "every revocation of it (revocation.max_token_lifetime), so it is refused anyway; "
+            "remove the key and have the issuer set exp"
+        )
+    login = settings.auth.login
+    if login is not None and login.max_age > longest:
+        problems.append(
+            f"auth.login.max_age: {login.max_age} is longer than "
+            f"revocation.max_token_lifetime ({longest}), so every session would be refused; "
+            f"lower it or raise max_token_lifetime to at least {login.max_age}"
+        )
 
 
 def _check_paths(settings: Settings, problems: list[str]) -> None:

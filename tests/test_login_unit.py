@@ -182,6 +182,7 @@ def test_with_another_issuer_routes_name_the_login_to_accept_sessions() -> None:
         ({"redirect_path": "/healthz"}, "is also health.live_path"),
         ({"logout_redirect": "//evil.example.com"}, "auth.login.logout_redirect: must be a path"),
         ({"client_id": ""}, "auth.login.client_id"),
+        ({"max_age": 2 * 86400}, "auth.login.max_age: 172800 is longer than revocation"),
     ],
 )
 def test_login_mistakes_are_caught_at_load(login: dict[str, Any], message: str) -> None:

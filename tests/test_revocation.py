@@ -75,15 +75,65 @@ async def test_a_revoked_subject_is_refused_on_stream_and_redirect_a_fresh_sign_
     assert (await client.get("/stream/photos/42", headers=bearer(bob))).status == 200
 
 
-async def test_a_token_without_iat_counts_as_issued_before(proxy, s3: S3Objects) -> None:
+async def test_a_revoked_token_never_comes_back_whatever_claims_it_lacks(
+    proxy, s3: S3Objects
+) -> None:
+    """Issue 21 item 2: a revocation lasts max_token_lifetime (+ leeway); a token that could
+    outlive it (no iat, or a lifetime past the bound by less than the leeway) must never be
+    accepted once revoked, not even after the entry has expired."""
+    import jwt
+
+    clock = Clock(T0)
+    client = await proxy(_config(s3, revocation={"max_token_lifetime": 60}), clock=clock)
+    week = int(T0) + 7 * 86400
+    no_iat = jwt.encode({"sub": "alice", "exp": week}, SECRET, algorithm="HS256")
+    # Issued before the revocation, living the bound plus the leeway.
+    stretched = make_token("alice", now=T0 - 1, ttl=60 + 30)
+    fine = make_token("alice", now=T0 - 1, ttl=60)
+    assert (await client.get("/stream/photos/42", headers=bearer(fine))).status == 200
+    admin = make_token("root", role="admin", now=T0, ttl=60)
+    assert (await _revoke(client, {"sub": "alice"}, admin)).status == 201
+    for token in (no_iat, stretched, fine):
+        assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 401
+
+    clock.now = T0 + 60 + 30 + 1  # the entry has expired
+    admin = make_token("root", role="admin", now=clock.now, ttl=60)
+    listed = await client.get("/_admin/revocations", headers=bearer(admin))
+    assert (await listed.json())["revocations"] == []
+    for token in (no_iat, stretched, fine):
+        refused = await client.get("/stream/photos/42", headers=bearer(token))
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    fresh = make_token("alice", now=clock.now, ttl=60)
+    assert (await client.get("/stream/photos/42", headers=bearer(fresh))).status == 200
+
+
+async def test_a_revoked_jti_outlives_a_token_from_an_issuer_clock_ahead_of_ours(
+    proxy, s3: S3Objects
+) -> None:
+    clock = Clock(T0)
+    lifetime = 700_000  # longer than a share link, so the token's lifetime decides
+    client = await proxy(_config(s3, revocation={"max_token_lifetime": lifetime}), clock=clock)
+    # Minted before the revocation by an issuer whose clock runs 30 s (the leeway) ahead.
+    ahead = make_token("alice", now=T0 + 30, ttl=lifetime, jti="laptop")
+    assert (await client.get("/stream/photos/42", headers=bearer(ahead))).status == 200
+    admin = make_token("root", role="admin", now=T0, ttl=60)
+    assert (await _revoke(client, {"jti": "laptop"}, admin)).status == 201
+    clock.now = T0 + lifetime + 31  # past what the entry used to last, within the token's life
+    assert (await client.get("/stream/photos/42", headers=bearer(ahead))).status == 401
+
+
+async def test_a_token_without_iat_or_exp_is_refused(proxy, s3: S3Objects) -> None:
     import jwt
 
     clock = Clock(T0)
     client = await proxy(_config(s3), clock=clock)
     no_iat = jwt.encode({"sub": "alice", "exp": int(T0) + 600}, SECRET, algorithm="HS256")
-    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 200
-    await _revoke(client, {"sub": "alice"})
-    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 401
+    no_exp = jwt.encode({"sub": "alice", "iat": int(T0)}, SECRET, algorithm="HS256")
+    for token in (no_iat, no_exp):
+        refused = await client.get("/stream/photos/42", headers=bearer(token))
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
 async def test_the_sign_api_refuses_a_revoked_token(proxy, s3: S3Objects) -> None:
@@ -128,7 +178,8 @@ async def test_a_token_living_longer_than_revocations_last_is_refused(proxy, s3:
     clock = Clock(T0)
     client = await proxy(_config(s3, revocation={"max_token_lifetime": 3600}), clock=clock)
     ok = make_token("alice", now=clock.now, ttl=3600)
-    too_long = make_token("alice", now=clock.now, ttl=3600 + 31)  # leeway is 30
+    # exp and iat are both the issuer's stamps: no leeway for clock skew between them.
+    too_long = make_token("alice", now=clock.now, ttl=3600 + 1)
     assert (await client.get("/stream/photos/42", headers=bearer(ok))).status == 200
     response = await client.get("/stream/photos/42", headers=bearer(too_long))
     assert response.status == 401
@@ -290,6 +341,7 @@ def test_the_cli_needs_admin_access_with_the_memory_backend(
         ),
         ({"admin": {"access": {"claims": 5}}}, "admin.access"),
         ({"revocation": {"max_token_lifetime": 5}}, "revocation.max_token_lifetime"),
+        ({"auth": {"require_exp": False}}, "auth.require_exp: false is not supported"),
     ],
 )
 def test_state_and_admin_mistakes_are_caught_at_load(
@@ -343,7 +395,8 @@ def test_entries_round_trip_and_expire_by_kind() -> None:
     assert Revocation.loads(entry.dumps()) == entry
     assert entry.expires_at == T0 + 3630
     link = new_revocation("jti", "j", None, T0, 3600, 30)
-    assert link.expires_at == T0 + 604800 + 30  # a share link may live 7 days
+    # A share link may live 7 days; a jti entry also allows for an issuer's clock ahead.
+    assert link.expires_at == T0 + 604800 + 2 * 30
     for bad in ("[]", '{"sub": 1}', '{"jti": "x", "revoked_at": "a", "expires_at": 1}'):
         with pytest.raises(ValueError):
             Revocation.loads(bad)

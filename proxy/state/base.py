@@ -76,7 +76,6 @@ class State:
     def reconfigure(self, settings: Settings) -> None:
         """Take a reloaded config's settings. The backend itself (state.backend, url, ...)
         stays as it was opened: changing it needs a restart."""
-        self._leeway = settings.auth.leeway
         self._max_lifetime = settings.revocation.max_token_lifetime
         self._revocations_closed = settings.state.when_down.revocations == "closed"
         self._limits_closed = settings.state.when_down.limits == "closed"
@@ -89,8 +88,7 @@ class State:
 
     def check_token(self, claims: Mapping[str, Any], link: bool = False) -> None:
         """Refuse a revoked token or link (401), or one that outlives revocations."""
-        longest = LINK_MAX_LIFETIME if link else self._max_lifetime
-        refusal = lifetime_refusal(claims, longest + self._leeway)
+        refusal = lifetime_refusal(claims, LINK_MAX_LIFETIME if link else self._max_lifetime)
         if refusal is not None:
             raise Unauthenticated(refusal, invalid_token=True)
         stale = self.stale_for()

@@ -8,9 +8,19 @@ Rules:
    without `iat` counts as issued before). A token issued later, a fresh sign-in, passes.
 3. A jti revocation covers the one token or share link carrying that `jti`. Share links are
    revoked only by jti: a subject revocation is about sign-ins, and a link is not one.
-4. Every entry expires on its own once no token it covers can still be valid: tokens live
-   at most `revocation.max_token_lifetime` (longer ones are refused), links at most
-   LINK_MAX_LIFETIME. So the list never grows without bound.
+4. Every entry expires on its own once no token it covers can still be valid, so the list
+   never grows without bound; and a revoked token is never accepted again, whatever claims
+   it lacks. That needs every token's lifetime bounded and known: a token must carry `iat`
+   and `exp` with `exp - iat` at most `revocation.max_token_lifetime` (links: at most
+   LINK_MAX_LIFETIME), and is refused otherwise. Both stamps come from the issuer's clock,
+   so the difference needs no leeway. A token without `iat` could have been issued at any
+   time before any revocation with any `exp`; one without `exp` never expires: either would
+   outlive the entry that covers it.
+5. The arithmetic of rule 4, with `leeway` the allowed clock skew: a subject entry covers
+   tokens with `iat <= revoked_at`, so `exp <= revoked_at + lifetime`, accepted until
+   `exp + leeway`: the entry lasts `lifetime + leeway`. A jti entry covers a token whatever
+   its `iat`; one that existed at the revocation has `iat <= revoked_at + leeway` (an
+   issuer's clock ahead of ours), so it lasts `lifetime + 2 * leeway`.
 """
 
 from __future__ import annotations
@@ -23,7 +33,6 @@ from typing import Any, Literal, TypeGuard
 
 # The longest share link `python -m proxy link` mints (the SigV4 maximum, 7 days).
 LINK_MAX_LIFETIME = 604800
-# A token's clock may run ahead of ours by up to auth.leeway; entries outlive that too.
 Kind = Literal["sub", "jti"]
 
 
@@ -81,12 +90,12 @@ def new_revocation(
     ttl: float | None = None,
 ) -> Revocation:
     """A revocation made now that lasts `ttl` seconds, or as long as anything it covers can
-    still be valid (rule 4)."""
+    still be valid (rules 4 and 5)."""
     if ttl is None:
-        longest = (
-            max_token_lifetime if kind == "sub" else max(max_token_lifetime, LINK_MAX_LIFETIME)
-        )
-        ttl = longest + leeway
+        if kind == "sub":
+            ttl = max_token_lifetime + leeway
+        else:
+            ttl = max(max_token_lifetime, LINK_MAX_LIFETIME) + 2 * leeway
     return Revocation(kind, value, iss if kind == "sub" else None, now, now + ttl)
 
 
@@ -161,9 +170,14 @@ class RevocationList:
 
 
 def lifetime_refusal(claims: Mapping[str, Any], longest: float) -> str | None:
-    """Why a token living longer than revocations last is refused (rule 4), or None."""
+    """Why a token whose lifetime is unknown or longer than revocations last is refused
+    (rule 4), or None."""
     exp, iat = claims.get("exp"), claims.get("iat")
-    if _is_number(exp) and _is_number(iat) and exp - iat > longest:
+    if not _is_number(exp):
+        return "token without exp (revocation.max_token_lifetime needs it)"
+    if not _is_number(iat):
+        return "token without iat (revocation.max_token_lifetime needs it)"
+    if exp - iat > longest:
         return "token lifetime exceeds revocation.max_token_lifetime"
     return None
 
