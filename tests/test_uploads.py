@@ -199,7 +199,18 @@ async def test_chunked_body_growing_past_max_is_413_and_aborted(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/html", "image/png, text/html", "text/plain;,text/html", "image"],
+    [
+        None,
+        "text/html",
+        "image/png, text/html",
+        "text/plain;,text/html",
+        "image",
+        # Issue 21 item 7: `image/*` on the list covers neither SVG nor the pattern itself.
+        "image/svg+xml",
+        "image/svg+xml; charset=utf-8",
+        "image/*",
+        "*/*",
+    ],
 )
 async def test_missing_malformed_or_disallowed_type_is_415(
     proxy, s3: S3Objects, s3_client: Any, content_type: str | None
