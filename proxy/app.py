@@ -256,10 +256,29 @@ class Gateway:
         return live_response()
 
     async def _ready(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Readiness: 200 only when this process can serve. No auth, no log line."""
+        """Readiness: 200 only when this process can serve. No auth needed, no log line; what
+        is wrong only for a caller that passes admin.access (ops/health.py's rule)."""
         if request.method not in ("GET", "HEAD"):
             return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
-        return await ready_response(self.readiness, self.draining)
+        detailed = await self._is_operator(request)
+        return await ready_response(self.readiness, self.draining, detailed)
+
+    async def _is_operator(self, request: web.BaseRequest) -> bool:
+        """Whether the request carries a token that passes admin.access. A probe without one
+        (the orchestrator's) costs nothing; a bad one is no error, just no details."""
+        rule = self.config.admin_access
+        if rule is None or not rule.needs_token:
+            return False  # an admin endpoint open to all is no reason to open the details
+        query = request.query if request.rel_url.raw_query_string else _NO_QUERY
+        found = extract_token(self.config.settings.auth, request.headers, None, query)
+        if found is None:
+            return False
+        try:
+            claims = await self._handler.verifier.verify(found[1])
+            self.state.check_token(claims)
+        except ProxyError:
+            return False
+        return rule.denial(claims, {}) is None
 
 
 # TooManyRequests reasons (limits.py) -> the `limit` label of proxy_rate_limited_total.

@@ -367,6 +367,8 @@ async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
     await _until_async(lambda: client.server.gateway.state.stale_for() is not None)
     response = await client.get("/readyz")
     assert response.status == 503
+    assert await response.json() == {"status": "not ready"}  # no Redis error to the public
+    response = await client.get("/readyz", headers=bearer(admin))
     problems = (await response.json())["problems"]
     assert any(problem.startswith("redis") for problem in problems), problems
     # when_down.revocations: open (reloaded): the last copy still refuses alice.

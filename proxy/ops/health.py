@@ -3,8 +3,12 @@
 Readiness runs its checks (credentials, each route's bucket, JWKS keys) at most once every
 `health.cache` seconds, by the injected clock: a burst of probes shares one run, and a probe
 that comes while a run is under way waits for that run instead of starting another. Each
-check is bounded by `health.timeout`. The answer lists what is wrong, never a secret. Changes
-of state are logged once; probes themselves never are.
+check is bounded by `health.timeout`. Changes of state are logged once, with what is wrong;
+probes themselves never are.
+
+Rule: the probe is anonymous and on the public port, so its answer carries the status only.
+What is wrong (bucket names, S3's and Redis's errors) goes to the log and, on the probe
+itself, only to a caller that passes `admin.access`; never a secret to anyone.
 """
 
 from __future__ import annotations
@@ -117,12 +121,18 @@ def live_response() -> web.Response:
     return _json(200, {"status": "ok"})
 
 
-async def ready_response(readiness: Readiness, draining: bool) -> web.Response:
+async def ready_response(
+    readiness: Readiness, draining: bool, detailed: bool = False
+) -> web.Response:
+    """The probe's answer; `detailed` (a caller that passed admin.access) adds the problems."""
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
     if problems:
-        return _json(503, {"status": "not ready", "problems": problems})
+        body: dict[str, object] = {"status": "not ready"}
+        if detailed:
+            body["problems"] = problems
+        return _json(503, body)
     return _json(200, {"status": "ready"})
 
 
