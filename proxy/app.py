@@ -361,7 +361,7 @@ class _Handler:
             if login is None
             else same_auth.sign_in
             if same_auth and same_auth.sign_in
-            else SignIn(settings.auth, login, fetch_json, clock)
+            else SignIn(settings.auth, login, fetch_json, clock, state.revoke)
         )
         self._storage = storage
         self._clock = clock

@@ -250,3 +250,23 @@ async def test_the_code_exchange_authenticates_as_configured(secret: str) -> Non
     else:  # a public client: names itself, proves itself by PKCE
         assert "Authorization" not in headers and sent["client_id"] == ["proxy"]
     assert "client_secret" not in sent
+
+
+@pytest.mark.parametrize(
+    ("headers", "same"),
+    [
+        ({"Sec-Fetch-Site": "same-origin"}, True),
+        ({"Sec-Fetch-Site": "none"}, True),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "https://files.example.com"}, False),
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Origin": "https://files.example.com"}, True),
+        ({"Origin": "https://files.example.com:8443"}, False),
+        ({"Origin": "http://files.example.com"}, False),
+        ({"Origin": "null"}, False),
+        ({}, True),
+    ],
+)
+def test_sign_out_must_come_from_our_own_pages(headers: dict[str, str], same: bool) -> None:
+    from proxy.login.navigation import is_same_origin
+
+    assert is_same_origin(headers, "https://files.example.com") is same

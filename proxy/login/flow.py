@@ -6,11 +6,17 @@ cookie; the callback checks that cookie against `state`, trades the code, verifi
 token, sets the session cookie and sends the browser back to `next`. Nothing is kept in
 memory between requests. Codes, states and tokens are never logged: the access log records
 the path only, and refusals name the check that failed.
+
+Sign-out is a POST from this proxy's own pages (navigation.py rule 3; a GET only shows the
+button), and it ends the session everywhere, not only in this browser: the session's `jti`
+is revoked through the state backend (every replica, within a second) until the session
+would have expired, so a copy of the cookie taken earlier is refused from then on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import html
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -29,7 +35,8 @@ from ..errors import (
     ProxyError,
     SignInRedirect,
 )
-from .navigation import is_navigation, safe_next, without_params
+from ..state.revocations import Revocation
+from .navigation import is_navigation, is_same_origin, safe_next, without_params
 from .provider import Provider, ProviderHttp
 from .session import (
     FLOW_COOKIE_PREFIX,
@@ -38,11 +45,16 @@ from .session import (
     Flow,
     decode_flow,
     encode_flow,
+    ended_session,
     mint_session,
     session_claims,
 )
 
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# The sign-out page: one button, nothing from the request in it, and nothing it may load.
+_PAGE_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+Revoke = Callable[[Revocation], Awaitable[None]]
 
 
 class SignIn:
@@ -54,9 +66,13 @@ class SignIn:
         login: LoginSettings,
         http: ProviderHttp,
         clock: Callable[[], float],
+        revoke: Revoke,
     ) -> None:
+        """`revoke`: records a revocation through the state backend (State.revoke)."""
         self._login = login
         self._clock = clock
+        self._revoke = revoke
+        self._leeway = auth.leeway
         self._secret = login.session_secret.get_secret_value()
         self.provider = Provider(login, auth.jwks, auth.leeway, http, clock)
         # Query parameters that carry credentials: not taken along to `next`.
@@ -84,6 +100,12 @@ class SignIn:
 
     async def answer(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
         record.route = "sign-in"
+        if record.path == self._login.logout_path:
+            if request.method == "POST":
+                return await self._logout(request, record)
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("sign-out takes POST", allowed="GET, HEAD, POST")
+            return self._logout_page()
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed("sign-in takes GET", allowed="GET, HEAD")
         return await self._pages[record.path](request, record)
@@ -184,9 +206,31 @@ class SignIn:
         record.reason = "signed in"
         return response
 
+    def _logout_page(self) -> web.Response:
+        """What a GET of the sign-out path shows: a button that POSTs to it. A link or an
+        image elsewhere that points here signs no one out."""
+        action = html.escape(self._login.logout_path, quote=True)
+        body = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Sign out</title></head><body>"
+            f'<form method="post" action="{action}">'
+            '<button type="submit" name="sign-out">Sign out</button></form></body></html>'
+        )
+        return web.Response(
+            text=body,
+            content_type="text/html",
+            headers={**_NO_STORE, "Content-Security-Policy": _PAGE_CSP},
+        )
+
     async def _logout(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
-        """Clear the session; then end the provider's session too where it says how."""
+        """End the session here and on every replica (its jti revoked), clear the cookie;
+        then end the provider's session too where it says how."""
         login = self._login
+        if not is_same_origin(request.headers, login.public_url):
+            raise Forbidden(
+                "sign-out from another site", detail="sign out from this site's own page"
+            )
+        await self._end_session(request, record)
         location: str | None = login.logout_redirect
         try:
             end_session = (await self.provider.metadata()).end_session_endpoint
@@ -202,9 +246,24 @@ class SignIn:
         if location is None:
             response = web.json_response({"signed_out": True}, headers=_NO_STORE)
         else:
-            response = web.Response(status=302, headers={"Location": location, **_NO_STORE})
+            # 303: the browser follows a POST's answer with a GET.
+            response = web.Response(status=303, headers={"Location": location, **_NO_STORE})
         response.del_cookie(
             login.cookie.name, path="/", secure=login.secure, httponly=True, samesite="Lax"
         )
         record.reason = "signed out"
         return response
+
+    async def _end_session(self, request: web.BaseRequest, record: AccessRecord) -> None:
+        """Revoke the session the cookie holds, for as long as it could still be accepted.
+        A backend that cannot record it is a 503 and the cookie stays: the user is not told
+        they are signed out while a copy of the cookie would still work."""
+        cookie = parse_cookie_header(request.headers.get("Cookie")).get(self._login.cookie.name)
+        session = ended_session(cookie, self._login, self._secret) if cookie else None
+        if session is None:
+            return  # no session of ours: nothing to end but the cookie
+        jti, exp = session
+        now = self._clock()
+        if exp + self._leeway <= now:
+            return  # expired: refused anyway
+        await self._revoke(Revocation("jti", jti, None, now, exp + self._leeway))

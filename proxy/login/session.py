@@ -110,6 +110,27 @@ def mint_session(claims: Mapping[str, Any], secret: str) -> str:
     return jwt.encode(dict(claims), secret, algorithm="HS256")
 
 
+def ended_session(token: str, login: LoginSettings, secret: str) -> tuple[str, float] | None:
+    """The `jti` and `exp` of a session token this proxy signed, to revoke on sign-out; None
+    for anything else (expired ones included: they need no revocation, and the caller
+    checks `exp`)."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=SESSION_AUDIENCE,
+            issuer=login.public_url,
+            options={"verify_exp": False, "verify_iat": False, "require": ["exp", "jti"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    jti, exp = claims.get("jti"), claims.get("exp")
+    if not isinstance(jti, str) or not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    return jti, float(exp)
+
+
 def _lookup(claims: Mapping[str, Any], path: str) -> Any:
     """`realm_access.roles` -> claims["realm_access"]["roles"]; a claim named with a dot
     (some providers use URLs as claim names) is found whole first."""
