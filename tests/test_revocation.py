@@ -400,3 +400,26 @@ def test_entries_round_trip_and_expire_by_kind() -> None:
     for bad in ("[]", '{"sub": 1}', '{"jti": "x", "revoked_at": "a", "expires_at": 1}'):
         with pytest.raises(ValueError):
             Revocation.loads(bad)
+
+
+async def test_a_revocation_stops_the_watched_responses_it_covers_once_per_batch() -> None:
+    from proxy.state import MemoryState
+
+    state = MemoryState(build_config(config_dict("http://127.0.0.1:9")).settings, Clock(T0))
+    stopped: list[str] = []
+    claims = {"iat": T0 - 1, "exp": T0 + 60}
+    state.watch({"sub": "alice", **claims}, lambda: stopped.append("alice"))
+    state.watch({"sub": "alice", "jti": "L", **claims}, lambda: stopped.append("link"), link=True)
+    bob = state.watch({"sub": "bob", **claims}, lambda: stopped.append("bob"))
+    await state.revoke(new_revocation("sub", "alice", None, T0, 60, 30))
+    await state.revoke(new_revocation("sub", "carol", None, T0, 60, 30))
+    assert stopped == []  # one sweep after the batch, not one per entry
+    await asyncio.sleep(0)
+    assert stopped == ["alice"]  # a subject revocation does not cover a share link
+    await state.revoke(new_revocation("jti", "L", None, T0, 60, 30))
+    await asyncio.sleep(0)
+    assert stopped == ["alice", "link"]
+    state.unwatch(bob)
+    await state.revoke(new_revocation("sub", "bob", None, T0, 60, 30))
+    await asyncio.sleep(0)
+    assert stopped == ["alice", "link"]  # finished before it was revoked

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
@@ -100,17 +100,27 @@ def new_revocation(
 
 
 class RevocationList:
-    """The revocations in force, indexed for one dict lookup or two per request."""
+    """The revocations in force, indexed for one dict lookup or two per request.
+    `on_added` is called after every change that may revoke something (an entry added, the
+    list replaced), so that what is already running can look again."""
 
-    def __init__(self, entries: Iterable[Revocation] = ()) -> None:
+    def __init__(
+        self, entries: Iterable[Revocation] = (), on_added: Callable[[], None] | None = None
+    ) -> None:
         self._subjects: dict[tuple[str | None, str], Revocation] = {}
         self._jtis: dict[str, Revocation] = {}
-        self.replace(entries)
+        self._on_added = on_added
+        self._index(entries)
 
     def __len__(self) -> int:
         return len(self._subjects) + len(self._jtis)
 
     def replace(self, entries: Iterable[Revocation]) -> None:
+        self._index(entries)
+        if self._on_added is not None:
+            self._on_added()
+
+    def _index(self, entries: Iterable[Revocation]) -> None:
         subjects: dict[tuple[str | None, str], Revocation] = {}
         jtis: dict[str, Revocation] = {}
         for entry in entries:
@@ -125,6 +135,8 @@ class RevocationList:
             self._subjects[(entry.iss, entry.value)] = entry
         else:
             self._jtis[entry.value] = entry
+        if self._on_added is not None:
+            self._on_added()
 
     def remove(self, kind: Kind, value: str, iss: str | None = None) -> bool:
         if kind == "sub":
@@ -143,7 +155,7 @@ class RevocationList:
         """The entries still in force, oldest first; expired ones are dropped."""
         live = [e for e in (*self._subjects.values(), *self._jtis.values()) if now < e.expires_at]
         if len(live) != len(self):
-            self.replace(live)
+            self._index(live)  # only dropped: nothing newly revoked
         return sorted(live, key=lambda e: e.revoked_at)
 
     def covers(self, claims: Mapping[str, Any], now: float, link: bool = False) -> bool:
