@@ -1,4 +1,5 @@
-"""One JSON line per request. Never logs a token, cookie, query string or URL signature."""
+"""One JSON line per request, read from its RequestContext. Never logs a token, cookie, query
+string or URL signature."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
 import orjson
+
+from .request import RequestContext
 
 log = logging.getLogger("proxy.access")
 _second: tuple[int, str] = (-1, "")
@@ -75,47 +77,29 @@ def _timestamp(now: float) -> str:
     return f"{_second[1]}.{int((now - whole) * 1000):03d}+00:00"
 
 
-@dataclass
-class AccessRecord:
-    """Filled in as the request flows; written once when it ends."""
-
-    method: str
-    path: str  # the raw path without its query string
-    client: str | None
-    route: str | None = None
-    sub: str | None = None
-    delivery: str | None = None
-    status: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0  # an upload's body, as stored
-    reason: str | None = None
-    token_source: str | None = None
-    started: float = 0.0  # perf_counter() at arrival
-    first_byte: float | None = None  # perf_counter() when the first body byte was written
-    cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged
-
-    def emit(self, now: float, duration: float) -> None:
-        if _sink is None and not log.isEnabledFor(logging.INFO):
-            return
-        line = {
-            "time": _timestamp(now),
-            "route": self.route,
-            "sub": self.sub,
-            "method": self.method,
-            "path": self.path[:2048],  # a log line stays bounded
-            "status": self.status,
-            "bytes": self.bytes_sent,
-            "duration_ms": round(duration * 1000, 3),
-            "delivery": self.delivery,
-            "client": self.client,
-        }
-        if self.bytes_received:
-            line["bytes_received"] = self.bytes_received
-        if self.token_source:
-            line["token_source"] = self.token_source
-        if self.reason:
-            line["reason"] = self.reason
-        if _sink is not None:
-            _sink(_encode(line))
-        else:
-            log.info(_encode(line))
+def write_access_line(context: RequestContext, now: float, duration: float) -> None:
+    """The request's one line, once it has ended."""
+    if _sink is None and not log.isEnabledFor(logging.INFO):
+        return
+    line = {
+        "time": _timestamp(now),
+        "route": context.route,
+        "sub": context.sub,
+        "method": context.method,
+        "path": context.path[:2048],  # a log line stays bounded
+        "status": context.status,
+        "bytes": context.bytes_sent,
+        "duration_ms": round(duration * 1000, 3),
+        "delivery": context.delivery,
+        "client": context.client,
+    }
+    if context.bytes_received:
+        line["bytes_received"] = context.bytes_received
+    if context.token_source:
+        line["token_source"] = context.token_source
+    if context.reason:
+        line["reason"] = context.reason
+    if _sink is not None:
+        _sink(_encode(line))
+    else:
+        log.info(_encode(line))

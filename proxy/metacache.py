@@ -1,13 +1,16 @@
 """A bounded, expiring in-process cache of object metadata (size, type, validators), and of
-recent 404s. No I/O."""
+recent 404s, keyed by the whole ObjectRef (customer key included). No I/O."""
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final
 
+from .request import ObjectRef
+from .ssec import CustomerKey
 from .storage import ObjectMeta
 
 
@@ -34,39 +37,40 @@ class MetadataCache:
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, ObjectMeta | _Absent]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[ObjectRef, tuple[float, ObjectMeta | _Absent]] = OrderedDict()
+        self._customer_keys: set[CustomerKey | None] = set()  # as in ObjectCache: for `forget`
         self.hits = 0  # lookups answered and not (read by the metrics)
         self.misses = 0
 
-    def get(self, bucket: str, key: str) -> ObjectMeta | _Absent | None:
+    def get(self, ref: ObjectRef) -> ObjectMeta | _Absent | None:
         """The metadata, MISSING for a remembered 404, or None when not known."""
-        entry = self._entries.get((bucket, key))
+        entry = self._entries.get(ref)
         if entry is None:
             self.misses += 1
             return None
         deadline, meta = entry
         if self._clock() >= deadline:
-            del self._entries[(bucket, key)]
+            del self._entries[ref]
             self.misses += 1
             return None
-        self._entries.move_to_end((bucket, key))
+        self._entries.move_to_end(ref)
         self.hits += 1
         return meta
 
-    def put(self, bucket: str, key: str, meta: ObjectMeta) -> None:
-        self._store(bucket, key, meta, self._ttl)
+    def put(self, ref: ObjectRef, meta: ObjectMeta) -> None:
+        self._store(ref, meta, self._ttl)
 
-    def put_missing(self, bucket: str, key: str) -> None:
-        """S3 answered 404 for this key."""
-        self._store(bucket, key, MISSING, min(self._negative_ttl, self._ttl))
+    def put_missing(self, ref: ObjectRef) -> None:
+        """S3 answered 404 for this object."""
+        self._store(ref, MISSING, min(self._negative_ttl, self._ttl))
 
-    def forget(self, bucket: str, key: str) -> None:
-        """The object changed (this process stored it): the next lookup asks S3."""
-        self._entries.pop((bucket, key), None)
+    def forget(self, ref: ObjectRef) -> None:
+        """The object changed (this process stored it): the next lookup of its bucket and
+        key asks S3, whichever customer key it comes with."""
+        for sse in self._customer_keys:
+            self._entries.pop(replace(ref, sse=sse), None)
 
-    def _store(self, bucket: str, key: str, meta: ObjectMeta | _Absent, ttl: float) -> None:
+    def _store(self, ref: ObjectRef, meta: ObjectMeta | _Absent, ttl: float) -> None:
         if self._max <= 0 or ttl <= 0:
             return
         now = self._clock()
@@ -76,8 +80,9 @@ class MetadataCache:
             if now < entries[oldest][0]:
                 break
             del entries[oldest]
-        entries[(bucket, key)] = (now + ttl, meta)
-        entries.move_to_end((bucket, key))
+        entries[ref] = (now + ttl, meta)
+        entries.move_to_end(ref)
+        self._customer_keys.add(ref.sse)
         while len(entries) > self._max:
             entries.popitem(last=False)
 

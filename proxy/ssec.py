@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KEY_BYTES = 32  # AES-256, the only algorithm S3 accepts for SSE-C
 GENERATE_COMMAND = "openssl rand -base64 32"
@@ -20,7 +20,15 @@ GENERATE_COMMAND = "openssl rand -base64 32"
 
 @dataclass(frozen=True)
 class CustomerKey:
-    key: bytes
+    """One customer key. Equality and hashing go by its fingerprint (SHA-256 of the key,
+    computed once): a cache keyed by an ObjectRef tells two keys apart without the key
+    itself sitting in its identity."""
+
+    key: bytes = field(compare=False, repr=False)
+    fingerprint: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", hashlib.sha256(self.key).digest())
 
     @classmethod
     def parse(cls, text: str) -> CustomerKey:

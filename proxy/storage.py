@@ -33,7 +33,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .presign import Credentials, Lifetime, PostForm
-from .ssec import CustomerKey
+from .request import ObjectRef
 from .upstream import MalformedResponse, PoolExhausted
 
 
@@ -61,37 +61,22 @@ class ObjectStream:
 
 class Writes(Protocol):
     """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
-    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed."""
+    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed. The
+    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart."""
 
-    async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        overwrite: bool,
-        sse: CustomerKey | None = None,
-    ) -> str: ...
+    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str: ...
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str: ...
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str: ...
 
     async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
+        self, ref: ObjectRef, upload_id: str, number: int, body: bytes
     ) -> str: ...
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
     ) -> str: ...
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
 
 
 class Storage(Protocol):
@@ -100,13 +85,11 @@ class Storage(Protocol):
         """Uploads' S3 calls (proxy/engines/writes.py)."""
         ...
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
-        """The object's metadata; `sse` is the SSE-C key it is encrypted with, if any."""
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
+        """The object's metadata (read with its customer key, if it has one)."""
         ...
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """The object (or one byte range of it), its body read as the caller reads it."""
         ...
 
@@ -123,19 +106,18 @@ class Storage(Protocol):
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        """A presigned URL; pure CPU work, no S3 call."""
+        """A presigned URL; pure CPU work, no S3 call. A URL cannot carry a customer key
+        (config allows one only on `delivery: stream` routes, which never presign)."""
         ...
 
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
@@ -147,8 +129,7 @@ class Storage(Protocol):
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from proxy.conditional import parse_ranges
 from proxy.errors import NotFound, RangeNotSatisfiable
 from proxy.presign import Credentials, Lifetime
+from proxy.request import ObjectRef
 from proxy.ssec import CustomerKey
 from proxy.storage import ObjectMeta, ObjectStream
 
@@ -25,17 +26,17 @@ class FakeStorage:
     bucket_problem: str | None = None  # what check_bucket answers (None: reachable)
     sse_keys: list[CustomerKey | None] = field(default_factory=list)  # per head/get, in order
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
+        bucket, key = ref.bucket, ref.key
         self.calls.append(("head", bucket, key))
-        self.sse_keys.append(sse)
+        self.sse_keys.append(ref.sse)
         return self._meta(bucket, key)
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """Answers a single range as S3 does: 206 with Content-Range, or 416 past the end."""
+        bucket, key = ref.bucket, ref.key
         self.calls.append(("get", bucket, key))
-        self.sse_keys.append(sse)
+        self.sse_keys.append(ref.sse)
         meta = self._meta(bucket, key, mid_stream=self.fail_after_bytes is not None)
         body = self.objects[(bucket, key)]
         ranges = parse_ranges(byte_range)
@@ -63,14 +64,13 @@ class FakeStorage:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        self.calls.append(("presign", bucket, key))
+        self.calls.append(("presign", ref.bucket, ref.key))
         return (
-            f"https://s3.example/{bucket}/{key}?X-Amz-Date={lifetime.signed_at}"
+            f"https://s3.example/{ref.bucket}/{ref.key}?X-Amz-Date={lifetime.signed_at}"
             f"&X-Amz-Expires={lifetime.expires_in}"
         )
 

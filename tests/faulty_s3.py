@@ -1,4 +1,8 @@
-"""A fault-injecting S3 on loopback: it forwards to moto, or fails in the way a test asks."""
+"""A fault-injecting S3 on loopback: it forwards to moto, or fails in the way a test asks.
+
+It also judges SSE-C customer keys as S3 does, which moto does not: a GET or HEAD of a path in
+`sealed` without the key it was stored with is refused (400 with no key, 403 with another).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class FaultyS3:
     requests: int = 0
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # each request's, lower-case names
+    sealed: dict[str, str] = field(default_factory=dict)  # path -> its customer key's MD5 (base64)
     url: str = ""
     _server: TestServer | None = None
     _session: aiohttp.ClientSession | None = None
@@ -46,6 +51,12 @@ class FaultyS3:
         self.requests += 1
         self.paths.append(f"{request.method} {request.path}")
         self.headers.append({name.lower(): value for name, value in request.headers.items()})
+        if request.method in ("GET", "HEAD") and request.path in self.sealed:
+            sent = request.headers.get("x-amz-server-side-encryption-customer-key-md5")
+            if sent != self.sealed[request.path]:
+                status, code = (400, "InvalidRequest") if sent is None else (403, "AccessDenied")
+                xml = f"<Error><Code>{code}</Code><Message>SSE-C key</Message></Error>"
+                return web.Response(status=status, text=xml, content_type="application/xml")
         if self.mode == "refuse":
             assert request.transport is not None
             request.transport.abort()

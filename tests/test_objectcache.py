@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.objectcache import ENTRY_OVERHEAD, ObjectCache
 from proxy.ops import summary
+from proxy.request import ObjectRef
 from proxy.storage import ObjectMeta
 
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
@@ -120,7 +121,7 @@ async def test_empty_objects_with_long_keys_are_not_cached_for_free(proxy) -> No
         response = await client.get(f"/stream/photos/{employee}", headers=token)
         assert (response.status, await response.read()) == (200, b"")
     assert _gets(fake) == 200
-    cache = client.server.gateway._handler._objects  # white box: what the memory holds
+    cache = client.server.gateway._surfaces.downloads.objects  # white box: what the memory holds
     assert 0 < cache.size_bytes <= 64 * 1024
     each = len("hr-private") + len(f"employees/{ids[0]}/photo.jpg") + ENTRY_OVERHEAD
     assert len(cache) == 64 * 1024 // each
@@ -135,7 +136,7 @@ async def test_entries_past_every_routes_max_age_are_dropped(proxy) -> None:
     clock = Clock(T0)
     client, fake, token = await _start(proxy, clock)  # the only cached route: max_age 5
     assert (await client.get("/stream/photos/42", headers=token)).status == 200
-    cache = client.server.gateway._handler._objects
+    cache = client.server.gateway._surfaces.downloads.objects
     assert len(cache) == 1
     clock.now += 5
     fake_key = ("hr-private", "employees/44/photo.jpg")
@@ -155,19 +156,19 @@ def test_the_cache_stays_within_its_byte_budget() -> None:
     cache = _cache(clock, max_bytes=3 * each - 1)
     meta = ObjectMeta(content_length=400)
     for name in "abc":
-        cache.put("b", name, meta, b"x" * 400)
+        cache.put(ObjectRef("b", name), meta, b"x" * 400)
     assert cache.size_bytes == 2 * each
-    assert cache.get("b", "a", 60) is None  # the least recently used went first
-    assert cache.get("b", "c", 60) is not None
-    cache.put("b", "huge", meta, b"x" * 3 * each)
-    assert cache.get("b", "huge", 60) is None
+    assert cache.get(ObjectRef("b", "a"), 60) is None  # the least recently used went first
+    assert cache.get(ObjectRef("b", "c"), 60) is not None
+    cache.put(ObjectRef("b", "huge"), meta, b"x" * 3 * each)
+    assert cache.get(ObjectRef("b", "huge"), 60) is None
 
 
 def test_keys_and_overhead_count_so_empty_objects_are_not_free() -> None:
     cache = _cache(Clock(T0), max_bytes=100_000, max_entries=1_000_000)
     long_key = "k" * 4000
     for i in range(1000):
-        cache.put("bucket", f"{long_key}{i}", ObjectMeta(content_length=0), b"")
+        cache.put(ObjectRef("bucket", f"{long_key}{i}"), ObjectMeta(content_length=0), b"")
     assert 0 < cache.size_bytes <= 100_000
     assert len(cache) == 100_000 // (len("bucket") + 4003 + ENTRY_OVERHEAD)
 
@@ -175,25 +176,25 @@ def test_keys_and_overhead_count_so_empty_objects_are_not_free() -> None:
 def test_the_number_of_entries_is_capped() -> None:
     cache = _cache(Clock(T0), max_bytes=10**9, max_entries=10)
     for i in range(50):
-        cache.put("b", str(i), ObjectMeta(content_length=1), b"x")
+        cache.put(ObjectRef("b", str(i)), ObjectMeta(content_length=1), b"x")
     assert len(cache) == 10
-    assert cache.get("b", "49", 60) is not None  # the newest stayed
-    assert cache.get("b", "0", 60) is None
+    assert cache.get(ObjectRef("b", "49"), 60) is not None  # the newest stayed
+    assert cache.get(ObjectRef("b", "0"), 60) is None
 
 
 def test_entries_no_route_can_serve_are_dropped() -> None:
     clock = Clock(T0)
     cache = ObjectCache(max_bytes=10**9, max_entries=100, max_age=60, clock=clock)
     for name in "abc":
-        cache.put("b", name, ObjectMeta(content_length=1), b"x")
+        cache.put(ObjectRef("b", name), ObjectMeta(content_length=1), b"x")
     clock.now += 30
-    cache.put("b", "d", ObjectMeta(content_length=1), b"x")
+    cache.put(ObjectRef("b", "d"), ObjectMeta(content_length=1), b"x")
     assert len(cache) == 4
     clock.now += 30  # a, b, c are 60 s old: past every route's max_age
-    cache.put("b", "e", ObjectMeta(content_length=1), b"x")
+    cache.put(ObjectRef("b", "e"), ObjectMeta(content_length=1), b"x")
     assert len(cache) == 2  # d and e; nobody had to ask for a, b or c again
     clock.now += 30
-    assert cache.get("b", "d", 3600) is None  # read past the largest max_age: dropped too
+    assert cache.get(ObjectRef("b", "d"), 3600) is None  # past the largest max_age: dropped too
     assert len(cache) == 1
     assert cache.size_bytes == 1 + 2 + ENTRY_OVERHEAD
 
@@ -201,7 +202,7 @@ def test_entries_no_route_can_serve_are_dropped() -> None:
 def test_freshness_is_the_reading_routes_own() -> None:
     clock = Clock(T0)
     cache = _cache(clock)
-    cache.put("b", "k", ObjectMeta(content_length=1), b"x")
+    cache.put(ObjectRef("b", "k"), ObjectMeta(content_length=1), b"x")
     clock.now += 30
-    assert cache.get("b", "k", 3600) is not None  # a route that allows an hour
-    assert cache.get("b", "k", 5) is None  # a route that allows 5 s does not take it
+    assert cache.get(ObjectRef("b", "k"), 3600) is not None  # a route that allows an hour
+    assert cache.get(ObjectRef("b", "k"), 5) is None  # a route that allows 5 s does not take it

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.metacache import MISSING, MetadataCache
-from proxy.ssec import CustomerKey
+from proxy.request import ObjectRef
 from proxy.storage import ObjectMeta
 
 from .conftest import Clock, bearer, config_dict, make_token
@@ -99,13 +99,13 @@ class _CountingHeads(FakeStorage):
     in_flight: int = 0
     most_in_flight: int = 0
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             for _ in range(5):
                 await asyncio.sleep(0)  # yield to the loop (no timing involved)
-            return await super().head(bucket, key, sse)
+            return await super().head(ref)
         finally:
             self.in_flight -= 1
 
@@ -157,23 +157,23 @@ async def test_a_key_uploaded_after_a_404_is_found_once_the_404_expires(proxy) -
 def test_a_404_is_remembered_for_negative_ttl_never_longer_than_ttl() -> None:
     clock = Clock(T0)
     cache = MetadataCache(max_entries=10, ttl=3, negative_ttl=5, clock=clock)
-    cache.put_missing("b", "k")
-    assert cache.get("b", "k") is MISSING
+    cache.put_missing(ObjectRef("b", "k"))
+    assert cache.get(ObjectRef("b", "k")) is MISSING
     clock.now += 3
-    assert cache.get("b", "k") is None
+    assert cache.get(ObjectRef("b", "k")) is None
     off = MetadataCache(max_entries=10, ttl=30, negative_ttl=0, clock=clock)
-    off.put_missing("b", "k")
-    assert off.get("b", "k") is None
+    off.put_missing(ObjectRef("b", "k"))
+    assert off.get(ObjectRef("b", "k")) is None
 
 
 def test_expired_entries_are_dropped_without_being_asked_for() -> None:
     clock = Clock(T0)
     cache = MetadataCache(max_entries=100, ttl=30, negative_ttl=5, clock=clock)
     for i in range(10):
-        cache.put("b", str(i), ObjectMeta(content_length=i))
-    cache.put_missing("b", "gone")
+        cache.put(ObjectRef("b", str(i)), ObjectMeta(content_length=i))
+    cache.put_missing(ObjectRef("b", "gone"))
     clock.now += 30
-    cache.put("b", "fresh", ObjectMeta(content_length=1))
+    cache.put(ObjectRef("b", "fresh"), ObjectMeta(content_length=1))
     assert len(cache) == 1
 
 

@@ -131,3 +131,61 @@ async def test_both_engines_send_and_sign_the_key_headers(
         signed = verify_signed_request(method, path, sent, secret_key="testing")
         assert set(SSE_HEADERS) <= set(signed)
     assert not set(SSE_HEADERS) & set(faulty.headers[3])
+
+
+OTHER_KEY = b"fedcba9876543210FEDCBA9876543210"
+
+
+def _md5_base64(key: bytes) -> str:
+    return base64.b64encode(hashlib.md5(key).digest()).decode()  # noqa: S324 (S3's own)
+
+
+async def test_a_body_read_with_one_customer_key_never_answers_another(
+    proxy, s3: S3Objects, faulty: FaultyS3
+) -> None:
+    """Issue 21 item 1. Four routes name one object: `sealed` with its key, `resealed` with
+    another, `unsealed` with none (all three cached), `auto` with none (metadata cache). S3
+    refuses the last three; after `sealed` has read the object, it must still refuse them,
+    not the proxy's caches answer them with `sealed`'s plaintext or its metadata."""
+    other = base64.b64encode(OTHER_KEY).decode()
+    cached = {"cache": {"max_age": 60}}
+    data = _config(faulty.url, **cached)
+    data["routes"] += [
+        _sealed_route(
+            name="resealed", match="/resealed/{path:.+}", sse_customer_key=other, **cached
+        ),
+        _sealed_route(
+            name="unsealed", match="/unsealed/{path:.+}", sse_customer_key=None, **cached
+        ),
+        _sealed_route(
+            name="unsealed-auto",
+            match="/unsealed-auto/{path:.+}",
+            sse_customer_key=None,
+            delivery="auto",
+        ),
+    ]
+    faulty.sealed["/reports/exports/q4.pdf"] = _md5_base64(RAW_KEY)
+    client = await proxy(data)
+    alice = bearer(make_token())
+    others = ["/resealed/q4.pdf", "/unsealed/q4.pdf", "/unsealed-auto/q4.pdf"]
+
+    async def refused_everywhere() -> None:
+        for path in others:
+            for method in ("GET", "HEAD"):
+                answer = await client.request(method, path, headers=alice, allow_redirects=False)
+                body = await answer.read()
+                assert answer.status == 502, (method, path, answer.status)
+                assert s3.report not in body
+                assert "ETag" not in answer.headers and "Last-Modified" not in answer.headers
+
+    def asked() -> int:  # requests for the object (aiobotocore also probes the bucket)
+        return sum(path.endswith(" /reports/exports/q4.pdf") for path in faulty.paths)
+
+    await refused_everywhere()  # each alone: S3 says no
+    alone = asked()
+    sealed = await client.get("/sealed/q4.pdf", headers=alice)
+    assert (sealed.status, await sealed.read()) == (200, s3.report)
+    assert (await client.get("/sealed/q4.pdf", headers=alice)).status == 200
+    assert asked() == alone + 1  # the second read came from the object cache
+    await refused_everywhere()  # and still no, though the plaintext is in the proxy's memory
+    assert asked() == alone + 1 + alone  # S3 was asked again, as often as the first time

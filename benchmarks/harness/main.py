@@ -13,12 +13,12 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import backends, logscan, machine, proxyconf
+from . import backends, baseline, logscan, machine, proxyconf
 from .backends import LARGE_KEY, LARGE_SIZE, SMALL_KEY
 from .load import (
     Expect,
@@ -38,6 +38,7 @@ from .model import (
     NAIVE,
     NGINX,
     PROXY,
+    PROXY_AUDIT,
     PROXY_BOTO_ENGINE,
     PROXY_CACHED,
     PROXY_REDIRECT,
@@ -51,6 +52,7 @@ from .model import (
     Sample,
     Settings,
     TtfbRow,
+    at_baseline,
 )
 from .procs import (
     Server,
@@ -93,6 +95,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="stop a server in the memory test once its RSS passes this (default 4096)",
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temp dir and logs")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the proxy at commit REF (built once into its own venv), its runs "
+        "alternated with the checkout's, and report each figure's change",
+    )
+    parser.add_argument(
+        "--baseline-cache",
+        type=Path,
+        default=None,
+        help=f"where baseline builds are kept (default {baseline.default_cache()})",
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -194,6 +208,7 @@ class Bench:
         self.objects: backends.Objects | None = None
         self.proxy_unavailable = ""  # why the proxy is not running, when it is not
         self.wrk_script = write_wrk_script(base / "bench.lua", self.token)
+        self.baseline: baseline.Baseline | None = None
         if len(cpus) < 2:
             self.incident("only one usable CPU: server and load generator share it")
 
@@ -241,15 +256,22 @@ class Bench:
             log_dir=self.logs,
         )
 
-    def _python(self, name: str, argv: list[str], cpus: str, port: int) -> Server:
+    def _python(
+        self, name: str, argv: list[str], cpus: str, port: int, base: bool = False
+    ) -> Server:
+        """A Python server: the checkout's interpreter in the checkout, or with `base`, the
+        baseline's own venv in the baseline's tree."""
+        python, cwd = sys.executable, ROOT
+        if base and self.baseline is not None:
+            python, cwd = str(self.baseline.python), self.baseline.root
         return Server(
             name=name,
-            argv=[sys.executable, *argv],
+            argv=[python, *argv],
             port=port,
             cpus=cpus,
             log_dir=self.logs,
             env=self.python_env(),
-            cwd=ROOT,
+            cwd=cwd,
         )
 
     def make_server(self, key: str, name: str | None = None, cpus: str | None = None) -> Server:
@@ -286,18 +308,23 @@ class Bench:
         return proxyconf.with_overrides(base, [*self.overrides, *extra])
 
     def make_proxy(
-        self, name: str, cpus: str, extra: Sequence[tuple[str, Any]] = ()
+        self, name: str, cpus: str, extra: Sequence[tuple[str, Any]] = (), base: bool = False
     ) -> Server | str:
-        """The proxy on a generated config, or why it cannot run (`check` refused the config)."""
+        """The proxy on a generated config, or why it cannot run (`check` refused the config).
+        With `base`, the baseline's proxy on the same config."""
         port = free_port()
         path = proxyconf.write_config(self.base / f"{name}.yaml", self.proxy_config(port, extra))
-        checked = proxyconf.check_config(path, self.python_env(), ROOT)
+        if base and self.baseline is not None:
+            python, cwd = str(self.baseline.python), self.baseline.root
+        else:
+            python, cwd = sys.executable, ROOT
+        checked = proxyconf.check_config(path, self.python_env(), cwd, python)
         if not checked.ok:
             return f"`python -m proxy check` refused the generated config: {checked.output}"
         if name == "proxy":
             self.results.proxy_config = path.read_text()
         argv = ["-m", "proxy", "serve", "--config", str(path)]
-        return self._python(name, argv, cpus, port)
+        return self._python(name, argv, cpus, port, base)
 
     def start(self, key: str, server: Server) -> bool:
         try:
@@ -377,6 +404,16 @@ class Bench:
         self.log(f"objects and configs in {self.base}")
         self.objects = backends.write_objects(self.base)
         self.results.facts = machine.facts(ROOT, self.tools.nginx, self.tools.wrk, self.cpus)
+        if self.args.baseline:
+            cache = self.args.baseline_cache or baseline.default_cache()
+            try:
+                self.baseline = baseline.build(ROOT, self.args.baseline, cache, self.log)
+            except baseline.BaselineError as exc:
+                raise SystemExit(str(exc)) from None
+            self.results.baseline = self.baseline.label
+            self.results.facts.append(
+                ("baseline", f"{self.baseline.commit} ({self.args.baseline})")
+            )
         if not self.start("backend", self.make_server("backend")):
             raise SystemExit("the backend nginx did not start; see the incident above")
         self.backend_url = f"http://127.0.0.1:{self.servers['backend'].port}"
@@ -388,12 +425,26 @@ class Bench:
             self.proxy_unavailable = proxy
         elif not self.start("proxy", proxy):
             self.proxy_unavailable = f"did not start: {proxy.stderr_tail()}"
+        if self.baseline is not None:
+            base = self.make_proxy("proxy-base", self.server_cpu, base=True)
+            if isinstance(base, str):
+                self.incident(f"baseline: {base}")
+            else:
+                self.start("proxy-base", base)
         # The same proxy and config with the other S3 engine (the default is builtin).
         engine = self.make_proxy("proxy-boto", self.server_cpu, [("s3.engine", "aiobotocore")])
         if isinstance(engine, str):
             self.incident(engine)
         else:
             self.start("proxy-boto", engine)
+        # The same proxy writing the audit trail (issue 24), for its cost on the stream path.
+        audited = self.make_proxy(
+            "proxy-audit", self.server_cpu, [("audit.path", str(self.base / "audit.jsonl"))]
+        )
+        if isinstance(audited, str):
+            self.incident(f"audit trail row: {audited}")
+        else:
+            self.start("proxy-audit", audited)
         self.log(f"servers up: {', '.join(f'{k}:{s.port}' for k, s in self.servers.items())}")
 
     def cases(self) -> list[Case]:
@@ -405,7 +456,7 @@ class Bench:
         sk, lk = SMALL_KEY, LARGE_KEY
         n_small, n_large = s.small_connections, s.large_connections
         t_small, t_large = s.small_seconds, s.large_seconds
-        return [
+        cases = [
             Case(SMALL_STREAM, DIRECT, "direct", f"/bench/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, NGINX, "nginx", f"/s/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, NAIVE, "naive", f"/s/{sk}", small, n_small, t_small),
@@ -414,6 +465,7 @@ class Bench:
             Case(
                 SMALL_STREAM, PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{sk}", small, n_small, t_small
             ),
+            Case(SMALL_STREAM, PROXY_AUDIT, "proxy-audit", f"/s/{sk}", small, n_small, t_small),
             Case(SMALL_STREAM, PROXY_CACHED, "proxy", f"/c/{sk}", small, n_small, t_small),
             Case(SMALL_REDIRECT, BARE, "bare", f"/r/{sk}", redirect, n_small, t_small),
             Case(SMALL_REDIRECT, PROXY_REDIRECT, "proxy", f"/r/{sk}", redirect, n_small, t_small),
@@ -424,6 +476,19 @@ class Bench:
             Case(LARGE, PROXY_STREAM, "proxy", f"/s/{lk}", large, n_large, t_large),
             Case(LARGE, PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{lk}", large, n_large, t_large),
         ]
+        return self.with_baseline(cases)
+
+    def with_baseline(self, cases: list[Case]) -> list[Case]:
+        """With --baseline, each of the proxy's own cases is preceded by the same case on the
+        baseline: every run then alternates baseline, current, baseline, current."""
+        if self.baseline is None:
+            return cases
+        out: list[Case] = []
+        for case in cases:
+            if case.server == "proxy":
+                out.append(replace(case, label=at_baseline(case.label), server="proxy-base"))
+            out.append(case)
+        return out
 
     def wrk(self, case: Case, row: Row, seconds: int) -> Sample | None:
         server = self.servers[case.server]
@@ -516,9 +581,27 @@ class Bench:
             (NGINX, "nginx", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (NAIVE, "naive", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (BOTO, "boto", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
+            *(
+                [
+                    (
+                        at_baseline(PROXY_STREAM),
+                        "proxy-base",
+                        f"/s/{SMALL_KEY}",
+                        200,
+                        f"/s/{LARGE_KEY}",
+                    )
+                ]
+                if self.baseline is not None
+                else []
+            ),
             (PROXY_STREAM, "proxy", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (PROXY_BOTO_ENGINE, "proxy-boto", f"/s/{SMALL_KEY}", 200, f"/s/{LARGE_KEY}"),
             (BARE, "bare", f"/r/{SMALL_KEY}", 302, None),
+            *(
+                [(at_baseline(PROXY_REDIRECT), "proxy-base", f"/r/{SMALL_KEY}", 302, None)]
+                if self.baseline is not None
+                else []
+            ),
             (PROXY_REDIRECT, "proxy", f"/r/{SMALL_KEY}", 302, None),
         ]
         for label, *_ in plan:
@@ -600,15 +683,18 @@ class Bench:
         cap_mib = min(s.rss_cap_mib, machine.available_memory_mib() // 2)
         if cap_mib < s.rss_cap_mib:
             self.incident(f"memory test cap lowered to {cap_mib} MiB (half the free memory)")
-        for label in (NAIVE, BOTO, PROXY):
+        plan = [(NAIVE, "naive"), (BOTO, "boto"), (PROXY, "proxy")]
+        if self.baseline is not None:
+            plan.insert(2, (at_baseline(PROXY), "proxy-base"))
+        for label, _ in plan:
             self.results.rss[label] = RssRow(label)
         for run in range(s.runs):
-            for label, key in ((NAIVE, "naive"), (BOTO, "boto"), (PROXY, "proxy")):
+            for label, key in plan:
                 row = self.results.rss[label]
                 name = f"{key}-memory-{run + 1}"
                 made = (
-                    self.make_proxy(name, self.server_cpu)
-                    if key == "proxy"
+                    self.make_proxy(name, self.server_cpu, base=key == "proxy-base")
+                    if key.startswith("proxy")
                     else self.make_server(key, name)
                 )
                 if isinstance(made, str):

@@ -24,7 +24,13 @@ PROXY_STREAM = "s3-private-proxy /s/ (stream)"
 PROXY_BOTO_ENGINE = "s3-private-proxy /s/ (stream, s3.engine aiobotocore)"
 PROXY_CACHED = "s3-private-proxy /c/ (stream, cache max_age 5)"
 PROXY_REDIRECT = "s3-private-proxy /r/ (redirect)"
+PROXY_AUDIT = "s3-private-proxy /s/ (stream, audit trail on)"
 PROXY = "s3-private-proxy"
+
+
+def at_baseline(label: str) -> str:
+    """The label of the same row measured on the `--baseline` commit."""
+    return f"{label} [baseline]"
 
 
 def median(values: Sequence[float]) -> float:
@@ -186,6 +192,7 @@ class Results:
     scaling: Scaling = field(default_factory=Scaling)
     incidents: list[str] = field(default_factory=list)
     proxy_log: list[str] = field(default_factory=list)  # summary lines of the proxy's own log
+    baseline: str = ""  # the --baseline commit's label, when one was measured
     proxy_config: str = ""  # the generated YAML of the main proxy instance (no secrets in it)
     phases: list[tuple[str, float]] = field(default_factory=list)
     total_s: float = 0.0

@@ -49,7 +49,13 @@ def proxy_config(*, port: int, backend_url: str, pool: int) -> dict[str, Any]:
         },
         # One load generator (one address, one token `sub`) plays every client: the per-caller
         # stream caps would refuse all but 16 of its connections, so they go up to the pool.
-        "limits": {"max_streams_per_client": pool, "max_streams_per_subject": pool},
+        # Likewise its connections: the memory test opens 100 at once from one address, over
+        # the default cap of 64 per client.
+        "limits": {
+            "max_streams_per_client": pool,
+            "max_streams_per_subject": pool,
+            "max_connections_per_client": 0,
+        },
         "auth": {"algorithms": ["HS256"], "secret": "${JWT_SECRET}"},
         "routes": [
             {
@@ -136,9 +142,11 @@ def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
-def check_config(path: Path, env: Mapping[str, str], cwd: Path) -> CheckResult:
+def check_config(
+    path: Path, env: Mapping[str, str], cwd: Path, python: str = sys.executable
+) -> CheckResult:
     done = run_command(
-        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        [python, "-m", "proxy", "check", "--config", str(path)],
         timeout=60,
         env=env,
         cwd=cwd,

@@ -35,7 +35,7 @@ from botocore.loaders import create_loader
 
 from ..config import S3Settings
 from ..errors import ProxyError, StorageBusy, UpstreamError, UpstreamTimeout
-from ..ssec import CustomerKey
+from ..request import ObjectRef
 from ..storage import (
     ObjectMeta,
     ObjectStream,
@@ -88,18 +88,16 @@ class AiobotocoreStorage(SignedByTheProxy):
         self._client = None
         await self._write_client.close()
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
         async with self._slots.held("HeadObject"):
-            answer = await self._call("HeadObject", "head_object", bucket, key, sse)
+            answer = await self._call("HeadObject", "head_object", ref)
         return _meta(answer)
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         release_slot = await self._slots.acquire("GetObject")
         try:
             extra = {"Range": byte_range} if byte_range else {}
-            answer = await self._call("GetObject", "get_object", bucket, key, sse, **extra)
+            answer = await self._call("GetObject", "get_object", ref, **extra)
         except BaseException:
             release_slot()
             raise
@@ -117,9 +115,7 @@ class AiobotocoreStorage(SignedByTheProxy):
         self,
         operation: str,
         method: str,
-        bucket: str,
-        key: str,
-        sse: CustomerKey | None,
+        ref: ObjectRef,
         **params: str | bytes,
     ) -> dict[str, Any]:
         """One client call, within s3.request_timeout (botocore's retries included), with
@@ -127,14 +123,14 @@ class AiobotocoreStorage(SignedByTheProxy):
         client = self._client
         if client is None:
             raise UpstreamError(f"{operation}: storage is not open")
-        if sse is not None:
+        if ref.sse is not None:
             # botocore adds the key's base64 and MD5 headers and signs all three.
-            params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=sse.key)
+            params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=ref.sse.key)
         call: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, method)
         with translate_errors(operation):
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
-                    return await call(Bucket=bucket, Key=key, **params)
+                    return await call(Bucket=ref.bucket, Key=ref.key, **params)
             except ClientError as exc:
                 raise _client_error(exc, operation) from None
 

@@ -20,7 +20,7 @@ from aiobotocore.session import get_session
 from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
 from ..presign import sign_request
-from ..ssec import CustomerKey
+from ..request import ObjectRef
 from ..storage import (
     ObjectMeta,
     ObjectStream,
@@ -71,16 +71,14 @@ class BuiltinStorage(SignedByTheProxy):
             await self._pool.close()
             self._pool = None
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
-        response = await self._send("HEAD", bucket, key, {}, sse, "HeadObject")
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
+        response = await self._send("HEAD", ref, {}, "HeadObject")
         response.release()
         return _meta_from_headers(response)
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         headers = {"Range": byte_range} if byte_range else {}
-        response = await self._send("GET", bucket, key, headers, sse, "GetObject")
+        response = await self._send("GET", ref, headers, "GetObject")
         return ObjectStream(
             meta=_meta_from_headers(response),
             chunks=_read_chunks(response),
@@ -90,10 +88,8 @@ class BuiltinStorage(SignedByTheProxy):
     async def _send(
         self,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         extra: dict[str, str],
-        sse: CustomerKey | None,
         operation: str,
     ) -> Response:
         """Send one signed request; retry connection failures and 5xx answers while nothing
@@ -103,7 +99,7 @@ class BuiltinStorage(SignedByTheProxy):
         if self._pool is None:
             raise UpstreamError(f"{operation}: storage is not open")
         settings = self._settings
-        signed = sse.headers if sse is not None else None
+        signed = ref.sse.headers if ref.sse is not None else None
         failure: Exception | None = None
         with translate_errors(operation):
             async with asyncio.timeout(settings.request_timeout):
@@ -114,7 +110,7 @@ class BuiltinStorage(SignedByTheProxy):
                         await asyncio.sleep(backoff)
                     try:
                         response = await self._request_once(
-                            operation, method, bucket, key, extra, signed=signed
+                            operation, method, ref.bucket, ref.key, extra, signed=signed
                         )
                     except (ConnectionError, OSError, MalformedResponse) as exc:
                         if isinstance(exc, TimeoutError):

@@ -27,6 +27,7 @@ from ..presign import (
     presign_post,
     presign_url,
 )
+from ..request import ObjectRef
 from ..storage import OVERRIDE_PARAMS, translate_errors
 from .writes import ObjectWriter
 
@@ -169,12 +170,11 @@ class SignedByTheProxy:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        return self._signer.presign(credentials, method, bucket, key, lifetime, overrides)
+        return self._signer.presign(credentials, method, ref.bucket, ref.key, lifetime, overrides)
 
     @property
     def writes(self) -> ObjectWriter:
@@ -185,25 +185,23 @@ class SignedByTheProxy:
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
     ) -> str:
         return self._signer.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length
+            credentials, ref.bucket, ref.key, lifetime, content_type, content_length
         )
 
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,
     ) -> PostForm:
         return self._signer.presign_post(
-            credentials, bucket, key, content_type, max_bytes, lifetime
+            credentials, ref.bucket, ref.key, content_type, max_bytes, lifetime
         )

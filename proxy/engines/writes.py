@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from ..config import S3Settings
 from ..errors import KeyExists, ProxyError, UpstreamError
+from ..request import ObjectRef
 from ..ssec import CustomerKey
 from ..storage import error_for_status, translate_errors
 
@@ -55,70 +56,51 @@ class ObjectWriter:
         self._settings = settings
         self._client = client
 
-    async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        overwrite: bool,
-        sse: CustomerKey | None = None,
-    ) -> str:
-        """Store `body` at `key` in one request; its ETag."""
+    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
+        """Store `body` as the object in one request; its ETag."""
         params: dict[str, Any] = {"Body": body, "ContentType": content_type}
         if not overwrite:
             params["IfNoneMatch"] = "*"
-        answer = await self._call("PutObject", "put_object", bucket, key, sse, params)
+        answer = await self._call("PutObject", "put_object", ref, ref.sse, params)
         return str(answer.get("ETag", ""))
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str:
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         """A new multipart upload's id."""
         answer = await self._call(
             "CreateMultipartUpload",
             "create_multipart_upload",
-            bucket,
-            key,
-            sse,
+            ref,
+            ref.sse,
             {"ContentType": content_type},
         )
         return str(answer["UploadId"])
 
-    async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
-    ) -> str:
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
         """Send part `number` (from 1); its ETag."""
         params = {"UploadId": upload_id, "PartNumber": number, "Body": body}
-        answer = await self._call("UploadPart", "upload_part", bucket, key, sse, params)
+        answer = await self._call("UploadPart", "upload_part", ref, ref.sse, params)
         return str(answer["ETag"])
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
     ) -> str:
-        """Join the parts (ETags in part order) into the object; its ETag."""
+        """Join the parts (ETags in part order) into the object; its ETag. S3 wants no
+        customer key here: the parts are encrypted already."""
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
         params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
         if not overwrite:
             params["IfNoneMatch"] = "*"
         answer = await self._call(
-            "CompleteMultipartUpload", "complete_multipart_upload", bucket, key, None, params
+            "CompleteMultipartUpload", "complete_multipart_upload", ref, None, params
         )
         return str(answer.get("ETag", ""))
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         """Drop the upload and every part sent so far."""
         await self._call(
             "AbortMultipartUpload",
             "abort_multipart_upload",
-            bucket,
-            key,
+            ref,
             None,
             {"UploadId": upload_id},
         )
@@ -127,8 +109,7 @@ class ObjectWriter:
         self,
         operation: str,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         sse: CustomerKey | None,
         params: dict[str, Any],
     ) -> dict[str, Any]:
@@ -139,7 +120,7 @@ class ObjectWriter:
             call: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, method)
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
-                    return await call(Bucket=bucket, Key=key, **params)
+                    return await call(Bucket=ref.bucket, Key=ref.key, **params)
             except ClientError as exc:
                 raise _write_error(exc, operation) from None
 

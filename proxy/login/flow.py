@@ -24,7 +24,6 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from ..accesslog import AccessRecord
 from ..auth import parse_cookie_header
 from ..config import AuthSettings, LoginSettings
 from ..errors import (
@@ -35,6 +34,7 @@ from ..errors import (
     ProxyError,
     SignInRedirect,
 )
+from ..request import RequestContext
 from ..state.revocations import Revocation
 from .navigation import is_navigation, is_same_origin, safe_next, without_params
 from .provider import Provider, ProviderHttp
@@ -98,19 +98,19 @@ class SignIn:
         location = f"{self._login.login_path}?{urlencode({'next': target})}"
         return SignInRedirect(f"sign-in: {refused.reason}", location=location)
 
-    async def answer(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
-        record.route = "sign-in"
-        if record.path == self._login.logout_path:
+    async def answer(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
+        context.route = "sign-in"
+        if context.path == self._login.logout_path:
             if request.method == "POST":
-                return await self._logout(request, record)
+                return await self._logout(request, context)
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed("sign-out takes POST", allowed="GET, HEAD, POST")
             return self._logout_page()
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed("sign-in takes GET", allowed="GET, HEAD")
-        return await self._pages[record.path](request, record)
+        return await self._pages[context.path](request, context)
 
-    async def _start(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _start(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
         target = safe_next(request.query.get("next", "/"))
         if target is None:
             raise BadRequest(
@@ -145,10 +145,12 @@ class SignIn:
             httponly=True,
             samesite="Lax",
         )
-        record.reason = "sign-in started"
+        context.reason = "sign-in started"
         return response
 
-    async def _callback(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _callback(
+        self, request: web.BaseRequest, context: RequestContext
+    ) -> web.StreamResponse:
         login = self._login
         state = request.query.get("state", "")
         if not STATE_PATTERN.fullmatch(state):
@@ -185,7 +187,7 @@ class SignIn:
                 f"session of {len(token)} bytes does not fit a cookie; map fewer claims "
                 "(auth.login.claims)",
             )
-        record.sub = str(session["sub"])[:256]
+        context.sub = str(session["sub"])[:256]
         response = web.Response(status=302, headers={"Location": flow.next, **_NO_STORE})
         response.set_cookie(
             login.cookie.name,
@@ -203,7 +205,7 @@ class SignIn:
             httponly=True,
             samesite="Lax",
         )
-        record.reason = "signed in"
+        context.reason = "signed in"
         return response
 
     def _logout_page(self) -> web.Response:
@@ -222,7 +224,9 @@ class SignIn:
             headers={**_NO_STORE, "Content-Security-Policy": _PAGE_CSP},
         )
 
-    async def _logout(self, request: web.BaseRequest, record: AccessRecord) -> web.StreamResponse:
+    async def _logout(
+        self, request: web.BaseRequest, context: RequestContext
+    ) -> web.StreamResponse:
         """End the session here and on every replica (its jti revoked), clear the cookie;
         then end the provider's session too where it says how."""
         login = self._login
@@ -230,7 +234,7 @@ class SignIn:
             raise Forbidden(
                 "sign-out from another site", detail="sign out from this site's own page"
             )
-        await self._end_session(request, record)
+        await self._end_session(request)
         location: str | None = login.logout_redirect
         try:
             end_session = (await self.provider.metadata()).end_session_endpoint
@@ -251,10 +255,10 @@ class SignIn:
         response.del_cookie(
             login.cookie.name, path="/", secure=login.secure, httponly=True, samesite="Lax"
         )
-        record.reason = "signed out"
+        context.reason = "signed out"
         return response
 
-    async def _end_session(self, request: web.BaseRequest, record: AccessRecord) -> None:
+    async def _end_session(self, request: web.BaseRequest) -> None:
         """Revoke the session the cookie holds, for as long as it could still be accepted.
         A backend that cannot record it is a 503 and the cookie stays: the user is not told
         they are signed out while a copy of the cookie would still work."""

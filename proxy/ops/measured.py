@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime, PostForm
-from ..ssec import CustomerKey
+from ..request import ObjectRef
 from ..storage import ObjectMeta, ObjectStream, Storage, Writes
 from .metrics import Telemetry
 
@@ -29,23 +29,21 @@ class MeasuredStorage:
             self._writes = MeasuredWrites(self._inner.writes, self._telemetry)
         return self._writes
 
-    async def head(self, bucket: str, key: str, sse: CustomerKey | None = None) -> ObjectMeta:
+    async def head(self, ref: ObjectRef) -> ObjectMeta:
         started = time.perf_counter()
         try:
-            meta = await self._inner.head(bucket, key, sse)
+            meta = await self._inner.head(ref)
         except Exception as exc:
             self._telemetry.observe_s3("HeadObject", _outcome(exc), time.perf_counter() - started)
             raise
         self._telemetry.observe_s3("HeadObject", "ok", time.perf_counter() - started)
         return meta
 
-    async def get(
-        self, bucket: str, key: str, byte_range: str | None, sse: CustomerKey | None = None
-    ) -> ObjectStream:
+    async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         """Timed until the answer's head: the body's pace is the client's."""
         started = time.perf_counter()
         try:
-            stream = await self._inner.get(bucket, key, byte_range, sse)
+            stream = await self._inner.get(ref, byte_range)
         except Exception as exc:
             self._telemetry.observe_s3("GetObject", _outcome(exc), time.perf_counter() - started)
             raise
@@ -66,36 +64,31 @@ class MeasuredStorage:
         self,
         credentials: Credentials,
         method: str,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
     ) -> str:
-        return self._inner.presign(credentials, method, bucket, key, lifetime, overrides)
+        return self._inner.presign(credentials, method, ref, lifetime, overrides)
 
     def presign_put(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
     ) -> str:
-        return self._inner.presign_put(
-            credentials, bucket, key, lifetime, content_type, content_length
-        )
+        return self._inner.presign_put(credentials, ref, lifetime, content_type, content_length)
 
     def presign_post(
         self,
         credentials: Credentials,
-        bucket: str,
-        key: str,
+        ref: ObjectRef,
         content_type: str,
         max_bytes: int,
         lifetime: Lifetime,
     ) -> PostForm:
-        return self._inner.presign_post(credentials, bucket, key, content_type, max_bytes, lifetime)
+        return self._inner.presign_post(credentials, ref, content_type, max_bytes, lifetime)
 
 
 class MeasuredWrites:
@@ -115,51 +108,29 @@ class MeasuredWrites:
         self._telemetry.observe_s3(operation, "ok", time.perf_counter() - started)
         return result
 
-    async def put(
-        self,
-        bucket: str,
-        key: str,
-        body: bytes,
-        content_type: str,
-        overwrite: bool,
-        sse: CustomerKey | None = None,
-    ) -> str:
+    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
+        return await self._measure("PutObject", self._inner.put(ref, body, content_type, overwrite))
+
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         return await self._measure(
-            "PutObject", self._inner.put(bucket, key, body, content_type, overwrite, sse)
+            "CreateMultipartUpload", self._inner.start_multipart(ref, content_type)
         )
 
-    async def start_multipart(
-        self, bucket: str, key: str, content_type: str, sse: CustomerKey | None = None
-    ) -> str:
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
         return await self._measure(
-            "CreateMultipartUpload", self._inner.start_multipart(bucket, key, content_type, sse)
-        )
-
-    async def upload_part(
-        self,
-        bucket: str,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: bytes,
-        sse: CustomerKey | None = None,
-    ) -> str:
-        return await self._measure(
-            "UploadPart", self._inner.upload_part(bucket, key, upload_id, number, body, sse)
+            "UploadPart", self._inner.upload_part(ref, upload_id, number, body)
         )
 
     async def complete_multipart(
-        self, bucket: str, key: str, upload_id: str, etags: list[str], overwrite: bool
+        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(bucket, key, upload_id, etags, overwrite),
+            self._inner.complete_multipart(ref, upload_id, etags, overwrite),
         )
 
-    async def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        await self._measure(
-            "AbortMultipartUpload", self._inner.abort_multipart(bucket, key, upload_id)
-        )
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
+        await self._measure("AbortMultipartUpload", self._inner.abort_multipart(ref, upload_id))
 
 
 def _outcome(exc: Exception) -> str:

@@ -44,14 +44,7 @@ async def redirect_put(
     check_size(target.settings, length)
     await check_absent(storage, target)
     credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
-    url = storage.presign_put(
-        credentials,
-        target.bucket,
-        target.key,
-        lifetime,
-        target.content_type,
-        length,
-    )
+    url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
@@ -71,12 +64,7 @@ async def post_form(
     await check_absent(storage, target)
     credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
-        credentials,
-        target.bucket,
-        target.key,
-        target.content_type,
-        target.settings.max_bytes,
-        lifetime,
+        credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
     )
     expires = datetime.fromtimestamp(lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {"url": form.url, "fields": form.fields, "expires_at": expires}

@@ -50,7 +50,7 @@ async def check_absent(storage: Storage, target: UploadTarget) -> None:
     if target.settings.overwrite:
         return
     try:
-        await storage.head(target.bucket, target.key, target.sse)
+        await storage.head(target.ref)
     except NotFound:
         return
     raise KeyExists("upload to an existing key (overwrite is false)")
@@ -71,31 +71,21 @@ async def receive(
     first = await body.read(settings.part_size)
     if len(first) < settings.part_size or declared == len(first):
         # The whole body: one PutObject (rule 2).
-        etag = await storage.writes.put(
-            target.bucket, target.key, first, target.content_type, settings.overwrite, target.sse
-        )
+        etag = await storage.writes.put(target.ref, first, target.content_type, settings.overwrite)
         return Received(len(first), etag, 0)
     return await _multipart(storage.writes, target, body, first)
 
 
 async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: bytes) -> Received:
     settings = target.settings
-    upload_id = await writes.start_multipart(
-        target.bucket, target.key, target.content_type, target.sse
-    )
+    upload_id = await writes.start_multipart(target.ref, target.content_type)
     try:
         etags: list[str] = []
         part = first
         while part:
-            etags.append(
-                await writes.upload_part(
-                    target.bucket, target.key, upload_id, len(etags) + 1, part, target.sse
-                )
-            )
+            etags.append(await writes.upload_part(target.ref, upload_id, len(etags) + 1, part))
             part = b"" if len(part) < settings.part_size else await body.read(settings.part_size)
-        etag = await writes.complete_multipart(
-            target.bucket, target.key, upload_id, etags, settings.overwrite
-        )
+        etag = await writes.complete_multipart(target.ref, upload_id, etags, settings.overwrite)
     except BaseException:
         # Rule 3. Shielded: a cancelled request still aborts.
         await asyncio.shield(_abort(writes, target, upload_id))
@@ -105,7 +95,7 @@ async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: b
 
 async def _abort(writes: Writes, target: UploadTarget, upload_id: str) -> None:
     try:
-        await writes.abort_multipart(target.bucket, target.key, upload_id)
+        await writes.abort_multipart(target.ref, upload_id)
     except ProxyError as exc:
         # S3 drops an abandoned upload's parts only by a lifecycle rule (docs/uploads.md).
         log.warning("multipart upload to %s not aborted: %s", target.route, exc.reason)

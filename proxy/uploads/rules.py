@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..config import Route, UploadSettings
 from ..contenttype import InlineTypes, essence, safe_content_type
 from ..errors import PayloadTooLarge, UnsupportedMediaType
-from ..ssec import CustomerKey
+from ..request import ObjectRef
 
 
 @dataclass(frozen=True)
@@ -18,28 +18,19 @@ class UploadTarget:
     """One upload, decided: where it goes, as what, and under which limits."""
 
     route: str
-    bucket: str
-    key: str
+    ref: ObjectRef  # the object written, with the route's customer key if it has one
     content_type: str  # as S3 will store it (the declared type, normalized)
     settings: UploadSettings
-    sse: CustomerKey | None = None
 
 
-def upload_target(route: Route, key: str, declared_type: str | None) -> UploadTarget:
-    """The target of an upload to `key` on `route`, or 415 for a missing, malformed or
+def upload_target(route: Route, ref: ObjectRef, declared_type: str | None) -> UploadTarget:
+    """The target of an upload to `ref` on `route`, or 415 for a missing, malformed or
     disallowed Content-Type. The route must take uploads (config checks methods and upload)."""
     settings = route.settings.upload
     allowed = route.upload_types
     if settings is None or allowed is None:
         raise UnsupportedMediaType("route takes no uploads", detail="route takes no uploads")
-    return UploadTarget(
-        route.name,
-        route.settings.bucket,
-        key,
-        allowed_type(allowed, declared_type),
-        settings,
-        route.sse,
-    )
+    return UploadTarget(route.name, ref, allowed_type(allowed, declared_type), settings)
 
 
 def allowed_type(allowed: InlineTypes, declared: str | None) -> str:

@@ -1,25 +1,22 @@
-"""The two ways an authorized request gets its object: stream it, or redirect to a presigned URL.
+"""Streaming: the proxy fetches the object from S3 (or its object cache) and sends the bytes.
 
 Decides what goes to S3 (a single Range; never the client's conditionals, which the proxy
 judges itself with conditional.py on S3's answer) and which S3 headers come back (length,
 type, validators, range). Statuses are settled before prepare(): once bytes have
 been sent, a failure aborts the connection instead of writing a body that looks complete.
+Each stream holds one of the stream slots (limits.max_streams*) while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from aiohttp import web
 
-from .conditional import (
+from ..conditional import (
     NOT_MODIFIED,
     PRECONDITION_FAILED,
     has_preconditions,
@@ -28,66 +25,78 @@ from .conditional import (
     precondition_status,
     satisfiable_spans,
 )
-from .config import RouteCacheSettings, RouteSettings
-from .errors import (
+from ..config import Route, RouteCacheSettings
+from ..errors import (
     NotModified,
     PreconditionFailed,
     ProxyError,
     RangeNotSatisfiable,
-    Unauthenticated,
     UpstreamError,
 )
-from .objectcache import ObjectCache
-from .presentation import Presentation, object_headers
-from .presign import Lifetime, LifetimeError, plan_lifetime
-from .ssec import CustomerKey
-from .storage import ObjectMeta, ObjectStream, Storage
+from ..objectcache import ObjectCache
+from ..request import ObjectRef, RequestContext
+from ..state import State
+from ..storage import ObjectMeta, ObjectStream, Storage
+from .method import Link
+from .presentation import Presentation, object_headers, presentation
 
 
-@dataclass
-class Outcome:
-    """What delivery reports to the access log."""
+class Stream:
+    """The `stream` method of one config: objects fetched through `storage`, the small ones of
+    routes with `cache:` kept in `objects`, each stream holding one of `state`'s slots."""
 
-    bytes_from_s3: int = 0
-    bytes_sent: int = 0
-    first_byte: float | None = None  # perf_counter() after the first chunk was written
-    aborted: str | None = None
+    def __init__(
+        self, storage: Storage, objects: ObjectCache, state: State, write_timeout: float
+    ) -> None:
+        self._settings = StreamSettings(storage, objects, write_timeout)
+        self._state = state
+
+    async def answer(
+        self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
+    ) -> web.StreamResponse:
+        shown = presentation(route, ref.key, context.cors)
+        lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        try:
+            return await stream(request, context, ref, shown, route.settings.cache, self._settings)
+        finally:
+            await self._state.release_stream(lease)
+
+    async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
+        """A streamed object is fetched from the proxy itself, with the caller's token."""
+        return Link(path, None)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """What every stream of one config shares: where objects come from, and how long a
+    client may stop reading (limits.client_write_timeout) before its connection is cut."""
+
+    storage: Storage
+    objects: ObjectCache  # used by routes with `cache:`
+    write_timeout: float = 60.0
 
 
 async def stream(
     request: web.BaseRequest,
-    storage: Storage,
-    bucket: str,
-    key: str,
+    context: RequestContext,
+    ref: ObjectRef,
     shown: Presentation,
-    chunk_outcome: Outcome,
-    write_timeout: float = 60.0,
-    cache: ObjectCache | None = None,
-    cache_settings: RouteCacheSettings | None = None,
-    sse: CustomerKey | None = None,
+    cache: RouteCacheSettings | None,
+    settings: StreamSettings,
 ) -> web.StreamResponse:
-    """Answer from S3 (or the object cache); `sse` is the route's SSE-C key, if any."""
-    if cache is not None and cache_settings is not None:
-        return await _from_cache(
-            request,
-            storage,
-            bucket,
-            key,
-            shown,
-            chunk_outcome,
-            write_timeout,
-            cache,
-            cache_settings,
-            sse,
-        )
+    """Answer from S3, or from the object cache when the route has `cache:`. What was sent
+    (bytes, first byte, why it was cut short) goes on `context`."""
+    if cache is not None:
+        return await _from_cache(request, context, ref, shown, cache, settings)
+    storage = settings.storage
     if request.method == "HEAD":
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
         response.content_length = meta.content_length
         return response
-    obj = await _open_for_get(request, storage, bucket, key, shown, sse)
-    return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+    opened = await _open_for_get(request, storage, ref, shown)
+    return await send_object(request, context, opened, shown, settings.write_timeout)
 
 
 def _check_preconditions(request: web.BaseRequest, meta: ObjectMeta, shown: Presentation) -> None:
@@ -114,10 +123,8 @@ _DRAIN_LIMIT = 64 * 1024
 async def _open_for_get(
     request: web.BaseRequest,
     storage: Storage,
-    bucket: str,
-    key: str,
+    ref: ObjectRef,
     shown: Presentation,
-    sse: CustomerKey | None,
 ) -> ObjectStream:
     """GET the object from S3 and judge the preconditions on that very answer, so the
     validators are those of the bytes served. Client conditionals never go to S3.
@@ -135,27 +142,27 @@ async def _open_for_get(
     if ranges == ():
         # A malformed range set: 416 with the size, unless a precondition or a stale
         # If-Range decides first (RFC 9110 13.2.2). Rare, so a HEAD finds the size.
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
     elif has_preconditions(headers):
-        _check_preconditions(request, await storage.head(bucket, key, sse), shown)
+        _check_preconditions(request, await storage.head(ref), shown)
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
-        obj = await storage.get(bucket, key, byte_range, sse)
+        obj = await storage.get(ref, byte_range)
     except RangeNotSatisfiable:
         if not has_preconditions(headers) and "If-Range" not in headers:
             raise
         # S3 says 416 before we saw the validators; but preconditions and If-Range come first
         # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
-        meta = await storage.head(bucket, key, sse)
+        meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise
         byte_range = None
-        obj = await storage.get(bucket, key, None, sse)
+        obj = await storage.get(ref, None)
     while True:
         meta = obj.meta
         try:
@@ -167,7 +174,7 @@ async def _open_for_get(
             return obj
         await _discard(obj)  # the client's copy is stale: it gets the whole object
         byte_range = None
-        obj = await storage.get(bucket, key, None, sse)
+        obj = await storage.get(ref, None)
 
 
 async def _discard(obj: ObjectStream) -> None:
@@ -184,12 +191,13 @@ async def _discard(obj: ObjectStream) -> None:
 
 async def send_object(
     request: web.BaseRequest,
+    context: RequestContext,
     obj: ObjectStream,
     shown: Presentation,
-    chunk_outcome: Outcome,
     write_timeout: float,
 ) -> web.StreamResponse:
     """Stream an opened S3 object to the client, then release it."""
+    bytes_from_s3 = 0
     try:
         status = 206 if obj.meta.content_range else 200
         response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
@@ -197,33 +205,33 @@ async def send_object(
         try:
             await response.prepare(request)
         except ConnectionError:
-            chunk_outcome.aborted = "client disconnected"
+            context.reason = "client disconnected"
             return response
         try:
             async for chunk in obj.chunks:
-                chunk_outcome.bytes_from_s3 += len(chunk)
+                bytes_from_s3 += len(chunk)
                 # write() waits while the client's socket buffer is full: back-pressure keeps
                 # memory bounded per stream, and the timeout frees a stalled client's slot.
                 async with asyncio.timeout(write_timeout):
                     await response.write(chunk)
-                if chunk_outcome.first_byte is None:
-                    chunk_outcome.first_byte = time.perf_counter()
-                chunk_outcome.bytes_sent += len(chunk)
+                if context.first_byte is None:
+                    context.first_byte = time.perf_counter()
+                context.bytes_sent += len(chunk)
         except ConnectionError:
-            chunk_outcome.aborted = "client disconnected"
+            context.reason = "client disconnected"
             return response
         except TimeoutError:
-            chunk_outcome.aborted = "client stopped reading (limits.client_write_timeout)"
+            context.reason = "client stopped reading (limits.client_write_timeout)"
             if request.transport is not None:
                 request.transport.abort()
             return response
         except Exception as exc:
-            chunk_outcome.aborted = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
+            context.reason = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
             if request.transport is not None:
                 request.transport.abort()
             return response
-        if chunk_outcome.bytes_from_s3 != obj.meta.content_length:
-            chunk_outcome.aborted = "upstream body shorter than its Content-Length"
+        if bytes_from_s3 != obj.meta.content_length:
+            context.reason = "upstream body shorter than its Content-Length"
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -235,50 +243,44 @@ async def send_object(
 
 async def _from_cache(
     request: web.BaseRequest,
-    storage: Storage,
-    bucket: str,
-    key: str,
+    context: RequestContext,
+    ref: ObjectRef,
     shown: Presentation,
-    chunk_outcome: Outcome,
-    write_timeout: float,
-    cache: ObjectCache,
-    settings: RouteCacheSettings,
-    sse: CustomerKey | None,
+    cache: RouteCacheSettings,
+    settings: StreamSettings,
 ) -> web.StreamResponse:
-    cached = cache.get(bucket, key, settings.max_age)
+    cached = settings.objects.get(ref, cache.max_age)
     if cached is not None:
-        return _memory_response(request, cached.meta, cached.body, shown, chunk_outcome)
+        return _memory_response(request, context, cached.meta, cached.body, shown)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
-    obj = await storage.get(bucket, key, None, sse)
-    if obj.meta.content_length > settings.max_object_bytes or obj.meta.content_range:
+    obj = await settings.storage.get(ref, None)
+    if obj.meta.content_length > cache.max_object_bytes or obj.meta.content_range:
         if request.method == "GET" and "Range" not in request.headers:
             try:
                 _check_preconditions(request, obj.meta, shown)
             except (NotModified, PreconditionFailed):
                 await _discard(obj)
                 raise
-            return await send_object(request, obj, shown, chunk_outcome, write_timeout)
+            return await send_object(request, context, obj, shown, settings.write_timeout)
         await _discard(obj)  # too big to cache: ask S3 the client's own question
-        return await stream(
-            request, storage, bucket, key, shown, chunk_outcome, write_timeout, sse=sse
-        )
+        return await stream(request, context, ref, shown, None, settings)
     try:
         body = b"".join([chunk async for chunk in obj.chunks])
     finally:
         await obj.aclose()
     if len(body) != obj.meta.content_length:
         raise UpstreamError("GetObject: body shorter than its Content-Length")
-    cache.put(bucket, key, obj.meta, body)
-    return _memory_response(request, obj.meta, body, shown, chunk_outcome)
+    settings.objects.put(ref, obj.meta, body)
+    return _memory_response(request, context, obj.meta, body, shown)
 
 
 def _memory_response(
     request: web.BaseRequest,
+    context: RequestContext,
     meta: ObjectMeta,
     body: bytes,
     shown: Presentation,
-    chunk_outcome: Outcome,
 ) -> web.Response:
     _check_preconditions(request, meta, shown)
     headers = object_headers(meta, shown)
@@ -293,9 +295,9 @@ def _memory_response(
     elif spans is not None:
         status = 206
         payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
-    chunk_outcome.first_byte = time.perf_counter()
+    context.first_byte = time.perf_counter()
     if request.method != "HEAD":
-        chunk_outcome.bytes_sent = len(payload)
+        context.bytes_sent = len(payload)
     return web.Response(status=status, body=payload, headers=headers)
 
 
@@ -328,117 +330,3 @@ def _multipart(body: bytes, spans: list[tuple[int, int]], part_type: str) -> tup
         pieces += (part_head.encode("latin-1", "replace"), body[first : last + 1])
     pieces.append(f"\r\n--{boundary}--\r\n".encode("latin-1"))
     return b"".join(pieces), f"multipart/byteranges; boundary={boundary}"
-
-
-@dataclass(frozen=True)
-class SignedLink:
-    url: str
-    lifetime: Lifetime
-
-    @property
-    def expires_at_iso(self) -> str:
-        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class LinkCache:
-    """Stable URLs repeat within their window: remember them (bounded LRU) instead of
-    signing again. Keyed by everything the URL is a function of."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
-        self.hits = 0  # lookups answered and not (read by the metrics)
-        self.misses = 0
-
-    def get(self, key: tuple[object, ...]) -> str | None:
-        url = self._urls.get(key)
-        if url is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-            self._urls.move_to_end(key)
-        return url
-
-    def put(self, key: tuple[object, ...], url: str) -> None:
-        self._urls[key] = url
-        if len(self._urls) > self._size:
-            self._urls.popitem(last=False)
-
-
-async def sign_link(
-    storage: Storage,
-    settings: RouteSettings,
-    method: str,
-    bucket: str,
-    key: str,
-    overrides: Mapping[str, str],
-    now: float,
-    token_expires_at: float | None,
-    cache: LinkCache | None = None,
-) -> SignedLink:
-    credentials = await storage.credentials()
-    try:
-        lifetime = plan_lifetime(
-            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
-        )
-    except LifetimeError as exc:
-        if exc.limit == "token":
-            raise Unauthenticated("token expires before a link could be used") from None
-        raise UpstreamError("AWS credentials expired; cannot sign") from None
-    # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
-    signed_overrides = overrides if method == "GET" else None
-    cache_key: tuple[object, ...] | None = None
-    if cache is not None and settings.stable:
-        cache_key = (
-            credentials.access_key,
-            credentials.token,
-            method,
-            bucket,
-            key,
-            tuple(sorted((signed_overrides or {}).items())),
-            lifetime.signed_at,
-            lifetime.expires_in,
-        )
-        url = cache.get(cache_key)
-        if url is not None:
-            return SignedLink(url, lifetime)
-    url = storage.presign(credentials, method, bucket, key, lifetime, signed_overrides)
-    if cache is not None and cache_key is not None:
-        cache.put(cache_key, url)
-    return SignedLink(url, lifetime)
-
-
-def wants_json(accept: str | None) -> bool:
-    """True when the client explicitly accepts application/json (q > 0), as fetch()/XHR do."""
-    if not accept or "json" not in accept:
-        return False
-    for media_range in accept.split(","):
-        media, *params = (part.strip() for part in media_range.split(";"))
-        if media.lower() == "application/json":
-            return not any(_is_zero_quality(param) for param in params)
-    return False
-
-
-def _is_zero_quality(param: str) -> bool:
-    """`q=0` in any spelling (`Q=0.000`, `q = 0.`): the client refuses that type."""
-    name, _, value = param.replace(" ", "").partition("=")
-    try:
-        return name.lower() == "q" and float(value) == 0
-    except ValueError:
-        return False
-
-
-def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
-    lifetime = link.lifetime
-    # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
-    # URL must not be, or a later page view would reuse a dead link.
-    cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
-    # When the answer depends on who asks, a browser shared by two people must not hand one
-    # of them the other's cached redirect.
-    vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
-    headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
-    if as_json:
-        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
-        headers["X-Content-Type-Options"] = "nosniff"
-        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
-    return web.Response(status=302, headers={"Location": link.url, **headers})

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
-from .config import Route
-from .contenttype import SANDBOX_CSP, InlineTypes, guess_type, safe_content_type
-from .cors import add_headers
-from .storage import ObjectMeta
+from ..config import Route
+from ..contenttype import SANDBOX_CSP, InlineTypes, guess_type, safe_content_type
+from ..cors import add_headers
+from ..storage import ObjectMeta
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")

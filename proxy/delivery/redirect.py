@@ -1,0 +1,183 @@
+"""Redirecting: the client is sent to a presigned S3 URL (302, or its JSON for fetch()), so
+the bytes never pass through the proxy. Stable URLs (a route's `stable` window) repeat, and
+are remembered instead of signed again (LinkCache). No S3 call: signing is CPU work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ..auth import Clock
+from ..config import Route, RouteSettings
+from ..errors import Unauthenticated, UpstreamError
+from ..presign import Lifetime, LifetimeError, plan_lifetime
+from ..request import ObjectRef, RequestContext
+from ..storage import Storage
+from .method import Link
+from .presentation import signed_overrides
+
+
+class Redirect:
+    """The `redirect` method of one config: URLs presigned with `storage`'s credentials,
+    stable ones remembered in `links`. `cache_control` (s3.redirect_cache_control) is signed
+    into every URL whose route sets none."""
+
+    def __init__(
+        self, storage: Storage, clock: Clock, links: LinkCache, cache_control: str | None
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._links = links
+        self._cache_control = cache_control
+
+    async def answer(
+        self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
+    ) -> web.StreamResponse:
+        as_json = wants_json(request.headers.get("Accept"))
+        # The JSON answer names a URL for fetch() to GET; HEAD gets the same answer, so a
+        # HEAD's headers (Content-Length included) match its GET's.
+        method = "GET" if as_json else request.method
+        link = await self.sign(context, route, ref, method)
+        return redirect_response(link, as_json, route.rule.needs_token)
+
+    async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
+        signed = await self.sign(context, route, ref, "GET")
+        return Link(signed.url, signed.expires_at_iso)
+
+    async def sign(
+        self, context: RequestContext, route: Route, ref: ObjectRef, method: str
+    ) -> SignedLink:
+        """A presigned URL for the object, shown as the route shows it, that outlives
+        neither the route's ttl nor the caller's credential."""
+        overrides = signed_overrides(route, ref.key)
+        if self._cache_control is not None:
+            # Else S3's answer for a private file would be storable by shared caches.
+            overrides.setdefault("Cache-Control", self._cache_control)
+        return await sign_link(
+            self._storage,
+            route.settings,
+            method,
+            ref,
+            overrides,
+            self._clock(),
+            context.expires_at,
+            self._links,
+        )
+
+
+@dataclass(frozen=True)
+class SignedLink:
+    url: str
+    lifetime: Lifetime
+
+    @property
+    def expires_at_iso(self) -> str:
+        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LinkCache:
+    """Stable URLs repeat within their window: remember them (bounded LRU) instead of
+    signing again. Keyed by everything the URL is a function of."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self.hits = 0  # lookups answered and not (read by the metrics)
+        self.misses = 0
+
+    def get(self, key: tuple[object, ...]) -> str | None:
+        url = self._urls.get(key)
+        if url is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._urls.move_to_end(key)
+        return url
+
+    def put(self, key: tuple[object, ...], url: str) -> None:
+        self._urls[key] = url
+        if len(self._urls) > self._size:
+            self._urls.popitem(last=False)
+
+
+async def sign_link(
+    storage: Storage,
+    settings: RouteSettings,
+    method: str,
+    ref: ObjectRef,
+    overrides: Mapping[str, str],
+    now: float,
+    token_expires_at: float | None,
+    cache: LinkCache | None = None,
+) -> SignedLink:
+    credentials = await storage.credentials()
+    try:
+        lifetime = plan_lifetime(
+            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
+        )
+    except LifetimeError as exc:
+        if exc.limit == "token":
+            raise Unauthenticated("token expires before a link could be used") from None
+        raise UpstreamError("AWS credentials expired; cannot sign") from None
+    # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
+    signed_overrides = overrides if method == "GET" else None
+    cache_key: tuple[object, ...] | None = None
+    if cache is not None and settings.stable:
+        cache_key = (
+            credentials.access_key,
+            credentials.token,
+            method,
+            ref,
+            tuple(sorted((signed_overrides or {}).items())),
+            lifetime.signed_at,
+            lifetime.expires_in,
+        )
+        url = cache.get(cache_key)
+        if url is not None:
+            return SignedLink(url, lifetime)
+    url = storage.presign(credentials, method, ref, lifetime, signed_overrides)
+    if cache is not None and cache_key is not None:
+        cache.put(cache_key, url)
+    return SignedLink(url, lifetime)
+
+
+def wants_json(accept: str | None) -> bool:
+    """True when the client explicitly accepts application/json (q > 0), as fetch()/XHR do."""
+    if not accept or "json" not in accept:
+        return False
+    for media_range in accept.split(","):
+        media, *params = (part.strip() for part in media_range.split(";"))
+        if media.lower() == "application/json":
+            return not any(_is_zero_quality(param) for param in params)
+    return False
+
+
+def _is_zero_quality(param: str) -> bool:
+    """`q=0` in any spelling (`Q=0.000`, `q = 0.`): the client refuses that type."""
+    name, _, value = param.replace(" ", "").partition("=")
+    try:
+        return name.lower() == "q" and float(value) == 0
+    except ValueError:
+        return False
+
+
+def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
+    lifetime = link.lifetime
+    # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
+    # URL must not be, or a later page view would reuse a dead link.
+    cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
+    # When the answer depends on who asks, a browser shared by two people must not hand one
+    # of them the other's cached redirect.
+    vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
+    headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
+    if as_json:
+        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
+        headers["X-Content-Type-Options"] = "nosniff"
+        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
+    return web.Response(status=302, headers={"Location": link.url, **headers})

@@ -1,0 +1,63 @@
+"""One request as values: the object it names as S3 sees it, and the request itself as it
+flows. No I/O; never holds a token, a cookie or a customer key in a printable field.
+
+Rule: whatever decides S3's answer is part of the object's name. Storage calls take an
+`ObjectRef`, and every cache of what S3 answered (objects, metadata, signed links) is keyed
+by one, so a cache cannot be keyed by less than S3 was asked with: two routes that read one
+bucket and key with different SSE-C customer keys name two objects, and never share a body.
+
+`RequestContext` is filled in by the gateway and each surface as the request flows (who asks,
+through which route, for which object, with what outcome), and read by what reports on it:
+the access line and the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .ssec import CustomerKey
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """An object as S3 sees it: bucket, key, and the SSE-C customer key it is read or written
+    with (None: none). Equal and hashed by all three (the customer key by its fingerprint)."""
+
+    bucket: str
+    key: str
+    sse: CustomerKey | None = None
+
+
+def new_request_id() -> str:
+    """16 hex digits, random: unique across processes and replicas without coordination."""
+    return os.urandom(8).hex()
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request, filled in as it flows and read once it ends."""
+
+    method: str
+    path: str  # the raw path without its query string
+    # Who sent it: the peer address today; the one place a trusted proxy's forwarded address
+    # would go, so every limit, lease and log line reads it from here.
+    client: str | None
+    started: float = 0.0  # perf_counter() at arrival
+    id: str = field(default_factory=new_request_id)
+    route: str | None = None  # the route's name, or the surface's ("sign-api", "metrics"...)
+    delivery: str | None = None  # "stream", "redirect", "auto:stream", "sign"...
+    # The caller, once a credential was verified:
+    sub: str | None = None  # `sub` as logged (cut at 256 characters)
+    iss: str | None = None
+    token_source: str | None = None  # "header", "cookie", "query", "share link"
+    subject_key: str | None = None  # whom per-subject limits count (access.subject_key)
+    expires_at: float | None = None  # the credential's `exp`: nothing signed may outlive it
+    object: ObjectRef | None = None  # once access has named it
+    # The outcome:
+    status: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0  # an upload's body, as stored
+    reason: str | None = None
+    first_byte: float | None = None  # perf_counter() when the first body byte was written
+    cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged

@@ -1,0 +1,68 @@
+"""PUT of an authorized object: a 307 to a presigned PUT (redirect routes), or the body
+streamed to S3 through the proxy (stream routes), holding one of the stream slots as a
+download would. What uploads/ decides (type, size, overwrite, multipart) stays there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..auth import Clock
+from ..config import Config, Route
+from ..request import ObjectRef, RequestContext
+from ..state import State
+from ..storage import Storage
+from ..uploads import receive, redirect_put, upload_target
+
+
+class Uploads:
+    """One config's uploads. `forget` is told of each object stored through the proxy, so
+    the caches of what S3 answered drop their stale copies."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        clock: Clock,
+        state: State,
+        forget: Callable[[ObjectRef], None],
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._state = state
+        self._forget = forget
+        self._body_timeout = config.settings.limits.body_timeout
+
+    async def answer(
+        self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
+    ) -> web.StreamResponse:
+        """Take the PUT it was admitted for."""
+        target = upload_target(route, ref, request.headers.get("Content-Type"))
+        if route.settings.delivery == "redirect":
+            return await redirect_put(
+                request,
+                self._storage,
+                target,
+                route.settings.ttl,
+                self._clock(),
+                context.expires_at,
+            )
+        lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        try:
+            received = await receive(request, self._storage, target, self._body_timeout)
+        finally:
+            await self._state.release_stream(lease)
+        context.bytes_received = received.size
+        self._forget(ref)
+        return web.json_response(
+            {"path": context.path, "size": received.size, "etag": received.etag},
+            status=201,
+            headers={
+                "ETag": received.etag,
+                "Location": context.path,
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
