@@ -197,8 +197,9 @@ class Gateway:
             if isinstance(exc, RequestTimeout | PayloadTooLarge):
                 response.force_close()  # the rest of a trickled or oversized body is unwanted
         except ConnectionError:
-            # The client went away while we answered: nothing to send, and not our error.
-            context.reason = "client disconnected"
+            # The client went away while we answered: nothing to send, and not our error. (Or
+            # the proxy closed it, a revoked credential's stream, and said why already.)
+            context.reason = context.reason or "client disconnected"
             response = web.Response(status=499)  # nginx's "client closed request", for the log
         except web.HTTPException as exc:
             # aiohttp's own refusals: keep the status, use the proxy's body format.
@@ -324,7 +325,7 @@ class _Surfaces:
             previous.access if previous is not None else None,
         )
         telemetry.watch_cache("token", self.access.verifier)
-        self._uploads = Uploads(config, storage, clock, state, self.downloads.forget)
+        self._uploads = Uploads(config, storage, clock, state, self.downloads.forget, telemetry)
         self._signing = Signing(config, router, storage, clock, state, self.access, self.downloads)
         if previous is not None:
             # The state (revocations, rate buckets, stream slots held by streams still running

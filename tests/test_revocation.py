@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from proxy.links import LinkTarget, mint_link_token
 from proxy.state import Revocation, RevocationList, new_revocation
 
 from .conftest import (
+    HUGE_SIZE,
     SECRET,
     Clock,
     S3Objects,
@@ -134,6 +136,76 @@ async def test_a_token_without_iat_or_exp_is_refused(proxy, s3: S3Objects) -> No
         refused = await client.get("/stream/photos/42", headers=bearer(token))
         assert refused.status == 401
         assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+class Download:
+    """A GET of a large object over a raw socket, read by a slow client: it takes 1 MiB and
+    then reads nothing until told to, so the proxy is still sending when the test acts."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.received = 0
+
+    @classmethod
+    async def start(cls, host: str, port: int, target: str, token: str | None) -> Download:
+        reader, writer = await asyncio.open_connection(host, port)
+        lines = [f"GET {target} HTTP/1.1", "Host: proxy", "Connection: close"]
+        if token is not None:
+            lines.append(f"Authorization: Bearer {token}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        download = cls(reader, writer)
+        download.received = len(await reader.readexactly(1024 * 1024))
+        return download
+
+    async def read_to_end(self) -> int:
+        """Read as fast as the proxy sends, until it closes; the bytes of body received."""
+        async with asyncio.timeout(60):
+            while chunk := await self.reader.read(1024 * 1024):
+                self.received += len(chunk)
+        self.writer.close()
+        return self.received
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+
+
+async def test_a_revocation_stops_a_stream_in_flight(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21 item 8: revoking a subject stops what it is already downloading."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    metrics = {"enabled": True, "listen": "main", "access": "public"}
+    client = await proxy(_config(s3, metrics=metrics))
+    server = client.server
+    token = make_token("alice", role="admin")
+    bob = await Download.start(server.host, server.port, "/admin/exports/huge.bin", ADMIN_NOW)
+    alice = await Download.start(server.host, server.port, "/admin/exports/huge.bin", token)
+    assert (await _revoke(client, {"sub": "alice"}, ADMIN_NOW)).status == 201
+    assert await alice.read_to_end() < HUGE_SIZE  # cut short, not finished
+    assert await bob.read_to_end() == HUGE_SIZE  # someone else's stream runs on
+
+    cut = [line for line in _access_lines(caplog) if line["sub"] == "alice"]
+    assert [(line["status"], line["reason"]) for line in cut] == [
+        (200, "credential revoked mid-stream")
+    ]
+    text = await (await client.get("/metrics")).text()
+    assert 'proxy_streams_stopped_total{reason="revoked"} 1.0' in text
+
+
+async def test_a_revoked_share_link_stops_its_stream(proxy, s3: S3Objects) -> None:
+    import jwt
+
+    client = await proxy(_config(s3))
+    target = LinkTarget("admin-exports", "reports", "exports/huge.bin")
+    link = mint_link_token(LINK_SECRET, target, 600)
+    path = f"/admin/exports/huge.bin?link={link}"
+    download = await Download.start(client.server.host, client.server.port, path, None)
+    jti = jwt.decode(link, options={"verify_signature": False})["jti"]
+    assert (await _revoke(client, {"jti": jti}, ADMIN_NOW)).status == 201
+    assert await download.read_to_end() < HUGE_SIZE
 
 
 async def test_the_sign_api_refuses_a_revoked_token(proxy, s3: S3Objects) -> None:

@@ -111,6 +111,7 @@ class Access:
                 raise
             self._telemetry.token_checked("link", "valid")
             context.token_source = "share link"  # noqa: S105 - a label, not a secret
+            context.via_link = True
             _note_caller(context, claims)
             self._state.check_token(claims, link=True)
             key = route.key.render(params, claims)
@@ -275,6 +276,7 @@ def _note_caller(context: RequestContext, claims: Claims) -> None:
     context.iss = str(iss)[:256] if iss is not None else None
     context.subject_key = subject_key(claims)
     context.expires_at = _expiry(claims)
+    context.claims = claims
 
 
 def _expiry(claims: Mapping[str, Any]) -> float | None:

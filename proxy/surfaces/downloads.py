@@ -74,7 +74,9 @@ class Downloads:
         )
         # The methods, by the name a route's `delivery` (or `auto`'s choice) gives.
         self._methods: dict[str, Method] = {
-            "stream": Stream(storage, self.objects, state, settings.limits.client_write_timeout),
+            "stream": Stream(
+                storage, self.objects, state, settings.limits.client_write_timeout, telemetry
+            ),
             "redirect": Redirect(storage, clock, self.links, settings.s3.redirect_cache_control),
         }
         telemetry.watch_cache("object", self.objects)

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Config, Route
+from ..delivery.stream import watch_credential
+from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State
 from ..storage import Storage
@@ -28,7 +30,9 @@ class Uploads:
         clock: Clock,
         state: State,
         forget: Callable[[ObjectRef], None],
+        telemetry: Telemetry,
     ) -> None:
+        self._telemetry = telemetry
         self._storage = storage
         self._clock = clock
         self._state = state
@@ -50,9 +54,12 @@ class Uploads:
                 context.expires_at,
             )
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        watch = watch_credential(self._state, self._telemetry, request, context, "upload")
         try:
             received = await receive(request, self._storage, target, self._body_timeout)
         finally:
+            if watch is not None:
+                self._state.unwatch(watch)
             await self._state.release_stream(lease)
         context.bytes_received = received.size
         self._forget(ref)
