@@ -375,8 +375,10 @@ class RateLimitSettings(_Model):
 
 class LimitsSettings(_Model):
     max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
-    # Each streamed response holds an S3 connection for as long as its client reads: these
-    # keep one address or one token subject from taking all of s3.max_connections (429 past).
+    # Each streamed response holds an S3 connection for as long as its client reads, and every
+    # other S3 request made for a caller (a metadata HEAD, an upload's absence check) for as
+    # long as S3 takes: these keep one address or one token subject from taking all of
+    # s3.max_connections (429 past).
     max_streams_per_client: int = Field(16, ge=1)
     max_streams_per_subject: int = Field(16, ge=1)
     # A client that accepts no bytes for this long is dropped, releasing its S3 connection.
@@ -777,6 +779,14 @@ def _warnings(settings: Settings) -> list[str]:
             "revocations per worker (a revocation reaches only the worker that took it); set "
             "backend: redis to share them"
         )
+    limits, pool = settings.limits, settings.s3.max_connections
+    for cap in ("max_streams_per_client", "max_streams_per_subject"):
+        if getattr(limits, cap) >= pool:
+            found.append(
+                f"limits.{cap}: {getattr(limits, cap)} is not below s3.max_connections "
+                f"({pool}), so one caller with a slow S3 can hold every pooled connection and "
+                f"others get 503; lower it (to {max(1, pool // 4)}, say) or raise max_connections"
+            )
     for index, issuer in enumerate(auth.issuer_list()):
         if issuer.jwks_url is None:
             continue

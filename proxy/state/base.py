@@ -16,9 +16,10 @@ falls on revocations, which are rare, and none on the bytes of a stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,17 @@ class State:
 
     async def release_stream(self, lease: StreamLease) -> None:
         raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def s3_slot(self, client: str, subject: str | None) -> AsyncIterator[StreamLease]:
+        """One of the caller's slots, held for an S3 request made on its behalf that is not
+        a stream (a metadata HEAD, an upload's absence check): each holds a pooled S3
+        connection as long as S3 takes to answer, so it counts against the same caps."""
+        lease = await self.acquire_stream(client, subject)
+        try:
+            yield lease
+        finally:
+            await self.release_stream(lease)
 
     # --- administration ------------------------------------------------------------------
 

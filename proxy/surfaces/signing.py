@@ -30,6 +30,7 @@ from ..storage import Storage
 from ..uploads import post_form, upload_target
 from .access import Access, Claims, answer_cors, authorize, buckets
 from .downloads import Downloads
+from .uploads import absence_check_slot
 
 # Metadata lookups (S3 HEADs for `delivery: auto`) one sign API request runs at once: enough
 # that a page of links is not signed one round trip at a time, few enough that one request
@@ -142,14 +143,15 @@ class Signing:
             if size is not None and (not isinstance(size, int) or size < 0):
                 raise BadRequest(detail="size is a byte count")
             target = upload_target(route, ref, content_type)
-            form = await post_form(
-                self._storage,
-                target,
-                size,
-                route.settings.ttl,
-                self._clock(),
-                context.expires_at,
-            )
+            async with absence_check_slot(self._state, context, target):
+                form = await post_form(
+                    self._storage,
+                    target,
+                    size,
+                    route.settings.ttl,
+                    self._clock(),
+                    context.expires_at,
+                )
         except ProxyError as exc:
             return _refusal(path, exc)
         return {"path": path, **form}
@@ -214,7 +216,7 @@ class Signing:
         route, ref = admitted
         try:
             async with lookups:
-                delivery = await self._downloads.choose_delivery(route, ref)
+                delivery = await self._downloads.choose_delivery(route, ref, context)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
             return _refusal(path, exc)

@@ -5,7 +5,9 @@ download would. What uploads/ decides (type, size, overwrite, multipart) stays t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
@@ -16,7 +18,7 @@ from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State
 from ..storage import Storage
-from ..uploads import receive, redirect_put, upload_target
+from ..uploads import UploadTarget, receive, redirect_put, upload_target
 
 
 class Uploads:
@@ -45,14 +47,15 @@ class Uploads:
         """Take the PUT it was admitted for."""
         target = upload_target(route, ref, request.headers.get("Content-Type"))
         if route.settings.delivery == "redirect":
-            return await redirect_put(
-                request,
-                self._storage,
-                target,
-                route.settings.ttl,
-                self._clock(),
-                context.expires_at,
-            )
+            async with absence_check_slot(self._state, context, target):
+                return await redirect_put(
+                    request,
+                    self._storage,
+                    target,
+                    route.settings.ttl,
+                    self._clock(),
+                    context.expires_at,
+                )
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         watch = watch_credential(self._state, self._telemetry, request, context, "upload")
         try:
@@ -73,3 +76,14 @@ class Uploads:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+
+def absence_check_slot(
+    state: State, context: RequestContext, target: UploadTarget
+) -> AbstractAsyncContextManager[object]:
+    """The caller's slot for an upload signed without passing through the proxy: its
+    absence check (`overwrite: false`) is a HEAD made on the caller's behalf. With
+    overwrite, no S3 call is made and no slot is taken."""
+    if target.settings.overwrite:
+        return contextlib.nullcontext()
+    return state.s3_slot(context.client or "unknown", context.subject_key)
