@@ -533,7 +533,10 @@ class SignApiSettings(_Model):
 
     enabled: bool = True
     path: str = "/_sign"
-    max_paths: int = Field(1000, ge=1, le=100_000)
+    max_paths: int = Field(1000, ge=1, le=100_000)  # paths and uploads together
+    # Upload forms per request: each may cost an S3 HEAD (overwrite: false) and a form of
+    # about 1 KB in the answer, so far fewer than links.
+    max_uploads: int = Field(100, ge=0, le=10_000)
     cors: CorsSettings | None = None
 
     @field_validator("path")

@@ -7,13 +7,15 @@ touched only after that. docs/uploads.md is the user's guide.
 """
 
 from .presigned import post_form, redirect_put
-from .receive import ClientGone, Received, receive
-from .rules import UploadTarget, upload_target
+from .receive import ClientGone, Received, check_absent, receive
+from .rules import UploadTarget, check_size, upload_target
 
 __all__ = [
     "ClientGone",
     "Received",
     "UploadTarget",
+    "check_absent",
+    "check_size",
     "post_form",
     "receive",
     "redirect_put",

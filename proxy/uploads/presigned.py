@@ -59,9 +59,10 @@ async def post_form(
     now: float,
     token_expires_at: float | None,
 ) -> dict[str, Any]:
-    """One sign API answer: a presigned POST form for the target."""
+    """One sign API answer: a presigned POST form for the target. The caller has run its
+    absence check (`check_absent`) first: once per object in a batch, however many entries
+    name it."""
     check_size(target.settings, size)
-    await check_absent(storage, target)
     credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
