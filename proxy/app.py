@@ -326,7 +326,9 @@ class _Surfaces:
         )
         telemetry.watch_cache("token", self.access.verifier)
         self._uploads = Uploads(config, storage, clock, state, self.downloads.forget, telemetry)
-        self._signing = Signing(config, router, storage, clock, state, self.access, self.downloads)
+        self._signing = Signing(
+            config, router, storage, clock, state, self.access, self.downloads, telemetry
+        )
         if previous is not None:
             # The state (revocations, rate buckets, stream slots held by streams still running
             # on the old surfaces) is the Gateway's and carries on; only its settings change.

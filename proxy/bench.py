@@ -1,19 +1,23 @@
-"""`python -m proxy bench`: stream vs redirect on the same objects, with numbers.
+"""`python -m proxy bench`: stream vs redirect (vs cloudfront) on the same objects, with numbers.
 
 Either world ends as the same run: a config (see benchplan) served by `python -m proxy serve`
 as a separate process (so its CPU can be read from /proc), and a simulated browser that
-fetches every object through both copies of its route. The browser follows redirects,
+fetches every object through each copy of its route. The browser follows redirects,
 honours Cache-Control and revalidates with ETag, so a second page view shows what caching
 saves each method. S3 requests are the proxy's own (from its metrics) plus the ones the
 browser sends straight to S3. Prints a table, and writes a Markdown report, the raw numbers
 and (with matplotlib) a PNG of charts that the report links.
 
 - By default the world is built here: the demo's S3 (moto, in this process) with objects of
-  several sizes, behind one route.
-- With a config, the world is the user's: their S3 and routes, and the paths they name.
+  several sizes, behind one route, and the demo's loopback STAND-IN for a CloudFront edge
+  (proxy/demo/cloudfront_standin.py, not a CDN) for the third method.
+- With a config, the world is the user's: their S3 and routes, and the paths they name; and
+  their CloudFront distribution, when the config has a cloudfront section.
 
-The default world also compares uploads: the same bytes PUT through the proxy (stream) and PUT
-to the proxy, answered 307, then PUT to the presigned URL (redirect), into a bench bucket.
+The default world also compares uploads: the same bytes PUT through the proxy (stream), PUT
+to the proxy, answered 307, then PUT to the presigned URL (redirect), and sent in parts to the
+URLs of a presigned multipart upload that the sign API began and completed (multipart), into a
+bench bucket.
 
 Each S3 engine asked for (`--engine`, both by default) gets a run of its own, one after the
 other with a fresh proxy process: the report is the first engine's, followed by the engines
@@ -48,16 +52,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from .auth import issue_token
-from .benchplan import METHODS, METRICS_PATH, PREFIXES, BenchError, Plan, plan_bench
+from .benchplan import CLOUDFRONT, METHODS, METRICS_PATH, PREFIXES, BenchError, Plan, plan_bench
 from .config import Config, parse_config
 from .ops import summary
 
 if TYPE_CHECKING:
+    from .demo.cloudfront_standin import EdgeThread
     from .demo.s3 import CountingS3
 
 SIZES = (10 * 1024, 100 * 1024, 1024 * 1024, 10 * 1024 * 1024)
 UPLOAD_SIZES = (64 * 1024, 1024 * 1024, 8 * 1024 * 1024)
-UPLOAD_PREFIXES = {"stream": "/bench-uploads/stream", "redirect": "/bench-uploads/redirect"}
+UPLOAD_METHODS = (*METHODS, "multipart")
+UPLOAD_PREFIXES = {method: f"/bench-uploads/{method}" for method in UPLOAD_METHODS}
+MULTIPART_PARALLEL = 4  # part PUTs in flight at once, as a browser uploader sends them
+SIGN_PATH = "/_sign"
 UPLOAD_TYPE = "application/octet-stream"
 ENGINES = ("builtin", "aiobotocore")
 TOKEN_TTL = 3600  # seconds; a minted token outlives any sensible run
@@ -78,6 +86,8 @@ class Fetched:
     error: str = ""  # what a failed answer named
     s3_requests: int = 0  # sent by the client straight to S3 (following redirects)
     s3_bytes: int = 0  # body bytes S3 sent the client
+    edge_requests: int = 0  # sent by the client to the CloudFront edge
+    edge_bytes: int = 0  # body bytes the edge sent the client
 
     @property
     def ok(self) -> bool:
@@ -103,6 +113,10 @@ class View:
     s3_direct_bytes: int = 0  # object bytes the client fetched straight from S3
     proxy_cpu: float = 0.0  # CPU seconds the proxy process spent
     client_bytes: int = 0  # object bytes the client ended up with (from network or cache)
+    edge_requests: int = 0  # by the client to the CloudFront edge
+    edge_bytes: int = 0  # object bytes the edge sent the client
+    # S3 requests a CloudFront edge made are not seen from here (only the stand-in's are).
+    s3_unseen: bool = False
 
     def add(self, fetched: Fetched) -> None:
         self.ttfb.append(fetched.ttfb)
@@ -110,6 +124,8 @@ class View:
         self.client_bytes += fetched.size
         self.s3_requests += fetched.s3_requests
         self.s3_direct_bytes += fetched.s3_bytes
+        self.edge_requests += fetched.edge_requests
+        self.edge_bytes += fetched.edge_bytes
 
 
 @dataclass
@@ -149,8 +165,10 @@ async def fetch(
     url: str,
     headers: Mapping[str, str],
     proxy: str,
+    edge: str | None = None,
 ) -> Fetched:
-    """Fetch like a browser: `headers` go to the proxy (whose base URL is `proxy`) only."""
+    """Fetch like a browser: `headers` go to the proxy (whose base URL is `proxy`) only; an
+    answer from `edge` (a CloudFront origin) is counted apart from S3's."""
     got = Fetched()
     started = time.perf_counter()
     for hop in range(MAX_HOPS):
@@ -164,9 +182,11 @@ async def fetch(
             got.ttfb = got.total = time.perf_counter() - started
             got.size, got.status, got.answered_by = size, 200, "the browser cache"
             return got
-        direct = not url.startswith(proxy)
-        got.answered_by = "S3" if direct else "the proxy"
+        by_edge = edge is not None and url.startswith(edge + "/")
+        direct = not url.startswith(proxy) and not by_edge
+        got.answered_by = "S3" if direct else "the edge" if by_edge else "the proxy"
         got.s3_requests += direct
+        got.edge_requests += by_edge
         sent = {**(headers if hop == 0 else {}), **browser.validators(url)}
         try:
             async with session.get(url, headers=sent, allow_redirects=False) as resp:
@@ -186,6 +206,8 @@ async def fetch(
                 got.total = time.perf_counter() - started
                 if direct:
                     got.s3_bytes += size
+                elif by_edge:
+                    got.edge_bytes += size
                 if resp.status == 304:
                     got.size = browser.entries[url][2]  # still valid
                 else:
@@ -318,6 +340,10 @@ class Target:
     pid: int
     paths: tuple[str, ...]
     headers: Mapping[str, str]
+    methods: tuple[str, ...] = METHODS
+    edge: str | None = None  # the CloudFront distribution's origin, with cloudfront
+    # S3 requests the edge has made so far, where they can be seen (the stand-in's)
+    edge_s3_requests: Callable[[], int] | None = None
 
     def url(self, method: str, path: str) -> str:
         return f"{self.base}{PREFIXES[method]}{path}"
@@ -338,9 +364,14 @@ async def check(session: aiohttp.ClientSession, target: Target) -> list[int]:
     for path in target.paths:
         got = {
             method: await fetch(
-                session, Browser(), target.url(method, path), target.headers, target.base
+                session,
+                Browser(),
+                target.url(method, path),
+                target.headers,
+                target.base,
+                target.edge,
             )
-            for method in METHODS
+            for method in target.methods
         }
         sizes.append(got["stream"].size)
         failed = failed or not all(fetched.ok for fetched in got.values())
@@ -359,29 +390,33 @@ async def check(session: aiohttp.ClientSession, target: Target) -> list[int]:
 
 
 async def measure(target: Target, rounds: int) -> tuple[list[int], dict[str, list[View]]]:
-    results: dict[str, list[View]] = {method: [View(), View()] for method in METHODS}
+    results: dict[str, list[View]] = {method: [View(), View()] for method in target.methods}
     connector = aiohttp.TCPConnector(limit=8)
     # Bytes as they cross the network; a stuck S3 or proxy ends the run instead of hanging it.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False
     ) as session:
-        print(f"checking {len(target.paths)} paths both ways...", file=sys.stderr)
+        ways = "both ways" if len(target.methods) == 2 else f"{len(target.methods)} ways"
+        print(f"checking {len(target.paths)} paths {ways}...", file=sys.stderr)
         sizes = await check(session, target)
-        progress = Progress(len(METHODS) * len(target.paths) * (rounds + 1))
-        for method in METHODS:
+        progress = Progress(len(target.methods) * len(target.paths) * (rounds + 1))
+        for method in target.methods:
             browser = Browser()
             for view_index, view in enumerate(results[method]):
                 # A first view (`rounds` of them, each with an empty cache), then a second
                 # view with the cache of the last first view.
                 before = await _metrics(session, target)
                 cpu_before = _cpu_seconds(target.pid)
+                edge_before = _edge_s3(target, method)
                 for round_index in range(rounds if view_index == 0 else 1):
                     if view_index == 0 and round_index > 0:
                         browser = Browser()
                     for path in target.paths:
                         url = target.url(method, path)
-                        fetched = await fetch(session, browser, url, target.headers, target.base)
+                        fetched = await fetch(
+                            session, browser, url, target.headers, target.base, target.edge
+                        )
                         if not fetched.ok:
                             raise BenchError(f"{path} by {method}: {fetched.describe()}")
                         view.add(fetched)
@@ -397,7 +432,19 @@ async def measure(target: Target, rounds: int) -> tuple[list[int], dict[str, lis
                     "bytes_sent", 0
                 )
                 view.s3_requests += after["s3_requests"] - before["s3_requests"]
+                edge_after = _edge_s3(target, method)
+                if edge_before is None or edge_after is None:
+                    view.s3_unseen = method == CLOUDFRONT
+                else:
+                    view.s3_requests += edge_after - edge_before
     return sizes, results
+
+
+def _edge_s3(target: Target, method: str) -> int | None:
+    """S3 requests the edge has made, for the cloudfront method, where they can be seen."""
+    if method != CLOUDFRONT or target.edge_s3_requests is None:
+        return None
+    return target.edge_s3_requests()
 
 
 @dataclass
@@ -407,7 +454,9 @@ class UploadRun:
     size: int
     method: str
     total: list[float] = field(default_factory=list)  # seconds per upload, to the last answer
-    proxy_bytes: int = 0  # upload bytes the proxy took (it answers a 307 before the body)
+    # Bytes through the proxy: the upload bytes it took (none for a 307 answered before the
+    # body); for multipart, the sign API's JSON both ways (the parts never reach it).
+    proxy_bytes: int = 0
     s3_requests: int = 0  # by the proxy or by the client
     proxy_cpu: float = 0.0  # CPU seconds the proxy process spent
 
@@ -438,24 +487,85 @@ async def upload(
     return time.perf_counter() - started, 0, 1
 
 
+async def upload_in_parts(
+    session: aiohttp.ClientSession, base: str, path: str, body: bytes, headers: Mapping[str, str]
+) -> tuple[float, int, int]:
+    """Send `body` as a presigned multipart upload: `multipart` from the sign API, each part
+    PUT to its URL (MULTIPART_PARALLEL at a time), then `complete`. Returns the seconds taken,
+    the JSON bytes that crossed the proxy, and the requests sent to S3."""
+    started = time.perf_counter()
+    entry = {"path": path, "content_type": UPLOAD_TYPE, "size": len(body)}
+    begun, crossed = await _sign_entry(session, base, headers, "multipart", entry)
+    part_size = int(begun["part_size"])
+    slots = asyncio.Semaphore(MULTIPART_PARALLEL)
+
+    async def send(part: Mapping[str, Any]) -> dict[str, Any]:
+        number = int(part["number"])
+        piece = body[(number - 1) * part_size : number * part_size]
+        async with slots, session.put(URL(part["url"], encoded=True), data=piece) as answer:
+            if answer.status != 200:
+                detail = _error_name(await answer.content.read(4096))
+                raise BenchError(f"part {number} of {path}: {answer.status} from S3 ({detail})")
+            return {"number": number, "etag": answer.headers["ETag"]}
+
+    listed = await asyncio.gather(*(send(part) for part in begun["parts"]))
+    if len(listed) * part_size < len(body):
+        raise BenchError(f"{path}: more parts than sign_api.max_paths; raise it for the bench")
+    done = {"path": path, "upload_id": begun["upload_id"], "parts": listed}
+    _, more = await _sign_entry(session, base, headers, "complete", done)
+    return time.perf_counter() - started, crossed + more, len(listed)
+
+
+async def _sign_entry(
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: Mapping[str, str],
+    kind: str,
+    entry: Mapping[str, Any],
+) -> tuple[dict[str, Any], int]:
+    """One sign API entry's answer, and the bytes of the request and answer bodies."""
+    sent = json.dumps({kind: [entry]}).encode()
+    async with session.post(
+        base + SIGN_PATH, data=sent, headers={**headers, "Content-Type": "application/json"}
+    ) as response:
+        received = await response.read()
+    if response.status != 200:
+        raise BenchError(f"{SIGN_PATH} {kind}: {response.status} ({_error_name(received)})")
+    answer: dict[str, Any] = json.loads(received)[kind][0]
+    if int(answer.get("status", 200)) >= 400:
+        refused = f"{answer['status']} {answer['error']}"
+        raise BenchError(f"{SIGN_PATH} {kind} {entry['path']}: {refused}")
+    return answer, len(sent) + len(received)
+
+
+async def _upload_once(
+    session: aiohttp.ClientSession, target: Target, method: str, path: str, body: bytes
+) -> tuple[float, int, int]:
+    if method == "multipart":
+        return await upload_in_parts(session, target.base, path, body, target.headers)
+    return await upload(session, target.base + path, body, target.headers)
+
+
 async def measure_uploads(target: Target, sizes: Sequence[int], rounds: int) -> list[UploadRun]:
     """Per size and method, one unmeasured upload (it warms the connections and checks the
     route), then `rounds` measured ones of the same bytes to the same key."""
     runs = []
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        print(f"uploading {len(sizes)} sizes both ways...", file=sys.stderr)
-        progress = Progress(len(METHODS) * len(sizes) * rounds)
+        print(f"uploading {len(sizes)} sizes three ways...", file=sys.stderr)
+        progress = Progress(len(UPLOAD_METHODS) * len(sizes) * rounds)
         for size in sizes:
             body = os.urandom(size)
-            for method in METHODS:
-                url = f"{target.base}{UPLOAD_PREFIXES[method]}/{size}.bin"
-                await upload(session, url, body, target.headers)
+            for method in UPLOAD_METHODS:
+                path = f"{UPLOAD_PREFIXES[method]}/{size}.bin"
+                await _upload_once(session, target, method, path, body)
                 run = UploadRun(size, method)
                 before = await _metrics(session, target)
                 cpu_before = _cpu_seconds(target.pid)
                 for _ in range(rounds):
-                    seconds, stored, direct = await upload(session, url, body, target.headers)
+                    seconds, stored, direct = await _upload_once(
+                        session, target, method, path, body
+                    )
                     run.total.append(seconds)
                     run.proxy_bytes += stored
                     run.s3_requests += direct
@@ -521,8 +631,9 @@ def report(
 ) -> str:
     """The report as Markdown; `tick` is the CPU time resolution (default: this machine's);
     `chart`, the file name of the charts beside it."""
-    first = {m: results[m][0] for m in METHODS}
-    second = {m: results[m][1] for m in METHODS}
+    methods = tuple(results)
+    first = {m: results[m][0] for m in methods}
+    second = {m: results[m][1] for m in methods}
     tick = cpu_tick() if tick is None else tick
 
     def cpu_per_gb(view: View) -> str:
@@ -534,35 +645,64 @@ def report(
         return f"{view.proxy_cpu / gigabytes:.2f} s"
 
     def row(name: str, views: dict[str, View], show: Callable[[View], str]) -> tuple[str, ...]:
-        return (name, show(views["stream"]), show(views["redirect"]))
+        return (name, *(show(views[method]) for method in methods))
 
+    def s3(view: View) -> str:
+        if view.s3_unseen:
+            return f"{view.s3_requests} + CloudFront's (not seen from here)"
+        return str(view.s3_requests)
+
+    edge = CLOUDFRONT in methods
     rows = [
         row("median time to first byte (client)", first, lambda v: _ms(v.ttfb)),
         row("median total time per object (client)", first, lambda v: _ms(v.total)),
         row("requests that reached the proxy", first, lambda v: str(v.proxy_requests)),
         row("bytes sent through the proxy", first, lambda v: _mib(v.proxy_bytes)),
-        row("S3 requests (by the proxy or by the client)", first, lambda v: str(v.s3_requests)),
+        *(
+            [row("requests that reached the edge", first, lambda v: str(v.edge_requests))]
+            if edge
+            else []
+        ),
+        row(
+            "S3 requests (by the proxy, the client or the edge)"
+            if edge
+            else "S3 requests (by the proxy or by the client)",
+            first,
+            s3,
+        ),
         row("proxy CPU", first, lambda v: _cpu(v.proxy_cpu, tick)),
         row("proxy CPU per GB delivered", first, cpu_per_gb),
         row(
             "second view: requests that reached the proxy", second, lambda v: str(v.proxy_requests)
         ),
-        row("second view: requests that reached S3", second, lambda v: str(v.s3_requests)),
+        *(
+            [
+                row(
+                    "second view: requests that reached the edge",
+                    second,
+                    lambda v: str(v.edge_requests),
+                )
+            ]
+            if edge
+            else []
+        ),
+        row("second view: requests that reached S3", second, s3),
         row("second view: bytes sent through the proxy", second, lambda v: _mib(v.proxy_bytes)),
         row("second view: median total time per object", second, lambda v: _ms(v.total)),
     ]
     object_list = ", ".join(f"`{path}` ({_size(size)})" for path, size in objects)
+    ways = "both ways" if len(methods) == 2 else "each way"
     lines = [
-        "# stream vs redirect",
+        "# " + " vs ".join(methods),
         "",
         f"Objects: {object_list}; first views: {rounds} (each with an empty browser cache, "
-        "after one unmeasured fetch of each object both ways); then one more view with the "
+        f"after one unmeasured fetch of each object {ways}); then one more view with the "
         "cache of the last first view. The client follows redirects, honours Cache-Control "
         "and revalidates with ETag, like a browser.",
         "",
-        "| | stream | redirect |",
-        "|---|---|---|",
-        *[f"| {name} | {a} | {b} |" for name, a, b in rows],
+        "| | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+        *["| " + " | ".join(cells) + " |" for cells in rows],
         "",
         *(
             [
@@ -622,9 +762,15 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
             return f"< {tick / rounds:.2g} s ({BELOW_RESOLUTION})"
         return f"{run.proxy_cpu / rounds * 1e3:.1f} ms"
 
+    def cpu_per_gib(run: UploadRun) -> str:
+        if run.proxy_cpu < tick:
+            return f"< {tick / rounds / run.size * 2**30:.2g} s"
+        return f"{run.proxy_cpu / rounds / run.size * 2**30:.2f} s"
+
     rows = [
         f"| {_size(run.size)} | {run.method} | {_ms(run.total)} | "
-        f"{_mib(run.proxy_bytes / rounds)} | {run.s3_requests / rounds:g} | {cpu_per_upload(run)} |"
+        f"{_mib(run.proxy_bytes / rounds)} | {run.s3_requests / rounds:g} | {cpu_per_upload(run)} "
+        f"| {_mib(run.proxy_bytes / rounds / run.size * 2**30)} | {cpu_per_gib(run)} |"
         for run in runs
     ]
     lines = [
@@ -633,12 +779,17 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
         f"The same bytes uploaded {rounds} time(s) per size and method (after one unmeasured "
         "upload), to a key that is overwritten. stream: `PUT` through the proxy, which passes "
         "the body on to S3. redirect: `PUT` to the proxy, answered `307` before the body (the "
-        "client sends `Expect: 100-continue`), then the same `PUT` to the presigned URL. Bytes "
-        "through the proxy are the upload bytes it stored; S3 requests include the proxy's own.",
+        "client sends `Expect: 100-continue`), then the same `PUT` to the presigned URL. "
+        "multipart: `POST /_sign` `multipart`, each part `PUT` to its presigned URL "
+        f"({MULTIPART_PARALLEL} at a time), then `complete`. Bytes through the proxy are the "
+        "upload bytes it stored, and for multipart the sign API's JSON both ways; S3 requests "
+        "include the proxy's own. Per GiB: the per-upload figures scaled to 1 GiB uploaded in "
+        "uploads of that size (a multipart upload's fixed calls make small sizes look dear).",
         "",
         "| size | method | median time per upload (client) | bytes through the proxy per "
-        "upload | S3 requests per upload | proxy CPU per upload |",
-        "|---|---|---|---|---|---|",
+        "upload | S3 requests per upload | proxy CPU per upload | bytes through the proxy "
+        "per GiB | proxy CPU per GiB |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
@@ -646,7 +797,7 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
 
 
 CHART = "comparison.png"  # beside report.md, which links it
-COLOURS = {"stream": "#3867d6", "redirect": "#e17a16"}  # as on the demo page
+COLOURS = {"stream": "#3867d6", "redirect": "#e17a16", "cloudfront": "#2a9d5c"}  # as the demo
 
 
 def chart(
@@ -673,14 +824,17 @@ def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int
     import matplotlib.pyplot as plt
 
     count = len(objects)
+    methods = tuple(results)
+    width = 0.8 / len(methods)  # side by side, centred on each group
+    offsets = [width * (k - (len(methods) - 1) / 2) for k in range(len(methods))]
     rounds = len(results["stream"][0].ttfb) // count
     fig, (ttfb_ax, bytes_ax, requests_ax) = plt.subplots(1, 3, figsize=(14, 4.4))
     labels = [f"{path.rsplit('/', 1)[-1][:16]}\n{_size(size)}" for path, size in objects]
-    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
+    for method, offset in zip(methods, offsets, strict=True):
         ttfb = results[method][0].ttfb  # in fetch order: each round fetches every object
         medians = [statistics.median(ttfb[i::count]) * 1000 for i in range(count)]
         bars = ttfb_ax.bar(
-            [i + offset for i in range(count)], medians, 0.4, label=method, color=COLOURS[method]
+            [i + offset for i in range(count)], medians, width, label=method, color=COLOURS[method]
         )
         ttfb_ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ttfb_ax.set_xticks(range(count), labels)
@@ -689,37 +843,50 @@ def draw_charts(results: dict[str, list[View]], objects: Sequence[tuple[str, int
     ttfb_ax.set_ylim(top=ttfb_ax.get_ylim()[1] * 1.2)
     ttfb_ax.legend()
 
-    sent = [results[method][0].proxy_bytes / rounds / 2**20 for method in METHODS]
-    bars = bytes_ax.bar(METHODS, sent, 0.5, color=[COLOURS[m] for m in METHODS])
+    sent = [results[method][0].proxy_bytes / rounds / 2**20 for method in methods]
+    bars = bytes_ax.bar(methods, sent, 0.5, color=[COLOURS[m] for m in methods])
     bytes_ax.bar_label(bars, labels=[_mib(value * 2**20) for value in sent], fontsize=9)
     bytes_ax.set_ylabel("MiB per first view")
     bytes_ax.set_title("bytes through the proxy")
 
     views = ("first view", "second view")
     highest = 0.0
-    for method, offset in zip(METHODS, (-0.2, 0.2), strict=True):
+    for method, offset in zip(methods, offsets, strict=True):
         first, second = results[method]
         proxy = [first.proxy_requests / rounds, second.proxy_requests]
         s3 = [first.s3_requests / rounds, second.s3_requests]
+        edge = [first.edge_requests / rounds, second.edge_requests]
         where = [i + offset for i in range(len(views))]
         colour = COLOURS[method]
-        requests_ax.bar(where, proxy, 0.4, color=colour, label=f"{method}: to the proxy")
+        requests_ax.bar(where, proxy, width, color=colour, label=f"{method}: to the proxy")
         bars = requests_ax.bar(
             where,
             s3,
-            0.4,
+            width,
             bottom=proxy,
             color="white",
             edgecolor=colour,
             hatch="//",
             label=f"{method}: to S3",
         )
-        totals = [a + b for a, b in zip(proxy, s3, strict=True)]
+        if any(edge):
+            below = [a + b for a, b in zip(proxy, s3, strict=True)]
+            bars = requests_ax.bar(
+                where,
+                edge,
+                width,
+                bottom=below,
+                color="white",
+                edgecolor=colour,
+                hatch="..",
+                label=f"{method}: to the edge",
+            )
+        totals = [a + b + c for a, b, c in zip(proxy, s3, edge, strict=True)]
         requests_ax.bar_label(bars, labels=[f"{total:g}" for total in totals], fontsize=9)
         highest = max(highest, *totals)
     requests_ax.set_xticks(range(len(views)), views)
     requests_ax.set_ylabel("requests per view")
-    requests_ax.set_title("requests (S3's include the proxy's own)")
+    requests_ax.set_title("requests (S3's include the proxy's and the edge's)")
     requests_ax.set_ylim(top=max(highest, 1) * 1.5)  # room for the legend above the bars
     requests_ax.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()
@@ -737,7 +904,7 @@ def run_config_bench(
     engines: Sequence[str] = ENGINES,
 ) -> int:
     """Bench the routes of a user's config on `paths`, against the S3 it names."""
-    plan = plan_bench(config, paths)
+    plan = plan_bench(config, paths, config_path.parent)
     s3 = config.settings.s3
     where = s3.endpoint_url or f"AWS in {s3.region}"
     about = (
@@ -745,7 +912,8 @@ def run_config_bench(
         "runs here too), so every time includes that way to S3 and back."
     )
     token = token or _mint_token(config, plan, claims or {"sub": "bench"})
-    return _run(plan, token, os.environ, out, rounds, about, engines)
+    edge = config.cloudfront.origin if config.cloudfront is not None else None
+    return _run(plan, token, os.environ, out, rounds, about, engines, edge=edge)
 
 
 def run_bench(
@@ -755,20 +923,27 @@ def run_bench(
     engines: Sequence[str] = ENGINES,
     upload_sizes: Sequence[int] = UPLOAD_SIZES,
 ) -> int:
-    """Bench the default world: the demo's S3 in this process, objects of `sizes`, and
-    uploads of `upload_sizes`."""
+    """Bench the default world: the demo's S3 in this process, objects of `sizes`, the
+    demo's stand-in CloudFront edge, and uploads of `upload_sizes`."""
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines
     s3 = _demo_s3()
-    print("starting S3 (moto) and the proxy...", file=sys.stderr)
+    print("starting S3 (moto), the stand-in edge and the proxy...", file=sys.stderr)
     s3.start()
+    edge: EdgeThread | None = None
+    keys = tempfile.TemporaryDirectory(prefix="s3-proxy-bench-key-")
     try:
         client = s3.client(access_key="bench", secret_key="bench-secret")  # noqa: S106
         client.create_bucket(Bucket="bench")
         for size in sizes:
             client.put_object(Bucket="bench", Key=f"objects/{size}.bin", Body=os.urandom(size))
-        config = parse_config(yaml.safe_dump(_demo_config(s3.endpoint)), env={})
+        from .demo import start_edge
+
+        stand_in = start_edge(Path(keys.name), s3.endpoint, bucket="bench")
+        edge = stand_in.thread
+        data = _demo_config(s3.endpoint, stand_in.origin, stand_in.key_file)
+        config = parse_config(yaml.safe_dump(data), env={})
         plan = plan_bench(config, [f"/objects/{size}.bin" for size in sizes])
         # Upload routes are the bench's own, not copies of a route the plan picked.
         routes = [*plan.config["routes"], *_upload_routes()]
@@ -784,11 +959,29 @@ def run_bench(
             env.pop(name, None)
         about = (
             "S3 is moto on loopback, so S3 latency is near zero here: against real S3 (20-50 ms "
-            "away), every extra hop costs that much more."
+            "away), every extra hop costs that much more. The cloudfront method goes through "
+            "the demo's loopback stand-in for a CloudFront edge (it verifies signatures as "
+            "CloudFront does and caches in memory; not a CDN), so its times say nothing of a "
+            "real edge's distance; its requests and bytes do. The unmeasured first fetch fills "
+            "the edge's cache, as any earlier viewer would: measured views find it there."
         )
         token = _mint_token(config, plan, {"sub": "bench"})
-        return _run(plan, token, env, out, rounds, about, engines, upload_sizes)
+        return _run(
+            plan,
+            token,
+            env,
+            out,
+            rounds,
+            about,
+            engines,
+            upload_sizes,
+            edge=stand_in.origin,
+            edge_s3_requests=lambda: s3.snapshot()["edge_requests"],
+        )
     finally:
+        if edge is not None:
+            edge.stop()
+        keys.cleanup()
         s3.stop()
 
 
@@ -804,10 +997,13 @@ def _demo_s3() -> CountingS3:
     return CountingS3()
 
 
-def _demo_config(endpoint: str) -> dict[str, Any]:
+def _demo_config(endpoint: str, edge: str, key_file: Path) -> dict[str, Any]:
+    from .demo import EDGE_KEY_ID
+
     return {
         "s3": {"endpoint_url": endpoint, "addressing_style": "path"},
         "auth": {"algorithms": ["HS256"], "secret": secrets.token_urlsafe(48)},
+        "cloudfront": {"domain": edge, "key_pair_id": EDGE_KEY_ID, "private_key": str(key_file)},
         "routes": [
             {
                 # The README's gallery route; its stream copy drops cache_control (benchplan).
@@ -826,23 +1022,25 @@ def _demo_config(endpoint: str) -> dict[str, Any]:
 
 
 def _upload_routes() -> list[dict[str, Any]]:
-    """A stream-upload and a redirect-upload route into the bench bucket, one per method."""
+    """An upload route into the bench bucket per upload method."""
     return [
         {
             "name": f"bench-uploads/{method}",
             "match": UPLOAD_PREFIXES[method] + "/{name}",
             "bucket": "bench",
             "key": "uploads/" + method + "/{name}",
-            "delivery": method,
+            "delivery": "redirect" if method == "multipart" else method,
             "access": "authenticated",
-            "methods": ["GET", "HEAD", "PUT"],
+            "methods": ["GET", "HEAD", "POST" if method == "multipart" else "PUT"],
             "upload": {
                 "max_bytes": 64 * 2**20,
                 "content_types": [UPLOAD_TYPE],
                 "overwrite": True,  # every round uploads to the same key
+                "multipart": method == "multipart",
+                "part_size": 5 * 2**20,
             },
         }
-        for method in METHODS
+        for method in UPLOAD_METHODS
     ]
 
 
@@ -867,9 +1065,12 @@ def _run(
     about: str,
     engines: Sequence[str] = ENGINES,
     upload_sizes: Sequence[int] = (),
+    edge: str | None = None,
+    edge_s3_requests: Callable[[], int] | None = None,
 ) -> int:
     """Measure `plan` with each engine; uploads of `upload_sizes` (the plan has the routes
-    for them) with the first engine only."""
+    for them) with the first engine only. `edge`: the CloudFront origin the cloudfront
+    method's URLs lead to; `edge_s3_requests`, what it has asked S3 so far, where seen."""
     out.mkdir(parents=True, exist_ok=True)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     runs: dict[str, dict[str, list[View]]] = {}
@@ -882,7 +1083,9 @@ def _run(
             tempfile.TemporaryDirectory(prefix="s3-proxy-bench-") as workdir,
             ProxyProcess(config, Path(workdir), env) as proxy,
         ):
-            target = Target(proxy.base, proxy.pid, plan.paths, headers)
+            target = Target(
+                proxy.base, proxy.pid, plan.paths, headers, plan.methods, edge, edge_s3_requests
+            )
             try:
                 sizes, runs[engine] = asyncio.run(measure(target, rounds))
                 if upload_sizes and engine == engines[0]:

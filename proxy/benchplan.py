@@ -2,7 +2,8 @@
 
 Each route that serves one of the benchmarked paths is mounted twice, once delivering by
 stream and once by redirect, under its own prefix, so the same objects go both ways through
-otherwise the same settings. Rule: a copy keeps every setting of its route that still means
+otherwise the same settings; and a third time, by cloudfront, when the config has a
+`cloudfront` section. Rule: a copy keeps every setting of its route that still means
 something for its method; whatever the bench adds, drops or picks is said in `notes`, and the
 report prints them.
 """
@@ -18,6 +19,7 @@ import yaml
 from pydantic import SecretStr
 from yarl import URL
 
+from .cloudfront.settings import CloudFrontSettings
 from .config import (
     Config,
     ConfigError,
@@ -32,8 +34,13 @@ from .errors import ProxyError
 from .presign import SIGV4_MAX_EXPIRES
 from .routing import Router
 
-METHODS = ("stream", "redirect")
-PREFIXES = {"stream": "/__bench/stream", "redirect": "/__bench/redirect"}
+METHODS = ("stream", "redirect")  # for every config
+CLOUDFRONT = "cloudfront"  # a third method, for a config with a cloudfront section
+PREFIXES = {
+    "stream": "/__bench/stream",
+    "redirect": "/__bench/redirect",
+    "cloudfront": "/__bench/cloudfront",
+}
 METRICS_PATH = "/__bench/metrics"
 # A browser can keep a redirect only while its URL stays the same: an hour, as the README's
 # gallery example.
@@ -50,19 +57,25 @@ class Plan:
     paths: tuple[str, ...]  # the benchmarked paths as sent (percent-encoded), without prefix
     needs_token: bool  # some route refuses callers without one
     notes: tuple[str, ...]  # what the bench added, dropped or picked, for the report
+    methods: tuple[str, ...] = METHODS  # the delivery methods compared, in report order
 
 
-def plan_bench(config: Config, paths: Sequence[str]) -> Plan:
-    """The bench config for `paths`, checked with the project's own loader."""
+def plan_bench(config: Config, paths: Sequence[str], base_dir: Path | None = None) -> Plan:
+    """The bench config for `paths`, checked with the project's own loader; `base_dir` is
+    where the config's relative file paths (the CloudFront key) start."""
     if not paths:
         raise BenchError("name at least one object to fetch with --path, e.g. --path /files/a.jpg")
     encoded = tuple(dict.fromkeys(_encode(path) for path in paths))
     used = sorted(set(_route_indexes(config, encoded)))  # config order keeps first-match-wins
     notes: list[str] = []
     routes: list[RouteSettings] = []
+    cloudfront = config.settings.cloudfront
+    methods = (*METHODS, CLOUDFRONT) if cloudfront is not None else METHODS
     for index in used:
         route = config.routes[index].settings
         routes += [_stream_copy(route, notes), _redirect_copy(route, notes)]
+        if cloudfront is not None:
+            routes.append(_cloudfront_copy(route, notes))
     settings = config.settings
     auth = settings.auth
     if auth.sources[0] != TokenSource(header="Authorization"):
@@ -92,6 +105,7 @@ def plan_bench(config: Config, paths: Sequence[str]) -> Plan:
                 }
             ),
             "limits": limits.model_copy(update={"rate_limit": RateLimitSettings()}),
+            "cloudfront": _absolute_keys(cloudfront, base_dir or Path.cwd()),
             "routes": routes,
         }
     )
@@ -101,7 +115,7 @@ def plan_bench(config: Config, paths: Sequence[str]) -> Plan:
     except ConfigError as exc:  # a bug here, not the user's: their config passed already
         raise BenchError(f"the bench built an invalid config: {exc}") from None
     needs_token = any(config.routes[index].rule.needs_token for index in used)
-    return Plan(data, encoded, needs_token, tuple(notes))
+    return Plan(data, encoded, needs_token, tuple(notes), methods)
 
 
 def _encode(path: str) -> str:
@@ -132,6 +146,7 @@ def _copy(route: RouteSettings, method: str, update: dict[str, Any]) -> RouteSet
             "match": PREFIXES[method] + route.match,
             "delivery": method,
             "rate_limit": None,
+            "cookie_scope": None,
             **update,
         }
     )
@@ -170,6 +185,65 @@ def _redirect_copy(route: RouteSettings, notes: list[str]) -> RouteSettings:
                 "(picked by the bench; the route streams), so a browser keeps the object"
             )
     return _copy(route, "redirect", update)
+
+
+# Route keys a CloudFront URL cannot carry (the config refuses them on a cloudfront route).
+_NOT_ON_CLOUDFRONT = ("cache_control", "disposition", "content_type", "inline_types", "cache")
+
+
+def _cloudfront_copy(route: RouteSettings, notes: list[str]) -> RouteSettings:
+    defaults = RouteSettings.model_fields
+    update: dict[str, Any] = {
+        name: defaults[name].get_default(call_default_factory=True) for name in _NOT_ON_CLOUDFRONT
+    }
+    dropped = [name for name in _NOT_ON_CLOUDFRONT if name in route.model_fields_set]
+    if dropped:
+        notes.append(
+            f"{route.name}: the cloudfront copy leaves out {', '.join(dropped)} (a CloudFront "
+            "URL carries no response headers; the distribution's settings decide them)"
+        )
+    if route.cookie_scope is not None:
+        notes.append(
+            f"{route.name}: the cloudfront copy signs each URL instead of cookies for "
+            f"{route.cookie_scope!r}: the bench fetches every object through its route"
+        )
+    update.update(methods=["GET", "HEAD"], upload=None)
+    stable = route.stable
+    if stable is None:
+        stable = min(DEFAULT_STABLE, SIGV4_MAX_EXPIRES - route.ttl)
+        if stable >= 1:
+            update["stable"] = stable
+            notes.append(
+                f"{route.name}: the cloudfront copy uses stable: {stable} (picked by the "
+                "bench; the route sets none), so a browser can keep its URL"
+            )
+    return _copy(route, CLOUDFRONT, update)
+
+
+def _absolute_keys(settings: CloudFrontSettings | None, base_dir: Path) -> Any:
+    """The cloudfront section with its key paths made absolute: the bench config lives in a
+    directory of its own."""
+    if settings is None:
+        return None
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else (base_dir / path).absolute()
+
+    keys = [
+        key.model_copy(
+            update={
+                "private_key": absolute(key.private_key) or key.private_key,
+                "public_key": absolute(key.public_key) or key.public_key,
+            }
+        )
+        for key in settings.keys or []
+    ]
+    return settings.model_copy(
+        update={
+            "private_key": absolute(settings.private_key) or settings.private_key,
+            "keys": keys or None,
+        }
+    )
 
 
 def _inline_public_key(issuer: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Command line: argument parsing and process set-up only (serve / reload / check / token /
-link / revoke / demo / bench)."""
+link / revoke / cloudfront explain / demo / bench)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,26 @@ def _parser() -> argparse.ArgumentParser:
     _claim_argument(revoke)
     revoke.set_defaults(run=_revoke)
 
+    cloudfront = commands.add_parser(
+        "cloudfront", help="CloudFront signed URLs and cookies: explain why one is refused"
+    )
+    cloudfront_commands = cloudfront.add_subparsers(dest="cloudfront_command", required=True)
+    explain = cloudfront_commands.add_parser(
+        "explain",
+        help="decode a signed URL or cookie header and say why CloudFront would refuse it",
+        description="Judges a signed URL, or a Cookie header with CloudFront-* cookies, against "
+        "the keys of the config's cloudfront section, as CloudFront does: key ID, signature "
+        "(with the public key), expiry, Resource and its wildcards. Exits 0 when CloudFront "
+        "would serve it, 1 when it would refuse it.",
+    )
+    explain.add_argument("signed", help="a signed URL, or a Cookie header (quote it)")
+    explain.add_argument("--url", help="with cookies: the URL the browser requested with them")
+    explain.add_argument("--client-ip", help="the viewer's address, for a policy's IpAddress")
+    explain.add_argument(
+        "--at", type=float, help="judge at this time (seconds since 1970) instead of now"
+    )
+    explain.set_defaults(run=_explain)
+
     demo = commands.add_parser(
         "demo", help="run the proxy against an in-process S3 with demo data and a demo page"
     )
@@ -126,10 +146,12 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="compare stream and redirect on the same objects, with numbers",
-        description="Without --config: against the demo's S3 with objects of several sizes. "
-        "With --config: the routes of that config, on the objects named by --path, each "
-        "fetched through a stream copy and a redirect copy of its route.",
+        help="compare stream, redirect and cloudfront on the same objects, with numbers",
+        description="Without --config: against the demo's S3 (and its loopback stand-in for "
+        "a CloudFront edge) with objects of several sizes. With --config: the routes of that "
+        "config, on the objects named by --path, each fetched through a stream copy and a "
+        "redirect copy of its route, and a cloudfront copy when the config has a cloudfront "
+        "section.",
     )
     bench.add_argument("--out", default="bench-report", help="folder for report.md and the chart")
     bench.add_argument("--rounds", type=int, default=3, help="first views to take the median of")
@@ -156,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _claim_argument(bench)
 
-    for sub in (serve, reload, check, token, link, revoke):
+    for sub in (serve, reload, check, token, link, revoke, explain):
         sub.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml")
     return parser
 
@@ -282,11 +304,41 @@ _CONFIG_ONLY = (("--path", "paths"), ("--token", "token"), ("--claim", "claim"))
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
+    from .cloudfront import describe
+
     print(f"{args.config}: OK, {len(config.routes)} routes")
     for route in config.routes:
         s = route.settings
-        print(f"  {s.name}: {s.match} -> s3://{s.bucket}/{s.key} [{s.delivery}]")
+        how = f"{s.delivery}, cookies for {s.cookie_scope}" if s.cookie_scope else s.delivery
+        print(f"  {s.name}: {s.match} -> s3://{s.bucket}/{s.key} [{how}]")
+    signer = config.cloudfront
+    if signer is not None:  # what the key is, never what it holds
+        active = signer.active
+        print(
+            f"  cloudfront: {signer.origin}, signs with key {active.key_id} "
+            f"({describe(active.private)}, {signer.hash_name})"
+        )
+        for listed in signer.listed:
+            print(f"    also trusted: key {listed.key_id} ({describe(listed.public)}), not signing")
     return 0
+
+
+def _explain(args: argparse.Namespace, config: Config) -> int:
+    import time
+
+    from .cloudfront.explain import explain
+
+    if config.cloudfront is None:
+        print(
+            f"{args.config} has no cloudfront section, so there are no keys to check against; "
+            "add one (see docs/configuration.md#cloudfront)",
+            file=sys.stderr,
+        )
+        return 2
+    now = time.time() if args.at is None else args.at
+    found = explain(args.signed, config.cloudfront, now, args.url, args.client_ip)
+    print(found.text)
+    return 0 if found.accepted else 1
 
 
 def _token(args: argparse.Namespace, config: Config) -> int:

@@ -27,6 +27,16 @@ from pydantic import (
     model_validator,
 )
 
+from .cloudfront.scope import CookieScope
+from .cloudfront.settings import (
+    CloudFrontSettings,
+    LoadedCloudFront,
+    check_cookie_domain,
+    check_route,
+    load_signer,
+    route_field_problems,
+)
+from .cloudfront.signer import Signer
 from .contenttype import DEFAULT_INLINE_TYPES, InlineTypes, check_pattern
 from .policy import Rule, compile_rule
 from .presign import SIGV4_MAX_EXPIRES
@@ -351,7 +361,7 @@ class AuthSettings(IssuerSettings):
         return listed
 
 
-Delivery = Literal["stream", "redirect", "auto"]
+Delivery = Literal["stream", "redirect", "auto", "cloudfront"]
 Method = Literal["GET", "HEAD", "PUT", "POST"]
 # Methods that write: a route listing one needs `upload` settings.
 UPLOAD_METHODS = ("PUT", "POST")
@@ -446,35 +456,34 @@ MIB = 1024 * 1024
 # S3's smallest part (all but the last part of a multipart upload) and its most parts.
 S3_MIN_PART = 5 * MIB
 S3_MAX_PARTS = 10_000
+# S3's largest part, and its largest object (a multipart upload's most).
+S3_MAX_PART = 5 * 1024 * MIB
+S3_MAX_OBJECT = 5 * 1024 * 1024 * MIB
 
 
 class UploadSettings(_Model):
     """What a route accepts when it takes PUT (through the proxy or to a presigned URL) or
     POST (presigned form uploads signed by the sign API). See docs/uploads.md."""
 
-    max_bytes: int = Field(ge=0)  # required: no upload route without a size cap
+    # Required: no upload route without a size cap. At most S3's largest object, 5 TiB.
+    max_bytes: int = Field(ge=0, le=S3_MAX_OBJECT)
     # Media types an upload may declare (`type/*` covers a type); None: the route's
     # inline_types, so a browser is never shown an uploaded type it was not allowed to show.
     content_types: list[str] | None = Field(None, min_length=1)
     overwrite: bool = False  # false: an existing key answers 412 and is kept
     # Streamed uploads: bodies of at most this many bytes (Content-Length known) go up in one
     # PutObject; larger or chunked ones in parts of this size (held in memory one at a time).
-    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=5 * 1024 * MIB)
+    # Presigned multipart uploads also start from it: their parts are this size or, for a
+    # file too large for 10,000 of them, the next whole MiB that fits.
+    part_size: int = Field(8 * MIB, ge=S3_MIN_PART, le=S3_MAX_PART)
+    # The sign API may begin presigned multipart uploads here (`multipart`, `resume`,
+    # `complete`, `abort` entries): files up to max_bytes straight to S3, resumable.
+    multipart: bool = False
 
     @field_validator("content_types")
     @classmethod
     def _media_types(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [check_pattern(pattern) for pattern in value]
-
-    @model_validator(mode="after")
-    def _parts_cover_max_bytes(self) -> UploadSettings:
-        if self.max_bytes > self.part_size * S3_MAX_PARTS:
-            needed = -(-self.max_bytes // S3_MAX_PARTS)
-            raise ValueError(
-                f"max_bytes {self.max_bytes} needs more than S3's {S3_MAX_PARTS} parts of "
-                f"part_size {self.part_size}; raise part_size to at least {needed}"
-            )
-        return self
 
 
 class RouteSettings(_Model):
@@ -503,6 +512,9 @@ class RouteSettings(_Model):
     # The SSE-C key the route's objects are encrypted with (32 bytes or their base64).
     sse_customer_key: SecretStr | None = None
     upload: UploadSettings | None = None  # required when methods lists PUT or POST
+    # delivery: cloudfront: sign cookies for this scope (a key template whose own text may
+    # hold CloudFront's wildcards, e.g. albums/{album}/*) instead of signing each URL.
+    cookie_scope: str | None = None
 
     @field_validator("inline_types")
     @classmethod
@@ -684,6 +696,7 @@ class Settings(_Model):
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    cloudfront: CloudFrontSettings | None = None  # needed by routes with delivery: cloudfront
     routes: list[RouteSettings] = Field(min_length=1)
 
 
@@ -704,6 +717,8 @@ class Route:
     sse: CustomerKey | None = None  # sent to S3 on each GET and HEAD of the route's objects
     # The media types an upload may declare (upload.content_types, else inline_types).
     upload_types: InlineTypes | None = None
+    # delivery: cloudfront with cookie_scope: the Resource its signed cookies cover.
+    cookie_scope: CookieScope | None = None
 
     @property
     def name(self) -> str:
@@ -718,6 +733,7 @@ class Config:
     admin_access: Rule | None = None  # None: no admin endpoint
     # Legal but risky choices, one line each (`key.path: what and fix`), shown at start-up.
     warnings: tuple[str, ...] = ()
+    cloudfront: Signer | None = None  # signs for routes with delivery: cloudfront
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -765,9 +781,28 @@ def parse_config(
     _check_state(settings.state, problems)
     _check_token_lifetimes(settings, problems)
     _check_paths(settings, problems)
+    cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
     if problems:
         raise ConfigError(problems)
-    return Config(settings, tuple(routes), metrics_access, admin_access, tuple(_warnings(settings)))
+    warnings = [*_warnings(settings), *(cloudfront.warnings if cloudfront else ())]
+    return Config(
+        settings,
+        tuple(routes),
+        metrics_access,
+        admin_access,
+        tuple(warnings),
+        cloudfront.signer if cloudfront else None,
+    )
+
+
+def _load_cloudfront(
+    settings: Settings, base_dir: Path, problems: list[str]
+) -> LoadedCloudFront | None:
+    """The key files read and checked, and the Signer built, once the section is sound."""
+    if settings.cloudfront is None:
+        return None
+    check_cookie_domain(settings.cloudfront, problems)
+    return load_signer(settings.cloudfront, base_dir, problems)
 
 
 def _warnings(settings: Settings) -> list[str]:
@@ -776,6 +811,14 @@ def _warnings(settings: Settings) -> list[str]:
     (and `issuer`), whose tokens minted for any of them would open this proxy's routes."""
     auth = settings.auth
     found = []
+    for index, route in enumerate(settings.routes):
+        if route.delivery == "cloudfront" and route.cookie_scope and route.stable:
+            found.append(
+                f"routes[{index}] ({route.name}).stable: browsers cache this route's 302 but "
+                "keep one set of CloudFront cookies (Path=/), so after a page of another "
+                "cookie_scope a cached 302 leads to the edge with that scope's cookies (403); "
+                "remove stable unless pages show one scope at a time"
+            )
     if settings.listen.workers > 1 and settings.state.backend == "memory":
         found.append(
             "state.backend: memory with listen.workers > 1 keeps rate limits, stream caps and "
@@ -829,7 +872,13 @@ def _expand_env(node: Any, env: Mapping[str, str], where: str, problems: list[st
             return default
         if name in env:
             return ""  # set but empty: the key's own check says what it needs
-        value = f"$({RANDOM_KEY_COMMAND})" if where.endswith("secret") else "..."
+        value = (
+            f"$({RANDOM_KEY_COMMAND})"
+            if where.endswith("secret")
+            else "/path/to/private_key.pem"
+            if where.endswith("private_key")
+            else "..."
+        )
         problems.append(f"{where}: environment variable {name} is not set; export {name}={value}")
         return ""
 
@@ -921,6 +970,16 @@ def _cross_check(
                 f"{where}.access: a public route cannot use claims in its key "
                 f"({route.key!r}); use access: authenticated"
             )
+        problems += route_field_problems(route.delivery, route.model_fields_set, where)
+        cookie_scope = check_route(
+            route.delivery,
+            route.cookie_scope,
+            pattern.multi_segment,
+            template,
+            settings.cloudfront,
+            where,
+            problems,
+        )
         if route.cache is not None and route.delivery == "redirect":
             problems.append(
                 f"{where}.cache: only applies to delivery stream or auto (a redirect sends no "
@@ -961,6 +1020,7 @@ def _cross_check(
                 sign_in=sign_in,
                 sse=sse,
                 upload_types=upload_types,
+                cookie_scope=cookie_scope,
             )
         )
     return settings, routes
@@ -980,6 +1040,27 @@ def _check_upload(route: RouteSettings, where: str, problems: list[str]) -> None
         problems.append(
             f"{where}.upload: the route takes no uploads; add PUT (or POST, for the sign API's "
             "presigned form uploads) to methods, or remove upload"
+        )
+    upload = route.upload
+    streamed_put = "PUT" in writes and route.delivery == "stream"
+    # Only a streamed PUT cuts the body into part_size parts itself; presigned multipart
+    # uploads plan their own parts (up to 5 TiB).
+    if streamed_put and upload.max_bytes > upload.part_size * S3_MAX_PARTS:
+        needed = -(-upload.max_bytes // S3_MAX_PARTS)
+        problems.append(
+            f"{where}.upload: max_bytes {upload.max_bytes} needs more than S3's "
+            f"{S3_MAX_PARTS} parts of part_size {upload.part_size}; raise part_size to at "
+            f"least {needed} (one part is held in memory per streamed upload)"
+        )
+    if upload.multipart and route.sse_customer_key is not None:
+        problems.append(
+            f"{where}.upload.multipart: an SSE-C route cannot take presigned multipart "
+            "uploads (a presigned part cannot carry the key); remove multipart"
+        )
+    if "PUT" in writes and route.delivery == "cloudfront":
+        problems.append(
+            f"{where}.methods: PUT is not taken on a cloudfront route (CloudFront serves "
+            "reads); upload through a stream or redirect route of its own"
         )
     if "PUT" in writes and route.delivery == "auto":
         problems.append(

@@ -75,6 +75,13 @@ class NotFound(ProxyError):
     detail = "not found"
 
 
+class UploadNotFound(NotFound):
+    """A multipart upload id S3 does not hold for the caller's key: never begun there,
+    completed, aborted, or another user's (the id of another key is not told apart)."""
+
+    detail = "no such upload"
+
+
 class MethodNotAllowed(ProxyError):
     status = 405
     detail = "method not allowed"
@@ -109,6 +116,11 @@ class UriTooLong(ProxyError):
 class UnsupportedMediaType(ProxyError):
     status = 415
     detail = "expected application/json"
+
+
+class Conflict(ProxyError):
+    status = 409
+    detail = "conflict"
 
 
 class PreconditionFailed(ProxyError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,10 +59,20 @@ class ObjectStream:
             self._close()
 
 
+@dataclass(frozen=True)
+class UploadedPart:
+    """One part S3 holds of a multipart upload in progress (ListParts)."""
+
+    number: int
+    size: int
+    etag: str
+
+
 class Writes(Protocol):
     """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
     itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed. The
-    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart."""
+    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart.
+    A multipart call naming an upload S3 does not hold raises UploadNotFound."""
 
     async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str: ...
 
@@ -73,10 +83,23 @@ class Writes(Protocol):
     ) -> str: ...
 
     async def complete_multipart(
-        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
     ) -> str: ...
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
+
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        """Whether `upload_id` is an upload in progress to exactly this key (S3's
+        ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
+        ...
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        """Every part S3 holds of the upload, in part order (all pages of ListParts)."""
+        ...
 
 
 class Storage(Protocol):
@@ -135,6 +158,19 @@ class Storage(Protocol):
         lifetime: Lifetime,
     ) -> PostForm:
         """A presigned POST form for one key; no S3 call."""
+        ...
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        """A presigned UploadPart (PUT ?partNumber=N&uploadId=...) that signs the part's
+        Content-Length; no S3 call."""
         ...
 
 

@@ -1,16 +1,19 @@
-"""FakeStorage: an in-memory stand-in behind the proxy's own Storage seam."""
+"""FakeStorage: an in-memory stand-in behind the proxy's own Storage seam (reads, presigning,
+and multipart writes that bind each upload to its key as S3 does)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import hashlib
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from proxy.conditional import parse_ranges
-from proxy.errors import NotFound, RangeNotSatisfiable
+from proxy.errors import BadRequest, KeyExists, NotFound, RangeNotSatisfiable, UploadNotFound
 from proxy.presign import Credentials, Lifetime
 from proxy.request import ObjectRef
 from proxy.ssec import CustomerKey
-from proxy.storage import ObjectMeta, ObjectStream
+from proxy.storage import ObjectMeta, ObjectStream, UploadedPart
 
 
 @dataclass
@@ -25,6 +28,10 @@ class FakeStorage:
     )
     bucket_problem: str | None = None  # what check_bucket answers (None: reachable)
     sse_keys: list[CustomerKey | None] = field(default_factory=list)  # per head/get, in order
+    writes: FakeWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = FakeWrites(self)
 
     async def head(self, ref: ObjectRef) -> ObjectMeta:
         bucket, key = ref.bucket, ref.key
@@ -74,6 +81,21 @@ class FakeStorage:
             f"&X-Amz-Expires={lifetime.expires_in}"
         )
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        self.calls.append(("presign_part", ref.bucket, ref.key))
+        return (
+            f"https://s3.example/{ref.bucket}/{ref.key}?partNumber={number}&uploadId={upload_id}"
+            f"&length={content_length}&X-Amz-Expires={lifetime.expires_in}"
+        )
+
     def _meta(self, bucket: str, key: str, mid_stream: bool = False) -> ObjectMeta:
         if self.fail_with is not None and not mid_stream:
             raise self.fail_with
@@ -91,3 +113,81 @@ class FakeStorage:
 
     def _closed(self) -> None:
         self.closed_streams += 1
+
+
+@dataclass
+class _Upload:
+    bucket: str
+    key: str
+    content_type: str
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+class FakeWrites:
+    """Multipart uploads in memory, each bound to the key it began on (as AWS S3 binds
+    them); every call is recorded in the storage's `calls`."""
+
+    def __init__(self, storage: FakeStorage) -> None:
+        self._storage = storage
+        self.uploads: dict[str, _Upload] = {}
+        self._ids = itertools.count(1)
+
+    def _record(self, operation: str, ref: ObjectRef) -> None:
+        self._storage.calls.append((operation, ref.bucket, ref.key))
+        if self._storage.fail_with is not None:
+            raise self._storage.fail_with
+
+    def _upload(self, ref: ObjectRef, upload_id: str) -> _Upload:
+        upload = self.uploads.get(upload_id)
+        if upload is None or (upload.bucket, upload.key) != (ref.bucket, ref.key):
+            raise UploadNotFound("no such upload")
+        return upload
+
+    async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
+        self._record("CreateMultipartUpload", ref)
+        upload_id = f"upload-{next(self._ids)}"
+        self.uploads[upload_id] = _Upload(ref.bucket, ref.key, content_type)
+        return upload_id
+
+    async def upload_part(self, ref: ObjectRef, upload_id: str, number: int, body: bytes) -> str:
+        self._record("UploadPart", ref)
+        self._upload(ref, upload_id).parts[number] = body
+        return _etag(body)
+
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        self._record("ListMultipartUploads", ref)
+        upload = self.uploads.get(upload_id)
+        return upload is not None and (upload.bucket, upload.key) == (ref.bucket, ref.key)
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        self._record("ListParts", ref)
+        parts = self._upload(ref, upload_id).parts
+        return [UploadedPart(n, len(parts[n]), _etag(parts[n])) for n in sorted(parts)]
+
+    async def complete_multipart(
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
+    ) -> str:
+        self._record("CompleteMultipartUpload", ref)
+        upload = self._upload(ref, upload_id)
+        if any(_etag(upload.parts.get(n, b"\0")) != etag for n, etag in parts):
+            raise BadRequest("S3 refused the part list (InvalidPart)")
+        key = (ref.bucket, ref.key)
+        if not overwrite and key in self._storage.objects:
+            raise KeyExists("the key exists")
+        body = b"".join(upload.parts[n] for n, _ in parts)
+        self._storage.objects[key] = body
+        del self.uploads[upload_id]
+        return _etag(body)
+
+    async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
+        self._record("AbortMultipartUpload", ref)
+        self._upload(ref, upload_id)
+        del self.uploads[upload_id]
+
+
+def _etag(body: bytes) -> str:
+    return f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 - S3's ETag, not security

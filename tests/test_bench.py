@@ -24,6 +24,14 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     # A second view: redirects and images come from the cache; streams are revalidated.
     assert (redirect_second["proxy_requests"], redirect_second["s3_requests"]) == (0, 0)
     assert stream_second["proxy_requests"] == 2 and stream_second["proxy_bytes"] == 0
+    # cloudfront, through the stand-in edge: a 302 each, the bytes from the edge, whose cache
+    # the unmeasured check filled (no S3 request); then the cached 302s and a 304 from the edge.
+    cloudfront_first, cloudfront_second = results["cloudfront"]
+    assert (cloudfront_first["proxy_requests"], cloudfront_first["proxy_bytes"]) == (2, 0)
+    assert (cloudfront_first["edge_requests"], cloudfront_first["edge_bytes"]) == (2, 110 * 1024)
+    assert cloudfront_first["s3_requests"] == 0
+    assert (cloudfront_second["proxy_requests"], cloudfront_second["edge_bytes"]) == (0, 0)
+    assert "| | stream | redirect | cloudfront |" in report
     assert "report:" in capsys.readouterr().out
     engines = json.loads((tmp_path / "engines.json").read_text())
     assert set(engines) == {"builtin", "aiobotocore"}
@@ -36,24 +44,35 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     assert "| proxy CPU per request |" in report
     # Uploads: the same bytes through the proxy, and past it by a 307 to a presigned PUT.
     assert "## Uploads" in report
-    stream_upload, redirect_upload = json.loads((tmp_path / "uploads.json").read_text())
+    stream_upload, redirect_upload, multipart_upload = json.loads(
+        (tmp_path / "uploads.json").read_text()
+    )
     assert (stream_upload["method"], stream_upload["size"]) == ("stream", 4096)
     assert stream_upload["proxy_bytes"] == 4096  # the body went through the proxy
     assert stream_upload["s3_requests"] == 1  # the proxy's PutObject
     assert (redirect_upload["method"], redirect_upload["proxy_bytes"]) == ("redirect", 0)
     assert redirect_upload["s3_requests"] == 1  # the client's PUT to the presigned URL
     assert "| 4 KiB | stream |" in report and "| 4 KiB | redirect |" in report
+    # And in parts to presigned part URLs: only the sign API's JSON crossed the proxy.
+    assert multipart_upload["method"] == "multipart"
+    assert 0 < multipart_upload["proxy_bytes"] < 4096
+    # One part PUT by the client; CreateMultipartUpload, then ListMultipartUploads (the key
+    # check), ListParts and CompleteMultipartUpload by the proxy.
+    assert multipart_upload["s3_requests"] == 5
+    assert "| 4 KiB | multipart |" in report
 
 
 def test_upload_report_rows_per_size_and_method() -> None:
     runs = [
         UploadRun(8 * 2**20, "stream", [0.1, 0.3], 16 * 2**20, 2, 0.09),
         UploadRun(8 * 2**20, "redirect", [0.05, 0.07], 0, 2, 0.0),
+        UploadRun(8 * 2**20, "multipart", [0.07, 0.09], 6000, 6, 0.02),
     ]
     text = upload_report(runs, rounds=2, tick=0.01)
     below = "(below what this run can measure; use more --rounds or larger objects)"
-    assert "| 8 MiB | stream | 200.0 ms | 8.0 MiB | 1 | 45.0 ms |" in text
-    assert f"| 8 MiB | redirect | 60.0 ms | 0 B | 1 | < 0.005 s {below} |" in text
+    assert "| 8 MiB | stream | 200.0 ms | 8.0 MiB | 1 | 45.0 ms | 1024.0 MiB | 5.76 s |" in text
+    assert f"| 8 MiB | redirect | 60.0 ms | 0 B | 1 | < 0.005 s {below} | 0 B | < 0.64 s |" in text
+    assert "| 8 MiB | multipart | 80.0 ms | 2.93 KiB | 3 | 10.0 ms | 375 KiB | 1.28 s |" in text
 
 
 def _view(proxy_cpu: float, proxy_bytes: int, client_bytes: int) -> View:
@@ -128,7 +147,7 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [axes.get_title() for axes in figure.axes] == [
         "time to first byte at the client",
         "bytes through the proxy",
-        "requests (S3's include the proxy's own)",
+        "requests (S3's include the proxy's and the edge's)",
     ]
     assert [text.get_text() for text in ttfb.texts] == ["2.0", "4.0", "2.0", "4.0"]
     assert [text.get_text() for text in sent.texts] == ["200 KiB", "0 B"]
@@ -136,3 +155,31 @@ def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:
     assert [text.get_text() for text in requests.texts] == ["4", "4", "4", "0"]
     path = chart(results, objects, tmp_path)
     assert path == tmp_path / "comparison.png" and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_third_method_gets_its_column_and_its_bars() -> None:
+    """With a cloudfront section: a column of its own, requests to the edge apart from S3's,
+    and S3 requests a real CloudFront made said to be unseen."""
+    size = 100 * 1024
+    results = {
+        "stream": [_view(0.0, size, size), _view(0.0, 0, size)],
+        "redirect": [_view(0.0, 0, size), _view(0.0, 0, size)],
+        "cloudfront": [_view(0.0, 0, size), _view(0.0, 0, size)],
+    }
+    results["cloudfront"][0].edge_requests = 1
+    results["cloudfront"][0].s3_requests = 0
+    results["cloudfront"][0].s3_unseen = True
+    text = report(results, [("/objects/a.bin", size)], rounds=1, notes=[], tick=0.01)
+    assert text.startswith("# stream vs redirect vs cloudfront")
+    assert "| | stream | redirect | cloudfront |" in text
+    assert "| requests that reached the edge | 0 | 0 | 1 |" in text
+    assert (
+        "| S3 requests (by the proxy, the client or the edge) | 2 | 2 | "
+        "0 + CloudFront's (not seen from here) |" in text
+    )
+    figure = draw_charts(results, [("/objects/a.bin", size)])
+    _, sent, requests = figure.axes
+    assert [text.get_text() for text in sent.texts] == ["100 KiB", "0 B", "0 B"]
+    assert [label.get_text() for label in requests.get_legend().get_texts()][-1] == (
+        "cloudfront: to the edge"
+    )

@@ -162,8 +162,9 @@ def test_plan_mounts_each_used_route_twice_and_keeps_first_match_wins(s3: S3Obje
     ]
     bench = parse_config(yaml.safe_dump(plan.config), env={})
     router = Router([route.pattern for route in bench.routes])
-    for method, prefix in PREFIXES.items():
-        found = router.match(prefix + "/admin/exports/q4.pdf")
+    assert plan.methods == ("stream", "redirect")  # no cloudfront section, no third copy
+    for method in plan.methods:
+        found = router.match(PREFIXES[method] + "/admin/exports/q4.pdf")
         assert found is not None
         assert bench.routes[found.index].name == f"special/{method}"
         assert bench.routes[found.index].settings.delivery == method
@@ -187,3 +188,67 @@ def test_plan_keeps_a_routes_own_stable_and_inlines_its_public_key(
     assert plan.config["auth"]["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert not any("stable-photos: the redirect copy uses stable" in n for n in plan.notes)
     assert not plan_bench(build_config(data), ["/public/42"]).needs_token
+
+
+def test_plan_adds_a_cloudfront_copy_when_the_config_signs_for_cloudfront(
+    s3: S3Objects, tmp_path: Path
+) -> None:
+    from .cfkeys import cloudfront_config, private_pem, rsa_key
+
+    (tmp_path / "cf.pem").write_bytes(private_pem(rsa_key()))
+    os.chmod(tmp_path / "cf.pem", 0o600)
+    data = cloudfront_config(Path("cf.pem"), s3.endpoint)  # relative to the config's folder
+    data["routes"][0]["disposition"] = "attachment"
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(data))
+    from proxy.config import load_config
+
+    config = load_config(path)
+    plan = plan_bench(config, ["/photos/42", "/cdn/albums/trip/1.jpg"], tmp_path)
+    assert plan.methods == ("stream", "redirect", "cloudfront")
+    routes = {route["name"]: route for route in plan.config["routes"]}
+    copy = routes["employee-photos/cloudfront"]
+    assert (copy["delivery"], copy["match"]) == (
+        "cloudfront",
+        "/__bench/cloudfront/photos/{employee_id}",
+    )
+    assert copy["stable"] == 3600 and "disposition" not in copy and "cache_control" not in copy
+    assert "cookie_scope" not in routes["cdn-albums/cloudfront"]
+    assert "cookie_scope" not in routes["cdn-albums/stream"]
+    assert routes["cdn-albums/stream"]["delivery"] == "stream"
+    assert plan.config["cloudfront"]["private_key"] == str(tmp_path / "cf.pem")
+    assert any(
+        "employee-photos: the cloudfront copy leaves out cache_control, disposition" in note
+        for note in plan.notes
+    )
+    assert any(
+        "cdn-albums: the cloudfront copy signs each URL instead of cookies" in n for n in plan.notes
+    )
+    bench = parse_config(yaml.safe_dump(plan.config), env={})  # loads from any directory
+    assert bench.cloudfront is not None
+
+
+def test_bench_runs_a_cloudfront_route_three_ways(s3: S3Objects, tmp_path: Path) -> None:
+    """A config with a cloudfront section: its distribution (here the demo's stand-in edge,
+    not a CDN) is benched as the third method; the S3 requests it makes are not seen."""
+    from proxy.demo import start_edge
+
+    edge = start_edge(tmp_path, s3.endpoint, bucket="hr-private")
+    try:
+        data = config_dict(s3.endpoint)
+        data["cloudfront"] = {
+            "domain": edge.origin,
+            "key_pair_id": "KDEMOSTANDIN01",
+            "private_key": str(edge.key_file),
+        }
+        config = _write(tmp_path, data)
+        assert _bench(tmp_path, config, "--path", "/photos/42", "--engine", "builtin") == 0
+    finally:
+        edge.thread.stop()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    first, second = results["cloudfront"]
+    assert (first["proxy_requests"], first["proxy_bytes"], first["edge_requests"]) == (1, 0, 1)
+    assert first["edge_bytes"] == len(s3.photo) and first["s3_unseen"]
+    assert second["proxy_requests"] == 0  # the stable 302 is cached
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "0 + CloudFront's (not seen from here)" in report

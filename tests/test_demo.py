@@ -97,10 +97,11 @@ def test_demo_serves_its_page_and_numbers(demo: str) -> None:
     with urllib.request.urlopen(demo + "/", timeout=10) as response:
         assert "stream" in response.read().decode()
     stats = _json(demo + "/_demo/stats")
-    assert set(stats) == {"proxy", "s3", "settled"}
+    assert set(stats) == {"proxy", "s3", "edge", "settled"}
     assert _json(demo + "/_demo/stats?settled")["settled"] is True  # nothing in progress
     info = _json(demo + "/_demo/info")
     assert info["photos"] == 6 and info["share_link"].startswith("/admin/reports/")
+    assert info["edge"].startswith("http://127.0.0.1:")
     with urllib.request.urlopen(demo + info["share_link"], timeout=10) as shared:
         assert shared.read().startswith(b"quarter,revenue")
     # The pages take GET only: a form posted at the sign-in page changes nothing.
@@ -191,19 +192,30 @@ def test_both_methods_in_a_real_browser(demo: str, tmp_path: Path) -> None:
             )
             page = context.new_page()
 
-            # An employee sees both galleries render.
+            # An employee sees the three galleries render; the cloudfront one from the
+            # stand-in edge, with the cookies one POST /_sign set.
             page.goto(demo + "/_demo/login?as=employee", wait_until="networkidle")
             widths = _image_widths(page)
-            assert len(widths["stream"]) == len(widths["redirect"]) == 6
-            assert all(w > 0 for w in widths["stream"] + widths["redirect"]), widths
+            assert [len(widths[kind]) for kind in KINDS] == [6, 6, 6]
+            assert all(w > 0 for kind in KINDS for w in widths[kind]), widths
             first = _json(demo + "/_demo/stats")
+            edge = _json(demo + "/_demo/info")["edge"]
+            sources = page.evaluate(
+                "[...document.querySelectorAll('#col-cloudfront img')].map(i => i.src)"
+            )
+            assert all(source.startswith(edge + "/employees/") for source in sources), sources
 
             # A second view: redirect images come from the browser cache without any request
             # (not to the proxy, not to S3); stream images are revalidated with the proxy.
             page.goto(demo + "/", wait_until="networkidle")
             widths = _image_widths(page)
-            assert all(w > 0 for w in widths["stream"] + widths["redirect"]), widths
+            assert all(w > 0 for kind in KINDS for w in widths[kind]), widths
             second = _json(demo + "/_demo/stats")
+            # cloudfront: one POST /_sign, and the images from the browser cache (the objects'
+            # max-age), so the edge saw nothing either.
+            assert second["edge"]["requests"] == first["edge"]["requests"]
+            signs = [stats["proxy"]["by_delivery"]["sign"]["requests"] for stats in (first, second)]
+            assert signs[1] == signs[0] + 1
             redirect_1 = first["proxy"]["by_delivery"]["redirect"]
             redirect_2 = second["proxy"]["by_delivery"]["redirect"]
             assert redirect_2["requests"] == redirect_1["requests"]
@@ -277,15 +289,17 @@ def test_upload_a_picture_both_ways_in_a_real_browser(demo: str, tmp_path: Path)
             browser.close()
 
 
+KINDS = ("stream", "redirect", "cloudfront")
+
+
 def _image_widths(page: Any) -> dict[str, list[int]]:
     page.wait_for_function(
-        "[...document.images].length === 12 && [...document.images].every(i => i.complete)"
+        "[...document.images].length === 18 && [...document.images].every(i => i.complete)"
     )
     widths: dict[str, list[int]] = page.evaluate(
-        """() => ({
-            stream: [...document.querySelectorAll('#col-stream img')].map(i => i.naturalWidth),
-            redirect: [...document.querySelectorAll('#col-redirect img')].map(i => i.naturalWidth),
-        })"""
+        """(kinds) => Object.fromEntries(kinds.map(kind => [kind,
+            [...document.querySelectorAll('#col-' + kind + ' img')].map(i => i.naturalWidth)]))""",
+        list(KINDS),
     )
     return widths
 
@@ -320,12 +334,26 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
                 "fromCache": 0,
             }
             assert view["redirect"]["proxyBytes"] == view["redirect"]["proxyS3Requests"] == 0
+            # cloudfront: one POST /_sign for the gallery, six images from the edge, which
+            # asks S3 at most once per photo (another browser may have filled its cache).
+            assert _column(view["cloudfront"]) == {
+                "loaded": 6,
+                "proxyRequests": 1,
+                "proxyNotModified": 0,
+                "browserS3Requests": 0,
+                "fromCache": 0,
+            }
+            assert view["cloudfront"]["browserEdgeRequests"] == 6
+            assert view["cloudfront"]["proxyBytes"] < 4096  # the sign API's JSON, no image
+            assert view["cloudfront"]["proxyS3Requests"] <= 6
             cells = _cells(page)
             assert cells["stream"]["proxy-requests"] == "6"
             assert cells["redirect"]["browser-s3"] == "6"
             assert cells["redirect"]["from-cache"] == "0"
             assert cells["redirect"]["proxy-bytes"] == "0 B"
-            assert _bars(page) == {chart: [["this view (employee)"]] * 2 for chart in CHARTS}
+            assert cells["cloudfront"]["proxy-requests"] == "1"
+            assert cells["cloudfront"]["browser-edge"] == "6"
+            assert _bars(page) == {chart: [["this view (employee)"]] * 3 for chart in CHARTS}
             page.screenshot(path=str(tmp_path / "panel-employee-first.png"), full_page=True)
 
             # The second view: the stable 302 and S3's image are both cached (max-age=3600),
@@ -347,6 +375,14 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
                 "browserS3Requests": 0,
                 "fromCache": 6,
             }
+            assert _column(view["cloudfront"]) == {
+                "loaded": 6,
+                "proxyRequests": 1,  # the gallery's POST /_sign
+                "proxyNotModified": 0,
+                "browserS3Requests": 0,
+                "fromCache": 6,
+            }
+            assert view["cloudfront"]["browserEdgeRequests"] == 0
             assert view["stream"]["proxyBytes"] == view["redirect"]["proxyBytes"] == 0
             assert view["redirect"]["ttfb"] is None  # nothing reached the proxy
             cells = _cells(page)
@@ -354,7 +390,7 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
             assert cells["redirect"]["ttfb"] == "no request"
             bars = _bars(page)
             groups = ["previous view (employee)", "this view (employee)"]
-            assert bars == {chart: [groups, groups] for chart in CHARTS}
+            assert bars == {chart: [groups, groups, groups] for chart in CHARTS}
             values = page.evaluate(
                 """() => [...document.querySelectorAll('#chart-requests rect.bar')]
                     .map(r => [r.dataset.kind, r.dataset.value])"""
@@ -362,8 +398,10 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
             assert values == [
                 ["stream", "6"],
                 ["redirect", "12"],  # first view: six 302s and six S3 requests
+                ["cloudfront", "7"],  # first view: one POST /_sign, six images from the edge
                 ["stream", "6"],
                 ["redirect", "0"],
+                ["cloudfront", "1"],
             ]
             page.screenshot(path=str(tmp_path / "panel-employee-second.png"), full_page=True)
 
@@ -381,8 +419,17 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
                 "browserS3Requests": 0,
                 "fromCache": 6,
             }
+            # cloudfront: the sign API names no URL without a token, so the page asks the
+            # proxy path, which refuses.
+            assert (view["cloudfront"]["failed"], view["cloudfront"]["browserEdgeRequests"]) == (
+                6,
+                0,
+            )
             captions = page.locator(".grid figcaption").all_text_contents()
-            assert captions == ["401: sign in (no token)"] * 6 + [""] * 6
+            assert (
+                captions
+                == ["401: sign in (no token)"] * 6 + [""] * 6 + ["401: sign in (no token)"] * 6
+            )
             assert "still shows 6 redirect images" in page.inner_text("#view-state")
             page.screenshot(path=str(tmp_path / "panel-signed-out.png"), full_page=True)
 
@@ -390,12 +437,13 @@ def test_the_panel_counts_each_view_where_it_happened(demo: str, tmp_path: Path)
             page = browser.new_context(viewport={"width": 1100, "height": 1500}).new_page()
             page.goto(demo + "/")
             view = _counted_view(page)
-            for kind in ("stream", "redirect"):
+            for kind in KINDS:
                 assert (view[kind]["loaded"], view[kind]["failed"]) == (0, 6)
-                assert view[kind]["proxyRequests"] == 6
+            assert view["stream"]["proxyRequests"] == view["redirect"]["proxyRequests"] == 6
+            assert view["cloudfront"]["proxyRequests"] == 7  # the POST /_sign, then six 401s
             assert view["redirect"]["browserS3Requests"] == 0
             captions = page.locator(".grid figcaption").all_text_contents()
-            assert captions == ["401: sign in (no token)"] * 12
+            assert captions == ["401: sign in (no token)"] * 18
             page.screenshot(path=str(tmp_path / "panel-anonymous.png"), full_page=True)
             print(f"\nscreenshots in {tmp_path}")
         finally:
@@ -408,7 +456,7 @@ CHARTS = ("chart-bytes", "chart-requests", "chart-ttfb")
 def _counted_view(page: Any) -> dict[str, Any]:
     page.wait_for_selector("#view-panel[data-state=counted]")
     view: dict[str, Any] = page.evaluate("window.demoView")
-    assert view["stream"]["settled"] and view["redirect"]["settled"], view
+    assert all(view[kind]["settled"] for kind in KINDS), view
     return view
 
 
@@ -421,9 +469,9 @@ def _cells(page: Any) -> dict[str, dict[str, str]]:
     """The panel's per-view table as shown: kind -> row id -> text."""
     cells: dict[str, dict[str, str]] = page.evaluate(
         """() => {
-            const out = {stream: {}, redirect: {}};
+            const out = {stream: {}, redirect: {}, cloudfront: {}};
             for (const cell of document.querySelectorAll('#view-numbers td')) {
-                const [, kind, row] = cell.id.match(/^view-(stream|redirect)-(.+)$/);
+                const [, kind, row] = cell.id.match(/^view-(stream|redirect|cloudfront)-(.+)$/);
                 out[kind][row] = cell.textContent;
             }
             return out;
@@ -433,16 +481,89 @@ def _cells(page: Any) -> dict[str, dict[str, str]]:
 
 
 def _bars(page: Any) -> dict[str, list[list[str]]]:
-    """Per chart: the group labels under its stream bars and under its redirect bars."""
+    """Per chart: the group labels under its bars of each kind, in KINDS order."""
     bars: dict[str, list[list[str]]] = page.evaluate(
-        """(charts) => Object.fromEntries(charts.map(id => {
+        """([charts, kinds]) => Object.fromEntries(charts.map(id => {
             const svg = document.querySelector('#' + id + ' svg');
             const groups = [...svg.querySelectorAll('text.group')].map(t => t.textContent);
-            const kinds = [...svg.querySelectorAll('rect.bar')].map(r => r.dataset.kind);
-            const stream = groups.filter((_, i) => kinds[2 * i] === 'stream');
-            const redirect = groups.filter((_, i) => kinds[2 * i + 1] === 'redirect');
-            return [id, [stream, redirect]];
+            const drawn = [...svg.querySelectorAll('rect.bar')].map(r => r.dataset.kind);
+            return [id, kinds.map((kind, k) =>
+                groups.filter((_, i) => drawn[kinds.length * i + k] === kind))];
         }))""",
-        list(CHARTS),
+        [list(CHARTS), list(KINDS)],
     )
     return bars
+
+
+def _generated(offset: int, length: int) -> bytes:
+    """Bytes of the demo's generated file (multipart.js's partBytes), from `offset` (a whole
+    number of words)."""
+    words = bytearray()
+    first = offset // 4
+    for w in range(first, first + -(-length // 4)):
+        x = (w * 2654435761) & 0xFFFFFFFF
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        words += x.to_bytes(4, "little")
+    return bytes(words[:length])
+
+
+def test_a_huge_file_in_parts_survives_a_reload_in_a_real_browser(
+    demo: str, tmp_path: Path
+) -> None:
+    """The multipart panel: parts straight to S3, a reload mid-upload, and the upload resumed
+    from the parts S3 holds (S3 is held back after two parts, so the reload lands mid-way)."""
+    sync_api = _chromium_or_skip()
+    size = 33554432  # 32 MiB: seven parts of 5 MiB
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1100, "height": 1500}).new_page()
+            held: list[Any] = []
+            reloaded = False
+
+            def hold_after_two(route: Any) -> None:
+                first_two = (
+                    "partNumber=1&" in route.request.url or "partNumber=2&" in route.request.url
+                )
+                if reloaded or first_two:
+                    route.continue_()
+                else:
+                    held.append(route)  # never sent to S3: the connection "drops" first
+
+            page.route("**/*partNumber=*", hold_after_two)
+            page.goto(demo + "/_demo/login?as=employee", wait_until="networkidle")
+            page.select_option("#multipart-size", str(size))
+            page.click("#multipart-start")
+            page.wait_for_function(
+                "Number(document.getElementById('multipart-status').dataset.parts || 0) >= 2"
+            )
+            assert page.get_attribute("#multipart-status", "data-state") == "uploading"
+            for route in held:
+                route.abort()
+            reloaded = True
+            page.reload()
+            page.wait_for_selector("#multipart-status[data-state=done]", timeout=60_000)
+            assert page.get_attribute("#multipart-status", "data-resumed-parts") == "2"
+            said = page.inner_text("#multipart-status")
+            assert said.startswith("resumed after a reload (S3 held 2 part(s)); done: 32.0 MiB")
+            # After the reload the page sent only the five missing parts, and the proxy saw
+            # only JSON: a few KB against 22 MiB to S3.
+            s3_bytes = int(page.get_attribute("#multipart-status", "data-s3-bytes") or 0)
+            proxy_bytes = int(page.get_attribute("#multipart-status", "data-proxy-bytes") or 0)
+            assert s3_bytes == size - 2 * 5 * 1024 * 1024
+            assert 0 < proxy_bytes < 32 * 1024
+            page.screenshot(path=str(tmp_path / "multipart-done.png"), full_page=True)
+        finally:
+            browser.close()
+    # The object, read back through the proxy (a redirect to S3), is the generated file.
+    token = _demo_token(demo, "employee")
+    request = urllib.request.Request(
+        f"{demo}/big/uploads/generated-{size}.bin", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+    assert len(body) == size
+    for offset in (0, 5 * 1024 * 1024 - 8, 17 * 1024 * 1024, size - 4096):
+        assert body[offset : offset + 4096] == _generated(offset, 4096)[: len(body) - offset]

@@ -9,9 +9,11 @@ Installed by scripts/test.sh with `npm ci --prefix tests/s3rver5`; skipped where
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import bearer, config_dict, make_token
+from proxy.engines import create_engine
+from proxy.presign import plan_lifetime
+from proxy.request import ObjectRef
+
+from .conftest import bearer, build_config, config_dict, make_token
 from .node_s3 import running_node_s3
 
 pytestmark = pytest.mark.both_engines
@@ -129,3 +135,50 @@ async def test_presigned_urls_from_the_proxy_verify(
         async with plain.get(tampered) as refused:
             assert refused.status == 403
             assert b"SignatureDoesNotMatch" in await refused.read()
+
+
+async def test_presigned_upload_part_urls_verify_and_pin_their_length(
+    s3rver5: str, s3rver_credentials: None, engine: str
+) -> None:
+    """The proxy's presigned UploadPart URLs (PUT ?partNumber=N&uploadId=...) against an S3
+    that checks them: each verifies as signed, and another length, part number or upload id
+    is refused. s3rver 5 has CreateMultipartUpload, UploadPart and CompleteMultipartUpload;
+    it has no ListParts, ListMultipartUploads or AbortMultipartUpload, so `resume`, the key
+    binding and `abort` are tested against moto (test_multipart_s3.py) instead."""
+    data = _config(s3rver5)
+    data["s3"]["engine"] = engine
+    storage = create_engine(build_config(data).settings.s3)
+    await storage.open()
+    try:
+        ref = ObjectRef("hr-private", "uploads/big.bin")
+        upload_id = await storage.writes.start_multipart(ref, "video/mp4")
+        credentials = await storage.credentials()
+        lifetime = plan_lifetime(time.time(), 300)
+        part = b"p" * (5 * 1024 * 1024)
+        url = storage.presign_part(credentials, ref, upload_id, 1, len(part), lifetime)
+        async with aiohttp.ClientSession() as plain:
+            for wrong in (
+                url.replace("partNumber=1", "partNumber=2"),
+                url.replace(f"uploadId={upload_id}", f"uploadId={upload_id[::-1]}"),
+            ):
+                async with plain.put(wrong, data=io.BytesIO(part)) as refused:
+                    assert refused.status == 403
+                    assert b"SignatureDoesNotMatch" in await refused.read()
+            async with plain.put(url, data=io.BytesIO(part[:-1])) as short:
+                assert short.status == 403  # the length is signed
+            async with plain.put(url, data=io.BytesIO(part)) as sent:
+                assert sent.status == 200, await sent.text()
+                etag = sent.headers["ETag"]
+            last = storage.presign_part(credentials, ref, upload_id, 2, 3, lifetime)
+            async with plain.put(last, data=b"end") as sent:
+                assert sent.status == 200, await sent.text()
+                etag_2 = sent.headers["ETag"]
+        await storage.writes.complete_multipart(
+            ref, upload_id, [(1, etag), (2, etag_2)], overwrite=True
+        )
+        async with aiohttp.ClientSession() as plain:
+            url = storage.presign(credentials, "GET", ref, lifetime)
+            async with plain.get(url) as got:
+                assert (got.status, await got.read()) == (200, part + b"end")
+    finally:
+        await storage.close()

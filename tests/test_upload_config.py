@@ -91,6 +91,17 @@ def test_active_types_pass_only_when_named() -> None:
             {"upload": {"max_bytes": 100_000 * MIB}},
             "routes[0] (up).upload: max_bytes 104857600000 needs more than S3's 10000 parts",
         ),
+        (
+            {"upload": {"max_bytes": 5 * 1024 * 1024 * MIB + 1, "multipart": True}},
+            "routes[0] (up).upload.max_bytes: Input should be less than or equal to 5497558138880",
+        ),
+        (
+            {
+                "sse_customer_key": "k" * 32,
+                "upload": {"max_bytes": 1, "multipart": True},
+            },
+            "routes[0] (up).upload.multipart: an SSE-C route cannot take presigned multipart",
+        ),
         ({"methods": ["GET"]}, "routes[0] (up).upload: the route takes no uploads; add PUT"),
         ({"delivery": "auto"}, "routes[0] (up).methods: PUT needs delivery stream"),
         (
@@ -109,3 +120,22 @@ def test_upload_mistakes_name_the_key_and_the_fix(changes: dict[str, Any], expec
         del data["routes"][0]["upload"]
     problems = _problems(data)
     assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def test_multipart_routes_take_up_to_5_tib_without_a_streamed_part_size() -> None:
+    """Presigned multipart uploads plan their own parts: only a streamed PUT needs max_bytes
+    to fit 10,000 parts of part_size."""
+    upload = {"max_bytes": 5 * 1024 * 1024 * MIB, "multipart": True}
+    route = build_config(
+        _with_route(delivery="redirect", methods=["GET", "POST"], upload=upload)
+    ).routes[0]
+    assert route.settings.upload is not None
+    assert route.settings.upload.multipart is True
+    problems = _problems(_with_route(upload=upload))  # the same on a streamed PUT route
+    assert any("raise part_size to at least 549755814" in problem for problem in problems)
+
+
+def test_multipart_is_off_by_default() -> None:
+    upload = build_config(_with_route()).routes[0].settings.upload
+    assert upload is not None
+    assert upload.multipart is False

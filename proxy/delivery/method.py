@@ -1,6 +1,6 @@
-"""The one interface every delivery method implements (stream.py, redirect.py, and each one to
-come): answer a GET or HEAD for an admitted object, and name the link the sign API hands out
-for it. No I/O here.
+"""The one interface every delivery method implements (stream.py, redirect.py, cloudfront.py,
+and each one to come): answer a GET or HEAD for an admitted object, and name the link the sign
+API hands out for it. No I/O here.
 
 A method runs only after access was granted: `ref` is the object the caller may read, and
 `context` carries who asks (client, subject_key for limits, expires_at that nothing signed
@@ -24,6 +24,10 @@ class Link:
 
     url: str  # where the client fetches the object: a signed URL, or the proxy's own path
     expires_at: str | None  # ISO 8601 UTC; None: good for as long as the caller's token
+    # Signed cookies (cloudfront with cookie_scope): the Resource they cover, and the
+    # Set-Cookie values the sign API's answer must carry for `url` to open.
+    cookie_scope: str | None = None
+    set_cookies: tuple[str, ...] = ()
 
 
 class Method(Protocol):

@@ -117,14 +117,7 @@ async def sign_link(
     cache: LinkCache | None = None,
 ) -> SignedLink:
     credentials = await storage.credentials()
-    try:
-        lifetime = plan_lifetime(
-            now, settings.ttl, settings.stable, token_expires_at, credentials.expires_at
-        )
-    except LifetimeError as exc:
-        if exc.limit == "token":
-            raise Unauthenticated("token expires before a link could be used") from None
-        raise UpstreamError("AWS credentials expired; cannot sign") from None
+    lifetime = link_lifetime(settings, now, token_expires_at, credentials.expires_at)
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
     signed_overrides = overrides if method == "GET" else None
     cache_key: tuple[object, ...] | None = None
@@ -147,6 +140,25 @@ async def sign_link(
     return SignedLink(url, lifetime)
 
 
+def link_lifetime(
+    settings: RouteSettings,
+    now: float,
+    token_expires_at: float | None,
+    credentials_expire_at: float | None = None,
+) -> Lifetime:
+    """When a link signed now for a route is signed and expires (its `ttl`, its `stable`
+    window), never outliving the caller's token or the signing credentials; the refusal
+    when no link could still be used. Every method that signs links plans them here."""
+    try:
+        return plan_lifetime(
+            now, settings.ttl, settings.stable, token_expires_at, credentials_expire_at
+        )
+    except LifetimeError as exc:
+        if exc.limit == "token":
+            raise Unauthenticated("token expires before a link could be used") from None
+        raise UpstreamError("AWS credentials expired; cannot sign") from None
+
+
 def wants_json(accept: str | None) -> bool:
     """True when the client explicitly accepts application/json (q > 0), as fetch()/XHR do."""
     if not accept or "json" not in accept:
@@ -167,7 +179,14 @@ def _is_zero_quality(param: str) -> bool:
         return False
 
 
-def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.Response:
+def redirect_response(
+    link: SignedLink,
+    as_json: bool,
+    per_caller: bool,
+    extra: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The 302 to `link` (or its JSON, with `extra` fields beside url and expires_at), cached
+    by the browser for as long as a stable URL stays good."""
     lifetime = link.lifetime
     # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
     # URL must not be, or a later page view would reuse a dead link.
@@ -177,7 +196,7 @@ def redirect_response(link: SignedLink, as_json: bool, per_caller: bool) -> web.
     vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
     headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
     if as_json:
-        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso})
+        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso, **(extra or {})})
         headers["X-Content-Type-Options"] = "nosniff"
         return web.Response(status=200, text=body, content_type="application/json", headers=headers)
     return web.Response(status=302, headers={"Location": link.url, **headers})

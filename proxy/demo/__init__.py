@@ -2,8 +2,10 @@
 
 An S3-compatible server (moto) runs in-process on loopback, seeded with generated images, an
 admin-only report and a large file; the proxy serves them through the same code paths as
-`serve`, plus a demo page at `/` that shows both delivery methods side by side with live
-counters. Nothing is written outside one temporary directory, removed at exit.
+`serve`, plus a demo page at `/` that shows the delivery methods side by side with live
+counters. The third, `cloudfront`, signs for a loopback STAND-IN for a CloudFront edge
+(cloudfront_standin.py, not a CDN) with a key pair made for this run. Nothing is written
+outside one temporary directory, removed at exit.
 """
 
 from __future__ import annotations
@@ -22,12 +24,30 @@ from typing import Any
 import yaml
 
 from ..config import Config, load_config
+from .cloudfront_standin import EdgeThread
 from .s3 import CountingS3
 
 PHOTO_SIZES = (96, 128, 192, 256, 320, 384)  # px: six employees, images of different weights
 BIG_FILE_BYTES = 24 * 1024 * 1024
 UPLOAD_MAX_BYTES = 5 * 1024 * 1024
+# Presigned multipart uploads: a generated file of up to this size, in parts of PART_BYTES.
+MULTIPART_MAX_BYTES = 1024 * 1024 * 1024
+MULTIPART_PART_BYTES = 5 * 1024 * 1024
 TOKEN_TTL = 12 * 3600
+# The demo's key pair is made for each run; its ID only has to match between proxy and edge.
+EDGE_KEY_ID = "KDEMOSTANDIN01"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """The stand-in edge of this run and the key file the proxy signs with."""
+
+    thread: EdgeThread
+    key_file: Path
+
+    @property
+    def origin(self) -> str:
+        return self.thread.origin
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,7 @@ class Demo:
     s3: CountingS3
     tokens: dict[str, str]  # role -> token
     share_link: str  # a path with its link token
+    edge: Edge | None = None  # the stand-in CloudFront edge, stopped with the demo
 
 
 def build_routes() -> list[dict[str, Any]]:
@@ -59,6 +80,28 @@ def build_routes() -> list[dict[str, Any]]:
             "stable": 3600,
             "cache_control": "private, max-age=3600",
         },
+        # Through the stand-in CloudFront edge: signed cookies for every photo (one proxy
+        # request signs a whole gallery), and signed URLs (stable, like the redirect route).
+        {
+            "name": "photos-cloudfront",
+            "match": "/cdn/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.png",
+            "delivery": "cloudfront",
+            "cookie_scope": "employees/*",
+            "access": "authenticated",
+            "ttl": 600,
+        },
+        {
+            "name": "photos-cloudfront-url",
+            "match": "/cdn/url/photos/{employee_id}",
+            "bucket": "hr-private",
+            "key": "employees/{employee_id}/photo.png",
+            "delivery": "cloudfront",
+            "access": "authenticated",
+            "ttl": 300,
+            "stable": 3600,
+        },
         # Uploads, each user into their own folder (the key names the token's sub): a PUT
         # through the proxy, or a PUT answered 307 to a presigned PUT straight to S3.
         *(
@@ -81,6 +124,26 @@ def build_routes() -> list[dict[str, Any]]:
                 ("redirect", "/uploads/{name}"),
             )
         ),
+        # Huge files: the sign API begins a multipart upload and signs a URL per part; the
+        # browser sends the parts straight to S3 and can resume after a reload.
+        {
+            "name": "uploads-multipart",
+            "match": "/big/uploads/{name}",
+            "bucket": "big-files",
+            "key": "uploads/{claims.sub}/{name}",
+            "delivery": "redirect",
+            "access": "authenticated",
+            "methods": ["GET", "HEAD", "POST"],
+            "ttl": 900,
+            "disposition": "attachment",
+            "upload": {
+                "max_bytes": MULTIPART_MAX_BYTES,
+                "content_types": ["application/octet-stream"],
+                "part_size": MULTIPART_PART_BYTES,
+                "overwrite": True,
+                "multipart": True,
+            },
+        },
         {
             "name": "admin-reports",
             "match": "/admin/reports/{path:.+}",
@@ -115,6 +178,9 @@ def seed(s3: CountingS3) -> None:
             Key=f"employees/{number}/photo.png",
             Body=portrait_png(size, number),
             ContentType="image/png",
+            # What the CloudFront edge and browsers keep it by (stream and redirect set their
+            # own): set on an object when it is uploaded, as with a real distribution.
+            CacheControl="max-age=3600",
         )
     report = "quarter,revenue,headcount\nQ1,1200000,41\nQ2,1350000,44\nQ3,1410000,46\n"
     client.put_object(
@@ -147,6 +213,7 @@ def prepare(workdir: Path, port: int, sign_in: str | None = None) -> Demo:
     s3.start()
     seed(s3)
     s3.reset()  # count only what the demo's visitors cause
+    edge = start_edge(workdir, s3.endpoint)
     secret, link_secret = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
     data = {
         "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 2},
@@ -154,6 +221,11 @@ def prepare(workdir: Path, port: int, sign_in: str | None = None) -> Demo:
         "auth": {"algorithms": ["HS256"], "secret": secret, "link_secret": link_secret},
         # The demo page reads the counters; the demo listens on loopback unless told otherwise.
         "metrics": {"enabled": True, "listen": "main", "path": "/_metrics", "access": "public"},
+        "cloudfront": {
+            "domain": edge.origin,  # http:// is allowed on loopback only: the stand-in
+            "key_pair_id": EDGE_KEY_ID,
+            "private_key": str(edge.key_file),
+        },
         "routes": build_routes(),
     }
     if sign_in is not None:
@@ -168,7 +240,32 @@ def prepare(workdir: Path, port: int, sign_in: str | None = None) -> Demo:
     }
     target = link_target(config, "/admin/reports/q4-report.csv")
     link = mint_link_token(link_secret, target, TOKEN_TTL, sub="shared-by-admin-1")
-    return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}")
+    return Demo(config, s3, tokens, f"/admin/reports/q4-report.csv?link={link}", edge)
+
+
+def start_edge(workdir: Path, s3_endpoint: str, bucket: str = "hr-private") -> Edge:
+    """A key pair for this run (the private key in `workdir`, mode 600) and the stand-in
+    edge that trusts its public key, serving `bucket` (the demo's photos)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ..cloudfront import VerifyingKey
+    from .cloudfront_standin import EdgeOrigin, StandInEdge
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = workdir / "cloudfront-demo-key.pem"
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    trusted = {EDGE_KEY_ID: VerifyingKey(EDGE_KEY_ID, private.public_key())}
+    thread = EdgeThread(StandInEdge(trusted, EdgeOrigin(s3_endpoint, bucket)))
+    thread.start()
+    return Edge(thread, key_file)
 
 
 def _add_sign_in(data: dict[str, Any], issuer: str, port: int) -> None:
@@ -227,6 +324,10 @@ def run_demo(host: str, port: int, sign_in: bool = False) -> int:
                 f"  Try:  curl -H 'Authorization: Bearer <admin token>' "
                 f"{base}/admin/reports/q4-report.csv\n"
                 f"        curl -i -H 'Authorization: Bearer <employee token>' {base}/photos/1\n"
+                f"        curl -i -H 'Authorization: Bearer <employee token>' "
+                f"{base}/cdn/url/photos/1\n"
+                f"  CloudFront stand-in edge (not a CDN): {demo.edge.origin if demo.edge else '-'}"
+                "\n"
                 f"  Share link (no token needed): {base}{demo.share_link}\n\n"
                 + (
                     f"  Sign-in provider:     {provider.issuer}\n"
@@ -244,6 +345,8 @@ def run_demo(host: str, port: int, sign_in: bool = False) -> int:
             run(demo.config, host, port, ready, lambda: demo_gateway(demo))
         finally:
             demo.s3.stop()
+            if demo.edge is not None:
+                demo.edge.thread.stop()
             if provider is not None:
                 provider.stop()
     return 0

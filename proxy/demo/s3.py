@@ -1,7 +1,8 @@
 """The demo's S3: moto's server in a thread on loopback, counting what reaches it.
 
 It counts requests signed in a header (the proxy's own S3 calls) apart from presigned ones
-(browsers following redirects), the object bytes each kind took, and the 304s S3 answered
+(browsers following redirects) and from the CloudFront stand-in's origin fetches (its
+`User-Agent: Amazon CloudFront`), the object bytes each kind took, and the 304s S3 answered
 each kind (a revalidated copy, no bytes), so the demo can show where the traffic of each
 delivery method goes.
 """
@@ -32,6 +33,9 @@ class CountingS3:
             "presigned_requests": 0,
             "presigned_bytes": 0,
             "presigned_not_modified": 0,
+            "edge_requests": 0,
+            "edge_bytes": 0,
+            "edge_not_modified": 0,
         }
         self._app = DomainDispatcherApplication(create_backend_app)
         self._server: BaseWSGIServer | None = None
@@ -73,7 +77,8 @@ class CountingS3:
 
     def _count(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         presigned = "X-Amz-Signature=" in environ.get("QUERY_STRING", "")
-        kind = "presigned" if presigned else "proxy"
+        edge = environ.get("HTTP_USER_AGENT", "").startswith("Amazon CloudFront")
+        kind = "presigned" if presigned else "edge" if edge else "proxy"
         is_get = environ.get("REQUEST_METHOD") == "GET"
         with self._lock:
             self.counts[f"{kind}_requests"] += 1

@@ -39,6 +39,7 @@ class DemoGateway(Gateway):
         self._own = {
             "/": _static("index.html"),
             "/_demo/app.js": _static("app.js"),
+            "/_demo/multipart.js": _static("multipart.js"),
             "/_demo/style.css": _static("style.css"),
             "/_demo/login": _login(demo),
             "/_demo/stats": _stats(demo, self),
@@ -118,6 +119,7 @@ def _stats(demo: Demo, gateway: DemoGateway) -> Page:
             {
                 "proxy": summary(gateway.telemetry.collect()),
                 "s3": demo.s3.snapshot(),
+                "edge": dict(demo.edge.thread.edge.counts) if demo.edge else {},
                 "settled": settled,
             },
             headers={"Cache-Control": "no-store"},
@@ -131,7 +133,11 @@ def _info(demo: Demo) -> Page:
         from . import PHOTO_SIZES
 
         return web.json_response(
-            {"photos": len(PHOTO_SIZES), "share_link": demo.share_link},
+            {
+                "photos": len(PHOTO_SIZES),
+                "share_link": demo.share_link,
+                "edge": demo.edge.origin if demo.edge else None,
+            },
             headers={"Cache-Control": "no-store"},
         )
 

@@ -1,5 +1,5 @@
-"""What both engines share: credentials from the standard AWS chain, and presigned URLs signed
-by the proxy's own presign.py. Makes no S3 request.
+"""What both engines share: credentials from the standard AWS chain, and presigned URLs (GET,
+PUT, POST forms, multipart parts) signed by the proxy's own presign.py. Makes no S3 request.
 
 Both engines presign with presign.py, not botocore's generate_presigned_url: that one always
 signs "now", so it cannot back-date a URL to the start of a `stable` window, and a browser
@@ -154,6 +154,31 @@ class Signer:
             expires_at=lifetime.expires_at,
         )
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        # The length is signed so that parts add up to no more than the size the caller
+        # declared (and was allowed): S3 refuses a part of any other length.
+        return presign_url(
+            endpoint=self._public_endpoint,
+            region=self._settings.region,
+            credentials=credentials,
+            method="PUT",
+            bucket=bucket,
+            key=key,
+            signed_at=lifetime.signed_at,
+            expires_in=lifetime.expires_in,
+            params={"partNumber": str(number), "uploadId": upload_id},
+            signed_headers={"content-length": str(content_length)},
+        )
+
 
 class SignedByTheProxy:
     """The Storage methods both engines answer alike: credentials and presigned URLs from
@@ -204,4 +229,17 @@ class SignedByTheProxy:
     ) -> PostForm:
         return self._signer.presign_post(
             credentials, ref.bucket, ref.key, content_type, max_bytes, lifetime
+        )
+
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._signer.presign_part(
+            credentials, ref.bucket, ref.key, upload_id, number, content_length, lifetime
         )

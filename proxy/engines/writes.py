@@ -13,25 +13,41 @@ Rules:
 2. Each call is bounded by s3.request_timeout, and the checksums botocore would add by
    default are asked for only where S3 requires them (`when_required`): a part is sent as it
    is, without a second pass over it.
+3. An upload id belongs to one key. `has_upload` asks S3 which uploads are open on the key
+   (ListMultipartUploads) and compares the key itself: S3 answers ListParts, UploadPart and
+   CompleteMultipartUpload by upload id, and not every S3 implementation checks that the
+   key in the request is the upload's (moto and s3rver do not).
+4. NoSuchUpload is UploadNotFound (404); a part list S3 refuses at completion (InvalidPart,
+   InvalidPartOrder, EntityTooSmall, MalformedXML) is a 400 that leaves the upload as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from ..config import S3Settings
-from ..errors import KeyExists, ProxyError, UpstreamError
+from ..errors import BadRequest, KeyExists, ProxyError, UploadNotFound, UpstreamError
 from ..request import ObjectRef
 from ..ssec import CustomerKey
-from ..storage import error_for_status, translate_errors
+from ..storage import UploadedPart, error_for_status, translate_errors
 
 ClientFactory = Callable[[], Awaitable[Any]]
+
+# S3 answers at most 1,000 parts or uploads a page; an upload has at most 10,000 parts.
+PAGE = 1000
+_MAX_PART_PAGES = 10
+# Uploads open on one key that `has_upload` looks through before giving up (rule 3): a
+# client that opens more than this many on one key without completing or aborting them is
+# told to clean up rather than costing a long walk through S3's listing on every step.
+_MAX_UPLOAD_PAGES = 10
+# What S3 answers a part list it cannot join (rule 4).
+_PART_LIST_CODES = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML")
 
 
 def write_config(settings: S3Settings) -> AioConfig:
@@ -52,9 +68,10 @@ def write_config(settings: S3Settings) -> AioConfig:
 class ObjectWriter:
     """PutObject and multipart uploads over the client `client()` returns."""
 
-    def __init__(self, settings: S3Settings, client: ClientFactory) -> None:
+    def __init__(self, settings: S3Settings, client: ClientFactory, page: int = PAGE) -> None:
         self._settings = settings
         self._client = client
+        self._page = page  # smaller in tests, to walk S3's pages without 1,000 parts
 
     async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
         """Store `body` as the object in one request; its ETag."""
@@ -82,12 +99,16 @@ class ObjectWriter:
         return str(answer["ETag"])
 
     async def complete_multipart(
-        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
     ) -> str:
-        """Join the parts (ETags in part order) into the object; its ETag. S3 wants no
-        customer key here: the parts are encrypted already."""
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
-        params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
+        """Join the parts ((number, ETag) in ascending order) into the object; its ETag. S3
+        wants no customer key here: the parts are encrypted already."""
+        listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
+        params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": listed}}
         if not overwrite:
             params["IfNoneMatch"] = "*"
         answer = await self._call(
@@ -105,6 +126,48 @@ class ObjectWriter:
             {"UploadId": upload_id},
         )
 
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        """Whether `upload_id` is open on exactly `ref`'s key (rule 3). S3 lists the uploads
+        under a prefix sorted by key, so those on the key itself come first: the walk stops
+        at the first longer key."""
+        params: dict[str, Any] = {"Prefix": ref.key, "MaxUploads": self._page}
+        for _ in range(_MAX_UPLOAD_PAGES):
+            answer = await self._call(
+                "ListMultipartUploads", "list_multipart_uploads", ref, None, params, keyed=False
+            )
+            for upload in answer.get("Uploads") or ():
+                if upload.get("Key") != ref.key:
+                    return False
+                if upload.get("UploadId") == upload_id:
+                    return True
+            if not answer.get("IsTruncated"):
+                return False
+            params = {
+                **params,
+                "KeyMarker": answer.get("NextKeyMarker") or "",
+                "UploadIdMarker": answer.get("NextUploadIdMarker") or "",
+            }
+        raise UpstreamError(
+            f"ListMultipartUploads: over {_MAX_UPLOAD_PAGES * self._page} uploads open on one "
+            "key; abort them (or let a lifecycle rule do it)"
+        )
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        """Every part S3 holds of the upload, page after page, in part order."""
+        parts: list[UploadedPart] = []
+        params: dict[str, Any] = {"UploadId": upload_id, "MaxParts": self._page}
+        for _ in range(_MAX_PART_PAGES * PAGE // self._page + 1):
+            answer = await self._call("ListParts", "list_parts", ref, None, params)
+            parts += [
+                UploadedPart(int(part["PartNumber"]), int(part["Size"]), str(part["ETag"]))
+                for part in answer.get("Parts") or ()
+            ]
+            marker = answer.get("NextPartNumberMarker")
+            if not answer.get("IsTruncated") or not marker:
+                return parts
+            params = {**params, "PartNumberMarker": int(marker)}
+        raise UpstreamError("ListParts: S3 listed more than 10,000 parts")
+
     async def _call(
         self,
         operation: str,
@@ -112,15 +175,18 @@ class ObjectWriter:
         ref: ObjectRef,
         sse: CustomerKey | None,
         params: dict[str, Any],
+        keyed: bool = True,  # False: a call on the bucket (ListMultipartUploads)
     ) -> dict[str, Any]:
         if sse is not None:
             params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=sse.key)
+        if keyed:
+            params = {"Key": ref.key, **params}
         with translate_errors(operation):
             client = await self._client()
             call: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, method)
             try:
                 async with asyncio.timeout(self._settings.request_timeout):
-                    return await call(Bucket=ref.bucket, Key=ref.key, **params)
+                    return await call(Bucket=ref.bucket, **params)
             except ClientError as exc:
                 raise _write_error(exc, operation) from None
 
@@ -130,8 +196,13 @@ def _write_error(exc: ClientError, operation: str) -> ProxyError:
     code = str(exc.response.get("Error", {}).get("Code") or "")
     if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
         return KeyExists(f"{operation}: the key exists (overwrite is false)")
-    if status == 404 and code == "NoSuchUpload":
-        return UpstreamError(f"{operation}: S3 lost the multipart upload")
+    if code == "NoSuchUpload":
+        return UploadNotFound(f"{operation}: S3 holds no such upload")
+    if status == 400 and code in _PART_LIST_CODES:
+        return BadRequest(
+            f"{operation}: S3 refused the part list ({code})",
+            detail="the part list does not match the uploaded parts; the upload is kept",
+        )
     return error_for_status(status, code, operation)
 
 

@@ -4,13 +4,13 @@ of its own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
 from ..presign import Credentials, Lifetime, PostForm
 from ..request import ObjectRef
-from ..storage import ObjectMeta, ObjectStream, Storage, Writes
+from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
@@ -90,6 +90,19 @@ class MeasuredStorage:
     ) -> PostForm:
         return self._inner.presign_post(credentials, ref, content_type, max_bytes, lifetime)
 
+    def presign_part(
+        self,
+        credentials: Credentials,
+        ref: ObjectRef,
+        upload_id: str,
+        number: int,
+        content_length: int,
+        lifetime: Lifetime,
+    ) -> str:
+        return self._inner.presign_part(
+            credentials, ref, upload_id, number, content_length, lifetime
+        )
+
 
 class MeasuredWrites:
     """Times and counts each write call, as MeasuredStorage does the reads."""
@@ -122,15 +135,25 @@ class MeasuredWrites:
         )
 
     async def complete_multipart(
-        self, ref: ObjectRef, upload_id: str, etags: list[str], overwrite: bool
+        self,
+        ref: ObjectRef,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        overwrite: bool,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(ref, upload_id, etags, overwrite),
+            self._inner.complete_multipart(ref, upload_id, parts, overwrite),
         )
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         await self._measure("AbortMultipartUpload", self._inner.abort_multipart(ref, upload_id))
+
+    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+        return await self._measure("ListMultipartUploads", self._inner.has_upload(ref, upload_id))
+
+    async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
+        return await self._measure("ListParts", self._inner.list_parts(ref, upload_id))
 
 
 def _outcome(exc: Exception) -> str:

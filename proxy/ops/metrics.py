@@ -35,6 +35,7 @@ _DELIVERIES = {
     "redirect": "redirect",
     "auto:stream": "stream",
     "auto:redirect": "redirect",
+    "cloudfront": "cloudfront",
     "sign": "sign",
 }
 CACHES = ("object", "metadata", "link", "token")
@@ -57,7 +58,13 @@ S3_OPERATIONS = (
     "UploadPart",
     "CompleteMultipartUpload",
     "AbortMultipartUpload",
+    "ListMultipartUploads",
+    "ListParts",
 )
+# The sign API's presigned multipart entries, and how each ended: answered, refused (4xx:
+# the entry's own status) or failed (5xx: S3 or the proxy).
+MULTIPART_STEPS = ("multipart", "resume", "complete", "abort")
+STEP_OUTCOMES = ("ok", "refused", "failed")
 # Seconds: from a cached answer on loopback to a large object over a slow link.
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SAMPLE_EVERY = 1.0  # seconds, in a worker of several
@@ -188,6 +195,23 @@ class Telemetry:
             registry=registry,
         )
         self._streams_stopped = {reason: stopped.labels(reason) for reason in STOP_REASONS}
+        steps = Counter(
+            "proxy_multipart_steps",
+            "Presigned multipart entries of the sign API, by step and outcome (ok, refused: "
+            "4xx, failed: 5xx).",
+            ["step", "outcome"],
+            registry=registry,
+        )
+        self._steps = {
+            (step, outcome): steps.labels(step, outcome)
+            for step in MULTIPART_STEPS
+            for outcome in STEP_OUTCOMES
+        }
+        self._part_urls = Counter(
+            "proxy_multipart_part_urls",
+            "Presigned UploadPart URLs handed out by the sign API (multipart and resume).",
+            registry=registry,
+        )
         reloads = Counter(
             "proxy_config_reloads",
             "Config reloads, by outcome (ok: the new config serves; failed: the old one does).",
@@ -250,6 +274,13 @@ class Telemetry:
 
     def token_checked(self, kind: str, outcome: str) -> None:
         self._tokens[(kind, outcome)].inc()
+
+    def multipart_step(self, step: str, status: int, part_urls: int = 0) -> None:
+        """One multipart entry of the sign API answered with `status`, with its part URLs."""
+        outcome = "ok" if status < 400 else "refused" if status < 500 else "failed"
+        self._steps[(step, outcome)].inc()
+        if part_urls:
+            self._part_urls.inc(part_urls)
 
     def rate_limited(self, route: str | None, limit: str) -> None:
         self._rate_limited.labels(route or UNMATCHED, limit).inc()

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Config, Route
-from ..delivery import LinkCache, Method, Redirect, Stream
+from ..delivery import CloudFront, LinkCache, Method, Redirect, Stream
 from ..errors import NotFound
 from ..metacache import MISSING, MetadataCache
 from ..objectcache import ObjectCache
@@ -79,6 +79,10 @@ class Downloads:
             ),
             "redirect": Redirect(storage, clock, self.links, settings.s3.redirect_cache_control),
         }
+        if config.cloudfront is not None and settings.cloudfront is not None:
+            self._methods["cloudfront"] = CloudFront(
+                config.cloudfront, clock, self.links, settings.cloudfront.cookie_domain
+            )
         telemetry.watch_cache("object", self.objects)
         telemetry.watch_cache("metadata", self.metadata)
         telemetry.watch_cache("link", self.links)

@@ -1,14 +1,16 @@
-"""The sign API (`POST sign_api.path`): one request for a whole page of links and upload forms
-(the N+1 problem). Each path is routed, authorized and rate-limited exactly as its own GET
-(or, for an upload form, its POST) would be, and answered on its own: a URL, or the refusal
-with the status that request would have had.
+"""The sign API (`POST sign_api.path`): one request for a whole page of links, upload forms
+and multipart upload steps (the N+1 problem). Each path is routed, authorized and
+rate-limited exactly as its own GET (or, for an upload, an upload of that path) would be, and
+answered on its own: a URL, a form, a step of a multipart upload (uploads/multipart.py), or
+the refusal with the status that request would have had.
 
 Rule: a batch costs S3 no more than its distinct objects. A request holds at most
-`sign_api.max_paths` entries, of which at most `max_uploads` upload forms (413 past either);
-every entry spends its route's rate limits (all of them in one call); each object is asked
-about once however many entries name it (a metadata HEAD for `auto` routes, an absence check
-for `overwrite: false` uploads), at most _SIGN_LOOKUPS at once, each holding one of the
-caller's slots (limits.max_streams_per_*).
+`sign_api.max_paths` entries, of which at most `max_uploads` write (upload forms and
+multipart steps; 413 past either); every entry spends its route's rate limits (paths and
+upload forms all in one call); each object is asked about once however many entries name it
+(a metadata HEAD for `auto` routes, an absence check for `overwrite: false` upload forms), at
+most _SIGN_LOOKUPS at once; and every S3 request made for an entry holds one of the caller's
+slots (limits.max_streams_per_*).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Config, Route
+from ..delivery import Link
 from ..errors import (
     BadRequest,
+    Conflict,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -31,11 +35,22 @@ from ..errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from ..ops.metrics import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..routing import Router
 from ..state import Bucket, State
 from ..storage import Storage
-from ..uploads import UploadTarget, check_absent, check_size, post_form, upload_target
+from ..uploads import (
+    MULTIPART_KINDS,
+    PartSigning,
+    UploadTarget,
+    answer_entry,
+    check_absent,
+    check_size,
+    multipart_place,
+    post_form,
+    upload_target,
+)
 from .access import Access, Claims, answer_cors, authorize, buckets
 from .downloads import Downloads
 from .uploads import absence_check_slot
@@ -58,8 +73,10 @@ class Signing:
         state: State,
         access: Access,
         downloads: Downloads,
+        telemetry: Telemetry,
     ) -> None:
         self._settings = config.settings.sign_api
+        self._telemetry = telemetry
         self._routes = config.routes
         self._router = router
         self._storage = storage
@@ -95,7 +112,18 @@ class Signing:
             raise BadRequest("sign API body is not JSON", detail="body is not JSON") from None
         paths = body.get("paths") if isinstance(body, dict) else None
         uploads = body.get("uploads") if isinstance(body, dict) else None
-        if paths is None and isinstance(uploads, list):
+        steps: dict[str, list[object]] = {}
+        for kind in MULTIPART_KINDS:
+            entries = body.get(kind) if isinstance(body, dict) else None
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                raise BadRequest(
+                    f"sign API {kind} not a list",
+                    detail=f'expected {{"{kind}": [{{"path": ..., ...}}]}}',
+                )
+            steps[kind] = entries
+        if paths is None and (isinstance(uploads, list) or steps):
             paths = []
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
             raise BadRequest(
@@ -106,20 +134,22 @@ class Signing:
                 "sign API uploads not a list",
                 detail='expected {"uploads": [{"path": ..., "content_type": ..., "size": ...}]}',
             )
-        if len(paths) + len(uploads or ()) > self._settings.max_paths:
+        count = len(paths) + len(uploads or ()) + sum(len(e) for e in steps.values())
+        if count > self._settings.max_paths:
             raise PayloadTooLarge(
-                f"sign API batch of {len(paths) + len(uploads or ())} paths",
+                f"sign API batch of {count} paths",
                 detail=f"at most {self._settings.max_paths} paths per request",
             )
-        if uploads is not None and len(uploads) > self._settings.max_uploads:
+        writes = len(uploads or ()) + sum(len(e) for e in steps.values())
+        if writes > self._settings.max_uploads:
             raise PayloadTooLarge(
-                f"sign API batch of {len(uploads)} uploads",
+                f"sign API batch of {writes} uploads",
                 detail=f"at most {self._settings.max_uploads} uploads per request",
             )
         claims = await self._access.optional_claims(request, context)
         # Admitted in order, before any S3 call: each path spends its route's rate-limit
         # tokens exactly as a GET would (an upload form as its POST), so the first entries
-        # within the limit pass. All the buckets are spent in one call (one Redis round trip
+        # within the limit pass. All their buckets are spent in one call (one Redis round trip
         # for the whole batch).
         checked = [self._admit(context, path, claims) for path in paths]
         forms = [self._admit_upload(context, entry, claims) for entry in uploads or ()]
@@ -131,7 +161,7 @@ class Signing:
             refusal or found for (found, _), refusal in zip(checked, path_refusals, strict=True)
         ]
         lookups = _Lookups(context, self._state, self._storage, self._downloads)
-        results = await self._sign_admitted(context, paths, admitted, lookups)
+        results, cookies = await self._sign_admitted(context, paths, admitted, lookups)
         answer: dict[str, Any] = {"results": results}
         context.reason = f"{len(paths)} paths"
         if uploads is not None:
@@ -142,9 +172,20 @@ class Signing:
                 )
             )
             context.reason += f", {len(uploads)} uploads"
-        return web.json_response(
+        budget = [self._settings.max_paths]  # part URLs this answer may still carry
+        for kind, entries in steps.items():
+            answers = [
+                await self._sign_multipart(context, kind, entry, claims, budget)
+                for entry in entries
+            ]
+            answer[kind] = answers
+            context.reason += _step_summary(kind, answers)
+        response = web.json_response(
             answer, headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         )
+        for value in cookies:
+            response.headers.add("Set-Cookie", value)
+        return response
 
     def _admit_upload(self, context: RequestContext, entry: object, claims: Claims | None) -> _Form:
         """One `uploads` entry, admitted as a POST to its path would be, on a route that
@@ -190,15 +231,60 @@ class Signing:
             return _refusal(form.path, exc)
         return {"path": form.path, **signed}
 
+    async def _sign_multipart(
+        self,
+        context: RequestContext,
+        kind: str,
+        entry: object,
+        claims: Claims | None,
+        budget: list[int],
+    ) -> dict[str, Any]:
+        """One multipart entry of `kind`, authorized as an upload of its path on a route with
+        `upload.multipart` (any upload method: the parts go to S3, not to the route), and
+        spending its route's rate-limit tokens; or its refusal."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            self._telemetry.multipart_step(kind, 400)
+            return _refusal("", BadRequest(detail='each entry is {"path": "/path", ...}'))
+        path = entry["path"]
+        admitted, group = self._admit(context, path, claims, None)
+        over_limit = (await self._state.take([group]))[0]
+        # A 429 from the route's buckets comes before an authorization refusal, as on a GET.
+        found = over_limit if over_limit is not None else admitted
+        if isinstance(found, ProxyError):
+            self._telemetry.multipart_step(kind, found.status)
+            return _refusal(path, found)
+        route, ref = found
+        try:
+            place = multipart_place(route, ref)
+            lifetime = PartSigning(route.settings.ttl, self._clock(), context.expires_at)
+            # Its S3 requests (a HEAD, Create/List/Complete/Abort) are made for the caller.
+            async with self._state.s3_slot(context.client or "unknown", context.subject_key):
+                answered = await answer_entry(
+                    kind, self._storage, place, entry, lifetime, max(budget[0], 0)
+                )
+        except ProxyError as exc:
+            self._telemetry.multipart_step(kind, exc.status)
+            return _refusal(path, exc)
+        budget[0] -= answered.part_urls
+        status = int(answered.answer.get("status", 200))
+        self._telemetry.multipart_step(kind, status, answered.part_urls)
+        # Audit (issue 27): `url.signed` for each entry that hands out part URLs and
+        # `object.uploaded` for a completed one belong here, once proxy/audit is on main.
+        if answered.stored is not None:
+            # What this process cached about the key is stale now (other workers' expires).
+            self._downloads.forget(ref)
+        return {"path": path, **answered.answer}
+
     def _admit(
         self,
         context: RequestContext,
         path: str,
         claims: Claims | None,
-        method: str = "GET",
+        method: str | None = "GET",
     ) -> tuple[Admitted, list[Bucket]]:
         """Route and authorize one path of a batch as its GET (or, for an upload form, its
-        POST) would be: the route and object, or the refusal; and the rate-limit buckets that
+        POST; None: any method, for multipart entries) would be: the route and object, or the
+        refusal; and the rate-limit buckets that
         request would spend (a 429 from those takes precedence over an authorization refusal,
         as on a GET)."""
         try:
@@ -206,7 +292,7 @@ class Signing:
             if found is None:
                 raise NotFound("no route matches")
             route = self._routes[found.index]
-            if method not in route.settings.methods:
+            if method is not None and method not in route.settings.methods:
                 raise MethodNotAllowed(f"route does not allow {method}")
         except ProxyError as exc:
             return exc, []
@@ -223,10 +309,15 @@ class Signing:
         paths: list[str],
         admitted: list[Admitted],
         lookups: _Lookups,
-    ) -> list[dict[str, Any]]:
-        """Answers in the order of `paths`. Paths on `auto` routes may need a HEAD: those run
-        concurrently (through `lookups`); the others need no S3 call and are signed inline (a
-        task each would add half again to a large batch's CPU cost)."""
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """Answers in the order of `paths`, and the Set-Cookie values of the answer. Paths on
+        `auto` routes may need a HEAD: those run concurrently (through `lookups`); the others
+        need no S3 call and are signed inline (a task each would add half again to a large
+        batch's CPU cost).
+
+        A browser holds one set of CloudFront cookies (fixed names, Path=/), so an answer sets
+        the cookies of one scope: the first cookie path's, in order; a path of another scope
+        is refused (409) rather than given a URL its cookies would not open."""
         looked_up = [
             index
             for index, found in enumerate(admitted)
@@ -239,7 +330,18 @@ class Signing:
         for index, found in enumerate(admitted):
             if index not in results:
                 results[index] = await self._sign_one(context, paths[index], found, lookups)
-        return [results[index] for index in range(len(paths))]
+        ordered: list[dict[str, Any]] = []
+        scope: str | None = None
+        cookies: tuple[str, ...] = ()
+        for index in range(len(paths)):
+            entry, link = results[index]
+            if link is not None and link.cookie_scope is not None:
+                if scope is None:
+                    scope, cookies = link.cookie_scope, link.set_cookies
+                elif link.cookie_scope != scope:
+                    entry = _refusal(paths[index], _another_scope(scope))
+            ordered.append(entry)
+        return ordered, cookies
 
     async def _sign_one(
         self,
@@ -247,16 +349,19 @@ class Signing:
         path: str,
         admitted: Admitted,
         lookups: _Lookups,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Link | None]:
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted)
+            return _refusal(path, admitted), None
         route, ref = admitted
         try:
             delivery = await lookups.delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
-            return _refusal(path, exc)
-        return {"path": path, "url": link.url, "expires_at": link.expires_at}
+            return _refusal(path, exc), None
+        entry = {"path": path, "url": link.url, "expires_at": link.expires_at}
+        if link.cookie_scope is not None:
+            entry["cookie_scope"] = link.cookie_scope
+        return entry, link
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +419,27 @@ class _Lookups:
             await check_absent(self._storage, target)
 
 
+def _another_scope(scope: str) -> Conflict:
+    return Conflict(
+        "sign API: a second cookie scope in one answer",
+        detail=f"another cookie scope ({scope}) is already set by this answer; sign this path "
+        "in a request of its own",
+    )
+
+
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:
     """One path's refusal in a sign API answer: its own status, as its GET would have had."""
     refused: dict[str, Any] = {"path": path, "status": exc.status, "error": exc.detail}
     if "Retry-After" in exc.headers:
         refused["retry_after"] = int(exc.headers["Retry-After"])
     return refused
+
+
+def _step_summary(kind: str, answers: list[dict[str, Any]]) -> str:
+    """What the access line says of a batch's multipart entries of one kind: how many, the
+    part URLs handed out and the refusals (never an upload id or a URL)."""
+    urls = sum(len(answer.get("parts", ())) for answer in answers if "upload_id" in answer)
+    refused = sum(1 for answer in answers if int(answer.get("status", 200)) >= 400)
+    notes = [f"{urls} part URLs"] if urls else []
+    notes += [f"{refused} refused"] if refused else []
+    return f", {len(answers)} {kind}" + (f" ({', '.join(notes)})" if notes else "")

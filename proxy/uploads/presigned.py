@@ -43,7 +43,7 @@ async def redirect_put(
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
     await check_absent(storage, target)
-    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
     return web.Response(
         status=307,
@@ -63,18 +63,23 @@ async def post_form(
     absence check (`check_absent`) first: once per object in a batch, however many entries
     name it."""
     check_size(target.settings, size)
-    credentials, lifetime = await _lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
     )
-    expires = datetime.fromtimestamp(lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"url": form.url, "fields": form.fields, "expires_at": expires}
+    return {"url": form.url, "fields": form.fields, "expires_at": iso_time(lifetime.expires_at)}
 
 
-async def _lifetime(
+def iso_time(epoch: int) -> str:
+    """An expiry as the sign API writes it: UTC, to the second."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def signing_lifetime(
     storage: Storage, ttl: int, now: float, token_expires_at: float | None
 ) -> tuple[Credentials, Lifetime]:
-    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2)."""
+    """The credentials to sign with, and a lifetime none of the limits outlives (rule 2):
+    401 when the token expires first, 502 when the credentials do."""
     credentials = await storage.credentials()
     try:
         return credentials, plan_lifetime(now, ttl, None, token_expires_at, credentials.expires_at)

@@ -26,7 +26,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from ..edge import EdgeRequest
-from ..errors import KeyExists, NotFound, PayloadTooLarge, ProxyError, RequestTimeout
+from ..errors import (
+    KeyExists,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UploadNotFound,
+    UpstreamError,
+)
 from ..storage import Storage, Writes
 from .rules import UploadTarget, check_size
 
@@ -85,7 +93,13 @@ async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: b
         while part:
             etags.append(await writes.upload_part(target.ref, upload_id, len(etags) + 1, part))
             part = b"" if len(part) < settings.part_size else await body.read(settings.part_size)
-        etag = await writes.complete_multipart(target.ref, upload_id, etags, settings.overwrite)
+        etag = await writes.complete_multipart(
+            target.ref, upload_id, list(enumerate(etags, start=1)), settings.overwrite
+        )
+    except UploadNotFound:
+        # The proxy began this upload a moment ago: S3 losing it is S3's failure, not a 404.
+        await asyncio.shield(_abort(writes, target, upload_id))
+        raise UpstreamError("S3 lost the multipart upload") from None
     except BaseException:
         # Rule 3. Shielded: a cancelled request still aborts.
         await asyncio.shield(_abort(writes, target, upload_id))

@@ -1,14 +1,17 @@
 "use strict";
 // The demo page: show who is signed in, load each gallery, and say what that view cost.
 //
-// What a view cost is counted where the traffic happens, at the proxy (its metrics) and at the
-// demo's S3, read before a gallery's images are requested and after every one has loaded or
-// failed. The galleries load one after the other, so each reading belongs to one method. The
+// What a view cost is counted where the traffic happens, at the proxy (its metrics), at the
+// stand-in CloudFront edge and at the demo's S3, read before a gallery's images are requested
+// and after every one has loaded or failed. The galleries load one after the other, so each reading belongs to one method. The
 // browser cannot tell by itself: Resource Timing reports 0 bytes for S3's cross-origin answers
 // (no Timing-Allow-Origin), which would read as "from the cache" on a first view.
 
-const KINDS = ["stream", "redirect"];
-const COLOURS = { stream: "#3867d6", redirect: "#e17a16" };
+const KINDS = ["stream", "redirect", "cloudfront"];
+const COLOURS = { stream: "#3867d6", redirect: "#e17a16", cloudfront: "#2a9d5c" };
+// What the proxy counts each column's requests under: the cloudfront column signs its whole
+// gallery with one POST /_sign (delivery "sign"); a refused image asks its route.
+const DELIVERIES = { stream: ["stream"], redirect: ["redirect"], cloudfront: ["sign", "cloudfront"] };
 const LAST_VIEW = "demo-last-view"; // sessionStorage: the previous view's numbers, for the charts
 
 const role = (document.cookie.match(/(?:^|; )demo_role=([^;]*)/) || [])[1] || "anonymous";
@@ -32,8 +35,30 @@ async function readStats(settled) {
   return response.json();
 }
 
-function loadGallery(grid, count) {
-  // Resolves once every image has loaded or failed: [{ img, caption, ok }].
+async function signGallery(grid, count) {
+  // The cloudfront column's one proxy request: POST /_sign for every photo. Its answer names
+  // each photo's URL at the edge and sets the signed cookies that open them all. A path the
+  // proxy refused (or a refused batch) is shown from its proxy path, so it fails with the
+  // proxy's own answer, as in the other columns.
+  const paths = Array.from({ length: count }, (_, i) => grid.dataset.prefix + (i + 1));
+  try {
+    const answer = await fetch("/_sign", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ paths }),
+      cache: "no-store",
+    });
+    if (answer.ok) {
+      const { results } = await answer.json();
+      return results.map((r) => (r.status ? null : r.url));
+    }
+  } catch { /* shown as failed images below */ }
+  return paths.map(() => null);
+}
+
+function loadGallery(grid, count, sources) {
+  // Resolves once every image has loaded or failed: [{ img, caption, ok }]. `sources`: the
+  // URL of each image when they are not the column's own proxy paths.
   grid.textContent = "";
   const outcomes = [];
   for (let n = 1; n <= count; n++) {
@@ -46,7 +71,8 @@ function loadGallery(grid, count) {
       img.addEventListener("load", () => resolve({ img, caption, ok: true }), { once: true });
       img.addEventListener("error", () => resolve({ img, caption, ok: false }), { once: true });
     }));
-    img.src = grid.dataset.prefix + n;
+    img.dataset.check = grid.dataset.prefix + n;  // where a failure is asked about
+    img.src = (sources && sources[n - 1]) || img.dataset.check;
     figure.append(img, caption);
     grid.appendChild(figure);
   }
@@ -55,11 +81,13 @@ function loadGallery(grid, count) {
 
 function difference(kind, before, after, outcomes) {
   // What the proxy and S3 counted between two readings, as this one gallery's numbers.
-  const was = before.proxy.by_delivery[kind] || {};
-  const is = after.proxy.by_delivery[kind] || {};
-  const delta = (name) => (is[name] || 0) - (was[name] || 0);
+  const count = (stats, name) => DELIVERIES[kind]
+    .reduce((sum, delivery) => sum + ((stats.proxy.by_delivery[delivery] || {})[name] || 0), 0);
+  const delta = (name) => count(after, name) - count(before, name);
   const s3 = (name) => after.s3[name] - before.s3[name];
+  const edge = (name) => (after.edge[name] || 0) - (before.edge[name] || 0);
   const loaded = outcomes.filter((o) => o.ok).length;
+  const byEdge = kind === "cloudfront";
   const view = {
     loaded,
     failed: outcomes.length - loaded,
@@ -67,19 +95,26 @@ function difference(kind, before, after, outcomes) {
     proxyNotModified: delta("not_modified"),
     proxyBytes: delta("bytes_sent"),
     ttfb: delta("requests") ? delta("ttfb_ms_sum") / delta("requests") : null,
-    proxyS3Requests: s3("proxy_requests"),
-    proxyS3Bytes: s3("proxy_bytes"),
+    // Who asked S3 on this column's behalf: the proxy, or (cloudfront) the edge filling its cache.
+    proxyS3Requests: s3(byEdge ? "edge_requests" : "proxy_requests"),
+    proxyS3Bytes: s3(byEdge ? "edge_bytes" : "proxy_bytes"),
     browserS3Requests: s3("presigned_requests"),
     browserS3NotModified: s3("presigned_not_modified"),
     browserS3Bytes: s3("presigned_bytes"),
+    browserEdgeRequests: byEdge ? edge("requests") : 0,
+    edgeNotModified: byEdge ? edge("not_modified") : 0,
+    edgeRefused: byEdge ? edge("refused") : 0,
     settled: before.settled && after.settled,
   };
-  // Image bodies that crossed the network: a 200 from the proxy (stream) or from S3 (redirect).
-  const sent = kind === "stream"
-    ? view.proxyRequests - view.proxyNotModified - view.failed
-    : view.browserS3Requests - view.browserS3NotModified;
+  // Image bodies that crossed the network: a 200 from the proxy (stream), from S3 (redirect)
+  // or from the edge (cloudfront).
+  const sent = {
+    stream: view.proxyRequests - view.proxyNotModified - view.failed,
+    redirect: view.browserS3Requests - view.browserS3NotModified,
+    cloudfront: view.browserEdgeRequests - view.edgeNotModified - view.edgeRefused,
+  }[kind];
   view.fromCache = Math.max(loaded - sent, 0);
-  view.browserRequests = view.proxyRequests + view.browserS3Requests;
+  view.browserRequests = view.proxyRequests + view.browserS3Requests + view.browserEdgeRequests;
   return view;
 }
 
@@ -88,18 +123,22 @@ function showView(view) {
     const v = view[kind];
     set(`view-${kind}-images`, v.loaded + " / " + v.failed);
     set(`view-${kind}-proxy-requests`, v.proxyRequests);
+    set(`view-${kind}-browser-edge`, v.browserEdgeRequests);
     set(`view-${kind}-browser-s3`, v.browserS3Requests);
     set(`view-${kind}-from-cache`, v.fromCache);
-    set(`view-${kind}-304`, kind === "stream"
-      ? v.proxyNotModified + " from the proxy"
-      : v.browserS3NotModified + " from S3");
+    set(`view-${kind}-304`, {
+      stream: v.proxyNotModified + " from the proxy",
+      redirect: v.browserS3NotModified + " from S3",
+      cloudfront: v.edgeNotModified + " from the edge",
+    }[kind]);
     set(`view-${kind}-proxy-bytes`, human(v.proxyBytes));
     set(`view-${kind}-proxy-s3`, v.proxyS3Requests);
     set(`view-${kind}-s3-bytes`, human(v.proxyS3Bytes + v.browserS3Bytes)
-      + (kind === "stream" ? " (to the proxy)" : " (to this browser)"));
-    set(`view-${kind}-ttfb`, ms(v.ttfb) + (kind === "redirect" && v.ttfb !== null ? " (the 302)" : ""));
+      + { stream: " (to the proxy)", redirect: " (to this browser)", cloudfront: " (to the edge)" }[kind]);
+    const what = { stream: "", redirect: " (the 302)", cloudfront: " (the sign call)" }[kind];
+    set(`view-${kind}-ttfb`, ms(v.ttfb) + (v.ttfb !== null ? what : ""));
   }
-  const complete = view.stream.settled && view.redirect.settled;
+  const complete = KINDS.every((kind) => view[kind].settled);
   let state = complete
     ? "Counted: the numbers below are this view's alone."
     : "Some answers were still in progress when counted: the numbers may be short.";
@@ -117,11 +156,11 @@ function showCharts(view, previous) {
   const label = (v, i) => (i === views.length - 1 ? "this view" : "previous view") + " (" + v.role + ")";
   const groups = (pick) => views.map((v, i) => ({
     label: label(v, i),
-    values: { stream: pick(v.stream), redirect: pick(v.redirect) },
+    values: Object.fromEntries(KINDS.map((kind) => [kind, v[kind] ? pick(v[kind]) : null])),
   }));
   barChart(document.getElementById("chart-bytes"), "bytes through the proxy",
     groups((v) => v.proxyBytes), human);
-  barChart(document.getElementById("chart-requests"), "requests this browser sent (proxy + S3)",
+  barChart(document.getElementById("chart-requests"), "requests sent (proxy + S3 + edge)",
     groups((v) => v.browserRequests), String);
   barChart(document.getElementById("chart-ttfb"), "mean time to first byte at the proxy",
     groups((v) => v.ttfb), (x) => (x === null ? "no request" : x.toFixed(2) + " ms"));
@@ -138,14 +177,14 @@ function svg(name, attributes, text) {
 
 function barChart(figure, title, groups, format) {
   // A bar per method in each group (a view), labelled with its value or why it has none.
-  const width = 300, height = 200, top = 48, bottom = 24, barWidth = 46, gap = 14;
+  const width = 300, height = 200, top = 48, bottom = 24, barWidth = 30, gap = 6;
   const plot = height - top - bottom;
   const values = groups.flatMap((g) => KINDS.map((k) => g.values[k] || 0));
   const max = Math.max(...values, 1e-9);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
   chart.append(svg("text", { x: 6, y: 15, class: "chart-title" }, title));
   KINDS.forEach((kind, k) => {  // the legend
-    const x = 6 + k * 74;
+    const x = 6 + k * 84;
     chart.append(svg("rect", { x, y: 22, width: 10, height: 10, fill: COLOURS[kind] }));
     chart.append(svg("text", { x: x + 14, y: 31, class: "legend" }, kind));
   });
@@ -156,7 +195,7 @@ function barChart(figure, title, groups, format) {
     KINDS.forEach((kind, k) => {
       const value = group.values[kind];
       const size = value ? Math.max((value / max) * plot, 1) : 0;
-      const x = middle + (k === 0 ? -(barWidth + gap / 2) : gap / 2);
+      const x = middle - (KINDS.length * (barWidth + gap) - gap) / 2 + k * (barWidth + gap);
       const bar = svg("rect", {
         x, y: top + plot - size, width: barWidth, height: size, fill: COLOURS[kind],
         class: "bar", "data-kind": kind, "data-value": value === null ? "" : String(value),
@@ -179,9 +218,11 @@ async function explainFailures(outcomes) {
   // its answer under the image; a redirect is not followed, so S3 is not asked again.
   for (const { img, caption, ok } of outcomes) {
     if (ok) continue;
-    const answer = await fetch(img.src, { redirect: "manual", cache: "no-store" });
+    const answer = await fetch(img.dataset.check, { redirect: "manual", cache: "no-store" });
     if (answer.type === "opaqueredirect") {
-      caption.textContent = "302 to S3, which did not deliver the image";
+      caption.textContent = img.dataset.check.startsWith("/cdn/")
+        ? "302 to the edge, which did not deliver the image"
+        : "302 to S3, which did not deliver the image";
       continue;
     }
     let error = "";
@@ -203,16 +244,19 @@ async function refreshTotals() {
   const stats = await readStats(false);
   const by = stats.proxy.by_delivery;
   for (const kind of KINDS) {
-    const s = by[kind] || {};
-    set(`total-${kind}-requests`, s.requests ?? 0);
-    set(`total-${kind}-bytes`, human(s.bytes_sent ?? 0));
-    set(`total-${kind}-304`, s.not_modified ?? 0);
-    set(`total-${kind}-ttfb`, s.mean_ttfb_ms == null ? "–" : s.mean_ttfb_ms.toFixed(2) + " ms");
+    const sum = (name) => DELIVERIES[kind].reduce((total, d) => total + ((by[d] || {})[name] || 0), 0);
+    const requests = sum("requests");
+    set(`total-${kind}-requests`, requests);
+    set(`total-${kind}-bytes`, human(sum("bytes_sent")));
+    set(`total-${kind}-304`, sum("not_modified"));
+    set(`total-${kind}-ttfb`, requests ? (sum("ttfb_ms_sum") / requests).toFixed(2) + " ms" : "–");
   }
   set("total-s3-proxy", stats.s3.proxy_requests + " (by the proxy)");
   set("total-s3-presigned", stats.s3.presigned_requests + " (by browsers)");
+  set("total-s3-edge", stats.s3.edge_requests + " (by the edge)");
   set("total-s3-proxy-bytes", human(stats.s3.proxy_bytes));
   set("total-s3-presigned-bytes", human(stats.s3.presigned_bytes));
+  set("total-s3-edge-bytes", human(stats.s3.edge_bytes));
 }
 
 async function viewGalleries(photos) {
@@ -220,7 +264,9 @@ async function viewGalleries(photos) {
   const everyImage = [];
   let reading = await readStats(true);
   for (const kind of KINDS) {
-    const outcomes = await loadGallery(document.querySelector(`#col-${kind} .grid`), photos);
+    const grid = document.querySelector(`#col-${kind} .grid`);
+    const sources = kind === "cloudfront" ? await signGallery(grid, photos) : null;
+    const outcomes = await loadGallery(grid, photos, sources);
     const after = await readStats(true);
     view[kind] = difference(kind, reading, after, outcomes);
     everyImage.push(...outcomes);
@@ -289,7 +335,7 @@ async function main() {
       : answer.status + ": " + (await answer.json()).error);
     if (answer.ok) location.href = "/admin/reports/q4-report.csv";
   });
-  for (const method of KINDS) {
+  for (const method of ["stream", "redirect"]) {
     document.getElementById("upload-" + method).addEventListener("click", () => uploadPicture(method));
   }
   await viewGalleries(info.photos);
