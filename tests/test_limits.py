@@ -231,7 +231,11 @@ DROP = {
     "delivery": "redirect",
     "access": "authenticated",
     "methods": ["PUT", "POST"],
-    "upload": {"max_bytes": 1000, "content_types": ["text/plain"]},  # overwrite: false
+    "upload": {  # overwrite: false
+        "max_bytes": 64 * 1024 * 1024,
+        "content_types": ["text/plain"],
+        "multipart": True,
+    },
 }
 ALICE = bearer(make_token("alice"))
 Flood = list["asyncio.Future[aiohttp.ClientResponse]"]
@@ -247,6 +251,23 @@ def _flood(session: aiohttp.ClientSession, url: Any, kind: str) -> Flood:
     elif kind == "sign lookups":  # one batch of paths on an `auto` route
         paths = [f"/auto/q{n}.pdf" for n in range(12)]
         calls = [session.post(url("/_sign"), json={"paths": paths}, headers=ALICE)]
+    elif kind == "sign multipart":  # multipart uploads begun, an absence check each
+        calls = [
+            session.post(
+                url("/_sign"),
+                json={
+                    "multipart": [
+                        {
+                            "path": f"/drop/{n}.txt",
+                            "size": 6 * 1024 * 1024,
+                            "content_type": "text/plain",
+                        }
+                    ]
+                },
+                headers=ALICE,
+            )
+            for n in range(12)
+        ]
     else:  # "sign uploads": upload forms, an absence check each, in concurrent batches
         form = {"path": "/drop/x.txt", "content_type": "text/plain"}
         calls = [
@@ -258,7 +279,9 @@ def _flood(session: aiohttp.ClientSession, url: Any, kind: str) -> Flood:
     return [asyncio.ensure_future(call) for call in calls]
 
 
-@pytest.mark.parametrize("kind", ["auto", "redirect upload", "sign lookups", "sign uploads"])
+@pytest.mark.parametrize(
+    "kind", ["auto", "redirect upload", "sign lookups", "sign uploads", "sign multipart"]
+)
 @pytest.mark.parametrize("budget", sorted(BUDGETS))
 async def test_one_caller_with_slow_heads_cannot_take_the_pool_from_another(
     proxy, slow_heads: FaultyS3, budget: str, kind: str
@@ -290,9 +313,9 @@ async def test_one_caller_with_slow_heads_cannot_take_the_pool_from_another(
         assert slow_heads.held == 3  # the caller's budget, never more
         for answered in [f.result() for f in flood if f.done()]:
             # Past its budget the caller is told so; a batch says it per entry.
-            if kind == "sign uploads":
+            if kind in ("sign uploads", "sign multipart"):
                 assert answered.status == 200
-                (entry,) = (await answered.json())["uploads"]
+                (entry,) = (await answered.json())[kind.split()[1]]
                 assert (entry["status"], entry["retry_after"]) == (429, 1)
             else:
                 assert answered.status == 429
