@@ -472,7 +472,7 @@ async def upload(
     async with session.put(
         url, data=body, headers=sent, expect100=True, allow_redirects=False
     ) as response:
-        if response.status == 201:
+        if response.status in (200, 201):  # replaced or created
             stored = int((await response.json())["size"])
             return time.perf_counter() - started, stored, 0
         if response.status != 307 or "Location" not in response.headers:

@@ -1,21 +1,26 @@
 """HTTP preconditions, If-Range and byte ranges (RFC 9110 13-14), judged from validators; no I/O.
 
 Fed request headers and an object's validators (ETag, Last-Modified), it says what to answer;
-it never touches S3 or a socket. Every delivery path (streamed GET, HEAD, memory cache) asks
-the same functions, so the rules cannot drift apart.
+it never touches S3 or a socket. Every path asks the same functions (streamed GET, HEAD,
+memory cache, and uploads for a PUT), so the rules cannot drift apart.
 
 Rules, in RFC 9110 13.2.2's order:
-1. If-Match present: 412 unless one tag matches strongly (`*` matches any object, since the
-   object exists whenever these are asked). Else If-Unmodified-Since earlier than
-   Last-Modified: 412.
+1. If-Match present: 412 unless one tag matches strongly (`*` matches any existing object).
+   Else If-Unmodified-Since earlier than Last-Modified: 412.
 2. If-None-Match present: 304 (GET/HEAD; 412 otherwise) when one tag matches weakly or is `*`.
    Else, on GET/HEAD, If-Modified-Since not earlier than Last-Modified: 304.
 3. If-Range (GET with Range only): honour Range only when it matches strongly: an ETag that is
    not W/, or a date exactly equal to Last-Modified. Otherwise serve the whole object.
 4. Range: 206 for the satisfiable ranges, 416 when none is or the bytes range set is
    malformed (as nginx answers); another unit is ignored.
-A date in none of the three HTTP forms is ignored. A tag list
-that does not parse matches nothing: If-Match then fails closed with 412.
+5. A write (PUT) is judged by rules 1 and 2 against the object as it is, or against no object
+   (`write_preconditions_hold`): If-Match and `If-None-Match: *` then tell creating from
+   replacing, and If-Modified-Since means nothing.
+Fields: a list field sent on several lines is one list (RFC 9110 5.3): If-Match and
+If-None-Match lines are joined with commas. A date field sent more than once, or in none of
+the three HTTP forms, is ignored, and so is an If-Range sent more than once. A tag list that
+does not parse (`x"etag"`, `*` among tags) matches nothing, so If-Match fails closed with
+412; for a write, so does If-None-Match (a guard the proxy cannot read refuses the write).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from datetime import UTC, datetime
 NOT_MODIFIED = 304
 PRECONDITION_FAILED = 412
 PRECONDITION_HEADERS = ("If-Match", "If-None-Match", "If-Unmodified-Since", "If-Modified-Since")
+WRITE_PRECONDITION_HEADERS = ("If-Match", "If-None-Match", "If-Unmodified-Since")
 MAX_RANGES = 16  # more parts than this is treated as no Range (RFC 9110 14.2 permits it)
 
 _MONTHS = {
@@ -46,8 +52,9 @@ _RFC850 = re.compile(
     rf"{_TIME} GMT"
 )
 _ASCTIME = re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} ([ \d]\d) {_TIME} (\d{{4}})")
-# One member of an entity-tag list: [W/]"opaque", then a comma or the end.
-_ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+# One member of an entity-tag list (RFC 9110 8.8.3), empty ones allowed (5.6.1), then a comma
+# or the end. Opaque tags take obs-text, which a header arrives as (any non-ASCII character).
+_LIST_MEMBER = re.compile(r'[ \t]*(?:(W/)?("[\x21\x23-\x7e\x80-\U0010ffff]*"))?[ \t]*(,|\Z)')
 _BYTE_RANGE = re.compile(r"\s*(\d{0,19})\s*-\s*(\d{0,19})\s*")
 
 
@@ -93,35 +100,60 @@ def has_preconditions(headers: Mapping[str, str]) -> bool:
 def precondition_status(
     method: str, headers: Mapping[str, str], etag: str | None, last_modified: str | None
 ) -> int | None:
-    """412 or 304 when a precondition decides the answer; None to go on and serve."""
-    if_match = headers.get("If-Match")
+    """412 or 304 when a precondition decides the answer; None to go on and serve. The
+    object exists (it has these validators, or none S3 gave)."""
+    if_match = _list_field(headers, "If-Match")
     if if_match is not None:
         if not _any_tag_matches(if_match, etag, weak=False):
             return PRECONDITION_FAILED
-    else:
-        since = parse_http_date(headers.get("If-Unmodified-Since"))
-        modified = parse_http_date(last_modified)
-        if since is not None and modified is not None and modified > since:
-            return PRECONDITION_FAILED
+    elif _modified_after(headers, "If-Unmodified-Since", last_modified):
+        return PRECONDITION_FAILED
     safe = method in ("GET", "HEAD")
-    if_none_match = headers.get("If-None-Match")
+    if_none_match = _list_field(headers, "If-None-Match")
     if if_none_match is not None:
         if _any_tag_matches(if_none_match, etag, weak=True):
             return NOT_MODIFIED if safe else PRECONDITION_FAILED
     elif safe:
-        since = parse_http_date(headers.get("If-Modified-Since"))
+        since = _date_field(headers, "If-Modified-Since")
         modified = parse_http_date(last_modified)
         if since is not None and modified is not None and modified <= since:
             return NOT_MODIFIED
     return None
 
 
+def has_write_preconditions(headers: Mapping[str, str]) -> bool:
+    """Whether a write (PUT) carries a precondition (If-Modified-Since means nothing there)."""
+    return any(name in headers for name in WRITE_PRECONDITION_HEADERS)
+
+
+def write_preconditions_hold(
+    headers: Mapping[str, str], exists: bool, etag: str | None, last_modified: str | None
+) -> bool:
+    """Rule 5: whether a PUT may store its body, judged on the object at the key (`exists`,
+    with its validators) or on no object."""
+    if_match = _list_field(headers, "If-Match")
+    if if_match is not None:
+        # `*` and every tag match only a current object (RFC 9110 13.1.1).
+        if not exists or not _any_tag_matches(if_match, etag, weak=False):
+            return False
+    elif exists and _modified_after(headers, "If-Unmodified-Since", last_modified):
+        return False  # (no object: no modification date to compare, so it is ignored)
+    if_none_match = _list_field(headers, "If-None-Match")
+    if if_none_match is None:
+        return True
+    if if_none_match.strip() != "*" and entity_tags(if_none_match) is None:
+        return False  # a guard the proxy cannot read: refuse rather than overwrite
+    return not exists or not _any_tag_matches(if_none_match, etag, weak=True)
+
+
 def if_range_holds(headers: Mapping[str, str], etag: str | None, last_modified: str | None) -> bool:
     """Whether a Range may be honoured: no If-Range, or one that matches strongly."""
-    validator = headers.get("If-Range")
-    if validator is None:
+    values = field_lines(headers, "If-Range")
+    if not values:
         return True
-    validator = validator.strip()
+    if len(values) > 1:
+        return False  # a single validator, sent twice: not one the proxy can trust
+    validator = values[0].strip()
     if validator.startswith(('"', "W/")):
         # A weak tag never matches here: If-Range needs the very same bytes (13.1.5).
         return etag is not None and _strong_tag(validator) is not None and validator == etag
@@ -129,18 +161,65 @@ def if_range_holds(headers: Mapping[str, str], etag: str | None, last_modified: 
     return date is not None and date == parse_http_date(last_modified)
 
 
+def field_lines(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every line of a field: a multidict's `getall`, or the one value of a plain mapping."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, ()))
+    value = headers.get(name)
+    return [] if value is None else [value]
+
+
+def _list_field(headers: Mapping[str, str], name: str) -> str | None:
+    """A list field's lines as the one list they are (RFC 9110 5.3)."""
+    values = field_lines(headers, name)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+def _date_field(headers: Mapping[str, str], name: str) -> datetime | None:
+    """A date field's date; None when absent, invalid, or sent more than once (a list of
+    dates is not a date: RFC 9110 13.1.3-4 ignore it)."""
+    values = field_lines(headers, name)
+    return parse_http_date(values[0]) if len(values) == 1 else None
+
+
+def _modified_after(headers: Mapping[str, str], name: str, last_modified: str | None) -> bool:
+    since = _date_field(headers, name)
+    modified = parse_http_date(last_modified)
+    return since is not None and modified is not None and modified > since
+
+
+def entity_tags(field: str) -> list[tuple[bool, str]] | None:
+    """A `#entity-tag` list as (weak, opaque-tag) pairs; None if it does not parse (`*`,
+    which is no list, included)."""
+    tags: list[tuple[bool, str]] = []
+    position = 0
+    while True:
+        found = _LIST_MEMBER.match(field, position)
+        if found is None:
+            return None
+        weak, opaque, comma = found.groups()
+        if opaque is not None:
+            tags.append((weak is not None, opaque))
+        if not comma:
+            return tags
+        position = found.end()
+
+
 def _any_tag_matches(field: str, etag: str | None, *, weak: bool) -> bool:
     if field.strip() == "*":
-        return True  # the object exists: this module is only asked about objects S3 returned
+        return True  # the object exists: callers ask only about objects S3 returned
     if etag is None:
         return False
     mine = etag.removeprefix("W/") if weak else _strong_tag(etag)
     if mine is None:
         return False
-    for found in _ENTITY_TAG.finditer(field):
-        if (weak or found.group(1) is None) and found.group(2) == mine:
-            return True
-    return False
+    tags = entity_tags(field)
+    if tags is None:
+        return False  # a list that does not parse matches nothing
+    return any(opaque == mine and (weak or not is_weak) for is_weak, opaque in tags)
 
 
 def _strong_tag(tag: str) -> str | None:

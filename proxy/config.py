@@ -7,6 +7,7 @@ pydantic shape check (unknown keys refused) -> cross-checks that need several ke
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import jwt
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -65,6 +67,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _proxy_network(value: str) -> str:
+    """A CIDR (or a single address) a trusted proxy connects from, in canonical form."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+            raise ValueError(f"has host bits set; did you mean {loose}?") from None
+        raise ValueError(
+            "must be an IP network in CIDR form, e.g. 10.0.0.0/8, 192.168.1.7/32 or fd00::/8"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError(
+            "trusts every address, so any client could name itself in X-Forwarded-For; list "
+            "only the networks your load balancers or ingress connect from"
+        )
+    return str(network)
+
+
 class ListenSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -75,6 +96,19 @@ class ListenSettings(_Model):
     workers: int = Field(1, ge=1, le=64)  # processes sharing the port (SO_REUSEPORT)
     # Where `serve` writes its pid, for `python -m proxy reload`; relative to the config file.
     pid_file: Path | None = None
+    # Load balancers and ingresses (CIDRs) whose forwarding headers name the client: from a
+    # peer in one of them, the client is the rightmost untrusted address of forwarded_header
+    # (proxy/forwarded.py). Empty: every peer is the client itself and the headers are ignored.
+    trusted_proxies: list[Annotated[str, AfterValidator(_proxy_network)]] = Field(
+        default_factory=list, max_length=256
+    )
+    # Which header a trusted proxy names the client in: X-Forwarded-For (with
+    # X-Forwarded-Proto), or RFC 7239 Forwarded (for= and proto=). Only one is read: a proxy
+    # that sets one usually passes the other through from the client unchanged.
+    forwarded_header: Literal["X-Forwarded-For", "Forwarded"] = "X-Forwarded-For"
+    # Connections from trusted_proxies start with a PROXY protocol header (v1 or v2) naming
+    # the client, as L4 load balancers send it; others must not send one.
+    proxy_protocol: bool = False
 
 
 class S3Settings(_Model):
@@ -91,6 +125,11 @@ class S3Settings(_Model):
     max_connections: int = Field(64, ge=1, le=10000)
     # Overall bound on S3 starting to answer, including retries and their backoff.
     request_timeout: float = Field(60.0, gt=0)
+    # The longest a request waits for S3's response head (retries included), whichever of
+    # this and request_timeout ends first: past it, 504 at once. A healthy S3 answers in tens
+    # of milliseconds; while it is stalled (a brownout), clients get a clear answer in
+    # seconds instead of waiting read_timeout for nothing.
+    first_byte_timeout: float = Field(5.0, gt=0, le=3600)
     # How long a request waits for a free pooled connection before a fast 503 with
     # Retry-After. Short: a pool held by slow downloads frees up in seconds or not at all, and
     # everyone waiting the whole request_timeout for a 504 is what made one client enough to
@@ -780,6 +819,7 @@ def parse_config(
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
     _check_token_lifetimes(settings, problems)
+    _check_listen(settings.listen, problems)
     _check_paths(settings, problems)
     cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
     if problems:
@@ -1223,6 +1263,15 @@ def _check_token_lifetimes(settings: Settings, problems: list[str]) -> None:
             f"auth.login.max_age: {login.max_age} is longer than "
             f"revocation.max_token_lifetime ({longest}), so every session would be refused; "
             f"lower it or raise max_token_lifetime to at least {login.max_age}"
+        )
+
+
+def _check_listen(listen: ListenSettings, problems: list[str]) -> None:
+    if listen.proxy_protocol and not listen.trusted_proxies:
+        problems.append(
+            "listen.proxy_protocol: needs listen.trusted_proxies, the networks the load "
+            "balancers connect from (e.g. trusted_proxies: [10.0.0.0/8]); only they may send "
+            "a PROXY header"
         )
 
 

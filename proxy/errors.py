@@ -128,10 +128,12 @@ class PreconditionFailed(ProxyError):
     detail = "precondition failed"
 
 
-class KeyExists(PreconditionFailed):
-    """An upload to a key that exists, on a route with `upload.overwrite: false`."""
+class KeyExists(ProxyError):
+    """An upload to a key that exists, on a route with `upload.overwrite: false`: the route's
+    rule, not a precondition the client sent (that would be 412)."""
 
-    detail = "an object exists at this path"
+    status = 409
+    detail = "an object exists at this path and this route does not replace it"
 
 
 class RangeNotSatisfiable(ProxyError):
@@ -160,6 +162,21 @@ class MethodNotImplemented(ProxyError):
     detail = "method not implemented"
 
 
+class TransferCodingNotImplemented(ProxyError):
+    """A request body in a transfer coding other than chunked (RFC 9112 6.1)."""
+
+    status = 501
+    detail = "transfer coding not implemented"
+
+
+class HttpVersionNotSupported(ProxyError):
+    """A request line with a major version this server does not speak (HTTP/2.0 and up on
+    an HTTP/1.1 connection)."""
+
+    status = 505
+    detail = "HTTP version not supported"
+
+
 class UpstreamError(ProxyError):
     """S3 failed, refused or was unreachable. The client never sees S3's own words."""
 
@@ -177,6 +194,11 @@ class ProviderUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     detail = "storage timed out"
+
+
+class NoFirstByte(UpstreamTimeout):
+    """S3 sent no response head within s3.first_byte_timeout: stalled, as in a brownout. Told
+    apart from other timeouts so that /readyz can say S3 is stalling."""
 
 
 class StorageBusy(ProxyError):

@@ -79,6 +79,11 @@ class ObjectCache:
         self.hits += 1
         return entry
 
+    def age(self, entry: CachedObject) -> int:
+        """Whole seconds since `entry` was fetched from S3: the Age an answer from it carries
+        (RFC 9111 5.1)."""
+        return max(0, int(self._clock() - entry.fetched_at))
+
     def put(self, ref: ObjectRef, meta: ObjectMeta, body: bytes) -> None:
         cost = len(body) + len(ref.bucket) + len(ref.key) + ENTRY_OVERHEAD
         if cost > self._max_bytes or self._max_entries <= 0:

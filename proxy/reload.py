@@ -34,6 +34,10 @@ RESTART_ONLY: tuple[str, ...] = (
     "listen.port",
     "listen.workers",  # the supervisor forks them once
     "listen.pid_file",
+    # Who the client is is decided by the edge, built once with the server.
+    "listen.trusted_proxies",
+    "listen.forwarded_header",
+    "listen.proxy_protocol",
     # The S3 client and its connection pool live as long as the process; only
     # redirect_cache_control is read per request.
     *(f"s3.{name}" for name in S3Settings.model_fields if name != "redirect_cache_control"),

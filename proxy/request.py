@@ -42,8 +42,9 @@ class RequestContext:
 
     method: str
     path: str  # the raw path without its query string
-    # Who sent it: the peer address today; the one place a trusted proxy's forwarded address
-    # would go, so every limit, lease and log line reads it from here.
+    # Who sent it, as the edge resolved it (edge.py rule 6): the peer, or behind
+    # listen.trusted_proxies the client they name. Every limit, lease and log line reads it
+    # from here.
     client: str | None
     started: float = 0.0  # perf_counter() at arrival
     id: str = field(default_factory=new_request_id)

@@ -2,10 +2,16 @@
 
 On SIGTERM or SIGINT the gateway is marked draining (readiness probes fail) and keeps serving
 for `listen.drain_delay` seconds, so that load balancers stop sending before the port closes;
-a second signal cuts that delay short. Then the listening socket closes (new connections are
-refused), in-flight responses get up to `listen.shutdown_grace` seconds to finish *and* to
-flush what is still buffered for their clients, then everything left is closed and the process
-exits 0. (aiohttp's own shutdown waits for handlers but not for their buffered bytes.)
+a second signal cuts that delay short. From the signal on, every response says `Connection:
+close`. Then the listening socket closes (new connections are refused), in-flight responses get
+up to `listen.shutdown_grace` seconds to finish *and* to flush what is still buffered for their
+clients, then everything left is closed and the process exits 0. (aiohttp's own shutdown waits
+for handlers but not for their buffered bytes.)
+
+A request that reaches an open connection during all this is answered, never dropped: open
+connections keep being read until the work is done and they have been quiet for `_LAST_CALL`
+seconds (within the grace). aiohttp's `pre_shutdown()` would instead stop reading them at once,
+so a request already on its way over a kept-alive connection met silence, then a closed socket.
 
 On SIGHUP the config file is reloaded (see reload.py); with workers, the supervisor passes the
 signal on to each of them.
@@ -42,6 +48,10 @@ from .reload import reload_gateway, remove_pid_file, write_pid_file
 
 _POLL = 0.05
 _LINGER = 2.0
+# Seconds of quiet (nothing in flight, nothing buffered) after the port closes before open
+# connections are closed: a client that sent on a kept-alive connection just before learning
+# of the shutdown gets its answer. Longer only delays the exit of an idle server.
+_LAST_CALL = 1.0
 log = logging.getLogger("proxy.server")
 
 
@@ -103,7 +113,8 @@ async def _serve_until_signal(
     reuse_port: bool,
     config_path: Path | None,
 ) -> None:
-    runner = web.ServerRunner(low_level_server(gateway, config), handle_signals=False)
+    edge = low_level_server(gateway, config)
+    runner = web.ServerRunner(edge, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
@@ -140,6 +151,7 @@ async def _serve_until_signal(
         # Read now: a reload may have changed them.
         listen = gateway.config.settings.listen
         gateway.draining = True
+        edge.closing = True  # every response from now on says Connection: close
         if listen.drain_delay > 0:
             log.info(
                 "draining: serving on for %g s (listen.drain_delay) before closing the port",
@@ -149,12 +161,20 @@ async def _serve_until_signal(
                 await asyncio.wait_for(hurry.wait(), listen.drain_delay)
         grace = listen.shutdown_grace
         await site.stop()  # refuse new connections
-        if runner.server is not None:
-            # Idle keep-alive connections close now; busy ones after their current response.
-            runner.server.pre_shutdown()
         deadline = loop.time() + grace
-        # Buffered bytes have no completion event to await, hence polling.
-        while loop.time() < deadline and _busy(gateway, runner):  # noqa: ASYNC110
+        log.info(
+            "port closed; answering %d open connection(s) until done (listen.shutdown_grace: "
+            "%g s at most)",
+            len(edge.connections),
+            grace,
+        )
+        # Buffered bytes and quiet have no completion event to await, hence polling.
+        quiet_since = loop.time()
+        while (now := loop.time()) < deadline and edge.connections:
+            if _busy(gateway, edge):
+                quiet_since = now
+            elif now - quiet_since >= _LAST_CALL:
+                break
             await asyncio.sleep(_POLL)
         runner._shutdown_timeout = max(0.1, deadline - loop.time())
     finally:
@@ -176,10 +196,11 @@ async def _flush_logs_every(interval: float) -> None:
         flush_logs()
 
 
-def low_level_server(gateway: Gateway, config: Config) -> web.Server:
+def low_level_server(gateway: Gateway, config: Config) -> EdgeServer:
     return EdgeServer(
         gateway,
         config.settings.limits,
+        config.settings.listen,
         access_log=None,  # the proxy writes its own JSON access log
         handler_cancellation=False,  # a handler always finishes and logs its request
         # After an answer that left a request body unread (a 408, a 413), the rest of the body
@@ -189,12 +210,9 @@ def low_level_server(gateway: Gateway, config: Config) -> web.Server:
     )
 
 
-def _busy(gateway: Gateway, runner: web.BaseRunner) -> bool:
+def _busy(gateway: Gateway, server: web.Server) -> bool:
     if gateway.in_flight:
         return True
-    server = runner.server
-    if server is None:
-        return False
     for connection in server.connections:
         transport = connection.transport
         if transport is not None and transport.get_write_buffer_size() > 0:

@@ -10,6 +10,7 @@ tell which one runs. Tests put a `FakeStorage` behind the same seam. No I/O here
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from botocore.exceptions import (
 )
 
 from .errors import (
+    NoFirstByte,
     NotFound,
     ProxyError,
     RangeNotSatisfiable,
@@ -68,13 +70,24 @@ class UploadedPart:
     etag: str
 
 
-class Writes(Protocol):
-    """Writing objects: one PutObject, or a multipart upload. `overwrite=False` makes S3
-    itself refuse an existing key (If-None-Match: *), answered as PreconditionFailed. The
-    object's customer key, if any, goes with PutObject, CreateMultipartUpload and UploadPart.
-    A multipart call naming an upload S3 does not hold raises UploadNotFound."""
+@dataclass(frozen=True)
+class WriteCondition:
+    """What S3 checks as it stores an object (its conditional write): that the key still
+    holds the object with `etag` (If-Match), or, with `etag` None, nothing (If-None-Match: *).
+    A write S3 refuses for it is PreconditionFailed."""
 
-    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str: ...
+    etag: str | None = None
+
+
+class Writes(Protocol):
+    """Writing objects: one PutObject, or a multipart upload; with a `condition`, S3 stores
+    the object only if it holds (see WriteCondition). The object's customer key, if any, goes
+    with PutObject, CreateMultipartUpload and UploadPart. A multipart call naming an upload S3
+    does not hold raises UploadNotFound."""
+
+    async def put(
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
+    ) -> str: ...
 
     async def start_multipart(self, ref: ObjectRef, content_type: str) -> str: ...
 
@@ -87,13 +100,13 @@ class Writes(Protocol):
         ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
-        overwrite: bool,
+        condition: WriteCondition | None,
     ) -> str: ...
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None: ...
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        """Whether `upload_id` is an upload in progress to exactly this key (S3's
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads in progress to exactly this key (S3's
         ListMultipartUploads: the key is checked by the proxy, not left to S3)."""
         ...
 
@@ -144,9 +157,11 @@ class Storage(Protocol):
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
         """A presigned PUT that signs the Content-Type and Content-Length it must be sent
-        with; no S3 call."""
+        with, and `preconditions` (lower-case If-Match / If-None-Match, as S3 checks them);
+        no S3 call."""
         ...
 
     def presign_post(
@@ -223,6 +238,30 @@ def bucket_problem(status: int, code: str) -> str | None:
     if status in (301, 307) or code == "PermanentRedirect":
         return "S3 redirected: the bucket is in another region than s3.region"
     return f"S3 answered {status} {code[:64]}".rstrip()
+
+
+@contextlib.asynccontextmanager
+async def response_head_deadline(
+    operation: str, first_byte_timeout: float, request_timeout: float
+) -> AsyncIterator[None]:
+    """Bound the wait for S3's response head, retries included, by s3.first_byte_timeout or
+    s3.request_timeout, whichever ends first; both engines wrap their call in it."""
+    limit = min(first_byte_timeout, request_timeout)
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a timeout of its own (read_timeout): translate_errors says which
+        if first_byte_timeout <= request_timeout:
+            raise NoFirstByte(
+                f"{operation}: no response head from S3 within s3.first_byte_timeout "
+                f"({first_byte_timeout:g} s)"
+            ) from None
+        raise UpstreamTimeout(
+            f"{operation}: S3 did not answer within s3.request_timeout ({request_timeout:g} s)"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -17,6 +17,13 @@ if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
     >/dev/null 2>&1 || echo "warning: could not install redis-server; its tests will be skipped" >&2
 fi
+# Debian's kubernetes-client (kubectl) renders the deploy/kubernetes overlays with
+# `kubectl kustomize` for tests/test_kubernetes.py. Without root or apt-get, those tests skip.
+if ! command -v kubectl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's kubernetes-client for the manifest tests..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client; } \
+    >/dev/null 2>&1 || echo "warning: could not install kubernetes-client; its tests will be skipped" >&2
+fi
 # s3rver 3 (Node.js) enforces presigned URL expiry, which moto does not; s3rver 5 also verifies
 # SigV4 signatures (tests/test_s3rver_sigv4.py). Their tests skip without them.
 if command -v npm >/dev/null 2>&1; then

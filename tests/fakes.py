@@ -154,10 +154,13 @@ class FakeWrites:
         self._upload(ref, upload_id).parts[number] = body
         return _etag(body)
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
         self._record("ListMultipartUploads", ref)
-        upload = self.uploads.get(upload_id)
-        return upload is not None and (upload.bucket, upload.key) == (ref.bucket, ref.key)
+        return frozenset(
+            upload_id
+            for upload_id, upload in self.uploads.items()
+            if (upload.bucket, upload.key) == (ref.bucket, ref.key)
+        )
 
     async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
         self._record("ListParts", ref)

@@ -7,13 +7,14 @@ It also judges SSE-C customer keys as S3 does, which moto does not: a GET or HEA
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-MODES = ("ok", "error", "hang", "die_mid_stream", "refuse", "answer")
+MODES = ("ok", "error", "hang", "pause", "die_mid_stream", "refuse", "answer")
 
 
 @dataclass
@@ -22,6 +23,9 @@ class FaultyS3:
     mode: str = "ok"
     die_after: int = 256 * 1024  # bytes of body sent before dying, in die_mid_stream mode
     answer: tuple[int, str] = (403, "AccessDenied")  # status and S3 error code, in answer mode
+    # In answer mode, answer only requests whose "METHOD /path?query" contains this (the
+    # others go on to moto); None: answer them all.
+    answer_only: str | None = None
     requests: int = 0
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # each request's, lower-case names
@@ -33,16 +37,28 @@ class FaultyS3:
     _server: TestServer | None = None
     _session: aiohttp.ClientSession | None = None
     _hung: list[asyncio.Event] = field(default_factory=list)
+    _resumed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # upload parts pass through
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._server = TestServer(app, host="127.0.0.1")
         await self._server.start_server()
         self._session = aiohttp.ClientSession(auto_decompress=False)
         self.url = str(self._server.make_url("")).rstrip("/")
 
+    def pause(self) -> None:
+        """A frozen S3: requests from now on get no answer until resume(), then the usual one
+        (a brownout, where `hang` is an outage that never answers)."""
+        self._resumed.clear()
+        self.mode = "pause"
+
+    def resume(self) -> None:
+        self.mode = "ok"
+        self._resumed.set()
+
     async def close(self) -> None:
+        self._resumed.set()
         for event in self._hung:
             event.set()
         if self._session is not None:
@@ -73,10 +89,15 @@ class FaultyS3:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
-        if self.mode in ("error", "answer"):
+        answered = self.answer_only is None or self.answer_only in (
+            f"{request.method} {request.raw_path}"
+        )
+        if self.mode == "error" or (self.mode == "answer" and answered):
             status, code = (500, "InternalError") if self.mode == "error" else self.answer
             xml = f"<Error><Code>{code}</Code><Message>boom</Message></Error>"
             return web.Response(status=status, text=xml, content_type="application/xml")
+        if self.mode == "pause":
+            await self._resumed.wait()
         if self.mode == "hang":
             event = asyncio.Event()
             self._hung.append(event)
@@ -88,7 +109,8 @@ class FaultyS3:
             request.method,
             self.upstream + request.raw_path,
             headers=headers,
-            data=await request.read(),
+            # A file-like body: aiohttp warns of (and the suite fails on) large raw bytes.
+            data=io.BytesIO(body) if (body := await request.read()) else None,
         ) as upstream:
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():

@@ -1,6 +1,8 @@
 """Run REDbot (the HTTP linter) on one loopback URL; print its notes as JSON lines.
 
-Usage: python tests/redbot_lint.py URL [METHOD] [HEADER: VALUE ...]
+Usage: python tests/redbot_lint.py URL [METHOD] [HEADER: VALUE ...] < BODY
+
+The request body, if any, is read from standard input.
 
 A separate process because REDbot runs its own event loop (thor) with global state. It may
 only connect to 127.0.0.1: any other address is refused before a byte is sent.
@@ -45,7 +47,8 @@ def main(argv: list[str]) -> int:
     config.read_dict({"redbot": {"enable_local_access": "True"}})
     resource = HttpResource(config["redbot"], descend=False)
     headers = [tuple(line.split(": ", 1)) for line in header_lines]
-    resource.set_request(url, method=method, headers=headers)  # type: ignore[arg-type]
+    body = sys.stdin.buffer.read()
+    resource.set_request(url, method=method, headers=headers, content=body)  # type: ignore[arg-type]
 
     @thor.events.on(resource)
     def check_done() -> None:

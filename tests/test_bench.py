@@ -49,7 +49,7 @@ def test_bench_compares_the_methods_and_writes_its_report(tmp_path: Path, capsys
     )
     assert (stream_upload["method"], stream_upload["size"]) == ("stream", 4096)
     assert stream_upload["proxy_bytes"] == 4096  # the body went through the proxy
-    assert stream_upload["s3_requests"] == 1  # the proxy's PutObject
+    assert stream_upload["s3_requests"] == 2  # the proxy's HEAD (create or replace?), PutObject
     assert (redirect_upload["method"], redirect_upload["proxy_bytes"]) == ("redirect", 0)
     assert redirect_upload["s3_requests"] == 1  # the client's PUT to the presigned URL
     assert "| 4 KiB | stream |" in report and "| 4 KiB | redirect |" in report

@@ -232,6 +232,17 @@ def test_a_scope_wider_than_the_key_is_fine_and_a_claim_may_narrow_it(key_file: 
     assert scope.path_for("users/alice/x.jpg") == "/users/alice/*"
 
 
+@pytest.mark.parametrize("scope", ["albums/{album}*", "albums/*{album}/*", "albums/{album}?/*"])
+def test_a_wildcard_beside_a_value_is_refused(key_file: Path, scope: str) -> None:
+    # With albums/{album}*, album a's cookies would open album ab too.
+    problems = _problems(_with_route(key_file, 10, cookie_scope=scope))
+    assert any(
+        problem.startswith("routes[10] (cdn-albums).cookie_scope:")
+        and "wildcard right beside a value" in problem
+        for problem in problems
+    ), problems
+
+
 def test_stable_on_a_cookie_route_is_a_warning(key_file: Path) -> None:
     config = _load(_with_route(key_file, 10, stable=3600))
     (warning,) = config.warnings
@@ -353,3 +364,26 @@ def test_the_shipped_configs_cloudfront_example_loads_once_uncommented(key_file:
     assert routes["cdn-albums"].cookie_scope is not None
     assert routes["cdn-photos"].settings.delivery == "cloudfront"
     assert config.cloudfront is not None and config.warnings == ()
+
+
+@pytest.mark.parametrize("shape", ["pem", "one-line-base64", "ec-base64"])
+def test_a_key_pasted_where_its_path_belongs_is_never_printed(tmp_path: Path, shape: str) -> None:
+    """The common mistake: the PEM itself (or its base64 on one line) in the variable that
+    should name the key file. `check` must refuse it without echoing it as a path."""
+    pem = private_pem(ec_key() if shape == "ec-base64" else rsa_key()).decode()
+    body = "".join(pem.splitlines()[1:-1])
+    value = pem if shape == "pem" else body
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cloudfront_config(Path("${CLOUDFRONT_KEY_FILE}"))))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CLOUDFRONT_KEY_FILE": value},
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "cloudfront.private_key: holds what looks like the key itself" in output
+    for line in pem.splitlines()[1:-1]:
+        assert line[:16] not in output

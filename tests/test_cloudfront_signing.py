@@ -228,8 +228,11 @@ def test_a_scope_reads_its_values_back_from_the_key() -> None:
     key = compile_template("users/{claims.sub}/{path}")
     mine = compile_scope(compile_template("users/{claims.sub}/*"), key, frozenset({"path"}))
     assert mine.path_for("users/alice/albums/trip/1.jpg") == "/users/alice/*"
-    deep = compile_scope(compile_template("users/{claims.sub}/{path}*"), key, frozenset({"path"}))
-    assert deep.path_for("users/alice/a/b.jpg") == "/users/alice/a/b.jpg*"
+    deep = compile_scope(compile_template("users/{claims.sub}/{path}"), key, frozenset({"path"}))
+    assert deep.path_for("users/alice/a/b.jpg") == "/users/alice/a/b.jpg"
+    with pytest.raises(TemplateError, match="wildcard right beside a value"):
+        # a/b.jpg's cookies would open a/b.jpg.anything too
+        compile_scope(compile_template("users/{claims.sub}/{path}*"), key, frozenset({"path"}))
     twice = compile_scope(
         compile_template("{id}/*"), compile_template("{id}/{id}.jpg"), frozenset()
     )

@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.conditional import (
     ByteRange,
     has_preconditions,
+    has_write_preconditions,
     if_range_holds,
     parse_http_date,
     parse_ranges,
     precondition_status,
     satisfiable_spans,
+    write_preconditions_hold,
 )
 
 ETAG = '"abc"'
@@ -82,6 +85,11 @@ def test_nothing_to_check_without_conditional_headers() -> None:
         ('W/"abc"', 412),  # If-Match compares strongly
         ('"x"', 412),
         ("garbage", 412),  # a list that does not parse matches nothing: fail closed
+        ('x"abc"', 412),
+        ('"abc"x', 412),
+        ('"abc" "x"', 412),
+        ('*, "abc"', 412),  # `*` is the whole field or nothing
+        (' , "x",, "abc" , ', None),  # empty list members are allowed (RFC 9110 5.6.1)
     ],
 )
 def test_if_match(if_match: str, expected: int | None) -> None:
@@ -116,6 +124,8 @@ def test_invalid_if_unmodified_since_is_ignored() -> None:
         ('"x"', None),
         ('"ab"', None),
         ("abc", None),  # unquoted: not an entity-tag
+        ('x"abc"', None),  # a list that does not parse matches nothing: the whole object
+        ('"x" "abc"', None),
     ],
 )
 def test_if_none_match(if_none_match: str, expected: int | None) -> None:
@@ -154,6 +164,79 @@ def test_without_validators_only_star_can_match() -> None:
     assert precondition_status("GET", {"If-None-Match": ETAG}, None, None) is None
     assert precondition_status("GET", {"If-Modified-Since": LATER}, None, None) is None
     assert precondition_status("GET", {"If-None-Match": "*"}, None, None) == 304
+
+
+# A field on several lines (RFC 9110 5.3)
+
+
+def lines(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def test_list_fields_on_several_lines_are_one_list() -> None:
+    headers = lines(("If-None-Match", '"x"'), ("If-None-Match", ETAG))
+    assert precondition_status("GET", headers, ETAG, MODIFIED) == 304
+    headers = lines(("If-Match", '"x"'), ("if-match", ETAG))
+    assert precondition_status("GET", headers, ETAG, MODIFIED) is None
+    headers = lines(("If-Match", '"x"'), ("If-Match", '"y"'))
+    assert precondition_status("GET", headers, ETAG, MODIFIED) == 412
+    # `*` joined to another line is no longer `*`: it does not parse, so If-Match fails.
+    headers = lines(("If-Match", "*"), ("If-Match", ETAG))
+    assert precondition_status("GET", headers, ETAG, MODIFIED) == 412
+
+
+@pytest.mark.parametrize("name", ["If-Modified-Since", "If-Unmodified-Since"])
+def test_a_date_field_sent_twice_is_ignored(name: str) -> None:
+    # Either date alone would decide (304 or 412); twice, the field is not a date.
+    value = LATER if name == "If-Modified-Since" else EARLIER
+    assert precondition_status("GET", lines((name, value)), ETAG, MODIFIED) is not None
+    assert precondition_status("GET", lines((name, value), (name, value)), ETAG, MODIFIED) is None
+
+
+def test_if_range_sent_twice_does_not_hold() -> None:
+    assert not if_range_holds(lines(("If-Range", ETAG), ("If-Range", ETAG)), ETAG, MODIFIED)
+
+
+# Writes (PUT): judged on the object at the key, or on none
+
+
+@pytest.mark.parametrize(
+    ("headers", "when_absent", "when_present"),
+    [
+        ({}, True, True),
+        ({"If-None-Match": "*"}, True, False),  # create only
+        ({"If-Match": "*"}, False, True),  # replace only
+        ({"If-Match": ETAG}, False, True),
+        ({"If-Match": '"x", "abc"'}, False, True),
+        ({"If-Match": '"nope"'}, False, False),
+        ({"If-Match": 'W/"abc"'}, False, False),  # strong comparison
+        ({"If-Match": 'x"abc"'}, False, False),  # malformed: fails closed
+        ({"If-None-Match": ETAG}, True, False),
+        ({"If-None-Match": 'W/"abc"'}, True, False),  # weak comparison
+        ({"If-None-Match": '"x"'}, True, True),
+        ({"If-None-Match": 'x"abc"'}, False, False),  # malformed: fails closed for a write
+        ({"If-Unmodified-Since": EARLIER}, True, False),  # no object: nothing to compare
+        ({"If-Unmodified-Since": LATER}, True, True),
+        ({"If-Unmodified-Since": "not a date"}, True, True),
+        ({"If-Match": ETAG, "If-Unmodified-Since": EARLIER}, False, True),  # If-Match first
+        ({"If-Modified-Since": LATER}, True, True),  # means nothing for a write
+        ({"If-Match": ETAG, "If-None-Match": ETAG}, False, False),
+    ],
+)
+def test_write_preconditions(
+    headers: dict[str, str], when_absent: bool, when_present: bool
+) -> None:
+    assert write_preconditions_hold(headers, False, None, None) is when_absent
+    assert write_preconditions_hold(headers, True, ETAG, MODIFIED) is when_present
+    assert has_write_preconditions(headers) is (set(headers) - {"If-Modified-Since"} != set())
+
+
+def test_write_preconditions_on_several_lines() -> None:
+    headers = lines(("If-None-Match", '"x"'), ("If-None-Match", ETAG))
+    assert not write_preconditions_hold(headers, True, ETAG, MODIFIED)
+    assert not write_preconditions_hold(
+        lines(("If-Unmodified-Since", EARLIER), ("If-Match", '"x"')), True, ETAG, MODIFIED
+    )
 
 
 # If-Range (RFC 9110 13.1.5): strong comparison only

@@ -12,6 +12,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from .conftest import S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
@@ -103,6 +104,41 @@ async def test_preconditions(
     else:
         assert body == (b"" if method == "HEAD" else s3.photo)
         assert response.headers["ETag"] == etag
+
+
+# Fields on several lines are one list (RFC 9110 5.3); a date sent twice is no date; a tag
+# list that does not parse matches nothing (If-Match then fails closed).
+LINES_CASES = [
+    ("inm-two-lines", lambda e, m: [("If-None-Match", '"x"'), ("If-None-Match", e)], 304),
+    ("im-two-lines", lambda e, m: [("If-Match", '"x"'), ("If-Match", e)], 200),
+    ("im-two-lines-none", lambda e, m: [("If-Match", '"x"'), ("If-Match", '"y"')], 412),
+    ("ims-twice", lambda e, m: [("If-Modified-Since", m), ("If-Modified-Since", m)], 200),
+    (
+        "ius-twice",
+        lambda e, m: [("If-Unmodified-Since", _shifted(m, -60))] * 2,
+        200,
+    ),
+    ("im-malformed", lambda e, m: [("If-Match", f"x{e}")], 412),
+    ("im-trailing-junk", lambda e, m: [("If-Match", f"{e}x")], 412),
+    ("inm-malformed", lambda e, m: [("If-None-Match", f"x{e}")], 200),
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("name", "build", "expected"), LINES_CASES, ids=[c[0] for c in LINES_CASES]
+)
+async def test_fields_on_several_lines_and_malformed_lists(
+    proxy, s3: S3Objects, path: str, method: str, name: str, build: Any, expected: int
+) -> None:
+    client, etag, modified = await _start(proxy, s3)
+    headers = CIMultiDict(ALICE)
+    for field, value in build(etag, modified):
+        headers.add(field, value)
+    response = await client.request(method, path, headers=headers)
+    assert response.status == expected, name
+    await response.read()
 
 
 # If-Range: the Range holds only when the validator matches strongly.
@@ -211,6 +247,23 @@ async def test_several_ranges_from_memory_are_multipart_byteranges(proxy, s3: S3
     )
     assert await response.read() == expected
     assert response.headers["Content-Length"] == str(len(expected))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("header", ["bytes=20000-,30000-", "bytes=20000-20001, 30000-30009"])
+async def test_several_ranges_none_satisfiable_are_416_on_every_route(
+    proxy, s3: S3Objects, path: str, header: str
+) -> None:
+    """The streamed and the cached route answer several ranges alike when none can be
+    served (the photo is 10 KiB): 416 with the size."""
+    client, _, _ = await _start(proxy, s3)
+    response = await client.get(path, headers={**ALICE, "Range": header})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(s3.photo)}"
+    # A stale If-Range asks for the whole object instead, on both.
+    stale = await client.get(path, headers={**ALICE, "Range": header, "If-Range": '"old"'})
+    assert stale.status == 200
+    assert await stale.read() == s3.photo
 
 
 async def test_several_ranges_streamed_get_the_whole_object(proxy, s3: S3Objects) -> None:

@@ -5,9 +5,11 @@ finishes what is in flight; a second signal skips the rest of the delay."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -106,3 +108,107 @@ def test_the_drain_delay_ends_by_itself(s3: S3Objects, tmp_path: Path) -> None:
 
 def test_drain_delay_defaults_to_zero() -> None:
     assert build_config(config_dict()).settings.listen.drain_delay == 0
+
+
+def _exchange(sock: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on a kept-alive socket; its status, headers (lower-case) and body, or
+    (0, {}, b"") when the connection ended without an answer."""
+    sock.sendall(request)
+    reader = sock.makefile("rb")
+    try:
+        status_line = reader.readline()
+        if not status_line:
+            return 0, {}, b""
+        headers: dict[str, str] = {}
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = reader.read(int(headers.get("content-length", "0")))
+    except ConnectionError:
+        return 0, {}, b""
+    finally:
+        reader.close()
+    return int(status_line.split()[1]), headers, body
+
+
+def _sign_request(port: int) -> bytes:
+    body = json.dumps({"paths": ["/photos/42"]}).encode()
+    return (
+        f"POST /_sign HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {ADMIN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _wait_until_refused(port: int) -> None:
+    """Until the listening socket is closed (a new connection is refused)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.01)
+    pytest.fail("the port did not close")
+
+
+def test_a_request_on_a_kept_alive_connection_after_sigterm_is_answered(
+    s3: S3Objects, tmp_path: Path
+) -> None:
+    """Issue 23: with drain_delay 0, a POST /_sign sent on a reused keep-alive connection
+    just after SIGTERM got no response at all. Now it is answered, saying Connection: close."""
+    with running_proxy(config_dict(s3.endpoint), tmp_path) as proxy:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+        with sock:
+            status, headers, _ = _exchange(sock, _sign_request(proxy.port))
+            assert status == 200
+            assert headers.get("connection") != "close"  # kept alive
+            proxy.signal(signal.SIGTERM)
+            _wait_until_refused(proxy.port)  # the port is closed: shutdown is under way
+            status, headers, body = _exchange(sock, _sign_request(proxy.port))
+            assert status == 200, "the request was dropped without an answer"
+            assert headers["connection"] == "close"
+            assert "url" in json.loads(body)["results"][0]
+        assert proxy.process.wait(timeout=30) == 0
+
+
+def test_during_a_long_shutdown_an_idle_connection_still_answers(
+    s3: S3Objects, tmp_path: Path
+) -> None:
+    """While a slow download holds the shutdown open, a kept-alive connection that sends a
+    request is answered (before: aiohttp stopped reading it and the request met silence)."""
+    data = config_dict(s3.endpoint, listen={"shutdown_grace": 60})
+    with running_proxy(data, tmp_path) as proxy:
+        slow = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with slow, idle:
+            assert _exchange(idle, _sign_request(proxy.port))[0] == 200
+            slow.sendall(
+                f"GET /admin/exports/huge.bin HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {ADMIN}\r\n\r\n".encode()
+            )
+            assert slow.recv(12) == b"HTTP/1.1 200"  # streaming; this reader stalls
+            proxy.signal(signal.SIGTERM)
+            _wait_until_refused(proxy.port)
+            proxy.wait_for("port closed")
+            status, headers, _ = _exchange(idle, _sign_request(proxy.port))
+            assert (status, headers["connection"]) == (200, "close")
+            assert proxy.process.poll() is None  # the download still holds it open
+            slow.shutdown(socket.SHUT_RDWR)
+        assert proxy.process.wait(timeout=30) == 0
+
+
+def test_responses_during_the_drain_delay_close_their_connection(
+    s3: S3Objects, tmp_path: Path
+) -> None:
+    """Clients and load balancers move off a draining process's kept-alive connections."""
+    data = config_dict(s3.endpoint, listen={"drain_delay": 600})
+    with running_proxy(data, tmp_path) as proxy:
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+        with sock:
+            assert _exchange(sock, _sign_request(proxy.port))[1].get("connection") != "close"
+            proxy.signal(signal.SIGTERM)
+            proxy.wait_for("draining: serving on")
+            status, headers, _ = _exchange(sock, _sign_request(proxy.port))
+            assert (status, headers["connection"]) == (200, "close")
+            assert sock.recv(1) == b""  # and the proxy closed it

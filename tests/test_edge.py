@@ -75,7 +75,8 @@ PARSER_CASES = [
     (request(f"/public/42?token={SECRET_MARK}" + "a" * 8_200, "Host: proxy"), 414),
     (request(f"/public/42?token={SECRET_MARK}", "Host: proxy", method="FOO"), 501),
     (request(f"/public/42?token={SECRET_MARK}", "Host: proxy", method="PROPFIND"), 501),
-    (request(f"/public/42?token={SECRET_MARK}", "Host: proxy", version="9.9"), 400),
+    (request(f"/public/42?token={SECRET_MARK}", "Host: proxy", version="9.9"), 505),
+    (request(f"/public/42?token={SECRET_MARK}", "Host: proxy", version="1.x"), 400),
     (request(f"/public/42?t={SECRET_MARK}", "Host: proxy", "X-Big: " + "b" * 9000), 431),
     (request(f"/public/42?t={SECRET_MARK}", "Host: proxy", "Bad Header: x"), 400),
     (f"GET /public/42?t={SECRET_MARK}\x01 HTTP/1.1\r\nHost: p\r\n\r\n".encode(), 400),
@@ -267,6 +268,19 @@ async def test_head_matches_get(proxy, path: str, headers: dict[str, str]) -> No
     assert {k.lower(): v for k, v in head.headers.items() if k.lower() not in _VARYING} == same
 
 
+async def test_head_of_a_redirect_has_the_gets_fields(proxy) -> None:
+    """Only Location differs (a presigned HEAD URL, since a GET one would not do)."""
+    client = await proxy()
+    got = await client.get("/photos/42", headers=bearer(ALICE), allow_redirects=False)
+    head = await client.head("/photos/42", headers=bearer(ALICE), allow_redirects=False)
+    assert got.status == head.status == 302
+    assert head.headers["Content-Length"] == got.headers["Content-Length"] == "0"
+    assert set(head.headers) - _VARYING_NAMES == set(got.headers) - _VARYING_NAMES
+
+
+_VARYING_NAMES = {"Date"}
+
+
 # F. A presigned URL tells S3 to keep private files out of shared caches.
 
 
@@ -395,3 +409,153 @@ async def test_no_server_header(proxy) -> None:
         response = await client.get(path)
         await response.read()
         assert "Server" not in response.headers
+
+
+# I. Request-line versions and message framing (RFC 9110 2.5, RFC 9112 2.3, 6.1, 6.3).
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    """One answer with a Content-Length body off a kept-alive connection."""
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, headers, _ = parse(head)
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status_line, headers, body
+
+
+@pytest.mark.parametrize("version", ["2.0", "3.0", "9.9"])
+async def test_a_major_version_over_1_is_505_and_closed(proxy, version: str) -> None:
+    client = await proxy()
+    # No Connection: close: the server closes by itself (exchange reads to the end).
+    raw = await exchange(client, f"GET /public/42 HTTP/{version}\r\nHost: p\r\n\r\n".encode())
+    headers = assert_json_refusal(raw, 505)
+    assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /public/42\r\n\r\n",
+        b"GET /public/42\r\nHost: p\r\n\r\n",
+        b"GET /public/42 HTTP/0.9\r\n\r\n",
+    ],
+)
+async def test_a_request_line_without_a_version_is_400_never_http09(proxy, data: bytes) -> None:
+    client = await proxy()
+    raw = await exchange(client, data)
+    assert_json_refusal(raw, 400)
+    assert b"HTTP/0.9" not in raw
+    assert raw.count(b"HTTP/1.1 ") == 1  # one answer, then closed
+
+
+async def test_http12_is_served_as_http11_on_every_request_of_a_connection(
+    proxy, s3: S3Objects
+) -> None:
+    client = await proxy()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    ask = b"GET /public/42 HTTP/1.2\r\nHost: p\r\n\r\n"
+    try:
+        writer.write(ask)  # the first on the connection
+        status_line, _, body = await read_answer(reader)
+        assert status_line == "HTTP/1.1 200 OK"
+        assert body == s3.photo
+        writer.write(ask)  # a later one, kept alive
+        assert (await read_answer(reader))[0] == "HTTP/1.1 200 OK"
+        writer.write(ask * 3)  # pipelined in one write
+        for _ in range(3):
+            assert (await read_answer(reader))[0] == "HTTP/1.1 200 OK"
+        writer.write(ask[:20])  # a request line split across reads
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(ask[20:])
+        assert (await read_answer(reader))[0] == "HTTP/1.1 200 OK"
+    finally:
+        writer.close()
+
+
+async def test_a_body_is_never_rewritten_however_it_looks(proxy, s3: S3Objects) -> None:
+    """An upload body made of HTTP/1.2 request lines, in the same read as its HTTP/1.2 head
+    and in reads of its own, is stored byte for byte; the request after it is served."""
+    from .test_uploads import ALICE_TOKEN, BUCKET, upload_config
+
+    client = await proxy(upload_config(s3.endpoint))
+    body = b"GET /public/42 HTTP/1.2\r\nHost: p\r\n\r\n" * 4
+    head = (
+        f"PUT /up/edge/body.txt HTTP/1.2\r\nHost: p\r\nContent-Type: text/plain\r\n"
+        f"Authorization: Bearer {ALICE_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + body[:30])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[30:])
+        assert (await read_answer(reader))[0] == "HTTP/1.1 201 Created"
+        writer.write(b"GET /public/42 HTTP/1.2\r\nHost: p\r\n\r\n")  # after a body's end
+        assert (await read_answer(reader))[0] == "HTTP/1.1 200 OK"
+    finally:
+        writer.close()
+    import boto3
+
+    stored = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1").get_object(
+        Bucket=BUCKET, Key="uploads/alice/edge/body.txt"
+    )
+    assert stored["Body"].read() == body
+
+
+async def test_http10_is_answered_with_an_http11_status_line(proxy, s3: S3Objects) -> None:
+    client = await proxy()
+    raw = await exchange(client, b"GET /public/42 HTTP/1.0\r\n\r\n")  # closes by itself
+    status_line, headers, body = parse(raw)
+    assert status_line == "HTTP/1.1 200 OK"
+    assert headers["connection"] == "close"
+    assert "transfer-encoding" not in headers
+    assert body == s3.photo
+    # Kept alive when it asks, as HTTP/1.0 says.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /public/42 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status_line, headers, _ = await read_answer(reader)
+            assert status_line == "HTTP/1.1 200 OK"
+            assert headers["connection"] == "keep-alive"
+    finally:
+        writer.close()
+    refusal = await exchange(client, b"GET /nowhere HTTP/1.0\r\n\r\n")
+    assert_json_refusal(refusal, 404)
+
+
+@pytest.mark.parametrize(
+    ("codings", "status"),
+    [
+        ("gzip, chunked", 501),
+        ("identity, chunked", 501),
+        ("chunked, gzip", 400),  # chunked not last: the length cannot be known (RFC 9112 6.3)
+        ("gzip", 400),
+    ],
+)
+async def test_transfer_codings_other_than_chunked(proxy, codings: str, status: int) -> None:
+    client = await proxy()
+    data = (
+        f"PUT /public/42 HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: {codings}\r\n\r\n"
+        "5\r\nhello\r\n0\r\n\r\n"
+    ).encode()
+    raw = await exchange(client, data)  # no Connection: close: closed by the server
+    assert_json_refusal(raw, status)
+
+
+async def test_transfer_encoding_on_http10_is_400_and_closed(proxy) -> None:
+    client = await proxy()
+    data = (
+        b"PUT /public/42 HTTP/1.0\r\nHost: p\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    raw = await exchange(client, data)
+    headers = assert_json_refusal(raw, 400)
+    assert headers["connection"] == "close"
+
+
+async def test_options_asterisk_is_400(proxy) -> None:
+    client = await proxy()
+    raw = await exchange(client, request("*", "Host: p", method="OPTIONS"))
+    assert_json_refusal(raw, 400)

@@ -250,3 +250,59 @@ async def test_storage_says_whether_it_has_credentials(
     await without.open()
     await without.close()
     assert (with_keys.has_credentials, without.has_credentials) == (True, False)
+
+
+async def test_a_stalled_s3_is_a_quick_504_and_readyz_says_so(
+    proxy, faulty: FaultyS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: during an S3 freeze nothing failed fast; each request waited read_timeout.
+    Past s3.first_byte_timeout without S3's response head, the answer is a 504 (not retried:
+    a second wait would only double the first), the log says why, and /readyz reports the
+    stall while staying ready (every replica shares S3: failing them all helps nobody)."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    timeouts = {"read_timeout": 30, "request_timeout": 60, "max_attempts": 3}
+    data = config_dict(faulty.url, s3={**timeouts, "first_byte_timeout": 0.2}, health={"cache": 0})
+    data["admin"] = {"access": {"claims": {"role": "admin"}}}  # who may read what is degraded
+    client = await proxy(data)
+    ready = await client.get("/readyz")
+    assert (ready.status, await ready.json()) == (200, {"status": "ready"})
+    faulty.mode = "hang"
+    faulty.requests = 0
+    for path in ("/admin/exports/q4.pdf", "/auto/q4.pdf"):  # a GET, and an `auto` route's HEAD
+        answer = await client.get(path, headers=ADMIN)
+        assert (answer.status, await answer.json()) == (504, {"error": "storage timed out"})
+    assert faulty.requests == 2  # one each: not retried
+    reasons = [
+        json.loads(r.getMessage()).get("reason") for r in caplog.records if r.name == "proxy.access"
+    ]
+    assert reasons == [
+        "GetObject: no response head from S3 within s3.first_byte_timeout (0.2 s)",
+        "HeadObject: no response head from S3 within s3.first_byte_timeout (0.2 s)",
+    ]
+    faulty.mode = "ok"
+    public = await client.get("/readyz")  # anonymous: the status only (issue 21 item 6)
+    assert (public.status, await public.json()) == (200, {"status": "ready"})
+    ready = await client.get("/readyz", headers=ADMIN)
+    assert ready.status == 200
+    assert await ready.json() == {
+        "status": "ready",
+        "degraded": [
+            "s3 stalling: 2 request(s) got no response head within s3.first_byte_timeout in "
+            "the last 60 s (answered 504)"
+        ],
+    }
+    answer = await client.get("/admin/exports/q4.pdf", headers=ADMIN)
+    assert answer.status == 200  # S3 is back: so is the proxy
+
+
+async def test_a_shorter_request_timeout_bounds_the_wait_and_says_so(
+    proxy, faulty: FaultyS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    data = config_dict(faulty.url, s3={"read_timeout": 30, "request_timeout": 0.2})
+    client = await proxy(data)
+    faulty.mode = "hang"
+    answer = await client.get("/admin/exports/q4.pdf", headers=ADMIN)
+    assert answer.status == 504
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+    assert line["reason"] == "GetObject: S3 did not answer within s3.request_timeout (0.2 s)"

@@ -313,3 +313,25 @@ async def test_multipart_steps_count_toward_max_uploads(proxy, s3: S3Objects) ->
     )
     assert response.status == 413
     assert await response.json() == {"error": "at most 100 uploads per request"}
+
+
+async def test_one_request_lists_a_keys_open_uploads_once(proxy, s3: S3Objects) -> None:
+    """A batch of entries naming upload ids on one key (bogus or repeated) must not cost an
+    S3 listing each: on AWS each walk may take ten pages of 1,000 uploads, so a request of
+    sign_api.max_paths such entries would make ten times as many ListMultipartUploads."""
+    data = _config(s3.endpoint)
+    data["metrics"] = {"enabled": True, "listen": "main", "access": "public"}
+    client = await proxy(data)
+    path = f"/big/{fresh()}"
+    (begun,) = await _sign(
+        client, ALICE, "multipart", {"path": path, "content_type": "video/mp4", "size": 10}
+    )
+    bogus = [{"path": path, "upload_id": f"guess-{n}", "size": 10} for n in range(20)]
+    real = {"path": path, "upload_id": begun["upload_id"], "size": 10}
+    answers = await _sign(client, ALICE, "resume", *bogus, real, real)
+    assert [answer.get("status", 200) for answer in answers] == [404] * 20 + [200, 200]
+    (gone,) = await _sign(client, ALICE, "abort", real)
+    assert gone["status"] == 204
+    text = await (await client.get("/metrics")).text()
+    # One listing for the resume request, one for the abort request.
+    assert 'proxy_s3_requests_total{operation="ListMultipartUploads",outcome="ok"} 2.0' in text

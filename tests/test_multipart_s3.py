@@ -4,7 +4,7 @@ part URLs; and, with a counting FakeStorage, what is refused before S3 is touche
 
 moto answers ListParts, UploadPart, CompleteMultipartUpload and AbortMultipartUpload by upload
 id alone, whatever key the request names: so these tests also show that the proxy's own key
-binding (Writes.has_upload) is what stops another user's id, not S3's.
+binding (Writes.open_uploads) is what stops another user's id, not S3's.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from proxy.errors import (
 from proxy.ops.measured import MeasuredStorage
 from proxy.ops.metrics import Telemetry
 from proxy.request import ObjectRef
+from proxy.storage import WriteCondition
 from proxy.uploads import PartSigning, abort, begin, complete, multipart_place, resume
 
 from .conftest import S3Objects, build_config, config_dict
@@ -225,7 +226,7 @@ async def test_a_wrong_part_list_is_a_400_and_the_upload_stays_resumable(
     # S3's own refusal of a list (the proxy's check bypassed) is the same clear 400.
     with pytest.raises(BadRequest) as refused:
         await storage.writes.complete_multipart(
-            place.ref, upload_id, [(1, etags[1]), (2, etags[1])], overwrite=False
+            place.ref, upload_id, [(1, etags[1]), (2, etags[1])], WriteCondition(None)
         )
     assert refused.value.status == 400
     assert "InvalidPart" in refused.value.reason
@@ -281,9 +282,8 @@ async def test_list_parts_walks_every_page(s3: S3Objects, s3_client: Any) -> Non
             )
         parts = await writer.list_parts(_ref(key), upload_id)
         assert [(part.number, part.size) for part in parts] == [(n, n) for n in range(1, 6)]
-        assert await writer.has_upload(_ref(key), upload_id)
-        assert not await writer.has_upload(_ref(key), "not-" + upload_id)
-        assert not await writer.has_upload(_ref(key + "x"), upload_id)
+        assert await writer.open_uploads(_ref(key)) == {upload_id}
+        assert upload_id not in await writer.open_uploads(_ref(key + "x"))
     finally:
         s3_client.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload_id)
         await client.close()
@@ -365,7 +365,7 @@ async def test_every_multipart_s3_call_and_step_is_counted() -> None:
     fake = FakeStorage()
     measured = MeasuredStorage(fake, telemetry)
     upload_id = await measured.writes.start_multipart(_ref("k"), "video/mp4")
-    assert await measured.writes.has_upload(_ref("k"), upload_id)
+    assert await measured.writes.open_uploads(_ref("k")) == {upload_id}
     assert await measured.writes.list_parts(_ref("k"), upload_id) == []
     with pytest.raises(UploadNotFound):
         await measured.writes.list_parts(_ref("other"), upload_id)

@@ -54,6 +54,37 @@ async def test_repeat_requests_are_served_from_memory_until_max_age(proxy) -> No
     assert _gets(fake) == 2
 
 
+async def test_answers_from_memory_carry_their_age(proxy) -> None:
+    """RFC 9111 5.1: an answer from a stored copy says how old it is; the answer that
+    fetched it from S3 says nothing (it is fresh from the origin)."""
+    clock = Clock(T0)
+    client, _fake, token = await _start(proxy, clock)
+    first = await client.get("/stream/photos/42", headers=token)
+    assert "Age" not in first.headers
+    clock.now += 3.7
+    for method, headers in [
+        ("GET", {}),
+        ("HEAD", {}),
+        ("GET", {"Range": "bytes=0-9"}),
+        ("GET", {"If-None-Match": '"fake"'}),
+    ]:
+        answer = await client.request(method, "/stream/photos/42", headers={**token, **headers})
+        await answer.read()
+        assert answer.status in (200, 206, 304)
+        assert answer.headers["Age"] == "3", (method, headers)
+
+
+def test_age_is_whole_seconds_since_the_fetch() -> None:
+    clock = Clock(T0)
+    cache = _cache(clock)
+    ref = ObjectRef(*KEY)
+    cache.put(ref, ObjectMeta(content_length=1), b"x")
+    clock.now += 59.9
+    entry = cache.get(ref, 3600)
+    assert entry is not None
+    assert cache.age(entry) == 59
+
+
 async def test_authorization_is_checked_even_on_cached_objects(proxy) -> None:
     clock = Clock(T0)
     client, _fake, token = await _start(proxy, clock)

@@ -138,6 +138,7 @@ def test_memory_stays_bounded_with_fifty_slow_readers(s3: S3Objects, tmp_path: P
         s3={
             "max_connections": 64,
             "read_timeout": 60,
+            "first_byte_timeout": 60,
             "connect_timeout": 30,
             "request_timeout": 120,
         },

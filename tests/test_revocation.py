@@ -279,6 +279,49 @@ async def test_entries_expire_list_and_undo(proxy, s3: S3Objects) -> None:
     assert again.status == 404
 
 
+@pytest.mark.parametrize(
+    ("body", "location"),
+    [
+        ({"sub": "alice"}, "/_admin/revocations?sub=alice"),
+        (
+            {"sub": "a&b=c", "iss": "https://idp.example/x?y"},
+            "/_admin/revocations?sub=a%26b%3Dc&iss=https%3A%2F%2Fidp.example%2Fx%3Fy",
+        ),
+        ({"jti": "j 1"}, "/_admin/revocations?jti=j+1"),
+    ],
+)
+async def test_a_revocation_is_201_with_its_own_location(
+    proxy, s3: S3Objects, body: dict[str, str], location: str
+) -> None:
+    """RFC 9110 15.3.2: the 201 names the entry it created; GET, HEAD and DELETE take it."""
+    client = await proxy(_config(s3))
+    created = await _revoke(client, body, ADMIN_NOW)
+    assert created.status == 201
+    assert created.headers["Location"] == location
+    entry = (await created.json())["revocation"]
+    got = await client.get(location, headers=bearer(ADMIN_NOW))
+    assert (got.status, await got.json()) == (200, {"revocation": entry})
+    head = await client.head(location, headers=bearer(ADMIN_NOW))
+    assert head.status == 200
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+    assert (await client.delete(location, headers=bearer(ADMIN_NOW))).status == 200
+    assert (await client.get(location, headers=bearer(ADMIN_NOW))).status == 404
+
+
+async def test_head_lists_as_get_does(proxy, s3: S3Objects) -> None:
+    client = await proxy(_config(s3))
+    await _revoke(client, {"jti": "j1"}, ADMIN_NOW)
+    got = await client.get("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    head = await client.head("/_admin/revocations", headers=bearer(ADMIN_NOW))
+    assert (head.status, await head.read()) == (200, b"")
+    same = ("Content-Length", "Content-Type", "Cache-Control", "X-Content-Type-Options")
+    assert {name: head.headers[name] for name in same} == {name: got.headers[name] for name in same}
+    refused = await client.head("/_admin/revocations", headers=bearer(make_token("alice")))
+    assert refused.status == 403  # the access rule holds for HEAD too
+    malformed = await client.get("/_admin/revocations?jti=a&sub=b", headers=bearer(ADMIN_NOW))
+    assert malformed.status == 400
+
+
 async def test_undo_lets_the_subject_back_in(proxy, s3: S3Objects) -> None:
     clock = Clock(T0)
     client = await proxy(_config(s3), clock=clock)
@@ -333,11 +376,11 @@ async def test_the_admin_endpoint_refuses_what_it_cannot_use(
     assert "error" in await response.json()
 
 
-async def test_the_admin_endpoint_allows_three_methods(proxy, s3: S3Objects) -> None:
+async def test_the_admin_endpoint_allows_four_methods(proxy, s3: S3Objects) -> None:
     client = await proxy(_config(s3))
     response = await client.put("/_admin/revocations", headers=bearer(ADMIN_NOW))
     assert response.status == 405
-    assert response.headers["Allow"] == "GET, POST, DELETE"
+    assert response.headers["Allow"] == "GET, HEAD, POST, DELETE"
     missing = await client.delete("/_admin/revocations", headers=bearer(ADMIN_NOW))
     assert missing.status == 400
 

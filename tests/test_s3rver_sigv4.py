@@ -174,7 +174,7 @@ async def test_presigned_upload_part_urls_verify_and_pin_their_length(
                 assert sent.status == 200, await sent.text()
                 etag_2 = sent.headers["ETag"]
         await storage.writes.complete_multipart(
-            ref, upload_id, [(1, etag), (2, etag_2)], overwrite=True
+            ref, upload_id, [(1, etag), (2, etag_2)], condition=None
         )
         async with aiohttp.ClientSession() as plain:
             url = storage.presign(credentials, "GET", ref, lifetime)

@@ -123,7 +123,7 @@ async def test_chunked_put_is_411(proxy, s3: S3Objects) -> None:
     assert response.status == 411
 
 
-async def test_put_to_an_existing_key_is_412(proxy, s3: S3Objects, s3_client: Any) -> None:
+async def test_put_to_an_existing_key_is_409(proxy, s3: S3Objects, s3_client: Any) -> None:
     client = await proxy(redirect_config(s3.endpoint))
     path = fresh("q.txt")
     s3_client.put_object(Bucket=BUCKET, Key=f"direct/alice/{path}", Body=b"there")
@@ -133,7 +133,7 @@ async def test_put_to_an_existing_key_is_412(proxy, s3: S3Objects, s3_client: An
         headers={**alice(), "Content-Type": "text/plain"},
         allow_redirects=False,
     )
-    assert response.status == 412
+    assert response.status == 409
 
 
 async def test_put_without_a_token_is_401(proxy, s3: S3Objects) -> None:
@@ -211,7 +211,7 @@ async def test_sign_api_upload_refusals_are_per_entry(proxy, s3: S3Objects, s3_c
     response = await client.post("/_sign", json={"uploads": entries}, headers=alice())
     assert response.status == 200
     statuses = [entry.get("status", 200) for entry in (await response.json())["uploads"]]
-    assert statuses == [415, 413, 412, 405, 404, 415, 400, 400, 200]
+    assert statuses == [415, 413, 409, 405, 404, 415, 400, 400, 200]
 
 
 async def test_sign_api_upload_needs_the_routes_access(proxy, s3: S3Objects) -> None:

@@ -4,6 +4,7 @@ and that nothing partial is left in the bucket after each failure."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import logging
@@ -55,7 +56,8 @@ UPLOAD_ROUTES: list[dict[str, Any]] = [
 
 def upload_config(endpoint: str) -> dict[str, Any]:
     data = config_dict(endpoint)
-    data["routes"] = UPLOAD_ROUTES + data["routes"]
+    # A copy: tests change their config's routes (a rate limit), never the next test's.
+    data["routes"] = copy.deepcopy(UPLOAD_ROUTES) + data["routes"]
     return data
 
 
@@ -267,7 +269,9 @@ async def test_authorized_put_gets_100_continue_then_201(
     assert stored["Body"].read() == b"hello"
 
 
-async def test_existing_key_is_412_and_kept(proxy, s3: S3Objects, s3_client: Any) -> None:
+async def test_existing_key_is_409_and_kept(proxy, s3: S3Objects, s3_client: Any) -> None:
+    """The route's own rule (overwrite: false) refuses: 409, not the 412 of a client's
+    precondition."""
     client = await proxy(upload_config(s3.endpoint))
     path = fresh("d.txt")
     key = f"uploads/alice/{path}"
@@ -276,7 +280,10 @@ async def test_existing_key_is_412_and_kept(proxy, s3: S3Objects, s3_client: Any
         response = await client.put(
             f"/up/{path}", data=data, headers={**ALICE, "Content-Type": "text/plain"}
         )
-        assert response.status == 412
+        assert response.status == 409
+        assert await response.json() == {
+            "error": "an object exists at this path and this route does not replace it"
+        }
     assert s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"original"
     assert s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", []) == []
 
@@ -299,7 +306,7 @@ async def test_a_key_created_during_the_upload_wins_over_it(
     response = await client.put(
         f"/up/{path}", data=body(), headers={**ALICE, "Content-Type": "image/png"}
     )
-    assert response.status == 412
+    assert response.status == 409
     assert s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"first"
     assert s3_client.list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", []) == []
 
@@ -312,8 +319,13 @@ async def test_overwrite_true_replaces(proxy, s3: S3Objects, s3_client: Any) -> 
     response = await client.put(
         f"/upw/{path}", data=b"new", headers={**ALICE, "Content-Type": "image/png"}
     )
-    assert response.status == 201
-    assert s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"new"
+    # Replaced, not created: 200 (RFC 9110 9.3.4), the new ETag, and no Location.
+    assert response.status == 200
+    assert "Location" not in response.headers
+    stored = s3_client.get_object(Bucket=BUCKET, Key=key)
+    assert stored["Body"].read() == b"new"
+    assert response.headers["ETag"] == stored["ETag"]
+    assert await response.json() == {"path": f"/upw/{path}", "size": 3, "etag": stored["ETag"]}
 
 
 async def test_default_types_are_the_routes_inline_types(proxy, s3: S3Objects) -> None:

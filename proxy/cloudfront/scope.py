@@ -11,6 +11,9 @@ Rules:
    is percent-encoded exactly as the object's key is in its URL, so a `*` or `?` in a value
    is a character, never a wildcard: `/cdn/albums/*/x.jpg` cannot widen one album's cookies
    to every album.
+3. A wildcard never touches a value: `albums/{album}*` would give album `a`'s cookies album
+   `ab` too (and `*{album}/` album `ba`). A value is always bounded by a `/` or the scope's
+   own text on both sides (refused at load).
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def compile_scope(
             f"{shown} is not in the route's key {key.source!r}; a cookie scope may use only "
             "the key's own parameters and claims"
         )
+    for before, after in zip(scope.literals, scope.literals[1:], strict=False):
+        if before[-1:] in ("*", "?") or after[:1] in ("*", "?"):
+            raise TemplateError(
+                f"{scope.source!r} puts a wildcard right beside a value, so one value's "
+                "cookies would also open every value that starts (or ends) with it; put a / "
+                "between them, e.g. albums/{album}/*"
+            )
     groups: dict[str, Ref] = {}
     parts = [re.escape(key.literals[0])]
     for ref, literal in zip(key.refs, key.literals[1:], strict=True):

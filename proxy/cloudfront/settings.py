@@ -33,6 +33,7 @@ _HOST = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 )
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_BASE64 = re.compile(r"[A-Za-z0-9+/=]+")
 KEY_COMMAND = "openssl genrsa -out private_key.pem 2048"
 
 
@@ -203,6 +204,15 @@ def _load_key(
     private = entry.private_key is not None
     field = "private_key" if private else "public_key"
     given = entry.private_key or entry.public_key or Path()  # the model requires one
+    if not _plausible_path(given):
+        # Key material where a path belongs (a PEM pasted into the variable that should name
+        # its file): the value is never repeated, not even as "cannot read <path>".
+        problems.append(
+            f"{where}.{field}: holds what looks like the key itself, not the path of its PEM "
+            f"file (the value is not shown); write key {entry.id} to a file only the proxy "
+            "can read (chmod 600) and give its path, e.g. ${CLOUDFRONT_KEY_FILE}"
+        )
+        return None
     path = given if given.is_absolute() else base_dir / given
     try:
         pem = path.read_bytes()
@@ -227,6 +237,20 @@ def _load_key(
             f"{stat.S_IMODE(mode):04o}); chmod 600 it"
         )
     return key
+
+
+def _plausible_path(given: Path) -> bool:
+    """Whether `given` can be a file's path rather than key material: no line break, no PEM
+    armour, no name longer than a file system takes, and not a long run of nothing but
+    base64 (a key's DER on one line, whose `/`s would otherwise pass for directories)."""
+    text = str(given)
+    return (
+        "\n" not in text
+        and "\r" not in text
+        and "-----BEGIN" not in text
+        and all(len(part.encode()) <= 255 for part in given.parts)
+        and not (len(text) >= 64 and _BASE64.fullmatch(text))
+    )
 
 
 def check_route(

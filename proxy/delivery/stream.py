@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from aiohttp import web
 from ..conditional import (
     NOT_MODIFIED,
     PRECONDITION_FAILED,
+    ByteRange,
     has_preconditions,
     if_range_holds,
     parse_ranges,
@@ -171,7 +173,8 @@ async def _open_for_get(
 
     A single Range is asked of S3 directly; with If-Range the answer's validators (the whole
     object's, also on a 206) then decide, and a mismatch costs a second, whole GET. Several
-    ranges get the whole object (200), which RFC 9110 14.2 permits.
+    ranges get the whole object (200), which RFC 9110 14.2 permits, unless none of them is
+    satisfiable: then 416, as the cached route answers them.
     """
     headers = request.headers
     ranges = parse_ranges(headers.get("Range")) if "Range" in headers else None
@@ -207,10 +210,25 @@ async def _open_for_get(
             await _discard(obj)
             raise
         if byte_range is None or if_range_holds(headers, meta.etag, meta.last_modified):
+            if _none_of_several_satisfiable(ranges, headers, meta):
+                await _discard(obj)
+                raise RangeNotSatisfiable("no range satisfiable", size=meta.content_length)
             return obj
         await _discard(obj)  # the client's copy is stale: it gets the whole object
         byte_range = None
         obj = await storage.get(ref, None)
+
+
+def _none_of_several_satisfiable(
+    ranges: tuple[ByteRange, ...] | None, headers: Mapping[str, str], meta: ObjectMeta
+) -> bool:
+    """Several ranges (served whole) of which none is satisfiable, and no stale If-Range
+    asking for the whole object anyway: 416, as the cached route answers."""
+    if ranges is None or len(ranges) < 2:
+        return False
+    if not if_range_holds(headers, meta.etag, meta.last_modified):
+        return False
+    return satisfiable_spans(ranges, meta.content_length) == []
 
 
 async def _discard(obj: ObjectStream) -> None:
@@ -288,7 +306,8 @@ async def _from_cache(
 ) -> web.StreamResponse:
     cached = settings.objects.get(ref, cache.max_age)
     if cached is not None:
-        return _memory_response(request, context, cached.meta, cached.body, shown)
+        age = settings.objects.age(cached)
+        return _memory_response(request, context, cached.meta, cached.body, shown, age)
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
     obj = await settings.storage.get(ref, None)
@@ -318,9 +337,19 @@ def _memory_response(
     meta: ObjectMeta,
     body: bytes,
     shown: Presentation,
+    age: int | None = None,
 ) -> web.Response:
-    _check_preconditions(request, meta, shown)
+    """The answer from a body in memory; `age`: seconds since the cache fetched it (None:
+    fetched for this very request), sent as Age (RFC 9111 5.1), on a 304 too."""
+    try:
+        _check_preconditions(request, meta, shown)
+    except NotModified as exc:
+        if age is not None:
+            exc.headers["Age"] = str(age)
+        raise
     headers = object_headers(meta, shown)
+    if age is not None:
+        headers["Age"] = str(age)
     headers.pop("Content-Range", None)
     size = len(body)
     status, payload = 200, body

@@ -41,6 +41,7 @@ from ..storage import (
     ObjectStream,
     bucket_problem,
     error_for_status,
+    response_head_deadline,
     translate_errors,
 )
 from .signing import SignedByTheProxy, Signer
@@ -118,8 +119,9 @@ class AiobotocoreStorage(SignedByTheProxy):
         ref: ObjectRef,
         **params: str | bytes,
     ) -> dict[str, Any]:
-        """One client call, within s3.request_timeout (botocore's retries included), with
-        S3's error answers and transport failures mapped to the project's errors."""
+        """One client call, its answer's head within s3.first_byte_timeout and
+        s3.request_timeout (botocore's retries included), with S3's error answers and
+        transport failures mapped to the project's errors."""
         client = self._client
         if client is None:
             raise UpstreamError(f"{operation}: storage is not open")
@@ -127,9 +129,12 @@ class AiobotocoreStorage(SignedByTheProxy):
             # botocore adds the key's base64 and MD5 headers and signs all three.
             params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=ref.sse.key)
         call: Callable[..., Awaitable[dict[str, Any]]] = getattr(client, method)
+        settings = self._settings
         with translate_errors(operation):
             try:
-                async with asyncio.timeout(self._settings.request_timeout):
+                async with response_head_deadline(
+                    operation, settings.first_byte_timeout, settings.request_timeout
+                ):
                     return await call(Bucket=ref.bucket, Key=ref.key, **params)
             except ClientError as exc:
                 raise _client_error(exc, operation) from None

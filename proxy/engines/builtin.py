@@ -26,6 +26,7 @@ from ..storage import (
     ObjectStream,
     bucket_problem,
     error_for_status,
+    response_head_deadline,
     translate_errors,
     xml_field,
 )
@@ -93,7 +94,8 @@ class BuiltinStorage(SignedByTheProxy):
         operation: str,
     ) -> Response:
         """Send one signed request; retry connection failures and 5xx answers while nothing
-        has been sent to the client, within s3.request_timeout. Waiting for a pooled
+        has been sent to the client, until the response head arrives within
+        s3.first_byte_timeout and s3.request_timeout. Waiting for a pooled
         connection is bounded by s3.pool_timeout and not retried (a busy pool is a 503 now,
         not later). Answers other than 2xx become the project's errors."""
         if self._pool is None:
@@ -102,7 +104,9 @@ class BuiltinStorage(SignedByTheProxy):
         signed = ref.sse.headers if ref.sse is not None else None
         failure: Exception | None = None
         with translate_errors(operation):
-            async with asyncio.timeout(settings.request_timeout):
+            async with response_head_deadline(
+                operation, settings.first_byte_timeout, settings.request_timeout
+            ):
                 for attempt in range(settings.max_attempts):
                     if attempt:
                         # Full-jitter backoff; not security relevant.

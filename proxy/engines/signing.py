@@ -120,7 +120,9 @@ class Signer:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
+        signed = {"content-type": content_type, "content-length": str(content_length)}
         return presign_url(
             endpoint=self._public_endpoint,
             region=self._settings.region,
@@ -130,7 +132,7 @@ class Signer:
             key=key,
             signed_at=lifetime.signed_at,
             expires_in=lifetime.expires_in,
-            signed_headers={"content-type": content_type, "content-length": str(content_length)},
+            signed_headers={**signed, **(preconditions or {})},
         )
 
     def presign_post(
@@ -214,9 +216,10 @@ class SignedByTheProxy:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
         return self._signer.presign_put(
-            credentials, ref.bucket, ref.key, lifetime, content_type, content_length
+            credentials, ref.bucket, ref.key, lifetime, content_type, content_length, preconditions
         )
 
     def presign_post(

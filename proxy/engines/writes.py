@@ -8,12 +8,14 @@ on the first upload (a proxy that never takes one never pays for it) and apart f
 reads' connections, so a long upload never holds a slot a download waits for.
 
 Rules:
-1. A conditional write refused by S3 (`If-None-Match: *` on an existing key: 412, or a
-   concurrent write to the same key: 409 ConditionalRequestConflict) is KeyExists (412).
+1. A write's WriteCondition goes to S3 as its own conditional write: `If-Match: <etag>` or
+   `If-None-Match: *` on PutObject and CompleteMultipartUpload. S3's refusal of it (412; 409
+   ConditionalRequestConflict for a concurrent write; 404 NoSuchKey when the object that
+   If-Match named is gone) is PreconditionFailed; the caller decides what the client is told.
 2. Each call is bounded by s3.request_timeout, and the checksums botocore would add by
    default are asked for only where S3 requires them (`when_required`): a part is sent as it
    is, without a second pass over it.
-3. An upload id belongs to one key. `has_upload` asks S3 which uploads are open on the key
+3. An upload id belongs to one key. `open_uploads` asks S3 which uploads are open on the key
    (ListMultipartUploads) and compares the key itself: S3 answers ListParts, UploadPart and
    CompleteMultipartUpload by upload id, and not every S3 implementation checks that the
    key in the request is the upload's (moto and s3rver do not).
@@ -32,17 +34,17 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
 from ..config import S3Settings
-from ..errors import BadRequest, KeyExists, ProxyError, UploadNotFound, UpstreamError
+from ..errors import BadRequest, PreconditionFailed, ProxyError, UploadNotFound, UpstreamError
 from ..request import ObjectRef
 from ..ssec import CustomerKey
-from ..storage import UploadedPart, error_for_status, translate_errors
+from ..storage import UploadedPart, WriteCondition, error_for_status, translate_errors
 
 ClientFactory = Callable[[], Awaitable[Any]]
 
 # S3 answers at most 1,000 parts or uploads a page; an upload has at most 10,000 parts.
 PAGE = 1000
 _MAX_PART_PAGES = 10
-# Uploads open on one key that `has_upload` looks through before giving up (rule 3): a
+# Uploads open on one key that `open_uploads` looks through before giving up (rule 3): a
 # client that opens more than this many on one key without completing or aborting them is
 # told to clean up rather than costing a long walk through S3's listing on every step.
 _MAX_UPLOAD_PAGES = 10
@@ -73,12 +75,15 @@ class ObjectWriter:
         self._client = client
         self._page = page  # smaller in tests, to walk S3's pages without 1,000 parts
 
-    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
-        """Store `body` as the object in one request; its ETag."""
+    async def put(
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
+    ) -> str:
+        """Store `body` as the object in one request, if `condition` holds; its ETag."""
         params: dict[str, Any] = {"Body": body, "ContentType": content_type}
-        if not overwrite:
-            params["IfNoneMatch"] = "*"
-        answer = await self._call("PutObject", "put_object", ref, ref.sse, params)
+        params.update(_conditional(condition))
+        answer = await self._call(
+            "PutObject", "put_object", ref, ref.sse, params, conditional=condition is not None
+        )
         return str(answer.get("ETag", ""))
 
     async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
@@ -103,16 +108,20 @@ class ObjectWriter:
         ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
-        overwrite: bool,
+        condition: WriteCondition | None,
     ) -> str:
-        """Join the parts ((number, ETag) in ascending order) into the object; its ETag. S3
-        wants no customer key here: the parts are encrypted already."""
+        """Join the parts ((number, ETag) in ascending order) into the object, if `condition`
+        holds; its ETag. S3 wants no customer key here: the parts are encrypted already."""
         listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
         params: dict[str, Any] = {"UploadId": upload_id, "MultipartUpload": {"Parts": listed}}
-        if not overwrite:
-            params["IfNoneMatch"] = "*"
+        params.update(_conditional(condition))
         answer = await self._call(
-            "CompleteMultipartUpload", "complete_multipart_upload", ref, None, params
+            "CompleteMultipartUpload",
+            "complete_multipart_upload",
+            ref,
+            None,
+            params,
+            conditional=condition is not None,
         )
         return str(answer.get("ETag", ""))
 
@@ -126,10 +135,11 @@ class ObjectWriter:
             {"UploadId": upload_id},
         )
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        """Whether `upload_id` is open on exactly `ref`'s key (rule 3). S3 lists the uploads
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        """The ids of the uploads open on exactly `ref`'s key (rule 3). S3 lists the uploads
         under a prefix sorted by key, so those on the key itself come first: the walk stops
         at the first longer key."""
+        found: set[str] = set()
         params: dict[str, Any] = {"Prefix": ref.key, "MaxUploads": self._page}
         for _ in range(_MAX_UPLOAD_PAGES):
             answer = await self._call(
@@ -137,11 +147,10 @@ class ObjectWriter:
             )
             for upload in answer.get("Uploads") or ():
                 if upload.get("Key") != ref.key:
-                    return False
-                if upload.get("UploadId") == upload_id:
-                    return True
+                    return frozenset(found)
+                found.add(str(upload.get("UploadId")))
             if not answer.get("IsTruncated"):
-                return False
+                return frozenset(found)
             params = {
                 **params,
                 "KeyMarker": answer.get("NextKeyMarker") or "",
@@ -176,6 +185,7 @@ class ObjectWriter:
         sse: CustomerKey | None,
         params: dict[str, Any],
         keyed: bool = True,  # False: a call on the bucket (ListMultipartUploads)
+        conditional: bool = False,  # sent with a WriteCondition (rule 1)
     ) -> dict[str, Any]:
         if sse is not None:
             params.update(SSECustomerAlgorithm="AES256", SSECustomerKey=sse.key)
@@ -188,14 +198,26 @@ class ObjectWriter:
                 async with asyncio.timeout(self._settings.request_timeout):
                     return await call(Bucket=ref.bucket, **params)
             except ClientError as exc:
-                raise _write_error(exc, operation) from None
+                raise _write_error(exc, operation, conditional) from None
 
 
-def _write_error(exc: ClientError, operation: str) -> ProxyError:
+def _conditional(condition: WriteCondition | None) -> dict[str, str]:
+    if condition is None:
+        return {}
+    if condition.etag is None:
+        return {"IfNoneMatch": "*"}
+    return {"IfMatch": condition.etag}
+
+
+def _write_error(exc: ClientError, operation: str, conditional: bool) -> ProxyError:
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     code = str(exc.response.get("Error", {}).get("Code") or "")
-    if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-        return KeyExists(f"{operation}: the key exists (overwrite is false)")
+    if (
+        status == 412
+        or code in ("PreconditionFailed", "ConditionalRequestConflict")
+        or (conditional and status == 404 and code == "NoSuchKey")
+    ):
+        return PreconditionFailed(f"{operation}: S3 refused the conditional write")
     if code == "NoSuchUpload":
         return UploadNotFound(f"{operation}: S3 holds no such upload")
     if status == 400 and code in _PART_LIST_CODES:

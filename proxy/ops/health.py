@@ -9,6 +9,10 @@ probes themselves never are.
 Rule: the probe is anonymous and on the public port, so its answer carries the status only.
 What is wrong (bucket names, S3's and Redis's errors) goes to the log and, on the probe
 itself, only to a caller that passes `admin.access`; never a secret to anyone.
+
+A check may also say what is degraded while the process still serves (Redis unreachable, the
+revocations checked on this process's copy): read at each probe, never cached, and shown
+beside the status (to an operator, as problems are) without making it fail.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from aiohttp import web
 
 from ..errors import ProxyError
 from ..storage import Storage
+from .measured import STALL_WINDOW, MeasuredStorage
 
 log = logging.getLogger("proxy.health")
 
@@ -33,6 +38,7 @@ Problem = Awaitable[str | None]
 class Check:
     name: str  # says what was checked: "aws credentials", "bucket hr-private", ...
     run: Callable[[], Problem]  # None when fine, else what is wrong
+    degraded: Callable[[], str | None] | None = None  # what is wrong while still serving
 
 
 class Readiness:
@@ -60,6 +66,15 @@ class Readiness:
             running = self._running = asyncio.ensure_future(self._run())
         # Shielded: a probe that hangs up does not cancel the run the others wait for.
         return await asyncio.shield(running)
+
+    def degraded(self) -> list[str]:
+        """What is wrong now while the proxy still serves; no I/O."""
+        found = []
+        for check in self._checks:
+            note = check.degraded() if check.degraded is not None else None
+            if note is not None:
+                found.append(f"{check.name}: {note}")
+        return found
 
     async def _run(self) -> list[str]:
         try:
@@ -112,9 +127,32 @@ def storage_checks(storage: Storage, buckets: Sequence[str]) -> list[Check]:
 
         return Check(f"bucket {bucket}", reachable)
 
-    return [Check("aws credentials", credentials)] + [
+    checks = [Check("aws credentials", credentials)] + [
         bucket_check(bucket) for bucket in dict.fromkeys(buckets)
     ]
+    if isinstance(storage, MeasuredStorage):
+        checks.append(_stalling(storage))
+    return checks
+
+
+def _stalling(storage: MeasuredStorage) -> Check:
+    """S3 lately sent no response head within s3.first_byte_timeout: reported as degraded,
+    never failing readiness. Every replica shares S3, so failing them all at once would only
+    turn a partial outage into a total one (redirects, for one, need no S3 call)."""
+
+    async def nothing() -> str | None:
+        return None
+
+    def stalls() -> str | None:
+        count = storage.recent_stalls()
+        if not count:
+            return None
+        return (
+            f"{count} request(s) got no response head within s3.first_byte_timeout in the "
+            f"last {STALL_WINDOW:g} s (answered 504)"
+        )
+
+    return Check("s3 stalling", nothing, stalls)
 
 
 def live_response() -> web.Response:
@@ -124,16 +162,21 @@ def live_response() -> web.Response:
 async def ready_response(
     readiness: Readiness, draining: bool, detailed: bool = False
 ) -> web.Response:
-    """The probe's answer; `detailed` (a caller that passed admin.access) adds the problems."""
+    """The probe's answer; `detailed` (a caller that passed admin.access) adds what is wrong
+    and what is degraded (the module's rule)."""
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
+    shown: dict[str, object] = {}
+    if detailed:
+        if problems:
+            shown["problems"] = problems
+        degraded = readiness.degraded()
+        if degraded:
+            shown["degraded"] = degraded
     if problems:
-        body: dict[str, object] = {"status": "not ready"}
-        if detailed:
-            body["problems"] = problems
-        return _json(503, body)
-    return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", **shown})
+    return _json(200, {"status": "ready", **shown})
 
 
 def _json(status: int, body: object) -> web.Response:

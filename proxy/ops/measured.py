@@ -1,26 +1,52 @@
-"""A Storage that times and counts the S3 calls of another, by operation and outcome. No I/O
-of its own."""
+"""A Storage that times and counts the S3 calls of another, by operation and outcome, and
+remembers when S3 lately sent no response head in time (for /readyz). No I/O of its own."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from ..errors import NotFound, PreconditionFailed, RangeNotSatisfiable, UpstreamTimeout
+from ..errors import (
+    NoFirstByte,
+    NotFound,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    UpstreamTimeout,
+)
 from ..presign import Credentials, Lifetime, PostForm
 from ..request import ObjectRef
-from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, Writes
+from ..storage import ObjectMeta, ObjectStream, Storage, UploadedPart, WriteCondition, Writes
 from .metrics import Telemetry
 
 _T = TypeVar("_T")
+# How far back /readyz looks for calls S3 left without a response head (s3.first_byte_timeout).
+STALL_WINDOW = 60.0
 
 
 class MeasuredStorage:
-    def __init__(self, inner: Storage, telemetry: Telemetry) -> None:
+    def __init__(
+        self, inner: Storage, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._inner = inner
         self._telemetry = telemetry
         self._writes: MeasuredWrites | None = None
+        self._clock = clock
+        self._stalls: deque[float] = deque(maxlen=10_000)  # when each happened
+
+    def recent_stalls(self) -> int:
+        """Calls that got no response head within s3.first_byte_timeout in the last
+        STALL_WINDOW seconds."""
+        stalls, oldest = self._stalls, self._clock() - STALL_WINDOW
+        while stalls and stalls[0] < oldest:
+            stalls.popleft()
+        return len(stalls)
+
+    def _failed(self, operation: str, exc: Exception, started: float) -> None:
+        self._telemetry.observe_s3(operation, _outcome(exc), time.perf_counter() - started)
+        if isinstance(exc, NoFirstByte):
+            self._stalls.append(self._clock())
 
     @property
     def writes(self) -> MeasuredWrites:
@@ -34,7 +60,7 @@ class MeasuredStorage:
         try:
             meta = await self._inner.head(ref)
         except Exception as exc:
-            self._telemetry.observe_s3("HeadObject", _outcome(exc), time.perf_counter() - started)
+            self._failed("HeadObject", exc, started)
             raise
         self._telemetry.observe_s3("HeadObject", "ok", time.perf_counter() - started)
         return meta
@@ -45,7 +71,7 @@ class MeasuredStorage:
         try:
             stream = await self._inner.get(ref, byte_range)
         except Exception as exc:
-            self._telemetry.observe_s3("GetObject", _outcome(exc), time.perf_counter() - started)
+            self._failed("GetObject", exc, started)
             raise
         self._telemetry.observe_s3("GetObject", "ok", time.perf_counter() - started)
         return stream
@@ -77,8 +103,11 @@ class MeasuredStorage:
         lifetime: Lifetime,
         content_type: str,
         content_length: int,
+        preconditions: Mapping[str, str] | None = None,
     ) -> str:
-        return self._inner.presign_put(credentials, ref, lifetime, content_type, content_length)
+        return self._inner.presign_put(
+            credentials, ref, lifetime, content_type, content_length, preconditions
+        )
 
     def presign_post(
         self,
@@ -121,8 +150,10 @@ class MeasuredWrites:
         self._telemetry.observe_s3(operation, "ok", time.perf_counter() - started)
         return result
 
-    async def put(self, ref: ObjectRef, body: bytes, content_type: str, overwrite: bool) -> str:
-        return await self._measure("PutObject", self._inner.put(ref, body, content_type, overwrite))
+    async def put(
+        self, ref: ObjectRef, body: bytes, content_type: str, condition: WriteCondition | None
+    ) -> str:
+        return await self._measure("PutObject", self._inner.put(ref, body, content_type, condition))
 
     async def start_multipart(self, ref: ObjectRef, content_type: str) -> str:
         return await self._measure(
@@ -139,18 +170,18 @@ class MeasuredWrites:
         ref: ObjectRef,
         upload_id: str,
         parts: Sequence[tuple[int, str]],
-        overwrite: bool,
+        condition: WriteCondition | None,
     ) -> str:
         return await self._measure(
             "CompleteMultipartUpload",
-            self._inner.complete_multipart(ref, upload_id, parts, overwrite),
+            self._inner.complete_multipart(ref, upload_id, parts, condition),
         )
 
     async def abort_multipart(self, ref: ObjectRef, upload_id: str) -> None:
         await self._measure("AbortMultipartUpload", self._inner.abort_multipart(ref, upload_id))
 
-    async def has_upload(self, ref: ObjectRef, upload_id: str) -> bool:
-        return await self._measure("ListMultipartUploads", self._inner.has_upload(ref, upload_id))
+    async def open_uploads(self, ref: ObjectRef) -> frozenset[str]:
+        return await self._measure("ListMultipartUploads", self._inner.open_uploads(ref))
 
     async def list_parts(self, ref: ObjectRef, upload_id: str) -> list[UploadedPart]:
         return await self._measure("ListParts", self._inner.list_parts(ref, upload_id))

@@ -2,8 +2,11 @@
 
 The caller has passed `admin.access` before this runs. Bodies are small JSON objects:
     POST   {"sub": "alice", "iss": "https://idp.example"} | {"jti": "..."}, optional "ttl"
+           -> 201, Location: the entry's own URL (`admin.path?sub=alice&iss=...`)
+    GET    the list; with ?sub=alice&iss=... | ?jti=..., that one entry (404 if none)
     DELETE ?sub=alice&iss=... | ?jti=...
-Every refusal is a ProxyError (400, 404, 405, 408, 413, 415) chosen here.
+HEAD answers as GET does, without the body. Every refusal is a ProxyError (400, 404, 405,
+408, 413, 415) chosen here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -25,20 +29,26 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from .base import State
-from .revocations import Kind, new_revocation
+from .revocations import Kind, entry_id, new_revocation
 
 MAX_BODY = 4096
 MAX_VALUE = 1024  # longest sub, iss or jti accepted
 MAX_TTL = 31_536_000
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-_ALLOWED = "GET, POST, DELETE"
+_ALLOWED = "GET, HEAD, POST, DELETE"
 
 
 async def answer_revocations(
     request: web.BaseRequest, state: State, settings: Settings, clock: Callable[[], float]
 ) -> web.Response:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         entries = await state.revocations()
+        if request.query:
+            wanted = entry_id(*_target(request.query))
+            for entry in entries:
+                if entry.id == wanted:
+                    return web.json_response({"revocation": entry.to_json()}, headers=_HEADERS)
+            raise NotFound("no such revocation", detail="no such revocation")
         return web.json_response(
             {"revocations": [entry.to_json() for entry in entries]}, headers=_HEADERS
         )
@@ -60,7 +70,14 @@ async def answer_revocations(
             ttl,
         )
         await state.revoke(entry)
-        return web.json_response({"revocation": entry.to_json()}, status=201, headers=_HEADERS)
+        # RFC 9110 15.3.2: a 201 names what it created; GET and DELETE take this URL.
+        named = [(kind, value)] if iss is None else [(kind, value), ("iss", iss)]
+        location = f"{request.raw_path.split('?', 1)[0]}?{urlencode(named)}"
+        return web.json_response(
+            {"revocation": entry.to_json()},
+            status=201,
+            headers={**_HEADERS, "Location": location},
+        )
     if request.method == "DELETE":
         kind, value, iss = _target(request.query)
         if not await state.unrevoke(kind, value, iss):

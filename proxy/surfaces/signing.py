@@ -42,6 +42,7 @@ from ..state import Bucket, State
 from ..storage import Storage
 from ..uploads import (
     MULTIPART_KINDS,
+    OpenUploads,
     PartSigning,
     UploadTarget,
     answer_entry,
@@ -173,9 +174,10 @@ class Signing:
             )
             context.reason += f", {len(uploads)} uploads"
         budget = [self._settings.max_paths]  # part URLs this answer may still carry
+        open_uploads = OpenUploads(self._storage)  # each key's listed once per request
         for kind, entries in steps.items():
             answers = [
-                await self._sign_multipart(context, kind, entry, claims, budget)
+                await self._sign_multipart(context, kind, entry, claims, budget, open_uploads)
                 for entry in entries
             ]
             answer[kind] = answers
@@ -238,6 +240,7 @@ class Signing:
         entry: object,
         claims: Claims | None,
         budget: list[int],
+        open_uploads: OpenUploads,
     ) -> dict[str, Any]:
         """One multipart entry of `kind`, authorized as an upload of its path on a route with
         `upload.multipart` (any upload method: the parts go to S3, not to the route), and
@@ -260,7 +263,7 @@ class Signing:
             # Its S3 requests (a HEAD, Create/List/Complete/Abort) are made for the caller.
             async with self._state.s3_slot(context.client or "unknown", context.subject_key):
                 answered = await answer_entry(
-                    kind, self._storage, place, entry, lifetime, max(budget[0], 0)
+                    kind, self._storage, place, entry, lifetime, max(budget[0], 0), open_uploads
                 )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)

@@ -1,24 +1,26 @@
 """PUT of an authorized object: a 307 to a presigned PUT (redirect routes), or the body
 streamed to S3 through the proxy (stream routes), holding one of the stream slots as a
-download would. What uploads/ decides (type, size, overwrite, multipart) stays there.
+download would. What uploads/ decides (type, size, preconditions, overwrite, multipart, the
+answer's status) stays there.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
 from ..auth import Clock
+from ..conditional import has_write_preconditions
 from ..config import Config, Route
 from ..delivery.stream import watch_credential
 from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State
 from ..storage import Storage
-from ..uploads import UploadTarget, receive, redirect_put, upload_target
+from ..uploads import UploadTarget, receive, redirect_put, stored, upload_target
 
 
 class Uploads:
@@ -47,7 +49,7 @@ class Uploads:
         """Take the PUT it was admitted for."""
         target = upload_target(route, ref, request.headers.get("Content-Type"))
         if route.settings.delivery == "redirect":
-            async with absence_check_slot(self._state, context, target):
+            async with absence_check_slot(self._state, context, target, request.headers):
                 return await redirect_put(
                     request,
                     self._storage,
@@ -66,24 +68,18 @@ class Uploads:
             await self._state.release_stream(lease)
         context.bytes_received = received.size
         self._forget(ref)
-        return web.json_response(
-            {"path": context.path, "size": received.size, "etag": received.etag},
-            status=201,
-            headers={
-                "ETag": received.etag,
-                "Location": context.path,
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        return stored(context.path, received)  # 201 with Location, or 200 for a replacement
 
 
 def absence_check_slot(
-    state: State, context: RequestContext, target: UploadTarget
+    state: State,
+    context: RequestContext,
+    target: UploadTarget,
+    headers: Mapping[str, str] | None = None,
 ) -> AbstractAsyncContextManager[object]:
-    """The caller's slot for an upload signed without passing through the proxy: its
-    absence check (`overwrite: false`) is a HEAD made on the caller's behalf. With
-    overwrite, no S3 call is made and no slot is taken."""
-    if target.settings.overwrite:
+    """The caller's slot for an upload signed without passing through the proxy: its look
+    at the key (`overwrite: false`, or the client's own preconditions) is a HEAD made on the
+    caller's behalf. Without either, no S3 call is made and no slot is taken."""
+    if target.settings.overwrite and not (headers and has_write_preconditions(headers)):
         return contextlib.nullcontext()
     return state.s3_slot(context.client or "unknown", context.subject_key)

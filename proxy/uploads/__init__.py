@@ -12,6 +12,7 @@ from .multipart import (
     MULTIPART_KINDS,
     Answered,
     MultipartPlace,
+    OpenUploads,
     PartSigning,
     abort,
     answer_entry,
@@ -20,8 +21,8 @@ from .multipart import (
     multipart_place,
     resume,
 )
-from .presigned import post_form, redirect_put
-from .receive import ClientGone, Received, check_absent, receive
+from .presigned import check_absent, post_form, redirect_put
+from .receive import ClientGone, Received, receive, stored
 from .rules import UploadTarget, check_size, upload_target
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Answered",
     "ClientGone",
     "MultipartPlace",
+    "OpenUploads",
     "PartSigning",
     "Received",
     "UploadTarget",
@@ -43,5 +45,6 @@ __all__ = [
     "receive",
     "redirect_put",
     "resume",
+    "stored",
     "upload_target",
 ]

@@ -8,8 +8,10 @@ part; the parts themselves go from the client straight to S3. Its rules:
    signed for a request that fails one.
 2. An upload id is accepted only for the key the caller's own path renders. Before anything
    is listed, signed, joined or dropped, S3 must list that id as open on exactly that key
-   (Writes.has_upload); else 404, the same answer as for an id that never existed, so
-   another user's id is neither usable nor confirmed.
+   (Writes.open_uploads); else 404, the same answer as for an id that never existed, so
+   another user's id is neither usable nor confirmed. One sign API request lists a key's
+   open uploads once (OpenUploads), however many entries name ids on it: a listing may take
+   ten pages, and a batch of guessed or repeated ids must not cost ten calls each.
 3. A part URL signs its part's exact length from the plan (parts.py), so the parts add up to
    the declared size, itself within max_bytes. At most `budget` URLs go in one answer; the
    client asks `resume` for the rest. URLs live no longer than the route's ttl, the token and
@@ -17,8 +19,8 @@ part; the parts themselves go from the client straight to S3. Its rules:
 4. `complete` checks the part list against what S3 holds and says what is wrong (400),
    leaving the upload as it is, resumable; the joined size is checked against max_bytes
    again (413). With `overwrite: false` a HEAD refuses a taken key before the upload begins
-   (412), and CompleteMultipartUpload carries If-None-Match: *, so of two uploads racing for
-   one key only one lands.
+   (409), and CompleteMultipartUpload carries If-None-Match: *, so of two uploads racing for
+   one key only one lands (the other is 409 too).
 5. `abort` drops the upload and every part of it.
 
 The caller has routed, authenticated, authorized and rate-limited the entry before any of
@@ -34,10 +36,17 @@ from typing import Any
 
 from ..config import Route, UploadSettings
 from ..contenttype import InlineTypes
-from ..errors import BadRequest, KeyExists, MethodNotAllowed, NotFound, UploadNotFound
+from ..errors import (
+    BadRequest,
+    KeyExists,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    UploadNotFound,
+)
 from ..presign import Credentials, Lifetime
 from ..request import ObjectRef
-from ..storage import Storage
+from ..storage import Storage, WriteCondition
 from .parts import (
     PartPlan,
     check_completion,
@@ -73,6 +82,28 @@ class PartSigning:
     token_expires_at: float | None
 
 
+class OpenUploads:
+    """The uploads open on each key, as S3 listed them once in this sign API request (rule
+    2), and as this request's own steps changed them since."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._listed: dict[ObjectRef, set[str]] = {}
+
+    async def holds(self, ref: ObjectRef, upload_id: str) -> bool:
+        listed = self._listed.get(ref)
+        if listed is None:
+            listed = self._listed[ref] = set(await self._storage.writes.open_uploads(ref))
+        return upload_id in listed
+
+    def began(self, ref: ObjectRef, upload_id: str) -> None:
+        if ref in self._listed:
+            self._listed[ref].add(upload_id)
+
+    def ended(self, ref: ObjectRef, upload_id: str) -> None:
+        self._listed.get(ref, set()).discard(upload_id)
+
+
 @dataclass(frozen=True)
 class Completed:
     etag: str
@@ -103,22 +134,27 @@ async def answer_entry(
     entry: Mapping[str, Any],
     signing: PartSigning,
     budget: int,
+    uploads: OpenUploads,
 ) -> Answered:
-    """Run one entry of `kind` (one of MULTIPART_KINDS) with its fields as the client sent them."""
+    """Run one entry of `kind` (one of MULTIPART_KINDS) with its fields as the client sent
+    them; `uploads`: what this request has learnt of the keys' open uploads."""
     upload_id = entry.get("upload_id")
     if kind == "multipart":
         begun = await begin(
             storage, place, entry.get("content_type"), entry.get("size"), signing, budget
         )
+        uploads.began(place.ref, begun["upload_id"])
         return Answered(begun, len(begun["parts"]))
     if kind == "resume":
-        resumed = await resume(storage, place, upload_id, entry.get("size"), signing, budget)
+        resumed = await resume(
+            storage, place, upload_id, entry.get("size"), signing, budget, uploads
+        )
         return Answered(resumed, len(resumed["parts"]))
     if kind == "complete":
-        done = await complete(storage, place, upload_id, entry.get("parts"))
+        done = await complete(storage, place, upload_id, entry.get("parts"), uploads)
         return Answered(done.answer(), stored=done)
     if kind == "abort":
-        return Answered(await abort(storage, place, upload_id))
+        return Answered(await abort(storage, place, upload_id, uploads))
     raise ValueError(f"unknown multipart entry kind {kind!r}")
 
 
@@ -168,11 +204,12 @@ async def resume(
     size: object,
     signing: PartSigning,
     budget: int,
+    uploads: OpenUploads | None = None,
 ) -> dict[str, Any]:
     """The parts S3 holds, and URLs for the first `budget` parts it does not."""
     upload = parse_upload_id(upload_id)
     plan = plan_parts(declared_size(size, place.settings.max_bytes), place.settings.part_size)
-    await _check_bound(storage, place, upload)
+    await _check_bound(uploads or OpenUploads(storage), place, upload)
     held = await storage.writes.list_parts(place.ref, upload)
     check_held(plan, held)
     wanted = missing_parts(plan, {part.number for part in held}, budget)
@@ -196,25 +233,38 @@ async def resume(
 
 
 async def complete(
-    storage: Storage, place: MultipartPlace, upload_id: object, parts: object
+    storage: Storage,
+    place: MultipartPlace,
+    upload_id: object,
+    parts: object,
+    uploads: OpenUploads | None = None,
 ) -> Completed:
     """CompleteMultipartUpload with the caller's part list, once it matches S3's parts."""
     upload = parse_upload_id(upload_id)
     listed = parse_parts(parts)
-    await _check_bound(storage, place, upload)
+    uploads = uploads or OpenUploads(storage)
+    await _check_bound(uploads, place, upload)
     held = await storage.writes.list_parts(place.ref, upload)
     size = check_completion(listed, {part.number: part for part in held}, place.settings.max_bytes)
-    etag = await storage.writes.complete_multipart(
-        place.ref, upload, listed, place.settings.overwrite
-    )
+    # Of two uploads racing for a key the route does not replace, only one lands (rule 4).
+    condition = None if place.settings.overwrite else WriteCondition(None)
+    try:
+        etag = await storage.writes.complete_multipart(place.ref, upload, listed, condition)
+    except PreconditionFailed:
+        raise KeyExists("another upload took the key first (overwrite is false)") from None
+    uploads.ended(place.ref, upload)
     return Completed(etag, size)
 
 
-async def abort(storage: Storage, place: MultipartPlace, upload_id: object) -> dict[str, Any]:
+async def abort(
+    storage: Storage, place: MultipartPlace, upload_id: object, uploads: OpenUploads | None = None
+) -> dict[str, Any]:
     """AbortMultipartUpload: the upload and its parts are gone."""
     upload = parse_upload_id(upload_id)
-    await _check_bound(storage, place, upload)
+    uploads = uploads or OpenUploads(storage)
+    await _check_bound(uploads, place, upload)
     await storage.writes.abort_multipart(place.ref, upload)
+    uploads.ended(place.ref, upload)
     return {"status": 204}
 
 
@@ -225,9 +275,9 @@ def parse_upload_id(value: object) -> str:
     return value
 
 
-async def _check_bound(storage: Storage, place: MultipartPlace, upload_id: str) -> None:
+async def _check_bound(uploads: OpenUploads, place: MultipartPlace, upload_id: str) -> None:
     """Rule 2: 404 unless S3 lists `upload_id` as open on this very key."""
-    if not await storage.writes.has_upload(place.ref, upload_id):
+    if not await uploads.holds(place.ref, upload_id):
         raise UploadNotFound("upload id not open on the caller's key")
 
 

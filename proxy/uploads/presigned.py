@@ -8,9 +8,11 @@ presigned POST form per entry. No body passes through the proxy. Its rules:
    of 0..max_bytes.
 2. A signature lives no longer than the route's ttl, the caller's token and the signing
    credentials (presign.plan_lifetime).
-3. `overwrite: false` is a HEAD before signing: a presigned request cannot carry S3's
-   conditional write unless the client adds the header, so two racing uploads may both land;
-   docs/uploads.md says so.
+3. The client's preconditions and the route's `overwrite` are judged before signing
+   (preconditions.py: 412, 409), and those S3 can check itself are signed in: the client's
+   `If-None-Match: *` or single-tag `If-Match`, which it sends again to S3. What cannot be
+   pinned (`overwrite: false` alone, If-Unmodified-Since, tag lists) holds only when the proxy
+   looks: two racing uploads may both land; docs/uploads.md says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from ..errors import LengthRequired, Unauthenticated, UpstreamError
 from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
 from ..storage import Storage
-from .receive import check_absent
+from .preconditions import NO_HEADERS, plan_write, signed_preconditions
 from .rules import UploadTarget, check_size
 
 
@@ -42,13 +44,27 @@ async def redirect_put(
         # The length is signed, so it must be known (a chunked PUT cannot be presigned).
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
-    await check_absent(storage, target)
+    await plan_write(storage, target, request.headers, always_look=False)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
-    url = storage.presign_put(credentials, target.ref, lifetime, target.content_type, length)
+    url = storage.presign_put(
+        credentials,
+        target.ref,
+        lifetime,
+        target.content_type,
+        length,
+        signed_preconditions(request.headers),
+    )
     return web.Response(
         status=307,
         headers={"Location": url, "Cache-Control": "no-store", "Content-Length": "0"},
     )
+
+
+async def check_absent(storage: Storage, target: UploadTarget) -> None:
+    """A form's one look at its key (preconditions.py rule 1: 409 when an object is there
+    and the route does not overwrite; no look when it does). The sign API runs it once per
+    object of a batch, before `post_form` for each entry naming it."""
+    await plan_write(storage, target, NO_HEADERS, always_look=False)
 
 
 async def post_form(
@@ -59,9 +75,8 @@ async def post_form(
     now: float,
     token_expires_at: float | None,
 ) -> dict[str, Any]:
-    """One sign API answer: a presigned POST form for the target. The caller has run its
-    absence check (`check_absent`) first: once per object in a batch, however many entries
-    name it."""
+    """One sign API answer: a presigned POST form for the target. The caller has run the
+    target's `check_absent` first."""
     check_size(target.settings, size)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(

@@ -1,16 +1,19 @@
 """Stream uploads: a PUT's body goes to S3 as it arrives, in bounded memory. Its rules:
 
 1. Nothing is read before every refusal that needs no body: the caller has authorized the
-   request, the type and the declared size are checked, and (overwrite false) a HEAD found
-   no object; only then is 100 Continue sent.
+   request, the type and the declared size are checked, and a HEAD has judged the client's
+   preconditions and the route's `overwrite` (preconditions.py); only then is 100 Continue
+   sent.
 2. At most one part (`upload.part_size`) is held in memory. A body that fits in one part is
    one PutObject; a larger one is a multipart upload, its parts sent one after the other.
 3. Nothing partial is left in S3: any failure after CreateMultipartUpload (a body past
    max_bytes, a stalled or vanished client, S3 refusing a part, cancellation) aborts the
    upload before the error goes on. A PutObject is atomic by itself.
-4. `overwrite: false` is S3's own conditional write (If-None-Match: *) on PutObject and
-   CompleteMultipartUpload: two uploads racing for one key cannot both win. The HEAD before
-   is only there to refuse early, before the body is sent.
+4. What the HEAD judged is pinned with S3's own conditional write on PutObject and
+   CompleteMultipartUpload (preconditions.py rule 2): two uploads racing for one key cannot
+   both win, and a guarded edit cannot overwrite another one made meanwhile.
+5. The answer is 201 Created with Location for a new object, 200 for a replaced one, each
+   with the stored object's ETag and `{"path", "size", "etag"}`.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from aiohttp.streams import StreamReader
 
 from ..edge import EdgeRequest
 from ..errors import (
-    KeyExists,
-    NotFound,
     PayloadTooLarge,
+    PreconditionFailed,
     ProxyError,
     RequestTimeout,
     UploadNotFound,
     UpstreamError,
 )
 from ..storage import Storage, Writes
+from .preconditions import WritePlan, plan_write
 from .rules import UploadTarget, check_size
 
 log = logging.getLogger("proxy.uploads")
@@ -46,45 +49,57 @@ class Received:
     size: int
     etag: str
     parts: int  # 0: one PutObject
+    created: bool  # no object was at the key
 
 
 class ClientGone(ConnectionResetError):
     """The client closed the connection (or broke the framing) before its body ended."""
 
 
-async def check_absent(storage: Storage, target: UploadTarget) -> None:
-    """412 if an object is at the key and the route does not overwrite (rule 4's early
-    refusal; S3's conditional write is what closes the race)."""
-    if target.settings.overwrite:
-        return
-    try:
-        await storage.head(target.ref)
-    except NotFound:
-        return
-    raise KeyExists("upload to an existing key (overwrite is false)")
-
-
 async def receive(
     request: web.BaseRequest, storage: Storage, target: UploadTarget, body_timeout: float
 ) -> Received:
-    """Store the request's body at the target (rules 1-3). `body_timeout`: the longest the
+    """Store the request's body at the target (rules 1-4). `body_timeout`: the longest the
     client may send nothing (408, and the upload aborted)."""
     settings = target.settings
     declared = request.content_length
     check_size(settings, declared)
-    await check_absent(storage, target)
+    plan = await plan_write(storage, target, request.headers, always_look=True)
     if isinstance(request, EdgeRequest):
         await request.send_continue()
     body = _Body(request.content, body_timeout, settings.max_bytes)
     first = await body.read(settings.part_size)
-    if len(first) < settings.part_size or declared == len(first):
-        # The whole body: one PutObject (rule 2).
-        etag = await storage.writes.put(target.ref, first, target.content_type, settings.overwrite)
-        return Received(len(first), etag, 0)
-    return await _multipart(storage.writes, target, body, first)
+    try:
+        if len(first) < settings.part_size or declared == len(first):
+            # The whole body: one PutObject (rule 2).
+            etag = await storage.writes.put(target.ref, first, target.content_type, plan.condition)
+            return Received(len(first), etag, 0, not plan.replaces)
+        size, etag, parts = await _multipart(storage.writes, target, body, first, plan)
+    except PreconditionFailed:
+        raise plan.refused() from None  # S3 refused the pinned condition (rule 4)
+    return Received(size, etag, parts, not plan.replaces)
 
 
-async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: bytes) -> Received:
+def stored(path: str, received: Received) -> web.Response:
+    """Rule 5's answer to an upload stored at the proxy path `path`."""
+    headers = {
+        "ETag": received.etag,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if received.created:
+        headers["Location"] = path
+    return web.json_response(
+        {"path": path, "size": received.size, "etag": received.etag},
+        status=201 if received.created else 200,
+        headers=headers,
+    )
+
+
+async def _multipart(
+    writes: Writes, target: UploadTarget, body: _Body, first: bytes, plan: WritePlan
+) -> tuple[int, str, int]:
+    """The size, ETag and part count of a multipart upload of `first` and the rest."""
     settings = target.settings
     upload_id = await writes.start_multipart(target.ref, target.content_type)
     try:
@@ -94,7 +109,7 @@ async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: b
             etags.append(await writes.upload_part(target.ref, upload_id, len(etags) + 1, part))
             part = b"" if len(part) < settings.part_size else await body.read(settings.part_size)
         etag = await writes.complete_multipart(
-            target.ref, upload_id, list(enumerate(etags, start=1)), settings.overwrite
+            target.ref, upload_id, list(enumerate(etags, start=1)), plan.condition
         )
     except UploadNotFound:
         # The proxy began this upload a moment ago: S3 losing it is S3's failure, not a 404.
@@ -104,7 +119,7 @@ async def _multipart(writes: Writes, target: UploadTarget, body: _Body, first: b
         # Rule 3. Shielded: a cancelled request still aborts.
         await asyncio.shield(_abort(writes, target, upload_id))
         raise
-    return Received(body.size, etag, len(etags))
+    return body.size, etag, len(etags)
 
 
 async def _abort(writes: Writes, target: UploadTarget, upload_id: str) -> None:

@@ -310,7 +310,8 @@ async function uploadPicture(method) {
     set("upload-result", `${method}: ${answer.status} ` + [advice, error ? `(${error})` : ""].filter(Boolean).join(" "));
     return;
   }
-  // By stream, the proxy's 201; by redirect, S3's 200 at the end of the redirect.
+  // By stream, the proxy's 201 (200 when it replaced a picture); by redirect, S3's 200 at
+  // the end of the redirect.
   set("upload-result", `${method}: ${answer.status} from ${answer.redirected ? "S3, after a 307 from the proxy" : "the proxy"}; shown below from ${path}`);
   const figure = document.createElement("figure");
   const img = document.createElement("img");
