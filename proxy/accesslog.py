@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -56,7 +55,9 @@ class LineWriter:
             if not self._broken:
                 self._broken = True
                 with contextlib.suppress(Exception):
-                    sys.stderr.write("access log: stdout is not writable; lines dropped\n")
+                    logging.getLogger("proxy").error(
+                        "access log: stdout is not writable; lines dropped"
+                    )
 
 
 # Where lines go: the logging module by default (tests capture it), a LineWriter in `serve`.
@@ -68,7 +69,7 @@ def write_lines_to(sink: Callable[[str], None] | None) -> None:
     _sink = sink
 
 
-def _timestamp(now: float) -> str:
+def timestamp(now: float) -> str:
     """ISO 8601 with milliseconds; the date-time part is formatted once per second."""
     global _second
     whole = int(now)
@@ -82,7 +83,8 @@ def write_access_line(context: RequestContext, now: float, duration: float) -> N
     if _sink is None and not log.isEnabledFor(logging.INFO):
         return
     line = {
-        "time": _timestamp(now),
+        "time": timestamp(now),
+        "request_id": context.id,  # as in X-Request-Id and the request's audit events
         "route": context.route,
         "sub": context.sub,
         "method": context.method,

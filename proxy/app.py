@@ -18,10 +18,11 @@ from typing import Protocol
 from aiohttp import web
 
 from .accesslog import write_access_line
+from .audit import AuditTrail, this_worker, write_request_events
 from .auth import Clock, TokenVerifier
 from .config import Config
 from .cors import add_headers
-from .edge import edge_refusal
+from .edge import edge_refusal, via_trusted_proxy
 from .engines import create_engine
 from .errors import (
     MethodNotAllowed,
@@ -44,7 +45,7 @@ from .ops import (
     ready_response,
     storage_checks,
 )
-from .request import RequestContext
+from .request import RequestContext, request_id
 from .routing import Router
 from .state import State, create_state
 from .state.admin import answer_revocations
@@ -100,6 +101,13 @@ class Gateway:
         # key_prefix, timeout or max_connections needs a restart.
         self.state = create_state(config.settings, clock)
         self._resources.append(self.state)
+        # The audit trail: opened once with the Gateway (audit.* is restart-only).
+        audit = config.settings.audit
+        self.audit: AuditTrail | None = (
+            AuditTrail(audit.path, audit.max_bytes, this_worker(), clock)
+            if audit.path is not None
+            else None
+        )
         self.streams = self.state.streams
         surfaces = self._surfaces = _Surfaces(
             config, self._storage, clock, self._http_json, telemetry, self.state
@@ -147,6 +155,8 @@ class Gateway:
         self._pages.update(pages)
 
     async def open(self) -> None:
+        if self.audit is not None:
+            self.audit.open()  # first: without its audit trail the proxy does not serve
         for resource in self._resources:
             await resource.open()
         if multiprocess_directory() is not None:
@@ -162,6 +172,13 @@ class Gateway:
             self.telemetry.sample()
         for resource in reversed(self._resources):
             await resource.close()
+        if self.audit is not None:
+            self.audit.close()
+
+    def reopen_audit(self) -> None:
+        """SIGHUP: follow an audit file that logrotate moved away (trail.py rule 3)."""
+        if self.audit is not None:
+            self.audit.reopen()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Time and log the request, count it, and turn every error into a response (the
@@ -173,7 +190,14 @@ class Gateway:
             return await probe(request)
         started = time.perf_counter()
         self.in_flight += 1
-        context = RequestContext(request.method, path, request.remote, started)
+        context = RequestContext(
+            request.method,
+            path,
+            request.remote,
+            started,
+            request_id(request.headers.get("X-Request-Id"), via_trusted_proxy(request)),
+            audited=self.audit is not None,
+        )
         refusal = edge_refusal(request)
         try:
             if refusal is not None:
@@ -213,6 +237,8 @@ class Gateway:
             self.in_flight -= 1
         context.status = response.status
         if not response.prepared:
+            # (A streamed answer was given it before it started: delivery/stream.py.)
+            response.headers["X-Request-Id"] = context.id
             if context.cors:
                 add_headers(response.headers, context.cors)
             if request.method != "HEAD":
@@ -228,6 +254,8 @@ class Gateway:
             (context.first_byte or ended) - started,
         )
         write_access_line(context, self._clock(), ended - started)
+        if self.audit is not None:
+            write_request_events(self.audit, context)
         return response
 
     async def _live(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -353,7 +381,9 @@ class _Surfaces:
         if self._admin_access is not None and path == self._admin_path:
             context.route = "admin"
             await self.access.check_access(self._admin_access, "admin", request, context)
-            return await answer_revocations(request, self._state, self._settings, self._clock)
+            return await answer_revocations(
+                request, context, self._state, self._settings, self._clock
+            )
         if path == self._sign_api:
             return await self._signing.answer(request, context)
         return await self._answer_route(request, context)

@@ -293,7 +293,7 @@ class ProxyProcess:
                 f"the proxy did not start (exit status {self._process.returncode}); "
                 f"its last output:{self.output_tail()}"
             )
-        self.base = line.rsplit(" ", 1)[1]
+        self.base = str(json.loads(line)["url"])
         return self
 
     def __exit__(
@@ -710,7 +710,7 @@ def report(
                 "",
             ]
             if chart
-            else ["(No charts: pip install matplotlib for them.)", ""]
+            else [f"(No charts: {CHARTS_NEED})", ""]
         ),
         "Notes:",
         "",
@@ -798,6 +798,10 @@ def upload_report(runs: Sequence[UploadRun], rounds: int, tick: float | None = N
 
 CHART = "comparison.png"  # beside report.md, which links it
 COLOURS = {"stream": "#3867d6", "redirect": "#e17a16", "cloudfront": "#2a9d5c"}  # as the demo
+
+
+# What to install for the charts: the extra that has matplotlib, named as pip takes it.
+CHARTS_NEED = "the bench extra draws them with matplotlib: pip install -e '.[bench]'"
 
 
 def chart(
@@ -1113,6 +1117,6 @@ def _run(
     print(text)
     print(
         f"report: {out / 'report.md'}"
-        + (f", chart: {picture}" if picture else " (pip install matplotlib for the chart)")
+        + (f", chart: {picture}" if picture else f" (no chart: {CHARTS_NEED})")
     )
     return 0

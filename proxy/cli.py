@@ -1,17 +1,18 @@
 """Command line: argument parsing and process set-up only (serve / reload / check / token /
-link / revoke / cloudfront explain / demo / bench)."""
+link / revoke / audit verify / cloudfront explain / demo / bench)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
 from .config import RANDOM_KEY_COMMAND, Config, ConfigError, load_config
-from .logs import configure_logging
+from .logs import configure_logging, write_diagnostic
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -23,24 +24,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "bench":
         return _bench(args)
-    config = _load(args.config)
+    if args.command == "audit":
+        return _audit(args)
+    # `serve` speaks JSON on stderr from its first line; the other commands speak to people.
+    config = _load(args.config, as_json=args.command == "serve")
     if config is None:
         return 2
     command: int = args.run(args, config)
     return command
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, as_json: bool = False) -> Config | None:
     """The config, or None after saying what is wrong with it."""
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"config error in {path}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        if as_json:
+            for problem in exc.problems:
+                write_diagnostic("error", f"config error in {path}: {problem}", "proxy.config")
+        else:
+            print(f"config error in {path}:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
         return None
     for warning in config.warnings:
-        print(f"config warning in {path}: {warning}", file=sys.stderr)
+        if as_json:
+            write_diagnostic("warning", f"config warning in {path}: {warning}", "proxy.config")
+        else:
+            print(f"config warning in {path}: {warning}", file=sys.stderr)
     return config
 
 
@@ -113,6 +124,22 @@ def _parser() -> argparse.ArgumentParser:
     _claim_argument(revoke)
     revoke.set_defaults(run=_revoke)
 
+    audit = commands.add_parser("audit", help="work with the audit trail (audit.path)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="check the hash chain of audit files; exit 0 if intact, 1 naming the first line "
+        "that breaks it",
+        description="Files may be given in any order; a file that continues another (after a "
+        "rotation) is checked against it when both are given.",
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument(
+        "--mixed",
+        action="store_true",
+        help='skip lines that are not audit lines (audit.path "-" shares stdout with the '
+        "access log)",
+    )
     cloudfront = commands.add_parser(
         "cloudfront", help="CloudFront signed URLs and cookies: explain why one is refused"
     )
@@ -211,6 +238,7 @@ def _claims(sub: str, items: Sequence[str]) -> dict[str, Any] | None:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from pathlib import Path
 
+    from .audit import AuditUnavailable
     from .reload import PidFileError
     from .server import run
 
@@ -220,15 +248,18 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     port = args.port if args.port is not None else listen.port
 
     def ready(bound: int) -> None:
-        print(f"proxy: {len(config.routes)} routes, listening on http://{host}:{bound}", flush=True)
+        url = f"http://{host}:{bound}"
+        # Always written (whatever --log-level): scripts wait for it, and take `url` from it.
+        message = f"proxy: {len(config.routes)} routes, listening on {url}"
+        write_diagnostic("info", message, url=url)
 
     try:
         run(config, host, port, ready, config_path=Path(args.config))
-    except PidFileError as exc:
-        print(str(exc), file=sys.stderr)
+    except (PidFileError, AuditUnavailable) as exc:
+        write_diagnostic("error", str(exc))
         return 2
     except OSError as exc:
-        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        write_diagnostic("error", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         return 2
     return 0
 
@@ -300,6 +331,24 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .audit import ChainBroken, verify_files
+
+    try:
+        report = verify_files([Path(name) for name in args.files], args.mixed)
+    except ChainBroken as exc:
+        print(f"audit chain broken at {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for line in report:
+        print(line)
+    return 0
+
+
 _CONFIG_ONLY = (("--path", "paths"), ("--token", "token"), ("--claim", "claim"))
 
 
@@ -349,9 +398,12 @@ def _token(args: argparse.Namespace, config: Config) -> int:
         return 2
     longest = config.settings.revocation.max_token_lifetime
     if not 1 <= args.ttl <= longest:
-        # A longer-lived token would be refused by the proxy that minted it.
+        # The proxy refuses a token that lives longer (so revocations can expire): printing
+        # one would hand the user a token that never works.
         print(
-            f"--ttl must be between 1 and {longest} seconds (revocation.max_token_lifetime)",
+            f"--ttl must be between 1 and {longest} seconds (revocation.max_token_lifetime in "
+            f"{args.config}); the proxy refuses longer-lived tokens. Raise that setting if "
+            "tokens must live longer",
             file=sys.stderr,
         )
         return 2
@@ -394,8 +446,26 @@ def _link(args: argparse.Namespace, config: Config) -> int:
     base = (args.base_url or f"http://{listen.host}:{listen.port}").rstrip("/")
     print(f"{base}{quote(path, safe='/')}?{quote(auth.link_param)}={token}")
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    print(f"to revoke this link: python -m proxy revoke --jti {jti}", file=sys.stderr)
+    print(f"to revoke this link: {_revoke_command(args.config, config, jti)}", file=sys.stderr)
     return 0
+
+
+def _revoke_command(path: str, config: Config, jti: str) -> str:
+    """The revoke command for one jti, to be run as printed from anywhere: with this config
+    (its state backend or admin endpoint is where the revocation must go), and with the
+    claims admin.access wants when the command must go through that endpoint."""
+    from pathlib import Path
+
+    from .policy import claims_that_pass
+    from .state.command import claim_arguments
+
+    command = f"python -m proxy revoke --config {shlex.quote(str(Path(path).absolute()))}"
+    rule = config.admin_access
+    if config.settings.state.backend == "memory" and rule is not None and rule.needs_token:
+        wanted = claims_that_pass(rule)
+        if wanted:
+            command += " " + claim_arguments(wanted)
+    return f"{command} --jti {jti}"
 
 
 def _revoke(args: argparse.Namespace, config: Config) -> int:

@@ -722,6 +722,24 @@ class AdminSettings(_Model):
         return value
 
 
+class AuditSettings(_Model):
+    """The audit trail (who got what): off unless `path` is set. See docs/operations.md."""
+
+    # A file appended to (relative to the config file; with listen.workers > 1 each worker
+    # writes its own, `.wN` before the suffix), or "-" for stdout beside the access log.
+    path: str | None = None
+    # Past this size the file is renamed aside (UTC timestamp suffix) and a new one goes on
+    # with the chain; 0: never (logrotate and SIGHUP instead).
+    max_bytes: int = Field(100 * MIB, ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\x00" in value):
+            raise ValueError('must be a file path, or "-" for stdout; null turns the audit off')
+        return value
+
+
 class Settings(_Model):
     listen: ListenSettings = Field(default_factory=ListenSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -735,6 +753,7 @@ class Settings(_Model):
     state: StateSettings = Field(default_factory=StateSettings)
     revocation: RevocationSettings = Field(default_factory=RevocationSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     cloudfront: CloudFrontSettings | None = None  # needed by routes with delivery: cloudfront
     routes: list[RouteSettings] = Field(min_length=1)
 
@@ -804,17 +823,17 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a map with at least 'routes'"])
 
+    # Every mistake is reported in one run: the environment's, the shape's, and the
+    # cross-checks' of whatever part of the config is sound enough to check.
+    reported: list[str] = []
+    expanded = _expand_env(raw, os.environ if env is None else env, "", reported)
+    settings, dropped = _validate_sound_parts(expanded, reported)
+    if settings is None:
+        raise ConfigError(reported)
     problems: list[str] = []
-    expanded = _expand_env(raw, os.environ if env is None else env, "", problems)
-    if problems:
-        raise ConfigError(problems)
-    try:
-        settings = Settings.model_validate(expanded)
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, expanded)) from None
-
     settings, routes = _cross_check(settings, base_dir or Path.cwd(), problems)
     settings = _resolve_pid_file(settings, base_dir or Path.cwd(), problems)
+    settings = _resolve_audit_path(settings, base_dir or Path.cwd(), problems)
     metrics_access = _metrics_access(settings, problems)
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
@@ -822,8 +841,9 @@ def parse_config(
     _check_listen(settings.listen, problems)
     _check_paths(settings, problems)
     cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
-    if problems:
-        raise ConfigError(problems)
+    reported += _not_yet_reported(problems, dropped, reported)
+    if reported:
+        raise ConfigError(reported)
     warnings = [*_warnings(settings), *(cloudfront.warnings if cloudfront else ())]
     return Config(
         settings,
@@ -843,6 +863,76 @@ def _load_cloudfront(
         return None
     check_cookie_domain(settings.cloudfront, problems)
     return load_signer(settings.cloudfront, base_dir, problems)
+
+
+@dataclass(frozen=True)
+class _Dropped:
+    """What shape errors removed before the cross-checks ran: whole sections, and routes (by
+    their index in the file)."""
+
+    sections: frozenset[str] = frozenset()
+    routes: tuple[int, ...] = ()  # the file's indices of the routes that were kept
+    any_route: bool = False
+
+
+def _validate_sound_parts(expanded: Any, reported: list[str]) -> tuple[Settings | None, _Dropped]:
+    """The settings, after reporting every shape error; with errors, the settings without the
+    sections and routes that had them (defaults instead), so that the cross-checks can still
+    look at the rest. None if even that is not a config."""
+    try:
+        return Settings.model_validate(expanded), _Dropped()
+    except ValidationError as exc:
+        reported += _describe_validation_error(exc, expanded)
+        failed = [error["loc"] for error in exc.errors(include_url=False)]
+    if not isinstance(expanded, dict):
+        return None, _Dropped()
+    bad_routes = {loc[1] for loc in failed if len(loc) > 1 and loc[0] == "routes"}
+    sections = {str(loc[0]) for loc in failed if loc and loc[0] != "routes"}
+    if any(len(loc) < 2 or not isinstance(loc[1], int) for loc in failed if loc[:1] == ("routes",)):
+        sections.add("routes")
+    sound = {key: value for key, value in expanded.items() if key not in sections}
+    routes = sound.get("routes")
+    kept: tuple[int, ...] = ()
+    if isinstance(routes, list):
+        kept = tuple(index for index in range(len(routes)) if index not in bad_routes)
+        sound["routes"] = [routes[index] for index in kept]
+    dropped = _Dropped(frozenset(sections), kept, bool(bad_routes))
+    try:
+        return Settings.model_validate(sound), dropped
+    except ValidationError:
+        return None, dropped
+
+
+def _not_yet_reported(problems: list[str], dropped: _Dropped, reported: list[str]) -> list[str]:
+    """Cross-check problems worth adding: none about a key already reported (an unset
+    variable, a shape error), nor about a section replaced by its defaults or anything judged
+    against it (a problem naming that section: a route needing `cloudfront`; with `auth`
+    replaced, routes' issuers); route indices as in the file."""
+    said = {_key_of(problem) for problem in reported}
+    replaced = (
+        re.compile(r"\b(" + "|".join(map(re.escape, sorted(dropped.sections))) + r")\b")
+        if dropped.sections
+        else None
+    )
+    kept = []
+    for problem in problems:
+        if dropped.any_route:
+            problem = _ROUTE_INDEX.sub(lambda m: f"routes[{dropped.routes[int(m[1])]}]", problem)
+        key = _key_of(problem)
+        if key in said or (replaced is not None and replaced.search(problem)):
+            continue
+        if "auth" in dropped.sections and key.endswith(".issuers"):
+            continue
+        kept.append(problem)
+    return kept
+
+
+_ROUTE_INDEX = re.compile(r"^routes\[(\d+)\]")
+
+
+def _key_of(problem: str) -> str:
+    """`routes[0] (photos).ttl: ...` -> `routes[0].ttl`."""
+    return re.sub(r" \([^)]*\)", "", problem.split(": ", 1)[0])
 
 
 def _warnings(settings: Settings) -> list[str]:
@@ -1145,6 +1235,25 @@ def _resolve_pid_file(settings: Settings, base_dir: Path, problems: list[str]) -
         )
     listen = listen.model_copy(update={"pid_file": path.absolute()})
     return settings.model_copy(update={"listen": listen})
+
+
+def _resolve_audit_path(settings: Settings, base_dir: Path, problems: list[str]) -> Settings:
+    """An absolute audit path in a directory that exists, so a typo fails at load, not at
+    the first event."""
+    audit = settings.audit
+    if audit.path is None or audit.path == "-":
+        return settings
+    path = Path(audit.path)
+    path = path if path.is_absolute() else base_dir / path
+    if not path.parent.is_dir():
+        problems.append(
+            f"audit.path: directory {path.parent} does not exist; create it (writable by the "
+            'proxy) or choose a path in an existing directory, or "-" for stdout'
+        )
+    elif path.is_dir():
+        problems.append(f"audit.path: {path} is a directory; name a file in it, e.g. audit.jsonl")
+    audit = audit.model_copy(update={"path": str(path.absolute())})
+    return settings.model_copy(update={"audit": audit})
 
 
 def _route_issuers(

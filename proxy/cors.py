@@ -16,7 +16,7 @@ ALLOWED_REQUEST_HEADERS = (
 )
 EXPOSED_HEADERS = (
     "Content-Length, Content-Range, Content-Disposition, Content-Type, ETag, Last-Modified, "
-    "Accept-Ranges"
+    "Accept-Ranges, X-Request-Id"
 )
 
 

@@ -60,9 +60,9 @@ class Unauthenticated(ProxyError):
         challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
         if description is not None:
             # RFC 6750 3: said only where the client can act on it (a revoked token: sign
-            # in again); never a detail of a failed signature check.
+            # in again); never a detail of a failed signature check. The body says the same.
             challenge += f', error_description="{description}"'
-        super().__init__(reason, headers={"WWW-Authenticate": challenge})
+        super().__init__(reason, detail=description, headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(ProxyError):

@@ -1,5 +1,9 @@
 """Logging set-up for `serve`, with a last line of defence that redacts secrets.
 
+Two streams, each one JSON object per line: stdout carries the access log (and the audit
+trail with `audit.path: "-"`), stderr the diagnostics (start-up, warnings, reload results,
+Redis or S3 trouble), so a collector can parse either without guessing.
+
 The proxy's own log lines never carry tokens, cookies or signatures; but libraries log too
 (aiohttp logs the raw request line, query string included, when it rejects a malformed
 request). Every record passes through RedactSecrets before it is written.
@@ -12,9 +16,11 @@ import logging
 import re
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
-from .accesslog import LineWriter, write_lines_to
+import orjson
+
+from .accesslog import LineWriter, timestamp, write_lines_to
 
 _PATTERNS = (
     # JWTs (access tokens, share links) wherever they appear
@@ -56,6 +62,38 @@ class RedactSecrets(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(self._formatter.formatException(record.exc_info))
         return True
+
+
+def diagnostic_line(level: str, logger: str, message: str, **fields: Any) -> str:
+    """One diagnostic as the JSON line stderr carries: time, level, logger, message, extras."""
+    line = {
+        "time": timestamp(time.time()),
+        "level": level,
+        "logger": logger,
+        "message": message,
+        **fields,
+    }
+    return orjson.dumps(line).decode()
+
+
+def write_diagnostic(level: str, message: str, logger: str = "proxy", **fields: Any) -> None:
+    """Write one diagnostic line to stderr now, whatever the log level (the start-up line
+    that says where the proxy listens; why it could not start)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(diagnostic_line(level, logger, redact(message), **fields) + "\n")
+        sys.stderr.flush()
+
+
+class JsonLines(logging.Formatter):
+    """A log record as one diagnostic line; a traceback goes in `exception`, as one string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            fields["exception"] = record.exc_text
+        return diagnostic_line(record.levelname.lower(), record.name, record.getMessage(), **fields)
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -101,11 +139,11 @@ def flush_logs() -> None:
 
 
 def configure_logging(level: str) -> None:
-    """JSON access lines on stdout, everything redacted. botocore stays at WARNING even in
-    DEBUG runs: its debug output includes signed request headers."""
-    stdout = BatchingStreamHandler(sys.stdout)
-    stdout.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=level, handlers=[stdout])
+    """JSON access lines on stdout, JSON diagnostics on stderr, everything redacted. botocore
+    stays at WARNING even in DEBUG runs: its debug output includes signed request headers."""
+    stderr = BatchingStreamHandler(sys.stderr)
+    stderr.setFormatter(JsonLines())
+    logging.basicConfig(level=level, handlers=[stderr])
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactSecrets) for f in handler.filters):
             handler.addFilter(RedactSecrets())

@@ -122,6 +122,35 @@ class NotRule(Rule):
         return None
 
 
+def claims_that_pass(rule: Rule) -> dict[str, Any] | None:
+    """Literal claims a token needs to pass `rule` (for a command line that mints its own
+    admin token), or None where the rule asks more than literals can say (templates, `not`).
+    """
+    if isinstance(rule, ClaimsRule):
+        found: dict[str, Any] = {}
+        for name, options in rule.expected:
+            literal = next((o.literal for o in options if o.template is None), None)
+            if literal is None:
+                return None
+            found[name] = literal
+        return found
+    if isinstance(rule, AllRule):
+        merged: dict[str, Any] = {}
+        for inner in rule.rules:
+            part = claims_that_pass(inner)
+            if part is None or any(merged.get(k, v) != v for k, v in part.items()):
+                return None
+            merged.update(part)
+        return merged
+    if isinstance(rule, AnyRule):
+        return next(
+            (part for inner in rule.rules if (part := claims_that_pass(inner)) is not None), None
+        )
+    if isinstance(rule, NotRule):
+        return None
+    return {}
+
+
 def _claim_matches(actual: Any, expected: Any, *, split: bool) -> bool:
     """Equality; or membership when the claim is a list, or a space-separated string that
     auth.list_claims declares a list (OAuth `scope`).

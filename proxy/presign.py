@@ -23,6 +23,10 @@ from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
 SIGV4_MAX_EXPIRES = 604800
+# The query parameter a presigned URL carries its request's id in (signed like the rest). S3
+# ignores parameters whose names start with `x-` but writes them to its server access log, so
+# that log's line joins the audit trail's `url.signed` event (docs/operations.md).
+REQUEST_ID_PARAM = "x-request-id"
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 

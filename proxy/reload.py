@@ -56,6 +56,9 @@ RESTART_ONLY: tuple[str, ...] = (
     # The state backend (a Redis pool and its poller) is opened once with the Gateway; a
     # reload retunes it (when_down, limits, lifetimes) but never swaps it.
     *(f"state.{name}" for name in StateSettings.model_fields if name != "when_down"),
+    # The audit file is opened once per process (SIGHUP reopens it where logrotate moved it).
+    "audit.path",
+    "audit.max_bytes",
 )
 
 

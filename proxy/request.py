@@ -8,12 +8,15 @@ bucket and key with different SSE-C customer keys name two objects, and never sh
 
 `RequestContext` is filled in by the gateway and each surface as the request flows (who asks,
 through which route, for which object, with what outcome), and read by what reports on it:
-the access line and the metrics.
+the access line, the metrics and the audit trail. A surface (or a delivery method) records an
+audit event with one call, `context.audit("url.signed", expires=...)`; the Gateway writes the
+request's events with who asked when the request ends (audit/events.py decides the lines).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +37,19 @@ class ObjectRef:
 def new_request_id() -> str:
     """16 hex digits, random: unique across processes and replicas without coordination."""
     return os.urandom(8).hex()
+
+
+# An id a trusted proxy may hand on: short, and safe in a header, a log line and a URL query.
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(given: str | None, from_trusted_proxy: bool) -> str:
+    """The request's id: the `X-Request-Id` a trusted proxy in front sent (so one id follows
+    the request through both), else a new one. Never a client's own: it could then choose
+    which audit events its requests are filed under, or pose as another request."""
+    if from_trusted_proxy and given is not None and _GIVEN_ID.fullmatch(given):
+        return given
+    return new_request_id()
 
 
 @dataclass(slots=True)
@@ -68,3 +84,16 @@ class RequestContext:
     reason: str | None = None
     first_byte: float | None = None  # perf_counter() when the first body byte was written
     cors: dict[str, str] | None = None  # CORS headers every response must carry; not logged
+    # The audit trail (audit.path): whether it is on, and this request's events so far.
+    audited: bool = False
+    events: list[tuple[str, dict[str, Any]]] | None = None
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record an audit event of this request (nothing when the trail is off). Written when
+        the request ends, after who asked, the route, object and final status: give `route`,
+        `bucket` and `key` only for an entry that is not the request's own (a sign API batch).
+        Never pass a token, cookie, signature, signed URL or customer key."""
+        if self.audited:
+            if self.events is None:
+                self.events = []
+            self.events.append((event, fields))

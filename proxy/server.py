@@ -13,8 +13,9 @@ connections keep being read until the work is done and they have been quiet for 
 seconds (within the grace). aiohttp's `pre_shutdown()` would instead stop reading them at once,
 so a request already on its way over a kept-alive connection met silence, then a closed socket.
 
-On SIGHUP the config file is reloaded (see reload.py); with workers, the supervisor passes the
-signal on to each of them.
+On SIGHUP the config file is reloaded (see reload.py), and an audit file that logrotate moved
+is followed into a new one (audit/trail.py); with workers, the supervisor passes the signal on
+to each of them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from types import ModuleType
 from aiohttp import web
 
 from .app import Gateway
+from .audit import enter_worker as enter_audit_worker
 from .config import Config, ConfigError, load_config
 from .edge import EdgeServer, raise_open_file_limit
 from .logs import BatchingStreamHandler, flush_logs
@@ -134,6 +136,7 @@ async def _serve_until_signal(
         stop.set()
 
     def on_hangup() -> None:
+        gateway.reopen_audit()  # logrotate moved the audit file: go on in a new one
         if config_path is None:
             log.warning("SIGHUP ignored: this server was not started from a config file")
         else:
@@ -379,6 +382,7 @@ def _supervise_workers(
                     listener.close_in_child()
                 if metrics_directory is not None:
                     enter_worker(metrics_directory)
+                enter_audit_worker(number)  # its audit trail is a file of its own
                 _die_with_parent()
                 for sig in signals:
                     signal.signal(sig, signal.SIG_DFL)

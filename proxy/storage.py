@@ -145,9 +145,11 @@ class Storage(Protocol):
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         """A presigned URL; pure CPU work, no S3 call. A URL cannot carry a customer key
-        (config allows one only on `delivery: stream` routes, which never presign)."""
+        (config allows one only on `delivery: stream` routes, which never presign).
+        `request_id`: signed in as `x-request-id`, for S3's server access log."""
         ...
 
     def presign_put(
@@ -158,10 +160,11 @@ class Storage(Protocol):
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         """A presigned PUT that signs the Content-Type and Content-Length it must be sent
         with, and `preconditions` (lower-case If-Match / If-None-Match, as S3 checks them);
-        no S3 call."""
+        no S3 call. `request_id` as for presign."""
         ...
 
     def presign_post(

@@ -74,6 +74,7 @@ class FakeStorage:
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         self.calls.append(("presign", ref.bucket, ref.key))
         return (

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
-from proxy.logs import quiet_noisy_libraries, redact
+from proxy.logs import JsonLines, RedactSecrets, quiet_noisy_libraries, redact
 
 from .conftest import S3Objects, bearer, make_token
 
@@ -24,12 +25,17 @@ async def test_one_json_line_per_request_with_the_agreed_fields(
     token = make_token("alice")
     ok = await client.get("/stream/photos/42", headers=bearer(token))
     await ok.read()
-    await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
-    await client.get("/admin/exports/q4.pdf", headers=bearer(token))
+    moved = await client.get("/photos/42", headers=bearer(token), allow_redirects=False)
+    refused = await client.get("/admin/exports/q4.pdf", headers=bearer(token))
 
     stream, redirect, denied = _lines(caplog)
+    # One id per request: in its answer's X-Request-Id and in its access line.
+    answered = [r.headers["X-Request-Id"] for r in (ok, moved, refused)]
+    assert [line["request_id"] for line in (stream, redirect, denied)] == answered
+    assert len(set(answered)) == 3
     assert set(stream) >= {
         "time",
+        "request_id",
         "route",
         "sub",
         "method",
@@ -97,3 +103,23 @@ def test_library_log_lines_are_redacted_too() -> None:
     assert "abc.def" not in cleaned and "xyz" not in cleaned
     assert "abcdef0123" not in cleaned and "AKIA" not in cleaned
     assert "GET /p/caf" in cleaned  # the rest stays readable
+
+
+def test_diagnostics_are_one_redacted_json_line_each() -> None:
+    """stderr's lines: time, level, logger, message; a traceback inside its line, redacted."""
+    token = make_token("alice")
+    formatter = JsonLines()
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "bad", None, None)
+    try:
+        raise ValueError(f"request line GET /x?token={token}\nsecond line")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    record.msg = f"Error handling request /x?token={token}"
+    RedactSecrets().filter(record)
+    text = formatter.format(record)
+    assert "\n" not in text
+    line = json.loads(text)
+    assert list(line)[:4] == ["time", "level", "logger", "message"]
+    assert (line["level"], line["logger"]) == ("error", "aiohttp.server")
+    assert line["message"] == "Error handling request /x?token=<redacted-jwt>"
+    assert "ValueError" in line["exception"] and token not in line["exception"]

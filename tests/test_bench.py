@@ -128,7 +128,7 @@ def test_report_links_its_charts_or_says_how_to_get_them() -> None:
         in linked
     )
     unlinked = report(results, objects, rounds=1, notes=[], tick=0.01)
-    assert "](" not in unlinked and "pip install matplotlib" in unlinked
+    assert "](" not in unlinked and "pip install -e '.[bench]'" in unlinked
 
 
 def test_charts_draw_the_three_comparisons(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -90,6 +91,25 @@ def _free_port() -> int:
     return port
 
 
+@pytest.mark.parametrize("ttl", ["86401", "0"])
+def test_token_refuses_a_ttl_the_proxy_would_refuse(ttl: str) -> None:
+    """Past revocation.max_token_lifetime the proxy refuses the token: none is printed."""
+    result = _run(
+        "token", "--config", "config.yaml", "--sub", "alice", "--ttl", ttl,
+        env={"JWT_SECRET": SECRET},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "--ttl must be between 1 and 86400 seconds (revocation.max_token_lifetime" in (
+        result.stderr
+    )
+    ok = _run(
+        "token", "--config", "config.yaml", "--sub", "alice", "--ttl", "86400",
+        env={"JWT_SECRET": SECRET},
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path: Path) -> None:
     port = _free_port()
     path = tmp_path / "config.yaml"
@@ -130,8 +150,12 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
             process.kill()
             process.communicate()
     assert process.returncode == 0, stderr
-    access = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    # stdout is the access log alone: every line one JSON object (the start-up line, the
+    # drain and shutdown notes are diagnostics, on stderr, JSON too)
+    access = [json.loads(line) for line in stdout.splitlines()]
     assert [(a["route"], a["status"]) for a in access] == [("photo-stream", 200), (None, 400)]
+    diagnostics = [json.loads(line) for line in stderr.splitlines()]
+    assert any("listening on" in line["message"] for line in diagnostics)
     assert access[1]["path"] == "-"
     assert "Error handling request" not in stdout + stderr
     assert token not in stdout + stderr
@@ -206,12 +230,12 @@ def test_serve_on_the_shipped_config_without_aws_credentials_says_what_will_fail
         env=env,
     )
     try:
-        assert process.stdout is not None
-        started: list[str] = []
-        while not (line := process.stdout.readline()).startswith("proxy:"):
+        assert process.stderr is not None
+        started: list[dict[str, Any]] = []
+        while "listening on" not in (line := process.stderr.readline()):
             assert line, process.communicate()  # the output ended: it did not start
-            started.append(line)
-        port = int(line.rsplit(":", 1)[1])
+            started.append(json.loads(line))  # diagnostics: one JSON object a line
+        port = int(json.loads(line)["url"].rsplit(":", 1)[1])
         token = jwt.encode(
             {"sub": "root", "role": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60},
             SECRET,
@@ -231,10 +255,13 @@ def test_serve_on_the_shipped_config_without_aws_credentials_says_what_will_fail
             process.kill()
             process.communicate()
     assert process.returncode == 0, stderr
-    warning = next(line for line in started if "no AWS credentials" in line)
-    assert "streaming (GetObject, HeadObject) and signing" in warning
-    assert "AWS_ACCESS_KEY_ID" in warning and "task role" in warning
-    (access,) = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    warning = next(line for line in started if "no AWS credentials" in line["message"])
+    assert warning["level"] == "warning"
+    assert "streaming (GetObject, HeadObject) and signing" in warning["message"]
+    assert "AWS_ACCESS_KEY_ID" in warning["message"] and "task role" in warning["message"]
+    # stdout is the access log alone, stderr the diagnostics alone: each a JSON object a line
+    (access,) = [json.loads(line) for line in stdout.splitlines()]
+    assert all(json.loads(line)["level"] for line in stderr.splitlines())
     assert access["status"] == 502
     assert access["reason"].startswith("GetObject: no AWS credentials")
     assert token not in stdout + stderr

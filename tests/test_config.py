@@ -222,6 +222,41 @@ def test_several_mistakes_are_reported_together() -> None:
     assert len(_problems(data)) == 2
 
 
+def test_every_kind_of_mistake_is_reported_in_one_run() -> None:
+    """An unset variable, shape errors and cross-check errors together: `check` is run once,
+    not once per kind. Route numbers stay those of the file, though a broken route is left
+    out of the cross-checks."""
+    data = config_dict()
+    data["auth"]["secret"] = "${JWT_SECRET}"
+    data["limits"] = {"max_streams": 0}
+    data["routes"][1]["delivery"] = "fax"
+    data["routes"][3]["key"] = "{nope}"
+    data["routes"][4]["name"] = data["routes"][0]["name"]
+    problems = _problems(data)
+    assert [problem.split(":", 1)[0] for problem in problems] == [
+        "auth.secret",
+        "limits.max_streams",
+        "routes[1] (photo-stream).delivery",
+        "routes[3] (admin-links).key",
+        "routes[4] (employee-photos).name",
+    ]
+    assert "environment variable JWT_SECRET is not set" in problems[0]  # said once
+
+
+def test_a_broken_auth_section_does_not_make_up_route_problems() -> None:
+    """auth is replaced by its defaults to check the rest: its own and the issuers' checks,
+    which would judge against those defaults, are left out."""
+    data = config_dict(auth={"algorithms": ["HS1"]})
+    data["auth"]["issuers"] = None
+    data["routes"][0]["issuers"] = ["staff"]
+    data["routes"][2]["key"] = "{nope}"
+    problems = _problems(data)
+    assert [problem.split(":", 1)[0] for problem in problems] == [
+        "auth.algorithms",
+        "routes[2] (admin-exports).key",
+    ], problems
+
+
 def test_duplicate_route_names() -> None:
     data = config_dict()
     data["routes"][1]["name"] = data["routes"][0]["name"]
@@ -332,3 +367,35 @@ def test_s3_engine_is_builtin_unless_aiobotocore_is_named() -> None:
     assert _problems(config_dict(s3={"engine": "boto3"})) == [
         "s3.engine: Input should be 'builtin' or 'aiobotocore' (got 'boto3')"
     ]
+
+
+def test_the_audit_is_off_unless_a_path_is_set(tmp_path: Path) -> None:
+    assert build_config(config_dict()).settings.audit.path is None
+    config = load_config(_write(tmp_path, config_dict(audit={"path": "logs/audit.jsonl"})))
+    assert config.settings.audit.path == str(tmp_path / "logs" / "audit.jsonl")
+    assert config.settings.audit.max_bytes == 100 * 1024 * 1024
+    stdout = parse_config(yaml.safe_dump(config_dict(audit={"path": "-", "max_bytes": 0})))
+    assert stdout.settings.audit.path == "-"
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("audit", "expected"),
+    [
+        ({"path": "/nonexistent/dir/audit.jsonl"}, "audit.path: directory /nonexistent/dir does"),
+        ({"path": "logs"}, "audit.path: "),
+        ({"path": "  "}, 'audit.path: must be a file path, or "-" for stdout'),
+        ({"path": "a.jsonl", "max_bytes": -1}, "audit.max_bytes: Input should be greater"),
+        ({"path": "a.jsonl", "rotate": True}, "audit.rotate: unknown key"),
+    ],
+)
+def test_audit_mistakes_name_the_key(tmp_path: Path, audit: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, config_dict(audit=audit)))
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value

@@ -7,11 +7,14 @@ import re
 import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from proxy.config import Settings
+from proxy.ops.metrics import CACHES, S3_OPERATIONS, S3_OUTCOMES, TOKEN_OUTCOMES
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -146,3 +149,120 @@ def test_the_readmes_minimal_config_loads() -> None:
         "my-files",
         "admin-exports",
     ]
+
+
+# Values for the ${VAR}s the examples use, as an operator would export them.
+_EXAMPLE_ENV = {
+    "JWT_SECRET": "j" * 64,
+    "JOBS_SECRET": "o" * 64,
+    "LINK_SECRET": "l" * 64,
+    "SESSION_SECRET": "s" * 64,
+    "OIDC_CLIENT_SECRET": "client-secret",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+}
+# What an example is checked inside of: most show a section or two, not a whole config.
+_AROUND_A_FRAGMENT = {
+    "auth": {"secret": "${JWT_SECRET}"},
+    "routes": [
+        {
+            "name": "any",
+            "match": "/any/{path:.+}",
+            "bucket": "any-bucket",
+            "key": "{path}",
+            "delivery": "stream",
+            "access": "public",
+        }
+    ],
+}
+
+
+class _NoDuplicateKeys(yaml.SafeLoader):
+    """An example that sets a key twice shows one setting and means another."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicated = {key for key in keys if keys.count(key) > 1}
+        assert not duplicated, f"key {sorted(duplicated)[0]!r} set twice at {node.start_mark}"
+        return super().construct_mapping(node, deep=deep)
+
+
+def config_examples() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(page, text, config) for each YAML example in the docs whose top-level keys are all
+    config sections (the others are access rules, route fragments, Kubernetes probes)."""
+    sections = set(Settings.model_fields)
+    for page in (REPO / "README.md", *sorted(DOCS.glob("*.md"))):
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S):
+            documents = list(yaml.safe_load_all(block))
+            if not any(isinstance(d, dict) and set(d) <= sections for d in documents):
+                continue  # (an access rules block lists alternatives of one key)
+            for document in yaml.load_all(block, Loader=_NoDuplicateKeys):
+                yield page.name, block, document
+
+
+def test_every_config_example_in_the_docs_passes_check() -> None:
+    """Each inside a minimal config around it (a section it sets replaces that one's)."""
+    from proxy.config import ConfigError, parse_config
+
+    checked = 0
+    for page, text, document in config_examples():
+        whole = {**_AROUND_A_FRAGMENT, **document}
+        try:
+            parse_config(yaml.safe_dump(whole), env=_EXAMPLE_ENV)
+        except ConfigError as exc:
+            pytest.fail(f"{page}: this example fails `check`:\n{text}\n{exc}")
+        checked += 1
+    assert checked >= 9, "fewer config examples found than the docs hold: is the parser right?"
+
+
+def test_the_configuration_reference_example_passes_check_as_written(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    text = (DOCS / "configuration.md").read_text().split("### Example", 1)[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "JWT_SECRET": _EXAMPLE_ENV["JWT_SECRET"]},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK, 2 routes" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("series", "values"),
+    [
+        ("proxy_s3_requests_total", (*S3_OPERATIONS, *S3_OUTCOMES)),
+        ("proxy_token_verifications_total", TOKEN_OUTCOMES),
+        ("proxy_cache_hits_total", CACHES),
+    ],
+)
+def test_every_label_value_of_a_series_is_documented(series: str, values: tuple[str, ...]) -> None:
+    row = next(
+        line
+        for line in (DOCS / "operations.md").read_text().splitlines()
+        if line.startswith(f"| `{series}` |")
+    )
+    missing = [value for value in values if f"`{value}`" not in row]
+    assert not missing, f"docs/operations.md, {series}: add {missing}"
+
+
+def test_shipped_configs_point_at_the_configuration_reference() -> None:
+    """config.yaml and every manifest that carries a config say where each key is explained
+    (the README's reference moved to docs/configuration.md)."""
+    shipped = [REPO / "config.yaml"]
+    shipped += [
+        path
+        for path in (REPO / "deploy").rglob("*.yaml")
+        if path.name == "config.yaml" or "config.yaml: |" in path.read_text()
+    ]
+    assert len(shipped) >= 2
+    for path in shipped:
+        text = path.read_text()
+        assert "docs/configuration.md" in text, f"{path.relative_to(REPO)}: name the reference"
+        assert "Config reference" not in text, f"{path.relative_to(REPO)}: the README has none"

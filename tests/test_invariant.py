@@ -183,6 +183,7 @@ class EveryKeyStorage(FakeStorage):
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         return f"https://s3.example/{ref.bucket}/{quote(ref.key, safe='/')}?X-Amz-Signature=x"
 

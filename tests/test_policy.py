@@ -14,6 +14,7 @@ from proxy.policy import (
     NotRule,
     Public,
     Rule,
+    claims_that_pass,
     compile_rule,
 )
 
@@ -330,3 +331,23 @@ def test_unknown_param_is_found_inside_nested_rules() -> None:
 def test_claim_template_needs_no_param() -> None:
     rule = compile_rule({"claims": {"tenant": "{claims.org}"}}, [])
     assert allows(rule, {"tenant": "x", "org": "x"})
+
+
+@pytest.mark.parametrize(
+    ("rule", "claims"),
+    [
+        ("authenticated", {}),
+        ({"claims": {"role": "admin"}}, {"role": "admin"}),
+        ({"claims": {"role": ["admin", "ops"], "level": 3}}, {"role": "admin", "level": 3}),
+        ({"any": [{"claims": {"sub": "{claims.x}"}}, {"claims": {"ops": True}}]}, {"ops": True}),
+        ({"all": [{"claims": {"a": "x"}}, {"claims": {"b": "y"}}]}, {"a": "x", "b": "y"}),
+        ({"all": [{"claims": {"a": "x"}}, {"claims": {"a": "y"}}]}, None),
+        ({"claims": {"sub": "{claims.x}"}}, None),
+        ({"not": {"claims": {"banned": True}}}, None),
+    ],
+)
+def test_claims_that_pass_a_rule_where_literals_can_say(rule: Any, claims: Any) -> None:
+    compiled = compile_rule(rule, [])
+    assert claims_that_pass(compiled) == claims
+    if claims is not None:
+        assert compiled.denial(claims, {}) is None

@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from .conftest import (
     make_token,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 LINK_SECRET = "link-secret-" + "y" * 40
 T0 = 1_700_000_000.0
 ADMIN = make_token("root", role="admin", now=T0)  # for tests on Clock(T0)
@@ -243,6 +248,7 @@ async def test_a_share_link_is_revoked_by_its_jti(proxy, s3: S3Objects) -> None:
     refused = await client.get(f"/admin/exports/q4.pdf?link={link}")
     assert refused.status == 401
     assert refused.headers["WWW-Authenticate"] == REVOKED
+    assert await refused.json() == {"error": "token revoked"}  # the body says what the header does
     assert (await client.get(f"/admin/exports/q4.pdf?link={other}")).status == 200
 
 
@@ -344,6 +350,8 @@ async def test_the_admin_endpoint_keeps_to_its_access_rule(
     client = await proxy(_config(s3))
     response = await client.post("/_admin/revocations", json={"sub": "bob"}, headers=headers)
     assert response.status == status
+    if status == 403:  # the claim the rule wants, by name (never the value it wants)
+        assert await response.json() == {"error": "admin.access: claim 'role' missing"}
     assert (await client.get("/_admin/revocations", headers=headers)).status == status
     listed = await client.get("/_admin/revocations", headers=bearer(ADMIN_NOW))
     assert (await listed.json())["revocations"] == []
@@ -423,10 +431,53 @@ async def test_the_cli_revokes_through_the_running_server(
     assert await asyncio.to_thread(cli, "--sub", "alice", "--undo", "--token", ADMIN_NOW) == 0
     assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 200
 
-    # A token the rule refuses: the refusal is reported, and the token is not printed.
+    # A token the rule refuses: the refusal says which claim the rule wants and how to give
+    # it; the token is not printed.
     assert await asyncio.to_thread(cli, "--jti", "x") == 1
     err = capsys.readouterr().err
-    assert "403" in err
+    assert "the proxy refused: 403" in err
+    assert "admin.access refuses this token (claim 'role' missing)" in err
+    assert "mint one it lets in with --claim role=admin, or pass --token" in err
+    assert await asyncio.to_thread(cli, "--jti", "x", "--token", make_token("bob", role="ops")) == 1
+    err = capsys.readouterr().err
+    assert "(claim 'role' does not match)" in err
+    assert "eyJ" not in err
+
+
+async def test_the_revoke_command_link_prints_works_as_printed(
+    proxy, s3: S3Objects, tmp_path: Path
+) -> None:
+    """Pasted from anywhere: it names the config that signed the link, and the claims the
+    admin endpoint wants (memory backend: the command goes through the running server)."""
+    client = await proxy(_config(s3))
+    data = _config(s3, listen={"host": "127.0.0.1", "port": client.server.port})
+    config = tmp_path / "proxy.yaml"  # not ./config.yaml: the default would be another file
+    config.write_text(yaml.safe_dump(data))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=elsewhere,
+            env=env,
+        )
+
+    made = await asyncio.to_thread(
+        run, "link", "--config", str(config), "/admin/exports/q4.pdf", "--ttl", "600"
+    )
+    assert made.returncode == 0, made.stderr
+    link = made.stdout.strip().split("?", 1)[1]
+    assert (await client.get(f"/admin/exports/q4.pdf?{link}")).status == 200
+    printed = made.stderr.split("to revoke this link: ", 1)[1].strip()
+    assert printed.startswith(f"python -m proxy revoke --config {config} --claim role=admin")
+    revoked = await asyncio.to_thread(run, *shlex.split(printed)[3:])
+    assert revoked.returncode == 0, revoked.stderr
+    assert (await client.get(f"/admin/exports/q4.pdf?{link}")).status == 401
 
 
 def test_the_cli_needs_admin_access_with_the_memory_backend(

@@ -145,7 +145,8 @@ def test_the_cli_writes_redis_and_every_replica_follows(
     lost = make_token("alice", now=time.time() - 10, jti="lost-laptop")
     kept = make_token("alice", now=time.time() - 10, jti="phone")
     config = tmp_path / "cli.yaml"
-    config.write_text(yaml.safe_dump(data))
+    audit = tmp_path / "audit.jsonl"
+    config.write_text(yaml.safe_dump({**data, "audit": {"path": str(audit)}}))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -172,6 +173,23 @@ def test_the_cli_writes_redis_and_every_replica_follows(
         assert cli("--jti", "lost-laptop", "--undo").returncode == 0
         _until(lambda: both(lost, 200), within=1.0)
         assert cli("--jti", "lost-laptop", "--undo").returncode == 1  # no such revocation
+    # No server saw those changes: the command recorded them, in a file of its own.
+    trail = tmp_path / "audit.cli.jsonl"
+    events = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [(e["event"], e["what"]) for e in events] == [
+        ("revocation.added", {"jti": "lost-laptop"}),
+        ("revocation.removed", {"jti": "lost-laptop"}),
+    ]
+    assert events[0]["by"].startswith("command line (") and events[0]["request_id"]
+    verified = subprocess.run(
+        [sys.executable, "-m", "proxy", "audit", "verify", str(trail)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
 
 
 def test_a_rate_limit_is_n_across_both_replicas_not_2n(

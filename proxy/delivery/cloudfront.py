@@ -56,7 +56,23 @@ class CloudFront:
         return Link(signed.url, iso, signed.cookie_scope, signed.set_cookies)
 
     def sign(self, context: RequestContext, route: Route, ref: ObjectRef) -> CloudFrontLink:
-        """The signed URL, or the unsigned URL and the cookies that open it."""
+        """The signed URL, or the unsigned URL and the cookies that open it; either is a
+        `url.signed` audit event (what it opens, never the signature)."""
+        link = self._sign(context, route, ref)
+        stable = route.settings.stable is not None
+        context.audit(
+            "url.signed",
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method="GET",
+            expires=SignedLink(link.url, link.lifetime).expires_at_iso,
+            **({"cookie_scope": link.cookie_scope} if link.cookie_scope else {}),
+            **({"stable": True} if stable else {}),
+        )
+        return link
+
+    def _sign(self, context: RequestContext, route: Route, ref: ObjectRef) -> CloudFrontLink:
         lifetime = link_lifetime(route.settings, self._clock(), context.expires_at)
         expires = lifetime.expires_at
         url = self._signer.object_url(ref.key)

@@ -1,6 +1,11 @@
 """Redirecting: the client is sent to a presigned S3 URL (302, or its JSON for fetch()), so
 the bytes never pass through the proxy. Stable URLs (a route's `stable` window) repeat, and
 are remembered instead of signed again (LinkCache). No S3 call: signing is CPU work.
+
+Each URL handed out is a `url.signed` audit event. A one-off URL carries its request's id
+(`x-request-id`, signed), which S3 writes to its server access log; a stable URL carries none:
+it is the same URL for every caller in its window (across replicas too), so no one request's
+id could be in it, and a per-request id would end the sameness browsers cache by.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ class Redirect:
         if self._cache_control is not None:
             # Else S3's answer for a private file would be storable by shared caches.
             overrides.setdefault("Cache-Control", self._cache_control)
-        return await sign_link(
+        stable = route.settings.stable is not None
+        link = await sign_link(
             self._storage,
             route.settings,
             method,
@@ -68,7 +74,18 @@ class Redirect:
             self._clock(),
             context.expires_at,
             self._links,
+            None if stable else context.id,
         )
+        context.audit(
+            "url.signed",
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method=method,
+            expires=link.expires_at_iso,
+            **({"stable": True, "signed_at": _iso(link.lifetime.signed_at)} if stable else {}),
+        )
+        return link
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,11 @@ class SignedLink:
 
     @property
     def expires_at_iso(self) -> str:
-        return datetime.fromtimestamp(self.lifetime.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _iso(self.lifetime.expires_at)
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LinkCache:
@@ -115,7 +136,9 @@ async def sign_link(
     now: float,
     token_expires_at: float | None,
     cache: LinkCache | None = None,
+    request_id: str | None = None,
 ) -> SignedLink:
+    """`request_id`: signed into the URL (never into a stable, cached one: Redirect.sign)."""
     credentials = await storage.credentials()
     lifetime = link_lifetime(settings, now, token_expires_at, credentials.expires_at)
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
@@ -134,7 +157,7 @@ async def sign_link(
         url = cache.get(cache_key)
         if url is not None:
             return SignedLink(url, lifetime)
-    url = storage.presign(credentials, method, ref, lifetime, signed_overrides)
+    url = storage.presign(credentials, method, ref, lifetime, signed_overrides, request_id)
     if cache is not None and cache_key is not None:
         cache.put(cache_key, url)
     return SignedLink(url, lifetime)

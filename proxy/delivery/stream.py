@@ -69,11 +69,22 @@ class Stream:
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         watch = watch_credential(self._state, self._telemetry, request, context, "stream")
         try:
-            return await stream(request, context, ref, shown, route.settings.cache, self._settings)
+            response = await stream(
+                request, context, ref, shown, route.settings.cache, self._settings
+            )
         finally:
             if watch is not None:
                 self._state.unwatch(watch)
             await self._state.release_stream(lease)
+        if request.method == "GET":
+            # Who got what, and all of it or not: a client that hung up mid-body got
+            # `bytes_sent`. (A body answered from memory is handed to the connection whole.)
+            whole = context.reason is None and response.content_length in (
+                None,
+                context.bytes_sent,
+            )
+            context.audit("object.streamed", bytes=context.bytes_sent, complete=whole)
+        return response
 
     async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
         """A streamed object is fetched from the proxy itself, with the caller's token."""
@@ -256,6 +267,8 @@ async def send_object(
         status = 206 if obj.meta.content_range else 200
         response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
         response.content_length = obj.meta.content_length
+        # Given here: the Gateway adds it to answers that have not started, and this one has.
+        response.headers["X-Request-Id"] = context.id
         try:
             await response.prepare(request)
         except ConnectionError:

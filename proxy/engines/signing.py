@@ -19,6 +19,7 @@ from aiobotocore.session import AioSession
 from ..config import S3Settings
 from ..errors import UpstreamError
 from ..presign import (
+    REQUEST_ID_PARAM,
     Credentials,
     Endpoint,
     Lifetime,
@@ -98,8 +99,11 @@ class Signer:
         key: str,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         params = {OVERRIDE_PARAMS[name.lower()]: value for name, value in (overrides or {}).items()}
+        if request_id is not None:
+            params[REQUEST_ID_PARAM] = request_id
         return presign_url(
             endpoint=self._public_endpoint,
             region=self._settings.region,
@@ -121,6 +125,7 @@ class Signer:
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         signed = {"content-type": content_type, "content-length": str(content_length)}
         return presign_url(
@@ -132,6 +137,7 @@ class Signer:
             key=key,
             signed_at=lifetime.signed_at,
             expires_in=lifetime.expires_in,
+            params={REQUEST_ID_PARAM: request_id} if request_id is not None else None,
             signed_headers={**signed, **(preconditions or {})},
         )
 
@@ -200,8 +206,11 @@ class SignedByTheProxy:
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
-        return self._signer.presign(credentials, method, ref.bucket, ref.key, lifetime, overrides)
+        return self._signer.presign(
+            credentials, method, ref.bucket, ref.key, lifetime, overrides, request_id
+        )
 
     @property
     def writes(self) -> ObjectWriter:
@@ -217,9 +226,17 @@ class SignedByTheProxy:
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         return self._signer.presign_put(
-            credentials, ref.bucket, ref.key, lifetime, content_type, content_length, preconditions
+            credentials,
+            ref.bucket,
+            ref.key,
+            lifetime,
+            content_type,
+            content_length,
+            preconditions,
+            request_id,
         )
 
     def presign_post(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -43,10 +44,11 @@ from .session import (
     MAX_SESSION_BYTES,
     STATE_PATTERN,
     Flow,
+    Session,
     decode_flow,
     encode_flow,
-    ended_session,
     mint_session,
+    read_session,
     session_claims,
 )
 
@@ -188,6 +190,12 @@ class SignIn:
                 "(auth.login.claims)",
             )
         context.sub = str(session["sub"])[:256]
+        context.iss = login.public_url  # the session's issuer, as routes' `issuers` name it
+        context.audit(
+            "signin",
+            provider=login.issuer,
+            expires=datetime.fromtimestamp(int(session["exp"]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
         response = web.Response(status=302, headers={"Location": flow.next, **_NO_STORE})
         response.set_cookie(
             login.cookie.name,
@@ -234,7 +242,12 @@ class SignIn:
             raise Forbidden(
                 "sign-out from another site", detail="sign out from this site's own page"
             )
-        await self._end_session(request)
+        cookie = parse_cookie_header(request.headers.get("Cookie")).get(login.cookie.name)
+        session = read_session(cookie, self._secret, login) if cookie else None
+        if session is not None:
+            context.sub, context.iss = session.sub, session.iss
+            await self._end_session(session)
+        context.audit("signout", provider=login.issuer)
         location: str | None = login.logout_redirect
         try:
             end_session = (await self.provider.metadata()).end_session_endpoint
@@ -258,16 +271,13 @@ class SignIn:
         context.reason = "signed out"
         return response
 
-    async def _end_session(self, request: web.BaseRequest) -> None:
-        """Revoke the session the cookie holds, for as long as it could still be accepted.
-        A backend that cannot record it is a 503 and the cookie stays: the user is not told
-        they are signed out while a copy of the cookie would still work."""
-        cookie = parse_cookie_header(request.headers.get("Cookie")).get(self._login.cookie.name)
-        session = ended_session(cookie, self._login, self._secret) if cookie else None
-        if session is None:
-            return  # no session of ours: nothing to end but the cookie
-        jti, exp = session
+    async def _end_session(self, session: Session) -> None:
+        """Revoke the session, for as long as it could still be accepted. A backend that
+        cannot record it is a 503 and the cookie stays: the user is not told they are signed
+        out while a copy of the cookie would still work."""
+        if session.jti is None or session.exp is None:
+            return  # not one this proxy minted (they all carry both)
         now = self._clock()
-        if exp + self._leeway <= now:
+        if session.exp + self._leeway <= now:
             return  # expired: refused anyway
-        await self._revoke(Revocation("jti", jti, None, now, exp + self._leeway))
+        await self._revoke(Revocation("jti", session.jti, None, now, session.exp + self._leeway))

@@ -110,10 +110,19 @@ def mint_session(claims: Mapping[str, Any], secret: str) -> str:
     return jwt.encode(dict(claims), secret, algorithm="HS256")
 
 
-def ended_session(token: str, login: LoginSettings, secret: str) -> tuple[str, float] | None:
-    """The `jti` and `exp` of a session token this proxy signed, to revoke on sign-out; None
-    for anything else (expired ones included: they need no revocation, and the caller
-    checks `exp`)."""
+@dataclass(frozen=True)
+class Session:
+    """One of this proxy's session cookies, as sign-out reads it."""
+
+    sub: str | None  # as logged (cut at 256 characters)
+    iss: str
+    jti: str | None  # what sign-out revokes
+    exp: float | None
+
+
+def read_session(token: str, secret: str, login: LoginSettings) -> Session | None:
+    """The session this cookie holds, its signature checked and its expiry not (a sign-out
+    may come after it); None for anything that is not one of this proxy's sessions."""
     try:
         claims = jwt.decode(
             token,
@@ -121,14 +130,17 @@ def ended_session(token: str, login: LoginSettings, secret: str) -> tuple[str, f
             algorithms=["HS256"],
             audience=SESSION_AUDIENCE,
             issuer=login.public_url,
-            options={"verify_exp": False, "verify_iat": False, "require": ["exp", "jti"]},
+            options={"verify_exp": False, "verify_iat": False},
         )
     except jwt.PyJWTError:
         return None
-    jti, exp = claims.get("jti"), claims.get("exp")
-    if not isinstance(jti, str) or not isinstance(exp, int | float) or isinstance(exp, bool):
-        return None
-    return jti, float(exp)
+    sub, jti, exp = claims.get("sub"), claims.get("jti"), claims.get("exp")
+    return Session(
+        str(sub)[:256] if sub is not None else None,
+        login.public_url,
+        jti if isinstance(jti, str) else None,
+        float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+    )
 
 
 def _lookup(claims: Mapping[str, Any], path: str) -> Any:

@@ -93,8 +93,9 @@ class MeasuredStorage:
         ref: ObjectRef,
         lifetime: Lifetime,
         overrides: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
-        return self._inner.presign(credentials, method, ref, lifetime, overrides)
+        return self._inner.presign(credentials, method, ref, lifetime, overrides, request_id)
 
     def presign_put(
         self,
@@ -104,9 +105,10 @@ class MeasuredStorage:
         content_type: str,
         content_length: int,
         preconditions: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> str:
         return self._inner.presign_put(
-            credentials, ref, lifetime, content_type, content_length, preconditions
+            credentials, ref, lifetime, content_type, content_length, preconditions, request_id
         )
 
     def presign_post(

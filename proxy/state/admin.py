@@ -28,6 +28,7 @@ from ..errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from ..request import RequestContext
 from .base import State
 from .revocations import Kind, entry_id, new_revocation
 
@@ -39,8 +40,14 @@ _ALLOWED = "GET, HEAD, POST, DELETE"
 
 
 async def answer_revocations(
-    request: web.BaseRequest, state: State, settings: Settings, clock: Callable[[], float]
+    request: web.BaseRequest,
+    context: RequestContext,
+    state: State,
+    settings: Settings,
+    clock: Callable[[], float],
 ) -> web.Response:
+    """Answer one call; a change is a `revocation.added` or `.removed` audit event, by the
+    admin the context names."""
     if request.method in ("GET", "HEAD"):
         entries = await state.revocations()
         if request.query:
@@ -70,6 +77,7 @@ async def answer_revocations(
             ttl,
         )
         await state.revoke(entry)
+        context.audit("revocation.added", what=_what(kind, value, iss), by="admin endpoint")
         # RFC 9110 15.3.2: a 201 names what it created; GET and DELETE take this URL.
         named = [(kind, value)] if iss is None else [(kind, value), ("iss", iss)]
         location = f"{request.raw_path.split('?', 1)[0]}?{urlencode(named)}"
@@ -82,6 +90,7 @@ async def answer_revocations(
         kind, value, iss = _target(request.query)
         if not await state.unrevoke(kind, value, iss):
             raise NotFound("no such revocation", detail="no such revocation")
+        context.audit("revocation.removed", what=_what(kind, value, iss), by="admin endpoint")
         return web.json_response({"removed": {kind: value, "iss": iss}}, headers=_HEADERS)
     raise MethodNotAllowed(f"method {request.method[:16]} not allowed", allowed=_ALLOWED)
 
@@ -109,6 +118,12 @@ async def _read_json(request: web.BaseRequest, wait: float) -> Mapping[str, Any]
     if unknown:
         raise BadRequest("unknown revocation field", detail=f"unknown field {sorted(unknown)[0]!r}")
     return body
+
+
+def _what(kind: Kind, value: str, iss: str | None) -> dict[str, str | None]:
+    """What a revocation names, as the audit trail records it: a subject (and its issuer, or
+    null for every issuer's), or one token's or share link's jti."""
+    return {"sub": value, "iss": iss} if kind == "sub" else {"jti": value}
 
 
 _SHAPE = 'expected {"sub": "...", "iss": "..."} (iss optional) or {"jti": "..."}'

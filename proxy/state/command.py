@@ -9,8 +9,12 @@ no other process can reach: the command asks the running server's admin endpoint
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import json
 import os
+import shlex
+import socket
 import sys
 import time
 import urllib.error
@@ -19,8 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
+import jwt
+
+from ..audit import AuditUnavailable, record_from_command_line
 from ..auth import issue_token
 from ..config import Config
+from ..policy import claims_that_pass
+from ..request import new_request_id
 from .redisstate import RedisRevocations, StateDown, redis_client
 from .revocations import Kind, Revocation, new_revocation
 
@@ -66,10 +75,12 @@ async def _in_redis(config: Config, order: Order) -> int:
             if not await store.delete(order.kind, order.value, order.iss, now):
                 print("no such revocation", file=sys.stderr)
                 return 1
+            _audit(config, "revocation.removed", order)
             print(json.dumps({"removed": {order.kind: order.value, "iss": order.iss}}))
             return 0
         entry = _entry(config, order, now)
         await store.put(entry, now)
+        _audit(config, "revocation.added", order)
         print(entry.dumps())
         return 0
     except StateDown as exc:
@@ -77,6 +88,40 @@ async def _in_redis(config: Config, order: Order) -> int:
         return 2
     finally:
         await redis.aclose(close_connection_pool=True)
+
+
+def _audit(config: Config, event: str, order: Order) -> None:
+    """Written Redis itself, so no server sees it: this command records it (audit.path)."""
+    path = config.settings.audit.path
+    if path is None:
+        return
+    what: dict[str, Any] = {order.kind: order.value}
+    if order.kind == "sub":
+        what["iss"] = order.iss
+    fields = {
+        "request_id": new_request_id(),
+        "sub": None,
+        "iss": None,
+        "client": None,
+        "route": None,
+        "method": None,
+        "status": None,
+        "what": what,
+        "by": f"command line ({_operator()})",
+    }
+    try:
+        record_from_command_line(path, event, fields)
+    except (OSError, AuditUnavailable) as exc:
+        print(f"audit: {exc}; the change is made all the same", file=sys.stderr)
+
+
+def _operator() -> str:
+    """Who ran the command, as the machine knows them: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _entry(config: Config, order: Order, now: float) -> Revocation:
@@ -142,6 +187,8 @@ def _through_server(
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         print(f"the proxy refused: {exc.code} {_error_of(exc.read())}", file=sys.stderr)
+        if exc.code == 403:
+            print(_admin_hint(config, token, claims), file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -153,6 +200,36 @@ def _through_server(
     else:
         print(json.dumps(answer.get("revocation") or answer, separators=(",", ":")))
     return 0
+
+
+def _admin_hint(config: Config, token: str | None, claims: dict[str, Any]) -> str:
+    """Which claim admin.access wants that the token sent lacks, and how to supply it."""
+    rule = config.admin_access
+    sent = claims
+    if token is not None:
+        # Only to name what is missing: the server has already judged the token.
+        with contextlib.suppress(jwt.PyJWTError):
+            sent = jwt.decode(token, options={"verify_signature": False})
+    denial = rule.denial({"sub": "proxy-revoke", **sent}, {}) if rule is not None else None
+    wanted = claims_that_pass(rule) if rule is not None else None
+    how = claim_arguments(wanted) if wanted else "--claim NAME=VALUE"
+    what = f"admin.access refuses this token ({denial})" if denial else "admin.access refuses it"
+    return f"{what}; mint one it lets in with {how}, or pass --token (or ${TOKEN_ENV})"
+
+
+def claim_arguments(claims: dict[str, Any]) -> str:
+    """`--claim` items that give a minted token these claims, quoted for a shell. A string is
+    written bare unless it would read as JSON (then `--claim` would take it as a number...)."""
+    items = []
+    for name, value in claims.items():
+        text = json.dumps(value)
+        if isinstance(value, str):
+            try:
+                json.loads(value)
+            except ValueError:
+                text = value
+        items.append(f"--claim {shlex.quote(f'{name}={text}')}")
+    return " ".join(items)
 
 
 def _error_of(body: bytes) -> str:

@@ -133,7 +133,10 @@ class Access:
         claims = await self.authenticate(request, context)
         denial = rule.denial(claims, {})
         if denial is not None:
-            raise Forbidden(denial)
+            # Operators' endpoints say which claim the rule found missing or unmatched (its
+            # name only, never the value it wants), so a refused operator can mint the
+            # right token.
+            raise Forbidden(denial, detail=f"{what}.access: {denial}")
 
     async def passes(self, rule: Rule | None, request: web.BaseRequest) -> bool:
         """Whether the request carries a token that `rule` lets in: for answers that say

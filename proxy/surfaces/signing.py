@@ -2,7 +2,10 @@
 and multipart upload steps (the N+1 problem). Each path is routed, authorized and
 rate-limited exactly as its own GET (or, for an upload, an upload of that path) would be, and
 answered on its own: a URL, a form, a step of a multipart upload (uploads/multipart.py), or
-the refusal with the status that request would have had.
+the refusal with the status that request would have had. Each entry is audited as its own
+request would be: a URL signed (by its delivery method), an upload form or part URLs signed,
+an upload completed, an access refused (401, 403, 429) or an upload refused, naming the
+entry's path, route and object.
 
 Rule: a batch costs S3 no more than its distinct objects. A request holds at most
 `sign_api.max_paths` entries, of which at most `max_uploads` write (upload forms and
@@ -22,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..audit import DENIED
 from ..auth import Clock
 from ..config import Config, Route
 from ..delivery import Link
@@ -42,6 +46,7 @@ from ..state import Bucket, State
 from ..storage import Storage
 from ..uploads import (
     MULTIPART_KINDS,
+    Answered,
     OpenUploads,
     PartSigning,
     UploadTarget,
@@ -207,8 +212,8 @@ class Signing:
             target = upload_target(route, ref, content_type)
             check_size(target.settings, size)
         except ProxyError as exc:
-            return _Form(path, exc, group)
-        return _Form(path, (route, target, size), group)
+            return _Form(path, exc, group, (route, ref))
+        return _Form(path, (route, target, size), group, (route, ref))
 
     async def _sign_upload(
         self,
@@ -218,20 +223,31 @@ class Signing:
         lookups: _Lookups,
     ) -> dict[str, Any]:
         """One upload entry's answer: a presigned POST form, or its refusal (a 429 from its
-        buckets first, as on a POST)."""
+        buckets first, as on a POST), audited as its own request's would be."""
+        path, named = form.path, form.named or (None, None)
         if over_limit is not None:
-            return _refusal(form.path, over_limit)
+            return _refused(context, path, over_limit, upload=True)
         if isinstance(form.admitted, ProxyError):
-            return _refusal(form.path, form.admitted)
+            return _refused(context, path, form.admitted, True, *named)
         route, target, size = form.admitted
+        ref = target.ref
         try:
             await lookups.absent(target)
             signed = await post_form(
                 self._storage, target, size, route.settings.ttl, self._clock(), context.expires_at
             )
         except ProxyError as exc:
-            return _refusal(form.path, exc)
-        return {"path": form.path, **signed}
+            return _refused(context, path, exc, True, route, ref)
+        context.audit(
+            "url.signed",
+            path=path,
+            route=route.name,
+            bucket=ref.bucket,
+            key=ref.key,
+            url_method="POST",
+            expires=signed["expires_at"],
+        )
+        return {"path": path, **signed}
 
     async def _sign_multipart(
         self,
@@ -247,7 +263,8 @@ class Signing:
         spending its route's rate-limit tokens; or its refusal."""
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             self._telemetry.multipart_step(kind, 400)
-            return _refusal("", BadRequest(detail='each entry is {"path": "/path", ...}'))
+            shape = BadRequest(detail='each entry is {"path": "/path", ...}')
+            return _refused(context, "", shape, upload=True)
         path = entry["path"]
         admitted, group = self._admit(context, path, claims, None)
         over_limit = (await self._state.take([group]))[0]
@@ -255,7 +272,7 @@ class Signing:
         found = over_limit if over_limit is not None else admitted
         if isinstance(found, ProxyError):
             self._telemetry.multipart_step(kind, found.status)
-            return _refusal(path, found)
+            return _refused(context, path, found, upload=True)
         route, ref = found
         try:
             place = multipart_place(route, ref)
@@ -267,12 +284,11 @@ class Signing:
                 )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)
-            return _refusal(path, exc)
+            return _refused(context, path, exc, True, route, ref)
         budget[0] -= answered.part_urls
         status = int(answered.answer.get("status", 200))
         self._telemetry.multipart_step(kind, status, answered.part_urls)
-        # Audit (issue 27): `url.signed` for each entry that hands out part URLs and
-        # `object.uploaded` for a completed one belong here, once proxy/audit is on main.
+        _audit_step(context, kind, path, route, ref, answered)
         if answered.stored is not None:
             # What this process cached about the key is stale now (other workers' expires).
             self._downloads.forget(ref)
@@ -354,13 +370,13 @@ class Signing:
         lookups: _Lookups,
     ) -> tuple[dict[str, Any], Link | None]:
         if isinstance(admitted, ProxyError):
-            return _refusal(path, admitted), None
+            return _refused(context, path, admitted), None
         route, ref = admitted
         try:
             delivery = await lookups.delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
-            return _refusal(path, exc), None
+            return _refused(context, path, exc, False, route, ref), None
         entry = {"path": path, "url": link.url, "expires_at": link.expires_at}
         if link.cookie_scope is not None:
             entry["cookie_scope"] = link.cookie_scope
@@ -375,6 +391,7 @@ class _Form:
     path: str
     admitted: tuple[Route, UploadTarget, int | None] | ProxyError
     group: list[Bucket]
+    named: tuple[Route, ObjectRef] | None = None  # what its audit event names, once known
 
 
 class _Lookups:
@@ -428,6 +445,58 @@ def _another_scope(scope: str) -> Conflict:
         detail=f"another cookie scope ({scope}) is already set by this answer; sign this path "
         "in a request of its own",
     )
+
+
+def _audit_step(
+    context: RequestContext,
+    kind: str,
+    path: str,
+    route: Route,
+    ref: ObjectRef,
+    answered: Answered,
+) -> None:
+    """A multipart step's audit event: part URLs handed out (`url.signed`, with the upload's
+    id, which S3's access log shows in each part's Request-URI), or the upload completed."""
+    named = {"path": path, "route": route.name, "bucket": ref.bucket, "key": ref.key}
+    upload_id = answered.answer.get("upload_id")
+    if answered.part_urls:
+        context.audit(
+            "url.signed",
+            **named,
+            url_method="PUT",
+            step=kind,
+            upload_id=upload_id,
+            parts=answered.part_urls,
+            expires=answered.answer.get("expires_at"),
+        )
+    if answered.stored is not None:
+        context.audit(
+            "object.uploaded",
+            **named,
+            status=201,
+            step=kind,
+            bytes=answered.stored.size,
+            etag=answered.stored.etag,
+        )
+
+
+def _refused(
+    context: RequestContext,
+    path: str,
+    exc: ProxyError,
+    upload: bool = False,
+    route: Route | None = None,
+    ref: ObjectRef | None = None,
+) -> dict[str, Any]:
+    """One entry's refusal, audited as its own request's would be (access.denied for a 401,
+    403 or 429; upload.refused for another refusal of an upload form), then answered."""
+    event = "access.denied" if exc.status in DENIED else "upload.refused" if upload else None
+    if event is not None:
+        named = {} if ref is None else {"bucket": ref.bucket, "key": ref.key}
+        if route is not None:
+            named["route"] = route.name
+        context.audit(event, path=path, **named, status=exc.status, reason=exc.reason)
+    return _refusal(path, exc)
 
 
 def _refusal(path: str, exc: ProxyError) -> dict[str, Any]:

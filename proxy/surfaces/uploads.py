@@ -51,12 +51,7 @@ class Uploads:
         if route.settings.delivery == "redirect":
             async with absence_check_slot(self._state, context, target, request.headers):
                 return await redirect_put(
-                    request,
-                    self._storage,
-                    target,
-                    route.settings.ttl,
-                    self._clock(),
-                    context.expires_at,
+                    request, context, self._storage, target, route.settings.ttl, self._clock()
                 )
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
         watch = watch_credential(self._state, self._telemetry, request, context, "upload")
@@ -67,6 +62,7 @@ class Uploads:
                 self._state.unwatch(watch)
             await self._state.release_stream(lease)
         context.bytes_received = received.size
+        context.audit("object.uploaded", bytes=received.size, etag=received.etag)
         self._forget(ref)
         return stored(context.path, received)  # 201 with Location, or 200 for a replacement
 

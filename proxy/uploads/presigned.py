@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ..errors import LengthRequired, Unauthenticated, UpstreamError
 from ..presign import Credentials, Lifetime, LifetimeError, plan_lifetime
+from ..request import RequestContext
 from ..storage import Storage
 from .preconditions import NO_HEADERS, plan_write, signed_preconditions
 from .rules import UploadTarget, check_size
@@ -31,21 +32,22 @@ from .rules import UploadTarget, check_size
 
 async def redirect_put(
     request: web.BaseRequest,
+    context: RequestContext,
     storage: Storage,
     target: UploadTarget,
     ttl: int,
     now: float,
-    token_expires_at: float | None,
 ) -> web.Response:
     """307 to a presigned PUT for this request's declared type and length; the body, if the
-    client sent it already, is not read."""
+    client sent it already, is not read. The URL carries the request's id (x-request-id, for
+    S3's server access log) and is a `url.signed` audit event."""
     length = request.content_length
     if length is None:
         # The length is signed, so it must be known (a chunked PUT cannot be presigned).
         raise LengthRequired("redirect upload without Content-Length")
     check_size(target.settings, length)
     await plan_write(storage, target, request.headers, always_look=False)
-    credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
+    credentials, lifetime = await signing_lifetime(storage, ttl, now, context.expires_at)
     url = storage.presign_put(
         credentials,
         target.ref,
@@ -53,6 +55,10 @@ async def redirect_put(
         target.content_type,
         length,
         signed_preconditions(request.headers),
+        request_id=context.id,
+    )
+    context.audit(
+        "url.signed", url_method="PUT", bytes=length, expires=iso_time(lifetime.expires_at)
     )
     return web.Response(
         status=307,
