@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,10 @@ class RequestContext:
     token_source: str | None = None  # "header", "cookie", "query", "share link"
     subject_key: str | None = None  # whom per-subject limits count (access.subject_key)
     expires_at: float | None = None  # the credential's `exp`: nothing signed may outlive it
+    # The verified claims, which a revocation made while the request runs is judged on
+    # (state.State.watch); never logged. `via_link`: they are a share link's.
+    claims: Mapping[str, Any] | None = None
+    via_link: bool = False
     object: ObjectRef | None = None  # once access has named it
     # The outcome:
     status: int = 0

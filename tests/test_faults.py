@@ -262,6 +262,7 @@ async def test_a_stalled_s3_is_a_quick_504_and_readyz_says_so(
     caplog.set_level(logging.INFO, logger="proxy.access")
     timeouts = {"read_timeout": 30, "request_timeout": 60, "max_attempts": 3}
     data = config_dict(faulty.url, s3={**timeouts, "first_byte_timeout": 0.2}, health={"cache": 0})
+    data["admin"] = {"access": {"claims": {"role": "admin"}}}  # who may read what is degraded
     client = await proxy(data)
     ready = await client.get("/readyz")
     assert (ready.status, await ready.json()) == (200, {"status": "ready"})
@@ -279,7 +280,9 @@ async def test_a_stalled_s3_is_a_quick_504_and_readyz_says_so(
         "HeadObject: no response head from S3 within s3.first_byte_timeout (0.2 s)",
     ]
     faulty.mode = "ok"
-    ready = await client.get("/readyz")
+    public = await client.get("/readyz")  # anonymous: the status only (issue 21 item 6)
+    assert (public.status, await public.json()) == (200, {"status": "ready"})
+    ready = await client.get("/readyz", headers=ADMIN)
     assert ready.status == 200
     assert await ready.json() == {
         "status": "ready",

@@ -4,7 +4,9 @@ Decides what goes to S3 (a single Range; never the client's conditionals, which 
 judges itself with conditional.py on S3's answer) and which S3 headers come back (length,
 type, validators, range). Statuses are settled before prepare(): once bytes have
 been sent, a failure aborts the connection instead of writing a body that looks complete.
-Each stream holds one of the stream slots (limits.max_streams*) while it runs.
+Each stream holds one of the stream slots (limits.max_streams*) while it runs, and is
+watched for a revocation of its credential (state.State.watch): one made while it runs, on
+any replica, closes its connection (the access line and proxy_streams_stopped_total say why).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from ..errors import (
     UpstreamError,
 )
 from ..objectcache import ObjectCache
+from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
-from ..state import State
+from ..state import State, Watch
 from ..storage import ObjectMeta, ObjectStream, Storage
 from .method import Link
 from .presentation import Presentation, object_headers, presentation
@@ -48,21 +51,30 @@ class Stream:
     routes with `cache:` kept in `objects`, each stream holding one of `state`'s slots."""
 
     def __init__(
-        self, storage: Storage, objects: ObjectCache, state: State, write_timeout: float
+        self,
+        storage: Storage,
+        objects: ObjectCache,
+        state: State,
+        write_timeout: float,
+        telemetry: Telemetry,
     ) -> None:
         self._settings = StreamSettings(storage, objects, write_timeout)
         self._state = state
+        self._telemetry = telemetry
 
     async def answer(
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
     ) -> web.StreamResponse:
         shown = presentation(route, ref.key, context.cors)
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        watch = watch_credential(self._state, self._telemetry, request, context, "stream")
         try:
             response = await stream(
                 request, context, ref, shown, route.settings.cache, self._settings
             )
         finally:
+            if watch is not None:
+                self._state.unwatch(watch)
             await self._state.release_stream(lease)
         if request.method == "GET":
             # Who got what, and all of it or not: a client that hung up mid-body got
@@ -77,6 +89,30 @@ class Stream:
     async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
         """A streamed object is fetched from the proxy itself, with the caller's token."""
         return Link(path, None)
+
+
+def watch_credential(
+    state: State,
+    telemetry: Telemetry,
+    request: web.BaseRequest,
+    context: RequestContext,
+    what: str,
+) -> Watch | None:
+    """Have the connection of this `what` ("stream", "upload") closed if its credential is
+    revoked while it runs; `state.unwatch` the answer when it ends. None: nothing to revoke
+    (a public route)."""
+    if context.claims is None:
+        return None
+
+    def stop() -> None:
+        # The next write or read fails on the closed transport; the reason set here is the
+        # one logged.
+        context.reason = f"credential revoked mid-{what}"
+        telemetry.stream_stopped("revoked")
+        if request.transport is not None:
+            request.transport.abort()
+
+    return state.watch(context.claims, stop, context.via_link)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +285,8 @@ async def send_object(
                     context.first_byte = time.perf_counter()
                 context.bytes_sent += len(chunk)
         except ConnectionError:
-            context.reason = "client disconnected"
+            if context.reason is None:  # else the proxy closed it, and said why
+                context.reason = "client disconnected"
             return response
         except TimeoutError:
             context.reason = "client stopped reading (limits.client_write_timeout)"

@@ -40,6 +40,7 @@ _DELIVERIES = {
 }
 CACHES = ("object", "metadata", "link", "token")
 TOKEN_OUTCOMES = ("valid", "expired", "invalid")
+STOP_REASONS = ("revoked",)
 S3_OUTCOMES = (
     "ok",
     "not_found",
@@ -186,6 +187,14 @@ class Telemetry:
             ["route", "limit"],
             registry=registry,
         )
+        stopped = Counter(
+            "proxy_streams_stopped",
+            "Streams the proxy cut short itself, by reason (revoked: their token, subject or "
+            "share link was revoked while they ran).",
+            ["reason"],
+            registry=registry,
+        )
+        self._streams_stopped = {reason: stopped.labels(reason) for reason in STOP_REASONS}
         steps = Counter(
             "proxy_multipart_steps",
             "Presigned multipart entries of the sign API, by step and outcome (ok, refused: "
@@ -275,6 +284,10 @@ class Telemetry:
 
     def rate_limited(self, route: str | None, limit: str) -> None:
         self._rate_limited.labels(route or UNMATCHED, limit).inc()
+
+    def stream_stopped(self, reason: str) -> None:
+        """A stream cut short by the proxy; `reason` is one of STOP_REASONS."""
+        self._streams_stopped[reason].inc()
 
     def config_reloaded(self, ok: bool) -> None:
         """For the reload path: count one attempt."""
