@@ -222,8 +222,9 @@ class Gateway:
             if isinstance(exc, RequestTimeout | PayloadTooLarge):
                 response.force_close()  # the rest of a trickled or oversized body is unwanted
         except ConnectionError:
-            # The client went away while we answered: nothing to send, and not our error.
-            context.reason = "client disconnected"
+            # The client went away while we answered: nothing to send, and not our error. (Or
+            # the proxy closed it, a revoked credential's stream, and said why already.)
+            context.reason = context.reason or "client disconnected"
             response = web.Response(status=499)  # nginx's "client closed request", for the log
         except web.HTTPException as exc:
             # aiohttp's own refusals: keep the status, use the proxy's body format.
@@ -265,10 +266,14 @@ class Gateway:
         return live_response()
 
     async def _ready(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Readiness: 200 only when this process can serve. No auth, no log line."""
+        """Readiness: 200 only when this process can serve. No auth needed, no log line; what
+        is wrong only for a caller that passes admin.access (ops/health.py's rule)."""
         if request.method not in ("GET", "HEAD"):
             return _error_response(405, "probes take GET", {"Allow": "GET, HEAD"})
-        return await ready_response(self.readiness, self.draining)
+        # Read once: a reload during this probe does not change the rule it is judged by.
+        surfaces, rule = self._surfaces, self.config.admin_access
+        detailed = await surfaces.access.passes(rule, request)
+        return await ready_response(self.readiness, self.draining, detailed)
 
 
 # TooManyRequests reasons (limits.py) -> the `limit` label of proxy_rate_limited_total.
@@ -350,7 +355,7 @@ class _Surfaces:
             previous.access if previous is not None else None,
         )
         telemetry.watch_cache("token", self.access.verifier)
-        self._uploads = Uploads(config, storage, clock, state, self.downloads.forget)
+        self._uploads = Uploads(config, storage, clock, state, self.downloads.forget, telemetry)
         self._signing = Signing(
             config, router, storage, clock, state, self.access, self.downloads, telemetry
         )
@@ -395,9 +400,10 @@ class _Surfaces:
         settings = route.settings
         context.route = route.name
         context.delivery = settings.delivery
-        preflight = answer_cors(request, context, settings.cors, list(settings.methods))
-        if preflight is not None:
-            return preflight
+        if settings.cors is not None:
+            preflight = answer_cors(request, context, settings.cors, list(settings.methods))
+            if preflight is not None:
+                return preflight
         if request.method not in settings.methods or request.method == "POST":
             # A route's POST is the sign API's presigned form uploads, never a request here.
             allowed = ", ".join(method for method in settings.methods if method != "POST")

@@ -138,8 +138,8 @@ class TokenVerifier:
                 )
             issuers.append(_Issuer(issuer, jwks))
         self._single = issuers[0] if len(issuers) == 1 else None
-        # token digest -> (claims, when the signature was checked)
-        self._verified: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
+        # token digest -> (claims, when the signature was checked, its (exp, nbf, iat))
+        self._verified: OrderedDict[bytes, tuple[dict[str, Any], float, _Times]] = OrderedDict()
         self._by_name = {i.settings.issuer: i for i in issuers}
         self._key_sets = [i.jwks for i in issuers if i.jwks is not None]
         self.hits = 0  # verified-token cache lookups answered (read by the metrics)
@@ -161,15 +161,18 @@ class TokenVerifier:
             raise Unauthenticated("token too large", invalid_token=True)
         digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
         cached = self._verified.get(digest)
-        if cached is not None and self._clock() - cached[1] < VERIFIED_TTL:
+        now = self._clock()
+        if cached is not None and now - cached[1] < VERIFIED_TTL:
             self.hits += 1
             self._verified.move_to_end(digest)
-            self._check_times(cached[0])
+            # The claims' types were checked when they were verified: only the clock moved.
+            check_clock(cached[2], now, self._settings.leeway)
             return cached[0]
         self.misses += 1
         claims = await self._verify_signature(token)
         self._check_times(claims)
-        self._verified[digest] = (claims, self._clock())
+        times = (claims.get("exp"), claims.get("nbf"), claims.get("iat"))
+        self._verified[digest] = (claims, self._clock(), times)
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return claims
@@ -240,7 +243,15 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float) -> None:
             continue
         if not _is_finite_number(value):
             raise Unauthenticated(f"claim {name!r} is not a number", invalid_token=True)
-    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    check_clock((claims.get("exp"), claims.get("nbf"), claims.get("iat")), now, leeway)
+
+
+_Times = tuple[Any, Any, Any]  # (exp, nbf, iat), each a finite number or None
+
+
+def check_clock(times: _Times, now: float, leeway: float) -> None:
+    """The time checks of `check_times` on claims whose types it already accepted."""
+    exp, nbf, iat = times
     if exp is not None and now >= exp + leeway:
         raise Unauthenticated("token expired", invalid_token=True)
     if nbf is not None and now < nbf - leeway:

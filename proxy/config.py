@@ -427,8 +427,10 @@ class RateLimitSettings(_Model):
 
 class LimitsSettings(_Model):
     max_streams: int = Field(512, ge=1)  # concurrent streamed responses per process; 503 past it
-    # Each streamed response holds an S3 connection for as long as its client reads: these
-    # keep one address or one token subject from taking all of s3.max_connections (429 past).
+    # Each streamed response holds an S3 connection for as long as its client reads, and every
+    # other S3 request made for a caller (a metadata HEAD, an upload's absence check) for as
+    # long as S3 takes: these keep one address or one token subject from taking all of
+    # s3.max_connections (429 past).
     max_streams_per_client: int = Field(16, ge=1)
     max_streams_per_subject: int = Field(16, ge=1)
     # A client that accepts no bytes for this long is dropped, releasing its S3 connection.
@@ -585,7 +587,10 @@ class SignApiSettings(_Model):
 
     enabled: bool = True
     path: str = "/_sign"
-    max_paths: int = Field(1000, ge=1, le=100_000)
+    max_paths: int = Field(1000, ge=1, le=100_000)  # paths and uploads together
+    # Upload forms per request: each may cost an S3 HEAD (overwrite: false) and a form of
+    # about 1 KB in the answer, so far fewer than links.
+    max_uploads: int = Field(100, ge=0, le=10_000)
     cors: CorsSettings | None = None
 
     @field_validator("path")
@@ -720,8 +725,8 @@ class StateSettings(_Model):
 
 
 class RevocationSettings(_Model):
-    # The longest a token may live (exp - iat): a longer one is refused, so that a
-    # revocation can forget a subject once every token it covers has expired.
+    # The longest a token may live (exp - iat): a longer one, or one without iat or exp, is
+    # refused, so that a revocation outlives every token it covers and can then be forgotten.
     max_token_lifetime: int = Field(86400, ge=60, le=31_536_000)
 
 
@@ -855,6 +860,7 @@ def parse_config(
     admin_access = _admin_access(settings, problems)
     _check_state(settings.state, problems)
     settings = _resolve_state_tls(settings, base_dir or Path.cwd(), problems)
+    _check_token_lifetimes(settings, problems)
     _check_listen(settings.listen, problems)
     _check_paths(settings, problems)
     cloudfront = _load_cloudfront(settings, base_dir or Path.cwd(), problems)
@@ -972,6 +978,14 @@ def _warnings(settings: Settings) -> list[str]:
             "revocations per worker (a revocation reaches only the worker that took it); set "
             "backend: redis to share them"
         )
+    limits, pool = settings.limits, settings.s3.max_connections
+    for cap in ("max_streams_per_client", "max_streams_per_subject"):
+        if getattr(limits, cap) >= pool:
+            found.append(
+                f"limits.{cap}: {getattr(limits, cap)} is not below s3.max_connections "
+                f"({pool}), so one caller with a slow S3 can hold every pooled connection and "
+                f"others get 503; lower it (to {max(1, pool // 4)}, say) or raise max_connections"
+            )
     for index, issuer in enumerate(auth.issuer_list()):
         if issuer.jwks_url is None:
             continue
@@ -1405,6 +1419,27 @@ def _resolve_state_tls(settings: Settings, base_dir: Path, problems: list[str]) 
         return settings
     state = settings.state.model_copy(update={"tls": tls.model_copy(update=found)})
     return settings.model_copy(update={"state": state})
+
+
+def _check_token_lifetimes(settings: Settings, problems: list[str]) -> None:
+    """A revocation lasts as long as the longest token it may cover, so every token's lifetime
+    must be known and bounded by revocation.max_token_lifetime (state/revocations.py rule 4):
+    settings that could only admit tokens past that bound are refused here, not at each
+    request."""
+    longest = settings.revocation.max_token_lifetime
+    if not settings.auth.require_exp:
+        problems.append(
+            "auth.require_exp: false is not supported: a token without exp would outlive "
+            "every revocation of it (revocation.max_token_lifetime), so it is refused anyway; "
+            "remove the key and have the issuer set exp"
+        )
+    login = settings.auth.login
+    if login is not None and login.max_age > longest:
+        problems.append(
+            f"auth.login.max_age: {login.max_age} is longer than "
+            f"revocation.max_token_lifetime ({longest}), so every session would be refused; "
+            f"lower it or raise max_token_lifetime to at least {login.max_age}"
+        )
 
 
 def _check_listen(listen: ListenSettings, problems: list[str]) -> None:

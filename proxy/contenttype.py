@@ -10,6 +10,10 @@ Rules:
    type is sent with `Content-Disposition: attachment`, so opening it downloads it.
 3. Every streamed body, whatever its type, carries a sandboxing Content-Security-Policy and
    `nosniff`: even a shown type cannot run script with the proxy origin's cookies.
+4. A `type/*` pattern (in `inline_types` or `upload.content_types`) covers media a browser
+   decodes, never a document it runs: SVG, HTML, XML and script types (ACTIVE_TYPES, and any
+   `+xml` subtype) pass only where a list names them exactly. A type holding `*` itself
+   (`image/*` declared as an upload's type) is never allowed: it names no one type.
 """
 
 from __future__ import annotations
@@ -39,6 +43,23 @@ DEFAULT_INLINE_TYPES = (
     "audio/*",
     "application/pdf",
     "text/plain",
+)
+
+# Documents a browser parses and may run script or XSLT in: never covered by a wildcard.
+ACTIVE_TYPES = frozenset(
+    {
+        "image/svg+xml",
+        "text/html",
+        "text/xml",
+        "text/xsl",
+        "text/javascript",
+        "text/ecmascript",
+        "application/xhtml+xml",
+        "application/xml",
+        "application/xslt+xml",
+        "application/javascript",
+        "application/ecmascript",
+    }
 )
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # RFC 9110 5.6.2 token
@@ -83,7 +104,8 @@ def check_pattern(pattern: str) -> str:
 
 
 class InlineTypes:
-    """The media types a route lets the browser show; `type/*` covers a whole type."""
+    """A list of allowed media types; `type/*` covers a whole type except its active ones
+    (rule 4)."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self._exact = frozenset(p for p in patterns if not p.endswith("/*"))
@@ -91,9 +113,16 @@ class InlineTypes:
 
     def allows(self, content_type: str | None) -> bool:
         kind = essence(content_type)
-        if kind is None:
+        if kind is None or "*" in kind:
             return False
-        return kind in self._exact or kind.startswith(self._prefixes)
+        if kind in self._exact:
+            return True
+        return kind.startswith(self._prefixes) and not is_active(kind)
+
+
+def is_active(kind: str) -> bool:
+    """Whether a browser runs this `type/subtype` as a document (rule 4)."""
+    return kind in ACTIVE_TYPES or kind.endswith("+xml")
 
 
 def guess_type(key: str) -> str | None:

@@ -14,7 +14,9 @@ Rules:
    literals ever become a client address (it keys limits and Redis, and goes to the log).
 5. The scheme is the nearest proxy's word (the rightmost X-Forwarded-Proto value, or the
    proto= of the Forwarded element the client was found in), if it says http or https.
-6. Only the configured header is read (`listen.forwarded_header`): a proxy that sets one of
+6. A Forwarded line whose quoted string never closes is split on every comma (rule 2's
+   entries on the right are the proxies', and a client's open quote must not swallow them).
+7. Only the configured header is read (`listen.forwarded_header`): a proxy that sets one of
    X-Forwarded-For and Forwarded usually passes the other through from the client as it came.
 """
 
@@ -161,4 +163,10 @@ def _split(text: str, separator: str) -> list[str]:
             continue
         current.append(char)
     parts.append("".join(current))
+    if quoted:
+        # A quoted string left open (by a client: a proxy that appends its element to the
+        # client's line writes whole ones) would swallow every element after it, the proxies'
+        # included, and its own `for=` would name the client. Split as if unquoted instead:
+        # the elements appended after the client's stay whole (none holds a comma).
+        parts = text.split(separator)
     return [part for part in (p.strip() for p in parts) if part]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,28 @@ class ObjectRef:
 
 
 def new_request_id() -> str:
-    """16 hex digits, random: unique across processes and replicas without coordination."""
-    return os.urandom(8).hex()
+    """16 hex digits from os.urandom: unique across processes and replicas without
+    coordination, and unpredictable (the audit trail files events under it). Drawn from a
+    block read 512 ids at a time: one getrandom() per request was a syscall of its own."""
+    global _random_block, _random_at
+    at = _random_at
+    if at >= len(_random_block):
+        _random_block, at = os.urandom(8 * 512), 0
+    _random_at = at + 8
+    return _random_block[at : at + 8].hex()
+
+
+_random_block = b""
+_random_at = 0
+
+
+def _forget_random_block() -> None:
+    """A forked worker must not hand out the ids its parent's block still holds."""
+    global _random_block, _random_at
+    _random_block, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random_block)
 
 
 # An id a trusted proxy may hand on: short, and safe in a header, a log line and a URL query.
@@ -71,6 +92,10 @@ class RequestContext:
     token_source: str | None = None  # "header", "cookie", "query", "share link"
     subject_key: str | None = None  # whom per-subject limits count (access.subject_key)
     expires_at: float | None = None  # the credential's `exp`: nothing signed may outlive it
+    # The verified claims, which a revocation made while the request runs is judged on
+    # (state.State.watch); never logged. `via_link`: they are a share link's.
+    claims: Mapping[str, Any] | None = None
+    via_link: bool = False
     object: ObjectRef | None = None  # once access has named it
     # The outcome:
     status: int = 0

@@ -11,10 +11,10 @@ tell which one runs. Tests put a `FakeStorage` behind the same seam. No I/O here
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
@@ -243,48 +243,87 @@ def bucket_problem(status: int, code: str) -> str | None:
     return f"S3 answered {status} {code[:64]}".rstrip()
 
 
-@contextlib.asynccontextmanager
-async def response_head_deadline(
+def response_head_deadline(
     operation: str, first_byte_timeout: float, request_timeout: float
-) -> AsyncIterator[None]:
+) -> ResponseHeadDeadline:
     """Bound the wait for S3's response head, retries included, by s3.first_byte_timeout or
-    s3.request_timeout, whichever ends first; both engines wrap their call in it."""
-    limit = min(first_byte_timeout, request_timeout)
-    deadline = asyncio.timeout(limit)
-    try:
-        async with deadline:
-            yield
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # a timeout of its own (read_timeout): translate_errors says which
-        if first_byte_timeout <= request_timeout:
-            raise NoFirstByte(
-                f"{operation}: no response head from S3 within s3.first_byte_timeout "
-                f"({first_byte_timeout:g} s)"
+    s3.request_timeout, whichever ends first; both engines wrap their call in it:
+    `async with response_head_deadline(...): ...`."""
+    return ResponseHeadDeadline(operation, first_byte_timeout, request_timeout)
+
+
+class ResponseHeadDeadline:
+    """What `response_head_deadline` returns. A class rather than an
+    @asynccontextmanager: that one is an async generator per S3 request, which the event
+    loop registers and finalizes (issue 26)."""
+
+    __slots__ = ("_deadline", "_first_byte_timeout", "_operation", "_request_timeout")
+
+    def __init__(self, operation: str, first_byte_timeout: float, request_timeout: float) -> None:
+        self._operation = operation
+        self._first_byte_timeout = first_byte_timeout
+        self._request_timeout = request_timeout
+        self._deadline = asyncio.timeout(min(first_byte_timeout, request_timeout))
+
+    async def __aenter__(self) -> None:
+        await self._deadline.__aenter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:  # never swallows: an error goes on as it was, or as the timeout it was
+        deadline = self._deadline
+        try:
+            await deadline.__aexit__(kind, exc, tb)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # a timeout of its own (read_timeout): translate_errors says which
+            operation = self._operation
+            if self._first_byte_timeout <= self._request_timeout:
+                raise NoFirstByte(
+                    f"{operation}: no response head from S3 within s3.first_byte_timeout "
+                    f"({self._first_byte_timeout:g} s)"
+                ) from None
+            raise UpstreamTimeout(
+                f"{operation}: S3 did not answer within s3.request_timeout "
+                f"({self._request_timeout:g} s)"
             ) from None
-        raise UpstreamTimeout(
-            f"{operation}: S3 did not answer within s3.request_timeout ({request_timeout:g} s)"
-        ) from None
 
 
-@contextlib.contextmanager
-def translate_errors(operation: str) -> Iterator[None]:
-    """Map transport failures to the project's errors, including while streaming."""
-    try:
-        yield
-    except ProxyError:
-        raise
-    except (TimeoutError, ReadTimeoutError, ConnectTimeoutError):
-        raise UpstreamTimeout(f"{operation}: S3 timed out") from None
-    except NoCredentialsError:
-        raise UpstreamError(
-            f"{operation}: no AWS credentials found in the standard chain"
-        ) from None
-    except MalformedResponse:
-        raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
-    except PoolExhausted:
-        raise StorageBusy(
-            f"{operation}: every S3 connection busy for s3.pool_timeout (s3.max_connections)"
-        ) from None
-    except (BotoCoreError, OSError, aiohttp.ClientError) as exc:
-        raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None
+def translate_errors(operation: str) -> ErrorTranslation:
+    """Map transport failures to the project's errors, including while streaming:
+    `with translate_errors("GetObject"): ...`."""
+    return ErrorTranslation(operation)
+
+
+class ErrorTranslation:
+    """The context manager `translate_errors` returns. A class rather than a
+    @contextmanager generator: it is entered for every S3 request and every body piece."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:  # never swallows: an error goes on as it was, or as the project's own
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, ProxyError):
+            return
+        operation = self.operation
+        if isinstance(exc, TimeoutError | ReadTimeoutError | ConnectTimeoutError):
+            raise UpstreamTimeout(f"{operation}: S3 timed out") from None
+        if isinstance(exc, NoCredentialsError):
+            raise UpstreamError(
+                f"{operation}: no AWS credentials found in the standard chain"
+            ) from None
+        if isinstance(exc, MalformedResponse):
+            raise UpstreamError(f"{operation}: S3 sent a malformed response") from None
+        if isinstance(exc, PoolExhausted):
+            raise StorageBusy(
+                f"{operation}: every S3 connection busy for s3.pool_timeout (s3.max_connections)"
+            ) from None
+        if isinstance(exc, BotoCoreError | OSError | aiohttp.ClientError):
+            raise UpstreamError(f"{operation}: S3 unreachable ({type(exc).__name__})") from None

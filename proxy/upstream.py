@@ -274,6 +274,16 @@ class _Connection(asyncio.Protocol):
             self.close()
 
 
+def request_head(
+    method: str, target: str, host_header: str, headers: Sequence[tuple[str, str]]
+) -> bytes:
+    """The bytes of a request head without a body."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
 class Pool:
     """Connections to S3 endpoints, at most `max_connections` busy at once."""
 
@@ -317,10 +327,13 @@ class Pool:
     ) -> Response:
         """Send a request without a body; return once the response head has arrived. The
         caller must `release()` the response (reading it to b"" does that)."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        return await self.send_head(
+            origin, method, request_head(method, target, host_header, headers)
+        )
+
+    async def send_head(self, origin: Origin, method: str, head: bytes) -> Response:
+        """`request()` with the head already made by `request_head` (a caller that sends the
+        same head many times keeps it)."""
         if self._slots.locked():
             await self._wait_for_slot()
         else:

@@ -30,6 +30,9 @@ class FaultyS3:
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)  # each request's, lower-case names
     sealed: dict[str, str] = field(default_factory=dict)  # path -> its customer key's MD5 (base64)
+    # Methods held unanswered until close (a slow S3 for them), while others go through.
+    hold: set[str] = field(default_factory=set)
+    held: int = 0  # requests being held now
     url: str = ""
     _server: TestServer | None = None
     _session: aiohttp.ClientSession | None = None
@@ -73,6 +76,15 @@ class FaultyS3:
                 status, code = (400, "InvalidRequest") if sent is None else (403, "AccessDenied")
                 xml = f"<Error><Code>{code}</Code><Message>SSE-C key</Message></Error>"
                 return web.Response(status=status, text=xml, content_type="application/xml")
+        if request.method in self.hold:
+            event = asyncio.Event()
+            self._hung.append(event)
+            self.held += 1
+            try:
+                await event.wait()
+            finally:
+                self.held -= 1
+            return web.Response(status=500)
         if self.mode == "refuse":
             assert request.transport is not None
             request.transport.abort()

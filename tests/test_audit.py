@@ -151,7 +151,7 @@ def test_a_removed_or_reordered_line_breaks_the_next(tmp_path: Path) -> None:
     path.write_bytes(b"".join([lines[1], lines[0], *lines[2:]]))
     with pytest.raises(ChainBroken) as broken:
         verify_file(path)
-    assert broken.value.line == 2
+    assert broken.value.line == 1  # the second line, moved first, names a prev before it
 
 
 def test_rotation_by_size_starts_a_file_that_names_the_last_hash(tmp_path: Path) -> None:

@@ -379,6 +379,32 @@ def test_sighup_follows_a_file_logrotate_moved(s3: S3Objects, tmp_path: Path) ->
     assert verified.returncode == 0, verified.stderr
 
 
+def test_verify_catches_the_first_lines_of_a_file_removed(s3: S3Objects, tmp_path: Path) -> None:
+    """A file's first line starts a chain (prev null) or is the `audit.rotated` line that
+    continues another: cutting lines off the top (the oldest downloads), or the rotation
+    line of the file after a logrotate, must not verify as "continues a chain from before"."""
+    audit = tmp_path / "audit.jsonl"
+    with running_proxy(_config(s3, audit), tmp_path) as proxy:
+        for _ in range(3):
+            assert _request(proxy, "GET", "/photos/42")[0] == 302
+        _until(audit, lambda found: len(found) == 3)
+        moved = tmp_path / "audit.jsonl.1"
+        os.rename(audit, moved)
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for("config reloaded")
+        for _ in range(2):
+            assert _request(proxy, "GET", "/photos/42")[0] == 302
+        _until(audit, lambda found: len(found) == 3)
+    assert _verify(moved, audit).returncode == 0
+    for path in (moved, audit):
+        whole = path.read_bytes()
+        path.write_bytes(whole.split(b"\n", 1)[1])  # its first line removed
+        broken = _verify(moved, audit)
+        assert broken.returncode == 1, broken.stdout
+        assert f"audit chain broken at {path}:1: " in broken.stderr
+        path.write_bytes(whole)
+
+
 def test_each_worker_writes_a_chain_of_its_own(s3: S3Objects, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     with running_proxy(_config(s3, audit, workers=2), tmp_path) as proxy:

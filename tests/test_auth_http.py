@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 
 import jwt
 import pytest
@@ -64,7 +65,8 @@ async def test_hs_token_signed_with_the_public_key_is_401(proxy, s3: S3Objects, 
             auth={"algorithms": ["HS256", "RS256"], "public_key_file": str(key_file)},
         )
     )
-    good = jwt.encode({"sub": "alice", "exp": 2**40}, private, algorithm="RS256")
+    now = int(time.time())
+    good = jwt.encode({"sub": "alice", "iat": now, "exp": now + 60}, private, algorithm="RS256")
     assert (await client.get("/stream/photos/42", headers=bearer(good))).status == 200
     forged_payload = (
         _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64({"sub": "alice", "exp": 2**40})
@@ -152,7 +154,8 @@ async def test_first_configured_source_wins(proxy) -> None:
 
 async def test_key_needing_a_missing_claim_is_403(proxy) -> None:
     client = await proxy()
-    token = jwt.encode({"exp": 2**40}, SECRET, algorithm="HS256")  # no `sub`
+    now = int(time.time())
+    token = jwt.encode({"iat": now, "exp": now + 60}, SECRET, algorithm="HS256")  # no `sub`
     response = await client.get("/me/notes.txt", headers=bearer(token))
     assert response.status == 403
 

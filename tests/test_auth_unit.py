@@ -476,3 +476,28 @@ def test_a_remembered_token_is_checked_again_after_a_minute() -> None:
     clock["now"] += 60
     with pytest.raises(Unauthenticated):
         run(check.verify(token))  # re-verified: the key it was signed with is gone
+
+
+def test_a_remembered_token_is_refused_once_it_expires() -> None:
+    """The verified-token cache skips the signature, never the clock (its time checks run
+    on every use, from the times taken when the token was verified)."""
+    clock = {"now": float(NOW)}
+    check = TokenVerifier(settings(leeway=0), clock=lambda: clock["now"])
+    token = hs256(exp=NOW + 30)
+    assert run(check.verify(token))["sub"] == "alice"
+    clock["now"] += 29
+    assert run(check.verify(token))["sub"] == "alice"  # remembered, still valid
+    clock["now"] += 1
+    with pytest.raises(Unauthenticated, match="token expired"):
+        run(check.verify(token))
+    assert check.hits == 2  # both later uses were answered from the cache
+
+
+def test_a_remembered_token_is_refused_before_its_nbf() -> None:
+    clock = {"now": float(NOW + 100)}
+    check = TokenVerifier(settings(leeway=0), clock=lambda: clock["now"])
+    token = hs256(nbf=NOW + 50, exp=NOW + 3000)
+    assert run(check.verify(token))["sub"] == "alice"
+    clock["now"] = NOW + 10  # a clock stepped back: the remembered token is not valid yet
+    with pytest.raises(Unauthenticated, match="not yet valid"):
+        run(check.verify(token))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def test_bench_runs_a_configs_routes_both_ways(s3: S3Objects, tmp_path: Path, ca
 
 def test_bench_sends_the_given_token(s3: S3Objects, tmp_path: Path) -> None:
     data, private = _es256_config(s3, tmp_path)
-    token = jwt.encode({"sub": "alice", "exp": 2**40}, private, algorithm="ES256")
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "iat": now, "exp": now + 3600}, private, algorithm="ES256")
     config = _write(tmp_path, data)
     assert _bench(tmp_path, config, "--path", "/stream/photos/42", "--token", token) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,10 @@ def _results() -> model.Results:
     _row(results, redirect, model.PROXY_REDIRECT, 5000, 1.0)  # 0.5x bare: under 0.6x
     _ttfb(results, model.NGINX, 1.0)
     _ttfb(results, model.PROXY_STREAM, 1.2)
-    run = model.RssRun(50_000, 100 * 1024, DownloadsResult(started=100, completed=64))
+    # The default connection cap: 64 answered 200, 36 refused (none completes in the window).
+    refused = DownloadsResult(started=64, completed=0, statuses=Counter({200: 64}))
+    refused.errors["ClientOSError"] = 36
+    run = model.RssRun(50_000, 100 * 1024, refused)
     results.rss[model.PROXY] = model.RssRow(model.PROXY, runs=[run])
     return results
 
@@ -80,6 +84,18 @@ def test_targets_are_ratios_against_peers_of_the_same_run() -> None:
     assert "+5% | ≤ +10% | **met**" in text
     # 64 of 100 downloads served is a miss whatever the RSS (the default connection cap).
     assert "**missed**, only 64 of 100 downloads served" in text
+
+
+def test_downloads_streaming_when_the_window_ends_count_as_served() -> None:
+    """The memory test reads for a bounded window: 100 downloads answered 200 and cut by
+    the client at its end are all served, though none completed."""
+    results = _results()
+    streaming = DownloadsResult(started=100, completed=0, statuses=Counter({200: 100}))
+    results.rss[model.PROXY] = model.RssRow(
+        model.PROXY, runs=[model.RssRun(50_000, 100 * 1024, streaming)]
+    )
+    text = "\n".join(report._targets(results))
+    assert "100 MiB, 100/100 served | < 150 MiB | **met**, 50 MiB under, all 100 served" in text
 
 
 def test_render_opens_with_the_baseline_section() -> None:

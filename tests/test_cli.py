@@ -77,6 +77,13 @@ def test_token_prints_a_token_the_proxy_accepts() -> None:
     assert claims["exp"] - claims["iat"] == 600
 
 
+def test_token_refuses_a_lifetime_the_proxy_would_refuse() -> None:
+    args = ["token", "--config", "config.yaml", "--sub", "alice", "--ttl", "86401"]
+    result = _run(*args, env={"JWT_SECRET": SECRET})
+    assert result.returncode == 2
+    assert "revocation.max_token_lifetime" in result.stderr and not result.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,7 +162,8 @@ def test_serve_runs_answers_and_stops_cleanly_on_sigterm(s3: S3Objects, tmp_path
 
 
 def _token() -> str:
-    return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    now = int(time.time())
+    return jwt.encode({"sub": "alice", "iat": now, "exp": now + 60}, SECRET, algorithm="HS256")
 
 
 # The first hour: `serve` on the shipped config.yaml, as someone trying it would run it.
@@ -229,7 +237,7 @@ def test_serve_on_the_shipped_config_without_aws_credentials_says_what_will_fail
             started.append(json.loads(line))  # diagnostics: one JSON object a line
         port = int(json.loads(line)["url"].rsplit(":", 1)[1])
         token = jwt.encode(
-            {"sub": "root", "role": "admin", "exp": int(time.time()) + 60},
+            {"sub": "root", "role": "admin", "iat": int(time.time()), "exp": int(time.time()) + 60},
             SECRET,
             algorithm="HS256",
         )

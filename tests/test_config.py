@@ -335,6 +335,15 @@ def test_a_jwks_provider_without_audience_or_issuer_is_a_warning() -> None:
     assert build_config(data).warnings == ()
 
 
+def test_caller_caps_not_below_the_s3_pool_are_a_warning() -> None:
+    data = config_dict(s3={"max_connections": 16})
+    client, subject = build_config(data).warnings  # the default caps are 16
+    assert client.startswith("limits.max_streams_per_client: 16 is not below s3.max_connec")
+    assert subject.startswith("limits.max_streams_per_subject: 16 is not below")
+    data["limits"] = {"max_streams_per_client": 4, "max_streams_per_subject": 4}
+    assert build_config(data).warnings == ()
+
+
 def test_the_cli_shows_config_warnings(tmp_path: Path) -> None:
     data = config_dict(auth={"algorithms": ["RS256"], "jwks_url": "https://idp.example/jwks"})
     data["auth"].pop("secret")

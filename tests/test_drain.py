@@ -140,12 +140,13 @@ def _sign_request(port: int) -> bytes:
 
 
 def _wait_until_refused(port: int) -> None:
-    """Until the listening socket is closed (a new connection is refused)."""
+    """Until the listening socket is closed (a new connection is refused, or reset when the
+    listener closed with it still in the accept queue)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return
         time.sleep(0.01)
     pytest.fail("the port did not close")

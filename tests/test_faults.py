@@ -128,9 +128,12 @@ async def test_two_hundred_aborted_downloads_leak_nothing(proxy, s3: S3Objects) 
     assert await ok.read() == s3.report  # the S3 pool still has connections to give
 
 
-async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> None:
+async def test_a_client_that_stops_reading_is_dropped(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
     """Clients that never read must not pin the S3 pool: with a pool of 2 and two stalled
     clients, a third request is still served once the write timeout frees the slots."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
     data = config_dict(
         s3.endpoint,
         s3={"max_connections": 2, "request_timeout": 10},
@@ -159,6 +162,10 @@ async def test_a_client_that_stops_reading_is_dropped(proxy, s3: S3Objects) -> N
     finally:
         for writer in stalled:
             writer.transport.abort()
+    reasons = [
+        json.loads(r.getMessage()).get("reason") for r in caplog.records if r.name == "proxy.access"
+    ]
+    assert "client stopped reading (limits.client_write_timeout)" in reasons
 
 
 async def test_a_full_s3_pool_is_a_fast_503_not_a_504_a_minute_later(proxy, s3: S3Objects) -> None:
@@ -262,6 +269,7 @@ async def test_a_stalled_s3_is_a_quick_504_and_readyz_says_so(
     caplog.set_level(logging.INFO, logger="proxy.access")
     timeouts = {"read_timeout": 30, "request_timeout": 60, "max_attempts": 3}
     data = config_dict(faulty.url, s3={**timeouts, "first_byte_timeout": 0.2}, health={"cache": 0})
+    data["admin"] = {"access": {"claims": {"role": "admin"}}}  # who may read what is degraded
     client = await proxy(data)
     ready = await client.get("/readyz")
     assert (ready.status, await ready.json()) == (200, {"status": "ready"})
@@ -279,7 +287,9 @@ async def test_a_stalled_s3_is_a_quick_504_and_readyz_says_so(
         "HeadObject: no response head from S3 within s3.first_byte_timeout (0.2 s)",
     ]
     faulty.mode = "ok"
-    ready = await client.get("/readyz")
+    public = await client.get("/readyz")  # anonymous: the status only (issue 21 item 6)
+    assert (public.status, await public.json()) == (200, {"status": "ready"})
+    ready = await client.get("/readyz", headers=ADMIN)
     assert ready.status == 200
     assert await ready.json() == {
         "status": "ready",

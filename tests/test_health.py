@@ -34,6 +34,23 @@ async def _probe(client: Any, path: str = "/readyz") -> tuple[int, dict[str, Any
     response = await client.get(path)
     assert response.headers["Cache-Control"] == "no-store"
     body: dict[str, Any] = await response.json()
+    assert "problems" not in body  # an anonymous probe learns the status only
+    return response.status, body
+
+
+OPERATOR = {"access": {"claims": {"role": "admin"}}}
+
+
+def _operated(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with admin.access set: callers passing it see what is wrong."""
+    return {**data, "admin": OPERATOR}
+
+
+async def _details(client: Any, now: float | None = None) -> tuple[int, dict[str, Any]]:
+    """The probe as an operator (a token that passes admin.access) asks it."""
+    token = make_token("root", role="admin", now=now)
+    response = await client.get("/readyz", headers=bearer(token))
+    body: dict[str, Any] = await response.json()
     return response.status, body
 
 
@@ -52,7 +69,7 @@ async def test_ready_against_real_s3(proxy, s3: S3Objects) -> None:
 
 async def test_readiness_follows_s3_away_and_back(proxy, s3: S3Objects, faulty: FaultyS3) -> None:
     clock = Clock(T0)
-    data = config_dict(faulty.url, s3={"connect_timeout": 0.5, "read_timeout": 0.5})
+    data = _operated(config_dict(faulty.url, s3={"connect_timeout": 0.5, "read_timeout": 0.5}))
     client = await proxy(data, clock=clock)
     assert (await _probe(client))[0] == 200
     buckets = {"hr-private", "reports", "user-files"}
@@ -62,14 +79,15 @@ async def test_readiness_follows_s3_away_and_back(proxy, s3: S3Objects, faulty: 
     faulty.mode = "refuse"
     assert (await _probe(client))[0] == 200  # within health.cache: the last answer stands
     clock.now += 5
-    status, body = await _probe(client)
+    assert await _probe(client) == (503, {"status": "not ready"})
+    status, body = await _details(client, clock.now)
     assert status == 503 and body["status"] == "not ready"
     assert sorted(body["problems"]) == sorted(
         f"bucket {bucket}: S3 unreachable (UpstreamClosed)" for bucket in buckets
     )
     faulty.mode = "error"
     clock.now += 5
-    status, body = await _probe(client)
+    status, body = await _details(client, clock.now)
     assert status == 503
     assert "bucket reports: S3 answered 500 InternalError" in body["problems"]
 
@@ -94,12 +112,34 @@ async def test_a_burst_of_probes_shares_one_check(proxy) -> None:
     assert len([call for call in storage.calls if call[0] == "check_bucket"]) == 6
 
 
-async def test_a_missing_bucket_is_named(proxy, s3: S3Objects) -> None:
+async def test_a_missing_bucket_is_named_to_an_operator_only(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21 item 6: an anonymous probe on the public port learns the status, not the
+    bucket names or S3's errors; the log and a caller passing admin.access do."""
+    data = _operated(config_dict(s3.endpoint))
+    data["routes"][0]["bucket"] = "no-such-bucket"
+    client = await proxy(data)
+    with caplog.at_level(logging.WARNING, logger="proxy.health"):
+        response = await client.get("/readyz")
+        assert response.status == 503
+        text = await response.text()
+        assert "no-such-bucket" not in text and "hr-private" not in text
+        assert await response.json() == {"status": "not ready"}
+    assert "bucket no-such-bucket: bucket does not exist" in caplog.text
+    # A token that does not pass admin.access, or a bad one, sees what anyone sees.
+    for headers in (bearer(make_token("alice")), bearer("not-a-token")):
+        refused = await client.get("/readyz", headers=headers)
+        assert await refused.json() == {"status": "not ready"}
+    status, body = await _details(client)
+    assert (status, body["problems"]) == (503, ["bucket no-such-bucket: bucket does not exist"])
+
+
+async def test_without_admin_access_no_one_sees_the_problems(proxy, s3: S3Objects) -> None:
     data = config_dict(s3.endpoint)
     data["routes"][0]["bucket"] = "no-such-bucket"
     client = await proxy(data)
-    status, body = await _probe(client)
-    assert (status, body["problems"]) == (503, ["bucket no-such-bucket: bucket does not exist"])
+    assert await _details(client) == (503, {"status": "not ready"})
 
 
 async def test_access_denied_is_ready_but_a_refused_signature_is_not(
@@ -108,19 +148,19 @@ async def test_access_denied_is_ready_but_a_refused_signature_is_not(
     """S3 checks the signature before the permission: AccessDenied proves the credentials are
     good (the proxy needs s3:GetObject, not s3:ListBucket); a refused signature does not."""
     clock = Clock(T0)
-    client = await proxy(config_dict(faulty.url), clock=clock)
+    client = await proxy(_operated(config_dict(faulty.url)), clock=clock)
     faulty.mode = "answer"
     faulty.answer = (403, "AccessDenied")
     assert (await _probe(client))[0] == 200
     for answer in ((403, "SignatureDoesNotMatch"), (403, "InvalidAccessKeyId")):
         faulty.answer = answer
         clock.now += 5
-        status, body = await _probe(client)
+        status, body = await _details(client, clock.now)
         assert status == 503
         assert f"bucket reports: S3 answered 403 {answer[1]}" in body["problems"]
     faulty.answer = (301, "PermanentRedirect")
     clock.now += 5
-    status, body = await _probe(client)
+    status, body = await _details(client, clock.now)
     assert (
         "bucket reports: S3 redirected: the bucket is in another region than s3.region"
         in (body["problems"])
@@ -132,21 +172,27 @@ async def test_missing_credentials_are_not_ready(
 ) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    client = await proxy(config_dict(s3.endpoint))
-    status, body = await _probe(client)
+    client = await proxy(_operated(config_dict(s3.endpoint)))
+    status, body = await _details(client)
     assert status == 503
     assert "aws credentials: none resolved from the standard chain" in body["problems"][0]
     assert "testing" not in str(body)
 
 
-async def test_readiness_waits_for_jwks_keys(proxy, s3: S3Objects, provider: Provider) -> None:  # noqa: F811
+async def test_readiness_waits_for_jwks_keys(
+    proxy,
+    s3: S3Objects,
+    provider: Provider,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = Clock(T0)
     provider.keys = [new_key()]
     provider.up = False
     data = _jwks_config(s3, provider, jwks={"cache_ttl": 600, "min_refresh_interval": 10})
     client = await proxy(data, clock=clock)
-    status, body = await _probe(client)
-    assert (status, body["problems"]) == (503, [f"jwks: no keys loaded from {provider.url}"])
+    with caplog.at_level(logging.WARNING, logger="proxy.health"):
+        assert await _probe(client) == (503, {"status": "not ready"})
+    assert f"jwks: no keys loaded from {provider.url}" in caplog.text
     provider.up = True
     clock.now += 5  # a new check, but the provider is not asked again this soon
     assert (await _probe(client))[0] == 503

@@ -227,7 +227,7 @@ async def test_several_issuers_each_with_their_own_keys(
     assert await _get(client, idp_key.sign({"iss": "https://idp", "aud": "files"})) == 200
     assert await _get(client, idp_key.sign({"iss": "https://idp", "aud": "other"})) == 401
     internal = jwt.encode(
-        {"sub": "svc", "iss": "internal", "exp": T0 + 60}, "i" * 40, algorithm="HS256"
+        {"sub": "svc", "iss": "internal", "iat": T0, "exp": T0 + 60}, "i" * 40, algorithm="HS256"
     )
     assert await _get(client, internal) == 200
     # a token is checked only against its own issuer's keys

@@ -15,6 +15,7 @@ from proxy.limits import Overloaded, RateLimiter, StreamSlots, TooManyRequests
 
 from .conftest import Clock, S3Objects, bearer, config_dict, make_token
 from .fakes import FakeStorage
+from .faulty_s3 import FaultyS3
 
 T0 = 1_900_000_000.0
 
@@ -202,3 +203,124 @@ def test_the_process_wide_cap_is_503_not_429() -> None:
     slots.acquire("a", None)
     with pytest.raises(Overloaded):
         slots.acquire("b", None)
+
+
+# --- every S3 call made for a caller counts against its budget (issue 21 item 3) ----------
+
+
+@pytest.fixture
+async def slow_heads(s3: S3Objects) -> AsyncIterator[FaultyS3]:
+    """moto behind a FaultyS3 that never answers a HEAD (a slow S3 for metadata lookups)."""
+    server = FaultyS3(upstream=s3.endpoint, hold={"HEAD"})
+    await server.start()
+    yield server
+    await server.close()
+
+
+BUDGETS = {
+    # One subject from one address, the pool shared with another subject.
+    "subject": ({"max_streams_per_subject": 3}, "127.0.0.1", "127.0.0.1"),
+    # One address, whatever tokens it sends.
+    "client": ({"max_streams_per_client": 3}, "127.0.0.2", "127.0.0.3"),
+}
+DROP = {
+    "name": "drop",
+    "match": "/drop/{path:.+}",
+    "bucket": "user-files",
+    "key": "drop/{claims.sub}/{path}",
+    "delivery": "redirect",
+    "access": "authenticated",
+    "methods": ["PUT", "POST"],
+    "upload": {  # overwrite: false
+        "max_bytes": 64 * 1024 * 1024,
+        "content_types": ["text/plain"],
+        "multipart": True,
+    },
+}
+ALICE = bearer(make_token("alice"))
+Flood = list["asyncio.Future[aiohttp.ClientResponse]"]
+
+
+def _flood(session: aiohttp.ClientSession, url: Any, kind: str) -> Flood:
+    """Twelve S3 HEADs' worth of requests from one caller, each kind by another way in."""
+    if kind == "auto":  # GETs on an `auto` route: a metadata HEAD each
+        calls = [session.get(url(f"/auto/q{n}.pdf"), headers=ALICE) for n in range(12)]
+    elif kind == "redirect upload":  # PUTs answered 307: an absence check each
+        plain = {**ALICE, "Content-Type": "text/plain"}
+        calls = [session.put(url(f"/drop/{n}.txt"), data=b"x", headers=plain) for n in range(12)]
+    elif kind == "sign lookups":  # one batch of paths on an `auto` route
+        paths = [f"/auto/q{n}.pdf" for n in range(12)]
+        calls = [session.post(url("/_sign"), json={"paths": paths}, headers=ALICE)]
+    elif kind == "sign multipart":  # multipart uploads begun, an absence check each
+        calls = [
+            session.post(
+                url("/_sign"),
+                json={
+                    "multipart": [
+                        {
+                            "path": f"/drop/{n}.txt",
+                            "size": 6 * 1024 * 1024,
+                            "content_type": "text/plain",
+                        }
+                    ]
+                },
+                headers=ALICE,
+            )
+            for n in range(12)
+        ]
+    else:  # "sign uploads": upload forms, an absence check each, in concurrent batches
+        form = {"path": "/drop/x.txt", "content_type": "text/plain"}
+        calls = [
+            session.post(
+                url("/_sign"), json={"uploads": [{**form, "path": f"/drop/{n}"}]}, headers=ALICE
+            )
+            for n in range(12)
+        ]
+    return [asyncio.ensure_future(call) for call in calls]
+
+
+@pytest.mark.parametrize(
+    "kind", ["auto", "redirect upload", "sign lookups", "sign uploads", "sign multipart"]
+)
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+async def test_one_caller_with_slow_heads_cannot_take_the_pool_from_another(
+    proxy, slow_heads: FaultyS3, budget: str, kind: str
+) -> None:
+    """With S3 HEADs hanging, one caller's requests that each need a HEAD (a metadata lookup,
+    an upload's absence check) took every pooled S3 connection, and another caller's stream
+    got `503 busy` after s3.pool_timeout. Each HEAD now holds one of its caller's slots."""
+    caps, attacker_address, victim_address = BUDGETS[budget]
+    limits = {"max_streams_per_client": 100, "max_streams_per_subject": 100, **caps}
+    data = config_dict(slow_heads.url, s3={"max_connections": 6, "pool_timeout": 1}, limits=limits)
+    data["routes"].append(DROP)
+    client = await proxy(data)
+    attacker = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=(attacker_address, 0))
+    )
+    victim = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(victim_address, 0)))
+    flood: Flood = []
+    try:
+        flood = _flood(attacker, client.make_url, kind)
+        async with asyncio.timeout(10):
+            while slow_heads.held < 3:  # noqa: ASYNC110 - the state is in the fake S3
+                await asyncio.sleep(0.01)
+            served = await victim.get(
+                client.make_url("/admin/exports/q4.pdf"),
+                headers=bearer(make_token("bob", role="admin")),
+            )
+            assert served.status == 200, await served.text()
+            assert await served.read() == b"%PDF-1.4 quarterly numbers\n"
+        assert slow_heads.held == 3  # the caller's budget, never more
+        for answered in [f.result() for f in flood if f.done()]:
+            # Past its budget the caller is told so; a batch says it per entry.
+            if kind in ("sign uploads", "sign multipart"):
+                assert answered.status == 200
+                (entry,) = (await answered.json())[kind.split()[1]]
+                assert (entry["status"], entry["retry_after"]) == (429, 1)
+            else:
+                assert answered.status == 429
+    finally:
+        for pending in flood:
+            pending.cancel()
+        await attacker.close()
+        await victim.close()

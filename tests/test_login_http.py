@@ -4,8 +4,10 @@ aiohttp's client, as a browser would follow it, where no browser is needed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from tests.conftest import (
 )
 from tests.oidc_provider import BEARER_ISS, login_config
 from tests.oidc_provider import provider as provider  # a fixture: module-scoped provider
+from tests.redisd import RedisServer
 from tests.running import free_port
 
 NAVIGATE = {
@@ -320,18 +323,115 @@ async def test_the_session_ends_with_the_id_token_or_max_age(signin_proxy: Start
     assert (await get(proxy, "/stream/photos/42", {**NAVIGATE, **jar})).status == 302
 
 
+async def post(proxy: Proxy, url: str, headers: dict[str, str] | None = None) -> Hop:
+    """One POST hop, no redirects followed."""
+    url = url if url.startswith("http") else proxy.base + url
+    async with proxy.session.post(url, headers=headers, allow_redirects=False) as response:
+        body = await response.read()
+        return Hop(response.status, response.headers, response.cookies, body)
+
+
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
+
+
 async def test_logout_clears_the_session_and_ends_the_provider_session(
     signin_proxy: Start, provider: str
 ) -> None:
     proxy = await signin_proxy(logout_redirect="/")
-    out = await get(proxy, "/_auth/logout", NAVIGATE)
-    assert out.status == 302
+    out = await post(proxy, "/_auth/logout", SAME_ORIGIN)
+    assert out.status == 303
     location = out.headers["Location"]
     assert location.startswith(provider + "/oauth2/end_session?")
     query = parse_qs(urlsplit(location).query)
     assert query == {"client_id": ["s3-proxy"], "post_logout_redirect_uri": [proxy.base + "/"]}
     cleared = out.cookies["access_token"]
     assert cleared.value == "" and cleared["max-age"] == "0" and cleared["path"] == "/"
+
+
+async def test_sign_out_ends_a_captured_session_at_once(signin_proxy: Start) -> None:
+    """Issue 21 item 5: clearing the cookie is not enough; a copy of the session token taken
+    before sign-out (a stolen cookie) must be refused from then on."""
+    proxy = await signin_proxy()
+    done = await sign_in(proxy, "/stream/photos/42", "employee-7")
+    captured = {"Cookie": f"access_token={session_cookie(done)}"}
+    assert (await get(proxy, "/stream/photos/42", captured)).status == 200
+    out = await post(proxy, "/_auth/logout", {**SAME_ORIGIN, **captured})
+    assert out.status == 303 and out.cookies["access_token"]["max-age"] == "0"
+    replayed = await get(proxy, "/stream/photos/42", captured)
+    assert replayed.status == 401
+    assert 'error_description="token revoked"' in replayed.headers["WWW-Authenticate"]
+    # A fresh sign-in is a new session, untouched.
+    again = await sign_in(proxy, "/stream/photos/42", "employee-7")
+    fresh = {"Cookie": f"access_token={session_cookie(again)}"}
+    assert (await get(proxy, "/stream/photos/42", fresh)).status == 200
+
+
+async def test_sign_out_on_one_replica_ends_the_session_on_the_others(
+    aiohttp_client: Any, s3: S3Objects, provider: str, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    data = login_config(s3.endpoint, provider, port)
+    data["state"] = {"backend": "redis", "url": redis_server.url}
+    replicas = []
+    for listen in (port, free_port()):  # two replicas behind one public URL
+        config = build_config(data)
+        server = ProductionLikeServer(Gateway(config), config)
+        server.port = listen
+        client: TestClient[Any, Any] = await aiohttp_client(server)
+        replicas.append(client)
+    async with aiohttp.ClientSession() as session:
+        first = Proxy(f"http://127.0.0.1:{port}", replicas[0], session)
+        done = await sign_in(first, "/stream/photos/42", "employee-7")
+        captured = {"Cookie": f"access_token={session_cookie(done)}"}
+        other = replicas[1]
+        assert (await other.get("/stream/photos/42", headers=captured)).status == 200
+        out = await post(first, "/_auth/logout", {**SAME_ORIGIN, **captured})
+        assert out.status == 303
+        deadline = time.monotonic() + 2  # the promise: every replica within one second
+        while (await other.get("/stream/photos/42", headers=captured)).status != 401:
+            assert time.monotonic() < deadline, "the other replica still accepts the session"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain is another site's page
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+async def test_sign_out_from_another_site_is_refused(
+    signin_proxy: Start, headers: dict[str, str]
+) -> None:
+    proxy = await signin_proxy()
+    done = await sign_in(proxy, "/stream/photos/42", "employee-7")
+    jar = {"Cookie": f"access_token={session_cookie(done)}"}
+    out = await post(proxy, "/_auth/logout", {**headers, **jar})
+    assert out.status == 403
+    assert json.loads(out.body) == {"error": "sign out from this site's own page"}
+    assert "access_token" not in out.cookies
+    assert (await get(proxy, "/stream/photos/42", jar)).status == 200
+
+
+async def test_a_get_of_the_sign_out_path_signs_no_one_out(signin_proxy: Start) -> None:
+    """A link or an <img> pointing at the sign-out path (from anywhere) changes nothing: the
+    GET shows a button that POSTs."""
+    proxy = await signin_proxy()
+    done = await sign_in(proxy, "/stream/photos/42", "employee-7")
+    jar = {"Cookie": f"access_token={session_cookie(done)}"}
+    page = await get(proxy, "/_auth/logout", {**NAVIGATE, **jar})
+    assert page.status == 200 and not page.cookies
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert '<form method="post" action="/_auth/logout">' in await page.text()
+    assert (await get(proxy, "/stream/photos/42", jar)).status == 200
+    async with proxy.session.put(proxy.base + "/_auth/logout") as refused:
+        assert refused.status == 405 and refused.headers["Allow"] == "GET, HEAD, POST"
+    # Neither header: no browser's cross-site request (curl, an app's backend).
+    assert (await post(proxy, "/_auth/logout", jar)).status == 303
+    assert (await get(proxy, "/stream/photos/42", jar)).status == 401
 
 
 async def test_a_provider_that_is_down_is_a_502(aiohttp_client: Any, s3: S3Objects) -> None:
@@ -344,7 +444,7 @@ async def test_a_provider_that_is_down_is_a_502(aiohttp_client: Any, s3: S3Objec
     assert answer.status == 502
     assert (await answer.json()) == {"error": "sign-in provider unavailable"}
     # Signing out works without the provider.
-    out = await client.get("/_auth/logout", allow_redirects=False)
+    out = await client.post("/_auth/logout", allow_redirects=False)
     assert out.status == 200 and out.cookies["access_token"]["max-age"] == "0"
     post = await client.post("/_auth/login")
     assert post.status == 405

@@ -182,6 +182,7 @@ def test_with_another_issuer_routes_name_the_login_to_accept_sessions() -> None:
         ({"redirect_path": "/healthz"}, "is also health.live_path"),
         ({"logout_redirect": "//evil.example.com"}, "auth.login.logout_redirect: must be a path"),
         ({"client_id": ""}, "auth.login.client_id"),
+        ({"max_age": 2 * 86400}, "auth.login.max_age: 172800 is longer than revocation"),
     ],
 )
 def test_login_mistakes_are_caught_at_load(login: dict[str, Any], message: str) -> None:
@@ -249,3 +250,23 @@ async def test_the_code_exchange_authenticates_as_configured(secret: str) -> Non
     else:  # a public client: names itself, proves itself by PKCE
         assert "Authorization" not in headers and sent["client_id"] == ["proxy"]
     assert "client_secret" not in sent
+
+
+@pytest.mark.parametrize(
+    ("headers", "same"),
+    [
+        ({"Sec-Fetch-Site": "same-origin"}, True),
+        ({"Sec-Fetch-Site": "none"}, True),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "https://files.example.com"}, False),
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Origin": "https://files.example.com"}, True),
+        ({"Origin": "https://files.example.com:8443"}, False),
+        ({"Origin": "http://files.example.com"}, False),
+        ({"Origin": "null"}, False),
+        ({}, True),
+    ],
+)
+def test_sign_out_must_come_from_our_own_pages(headers: dict[str, str], same: bool) -> None:
+    from proxy.login.navigation import is_same_origin
+
+    assert is_same_origin(headers, "https://files.example.com") is same

@@ -296,3 +296,62 @@ def test_both_metrics_modes_load() -> None:
     assert v6.settings.metrics.address == ("::1", 9100)
     main = build_config(config_dict(metrics=METRICS))
     assert main.settings.metrics.on_main_port and main.metrics_access is not None
+
+
+def test_the_request_path_counts_exactly_what_prometheus_clients_own_calls_would() -> None:
+    """Rule 2 of ops/metrics.py: the request path increments the children's values directly.
+    Fed the same numbers, every series must read as Counter.inc and Histogram.observe give,
+    bucket edges included (a value equal to a bound falls in that bound's bucket)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from proxy.ops.metrics import _LATENCY, Telemetry
+
+    durations = [0.0, 0.0005, 0.00051, 0.001, 0.7, 30.0, 31.0, 1e-9, 2.5]
+    telemetry = Telemetry()
+    registry = CollectorRegistry()
+    requests = Counter("r", "", ["route"], registry=registry).labels("x")
+    duration = Histogram("d", "", ["route"], buckets=_LATENCY, registry=registry).labels("x")
+    s3 = Histogram("s", "", ["op"], buckets=_LATENCY, registry=registry).labels("GetObject")
+    for seconds in durations:
+        telemetry.observe_request("x", "stream", "GET", 200, 10, seconds, seconds)
+        telemetry.observe_s3("GetObject", "ok", seconds)
+        requests.inc()
+        duration.observe(seconds)
+        s3.observe(seconds)
+    telemetry.token_checked("jwt", "valid")
+
+    def samples(families: Any, name: str, **labels: str) -> dict[str, float]:
+        return {
+            f"{sample.name}{sample.labels.get('le', '')}": sample.value
+            for family in families
+            for sample in family.samples
+            if sample.name.startswith(name)
+            and not sample.name.endswith("_created")
+            and all(sample.labels.get(k) == v for k, v in labels.items())
+        }
+
+    ours = list(telemetry.registry.collect())
+    theirs = list(registry.collect())
+
+    def renamed(found: dict[str, float], old: str, new: str) -> dict[str, float]:
+        return {key.replace(old, new, 1): value for key, value in found.items()}
+
+    assert renamed(
+        samples(ours, "proxy_request_duration_seconds", route="x"),
+        "proxy_request_duration_seconds",
+        "d",
+    ) == samples(theirs, "d")
+    assert renamed(
+        samples(ours, "proxy_s3_request_duration_seconds", operation="GetObject"),
+        "proxy_s3_request_duration_seconds",
+        "s",
+    ) == samples(theirs, "s")
+    assert samples(ours, "proxy_requests_total", route="x") == {
+        "proxy_requests_total": len(durations)
+    }
+    assert samples(ours, "proxy_response_body_bytes_total", route="x") == {
+        "proxy_response_body_bytes_total": 10 * len(durations)
+    }
+    assert samples(ours, "proxy_token_verifications_total", kind="jwt", outcome="valid") == {
+        "proxy_token_verifications_total": 1
+    }

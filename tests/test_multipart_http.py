@@ -301,6 +301,20 @@ async def test_each_step_is_logged_and_counted(
         assert series in text, series
 
 
+async def test_multipart_steps_count_toward_max_uploads(proxy, s3: S3Objects) -> None:
+    """Issue 21 item 4: every entry that writes (forms and multipart steps) costs S3 calls,
+    so sign_api.max_uploads bounds them together, before any S3 call."""
+    client = await proxy(_config(s3.endpoint))
+    begin = {"path": f"/big/{fresh('x.bin')}", "size": SIZE}
+    form = {"path": "/big/y.bin", "content_type": "video/mp4"}
+    body = {"multipart": [begin] * 60, "abort": [{"path": "/big/z.bin", "upload_id": "u"}] * 30}
+    response = await client.post(
+        "/_sign", json={**body, "uploads": [form] * 11}, headers=_user(ALICE)
+    )
+    assert response.status == 413
+    assert await response.json() == {"error": "at most 100 uploads per request"}
+
+
 async def test_one_request_lists_a_keys_open_uploads_once(proxy, s3: S3Objects) -> None:
     """A batch of entries naming upload ids on one key (bogus or repeated) must not cost an
     S3 listing each: on AWS each walk may take ten pages of 1,000 uploads, so a request of

@@ -359,3 +359,44 @@ def test_presigned_put_with_signed_headers_equals_botocores() -> None:
     headers = {"Content-Type": "image/png", "Content-Length": "1234"}
     theirs = _botocore_url(base, {}, CREDS, 300, T0, "PUT", headers)
     assert _sorted_query(ours) == _sorted_query(theirs)
+
+
+def test_the_builtin_engines_remembered_signature_is_that_of_its_exact_inputs() -> None:
+    """The engine reuses a request's signed head within its second (issue 26); anything that
+    changes the signed request must give another signature."""
+    from proxy.engines.builtin import _signed
+    from proxy.upstream import request_head
+
+    endpoint = Endpoint.parse("https://s3.eu-west-1.amazonaws.com", "path")
+    sse = (("x-amz-server-side-encryption-customer-key", "a2V5"),)
+    base = (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k", T0, (), ())
+    origin, head = first = _signed(*base)
+    assert _signed(*base) is first
+    host, target, headers = sign_request(
+        endpoint=endpoint,
+        region="eu-west-1",
+        credentials=CREDS,
+        method="GET",
+        bucket="bucket",
+        key="k",
+        now=T0,
+    )
+    assert head == request_head("GET", target, host, list(headers.items()))
+    assert (origin.host, origin.port) == ("s3.eu-west-1.amazonaws.com", 443)
+    ranged = _signed(*base, (("Range", "bytes=0-9"),))
+    assert ranged[1] == head[:-2] + b"Range: bytes=0-9\r\n\r\n"  # unsigned, after the rest
+
+    def signature(found: tuple[object, bytes]) -> bytes:
+        return found[1].split(b"Signature=", 1)[1].split(b"\r\n", 1)[0]
+
+    other_creds = Credentials(CREDS.access_key, "another-secret")
+    for changed in (
+        (endpoint, "eu-west-1", other_creds, "GET", "bucket", "k", T0, (), ()),
+        (endpoint, "eu-west-1", CREDS, "HEAD", "bucket", "k", T0, (), ()),
+        (endpoint, "eu-west-1", CREDS, "GET", "other", "k", T0, (), ()),
+        (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k2", T0, (), ()),
+        (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k", T0 + 1, (), ()),
+        (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k", T0, (("list-type", "2"),), ()),
+        (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k", T0, (), sse),
+    ):
+        assert signature(_signed(*changed)) != signature(first)

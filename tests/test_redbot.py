@@ -204,7 +204,23 @@ CASES = [
     Case("sign-in callback 400", "/_auth/callback", 400, config="sign-in"),
     Case("sign-in 502", "/_auth/login?next=/stream/photos/7", 502, config="sign-in"),
     Case("sign-in 405", "/_auth/login", 405, "POST", ("Content-Length: 0",), config="sign-in"),
-    Case("sign-out", "/_auth/logout", 200, config="sign-in"),
+    Case("sign-out page", "/_auth/logout", 200, config="sign-in"),
+    Case(
+        "sign-out",
+        "/_auth/logout",
+        200,
+        "POST",
+        ("Content-Length: 0", "Sec-Fetch-Site: same-origin"),
+        config="sign-in",
+    ),
+    Case(
+        "sign-out 403",
+        "/_auth/logout",
+        403,
+        "POST",
+        ("Content-Length: 0", "Sec-Fetch-Site: cross-site"),
+        config="sign-in",
+    ),
 ]
 
 

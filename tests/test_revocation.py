@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ from proxy.links import LinkTarget, mint_link_token
 from proxy.state import Revocation, RevocationList, new_revocation
 
 from .conftest import (
+    HUGE_SIZE,
     SECRET,
     Clock,
     S3Objects,
@@ -80,15 +82,135 @@ async def test_a_revoked_subject_is_refused_on_stream_and_redirect_a_fresh_sign_
     assert (await client.get("/stream/photos/42", headers=bearer(bob))).status == 200
 
 
-async def test_a_token_without_iat_counts_as_issued_before(proxy, s3: S3Objects) -> None:
+async def test_a_revoked_token_never_comes_back_whatever_claims_it_lacks(
+    proxy, s3: S3Objects
+) -> None:
+    """Issue 21 item 2: a revocation lasts max_token_lifetime (+ leeway); a token that could
+    outlive it (no iat, or a lifetime past the bound by less than the leeway) must never be
+    accepted once revoked, not even after the entry has expired."""
+    import jwt
+
+    clock = Clock(T0)
+    client = await proxy(_config(s3, revocation={"max_token_lifetime": 60}), clock=clock)
+    week = int(T0) + 7 * 86400
+    no_iat = jwt.encode({"sub": "alice", "exp": week}, SECRET, algorithm="HS256")
+    # Issued before the revocation, living the bound plus the leeway.
+    stretched = make_token("alice", now=T0 - 1, ttl=60 + 30)
+    fine = make_token("alice", now=T0 - 1, ttl=60)
+    assert (await client.get("/stream/photos/42", headers=bearer(fine))).status == 200
+    admin = make_token("root", role="admin", now=T0, ttl=60)
+    assert (await _revoke(client, {"sub": "alice"}, admin)).status == 201
+    for token in (no_iat, stretched, fine):
+        assert (await client.get("/stream/photos/42", headers=bearer(token))).status == 401
+
+    clock.now = T0 + 60 + 30 + 1  # the entry has expired
+    admin = make_token("root", role="admin", now=clock.now, ttl=60)
+    listed = await client.get("/_admin/revocations", headers=bearer(admin))
+    assert (await listed.json())["revocations"] == []
+    for token in (no_iat, stretched, fine):
+        refused = await client.get("/stream/photos/42", headers=bearer(token))
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    fresh = make_token("alice", now=clock.now, ttl=60)
+    assert (await client.get("/stream/photos/42", headers=bearer(fresh))).status == 200
+
+
+async def test_a_revoked_jti_outlives_a_token_from_an_issuer_clock_ahead_of_ours(
+    proxy, s3: S3Objects
+) -> None:
+    clock = Clock(T0)
+    lifetime = 700_000  # longer than a share link, so the token's lifetime decides
+    client = await proxy(_config(s3, revocation={"max_token_lifetime": lifetime}), clock=clock)
+    # Minted before the revocation by an issuer whose clock runs 30 s (the leeway) ahead.
+    ahead = make_token("alice", now=T0 + 30, ttl=lifetime, jti="laptop")
+    assert (await client.get("/stream/photos/42", headers=bearer(ahead))).status == 200
+    admin = make_token("root", role="admin", now=T0, ttl=60)
+    assert (await _revoke(client, {"jti": "laptop"}, admin)).status == 201
+    clock.now = T0 + lifetime + 31  # past what the entry used to last, within the token's life
+    assert (await client.get("/stream/photos/42", headers=bearer(ahead))).status == 401
+
+
+async def test_a_token_without_iat_or_exp_is_refused(proxy, s3: S3Objects) -> None:
     import jwt
 
     clock = Clock(T0)
     client = await proxy(_config(s3), clock=clock)
     no_iat = jwt.encode({"sub": "alice", "exp": int(T0) + 600}, SECRET, algorithm="HS256")
-    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 200
-    await _revoke(client, {"sub": "alice"})
-    assert (await client.get("/stream/photos/42", headers=bearer(no_iat))).status == 401
+    no_exp = jwt.encode({"sub": "alice", "iat": int(T0)}, SECRET, algorithm="HS256")
+    for token in (no_iat, no_exp):
+        refused = await client.get("/stream/photos/42", headers=bearer(token))
+        assert refused.status == 401
+        assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+class Download:
+    """A GET of a large object over a raw socket, read by a slow client: it takes 1 MiB and
+    then reads nothing until told to, so the proxy is still sending when the test acts."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.received = 0
+
+    @classmethod
+    async def start(cls, host: str, port: int, target: str, token: str | None) -> Download:
+        reader, writer = await asyncio.open_connection(host, port)
+        lines = [f"GET {target} HTTP/1.1", "Host: proxy", "Connection: close"]
+        if token is not None:
+            lines.append(f"Authorization: Bearer {token}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        download = cls(reader, writer)
+        download.received = len(await reader.readexactly(1024 * 1024))
+        return download
+
+    async def read_to_end(self) -> int:
+        """Read as fast as the proxy sends, until it closes; the bytes of body received."""
+        async with asyncio.timeout(60):
+            while chunk := await self.reader.read(1024 * 1024):
+                self.received += len(chunk)
+        self.writer.close()
+        return self.received
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+
+
+async def test_a_revocation_stops_a_stream_in_flight(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21 item 8: revoking a subject stops what it is already downloading."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    metrics = {"enabled": True, "listen": "main", "access": "public"}
+    client = await proxy(_config(s3, metrics=metrics))
+    server = client.server
+    token = make_token("alice", role="admin")
+    bob = await Download.start(server.host, server.port, "/admin/exports/huge.bin", ADMIN_NOW)
+    alice = await Download.start(server.host, server.port, "/admin/exports/huge.bin", token)
+    assert (await _revoke(client, {"sub": "alice"}, ADMIN_NOW)).status == 201
+    assert await alice.read_to_end() < HUGE_SIZE  # cut short, not finished
+    assert await bob.read_to_end() == HUGE_SIZE  # someone else's stream runs on
+
+    cut = [line for line in _access_lines(caplog) if line["sub"] == "alice"]
+    assert [(line["status"], line["reason"]) for line in cut] == [
+        (200, "credential revoked mid-stream")
+    ]
+    text = await (await client.get("/metrics")).text()
+    assert 'proxy_streams_stopped_total{reason="revoked"} 1.0' in text
+
+
+async def test_a_revoked_share_link_stops_its_stream(proxy, s3: S3Objects) -> None:
+    import jwt
+
+    client = await proxy(_config(s3))
+    target = LinkTarget("admin-exports", "reports", "exports/huge.bin")
+    link = mint_link_token(LINK_SECRET, target, 600)
+    path = f"/admin/exports/huge.bin?link={link}"
+    download = await Download.start(client.server.host, client.server.port, path, None)
+    jti = jwt.decode(link, options={"verify_signature": False})["jti"]
+    assert (await _revoke(client, {"jti": jti}, ADMIN_NOW)).status == 201
+    assert await download.read_to_end() < HUGE_SIZE
 
 
 async def test_the_sign_api_refuses_a_revoked_token(proxy, s3: S3Objects) -> None:
@@ -134,7 +256,8 @@ async def test_a_token_living_longer_than_revocations_last_is_refused(proxy, s3:
     clock = Clock(T0)
     client = await proxy(_config(s3, revocation={"max_token_lifetime": 3600}), clock=clock)
     ok = make_token("alice", now=clock.now, ttl=3600)
-    too_long = make_token("alice", now=clock.now, ttl=3600 + 31)  # leeway is 30
+    # exp and iat are both the issuer's stamps: no leeway for clock skew between them.
+    too_long = make_token("alice", now=clock.now, ttl=3600 + 1)
     assert (await client.get("/stream/photos/42", headers=bearer(ok))).status == 200
     response = await client.get("/stream/photos/42", headers=bearer(too_long))
     assert response.status == 401
@@ -384,6 +507,7 @@ def test_the_cli_needs_admin_access_with_the_memory_backend(
         ),
         ({"admin": {"access": {"claims": 5}}}, "admin.access"),
         ({"revocation": {"max_token_lifetime": 5}}, "revocation.max_token_lifetime"),
+        ({"auth": {"require_exp": False}}, "auth.require_exp: false is not supported"),
     ],
 )
 def test_state_and_admin_mistakes_are_caught_at_load(
@@ -437,7 +561,31 @@ def test_entries_round_trip_and_expire_by_kind() -> None:
     assert Revocation.loads(entry.dumps()) == entry
     assert entry.expires_at == T0 + 3630
     link = new_revocation("jti", "j", None, T0, 3600, 30)
-    assert link.expires_at == T0 + 604800 + 30  # a share link may live 7 days
+    # A share link may live 7 days; a jti entry also allows for an issuer's clock ahead.
+    assert link.expires_at == T0 + 604800 + 2 * 30
     for bad in ("[]", '{"sub": 1}', '{"jti": "x", "revoked_at": "a", "expires_at": 1}'):
         with pytest.raises(ValueError):
             Revocation.loads(bad)
+
+
+async def test_a_revocation_stops_the_watched_responses_it_covers_once_per_batch() -> None:
+    from proxy.state import MemoryState
+
+    state = MemoryState(build_config(config_dict("http://127.0.0.1:9")).settings, Clock(T0))
+    stopped: list[str] = []
+    claims = {"iat": T0 - 1, "exp": T0 + 60}
+    state.watch({"sub": "alice", **claims}, lambda: stopped.append("alice"))
+    state.watch({"sub": "alice", "jti": "L", **claims}, lambda: stopped.append("link"), link=True)
+    bob = state.watch({"sub": "bob", **claims}, lambda: stopped.append("bob"))
+    await state.revoke(new_revocation("sub", "alice", None, T0, 60, 30))
+    await state.revoke(new_revocation("sub", "carol", None, T0, 60, 30))
+    assert stopped == []  # one sweep after the batch, not one per entry
+    await asyncio.sleep(0)
+    assert stopped == ["alice"]  # a subject revocation does not cover a share link
+    await state.revoke(new_revocation("jti", "L", None, T0, 60, 30))
+    await asyncio.sleep(0)
+    assert stopped == ["alice", "link"]
+    state.unwatch(bob)
+    await state.revoke(new_revocation("sub", "bob", None, T0, 60, 30))
+    await asyncio.sleep(0)
+    assert stopped == ["alice", "link"]  # finished before it was revoked

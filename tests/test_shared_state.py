@@ -516,7 +516,32 @@ async def test_a_reload_keeps_the_state_and_readiness_reports_redis(
     await _until_async(lambda: client.server.gateway.state.stale_for() is not None)
     response = await client.get("/readyz")
     assert response.status == 503
+    assert await response.json() == {"status": "not ready"}  # no Redis error to the public
+    response = await client.get("/readyz", headers=bearer(admin))
     problems = (await response.json())["problems"]
     assert any(problem.startswith("redis") for problem in problems), problems
     # when_down.revocations: open (reloaded): the last copy still refuses alice.
     assert (await client.get("/stream/photos/42", headers=bearer(old))).status == 401
+
+
+async def test_a_revocation_on_one_gateway_stops_a_stream_on_another(
+    proxy, s3: S3Objects, redis_server: RedisServer
+) -> None:
+    """Issue 21 item 8, across replicas: the stream's gateway learns of the revocation from
+    Redis (its poll) and closes the connection."""
+    from .conftest import HUGE_SIZE
+    from .test_revocation import Download
+
+    data = _shared(s3, redis_server)
+    revoking, streaming = await proxy(data), await proxy(data)
+    server = streaming.server
+    download = await Download.start(
+        server.host, server.port, "/admin/exports/huge.bin", make_token("alice", role="admin")
+    )
+    admin = bearer(make_token("root", role="admin"))
+    revoked = await revoking.post("/_admin/revocations", json={"sub": "alice"}, headers=admin)
+    assert revoked.status == 201
+    old = {"sub": "alice", "iat": time.time() - 10}
+    # The client reads nothing until the other gateway has the revocation (its poll).
+    await _until_async(lambda: server.gateway.state.revoked.covers(old, time.time()))
+    assert await download.read_to_end() < HUGE_SIZE

@@ -190,3 +190,51 @@ async def test_owner_only_rule_references_path_param(proxy, s3: S3Objects) -> No
         "/users/alice/albums/trip/1.jpg", headers=bearer(make_token("mallory"))
     )
     assert theirs.status == 403
+
+
+class _Wire:
+    """A transport that records each write: one entry per syscall the real one would make."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.append(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def test_a_streamed_head_goes_out_with_the_first_body_bytes() -> None:
+    """Issue 26: aiohttp writes a StreamResponse's head by itself at prepare(), a second
+    syscall and TCP segment per small object. ObjectResponse holds it for the first body
+    write; this fails if aiohttp renames the switch it uses."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiohttp.http_writer import StreamWriter
+    from aiohttp.test_utils import make_mocked_request
+
+    from proxy.delivery.stream import ObjectResponse
+
+    wire = _Wire()
+    protocol = SimpleNamespace(
+        transport=wire, writing_paused=False, ssl_context=None, peername=None, sockname=None
+    )
+    writer = StreamWriter(protocol, asyncio.get_running_loop())  # type: ignore[arg-type]
+    request = make_mocked_request("GET", "/s/k", writer=writer, protocol=protocol, transport=wire)
+    response = ObjectResponse(status=200, headers={"Content-Type": "image/png"})
+    response.content_length = 5
+    await response.prepare(request)
+    assert wire.writes == []
+    await response.write(b"hello")
+    await response.write_eof()
+    assert len(wire.writes) == 1
+    assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.writes[0].endswith(b"\r\n\r\nhello")

@@ -124,6 +124,17 @@ async def test_a_route_chooses_its_inline_types(proxy, uploads: S3Objects) -> No
     _inert(html.headers)
 
 
+async def test_a_wildcard_in_inline_types_shows_no_active_type(proxy, uploads: S3Objects) -> None:
+    data = config_dict(uploads.endpoint)
+    data["routes"][2].update(disposition=None, inline_types=["image/*", "text/*"])
+    client = await proxy(data)
+    for key in ("evil.svg", "evil.xsl", "evil.htm"):
+        shown = await client.get("/admin/exports/" + key, headers=ADMIN)
+        assert shown.headers["Content-Disposition"].startswith("attachment;"), key
+    csv = await client.get("/admin/exports/data.csv", headers=ADMIN)
+    assert "Content-Disposition" not in csv.headers
+
+
 def test_inline_types_are_checked_at_load() -> None:
     data = config_dict()
     data["routes"][2]["inline_types"] = ["text/plain,text/html"]

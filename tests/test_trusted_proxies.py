@@ -176,6 +176,33 @@ async def test_rfc_7239_forwarded_when_configured(proxy, s3: S3Objects) -> None:
     assert (seen["remote"], seen["scheme"], seen["trusted"]) == ("2001:db8::7", "https", True)
 
 
+async def test_an_unclosed_quote_cannot_swallow_the_element_the_ingress_appended(
+    proxy, s3: S3Objects, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ingress that appends its element to the client's own Forwarded line (nginx's
+    `"$http_forwarded, for=$remote_addr"`): a client whose element leaves a quoted string
+    open made the ingress's `, for=<its address>` part of its own quoted value, so its own
+    `for=` was read as the client, a new one each request, and no rate limit held."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    limits = {"rate_limit": {"per_client": {"rate": 0.001, "burst": 1}}}
+    client = await _proxy(proxy, s3, listen={"forwarded_header": "Forwarded"}, limits=limits)
+    url = str(client.make_url("/public/42"))
+    statuses = []
+    async with _from(INGRESS) as ingress:
+        for forged, appended in (
+            ('for=198.51.100.1;x="', "for=203.0.113.1"),
+            ('for=198.51.100.2;x="\\', 'for="[2001:db8::1]:4711"'),
+            ('for=198.51.100.3;x="', "for=203.0.113.1"),
+        ):
+            headers = {"Forwarded": f"{forged}, {appended}"}
+            async with ingress.get(url, headers=headers) as answer:
+                await answer.read()
+                statuses.append(answer.status)
+    logged = [line["client"] for line in _access(caplog)]
+    assert logged == ["203.0.113.1", "2001:db8::1", "203.0.113.1"]
+    assert statuses == [200, 200, 429]
+
+
 # PROXY protocol: raw sockets, as an L4 load balancer connects.
 
 

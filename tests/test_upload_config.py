@@ -53,9 +53,22 @@ def test_content_types_with_wildcards() -> None:
         _with_route(upload={"max_bytes": 1, "content_types": ["image/*", "Text/CSV"]})
     ).routes[0]
     assert route.upload_types is not None
-    assert route.upload_types.allows("image/svg+xml")
+    assert route.upload_types.allows("image/png")
     assert route.upload_types.allows("text/csv; charset=utf-8")
     assert not route.upload_types.allows("text/plain")
+    # A wildcard covers media, never active documents nor a type that is itself a pattern.
+    for refused in ("image/svg+xml", "image/x-anything+xml", "image/*", "*/*"):
+        assert not route.upload_types.allows(refused), refused
+
+
+def test_active_types_pass_only_when_named() -> None:
+    listed = ["image/*", "text/*", "image/svg+xml"]
+    route = build_config(_with_route(upload={"max_bytes": 1, "content_types": listed})).routes[0]
+    assert route.upload_types is not None
+    assert route.upload_types.allows("image/svg+xml")
+    assert route.upload_types.allows("text/csv")
+    for refused in ("text/html", "text/xml", "text/javascript", "image/*", "text/*"):
+        assert not route.upload_types.allows(refused), refused
 
 
 @pytest.mark.parametrize(

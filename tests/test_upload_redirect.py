@@ -3,11 +3,13 @@ API's presigned POST forms, each then used against moto; signatures recomputed h
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +17,7 @@ import aiohttp
 import pytest
 
 from .conftest import S3Objects, bearer, config_dict, make_token
+from .faulty_s3 import FaultyS3
 from .sigv4 import verify_presigned_url
 from .test_uploads import BUCKET, assert_nothing_left, fresh
 
@@ -252,3 +255,76 @@ async def test_malformed_or_oversized_upload_batches(
     client = await proxy(redirect_config(s3.endpoint))
     response = await client.post("/_sign", json=body, headers=alice())
     assert response.status == status
+
+
+# --- issue 21 item 4: a sign API batch costs S3 no more than its distinct objects ---------
+
+
+@pytest.fixture
+async def counted(s3: S3Objects) -> AsyncIterator[FaultyS3]:
+    """moto behind a FaultyS3 that records each request (and holds what a test asks)."""
+    server = FaultyS3(upstream=s3.endpoint)
+    await server.start()
+    yield server
+    await server.close()
+
+
+def _heads(server: FaultyS3) -> list[str]:
+    return [path for path in server.paths if path.startswith("HEAD ")]
+
+
+@pytest.mark.parametrize("count", [101, 1000])
+async def test_a_batch_of_too_many_upload_forms_is_413_before_any_s3_call(
+    proxy, counted: FaultyS3, count: int
+) -> None:
+    client = await proxy(redirect_config(counted.url))
+    entry = {"path": "/direct/same.txt", "content_type": "text/plain", "size": 1}
+    response = await client.post("/_sign", json={"uploads": [entry] * count}, headers=alice())
+    assert response.status == 413
+    assert await response.json() == {"error": "at most 100 uploads per request"}
+    assert _heads(counted) == []
+
+
+async def test_each_object_is_asked_about_once_per_batch(proxy, counted: FaultyS3) -> None:
+    """One POST naming one upload path 100 times made 100 sequential HEADs of that key, and
+    a page naming one `auto` path many times as many metadata HEADs."""
+    client = await proxy(redirect_config(counted.url))
+    name = fresh("d.txt")
+    entry = {"path": f"/direct/{name}", "content_type": "text/plain", "size": 1}
+    body = {"paths": ["/auto/q4.pdf"] * 20, "uploads": [entry] * 100}
+    response = await client.post("/_sign", json=body, headers=alice())
+    assert response.status == 200
+    answer = await response.json()
+    assert len(answer["uploads"]) == 100 and all("fields" in form for form in answer["uploads"])
+    assert [result["url"] for result in answer["results"]] == ["/auto/q4.pdf"] * 20
+    assert sorted(_heads(counted)) == [
+        "HEAD /reports/exports/q4.pdf",
+        f"HEAD /{BUCKET}/direct/alice/{name}",
+    ]
+
+
+async def test_a_batchs_absence_checks_run_a_few_at_a_time(proxy, counted: FaultyS3) -> None:
+    counted.hold = {"HEAD"}  # S3 never answers: the checks pile up as far as they may
+    client = await proxy(redirect_config(counted.url))
+    entries = [
+        {"path": f"/direct/{fresh()}", "content_type": "text/plain", "size": 1} for _ in range(40)
+    ]
+    batch = asyncio.ensure_future(client.post("/_sign", json={"uploads": entries}, headers=alice()))
+    try:
+        async with asyncio.timeout(10):
+            while counted.held < 8:  # noqa: ASYNC110 - the state is in the fake S3
+                await asyncio.sleep(0.01)
+        # Each of the 8 holds the gate until S3 answers, which it never does: no 9th.
+        assert counted.held == 8 and not batch.done()
+    finally:
+        batch.cancel()
+
+
+async def test_each_upload_form_spends_its_routes_rate_limit(proxy, s3: S3Objects) -> None:
+    data = redirect_config(s3.endpoint)
+    data["routes"][0] = {**REDIRECT_ROUTE, "rate_limit": {"per_subject": {"rate": 1, "burst": 3}}}
+    client = await proxy(data)
+    entry = {"path": f"/direct/{fresh()}", "content_type": "text/plain", "size": 1}
+    response = await client.post("/_sign", json={"uploads": [entry] * 5}, headers=alice())
+    statuses = [form.get("status", 200) for form in (await response.json())["uploads"]]
+    assert statuses == [200, 200, 200, 429, 429]

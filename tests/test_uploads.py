@@ -7,6 +7,7 @@ import asyncio
 import copy
 import io
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -201,7 +202,18 @@ async def test_chunked_body_growing_past_max_is_413_and_aborted(
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/html", "image/png, text/html", "text/plain;,text/html", "image"],
+    [
+        None,
+        "text/html",
+        "image/png, text/html",
+        "text/plain;,text/html",
+        "image",
+        # Issue 21 item 7: `image/*` on the list covers neither SVG nor the pattern itself.
+        "image/svg+xml",
+        "image/svg+xml; charset=utf-8",
+        "image/*",
+        "*/*",
+    ],
 )
 async def test_missing_malformed_or_disallowed_type_is_415(
     proxy, s3: S3Objects, s3_client: Any, content_type: str | None
@@ -341,6 +353,41 @@ async def test_client_gone_mid_body_leaves_nothing(proxy, s3: S3Objects, s3_clie
     await eventually(lambda: bool(multipart_uploads(s3_client, key)))  # the upload began
     writer.close()
     await eventually_nothing_left(s3_client, key)
+
+
+async def test_a_revocation_stops_an_upload_in_flight(
+    proxy, s3: S3Objects, s3_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21 item 8 for uploads: a stream into S3 stops too, and leaves nothing."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    data = upload_config(s3.endpoint)
+    data["admin"] = {"access": {"claims": {"role": "admin"}}}
+    client = await proxy(data)
+    path = fresh()
+    key = f"uploads/alice/{path}"
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = (
+        f"PUT /up/{path} HTTP/1.1\r\nHost: p\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {MAX}\r\nAuthorization: Bearer {ALICE_TOKEN}\r\n\r\n"
+    )
+    writer.write(head.encode() + pattern(PART + MIB))  # a first part and then some
+    await writer.drain()
+    await eventually(lambda: bool(multipart_uploads(s3_client, key)))  # the upload began
+    admin = bearer(make_token("root", role="admin"))
+    revoked = await client.post("/_admin/revocations", json={"sub": "alice"}, headers=admin)
+    assert revoked.status == 201
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # closed, without an answer: the body never ended
+    writer.close()
+    assert answer == b""
+    await eventually_nothing_left(s3_client, key)
+    await eventually(
+        lambda: any(
+            json.loads(r.getMessage()).get("reason") == "credential revoked mid-upload"
+            for r in caplog.records
+            if r.name == "proxy.access"
+        )
+    )
 
 
 async def test_stalled_body_is_408_and_aborted(proxy, s3: S3Objects, s3_client: Any) -> None:

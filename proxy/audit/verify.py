@@ -4,7 +4,8 @@ line that breaks one. Reads files only; never writes or repairs them.
 A file holds one chain, or one per `worker` (the lines of several workers on one stdout).
 Its first line may start a chain (`prev` null) or continue one from before: after a rotation
 that line is `audit.rotated`, naming the previous file; when that file is among those given,
-its last hash must be the one named.
+its last hash must be the one named. Any other chain whose first line names a `prev` has lost
+the lines before it (cut off the top of the file), and is broken there.
 """
 
 from __future__ import annotations
@@ -64,8 +65,18 @@ def verify_file(path: Path, mixed: bool = False) -> FileChains:
                         "removed, inserted or reordered)",
                     )
             else:
+                rotated = found.events == 0 and checked.fields.get("event") == "audit.rotated"
+                if prev is not None and not rotated:
+                    # The writer starts every chain with prev null, or continues one in a new
+                    # file with `audit.rotated` first: lines before this one were removed.
+                    raise ChainBroken(
+                        path,
+                        number,
+                        "its prev names a line that is not in this file, and it is not a "
+                        "rotated file's first line (the lines before it were removed)",
+                    )
                 found.first_prev[chain] = prev
-                if found.events == 0 and checked.fields.get("event") == "audit.rotated":
+                if rotated:
                     previous = checked.fields.get("previous")
                     found.previous_file = previous if isinstance(previous, str) else None
             found.last[chain] = checked.hash

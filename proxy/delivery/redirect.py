@@ -40,6 +40,9 @@ class Redirect:
         self._clock = clock
         self._links = links
         self._cache_control = cache_control
+        # (route name, key) -> the response headers signed into its URLs: a function of this
+        # config's route and the key only, so computed once per hot key, not per request.
+        self._overrides: dict[tuple[str, str], Mapping[str, str]] = {}
 
     async def answer(
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
@@ -60,17 +63,13 @@ class Redirect:
     ) -> SignedLink:
         """A presigned URL for the object, shown as the route shows it, that outlives
         neither the route's ttl nor the caller's credential."""
-        overrides = signed_overrides(route, ref.key)
-        if self._cache_control is not None:
-            # Else S3's answer for a private file would be storable by shared caches.
-            overrides.setdefault("Cache-Control", self._cache_control)
         stable = route.settings.stable is not None
         link = await sign_link(
             self._storage,
             route.settings,
             method,
             ref,
-            overrides,
+            self._signed_overrides(route, ref.key),
             self._clock(),
             context.expires_at,
             self._links,
@@ -86,6 +85,22 @@ class Redirect:
             **({"stable": True, "signed_at": _iso(link.lifetime.signed_at)} if stable else {}),
         )
         return link
+
+    def _signed_overrides(self, route: Route, key: str) -> Mapping[str, str]:
+        remembered = self._overrides.get((route.name, key))
+        if remembered is not None:
+            return remembered
+        overrides = signed_overrides(route, key)
+        if self._cache_control is not None:
+            # Else S3's answer for a private file would be storable by shared caches.
+            overrides.setdefault("Cache-Control", self._cache_control)
+        if len(self._overrides) >= _OVERRIDES_KEPT:
+            self._overrides.clear()  # bounded: many distinct keys only cost a recompute
+        self._overrides[(route.name, key)] = overrides
+        return overrides
+
+
+_OVERRIDES_KEPT = 4096
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Decides what goes to S3 (a single Range; never the client's conditionals, which 
 judges itself with conditional.py on S3's answer) and which S3 headers come back (length,
 type, validators, range). Statuses are settled before prepare(): once bytes have
 been sent, a failure aborts the connection instead of writing a body that looks complete.
-Each stream holds one of the stream slots (limits.max_streams*) while it runs.
+Each stream holds one of the stream slots (limits.max_streams*) while it runs, and is
+watched for a revocation of its credential (state.State.watch): one made while it runs, on
+any replica, closes its connection (the access line and proxy_streams_stopped_total say why).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from ..errors import (
     UpstreamError,
 )
 from ..objectcache import ObjectCache
+from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
-from ..state import State
+from ..state import State, Watch
 from ..storage import ObjectMeta, ObjectStream, Storage
 from .method import Link
 from .presentation import Presentation, object_headers, presentation
@@ -48,21 +51,34 @@ class Stream:
     routes with `cache:` kept in `objects`, each stream holding one of `state`'s slots."""
 
     def __init__(
-        self, storage: Storage, objects: ObjectCache, state: State, write_timeout: float
+        self,
+        storage: Storage,
+        objects: ObjectCache,
+        state: State,
+        write_timeout: float,
+        telemetry: Telemetry,
     ) -> None:
         self._settings = StreamSettings(storage, objects, write_timeout)
         self._state = state
+        # (route name, key) -> how the route presents the key to a request without CORS
+        # headers: a function of this config's route and the key only, so made once per
+        # hot key, not per request.
+        self._shown: dict[tuple[str, str], Presentation] = {}
+        self._telemetry = telemetry
 
     async def answer(
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
     ) -> web.StreamResponse:
-        shown = presentation(route, ref.key, context.cors)
+        shown = self._presentation(route, ref.key, context)
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
+        watch = watch_credential(self._state, self._telemetry, request, context, "stream")
         try:
             response = await stream(
                 request, context, ref, shown, route.settings.cache, self._settings
             )
         finally:
+            if watch is not None:
+                self._state.unwatch(watch)
             await self._state.release_stream(lease)
         if request.method == "GET":
             # Who got what, and all of it or not: a client that hung up mid-body got
@@ -74,9 +90,58 @@ class Stream:
             context.audit("object.streamed", bytes=context.bytes_sent, complete=whole)
         return response
 
+    def _presentation(self, route: Route, key: str, context: RequestContext) -> Presentation:
+        if context.cors:
+            return presentation(route, key, context.cors)  # depends on the request's Origin
+        shown = self._shown.get((route.name, key))
+        if shown is None:
+            shown = presentation(route, key, None)
+            if len(self._shown) >= _PRESENTATIONS_KEPT:
+                self._shown.clear()  # bounded: many distinct keys only cost a rebuild
+            self._shown[(route.name, key)] = shown
+        return shown
+
     async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
         """A streamed object is fetched from the proxy itself, with the caller's token."""
         return Link(path, None)
+
+
+_PRESENTATIONS_KEPT = 4096
+
+
+class ObjectResponse(web.StreamResponse):
+    """A streamed object's response, whose head goes out with the first piece of the body in
+    one write. (aiohttp sends a StreamResponse's head by itself at prepare(): one more
+    syscall and TCP segment per response, about a tenth of a 10 KiB stream's CPU. Its
+    `Response` buffers the head this way; tests/test_stream.py pins the switch.) The status
+    is settled before prepare() either way; the client sees the head once the first bytes
+    came from S3, which for a small object is the same read."""
+
+    _send_headers_immediately = False
+
+
+def watch_credential(
+    state: State,
+    telemetry: Telemetry,
+    request: web.BaseRequest,
+    context: RequestContext,
+    what: str,
+) -> Watch | None:
+    """Have the connection of this `what` ("stream", "upload") closed if its credential is
+    revoked while it runs; `state.unwatch` the answer when it ends. None: nothing to revoke
+    (a public route)."""
+    if context.claims is None:
+        return None
+
+    def stop() -> None:
+        # The next write or read fails on the closed transport; the reason set here is the
+        # one logged.
+        context.reason = f"credential revoked mid-{what}"
+        telemetry.stream_stopped("revoked")
+        if request.transport is not None:
+            request.transport.abort()
+
+    return state.watch(context.claims, stop, context.via_link)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +170,7 @@ async def stream(
     if request.method == "HEAD":
         meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
-        response = web.StreamResponse(status=200, headers=object_headers(meta, shown))
+        response = ObjectResponse(status=200, headers=object_headers(meta, shown))
         response.content_length = meta.content_length
         return response
     opened = await _open_for_get(request, storage, ref, shown)
@@ -152,6 +217,7 @@ async def _open_for_get(
     satisfiable: then 416, as the cached route answers them.
     """
     headers = request.headers
+    preconditions = has_preconditions(headers)  # once: most requests carry none
     ranges = parse_ranges(headers.get("Range")) if "Range" in headers else None
     if ranges == ():
         # A malformed range set: 416 with the size, unless a precondition or a stale
@@ -161,13 +227,13 @@ async def _open_for_get(
         if if_range_holds(headers, meta.etag, meta.last_modified):
             raise RangeNotSatisfiable("malformed range", size=meta.content_length)
         ranges = None
-    elif has_preconditions(headers):
+    elif preconditions:
         _check_preconditions(request, await storage.head(ref), shown)
     byte_range = ranges[0].as_header() if ranges is not None and len(ranges) == 1 else None
     try:
         obj = await storage.get(ref, byte_range)
     except RangeNotSatisfiable:
-        if not has_preconditions(headers) and "If-Range" not in headers:
+        if not preconditions and "If-Range" not in headers:
             raise
         # S3 says 416 before we saw the validators; but preconditions and If-Range come first
         # (RFC 9110 13.2.2), so a HEAD settles them on this rare path.
@@ -179,11 +245,12 @@ async def _open_for_get(
         obj = await storage.get(ref, None)
     while True:
         meta = obj.meta
-        try:
-            _check_preconditions(request, meta, shown)
-        except (NotModified, PreconditionFailed):
-            await _discard(obj)
-            raise
+        if preconditions:
+            try:
+                _check_preconditions(request, meta, shown)
+            except (NotModified, PreconditionFailed):
+                await _discard(obj)
+                raise
         if byte_range is None or if_range_holds(headers, meta.etag, meta.last_modified):
             if _none_of_several_satisfiable(ranges, headers, meta):
                 await _discard(obj)
@@ -229,7 +296,7 @@ async def send_object(
     bytes_from_s3 = 0
     try:
         status = 206 if obj.meta.content_range else 200
-        response = web.StreamResponse(status=status, headers=object_headers(obj.meta, shown))
+        response = ObjectResponse(status=status, headers=object_headers(obj.meta, shown))
         response.content_length = obj.meta.content_length
         # Given here: the Gateway adds it to answers that have not started, and this one has.
         response.headers["X-Request-Id"] = context.id
@@ -238,28 +305,35 @@ async def send_object(
         except ConnectionError:
             context.reason = "client disconnected"
             return response
+        deadline = WriteDeadline(request.transport, write_timeout)
         try:
             async for chunk in obj.chunks:
                 bytes_from_s3 += len(chunk)
                 # write() waits while the client's socket buffer is full: back-pressure keeps
-                # memory bounded per stream, and the timeout frees a stalled client's slot.
-                async with asyncio.timeout(write_timeout):
-                    await response.write(chunk)
+                # memory bounded per stream, and the deadline frees a stalled client's slot.
+                deadline.since = deadline.now()
+                await response.write(chunk)
+                deadline.since = None
+                if deadline.expired:
+                    break
                 if context.first_byte is None:
                     context.first_byte = time.perf_counter()
                 context.bytes_sent += len(chunk)
         except ConnectionError:
-            context.reason = "client disconnected"
-            return response
-        except TimeoutError:
-            context.reason = "client stopped reading (limits.client_write_timeout)"
-            if request.transport is not None:
-                request.transport.abort()
+            if deadline.expired:
+                context.reason = _STALLED
+            elif context.reason is None:  # else the proxy closed it, and said why
+                context.reason = "client disconnected"
             return response
         except Exception as exc:
             context.reason = f"upstream failed mid-stream: {getattr(exc, 'reason', exc)}"
             if request.transport is not None:
                 request.transport.abort()
+            return response
+        finally:
+            deadline.cancel()
+        if deadline.expired:
+            context.reason = _STALLED  # the deadline aborted the connection
             return response
         if bytes_from_s3 != obj.meta.content_length:
             context.reason = "upstream body shorter than its Content-Length"
@@ -270,6 +344,43 @@ async def send_object(
         return response
     finally:
         await obj.aclose()
+
+
+_STALLED = "client stopped reading (limits.client_write_timeout)"
+
+
+class WriteDeadline:
+    """limits.client_write_timeout for one stream: a write() still waiting that long after it
+    began aborts the connection. One timer for the whole stream, re-armed when it fires,
+    instead of a timeout scope around each chunk's write (which cost a timer, a task lookup
+    and a cancel per chunk, though most writes never wait). `since` is set around each
+    write; `expired` says the deadline cut the connection."""
+
+    __slots__ = ("_loop", "_timeout", "_timer", "_transport", "expired", "since")
+
+    def __init__(self, transport: asyncio.Transport | None, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport = transport
+        self.since: float | None = None  # when the write in progress began (loop time)
+        self.expired = False
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _check(self) -> None:
+        since, now = self.since, self._loop.time()
+        if since is not None and now - since >= self._timeout:
+            self.expired = True
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        wait = self._timeout if since is None else since + self._timeout - now
+        self._timer = self._loop.call_later(wait, self._check)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 async def _from_cache(

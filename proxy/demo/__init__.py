@@ -332,8 +332,8 @@ def run_demo(host: str, port: int, sign_in: bool = False) -> int:
                 + (
                     f"  Sign-in provider:     {provider.issuer}\n"
                     f"  Sign in: open {base}/admin/reports/q4-report.csv in a fresh browser "
-                    "and pick admin-1 or employee-7 on the provider's form; sign out at "
-                    f"{base}/_auth/logout\n\n"
+                    "and pick admin-1 or employee-7 on the provider's form; sign out with "
+                    f"the button at {base}/_auth/logout\n\n"
                     if provider
                     else ""
                 )

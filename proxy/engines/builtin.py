@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 
 from aiobotocore.session import get_session
 
 from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
-from ..presign import sign_request
+from ..presign import Credentials, Endpoint, sign_request
 from ..request import ObjectRef
 from ..storage import (
     ObjectMeta,
@@ -30,7 +30,7 @@ from ..storage import (
     translate_errors,
     xml_field,
 )
-from ..upstream import MalformedResponse, Origin, Pool, Response
+from ..upstream import MalformedResponse, Origin, Pool, Response, request_head
 from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
@@ -82,7 +82,7 @@ class BuiltinStorage(SignedByTheProxy):
         response = await self._send("GET", ref, headers, "GetObject")
         return ObjectStream(
             meta=_meta_from_headers(response),
-            chunks=_read_chunks(response),
+            chunks=_Body(response),
             _close=response.release,  # keeps the connection only if the body was read to the end
         )
 
@@ -146,21 +146,19 @@ class BuiltinStorage(SignedByTheProxy):
         pool = self._pool
         if pool is None:
             raise UpstreamError("storage is not open")
-        host, target, headers = sign_request(
-            endpoint=self._endpoint,
-            region=self._settings.region,
-            credentials=await self._signer.credentials(operation),
-            method=method,
-            bucket=bucket,
-            key=key,
-            now=time.time(),
-            query=query,
-            signed_headers=signed,
+        origin, head = _signed(
+            self._endpoint,
+            self._settings.region,
+            await self._signer.credentials(operation),
+            method,
+            bucket,
+            key,
+            int(time.time()),
+            tuple(query.items()) if query else (),
+            tuple(signed.items()) if signed else (),
+            tuple(extra.items()),
         )
-        headers.update(extra)
-        return await pool.request(
-            _origin(self._endpoint.scheme, host), method, target, host, list(headers.items())
-        )
+        return await pool.send_head(origin, method, head)
 
     async def check_bucket(self, bucket: str) -> str | None:
         """A ListObjectsV2 for no keys, sent once: it proves the endpoint answers, the bucket
@@ -184,11 +182,25 @@ class BuiltinStorage(SignedByTheProxy):
         return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
 
 
-async def _read_chunks(response: Response) -> AsyncIterator[bytes]:
-    # Each piece is passed on as the socket delivered it: no re-assembly copies.
-    with translate_errors("GetObject body"):
-        while chunk := await response.read():
-            yield chunk
+class _Body:
+    """A GetObject answer's body, each piece passed on as the socket delivered it (no
+    re-assembly copies). A class, not an async generator: the event loop registers and
+    finalizes every async generator, a cost paid once per streamed object."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with translate_errors("GetObject body"):
+            chunk = await self._response.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _meta_from_headers(response: Response) -> ObjectMeta:
@@ -222,6 +234,38 @@ async def _error_body(response: Response, method: str) -> str:
     finally:
         response.release()
     return b"".join(parts)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=1024)
+def _signed(
+    endpoint: Endpoint,
+    region: str,
+    credentials: Credentials,
+    method: str,
+    bucket: str,
+    key: str,
+    signed_at: int,
+    query: tuple[tuple[str, str], ...],
+    signed: tuple[tuple[str, str], ...],
+    unsigned: tuple[tuple[str, str], ...] = (),
+) -> tuple[Origin, bytes]:
+    """Where to send a request and its SigV4-signed head (`unsigned` headers, such as Range,
+    sent unsigned after the signed ones). A pure function of its arguments (SigV4 signs
+    whole seconds), so an object fetched again within the same second reuses the head
+    instead of hashing and formatting it again (under load, most requests)."""
+    host, target, headers = sign_request(
+        endpoint=endpoint,
+        region=region,
+        credentials=credentials,
+        method=method,
+        bucket=bucket,
+        key=key,
+        now=signed_at,
+        query=dict(query) if query else None,
+        signed_headers=dict(signed) if signed else None,
+    )
+    head = request_head(method, target, host, [*headers.items(), *unsigned])
+    return _origin(endpoint.scheme, host), head
 
 
 @lru_cache(maxsize=256)

@@ -6,11 +6,17 @@ cookie; the callback checks that cookie against `state`, trades the code, verifi
 token, sets the session cookie and sends the browser back to `next`. Nothing is kept in
 memory between requests. Codes, states and tokens are never logged: the access log records
 the path only, and refusals name the check that failed.
+
+Sign-out is a POST from this proxy's own pages (navigation.py rule 3; a GET only shows the
+button), and it ends the session everywhere, not only in this browser: the session's `jti`
+is revoked through the state backend (every replica, within a second) until the session
+would have expired, so a copy of the cookie taken earlier is refused from then on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import html
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
@@ -30,21 +36,27 @@ from ..errors import (
     SignInRedirect,
 )
 from ..request import RequestContext
-from .navigation import is_navigation, safe_next, without_params
+from ..state.revocations import Revocation
+from .navigation import is_navigation, is_same_origin, safe_next, without_params
 from .provider import Provider, ProviderHttp
 from .session import (
     FLOW_COOKIE_PREFIX,
     MAX_SESSION_BYTES,
     STATE_PATTERN,
     Flow,
+    Session,
     decode_flow,
     encode_flow,
     mint_session,
+    read_session,
     session_claims,
-    session_subject,
 )
 
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# The sign-out page: one button, nothing from the request in it, and nothing it may load.
+_PAGE_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+
+Revoke = Callable[[Revocation], Awaitable[None]]
 
 
 class SignIn:
@@ -56,9 +68,13 @@ class SignIn:
         login: LoginSettings,
         http: ProviderHttp,
         clock: Callable[[], float],
+        revoke: Revoke,
     ) -> None:
+        """`revoke`: records a revocation through the state backend (State.revoke)."""
         self._login = login
         self._clock = clock
+        self._revoke = revoke
+        self._leeway = auth.leeway
         self._secret = login.session_secret.get_secret_value()
         self.provider = Provider(login, auth.jwks, auth.leeway, http, clock)
         # Query parameters that carry credentials: not taken along to `next`.
@@ -86,6 +102,12 @@ class SignIn:
 
     async def answer(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
         context.route = "sign-in"
+        if context.path == self._login.logout_path:
+            if request.method == "POST":
+                return await self._logout(request, context)
+            if request.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed("sign-out takes POST", allowed="GET, HEAD, POST")
+            return self._logout_page()
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed("sign-in takes GET", allowed="GET, HEAD")
         return await self._pages[context.path](request, context)
@@ -194,15 +216,37 @@ class SignIn:
         context.reason = "signed in"
         return response
 
+    def _logout_page(self) -> web.Response:
+        """What a GET of the sign-out path shows: a button that POSTs to it. A link or an
+        image elsewhere that points here signs no one out."""
+        action = html.escape(self._login.logout_path, quote=True)
+        body = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Sign out</title></head><body>"
+            f'<form method="post" action="{action}">'
+            '<button type="submit" name="sign-out">Sign out</button></form></body></html>'
+        )
+        return web.Response(
+            text=body,
+            content_type="text/html",
+            headers={**_NO_STORE, "Content-Security-Policy": _PAGE_CSP},
+        )
+
     async def _logout(
         self, request: web.BaseRequest, context: RequestContext
     ) -> web.StreamResponse:
-        """Clear the session; then end the provider's session too where it says how."""
+        """End the session here and on every replica (its jti revoked), clear the cookie;
+        then end the provider's session too where it says how."""
         login = self._login
-        session = parse_cookie_header(request.headers.get("Cookie")).get(login.cookie.name)
-        signed_in = session_subject(session, self._secret, login) if session else None
-        if signed_in is not None:
-            context.sub, context.iss = signed_in
+        if not is_same_origin(request.headers, login.public_url):
+            raise Forbidden(
+                "sign-out from another site", detail="sign out from this site's own page"
+            )
+        cookie = parse_cookie_header(request.headers.get("Cookie")).get(login.cookie.name)
+        session = read_session(cookie, self._secret, login) if cookie else None
+        if session is not None:
+            context.sub, context.iss = session.sub, session.iss
+            await self._end_session(session)
         context.audit("signout", provider=login.issuer)
         location: str | None = login.logout_redirect
         try:
@@ -219,9 +263,21 @@ class SignIn:
         if location is None:
             response = web.json_response({"signed_out": True}, headers=_NO_STORE)
         else:
-            response = web.Response(status=302, headers={"Location": location, **_NO_STORE})
+            # 303: the browser follows a POST's answer with a GET.
+            response = web.Response(status=303, headers={"Location": location, **_NO_STORE})
         response.del_cookie(
             login.cookie.name, path="/", secure=login.secure, httponly=True, samesite="Lax"
         )
         context.reason = "signed out"
         return response
+
+    async def _end_session(self, session: Session) -> None:
+        """Revoke the session, for as long as it could still be accepted. A backend that
+        cannot record it is a 503 and the cookie stays: the user is not told they are signed
+        out while a copy of the cookie would still work."""
+        if session.jti is None or session.exp is None:
+            return  # not one this proxy minted (they all carry both)
+        now = self._clock()
+        if session.exp + self._leeway <= now:
+            return  # expired: refused anyway
+        await self._revoke(Revocation("jti", session.jti, None, now, session.exp + self._leeway))

@@ -5,6 +5,10 @@ an API client cannot follow a login page, so they keep getting 401.
 Rule 2: after sign-in the browser goes back only to a path on this proxy. Anything a browser
 could read as another host (`//evil`, `/\\evil`, `https://evil`, or any of these
 percent-encoded, or with control characters that browsers strip) is refused.
+Rule 3: a request that changes the session (sign-out) must come from this proxy's own
+pages: `Sec-Fetch-Site` same-origin (or none: the user's own action), else an `Origin` equal
+to the public URL's. A browser sends one of them with every cross-site POST, so a request
+with neither is no browser's cross-site request.
 """
 
 from __future__ import annotations
@@ -71,6 +75,18 @@ def _is_local_path(text: str, spaces: bool) -> bool:
         return False  # browsers drop tabs and newlines: "/\t/evil" is "//evil" to them
     parts = urlsplit(text)
     return not parts.scheme and not parts.netloc
+
+
+def is_same_origin(headers: Mapping[str, str], public_url: str) -> bool:
+    """Whether a state-changing request comes from this proxy's own pages (rule 3)."""
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(public_url)
+        return origin == f"{parts.scheme}://{parts.netloc}"  # "null" is no origin of ours
+    return True
 
 
 def without_params(target: str, names: Iterable[str]) -> str:

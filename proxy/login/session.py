@@ -110,9 +110,19 @@ def mint_session(claims: Mapping[str, Any], secret: str) -> str:
     return jwt.encode(dict(claims), secret, algorithm="HS256")
 
 
-def session_subject(token: str, secret: str, login: LoginSettings) -> tuple[str, str] | None:
-    """Whose session cookie this is (sub, iss), its signature checked and its expiry not (a
-    sign-out may come after it); None for anything that is not one of this proxy's sessions."""
+@dataclass(frozen=True)
+class Session:
+    """One of this proxy's session cookies, as sign-out reads it."""
+
+    sub: str | None  # as logged (cut at 256 characters)
+    iss: str
+    jti: str | None  # what sign-out revokes
+    exp: float | None
+
+
+def read_session(token: str, secret: str, login: LoginSettings) -> Session | None:
+    """The session this cookie holds, its signature checked and its expiry not (a sign-out
+    may come after it); None for anything that is not one of this proxy's sessions."""
     try:
         claims = jwt.decode(
             token,
@@ -120,12 +130,17 @@ def session_subject(token: str, secret: str, login: LoginSettings) -> tuple[str,
             algorithms=["HS256"],
             audience=SESSION_AUDIENCE,
             issuer=login.public_url,
-            options={"verify_exp": False},
+            options={"verify_exp": False, "verify_iat": False},
         )
     except jwt.PyJWTError:
         return None
-    sub = claims.get("sub")
-    return (str(sub)[:256], login.public_url) if sub is not None else None
+    sub, jti, exp = claims.get("sub"), claims.get("jti"), claims.get("exp")
+    return Session(
+        str(sub)[:256] if sub is not None else None,
+        login.public_url,
+        jti if isinstance(jti, str) else None,
+        float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+    )
 
 
 def _lookup(claims: Mapping[str, Any], path: str) -> Any:

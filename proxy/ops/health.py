@@ -3,12 +3,16 @@
 Readiness runs its checks (credentials, each route's bucket, JWKS keys) at most once every
 `health.cache` seconds, by the injected clock: a burst of probes shares one run, and a probe
 that comes while a run is under way waits for that run instead of starting another. Each
-check is bounded by `health.timeout`. The answer lists what is wrong, never a secret. Changes
-of state are logged once; probes themselves never are.
+check is bounded by `health.timeout`. Changes of state are logged once, with what is wrong;
+probes themselves never are.
+
+Rule: the probe is anonymous and on the public port, so its answer carries the status only.
+What is wrong (bucket names, S3's and Redis's errors) goes to the log and, on the probe
+itself, only to a caller that passes `admin.access`; never a secret to anyone.
 
 A check may also say what is degraded while the process still serves (Redis unreachable, the
 revocations checked on this process's copy): read at each probe, never cached, and shown
-beside the status without making it fail.
+beside the status (to an operator, as problems are) without making it fail.
 """
 
 from __future__ import annotations
@@ -155,14 +159,23 @@ def live_response() -> web.Response:
     return _json(200, {"status": "ok"})
 
 
-async def ready_response(readiness: Readiness, draining: bool) -> web.Response:
+async def ready_response(
+    readiness: Readiness, draining: bool, detailed: bool = False
+) -> web.Response:
+    """The probe's answer; `detailed` (a caller that passed admin.access) adds what is wrong
+    and what is degraded (the module's rule)."""
     if draining:
         return _json(503, {"status": "draining"})
     problems = await readiness.problems()
-    degraded = readiness.degraded()
-    shown = {"degraded": degraded} if degraded else {}
+    shown: dict[str, object] = {}
+    if detailed:
+        if problems:
+            shown["problems"] = problems
+        degraded = readiness.degraded()
+        if degraded:
+            shown["degraded"] = degraded
     if problems:
-        return _json(503, {"status": "not ready", "problems": problems, **shown})
+        return _json(503, {"status": "not ready", **shown})
     return _json(200, {"status": "ready", **shown})
 
 

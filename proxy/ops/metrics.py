@@ -5,7 +5,10 @@ Rules:
 1. Label values come from the config (route names) or from fixed sets in this module, never
    from the request: an unmatched path is route "-", an unusual method is "other".
 2. The request path pays for a dict lookup and a few increments: labelled children are made
-   once per label set and kept (`.labels()` validates and locks on every call).
+   once per label set and kept (`.labels()` validates and locks on every call), and their
+   values (a counter's, a histogram's buckets and sum) are incremented directly, without
+   Counter.inc's and Histogram.observe's per-call checks and bucket loop. A test compares
+   the exposition with what those give.
 3. What is cheaper kept as a plain number where it happens (cache hits, connections in use,
    streams in flight) is read by `sample()`: before each scrape, and every second in a worker
    of several (whose numbers another process renders).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +44,7 @@ _DELIVERIES = {
 }
 CACHES = ("object", "metadata", "link", "token")
 TOKEN_OUTCOMES = ("valid", "expired", "invalid")
+STOP_REASONS = ("revoked",)
 S3_OUTCOMES = (
     "ok",
     "not_found",
@@ -108,13 +113,36 @@ class StateView(Protocol):
 
 @dataclass
 class _RequestSeries:
-    """The children one (route, delivery, method, status) combination writes to."""
+    """The values one (route, delivery, method, status) combination writes to (rule 2)."""
 
-    requests: Any
-    duration: Any
-    ttfb: Any  # None for requests that delivered nothing (404s, refusals, ...)
+    requests: Any  # a counter child's value: inc() under its own lock
+    duration: _Observed
+    ttfb: _Observed | None  # None for requests that delivered nothing (404s, refusals, ...)
     body_bytes: Any
     not_modified: Any
+
+
+class _Observed:
+    """A histogram child, observed without its per-call layers (rule 2): the same buckets
+    (the first whose bound is >= the value, as Histogram.observe picks) and sum, each a
+    value with its own lock, as prometheus_client keeps them. tests/test_metrics.py checks
+    the exposition against Histogram.observe's."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._bounds = list(child._upper_bounds)
+        self._buckets = child._buckets
+        self._sum = child._sum
+
+    def observe(self, value: float) -> None:
+        self._sum.inc(value)
+        self._buckets[bisect_left(self._bounds, value)].inc(1)
+
+
+def _value(child: Any) -> Any:
+    """A counter child's value, incremented without its per-call checks (rule 2)."""
+    return child._value
 
 
 class Telemetry:
@@ -170,12 +198,12 @@ class Telemetry:
             registry=registry,
         )
         self._s3 = {
-            (operation, outcome): s3_calls.labels(operation, outcome)
+            (operation, outcome): _value(s3_calls.labels(operation, outcome))
             for operation in S3_OPERATIONS
             for outcome in S3_OUTCOMES
         }
         self._s3_duration = {
-            operation: s3_duration.labels(operation) for operation in S3_OPERATIONS
+            operation: _Observed(s3_duration.labels(operation)) for operation in S3_OPERATIONS
         }
         self._pool_in_use = _live_gauge(
             "proxy_s3_pool_connections_in_use", "S3 connections busy with a request.", registry
@@ -206,7 +234,7 @@ class Telemetry:
             registry=registry,
         )
         self._tokens = {
-            (kind, outcome): tokens.labels(kind, outcome)
+            (kind, outcome): _value(tokens.labels(kind, outcome))
             for kind in ("jwt", "link")
             for outcome in TOKEN_OUTCOMES
         }
@@ -216,6 +244,14 @@ class Telemetry:
             ["route", "limit"],
             registry=registry,
         )
+        stopped = Counter(
+            "proxy_streams_stopped",
+            "Streams the proxy cut short itself, by reason (revoked: their token, subject or "
+            "share link was revoked while they ran).",
+            ["reason"],
+            registry=registry,
+        )
+        self._streams_stopped = {reason: stopped.labels(reason) for reason in STOP_REASONS}
         steps = Counter(
             "proxy_multipart_steps",
             "Presigned multipart entries of the sign API, by step and outcome (ok, refused: "
@@ -314,13 +350,13 @@ class Telemetry:
         series = self._series.get(key)
         if series is None:
             series = self._series_for(*key)
-        series.requests.inc()
+        series.requests.inc(1)
         series.duration.observe(duration)
         if series.ttfb is not None:
             series.ttfb.observe(ttfb)
             series.body_bytes.inc(body_bytes)
             if series.not_modified is not None:
-                series.not_modified.inc()
+                series.not_modified.inc(1)
 
     def _series_for(self, route: str, delivery: str, method: str, status: int) -> _RequestSeries:
         # Rule 1: the request's method reaches a label only if it is one of a fixed few.
@@ -330,11 +366,13 @@ class Telemetry:
         status_class = f"{min(max(status // 100, 1), 5)}xx"
         by_route = (route, shown_delivery)
         series = _RequestSeries(
-            requests=self._requests.labels(route, shown_delivery, shown_method, status_class),
-            duration=self._duration.labels(*by_route),
-            ttfb=self._ttfb.labels(*by_route) if delivered else None,
-            body_bytes=self._bytes.labels(*by_route) if delivered else None,
-            not_modified=self._not_modified.labels(*by_route)
+            requests=_value(
+                self._requests.labels(route, shown_delivery, shown_method, status_class)
+            ),
+            duration=_Observed(self._duration.labels(*by_route)),
+            ttfb=_Observed(self._ttfb.labels(*by_route)) if delivered else None,
+            body_bytes=_value(self._bytes.labels(*by_route)) if delivered else None,
+            not_modified=_value(self._not_modified.labels(*by_route))
             if delivered and status == 304
             else None,
         )
@@ -343,11 +381,11 @@ class Telemetry:
         return series
 
     def observe_s3(self, operation: str, outcome: str, seconds: float) -> None:
-        self._s3[(operation, outcome)].inc()
+        self._s3[(operation, outcome)].inc(1)
         self._s3_duration[operation].observe(seconds)
 
     def token_checked(self, kind: str, outcome: str) -> None:
-        self._tokens[(kind, outcome)].inc()
+        self._tokens[(kind, outcome)].inc(1)
 
     def multipart_step(self, step: str, status: int, part_urls: int = 0) -> None:
         """One multipart entry of the sign API answered with `status`, with its part URLs."""
@@ -358,6 +396,10 @@ class Telemetry:
 
     def rate_limited(self, route: str | None, limit: str) -> None:
         self._rate_limited.labels(route or UNMATCHED, limit).inc()
+
+    def stream_stopped(self, reason: str) -> None:
+        """A stream cut short by the proxy; `reason` is one of STOP_REASONS."""
+        self._streams_stopped[reason].inc()
 
     def config_reloaded(self, ok: bool) -> None:
         """For the reload path: count one attempt."""

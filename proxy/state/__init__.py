@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ..config import Settings
-from .base import Bucket, BucketGroup, Clock, Counters, State, StreamLease
+from .base import Bucket, BucketGroup, Clock, Counters, State, StreamLease, Watch
 from .memory import MemoryState
 from .revocations import (
     LINK_MAX_LIFETIME,
@@ -32,6 +32,7 @@ __all__ = [
     "RevocationList",
     "State",
     "StreamLease",
+    "Watch",
     "create_state",
     "entry_id",
     "new_revocation",

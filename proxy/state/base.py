@@ -7,13 +7,21 @@ that the copy is current (Redis unreachable past the one-second bound), the copy
 enforced for `state.outage_grace` seconds: nobody can revoke meanwhile (that needs Redis),
 so the copy is as complete as it was when Redis went away. Past the grace the token is
 refused with 503, or let through (on the copy) when `state.when_down.revocations` is `open`.
+
+Rule: a revocation also reaches what is already running. A response that outlives its
+admission (a stream) is `watch`ed with its claims; whenever entries are added to the copy
+(here, or from another replica through the backend) the watched claims are checked once
+more, in one sweep per batch of changes, and a covered one is told to stop. So the cost
+falls on revocations, which are rare, and none on the bytes of a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +58,15 @@ class StreamLease:
     shared: str | None = None  # the slot's member name in Redis, when it holds one there
 
 
+@dataclass(eq=False)
+class Watch:
+    """A response in flight for a token or share link; `stop` ends it if that is revoked."""
+
+    claims: Mapping[str, Any]
+    link: bool
+    stop: Callable[[], None]  # must not raise or block: it closes a connection
+
+
 @dataclass
 class Counters:
     """How often the backend failed and what was let through or refused because of it."""
@@ -70,8 +87,10 @@ class State:
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self._clock = clock
-        self.revoked = RevocationList()
+        self.revoked = RevocationList(on_added=self._revocations_added)
         self.counters = Counters()
+        self._watches: set[Watch] = set()
+        self._sweep_due = False
         limits = settings.limits
         self.streams = StreamSlots(
             limits.max_streams, limits.max_streams_per_client, limits.max_streams_per_subject
@@ -81,7 +100,6 @@ class State:
     def reconfigure(self, settings: Settings) -> None:
         """Take a reloaded config's settings. The backend itself (state.backend, url, ...)
         stays as it was opened: changing it needs a restart."""
-        self._leeway = settings.auth.leeway
         self._max_lifetime = settings.revocation.max_token_lifetime
         self._revocations_closed = settings.state.when_down.revocations == "closed"
         self._outage_grace = settings.state.outage_grace
@@ -95,8 +113,7 @@ class State:
 
     def check_token(self, claims: Mapping[str, Any], link: bool = False) -> None:
         """Refuse a revoked token or link (401), or one that outlives revocations."""
-        longest = LINK_MAX_LIFETIME if link else self._max_lifetime
-        refusal = lifetime_refusal(claims, longest + self._leeway)
+        refusal = lifetime_refusal(claims, LINK_MAX_LIFETIME if link else self._max_lifetime)
         if refusal is not None:
             raise Unauthenticated(refusal, invalid_token=True)
         stale = self.stale_for()
@@ -112,6 +129,37 @@ class State:
                 self.counters.revocations_let_through += 1
         if self.revoked.covers(claims, self._clock(), link):
             raise Unauthenticated("token revoked", invalid_token=True, description="token revoked")
+
+    def watch(
+        self, claims: Mapping[str, Any], stop: Callable[[], None], link: bool = False
+    ) -> Watch:
+        """Have `stop` called once if these claims are revoked before `unwatch`."""
+        watch = Watch(claims, link, stop)
+        self._watches.add(watch)
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        self._watches.discard(watch)
+
+    def _revocations_added(self) -> None:
+        if not self._watches or self._sweep_due:
+            return
+        self._sweep_due = True
+        try:
+            # After the batch being applied (a poll may add many entries): one sweep.
+            asyncio.get_running_loop().call_soon(self._sweep)
+        except RuntimeError:  # no loop (a tool, a test): at once
+            self._sweep()
+
+    def _sweep(self) -> None:
+        self._sweep_due = False
+        now = self._clock()
+        for watch in [w for w in self._watches if self.revoked.covers(w.claims, now, w.link)]:
+            self._watches.discard(watch)
+            try:
+                watch.stop()
+            except Exception:  # one response's failure to stop must not spare the others
+                log.exception("stopping a revoked response failed")
 
     def stale_for(self) -> float | None:
         """Seconds the local copy has not been confirmed current, past the bound; else None."""
@@ -137,6 +185,17 @@ class State:
 
     async def release_stream(self, lease: StreamLease) -> None:
         raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def s3_slot(self, client: str, subject: str | None) -> AsyncIterator[StreamLease]:
+        """One of the caller's slots, held for an S3 request made on its behalf that is not
+        a stream (a metadata HEAD, an upload's absence check): each holds a pooled S3
+        connection as long as S3 takes to answer, so it counts against the same caps."""
+        lease = await self.acquire_stream(client, subject)
+        try:
+            yield lease
+        finally:
+            await self.release_stream(lease)
 
     # --- administration ------------------------------------------------------------------
 

@@ -8,22 +8,31 @@ Rules:
    without `iat` counts as issued before). A token issued later, a fresh sign-in, passes.
 3. A jti revocation covers the one token or share link carrying that `jti`. Share links are
    revoked only by jti: a subject revocation is about sign-ins, and a link is not one.
-4. Every entry expires on its own once no token it covers can still be valid: tokens live
-   at most `revocation.max_token_lifetime` (longer ones are refused), links at most
-   LINK_MAX_LIFETIME. So the list never grows without bound.
+4. Every entry expires on its own once no token it covers can still be valid, so the list
+   never grows without bound; and a revoked token is never accepted again, whatever claims
+   it lacks. That needs every token's lifetime bounded and known: a token must carry `iat`
+   and `exp` with `exp - iat` at most `revocation.max_token_lifetime` (links: at most
+   LINK_MAX_LIFETIME), and is refused otherwise. Both stamps come from the issuer's clock,
+   so the difference needs no leeway. A token without `iat` could have been issued at any
+   time before any revocation with any `exp`; one without `exp` never expires: either would
+   outlive the entry that covers it.
+5. The arithmetic of rule 4, with `leeway` the allowed clock skew: a subject entry covers
+   tokens with `iat <= revoked_at`, so `exp <= revoked_at + lifetime`, accepted until
+   `exp + leeway`: the entry lasts `lifetime + leeway`. A jti entry covers a token whatever
+   its `iat`; one that existed at the revocation has `iat <= revoked_at + leeway` (an
+   issuer's clock ahead of ours), so it lasts `lifetime + 2 * leeway`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
 # The longest share link `python -m proxy link` mints (the SigV4 maximum, 7 days).
 LINK_MAX_LIFETIME = 604800
-# A token's clock may run ahead of ours by up to auth.leeway; entries outlive that too.
 Kind = Literal["sub", "jti"]
 
 
@@ -81,27 +90,37 @@ def new_revocation(
     ttl: float | None = None,
 ) -> Revocation:
     """A revocation made now that lasts `ttl` seconds, or as long as anything it covers can
-    still be valid (rule 4)."""
+    still be valid (rules 4 and 5)."""
     if ttl is None:
-        longest = (
-            max_token_lifetime if kind == "sub" else max(max_token_lifetime, LINK_MAX_LIFETIME)
-        )
-        ttl = longest + leeway
+        if kind == "sub":
+            ttl = max_token_lifetime + leeway
+        else:
+            ttl = max(max_token_lifetime, LINK_MAX_LIFETIME) + 2 * leeway
     return Revocation(kind, value, iss if kind == "sub" else None, now, now + ttl)
 
 
 class RevocationList:
-    """The revocations in force, indexed for one dict lookup or two per request."""
+    """The revocations in force, indexed for one dict lookup or two per request.
+    `on_added` is called after every change that may revoke something (an entry added, the
+    list replaced), so that what is already running can look again."""
 
-    def __init__(self, entries: Iterable[Revocation] = ()) -> None:
+    def __init__(
+        self, entries: Iterable[Revocation] = (), on_added: Callable[[], None] | None = None
+    ) -> None:
         self._subjects: dict[tuple[str | None, str], Revocation] = {}
         self._jtis: dict[str, Revocation] = {}
-        self.replace(entries)
+        self._on_added = on_added
+        self._index(entries)
 
     def __len__(self) -> int:
         return len(self._subjects) + len(self._jtis)
 
     def replace(self, entries: Iterable[Revocation]) -> None:
+        self._index(entries)
+        if self._on_added is not None:
+            self._on_added()
+
+    def _index(self, entries: Iterable[Revocation]) -> None:
         subjects: dict[tuple[str | None, str], Revocation] = {}
         jtis: dict[str, Revocation] = {}
         for entry in entries:
@@ -116,6 +135,8 @@ class RevocationList:
             self._subjects[(entry.iss, entry.value)] = entry
         else:
             self._jtis[entry.value] = entry
+        if self._on_added is not None:
+            self._on_added()
 
     def remove(self, kind: Kind, value: str, iss: str | None = None) -> bool:
         if kind == "sub":
@@ -134,7 +155,7 @@ class RevocationList:
         """The entries still in force, oldest first; expired ones are dropped."""
         live = [e for e in (*self._subjects.values(), *self._jtis.values()) if now < e.expires_at]
         if len(live) != len(self):
-            self.replace(live)
+            self._index(live)  # only dropped: nothing newly revoked
         return sorted(live, key=lambda e: e.revoked_at)
 
     def covers(self, claims: Mapping[str, Any], now: float, link: bool = False) -> bool:
@@ -161,9 +182,14 @@ class RevocationList:
 
 
 def lifetime_refusal(claims: Mapping[str, Any], longest: float) -> str | None:
-    """Why a token living longer than revocations last is refused (rule 4), or None."""
+    """Why a token whose lifetime is unknown or longer than revocations last is refused
+    (rule 4), or None."""
     exp, iat = claims.get("exp"), claims.get("iat")
-    if _is_number(exp) and _is_number(iat) and exp - iat > longest:
+    if not _is_number(exp):
+        return "token without exp (revocation.max_token_lifetime needs it)"
+    if not _is_number(iat):
+        return "token without iat (revocation.max_token_lifetime needs it)"
+    if exp - iat > longest:
         return "token lifetime exceeds revocation.max_token_lifetime"
     return None
 

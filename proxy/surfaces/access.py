@@ -63,7 +63,7 @@ class Access:
             if login is None
             else same.sign_in
             if same and same.sign_in
-            else SignIn(auth, login, fetch_json, clock)
+            else SignIn(auth, login, fetch_json, clock, state.revoke)
         )
         link_secret = auth.link_secret
         self._links = (
@@ -111,6 +111,7 @@ class Access:
                 raise
             self._telemetry.token_checked("link", "valid")
             context.token_source = "share link"  # noqa: S105 - a label, not a secret
+            context.via_link = True
             _note_caller(context, claims)
             self._state.check_token(claims, link=True)
             key = route.key.render(params, claims)
@@ -136,6 +137,24 @@ class Access:
             # name only, never the value it wants), so a refused operator can mint the
             # right token.
             raise Forbidden(denial, detail=f"{what}.access: {denial}")
+
+    async def passes(self, rule: Rule | None, request: web.BaseRequest) -> bool:
+        """Whether the request carries a token that `rule` lets in: for answers that say
+        more to an operator (the readiness probe's problems) and must never refuse anyone.
+        No token (an orchestrator's probe) costs nothing; a bad one is no error. A rule
+        that needs no token (an endpoint open to all) is no reason to say more."""
+        if rule is None or not rule.needs_token:
+            return False
+        query = request.query if request.rel_url.raw_query_string else _NO_QUERY
+        found = extract_token(self._auth, request.headers, None, query)
+        if found is None:
+            return False
+        try:
+            claims = await self.verifier.verify(found[1])
+            self._state.check_token(claims)
+        except ProxyError:
+            return False
+        return rule.denial(claims, {}) is None
 
     async def limit(
         self,
@@ -260,6 +279,7 @@ def _note_caller(context: RequestContext, claims: Claims) -> None:
     context.iss = str(iss)[:256] if iss is not None else None
     context.subject_key = subject_key(claims)
     context.expires_at = _expiry(claims)
+    context.claims = claims
 
 
 def _expiry(claims: Mapping[str, Any]) -> float | None:

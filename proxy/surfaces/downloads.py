@@ -74,7 +74,9 @@ class Downloads:
         )
         # The methods, by the name a route's `delivery` (or `auto`'s choice) gives.
         self._methods: dict[str, Method] = {
-            "stream": Stream(storage, self.objects, state, settings.limits.client_write_timeout),
+            "stream": Stream(
+                storage, self.objects, state, settings.limits.client_write_timeout, telemetry
+            ),
             "redirect": Redirect(storage, clock, self.links, settings.s3.redirect_cache_control),
         }
         if config.cloudfront is not None and settings.cloudfront is not None:
@@ -90,13 +92,15 @@ class Downloads:
     ) -> web.StreamResponse:
         """Deliver the object a GET or HEAD was admitted for."""
         settings = route.settings
-        delivery = await self.choose_delivery(route, ref)
+        delivery = await self.choose_delivery(route, ref, context)
         if settings.delivery == "auto":
             context.delivery = f"auto:{delivery}"
         return await self._methods[delivery].answer(request, context, route, ref)
 
-    async def choose_delivery(self, route: Route, ref: ObjectRef) -> str:
-        """The method's name: the route's, or for `auto` by the object's size."""
+    async def choose_delivery(self, route: Route, ref: ObjectRef, context: RequestContext) -> str:
+        """The method's name: the route's, or for `auto` by the object's size. A HEAD made
+        for it holds one of the caller's slots (limits.max_streams_per_*): with a slow S3,
+        one caller's lookups cannot take the pool from the others."""
         settings = route.settings
         if settings.delivery != "auto":
             return settings.delivery
@@ -105,7 +109,8 @@ class Downloads:
             raise NotFound("no such key (a recent HEAD said so)")
         if meta is None:
             try:
-                meta = await self._storage.head(ref)
+                async with self._state.s3_slot(context.client or "unknown", context.subject_key):
+                    meta = await self._storage.head(ref)
             except NotFound:
                 self.metadata.put_missing(ref)
                 raise

@@ -6,12 +6,21 @@ the refusal with the status that request would have had. Each entry is audited a
 request would be: a URL signed (by its delivery method), an upload form or part URLs signed,
 an upload completed, an access refused (401, 403, 429) or an upload refused, naming the
 entry's path, route and object.
+
+Rule: a batch costs S3 no more than its distinct objects. A request holds at most
+`sign_api.max_paths` entries, of which at most `max_uploads` write (upload forms and
+multipart steps; 413 past either); every entry spends its route's rate limits (paths and
+upload forms all in one call); each object is asked about once however many entries name it
+(a metadata HEAD for `auto` routes, an absence check for `overwrite: false` upload forms), at
+most _SIGN_LOOKUPS at once; and every S3 request made for an entry holds one of the caller's
+slots (limits.max_streams_per_*).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -40,17 +49,21 @@ from ..uploads import (
     Answered,
     OpenUploads,
     PartSigning,
+    UploadTarget,
     answer_entry,
+    check_absent,
+    check_size,
     multipart_place,
     post_form,
     upload_target,
 )
 from .access import Access, Claims, answer_cors, authorize, buckets
 from .downloads import Downloads
+from .uploads import absence_check_slot
 
-# Metadata lookups (S3 HEADs for `delivery: auto`) one sign API request runs at once: enough
-# that a page of links is not signed one round trip at a time, few enough that one request
-# cannot take a large share of s3.max_connections.
+# S3 lookups (metadata HEADs for `delivery: auto`, upload absence checks) one sign API
+# request runs at once: enough that a page of links is not signed one round trip at a time,
+# few enough that one request cannot take a large share of s3.max_connections.
 _SIGN_LOOKUPS = 8
 
 Admitted = tuple[Route, ObjectRef] | ProxyError
@@ -133,20 +146,37 @@ class Signing:
                 f"sign API batch of {count} paths",
                 detail=f"at most {self._settings.max_paths} paths per request",
             )
+        writes = len(uploads or ()) + sum(len(e) for e in steps.values())
+        if writes > self._settings.max_uploads:
+            raise PayloadTooLarge(
+                f"sign API batch of {writes} uploads",
+                detail=f"at most {self._settings.max_uploads} uploads per request",
+            )
         claims = await self._access.optional_claims(request, context)
         # Admitted in order, before any S3 call: each path spends its route's rate-limit
-        # tokens exactly as a GET would, so the first paths within the limit pass. All the
-        # paths' buckets are spent in one call (one Redis round trip for the whole batch).
+        # tokens exactly as a GET would (an upload form as its POST), so the first entries
+        # within the limit pass. All their buckets are spent in one call (one Redis round trip
+        # for the whole batch).
         checked = [self._admit(context, path, claims) for path in paths]
-        refusals = await self._state.take([group for _, group in checked])
-        admitted = [refusal or found for (found, _), refusal in zip(checked, refusals, strict=True)]
-        results, cookies = await self._sign_admitted(context, paths, admitted)
+        forms = [self._admit_upload(context, entry, claims) for entry in uploads or ()]
+        refusals = await self._state.take(
+            [group for _, group in checked] + [form.group for form in forms]
+        )
+        path_refusals, over_limit = refusals[: len(paths)], refusals[len(paths) :]
+        admitted = [
+            refusal or found for (found, _), refusal in zip(checked, path_refusals, strict=True)
+        ]
+        lookups = _Lookups(context, self._state, self._storage, self._downloads)
+        results, cookies = await self._sign_admitted(context, paths, admitted, lookups)
         answer: dict[str, Any] = {"results": results}
         context.reason = f"{len(paths)} paths"
         if uploads is not None:
-            answer["uploads"] = [
-                await self._sign_upload(context, entry, claims) for entry in uploads
-            ]
+            answer["uploads"] = await asyncio.gather(
+                *(
+                    self._sign_upload(context, form, refusal, lookups)
+                    for form, refusal in zip(forms, over_limit, strict=True)
+                )
+            )
             context.reason += f", {len(uploads)} uploads"
         budget = [self._settings.max_paths]  # part URLs this answer may still carry
         open_uploads = OpenUploads(self._storage)  # each key's listed once per request
@@ -164,21 +194,15 @@ class Signing:
             response.headers.add("Set-Cookie", value)
         return response
 
-    async def _sign_upload(
-        self, context: RequestContext, entry: object, claims: Claims | None
-    ) -> dict[str, Any]:
-        """One `uploads` entry: a presigned POST form, authorized as a PUT to its path would
-        be, on a route that lists POST; or its refusal."""
+    def _admit_upload(self, context: RequestContext, entry: object, claims: Claims | None) -> _Form:
+        """One `uploads` entry, admitted as a POST to its path would be, on a route that
+        lists POST: its route, target and size, or its refusal; and the buckets it spends."""
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            shape = BadRequest(detail='each upload is {"path": "/path", ...}')
-            return _refused(context, "", shape, upload=True)
+            return _Form("", BadRequest(detail='each upload is {"path": "/path", ...}'), [])
         path, content_type, size = entry["path"], entry.get("content_type"), entry.get("size")
         admitted, group = self._admit(context, path, claims, "POST")
-        over_limit = (await self._state.take([group]))[0]
-        if over_limit is not None:
-            return _refused(context, path, over_limit, upload=True)
         if isinstance(admitted, ProxyError):
-            return _refused(context, path, admitted, upload=True)
+            return _Form(path, admitted, group)
         route, ref = admitted
         try:
             if not isinstance(content_type, str):
@@ -186,13 +210,31 @@ class Signing:
             if size is not None and (not isinstance(size, int) or size < 0):
                 raise BadRequest(detail="size is a byte count")
             target = upload_target(route, ref, content_type)
-            form = await post_form(
-                self._storage,
-                target,
-                size,
-                route.settings.ttl,
-                self._clock(),
-                context.expires_at,
+            check_size(target.settings, size)
+        except ProxyError as exc:
+            return _Form(path, exc, group, (route, ref))
+        return _Form(path, (route, target, size), group, (route, ref))
+
+    async def _sign_upload(
+        self,
+        context: RequestContext,
+        form: _Form,
+        over_limit: ProxyError | None,
+        lookups: _Lookups,
+    ) -> dict[str, Any]:
+        """One upload entry's answer: a presigned POST form, or its refusal (a 429 from its
+        buckets first, as on a POST), audited as its own request's would be."""
+        path, named = form.path, form.named or (None, None)
+        if over_limit is not None:
+            return _refused(context, path, over_limit, upload=True)
+        if isinstance(form.admitted, ProxyError):
+            return _refused(context, path, form.admitted, True, *named)
+        route, target, size = form.admitted
+        ref = target.ref
+        try:
+            await lookups.absent(target)
+            signed = await post_form(
+                self._storage, target, size, route.settings.ttl, self._clock(), context.expires_at
             )
         except ProxyError as exc:
             return _refused(context, path, exc, True, route, ref)
@@ -203,9 +245,9 @@ class Signing:
             bucket=ref.bucket,
             key=ref.key,
             url_method="POST",
-            expires=form["expires_at"],
+            expires=signed["expires_at"],
         )
-        return {"path": path, **form}
+        return {"path": path, **signed}
 
     async def _sign_multipart(
         self,
@@ -235,9 +277,11 @@ class Signing:
         try:
             place = multipart_place(route, ref)
             lifetime = PartSigning(route.settings.ttl, self._clock(), context.expires_at)
-            answered = await answer_entry(
-                kind, self._storage, place, entry, lifetime, max(budget[0], 0), open_uploads
-            )
+            # Its S3 requests (a HEAD, Create/List/Complete/Abort) are made for the caller.
+            async with self._state.s3_slot(context.client or "unknown", context.subject_key):
+                answered = await answer_entry(
+                    kind, self._storage, place, entry, lifetime, max(budget[0], 0), open_uploads
+                )
         except ProxyError as exc:
             self._telemetry.multipart_step(kind, exc.status)
             return _refused(context, path, exc, True, route, ref)
@@ -279,17 +323,20 @@ class Signing:
         return (route, ref), buckets(context, route.name, rates, context.subject_key)
 
     async def _sign_admitted(
-        self, context: RequestContext, paths: list[str], admitted: list[Admitted]
+        self,
+        context: RequestContext,
+        paths: list[str],
+        admitted: list[Admitted],
+        lookups: _Lookups,
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """Answers in the order of `paths`, and the Set-Cookie values of the answer. Paths on
-        `auto` routes may need a HEAD: those run concurrently, at most _SIGN_LOOKUPS at once;
-        the others need no S3 call and are signed inline (a task each would add half again to
-        a large batch's CPU cost).
+        `auto` routes may need a HEAD: those run concurrently (through `lookups`); the others
+        need no S3 call and are signed inline (a task each would add half again to a large
+        batch's CPU cost).
 
         A browser holds one set of CloudFront cookies (fixed names, Path=/), so an answer sets
         the cookies of one scope: the first cookie path's, in order; a path of another scope
         is refused (409) rather than given a URL its cookies would not open."""
-        lookups = asyncio.Semaphore(_SIGN_LOOKUPS)
         looked_up = [
             index
             for index, found in enumerate(admitted)
@@ -320,14 +367,13 @@ class Signing:
         context: RequestContext,
         path: str,
         admitted: Admitted,
-        lookups: asyncio.Semaphore,
+        lookups: _Lookups,
     ) -> tuple[dict[str, Any], Link | None]:
         if isinstance(admitted, ProxyError):
             return _refused(context, path, admitted), None
         route, ref = admitted
         try:
-            async with lookups:
-                delivery = await self._downloads.choose_delivery(route, ref)
+            delivery = await lookups.delivery(route, ref)
             link = await self._downloads.method(delivery).link(context, route, ref, path)
         except ProxyError as exc:
             return _refused(context, path, exc, False, route, ref), None
@@ -335,6 +381,62 @@ class Signing:
         if link.cookie_scope is not None:
             entry["cookie_scope"] = link.cookie_scope
         return entry, link
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """One `uploads` entry once admitted: its route, target and declared size, or why not;
+    and the rate-limit buckets it spends."""
+
+    path: str
+    admitted: tuple[Route, UploadTarget, int | None] | ProxyError
+    group: list[Bucket]
+    named: tuple[Route, ObjectRef] | None = None  # what its audit event names, once known
+
+
+class _Lookups:
+    """The S3 lookups of one batch (the module's rule): each object asked about once however
+    many entries name it, at most _SIGN_LOOKUPS at once, each in one of the caller's slots."""
+
+    def __init__(
+        self, context: RequestContext, state: State, storage: Storage, downloads: Downloads
+    ) -> None:
+        self._context = context
+        self._state = state
+        self._storage = storage
+        self._downloads = downloads
+        self._gate = asyncio.Semaphore(_SIGN_LOOKUPS)
+        self._deliveries: dict[tuple[str, ObjectRef], asyncio.Future[str]] = {}
+        self._absences: dict[ObjectRef, asyncio.Future[None]] = {}
+
+    async def delivery(self, route: Route, ref: ObjectRef) -> str:
+        """The delivery method for the object on this route (a HEAD for `auto`, at most once)."""
+        if route.settings.delivery != "auto":
+            return route.settings.delivery
+        key = (route.name, ref)  # routes differ in stream_below
+        found = self._deliveries.get(key)
+        if found is None:
+            found = self._deliveries[key] = asyncio.ensure_future(self._choose(route, ref))
+        # Shielded: the entries sharing one lookup do not cancel it for each other.
+        return await asyncio.shield(found)
+
+    async def absent(self, target: UploadTarget) -> None:
+        """412 if the upload's key is taken and the route does not overwrite (one HEAD per
+        object)."""
+        if target.settings.overwrite:
+            return
+        found = self._absences.get(target.ref)
+        if found is None:
+            found = self._absences[target.ref] = asyncio.ensure_future(self._check(target))
+        await asyncio.shield(found)
+
+    async def _choose(self, route: Route, ref: ObjectRef) -> str:
+        async with self._gate:
+            return await self._downloads.choose_delivery(route, ref, self._context)
+
+    async def _check(self, target: UploadTarget) -> None:
+        async with self._gate, absence_check_slot(self._state, self._context, target):
+            await check_absent(self._storage, target)
 
 
 def _another_scope(scope: str) -> Conflict:

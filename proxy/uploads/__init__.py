@@ -21,9 +21,9 @@ from .multipart import (
     multipart_place,
     resume,
 )
-from .presigned import post_form, redirect_put
+from .presigned import check_absent, post_form, redirect_put
 from .receive import ClientGone, Received, receive, stored
-from .rules import UploadTarget, upload_target
+from .rules import UploadTarget, check_size, upload_target
 
 __all__ = [
     "MULTIPART_KINDS",
@@ -37,6 +37,8 @@ __all__ = [
     "abort",
     "answer_entry",
     "begin",
+    "check_absent",
+    "check_size",
     "complete",
     "multipart_place",
     "post_form",

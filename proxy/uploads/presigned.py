@@ -66,6 +66,13 @@ async def redirect_put(
     )
 
 
+async def check_absent(storage: Storage, target: UploadTarget) -> None:
+    """A form's one look at its key (preconditions.py rule 1: 409 when an object is there
+    and the route does not overwrite; no look when it does). The sign API runs it once per
+    object of a batch, before `post_form` for each entry naming it."""
+    await plan_write(storage, target, NO_HEADERS, always_look=False)
+
+
 async def post_form(
     storage: Storage,
     target: UploadTarget,
@@ -74,9 +81,9 @@ async def post_form(
     now: float,
     token_expires_at: float | None,
 ) -> dict[str, Any]:
-    """One sign API answer: a presigned POST form for the target."""
+    """One sign API answer: a presigned POST form for the target. The caller has run the
+    target's `check_absent` first."""
     check_size(target.settings, size)
-    await plan_write(storage, target, NO_HEADERS, always_look=False)
     credentials, lifetime = await signing_lifetime(storage, ttl, now, token_expires_at)
     form = storage.presign_post(
         credentials, target.ref, target.content_type, target.settings.max_bytes, lifetime
