@@ -343,7 +343,7 @@ async def test_when_down_can_be_reversed(proxy, s3: S3Objects, redis_server: Red
 
 
 async def test_inside_the_grace_readiness_is_degraded_not_failed_and_the_metrics_say_why(
-    proxy, s3: S3Objects, redis_server: RedisServer
+    proxy, s3: S3Objects, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     from .conftest import Clock
     from .test_metrics import METRICS, scrape, value
@@ -354,12 +354,15 @@ async def test_inside_the_grace_readiness_is_degraded_not_failed_and_the_metrics
     ticks = Clock(time.monotonic())  # staleness and the grace are measured on it
     state.monotonic = ticks
     token = bearer(make_token("alice", now=clock.now))
-    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+    # The detail goes to a caller that passes admin.access; anyone else sees the status.
+    admin = bearer(make_token("root", role="admin", now=clock.now))
+    assert await (await client.get("/readyz", headers=admin)).json() == {"status": "ready"}
     redis_server.stop()
     await _until_async(lambda: not state.is_up())
     ticks.now += 10
     clock.now += 60  # past health.cache: the next probe checks again
-    response = await client.get("/readyz")
+    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+    response = await client.get("/readyz", headers=admin)
     assert response.status == 200
     body = await response.json()
     assert body["status"] == "ready"
@@ -376,12 +379,18 @@ async def test_inside_the_grace_readiness_is_degraded_not_failed_and_the_metrics
 
     ticks.now += 21  # past the grace
     clock.now += 60
-    response = await client.get("/readyz")
+    response = await client.get("/readyz", headers=admin)
     assert response.status == 503
-    body = await response.json()
-    (problem,) = body["problems"]
-    assert problem.startswith("redis: unreachable (") and "past state.outage_grace" in problem
-    assert len(body["degraded"]) == 1
+    # Not even an admin's token can be vetted now (revocations unconfirmed): the detail is
+    # in the log alone.
+    assert await response.json() == {"status": "not ready"}
+    (problem,) = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "proxy.health"
+        and "not ready: redis: unreachable (" in record.getMessage()
+    ]
+    assert "past state.outage_grace (30 s): tokens are refused (503)" in problem
     assert (await client.get("/stream/photos/42", headers=token)).status == 503
 
 
