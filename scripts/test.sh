@@ -3,33 +3,28 @@
 # This is the README's test command, and what CI runs.
 set -euo pipefail
 source "$(dirname "$0")/venv.sh" "test,demo"
-# Debian's Chromium for the browser test of the demo (Playwright drives it; it never
-# downloads a browser). Without root or apt-get, that one test is skipped with its reason.
-if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Debian's chromium for the browser test..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-    >/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped" >&2
-fi
-# Debian's redis-server for the shared-state tests (two proxy processes on one Redis). Without
-# root or apt-get, those tests are skipped with their reason.
-if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Debian's redis-server for the shared-state tests..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
-    >/dev/null 2>&1 || echo "warning: could not install redis-server; its tests will be skipped" >&2
-fi
-# Debian's redis-sentinel for the Sentinel failover test. The test falls back to
-# `redis-server --sentinel` (the same program, from the redis-server package) without it.
-if ! command -v redis-sentinel >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Debian's redis-sentinel for the Sentinel test..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-sentinel; } \
-    >/dev/null 2>&1 || echo "note: could not install redis-sentinel; the Sentinel test uses redis-server --sentinel" >&2
-fi
-# Debian's kubernetes-client (kubectl) renders the deploy/kubernetes overlays with
-# `kubectl kustomize` for tests/test_kubernetes.py. Without root or apt-get, those tests skip.
-if ! command -v kubectl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Debian's kubernetes-client for the manifest tests..." >&2
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client; } \
-    >/dev/null 2>&1 || echo "warning: could not install kubernetes-client; its tests will be skipped" >&2
+# Debian's packages the suite drives, each test skipping with its reason when its tool is
+# missing (no root or no apt-get):
+# - chromium: the demo's and sign-in's browser tests (Playwright drives it; it never
+#   downloads a browser);
+# - redis-server: shared state (several proxy processes on one Redis), outage and TLS tests;
+# - redis-sentinel: the Sentinel failover test (else it runs `redis-server --sentinel`);
+# - kubernetes-client: `kubectl kustomize` renders deploy/kubernetes's overlays.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's ${missing[*]} for the tests that drive them..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null 2>&1 || true
+  if ! apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+    for package in "${missing[@]}"; do  # one at a time: one that fails leaves the others
+      apt-get install -y -qq "$package" >/dev/null 2>&1 \
+        || echo "warning: could not install $package; the tests that need it will skip" >&2
+    done
+  fi
 fi
 # s3rver 3 (Node.js) enforces presigned URL expiry, which moto does not; s3rver 5 also verifies
 # SigV4 signatures (tests/test_s3rver_sigv4.py). Their tests skip without them.
