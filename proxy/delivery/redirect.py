@@ -75,15 +75,16 @@ class Redirect:
             self._links,
             None if stable else context.id,
         )
-        context.audit(
-            "url.signed",
-            route=route.name,
-            bucket=ref.bucket,
-            key=ref.key,
-            url_method=method,
-            expires=link.expires_at_iso,
-            **({"stable": True, "signed_at": _iso(link.lifetime.signed_at)} if stable else {}),
-        )
+        if context.audited:  # (its fields cost two strftime calls: none when the trail is off)
+            context.audit(
+                "url.signed",
+                route=route.name,
+                bucket=ref.bucket,
+                key=ref.key,
+                url_method=method,
+                expires=link.expires_at_iso,
+                **({"stable": True, "signed_at": _iso(link.lifetime.signed_at)} if stable else {}),
+            )
         return link
 
     def _signed_overrides(self, route: Route, key: str) -> Mapping[str, str]:
