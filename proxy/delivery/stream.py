@@ -80,7 +80,7 @@ class Stream:
             if watch is not None:
                 self._state.unwatch(watch)
             await self._state.release_stream(lease)
-        if request.method == "GET":
+        if context.audited and request.method == "GET":
             # Who got what, and all of it or not: a client that hung up mid-body got
             # `bytes_sent`. (A body answered from memory is handed to the connection whole.)
             whole = context.reason is None and response.content_length in (
