@@ -38,7 +38,7 @@ from harness.load import run_wrk, write_wrk_script
 from harness.procs import Server, free_port, run_command, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = {"stream": "/s/10k.bin", "redirect": "/r/10k.bin"}
+PATHS = {"stream": "/s/10k.bin", "redirect": "/r/10k.bin", "cached": "/c/10k.bin"}
 # The peers that set issue 26's marks, each on the path it is compared on.
 PEERS = {
     "naive": ROOT / "benchmarks" / "peers" / "naive_proxy.py",
@@ -387,7 +387,7 @@ def _sequential(port: int, path: str, token: str, count: int) -> None:
         connection.close()
 
 
-def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path) -> None:
+def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path, only: list[str]) -> None:
     """Instructions per request (user space; deterministic, unlike time): each tree's proxy
     under callgrind, instrumentation switched on after a warm-up, then `count` sequential
     requests per path."""
@@ -395,6 +395,8 @@ def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path) -> None:
     token = proxyconf.mint_token(setup.secret)
     for label, tree in trees:
         for what, path in _paths(label, tree).items():
+            if only and what not in only:
+                continue
             out = keep / f"callgrind-{label}-{what}.out"
             wrap = [
                 "valgrind",
@@ -426,6 +428,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--path", action="append", default=[], choices=sorted(PATHS))
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "proxy-profile")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="proxy-profile-"))
@@ -438,7 +441,7 @@ def main() -> int:
             cpu(setup, trees, args.rounds, args.seconds)
         elif args.mode == "callgrind":
             args.out.mkdir(parents=True, exist_ok=True)
-            callgrind(setup, trees, args.count, args.out)
+            callgrind(setup, trees, args.count, args.out, args.path)
         else:
             args.out.mkdir(parents=True, exist_ok=True)
             (cprofile if args.mode == "cprofile" else pyspy)(setup, args.out, args.seconds)
