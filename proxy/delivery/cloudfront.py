@@ -60,16 +60,17 @@ class CloudFront:
         `url.signed` audit event (what it opens, never the signature)."""
         link = self._sign(context, route, ref)
         stable = route.settings.stable is not None
-        context.audit(
-            "url.signed",
-            route=route.name,
-            bucket=ref.bucket,
-            key=ref.key,
-            url_method="GET",
-            expires=SignedLink(link.url, link.lifetime).expires_at_iso,
-            **({"cookie_scope": link.cookie_scope} if link.cookie_scope else {}),
-            **({"stable": True} if stable else {}),
-        )
+        if context.audited:  # (its fields cost a strftime call: none when the trail is off)
+            context.audit(
+                "url.signed",
+                route=route.name,
+                bucket=ref.bucket,
+                key=ref.key,
+                url_method="GET",
+                expires=SignedLink(link.url, link.lifetime).expires_at_iso,
+                **({"cookie_scope": link.cookie_scope} if link.cookie_scope else {}),
+                **({"stable": True} if stable else {}),
+            )
         return link
 
     def _sign(self, context: RequestContext, route: Route, ref: ObjectRef) -> CloudFrontLink:
