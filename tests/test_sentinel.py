@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 import yaml
@@ -141,10 +142,16 @@ async def test_a_failover_under_load_loses_no_revocation_and_stops_no_request(
     await _revoke(first, "alice", within=5)
 
     async def refused_by_both(token: str) -> bool:
-        statuses = [
-            (await client.get("/stream/photos/42", headers=bearer(token))).status
-            for client in (first, second)
-        ]
+        statuses = []
+        for client in (first, second):
+            try:
+                statuses.append(
+                    (await client.get("/stream/photos/42", headers=bearer(token))).status
+                )
+            except aiohttp.ClientError:
+                # A stream admitted just before the revocation reached this gateway is cut
+                # when it does (issue 21 item 8): not refused yet, ask again.
+                statuses.append(0)
         return statuses == [401, 401]
 
     await _until(lambda: refused_by_both(alice), within=2)
