@@ -196,22 +196,47 @@ def claim_as_key_fragment(claims: Mapping[str, Any] | None, name: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     index: int
-    params: dict[str, str]
+    params: dict[str, str]  # shared by every request of the same path: never modified
+
+
+# Paths remembered by a Router: matching is a pure function of the raw path, and a hot object
+# is asked for by the same path again and again. Bounded: many distinct paths only cost a
+# rematch (the memo is emptied when full).
+MATCHES_KEPT = 4096
 
 
 class Router:
     """First matching pattern wins. `patterns` come in config order."""
 
     def __init__(self, patterns: Sequence[PathPattern]) -> None:
-        self._patterns = tuple(patterns)
+        # Each pattern with the literal text its matches must begin with: a path that does
+        # not begin so cannot match, and is not handed to the regex at all.
+        self._patterns = tuple((_literal_prefix(p.source), p) for p in patterns)
+        self._matches: dict[str, Match | None] = {}
 
     def match(self, raw_path: str) -> Match | None:
         path = raw_path.split("?", 1)[0]
-        for index, pattern in enumerate(self._patterns):
-            params = pattern.match(path)
+        matches = self._matches
+        if path in matches:
+            return matches[path]
+        found = None
+        for index, (prefix, pattern) in enumerate(self._patterns):
+            if not path.startswith(prefix):
+                continue
+            params = pattern.match(path)  # (raises BadRequest for unsafe values: not kept)
             if params is not None:
-                return Match(index, params)
-        return None
+                found = Match(index, params)
+                break
+        if len(matches) >= MATCHES_KEPT:
+            matches.clear()
+        matches[path] = found
+        return found
+
+
+def _literal_prefix(source: str) -> str:
+    """The text of a pattern before its first placeholder: every match starts with it."""
+    first = _PLACEHOLDER.search(source)
+    return source if first is None else source[: first.start()]

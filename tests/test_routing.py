@@ -8,6 +8,7 @@ import pytest
 
 from proxy.errors import BadRequest, Forbidden
 from proxy.routing import (
+    MATCHES_KEPT,
     MAX_PARAM_LENGTH,
     KeyTemplate,
     Match,
@@ -392,3 +393,35 @@ def test_router_propagates_bad_request_from_the_matching_pattern() -> None:
     router = Router([compile_pattern("/photos/{id}")])
     with pytest.raises(BadRequest):
         router.match("/photos/%2e%2e?x=1")
+
+
+def test_router_remembers_a_path_but_answers_as_matching_would() -> None:
+    # The memo (path -> match) must give what matching gives: the same route and params for
+    # a repeated path, None for a repeated miss, and still the refusal for an unsafe value
+    # (a refusal is never remembered as a miss).
+    router = Router([compile_pattern("/photos/{id}"), compile_pattern("/files/{path:.+}")])
+    for _ in range(3):
+        assert router.match("/files/a/b?x=1") == Match(1, {"path": "a/b"})
+        assert router.match("/files/a/b") == Match(1, {"path": "a/b"})
+        assert router.match("/nothing") is None
+        with pytest.raises(BadRequest):
+            router.match("/photos/%2e%2e")
+        with pytest.raises(BadRequest):
+            router.match("/files/a/%2e%2e/b")
+
+
+def test_router_memo_is_bounded() -> None:
+    router = Router([compile_pattern("/photos/{id}")])
+    for number in range(MATCHES_KEPT + 10):
+        assert router.match(f"/photos/{number}") == Match(0, {"id": str(number)})
+    assert len(router._matches) <= MATCHES_KEPT
+    assert router.match("/photos/7") == Match(0, {"id": "7"})
+
+
+def test_router_skips_a_pattern_by_its_literal_prefix_only() -> None:
+    # The prefix is the literal text before the first placeholder, compared as is: a
+    # case-different or percent-encoded spelling of it is not the pattern's.
+    router = Router([compile_pattern("/a-{x}/b"), compile_pattern("/{y}/b")])
+    assert router.match("/a-1/b") == Match(0, {"x": "1"})
+    assert router.match("/A-1/b") == Match(1, {"y": "A-1"})
+    assert router.match("/%61-1/b") == Match(1, {"y": "a-1"})
