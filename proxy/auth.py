@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +22,9 @@ from .jwks import FetchJson, JwksKeys, UnknownKey
 
 MAX_TOKEN_BYTES = 8192
 VERIFIED_CACHE_SIZE = 10_000
+# Tokens up to this long are remembered by themselves, longer ones by a digest (so that the
+# cache's keys stay under ~10 MiB however large the tokens sent).
+_KEYED_BY_ITSELF = 1024
 # A remembered token is checked again after this long, so that a key withdrawn from a JWKS
 # (or a changed config) stops its tokens within a minute, not only at their exp.
 VERIFIED_TTL = 60.0
@@ -138,8 +140,9 @@ class TokenVerifier:
                 )
             issuers.append(_Issuer(issuer, jwks))
         self._single = issuers[0] if len(issuers) == 1 else None
-        # token digest -> (claims, when the signature was checked, its (exp, nbf, iat))
-        self._verified: OrderedDict[bytes, tuple[dict[str, Any], float, _Times]] = OrderedDict()
+        # token (or a long one's digest) -> (claims, when the signature was checked, its
+        # (exp, nbf, iat)); oldest first, bounded at VERIFIED_CACHE_SIZE.
+        self._verified: dict[str | bytes, tuple[dict[str, Any], float, _Times]] = {}
         self._by_name = {i.settings.issuer: i for i in issuers}
         self._key_sets = [i.jwks for i in issuers if i.jwks is not None]
         self.hits = 0  # verified-token cache lookups answered (read by the metrics)
@@ -153,18 +156,30 @@ class TokenVerifier:
     async def verify(self, token: str) -> dict[str, Any]:
         """Return the token's claims, or raise Unauthenticated with a loggable reason.
 
-        A token that verified once is remembered (by its hash, in a bounded LRU) so repeat
-        requests skip the signature check; its time claims are checked again on every use.
-        The returned claims must not be modified.
+        A token that verified once is remembered (in a bounded cache) so repeat requests skip
+        the signature check; its time claims are checked again on every use, and after
+        VERIFIED_TTL its signature too. The returned claims must not be modified.
+
+        The cache is a dict keyed by the token itself (a long one by its BLAKE2b digest): a
+        hit needs the very string that was verified, byte for byte, which is stricter than a
+        digest. The lookup need not be constant-time: str hashes are SipHash under a
+        per-process random key (no collision flooding), the string comparison runs only
+        after a 64-bit hash under that secret key matched, and a hit only ever answers a
+        token with its own verified claims. Eviction is oldest-first: a hot token's entry is
+        re-verified at most once per VERIFIED_TTL anyway.
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large", invalid_token=True)
-        digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
-        cached = self._verified.get(digest)
+        key: str | bytes = (
+            token
+            if len(token) <= _KEYED_BY_ITSELF
+            else hashlib.blake2b(token.encode(), digest_size=16).digest()
+        )
+        verified = self._verified
+        cached = verified.get(key)
         now = self._clock()
         if cached is not None and now - cached[1] < VERIFIED_TTL:
             self.hits += 1
-            self._verified.move_to_end(digest)
             # The claims' types were checked when they were verified: only the clock moved.
             check_clock(cached[2], now, self._settings.leeway)
             return cached[0]
@@ -172,9 +187,10 @@ class TokenVerifier:
         claims = await self._verify_signature(token)
         self._check_times(claims)
         times = (claims.get("exp"), claims.get("nbf"), claims.get("iat"))
-        self._verified[digest] = (claims, self._clock(), times)
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        verified.pop(key, None)  # a re-verified token is the newest entry again
+        verified[key] = (claims, self._clock(), times)
+        if len(verified) > VERIFIED_CACHE_SIZE:
+            del verified[next(iter(verified))]
         return claims
 
     async def _verify_signature(self, token: str) -> dict[str, Any]:

@@ -501,3 +501,38 @@ def test_a_remembered_token_is_refused_before_its_nbf() -> None:
     clock["now"] = NOW + 10  # a clock stepped back: the remembered token is not valid yet
     with pytest.raises(Unauthenticated, match="not yet valid"):
         run(check.verify(token))
+
+
+def test_only_the_very_token_verified_is_answered_from_the_cache() -> None:
+    """The cache is keyed by the token string: a token that differs from a remembered one in
+    its last character (a forged signature) or anywhere else is verified, and refused."""
+    check = verifier()
+    token = hs256()
+    assert run(check.verify(token))["sub"] == "alice"
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    with pytest.raises(Unauthenticated, match=r"bad signature|invalid token"):
+        run(check.verify(flipped))
+    forged = handmade({"alg": "HS256", "typ": "JWT"}, {"sub": "mallory"}, OTHER_SECRET.encode())
+    with pytest.raises(Unauthenticated):
+        run(check.verify(forged))
+    assert (check.hits, check.misses) == (0, 3)
+    assert run(check.verify(token))["sub"] == "alice"
+    assert check.hits == 1
+
+
+def test_a_long_token_is_remembered_by_its_digest_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("proxy.auth.VERIFIED_CACHE_SIZE", 3)
+    check = verifier()
+    long = hs256(padding="p" * 1500)
+    assert len(long) > 1024
+    for _ in range(2):
+        assert run(check.verify(long))["sub"] == "alice"
+    assert check.hits == 1
+    assert all(isinstance(key, bytes) for key in check._verified)  # not the token itself
+    for number in range(5):
+        run(check.verify(hs256(n=number)))
+    assert len(check._verified) == 3  # oldest first out
+    run(check.verify(hs256(n=4)))
+    assert check.hits == 2
