@@ -237,3 +237,30 @@ def test_freshness_is_the_reading_routes_own() -> None:
     clock.now += 30
     assert cache.get(ObjectRef("b", "k"), 3600) is not None  # a route that allows an hour
     assert cache.get(ObjectRef("b", "k"), 5) is None  # a route that allows 5 s does not take it
+
+
+async def test_a_hit_spends_a_stream_slot_but_holds_no_revocation_watch(proxy) -> None:
+    """A hit is answered with no await in between, so it is not watched for a revocation
+    (none could land); it still takes (and gives back) one of the caller's stream slots, and
+    a fill from S3 is still watched."""
+    clock = Clock(T0)
+    client, _fake, token = await _start(proxy, clock)
+    state = client.server.gateway.state
+    taken: list[str] = []
+    watched: list[bool] = []
+    acquire, watch = state.acquire_stream, state.watch
+
+    async def counted_acquire(client_address: str, subject: str | None) -> Any:
+        taken.append(client_address)
+        return await acquire(client_address, subject)
+
+    def counted_watch(*args: Any, **kwargs: Any) -> Any:
+        watched.append(True)
+        return watch(*args, **kwargs)
+
+    state.acquire_stream, state.watch = counted_acquire, counted_watch
+    for _ in range(3):
+        response = await client.get("/stream/photos/42", headers=token)
+        assert (response.status, await response.read()) == (200, BODY)
+    assert (len(taken), len(watched)) == (3, 1)  # the first request filled the cache
+    assert state.streams.in_use == 0 and not state._watches

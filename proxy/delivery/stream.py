@@ -71,14 +71,28 @@ class Stream:
     ) -> web.StreamResponse:
         shown = self._presentation(route, ref.key, context)
         lease = await self._state.acquire_stream(context.client or "unknown", context.subject_key)
-        watch = watch_credential(self._state, self._telemetry, request, context, "stream")
+        cache = route.settings.cache
+        response: web.StreamResponse
         try:
-            response = await stream(
-                request, context, ref, shown, route.settings.cache, self._settings
-            )
+            cached = self._settings.objects.get(ref, cache.max_age) if cache else None
+            if cached is not None:
+                # A hit is answered without an await between here and the return (the
+                # connection writes the body after): no revocation can land while it is
+                # made, so watching it for one would cost a watch and catch nothing.
+                age = self._settings.objects.age(cached)
+                response = _memory_response(request, context, cached.meta, cached.body, shown, age)
+            else:
+                watch = watch_credential(self._state, self._telemetry, request, context, "stream")
+                try:
+                    response = await (
+                        _fill_cache(request, context, ref, shown, cache, self._settings)
+                        if cache
+                        else stream(request, context, ref, shown, None, self._settings)
+                    )
+                finally:
+                    if watch is not None:
+                        self._state.unwatch(watch)
         finally:
-            if watch is not None:
-                self._state.unwatch(watch)
             await self._state.release_stream(lease)
         if context.audited and request.method == "GET":
             # Who got what, and all of it or not: a client that hung up mid-body got
@@ -395,6 +409,18 @@ async def _from_cache(
     if cached is not None:
         age = settings.objects.age(cached)
         return _memory_response(request, context, cached.meta, cached.body, shown, age)
+    return await _fill_cache(request, context, ref, shown, cache, settings)
+
+
+async def _fill_cache(
+    request: web.BaseRequest,
+    context: RequestContext,
+    ref: ObjectRef,
+    shown: Presentation,
+    cache: RouteCacheSettings,
+    settings: StreamSettings,
+) -> web.StreamResponse:
+    """A cache miss: fetch the object, keep it if it fits, and answer."""
     # Fill with an unconditional, whole-object GET; conditionals and ranges are then answered
     # from memory like any later request.
     obj = await settings.storage.get(ref, None)
