@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 SIGV4_MAX_EXPIRES = 604800
@@ -41,8 +42,10 @@ class Credentials:
         return f"Credentials(access_key={self.access_key[:4]}..., temporary={bool(self.token)})"
 
 
-@dataclass(frozen=True)
-class Lifetime:
+class Lifetime(NamedTuple):
+    """(A tuple, not a frozen dataclass: one is planned per signed link, and a frozen
+    dataclass costs three object.__setattr__ calls to build.)"""
+
     signed_at: int  # X-Amz-Date, epoch seconds
     expires_in: int  # X-Amz-Expires
     max_age: int  # how long a client may cache the redirect; 0 = not at all

@@ -341,3 +341,46 @@ async def test_stable_urls_are_signed_once_per_window(proxy) -> None:
     clock.now += WINDOW
     await _location(client, "/stable/photos/42", token)
     assert len([c for c in fake.calls if c[0] == "presign"]) == 2
+
+
+async def test_a_remembered_link_is_one_of_exactly_its_method_key_and_overrides() -> None:
+    """The link cache's key holds the overrides as the Redirect remembers them per key: a
+    GET's link is never handed to a HEAD (which carries none), nor one key's to another,
+    and the remembered form keys the same entry as the overrides themselves."""
+    from proxy.config import RouteSettings
+    from proxy.delivery.redirect import LinkCache, _items, sign_link
+    from proxy.request import ObjectRef
+
+    storage = FakeStorage()
+    settings = RouteSettings.model_validate(
+        {
+            "name": "r",
+            "match": "/r/{k}",
+            "bucket": "bkt",
+            "key": "{k}",
+            "delivery": "redirect",
+            "access": "authenticated",
+            "ttl": 300,
+            "stable": 600,
+        }
+    )
+    cache = LinkCache()
+    one, two = ObjectRef("bkt", "one.jpg"), ObjectRef("bkt", "two.jpg")
+    shown = {"Content-Disposition": 'inline; filename="one.jpg"'}
+
+    async def sign(method: str, ref: ObjectRef, overrides: dict[str, str], items: Any) -> str:
+        link = await sign_link(
+            storage, settings, method, ref, overrides, T0 + 5, None, cache, None, items
+        )
+        return link.url
+
+    await sign("GET", one, shown, _items(shown))
+    await sign("GET", one, shown, None)  # computed or remembered: one entry
+    assert (cache.hits, cache.misses) == (1, 1)
+    await sign("HEAD", one, shown, _items(shown))  # a HEAD URL carries no overrides
+    other = {"Content-Disposition": 'inline; filename="two.jpg"'}
+    await sign("GET", two, other, _items(other))
+    await sign("GET", one, {}, ())  # other overrides: another URL
+    assert (cache.hits, cache.misses) == (1, 4)
+    await sign("HEAD", one, {}, ())  # ...but a HEAD's is the HEAD's above
+    assert (cache.hits, cache.misses) == (2, 4)

@@ -11,10 +11,9 @@ id could be in it, and a per-request id would end the sameness browsers cache by
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -40,9 +39,10 @@ class Redirect:
         self._clock = clock
         self._links = links
         self._cache_control = cache_control
-        # (route name, key) -> the response headers signed into its URLs: a function of this
-        # config's route and the key only, so computed once per hot key, not per request.
-        self._overrides: dict[tuple[str, str], Mapping[str, str]] = {}
+        # (route name, key) -> the response headers signed into its URLs, and the same as
+        # LinkCache keys hold them: a function of this config's route and the key only, so
+        # computed once per hot key, not per request.
+        self._overrides: dict[tuple[str, str], tuple[Mapping[str, str], _Items]] = {}
 
     async def answer(
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
@@ -64,16 +64,18 @@ class Redirect:
         """A presigned URL for the object, shown as the route shows it, that outlives
         neither the route's ttl nor the caller's credential."""
         stable = route.settings.stable is not None
+        overrides, items = self._signed_overrides(route, ref.key)
         link = await sign_link(
             self._storage,
             route.settings,
             method,
             ref,
-            self._signed_overrides(route, ref.key),
+            overrides,
             self._clock(),
             context.expires_at,
             self._links,
             None if stable else context.id,
+            items,
         )
         if context.audited:  # (its fields cost two strftime calls: none when the trail is off)
             context.audit(
@@ -87,7 +89,7 @@ class Redirect:
             )
         return link
 
-    def _signed_overrides(self, route: Route, key: str) -> Mapping[str, str]:
+    def _signed_overrides(self, route: Route, key: str) -> tuple[Mapping[str, str], _Items]:
         remembered = self._overrides.get((route.name, key))
         if remembered is not None:
             return remembered
@@ -97,15 +99,24 @@ class Redirect:
             overrides.setdefault("Cache-Control", self._cache_control)
         if len(self._overrides) >= _OVERRIDES_KEPT:
             self._overrides.clear()  # bounded: many distinct keys only cost a recompute
-        self._overrides[(route.name, key)] = overrides
-        return overrides
+        pair = (overrides, _items(overrides))
+        self._overrides[(route.name, key)] = pair
+        return pair
 
 
 _OVERRIDES_KEPT = 4096
+_Items = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
-class SignedLink:
+def _items(overrides: Mapping[str, str] | None) -> _Items:
+    """Overrides as a LinkCache key holds them: sorted, so that their order does not count."""
+    return tuple(sorted((overrides or {}).items()))
+
+
+class SignedLink(NamedTuple):
+    """A signed URL and its lifetime. (A tuple: one per redirect, cheaper to build than a
+    frozen dataclass.)"""
+
     url: str
     lifetime: Lifetime
 
@@ -124,7 +135,9 @@ class LinkCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
-        self._urls: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        # Oldest first: a stable URL is re-signed at its window's end anyway, so reordering
+        # on every hit (an LRU) would buy little.
+        self._urls: dict[tuple[object, ...], str] = {}
         self.hits = 0  # lookups answered and not (read by the metrics)
         self.misses = 0
 
@@ -134,13 +147,12 @@ class LinkCache:
             self.misses += 1
         else:
             self.hits += 1
-            self._urls.move_to_end(key)
         return url
 
     def put(self, key: tuple[object, ...], url: str) -> None:
         self._urls[key] = url
         if len(self._urls) > self._size:
-            self._urls.popitem(last=False)
+            del self._urls[next(iter(self._urls))]
 
 
 async def sign_link(
@@ -153,8 +165,10 @@ async def sign_link(
     token_expires_at: float | None,
     cache: LinkCache | None = None,
     request_id: str | None = None,
+    override_items: _Items | None = None,
 ) -> SignedLink:
-    """`request_id`: signed into the URL (never into a stable, cached one: Redirect.sign)."""
+    """`request_id`: signed into the URL (never into a stable, cached one: Redirect.sign).
+    `override_items`: `overrides` as `_items` gives them, when the caller remembers them."""
     credentials = await storage.credentials()
     lifetime = link_lifetime(settings, now, token_expires_at, credentials.expires_at)
     # A presigned HEAD URL cannot carry response overrides; they only make sense for GET.
@@ -166,7 +180,9 @@ async def sign_link(
             credentials.token,
             method,
             ref,
-            tuple(sorted((signed_overrides or {}).items())),
+            (override_items if override_items is not None else _items(overrides))
+            if signed_overrides is not None
+            else (),
             lifetime.signed_at,
             lifetime.expires_in,
         )
