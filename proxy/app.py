@@ -45,7 +45,7 @@ from .ops import (
     ready_response,
     storage_checks,
 )
-from .request import RequestContext, request_id
+from .request import RequestContext, new_request_id, request_id
 from .routing import Router
 from .state import State, create_state
 from .state.admin import answer_revocations
@@ -196,7 +196,11 @@ class Gateway:
             path,
             request.remote,
             started,
-            request_id(request.headers.get("X-Request-Id"), via_trusted_proxy(request)),
+            # (A client's own X-Request-Id is never used: not even read unless a trusted
+            # proxy sent the request.)
+            request_id(request.headers.get("X-Request-Id"), True)
+            if via_trusted_proxy(request)
+            else new_request_id(),
             audited=self.audit is not None,
         )
         refusal = edge_refusal(request)

@@ -32,6 +32,14 @@ class ObjectRef:
     bucket: str
     key: str
     sse: CustomerKey | None = None
+    # The hash of all three, computed once: every cache lookup of a request hashes its ref.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.bucket, self.key, self.sse)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def new_request_id() -> str:

@@ -27,6 +27,7 @@ from ..login import SignIn
 from ..ops import Telemetry
 from ..policy import Rule
 from ..request import ObjectRef, RequestContext
+from ..ssec import CustomerKey
 from ..state import Bucket, State
 
 Claims = dict[str, Any]
@@ -223,8 +224,23 @@ def authorize(route: Route, params: dict[str, str], claims: Claims | None) -> Ob
 
 
 def object_of(route: Route, key: str) -> ObjectRef:
-    """The object a route names with `key`, as S3 sees it: with the route's customer key."""
-    return ObjectRef(route.settings.bucket, key, route.sse)
+    """The object a route names with `key`, as S3 sees it: with the route's customer key.
+    A hot object's ref is the same value each time: building one costs more than looking it
+    up, and the caches downstream then find it by identity before equality."""
+    bucket, sse = route.settings.bucket, route.sse
+    name = (bucket, key, sse)
+    ref = _refs.get(name)
+    if ref is None:
+        if len(_refs) >= _REFS_KEPT:
+            _refs.clear()  # bounded: many distinct keys only cost building refs again
+        ref = _refs[name] = ObjectRef(bucket, key, sse)
+    return ref
+
+
+# (bucket, key, customer key) -> its ObjectRef: a pure function of the three, so shared by
+# every config (a reload changes nothing it holds).
+_refs: dict[tuple[str, str, CustomerKey | None], ObjectRef] = {}
+_REFS_KEPT = 4096
 
 
 def answer_cors(
