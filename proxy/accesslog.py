@@ -91,7 +91,9 @@ def write_access_line(context: RequestContext, now: float, duration: float) -> N
         "path": context.path[:2048],  # a log line stays bounded
         "status": context.status,
         "bytes": context.bytes_sent,
-        "duration_ms": round(duration * 1000, 3),
+        # (Rounded to the microsecond as an integer, then scaled: round(x, 3) on a float
+        # formats it in decimal first, and costs more than the rest of this line's fields.)
+        "duration_ms": round(duration * 1_000_000) / 1000,
         "delivery": context.delivery,
         "client": context.client,
     }

@@ -123,3 +123,20 @@ def test_diagnostics_are_one_redacted_json_line_each() -> None:
     assert (line["level"], line["logger"]) == ("error", "aiohttp.server")
     assert line["message"] == "Error handling request /x?token=<redacted-jwt>"
     assert "ValueError" in line["exception"] and token not in line["exception"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.25, "250.0"), (0.0012344, "1.234"), (0.0012346, "1.235"), (12.0000004, "12000.0")],
+)
+def test_duration_is_milliseconds_to_the_microsecond(seconds: float, shown: str) -> None:
+    from proxy.accesslog import write_access_line, write_lines_to
+    from proxy.request import RequestContext
+
+    lines: list[str] = []
+    write_lines_to(lines.append)
+    try:
+        write_access_line(RequestContext("GET", "/p", "127.0.0.1"), 1_900_000_000.5, seconds)
+    finally:
+        write_lines_to(None)
+    assert f'"duration_ms":{shown},' in lines[0]

@@ -83,14 +83,18 @@ class Access:
         """Authenticate, authorize and spend the route's rate limits: the object (also set as
         `context.object`), or the refusal."""
         rates = route.settings.rate_limit or self.limits.rate_limit
+        # (No limit configured: no bucket to spend, and no call to make for none.)
+        limited = rates.per_client is not None or rates.per_subject is not None
         try:
             ref = await self._admit(request, context, route, params)
         except ProxyError:
             # Rule 3; over the limit, the refusal is a 429.
-            await self.limit(context, route.name, rates, None)
+            if limited:
+                await self.limit(context, route.name, rates, None)
             raise
-        # Both buckets in one call: with Redis, one round trip per request.
-        await self.limit(context, route.name, rates, context.subject_key)
+        if limited:
+            # Both buckets in one call: with Redis, one round trip per request.
+            await self.limit(context, route.name, rates, context.subject_key)
         context.object = ref
         return ref
 

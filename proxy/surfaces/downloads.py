@@ -91,9 +91,9 @@ class Downloads:
         self, request: web.BaseRequest, context: RequestContext, route: Route, ref: ObjectRef
     ) -> web.StreamResponse:
         """Deliver the object a GET or HEAD was admitted for."""
-        settings = route.settings
-        delivery = await self.choose_delivery(route, ref, context)
-        if settings.delivery == "auto":
+        delivery: str = route.settings.delivery
+        if delivery == "auto":  # (only `auto` has anything to wait for in choosing)
+            delivery = await self.choose_delivery(route, ref, context)
             context.delivery = f"auto:{delivery}"
         return await self._methods[delivery].answer(request, context, route, ref)
 
