@@ -201,8 +201,9 @@ class Gateway:
             request_id(request.headers.get("X-Request-Id"), True)
             if via_trusted_proxy(request)
             else new_request_id(),
-            audited=self.audit is not None,
         )
+        if self.audit is not None:
+            context.audited = True  # (set here, not by keyword: a keyword costs more)
         refusal = edge_refusal(request)
         try:
             if refusal is not None:

@@ -140,3 +140,20 @@ def test_duration_is_milliseconds_to_the_microsecond(seconds: float, shown: str)
     finally:
         write_lines_to(None)
     assert f'"duration_ms":{shown},' in lines[0]
+
+
+async def test_each_request_is_logged_with_its_own_tokens_caller(
+    proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's facts are remembered per token: alternating tokens never lend one
+    request another's subject."""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    client = await proxy()
+    tokens = {"alice": make_token("alice"), "bob": make_token("bob")}
+    order = ["alice", "bob", "alice", "bob", "bob", "alice"]
+    for name in order:
+        response = await client.get(
+            "/photos/42", headers=bearer(tokens[name]), allow_redirects=False
+        )
+        assert response.status == 302
+    assert [line["sub"] for line in _lines(caplog)] == order

@@ -66,6 +66,8 @@ class Access:
             if same and same.sign_in
             else SignIn(auth, login, fetch_json, clock, state.revoke)
         )
+        # token -> its caller's facts (optional_claims); a token's claims never change.
+        self._callers: dict[str, _Facts] = {}
         link_secret = auth.link_secret
         self._links = (
             LinkVerifier(link_secret.get_secret_value(), auth.leeway, clock)
@@ -206,7 +208,23 @@ class Access:
             self._telemetry.token_checked("jwt", _rejected(exc))
             raise
         self._telemetry.token_checked("jwt", "valid")
-        _note_caller(context, claims)
+        # The caller's facts, computed once per verified token: the verifier hands out the
+        # same claims object for as long as it remembers the token, and a remembered facts
+        # entry holds (so pins) the claims it was made from.
+        facts = self._callers.get(token)
+        if facts is None or facts[0] is not claims:
+            facts = _caller_facts(claims)
+            if len(token) <= _CALLER_TOKEN_LENGTH:  # (keys stay small, as the verifier's)
+                if len(self._callers) >= _CALLERS_KEPT:
+                    self._callers.clear()  # bounded: many tokens only cost recomputing
+                self._callers[token] = facts
+        (
+            context.claims,
+            context.sub,
+            context.iss,
+            context.subject_key,
+            context.expires_at,
+        ) = facts
         # After the verified-token cache, on every request: a cached token is still refused
         # once revoked.
         self._state.check_token(claims)
@@ -293,13 +311,31 @@ def subject_key(claims: Mapping[str, Any] | None) -> str | None:
 
 def _note_caller(context: RequestContext, claims: Claims) -> None:
     """Rule 2: the verified credential's facts, on the context."""
+    (
+        context.claims,
+        context.sub,
+        context.iss,
+        context.subject_key,
+        context.expires_at,
+    ) = _caller_facts(claims)
+
+
+_Facts = tuple[Claims, str | None, str | None, str | None, float | None]
+_CALLERS_KEPT = 4096
+_CALLER_TOKEN_LENGTH = 1024
+
+
+def _caller_facts(claims: Claims) -> _Facts:
+    """(claims, sub and iss as the access log records them, subject_key, expiry)."""
     sub = claims.get("sub")
-    context.sub = str(sub)[:256] if sub is not None else None  # as the access log records it
     iss = claims.get("iss")
-    context.iss = str(iss)[:256] if iss is not None else None
-    context.subject_key = subject_key(claims)
-    context.expires_at = _expiry(claims)
-    context.claims = claims
+    return (
+        claims,
+        str(sub)[:256] if sub is not None else None,
+        str(iss)[:256] if iss is not None else None,
+        subject_key(claims),
+        _expiry(claims),
+    )
 
 
 def _expiry(claims: Mapping[str, Any]) -> float | None:
