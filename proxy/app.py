@@ -51,6 +51,7 @@ from .state import State, create_state
 from .state.admin import answer_revocations
 from .storage import Storage
 from .surfaces import Access, Downloads, Signing, Uploads, answer_cors
+from .wire import WireResponse
 
 log = logging.getLogger("proxy")
 
@@ -239,9 +240,15 @@ class Gateway:
         context.status = response.status
         if not response.prepared:
             # (A streamed answer was given it before it started: delivery/stream.py.)
-            response.headers["X-Request-Id"] = context.id
-            if context.cors:
-                add_headers(response.headers, context.cors)
+            if isinstance(response, WireResponse):
+                response.request_id = context.id
+                # Its head was built with the request's CORS fields, unless it says otherwise.
+                if context.cors and response.cors is not context.cors:
+                    add_headers(response.headers, context.cors)
+            else:
+                response.headers["X-Request-Id"] = context.id
+                if context.cors:
+                    add_headers(response.headers, context.cors)
             if request.method != "HEAD":
                 context.bytes_sent = response.content_length or 0
         ended = time.perf_counter()

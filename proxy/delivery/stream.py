@@ -42,8 +42,9 @@ from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State, Watch
 from ..storage import ObjectMeta, ObjectStream, Storage
+from ..wire import WireHead, WireResponse
 from .method import Link
-from .presentation import Presentation, object_headers, presentation
+from .presentation import Presentation, object_head, object_headers, presentation
 
 
 class Stream:
@@ -109,17 +110,6 @@ class Stream:
 _PRESENTATIONS_KEPT = 4096
 
 
-class ObjectResponse(web.StreamResponse):
-    """A streamed object's response, whose head goes out with the first piece of the body in
-    one write. (aiohttp sends a StreamResponse's head by itself at prepare(): one more
-    syscall and TCP segment per response, about a tenth of a 10 KiB stream's CPU. Its
-    `Response` buffers the head this way; tests/test_stream.py pins the switch.) The status
-    is settled before prepare() either way; the client sees the head once the first bytes
-    came from S3, which for a small object is the same read."""
-
-    _send_headers_immediately = False
-
-
 def watch_credential(
     state: State,
     telemetry: Telemetry,
@@ -170,9 +160,7 @@ async def stream(
     if request.method == "HEAD":
         meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
-        response = ObjectResponse(status=200, headers=object_headers(meta, shown))
-        response.content_length = meta.content_length
-        return response
+        return WireResponse(200, object_head(meta, shown), meta.content_length)
     opened = await _open_for_get(request, storage, ref, shown)
     return await send_object(request, context, opened, shown, settings.write_timeout)
 
@@ -295,11 +283,14 @@ async def send_object(
     """Stream an opened S3 object to the client, then release it."""
     bytes_from_s3 = 0
     try:
-        status = 206 if obj.meta.content_range else 200
-        response = ObjectResponse(status=status, headers=object_headers(obj.meta, shown))
-        response.content_length = obj.meta.content_length
+        meta = obj.meta
+        # The head goes out with the first body bytes, in one write (wire.py): the client
+        # sees it once the first bytes came from S3, which for a small object is one read.
+        response = WireResponse(
+            206 if meta.content_range else 200, object_head(meta, shown), meta.content_length
+        )
         # Given here: the Gateway adds it to answers that have not started, and this one has.
-        response.headers["X-Request-Id"] = context.id
+        response.request_id = context.id
         try:
             await response.prepare(request)
         except ConnectionError:
@@ -425,7 +416,7 @@ def _memory_response(
     body: bytes,
     shown: Presentation,
     age: int | None = None,
-) -> web.Response:
+) -> WireResponse:
     """The answer from a body in memory; `age`: seconds since the cache fetched it (None:
     fetched for this very request), sent as Age (RFC 9111 5.1), on a 304 too."""
     try:
@@ -434,24 +425,28 @@ def _memory_response(
         if age is not None:
             exc.headers["Age"] = str(age)
         raise
-    headers = object_headers(meta, shown)
-    if age is not None:
-        headers["Age"] = str(age)
-    headers.pop("Content-Range", None)
     size = len(body)
-    status, payload = 200, body
     spans = _spans_to_send(request, meta, size)
-    if spans is not None and len(spans) == 1:
-        first, last = spans[0]
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        status, payload = 206, body[first : last + 1]
-    elif spans is not None:
-        status = 206
-        payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
+    if spans is None and meta.content_range is None:
+        status, payload, head = 200, body, object_head(meta, shown)
+    else:
+        headers = object_headers(meta, shown)
+        headers.pop("Content-Range", None)
+        status, payload = 200, body
+        if spans is not None and len(spans) == 1:
+            first, last = spans[0]
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            status, payload = 206, body[first : last + 1]
+        elif spans is not None:
+            status = 206
+            payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
+        head = WireHead(headers, shown.cors)
     context.first_byte = time.perf_counter()
     if request.method != "HEAD":
         context.bytes_sent = len(payload)
-    return web.Response(status=status, body=payload, headers=headers)
+    response = WireResponse(status, head, len(payload), payload)
+    response.age = age
+    return response
 
 
 def _spans_to_send(
