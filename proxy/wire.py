@@ -38,11 +38,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import cast
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
+from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .edge import answer_framing
@@ -70,7 +69,7 @@ class WireHead:
     """The fixed fields of an answer, as given and as checked bytes. `cors`: the request's
     CORS fields it includes (the Gateway adds them to an answer whose head lacks them)."""
 
-    __slots__ = ("cors", "fields", "lines", "typed", "view")
+    __slots__ = ("_framed", "cors", "fields", "lines", "typed")
 
     def __init__(self, fields: Mapping[str, str], cors: Mapping[str, str] | None = None) -> None:
         view = CIMultiDictProxy(CIMultiDict(fields))
@@ -81,6 +80,27 @@ class WireHead:
         self.lines = header_lines(view)
         self.typed = "Content-Type" in view
         self.cors = cors
+        # The last framed() answer: (status, length, bodiless) and its bytes.
+        self._framed: tuple[int, int, bool, bytes] = (0, 0, False, b"")
+
+    def framed(self, status: int, length: int, bodiless: bool) -> bytes:
+        """The status line, these fields, and the framing fields rule 2 adds: remembered for
+        the last (status, length, bodiless), which a hot object's answers repeat."""
+        last = self._framed
+        if last[0] == status and last[1] == length and last[2] is bodiless:
+            return last[3]
+        framed = _framed(status, self.lines, self.typed, length, bodiless)
+        self._framed = (status, length, bodiless, framed)
+        return framed
+
+
+def _framed(status: int, lines: bytes, typed: bool, length: int, bodiless: bool) -> bytes:
+    parts = [_status_line(status), lines]
+    if status not in _NO_LENGTH:
+        parts.append(b"Content-Length: %d\r\n" % length)
+        if length and not typed and not bodiless:
+            parts.append(b"Content-Type: application/octet-stream\r\n")
+    return b"".join(parts)
 
 
 _STATUS_LINES: dict[int, bytes] = {}
@@ -89,43 +109,51 @@ _STATUS_LINES: dict[int, bytes] = {}
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""  # as aiohttp: an unknown status has an empty reason phrase
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode("ascii")
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {_reason(status)}\r\n".encode()
     return line
+
+
+def _reason(status: int) -> str:
+    return _REASONS.get(status, "")  # as aiohttp: an unknown status has an empty one
+
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 _date = ""
 _date_line = b""
-
-
-def _date_field() -> bytes:
-    global _date, _date_line
-    now = rfc822_formatted_time()  # aiohttp formats it once a second
-    if now is not _date:
-        _date, _date_line = now, f"Date: {now}\r\n".encode("ascii")
-    return _date_line
+# aiohttp's StreamWriter.write drains the socket's buffer past this many bytes written.
+_DRAIN_PAST = 0x10000
 
 
 class WireResponse(web.StreamResponse):
     """An answer of `length` body bytes whose head is `head` plus the lines rule 2 adds.
     `body`: the whole body, sent by write_eof (else the caller write()s it after prepare()).
-    Set `request_id` and `age` before prepare()."""
+    Set `request_id` and `age` before prepare().
+
+    Writes go to the transport as aiohttp's StreamWriter.write does for an answer with a
+    Content-Length and no compression (the only kind this class makes): counted in the
+    writer's `output_size` and `buffer_size`, ClientConnectionResetError on a closing
+    transport, a drain past 64 KiB written and at the end (tests/test_wire.py)."""
+
+    _edited: CIMultiDict[str] | None = None  # `headers`, once asked for
+    _pending: bytes | None = None  # the serialized head, until it is written
+    _wire_body: bytes | None = None
+    request_id: str | None = None
+    age: int | None = None
 
     def __init__(self, status: int, head: WireHead, length: int, body: bytes | None = None) -> None:
-        # The base keeps the head's read-only view as `_headers` (so the header properties
-        # read it) until `headers` is first asked for: nothing is copied per answer.
-        super().__init__(status=status, _real_headers=cast("CIMultiDict[str]", head.fields))
+        # StreamResponse.__init__'s state, without its multidict: the head's read-only view
+        # stands for the headers (so the base's header properties read it) until `headers`
+        # is first asked for. (Per-answer attributes are few: a hot path sets each one.)
+        self._state = {}
+        self._headers = head.fields  # type: ignore[assignment]
+        self._status = status
+        self._reason = _REASONS.get(status, "")
         self._head = head
-        self._length = length
-        self._wire_body = body
-        self._edited: CIMultiDict[str] | None = None
-        self._pending: bytes | None = None  # the serialized head, until it is written
-        self._left = length  # body bytes still to send
-        self.request_id: str | None = None
-        self.age: int | None = None
+        self._length = self._left = length  # _left: body bytes still to send
+        if body is not None:
+            self._wire_body = body
 
     @property
     def cors(self) -> Mapping[str, str] | None:
@@ -148,37 +176,42 @@ class WireResponse(web.StreamResponse):
         raise RuntimeError("a WireResponse's length is given when it is made")
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._eof_sent:
-            return None
         writer = self._payload_writer
-        if writer is not None:
+        if writer is not None or self._eof_sent:
             return writer
         self._req = request
         writer = self._payload_writer = request._payload_writer
         status = self._status
-        empty = self._must_be_empty_body = must_be_empty_body(request.method, status)
+        method = request.method
+        # aiohttp's must_be_empty_body, inline.
+        bodiless = self._must_be_empty_body = (
+            method == "HEAD"
+            or status in _NO_LENGTH
+            or (method == "CONNECT" and 200 <= status < 300)
+        )
         keep_alive, connection = answer_framing(request, self._keep_alive)
         self._keep_alive = keep_alive
-        head = self._head
         edited = self._edited
-        lines = head.lines if edited is None else header_lines(edited)
-        typed = head.typed if edited is None else "Content-Type" in edited
-        length = self._length
-        parts = [_status_line(status), lines]
-        if status not in _NO_LENGTH:
-            parts.append(b"Content-Length: %d\r\n" % length)
-            if length and not typed and not empty:
-                parts.append(b"Content-Type: application/octet-stream\r\n")
+        if edited is None:
+            framed = self._head.framed(status, self._length, bodiless)
+        else:
+            typed = "Content-Type" in edited
+            framed = _framed(status, header_lines(edited), typed, self._length, bodiless)
+        parts = [framed]
         if self.age is not None:
             parts.append(b"Age: %d\r\n" % self.age)
         request_id = self.request_id
         if request_id is not None:
-            if _FORBIDDEN.search(request_id) is not None:
+            if not request_id.isprintable():  # (request.py makes them safe: rule 1 anyway)
                 raise ValueError("control character in the request id")
-            parts.append(f"X-Request-Id: {request_id}\r\n".encode("utf-8", "ignore"))
-        parts += (_date_field(), connection, b"\r\n")
+            parts.append(f"X-Request-Id: {request_id}\r\n".encode())
+        global _date, _date_line
+        now = rfc822_formatted_time()  # aiohttp formats it once a second
+        if now is not _date:
+            _date, _date_line = now, f"Date: {now}\r\n".encode("ascii")
+        parts += (_date_line, connection, b"\r\n")
         self._pending = b"".join(parts)
-        if empty:
+        if bodiless:
             self._left = 0
         return writer
 
@@ -196,23 +229,44 @@ class WireResponse(web.StreamResponse):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         writer = self._payload_writer
-        if self._eof_sent:
-            raise RuntimeError("Cannot call write() after write_eof()")
         if writer is None:
+            if self._eof_sent:
+                raise RuntimeError("Cannot call write() after write_eof()")
             raise RuntimeError("Cannot call write() before prepare()")
         data = self._with_head(data)
         if data:
-            await writer.write(data)
+            _send(writer, data)
+            if writer.buffer_size > _DRAIN_PAST:
+                writer.buffer_size = 0
+                await writer.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
         if self._eof_sent:
             return
-        if self._payload_writer is None:
+        writer = self._payload_writer
+        if writer is None:
             raise RuntimeError("Cannot call write_eof() before prepare()")
         body = self._wire_body
         if body is not None:
             self._wire_body = None
             data = body + data if data else body
-        # StreamResponse.write_eof: the writer's write_eof (one write, then drain) and the
-        # bookkeeping aiohttp reads after it (body_length, eof).
-        await super().write_eof(bytes(self._with_head(data)))
+        last = self._with_head(data)
+        if last:
+            _send(writer, last)
+            await writer.drain()  # as StreamWriter.write_eof: the end waits for the socket
+        # StreamResponse.write_eof's bookkeeping, which aiohttp reads after it.
+        self._eof_sent = True
+        self._req = None
+        self._body_length = writer.output_size
+        self._payload_writer = None
+
+
+def _send(writer: AbstractStreamWriter, data: bytes | bytearray | memoryview) -> None:
+    """StreamWriter._write: count the bytes, then hand them to the transport."""
+    transport = writer.transport
+    if transport is None or transport.is_closing():
+        raise ClientConnectionResetError("Cannot write to closing transport")
+    size = len(data)
+    writer.buffer_size += size
+    writer.output_size += size
+    transport.write(data)

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp.helpers import must_be_empty_body
 from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
@@ -125,6 +126,62 @@ async def test_head_sends_no_body_and_no_byte_past_the_length() -> None:
     sent = b"".join(wire.writes)
     assert sent.endswith(b"\r\n\r\nbody")
     assert b"Content-Type: application/octet-stream\r\n" in sent  # aiohttp's default
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "CONNECT", "PUT"])
+@pytest.mark.parametrize("status", [100, 200, 204, 206, 302, 304, 404])
+async def test_a_body_is_sent_when_aiohttp_would_send_one(method: str, status: int) -> None:
+    """wire.py inlines aiohttp's must_be_empty_body: pinned against it."""
+    request, wire = _request(method)
+    response = WireResponse(status, WireHead({"Content-Type": "text/plain"}), 4, b"body")
+    await response.prepare(request)
+    await response.write_eof()
+    _, headers, body = parse(b"".join(wire.writes))
+    sent = not must_be_empty_body(method, status)
+    assert body == (b"body" if sent else b"")
+    assert response._must_be_empty_body is not sent
+    if status in (100, 204, 304):
+        assert "content-length" not in headers
+    else:
+        assert headers["content-length"] == "4"
+
+
+async def test_writes_are_accounted_and_drained_as_aiohttps_writer_does() -> None:
+    request, wire = _request()
+    response = WireResponse(200, WireHead({"Content-Type": "text/plain"}), 200_000)
+    await response.prepare(request)
+    writer = request.writer
+    drained = []
+
+    async def drain() -> None:
+        drained.append(writer.buffer_size)
+
+    writer.drain = drain
+    await response.write(b"x" * 40_000)
+    assert drained == [] and writer.buffer_size == writer.output_size > 40_000
+    await response.write(b"x" * 40_000)  # past 64 KiB since the last drain: drains
+    assert drained == [0] and writer.buffer_size == 0
+    await response.write(b"x" * 120_000)
+    await response.write_eof()  # the end drains too, as StreamWriter.write_eof
+    assert len(drained) == 2
+    assert writer.output_size == sum(map(len, wire.writes)) == response.body_length
+    assert response._eof_sent
+
+
+async def test_a_closing_transport_is_a_connection_error() -> None:
+    """aiohttp's handler takes a ConnectionError as 'client disconnected' (finish_response's
+    reset); the stream relay and the Gateway do too."""
+    request, wire = _request()
+    wire.is_closing = lambda: True  # type: ignore[method-assign]
+    response = WireResponse(200, WireHead({}), 3)
+    await response.prepare(request)
+    with pytest.raises(ConnectionError):
+        await response.write(b"abc")
+    response = WireResponse(200, WireHead({}), 3, b"abc")
+    await response.prepare(request)
+    with pytest.raises(ConnectionError):
+        await response.write_eof()
+    assert wire.writes == []
 
 
 @pytest.mark.parametrize(
