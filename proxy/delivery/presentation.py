@@ -36,7 +36,9 @@ class Presentation:
     inline: InlineTypes
     key: str
     cors: Mapping[str, str] | None = None
-    heads: dict[ObjectMeta, WireHead] = field(default_factory=dict, compare=False, repr=False)
+    heads: dict[tuple[str | None, ...], WireHead] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def attachment(self) -> str:
@@ -90,12 +92,21 @@ def object_head(meta: ObjectMeta, shown: Presentation) -> WireHead:
     range's (206) is made each time: ranges seldom repeat."""
     if meta.content_range is not None:
         return WireHead(object_headers(meta, shown), shown.cors)
-    head = shown.heads.get(meta)
+    # What object_headers reads of `meta` (a tuple: hashed and compared in C, where the
+    # dataclass's own __hash__ and __eq__ run in Python).
+    version = (
+        meta.content_type,
+        meta.etag,
+        meta.last_modified,
+        meta.content_encoding,
+        meta.content_language,
+    )
+    head = shown.heads.get(version)
     if head is None:
         head = WireHead(object_headers(meta, shown), shown.cors)
         if len(shown.heads) >= _HEADS_KEPT:
             shown.heads.clear()  # bounded: an object that keeps changing only costs a rebuild
-        shown.heads[meta] = head
+        shown.heads[version] = head
     return head
 
 
