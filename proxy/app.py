@@ -51,7 +51,7 @@ from .state import State, create_state
 from .state.admin import answer_revocations
 from .storage import Storage
 from .surfaces import Access, Downloads, Signing, Uploads, answer_cors
-from .wire import WireResponse
+from .wire import WireHead, WireResponse
 
 log = logging.getLogger("proxy")
 
@@ -310,13 +310,35 @@ class _Resource(Protocol):
     async def close(self) -> None: ...
 
 
-def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps({"error": detail}).encode(),
-        content_type="application/json",
-        headers={**headers, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-    )
+def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.StreamResponse:
+    """A refusal's JSON answer. Refusals repeat (a flood of bad tokens is all 401s): its
+    head is kept per status and extra fields, its body per detail (wire.py)."""
+    body = _ERROR_BODIES.get(detail)
+    if body is None:
+        body = json.dumps({"error": detail}).encode()
+        if len(_ERROR_BODIES) >= _ERRORS_KEPT:
+            _ERROR_BODIES.clear()  # bounded: details are few, unless a message varies
+        _ERROR_BODIES[detail] = body
+    key = (status, *headers.items())
+    head = _ERROR_HEADS.get(key)
+    if head is None:
+        fields = {**headers, "Content-Type": "application/json", **_REFUSAL_FIELDS}
+        try:
+            head = WireHead(fields)
+        except ValueError:
+            # A field wire.py refuses: answered as before, so the access line is written
+            # and aiohttp refuses the head when it is sent (a plain 500).
+            return web.Response(status=status, body=body, headers=fields)
+        if len(_ERROR_HEADS) >= _ERRORS_KEPT:
+            _ERROR_HEADS.clear()  # bounded: e.g. Retry-After values vary
+        _ERROR_HEADS[key] = head
+    return WireResponse(status, head, len(body), body)
+
+
+_REFUSAL_FIELDS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_ERROR_BODIES: dict[str, bytes] = {}
+_ERROR_HEADS: dict[tuple[object, ...], WireHead] = {}
+_ERRORS_KEPT = 1024
 
 
 class _Surfaces:

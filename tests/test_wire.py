@@ -6,6 +6,7 @@ CORS, keep-alive and pipelining), and what wire.py leans on in aiohttp is pinned
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -450,3 +451,53 @@ async def test_hostile_metadata_never_injects_a_field(proxy, path: str) -> None:
         assert not {"set-cookie", "x-injected", "etag", "last-modified"} & set(headers)
         assert not {"content-encoding", "content-language"} & set(headers)
         assert headers["content-type"] == "application/octet-stream"
+
+
+# D. Refusals (the Gateway's JSON errors) are written the same way.
+
+
+async def test_refusals_keep_their_fields_framing_and_json(proxy) -> None:
+    client = await _start(proxy)
+    anonymous = b"GET /stream/photos/42 HTTP/1.1\r\nHost: p\r\n\r\n"
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(anonymous * 2 + anonymous.replace(b"GET", b"HEAD") + anonymous)
+        answers = []
+        for method in ("GET", "GET", "HEAD", "GET"):
+            if method == "HEAD":
+                async with asyncio.timeout(5):
+                    answers.append(parse(await reader.readuntil(b"\r\n\r\n")))
+            else:
+                answers.append(await read_answer(reader))
+        for status_line, headers, _body in answers:
+            assert status_line == "HTTP/1.1 401 Unauthorized"
+            assert headers["www-authenticate"].startswith("Bearer")
+            assert headers["content-type"] == "application/json"
+            assert headers["cache-control"] == "no-store"
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["content-length"] == answers[0][1]["content-length"]
+            assert "server" not in headers and "connection" not in headers
+        assert set(json.loads(answers[0][2])) == {"error"}
+        assert answers[2][2] == b""  # the HEAD's
+        client.server.runner.server.closing = True
+        writer.write(anonymous)
+        assert (await read_answer(reader))[1]["connection"] == "close"
+    finally:
+        writer.close()
+    status_line, headers, body = parse(await exchange(client, anonymous.replace(b"1.1", b"1.0")))
+    assert (status_line, headers["connection"]) == ("HTTP/1.1 401 Unauthorized", "close")
+    assert set(json.loads(body)) == {"error"}
+
+
+def test_a_refusals_head_is_kept_and_a_field_it_refuses_is_answered_as_before() -> None:
+    from aiohttp import web
+
+    from proxy.app import _error_response
+
+    first = _error_response(429, "slow down", {"Retry-After": "1"})
+    again = _error_response(429, "slow down", {"Retry-After": "1"})
+    assert isinstance(first, WireResponse) and isinstance(again, WireResponse)
+    assert first._head is again._head
+    assert _error_response(429, "slow down", {"Retry-After": "2"})._head is not first._head  # type: ignore[attr-defined]
+    odd = _error_response(302, "sign in", {"Location": "/login\r\nSet-Cookie: a=1"})
+    assert not isinstance(odd, WireResponse) and isinstance(odd, web.Response)
