@@ -58,6 +58,12 @@ def starts_like_proxy_header(data: bytes) -> bool | None:
     return False
 
 
+_V1_FAMILIES: dict[bytes, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]] = {
+    b"TCP4": ipaddress.IPv4Address,
+    b"TCP6": ipaddress.IPv6Address,
+}
+
+
 def _version_1(data: bytes) -> ProxyHeader | None:
     end = data.find(b"\r\n", 0, V1_MAX)
     if end < 0:
@@ -70,7 +76,7 @@ def _version_1(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(None, length)
     if len(fields) != 6:
         raise ProxyHeaderError("PROXY v1 line without its 6 fields")
-    family = {b"TCP4": ipaddress.IPv4Address, b"TCP6": ipaddress.IPv6Address}.get(fields[1])
+    family = _V1_FAMILIES.get(fields[1])
     if family is None:
         raise ProxyHeaderError("PROXY v1 protocol is neither TCP4, TCP6 nor UNKNOWN")
     try:
