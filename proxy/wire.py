@@ -21,7 +21,8 @@ Rules:
 3. The head goes out with the first body bytes (or the whole body) in one write; a HEAD,
    204 or 304 answer sends no body, and body bytes past Content-Length are not sent.
 4. `headers` is the whole head as a multidict, made on first use; once used, the head is
-   serialized from it (rule 1's check included) instead of the kept bytes.
+   serialized from it (rule 1's check included) instead of the kept bytes. What a
+   StreamResponse offers and this one would not send (cookies, compression, chunking) raises.
 
 `WireResponse` is an aiohttp StreamResponse (read in aiohttp 3.14.5: web_response.py,
 web_protocol.py, http_writer.py) so that aiohttp's RequestHandler handles it like any other:
@@ -38,6 +39,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
+from http.cookies import SimpleCookie
+from typing import Any
 
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
@@ -170,6 +173,24 @@ class WireResponse(web.StreamResponse):
         if edited is None:
             edited = self._edited = self._headers = CIMultiDict(self._head.fields)
         return edited
+
+    # What StreamResponse offers and this class would silently not send: refused at once.
+    # (Cookies go through `headers`, as Set-Cookie fields.)
+    @property
+    def cookies(self) -> SimpleCookie:
+        raise RuntimeError("a WireResponse sends cookies as Set-Cookie fields in `headers`")
+
+    def set_cookie(self, name: str, value: str, **_: Any) -> None:
+        raise RuntimeError("a WireResponse sends cookies as Set-Cookie fields in `headers`")
+
+    def del_cookie(self, name: str, **_: Any) -> None:
+        raise RuntimeError("a WireResponse sends cookies as Set-Cookie fields in `headers`")
+
+    def enable_compression(self, *_: Any, **__: Any) -> None:
+        raise RuntimeError("a WireResponse is never compressed")
+
+    def enable_chunked_encoding(self, *_: Any, **__: Any) -> None:
+        raise RuntimeError("a WireResponse has a Content-Length")
 
     @property
     def content_length(self) -> int | None:

@@ -501,3 +501,18 @@ def test_a_refusals_head_is_kept_and_a_field_it_refuses_is_answered_as_before() 
     assert _error_response(429, "slow down", {"Retry-After": "2"})._head is not first._head  # type: ignore[attr-defined]
     odd = _error_response(302, "sign in", {"Location": "/login\r\nSet-Cookie: a=1"})
     assert not isinstance(odd, WireResponse) and isinstance(odd, web.Response)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda r: r.set_cookie("a", "1"),
+        lambda r: r.del_cookie("a"),
+        lambda r: r.cookies,
+        lambda r: r.enable_compression(),
+        lambda r: r.enable_chunked_encoding(),
+    ],
+)
+def test_what_it_would_not_send_is_refused_at_once(use: Any) -> None:
+    with pytest.raises(RuntimeError):
+        use(WireResponse(200, WireHead({}), 0))
