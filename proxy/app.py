@@ -214,7 +214,7 @@ class Gateway:
                 # Read once: a reload during this request does not change its surfaces.
                 response = await self._surfaces.answer(request, context)
         except NotModified as exc:
-            response = web.Response(status=304, headers=exc.headers)
+            response = _not_modified(exc.headers)
         except ProxyError as exc:
             context.reason = exc.reason
             if isinstance(exc, TooManyRequests):
@@ -333,6 +333,27 @@ def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.St
             _ERROR_HEADS.clear()  # bounded: e.g. Retry-After values vary
         _ERROR_HEADS[key] = head
     return WireResponse(status, head, len(body), body)
+
+
+def _not_modified(headers: dict[str, str]) -> web.StreamResponse:
+    """The 304 with the fields a cache updates from it (delivery/stream.py chose them), and
+    Age when it came from the object cache. Browsers revalidate a `no-cache` object on every
+    view, so its head is kept per fields, as a refusal's is."""
+    age = headers.pop("Age", None)
+    key = (304, *headers.items())
+    head = _ERROR_HEADS.get(key)
+    if head is None:
+        try:
+            head = WireHead(headers)
+        except ValueError:  # as for a refusal: answered as before
+            return web.Response(status=304, headers={**headers, **({"Age": age} if age else {})})
+        if len(_ERROR_HEADS) >= _ERRORS_KEPT:
+            _ERROR_HEADS.clear()
+        _ERROR_HEADS[key] = head
+    response = WireResponse(304, head, 0)
+    if age is not None:
+        response.age = int(age)
+    return response
 
 
 _REFUSAL_FIELDS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

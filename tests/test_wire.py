@@ -516,3 +516,27 @@ def test_a_refusals_head_is_kept_and_a_field_it_refuses_is_answered_as_before() 
 def test_what_it_would_not_send_is_refused_at_once(use: Any) -> None:
     with pytest.raises(RuntimeError):
         use(WireResponse(200, WireHead({}), 0))
+
+
+@pytest.mark.parametrize("path", PATHS[:2])
+async def test_a_304_repeats_the_cache_fields_and_frames_like_the_others(proxy, path: str) -> None:
+    client = await _start(proxy)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    ask = _ask(path, 'If-None-Match: "fake"')
+    try:
+        writer.write(ask + _ask(path, 'If-None-Match: "fake"', method="HEAD") + ask)
+        for _ in range(3):
+            async with asyncio.timeout(5):
+                status_line, headers, _ = parse(await reader.readuntil(b"\r\n\r\n"))
+            assert status_line == "HTTP/1.1 304 Not Modified"
+            assert headers["etag"] == '"fake"'
+            assert headers["cache-control"] == "private, no-cache"
+            assert headers["vary"] == "Authorization, Cookie"
+            assert "content-length" not in headers and "connection" not in headers
+            assert len(headers["x-request-id"]) == 16
+            assert ("age" in headers) is path.startswith("/cached")  # from the object cache
+    finally:
+        writer.close()
+    raw = await exchange(client, _ask(path, 'If-None-Match: "fake"', version="1.0"))
+    status_line, headers, body = parse(raw)
+    assert (status_line, headers["connection"], body) == ("HTTP/1.1 304 Not Modified", "close", b"")
