@@ -19,6 +19,11 @@ Rules:
 4. A request waits at most `pool_timeout` for one of the `max_connections` slots, then fails
    with PoolExhausted: slots are held by downloads in progress, which free up in seconds or
    not at all, so a longer wait only turns a quick refusal into a slow one.
+5. The rest of a long Content-Length body may be relayed (`Response.relay`): read from S3's
+   socket into one buffer of `buffer_limit` bytes and handed to the client's transport from
+   the read callback, with no copy, no task wake-up and no Python layer per piece. The buffer
+   is reused only once the client's transport holds none of it: until then the S3 socket is
+   not read (rule 3 still holds, with one buffer per stream).
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ class Response:
         self.status = status
         self.headers = headers  # names in lower case
         self._connection: _Connection | None = connection
+
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5 for the rest of this body, or None (then read() it)."""
+        connection = self._connection
+        return connection.relay(sink) if connection is not None else None
 
     async def read(self) -> bytes:
         connection = self._connection
@@ -201,6 +211,22 @@ class _Connection(asyncio.Protocol):
 
     # -- used by Pool and Response -----------------------------------------------------------
 
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5, or None when the body's rest is short, unknown in length or already in."""
+        remaining = self._remaining
+        if (
+            remaining is None
+            or remaining <= self._buffer_limit
+            or self._complete
+            or self._failure is not None
+            or self.transport is None
+            or self.lost
+        ):
+            return None
+        relay = Relay(self, self.transport, sink)
+        relay.start()
+        return relay
+
     def send(self, head: bytes, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
@@ -272,6 +298,171 @@ class _Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_exception(TimeoutError())
             self.close()
+
+
+RELAY_DONE = 0  # every byte of the body went to the client's transport
+RELAY_DRAIN = 1  # the client's transport holds some of the buffer: S3 is not read until it took it
+RELAY_CLIENT_GONE = 2  # the client's transport closed (hung up, cut by the proxy): S3 is not read
+
+
+class Relay(asyncio.BufferedProtocol):
+    """Rule 5: the S3 transport's protocol while the rest of a Content-Length body goes from
+    its socket to `sink`, then the connection's again. The stream's task only acts when the
+    relay stops: `next()` says why, and after RELAY_DRAIN, once the client's transport is
+    empty (the sink's write buffer limits are 0 while relaying, so its protocol's drain
+    waits for exactly that), `resume()`. `close()` when done, whatever happened.
+
+    As read in uvloop 0.23 and aiohttp 3.14.5: uvloop's transport keeps a reference to a
+    written memoryview until the kernel took it (asyncio's 3.11 transport copies it), hence
+    the rule that the buffer is not read into while the sink holds any byte; aiohttp's
+    `StreamWriter.drain()` waits while its protocol is paused, which a transport does above
+    its high-water mark and undoes at its low one. tests/test_upstream_relay.py and
+    tests/test_stream_relay.py pin both (the latter corrupts bytes if the rule is broken)."""
+
+    __slots__ = (
+        "_connection",
+        "_last_read",
+        "_limits",
+        "_loop",
+        "_sink",
+        "_size",
+        "_state",
+        "_timer",
+        "_transport",
+        "_view",
+        "_waiter",
+        "relayed",
+    )
+
+    def __init__(
+        self, connection: _Connection, transport: asyncio.Transport, sink: asyncio.Transport
+    ) -> None:
+        self._connection = connection
+        self._transport = transport
+        self._sink = sink
+        self._loop = connection._loop
+        self._size = connection._buffer_limit
+        self._view = memoryview(bytearray(self._size))
+        self._state: int | None = None  # news for the stream's task, or None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = self._loop.time()
+        self._limits: tuple[int, int] | None = None
+        self.relayed = 0  # body bytes handed to the sink by the relay
+
+    def start(self) -> None:
+        connection, sink = self._connection, self._sink
+        if sink.is_closing():
+            self._state = RELAY_CLIENT_GONE
+            return
+        # Pieces already read are bytes, which the sink may keep: they go first.
+        chunks = connection._chunks
+        while chunks:
+            piece = chunks.popleft()
+            sink.write(piece)
+            self.relayed += len(piece)
+        connection._buffered = 0
+        # Pausing is the relay's from here (and the connection's flag must not outlive it).
+        paused, connection._paused = connection._paused, False
+        low, high = sink.get_write_buffer_limits()
+        self._limits = (low, high)
+        sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
+        self._transport.set_protocol(self)
+        if sink.get_write_buffer_size():
+            self._stop(RELAY_DRAIN)
+        elif paused:
+            self._transport.resume_reading()
+
+    # -- asyncio.BufferedProtocol ------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        connection = self._connection
+        remaining = cast(int, connection._remaining) - nbytes
+        if remaining < 0:
+            connection._fail(MalformedResponse("more body than its Content-Length"))
+            self._wake()
+            return
+        connection._remaining = remaining
+        sink = self._sink
+        if sink.is_closing():  # the rest is not read: the connection is closed on release
+            self._stop(RELAY_CLIENT_GONE)
+            return
+        sink.write(self._view if nbytes == self._size else self._view[:nbytes])
+        self.relayed += nbytes
+        self._last_read = self._loop.time()
+        if not remaining:
+            # The buffer is never reused from here: the sink may still hold some of it.
+            self._transport.set_protocol(connection)
+            connection.on_message_complete()
+            self._state = RELAY_DONE
+            self._wake()
+            return
+        if sink.get_write_buffer_size():
+            self._stop(RELAY_DRAIN)
+
+    def eof_received(self) -> bool | None:
+        return self._connection.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)
+        self._wake()
+
+    # -- used by the stream's task -----------------------------------------------------------
+
+    async def next(self) -> int:
+        """RELAY_DONE, RELAY_DRAIN or RELAY_CLIENT_GONE; S3's failures are raised, as read()
+        raises them (s3.read_timeout without a byte is a TimeoutError)."""
+        while self._state is None:
+            failure = self._connection._failure
+            if failure is not None:
+                raise failure
+            waiter = self._waiter = self._loop.create_future()
+            self._timer = self._loop.call_later(self._connection._pool.read_timeout, self._check)
+            try:
+                await waiter
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._waiter = None
+        state, self._state = self._state, None
+        return state
+
+    def resume(self) -> None:
+        """After RELAY_DRAIN, once the sink holds nothing more: read S3 again."""
+        self._last_read = self._loop.time()
+        self._transport.resume_reading()
+
+    def close(self) -> None:
+        """The sink's write buffer limits as they were (if it is still open)."""
+        limits, self._limits = self._limits, None
+        if limits is not None and not self._sink.is_closing():
+            self._sink.set_write_buffer_limits(high=limits[1], low=limits[0])
+
+    def _stop(self, state: int) -> None:
+        self._transport.pause_reading()
+        self._state = state
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        idle = self._loop.time() - self._last_read
+        timeout = self._connection._pool.read_timeout
+        if idle < timeout:
+            # Re-armed, not reset per piece: one timer per wait, whatever the pieces.
+            self._timer = self._loop.call_later(timeout - idle, self._check)
+            return
+        waiter.set_exception(TimeoutError())
+        self._connection.close()
 
 
 def request_head(
