@@ -10,6 +10,7 @@ import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from proxy.upstream import (
 from .test_upstream import (
     CLOSE,
     LIMIT,
+    LOOPS,
     SOCKET_READ,
     WINDOW,
     Step,
@@ -33,7 +35,9 @@ from .test_upstream import (
     on_both_loops,
     read_all,
     response_head,
+    run_on,
     scenario,
+    tls_server_context,
 )
 
 BODY = random.Random(5).randbytes(4 * 1024 * 1024)
@@ -243,3 +247,34 @@ async def test_after_a_relay_rule_3_still_holds_on_the_reused_connection() -> No
         assert connection._buffered <= LIMIT + SOCKET_READ
         again.release()
     assert server.accepted == 1
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_relay_from_an_https_origin_is_exact_and_hands_the_connection_back(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TLS the S3 transport decrypts into the relay's buffer (its protocol is switched
+    on the TLS transport, as on a plain one)."""
+    tls, cert = tls_server_context(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+
+    async def main() -> None:
+        client = Client()
+        async with (
+            scenario(long_reply(), [answer(b"next")], tls=tls) as (server, pool),
+            sink_to(client) as writer,
+        ):
+            response = await fetch(pool, server.origin)
+            first = await first_piece(response)
+            relay = response.relay(writer.transport)
+            assert relay is not None
+            await relay_all(relay, writer)
+            assert await response.read() == b""
+            while len(client.received) < relay.relayed:
+                client.got.clear()
+                await client.got.wait()
+            assert first + client.received == BODY
+            assert await read_all(await fetch(pool, server.origin)) == b"next"
+        assert server.accepted == 1
+
+    run_on(loop, main())
