@@ -69,11 +69,6 @@ class Response:
         self.headers = headers  # names in lower case
         self._connection: _Connection | None = connection
 
-    def relay(self, sink: asyncio.Transport) -> Relay | None:
-        """Rule 5 for the rest of this body, or None (then read() it)."""
-        connection = self._connection
-        return connection.relay(sink) if connection is not None else None
-
     async def read(self) -> bytes:
         connection = self._connection
         if connection is None:
@@ -82,6 +77,11 @@ class Response:
         if not chunk:
             self.release()
         return chunk
+
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5 for the rest of this body, or None (then read() it)."""
+        connection = self._connection
+        return connection.relay(sink) if connection is not None else None
 
     def release(self) -> None:
         """Done with this response: its connection is reused if the body was read to the end,
@@ -211,22 +211,6 @@ class _Connection(asyncio.Protocol):
 
     # -- used by Pool and Response -----------------------------------------------------------
 
-    def relay(self, sink: asyncio.Transport) -> Relay | None:
-        """Rule 5, or None when the body's rest is short, unknown in length or already in."""
-        remaining = self._remaining
-        if (
-            remaining is None
-            or remaining <= self._buffer_limit
-            or self._complete
-            or self._failure is not None
-            or self.transport is None
-            or self.lost
-        ):
-            return None
-        relay = Relay(self, self.transport, sink)
-        relay.start()
-        return relay
-
     def send(self, head: bytes, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
@@ -257,6 +241,22 @@ class _Connection(asyncio.Protocol):
             if self._failure is not None:
                 raise self._failure
             await self._wait()
+
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5, or None when the body's rest is short, unknown in length or already in."""
+        remaining = self._remaining
+        if (
+            remaining is None
+            or remaining <= self._buffer_limit
+            or self._complete
+            or self._failure is not None
+            or self.transport is None
+            or self.lost
+        ):
+            return None
+        relay = Relay(self, self.transport, sink)
+        relay.start()
+        return relay
 
     def finish(self) -> None:
         reusable = self._complete and self._keep_alive and not self.lost
