@@ -7,6 +7,9 @@ been sent, a failure aborts the connection instead of writing a body that looks 
 Each stream holds one of the stream slots (limits.max_streams*) while it runs, and is
 watched for a revocation of its credential (state.State.watch): one made while it runs, on
 any replica, closes its connection (the access line and proxy_streams_stopped_total say why).
+With the builtin engine, the rest of a long body goes from the S3 socket to the client's by
+itself once its first piece is out (upstream.py rule 5): the task only waits for a slow
+client's drain, under the same write deadline.
 """
 
 from __future__ import annotations
