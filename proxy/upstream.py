@@ -23,12 +23,15 @@ Rules:
    socket into one buffer of `buffer_limit` bytes and handed to the client's transport from
    the read callback, with no copy, no task wake-up and no Python layer per piece. The buffer
    is reused only once the client's transport holds none of it: until then the S3 socket is
-   not read (rule 3 still holds, with one buffer per stream).
+   not read (rule 3 still holds, with one buffer per stream). Between two plain sockets on
+   Linux the buffer is a pipe and the kernel moves the bytes (splice(2), SpliceRelay); over
+   TLS, or once the user's pipe quota is spent, the buffer relay does it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -254,7 +257,7 @@ class _Connection(asyncio.Protocol):
             or self.lost
         ):
             return None
-        relay = Relay(self, self.transport, sink)
+        relay = _relay_between(self, self.transport, sink)
         relay.start()
         return relay
 
@@ -342,13 +345,16 @@ class Relay(asyncio.BufferedProtocol):
         self._sink = sink
         self._loop = connection._loop
         self._size = connection._buffer_limit
-        self._view = memoryview(bytearray(self._size))
+        self._view = self._buffer()
         self._state: int | None = None  # news for the stream's task, or None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
         self._limits: tuple[int, int] | None = None
         self.relayed = 0  # body bytes handed to the sink by the relay
+
+    def _buffer(self) -> memoryview:
+        return memoryview(bytearray(self._size))
 
     def start(self) -> None:
         connection, sink = self._connection, self._sink
@@ -463,6 +469,213 @@ class Relay(asyncio.BufferedProtocol):
             return
         waiter.set_exception(TimeoutError())
         self._connection.close()
+        self._release()
+
+    def _release(self) -> None:
+        """What the relay holds besides its buffer, given back once it cannot go on."""
+
+
+def _relay_between(
+    connection: _Connection, transport: asyncio.Transport, sink: asyncio.Transport
+) -> Relay:
+    """A splice relay between two plain sockets where the system has splice(2), else the
+    buffer relay (TLS on either side, other systems, a pipe quota spent)."""
+    if connection._pool.splice:
+        s3_fd, client_fd = _plain_socket(transport), _plain_socket(sink)
+        if s3_fd is not None and client_fd is not None:
+            try:
+                return SpliceRelay(connection, transport, sink, s3_fd, client_fd)
+            except OSError:
+                pass
+    return Relay(connection, transport, sink)
+
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_SPLICES_PER_EVENT = 16  # pieces moved per readiness event at most, so others get their turn
+
+
+def _plain_socket(transport: asyncio.BaseTransport) -> int | None:
+    """The descriptor of a plain TCP transport (no TLS), or None."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else None
+
+
+class SpliceRelay(Relay):
+    """Rule 5 between two plain TCP sockets, on Linux: S3's socket -> a pipe -> the client's
+    socket with splice(2), the kernel passing pages on instead of copying the bytes into
+    the proxy and out again. The S3 transport stays paused; a duplicate of its descriptor
+    is watched for readability (a loop refuses to watch a transport's own). The client's
+    descriptor is written only in a callback that has just seen its transport open and
+    holding nothing, so the descriptor is still that transport's and the bytes go in order;
+    the client's transport keeps it (an abort closes it as ever). What the client's socket
+    cannot take at once is read back from the pipe and handed to its transport (a copy),
+    and the relay stops for its drain, as the buffer relay does."""
+
+    __slots__ = ("_client_fd", "_pipe_r", "_pipe_w", "_s3_fd", "_watching")
+
+    def __init__(
+        self,
+        connection: _Connection,
+        transport: asyncio.Transport,
+        sink: asyncio.Transport,
+        s3_fd: int,
+        client_fd: int,
+    ) -> None:
+        super().__init__(connection, transport, sink)
+        self._client_fd = client_fd
+        self._watching = False
+        self._s3_fd = os.dup(s3_fd)
+        try:
+            self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._s3_fd)
+            raise
+        import fcntl  # here: a module of the systems with splice(2) only
+
+        try:
+            fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, self._size)
+        except OSError:
+            self._close_descriptors()  # over the user's pipe quota: the buffer relay will do
+            raise
+
+    def _buffer(self) -> memoryview:
+        return memoryview(b"")  # none: the pipe is the buffer
+
+    def start(self) -> None:
+        connection, sink = self._connection, self._sink
+        if sink.is_closing():
+            self._state = RELAY_CLIENT_GONE
+            return
+        chunks = connection._chunks
+        while chunks:
+            piece = chunks.popleft()
+            sink.write(piece)
+            self.relayed += len(piece)
+        connection._buffered = 0
+        connection._paused = True  # the transport does not read while the relay does
+        self._transport.pause_reading()
+        low, high = sink.get_write_buffer_limits()
+        self._limits = (low, high)
+        sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
+        if sink.get_write_buffer_size():
+            self._state = RELAY_DRAIN
+            return
+        self._watch()
+
+    def _readable(self) -> None:
+        connection, sink = self._connection, self._sink
+        if connection._failure is not None or connection.lost:
+            self._release()  # closed by a timeout or a failure: the task is told by next()
+            self._wake()
+            return
+        # As a transport reads: on, while the socket has more, a bounded number of times.
+        for _ in range(_SPLICES_PER_EVENT):
+            if sink.is_closing():
+                self._stop(RELAY_CLIENT_GONE)
+                return
+            if not self._move():
+                return
+
+    def _move(self) -> bool:
+        """One piece from S3's socket to the client's; False when there is nothing to go on
+        with (no more bytes now, or the relay stopped)."""
+        connection, sink = self._connection, self._sink
+        remaining = cast(int, connection._remaining)
+        want = min(self._size, remaining)
+        try:
+            got = os.splice(self._s3_fd, self._pipe_w, want, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._release()
+            connection._fail(UpstreamClosed(f"S3 connection failed ({type(exc).__name__})"))
+            self._wake()
+            return False
+        if not got:
+            self._release()
+            connection._fail(UpstreamClosed("S3 closed the connection"))
+            self._wake()
+            return False
+        remaining -= got
+        connection._remaining = remaining
+        self._last_read = self._loop.time()
+        # The client's transport is open (checked before each piece) and holds nothing (a
+        # piece it took a part of stops the relay): its descriptor is its own, and these
+        # bytes come next.
+        sent = 0
+        try:
+            # (A transport holding bytes would have stopped the relay; checked all the same,
+            # as the bytes' order depends on it.)
+            while sent < got and not sink.get_write_buffer_size():
+                sent += os.splice(self._pipe_r, self._client_fd, got - sent, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.relayed += sent
+            self._stop(RELAY_CLIENT_GONE)
+            return False
+        self.relayed += sent
+        if sent < got:  # the client's socket is full: its transport takes the rest
+            rest = bytearray()
+            while len(rest) < got - sent:
+                rest += os.read(self._pipe_r, got - sent - len(rest))
+            sink.write(rest)
+            self.relayed += len(rest)
+        if not remaining:
+            self._release()
+            connection._paused = False
+            self._transport.resume_reading()  # its protocol is the connection's throughout
+            connection.on_message_complete()
+            self._state = RELAY_DONE
+            self._wake()
+            return False
+        if sent < got:
+            self._stop(RELAY_DRAIN)
+            return False
+        return got == want  # a short piece: the socket is likely empty now
+
+    def resume(self) -> None:
+        self._last_read = self._loop.time()
+        connection = self._connection
+        if self._state is None and not connection.lost and connection._failure is None:
+            self._watch()
+
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+    def _release(self) -> None:
+        self._unwatch()
+        self._close_descriptors()
+
+    def _stop(self, state: int) -> None:
+        if state == RELAY_DRAIN:
+            self._unwatch()
+        else:
+            self._release()  # gone: its S3 socket must close when the connection does
+        self._state = state
+        self._wake()
+
+    def _watch(self) -> None:
+        if not self._watching and self._s3_fd >= 0:
+            self._loop.add_reader(self._s3_fd, self._readable)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._s3_fd)
+            self._watching = False
+
+    def _close_descriptors(self) -> None:
+        # Removed from the loop first (above): a closed duplicate still watched would keep
+        # reporting the S3 socket's events under a number that may be reused.
+        for name in ("_s3_fd", "_pipe_r", "_pipe_w"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
 
 def request_head(
@@ -486,8 +699,12 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         buffer_limit: int,
+        splice: bool = True,
     ) -> None:
         self.read_timeout = read_timeout
+        # Rule 5 with splice(2) between plain sockets where the system has it; False: the
+        # buffer relay always (tests run both).
+        self.splice = splice and hasattr(os, "splice")
         self._pool_timeout = pool_timeout
         self._connect_timeout = connect_timeout
         self._buffer_limit = buffer_limit

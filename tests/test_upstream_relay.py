@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from proxy.upstream import (
     RELAY_DRAIN,
     Relay,
     Response,
+    SpliceRelay,
     UpstreamClosed,
 )
 
@@ -32,7 +34,6 @@ from .test_upstream import (
     Step,
     answer,
     fetch,
-    on_both_loops,
     read_all,
     response_head,
     run_on,
@@ -41,6 +42,24 @@ from .test_upstream import (
 )
 
 BODY = random.Random(5).randbytes(4 * 1024 * 1024)
+
+
+def on_both_loops_and_relays(
+    test: Callable[[bool], Coroutine[Any, Any, None]],
+) -> Callable[[str, bool], None]:
+    """On each loop, with the splice relay and with the buffer relay (which TLS gets)."""
+
+    @pytest.mark.parametrize("splice", [True, False], ids=["splice", "buffer"])
+    @pytest.mark.parametrize("loop", sorted(LOOPS))
+    def run(loop: str, splice: bool) -> None:
+        run_on(loop, test(splice))
+
+    return run
+
+
+def is_kind(relay: Relay | None, splice: bool) -> bool:
+    """The relay the test meant: a test of one kind must not pass on the other."""
+    return type(relay) is (SpliceRelay if splice else Relay)
 
 
 def long_reply(body: bytes = BODY) -> list[Step]:
@@ -93,20 +112,22 @@ async def sink_to(client: Client) -> AsyncIterator[asyncio.StreamWriter]:
 async def relay_all(relay: Relay, writer: asyncio.StreamWriter) -> list[int]:
     """What the stream's task does: drain the sink whenever the relay stops for it."""
     states = []
-    while (state := await relay.next()) != RELAY_DONE:
-        states.append(state)
-        if state == RELAY_CLIENT_GONE:
-            break
-        assert state == RELAY_DRAIN
-        # Rule 3: the sink holds what was read before the relay began, or one relay buffer
-        assert writer.transport.get_write_buffer_size() <= LIMIT + SOCKET_READ
-        try:
-            await writer.drain()
-        except ConnectionError:
-            states.append(RELAY_CLIENT_GONE)
-            break
-        relay.resume()
-    relay.close()
+    try:
+        while (state := await relay.next()) != RELAY_DONE:
+            states.append(state)
+            if state == RELAY_CLIENT_GONE:
+                break
+            assert state == RELAY_DRAIN
+            # Rule 3: the sink holds what was read before the relay began, or one buffer
+            assert writer.transport.get_write_buffer_size() <= LIMIT + SOCKET_READ
+            try:
+                await writer.drain()
+            except ConnectionError:
+                states.append(RELAY_CLIENT_GONE)
+                break
+            relay.resume()
+    finally:
+        relay.close()
     return states
 
 
@@ -116,15 +137,18 @@ async def first_piece(response: Response) -> bytes:
     return piece
 
 
-@on_both_loops
-async def test_the_rest_of_a_long_body_is_relayed_and_its_connection_reused() -> None:
+@on_both_loops_and_relays
+async def test_the_rest_of_a_long_body_is_relayed_and_its_connection_reused(splice: bool) -> None:
     client = Client()
-    async with scenario(long_reply(), [answer(b"next")]) as (server, pool), sink_to(client) as w:
+    async with (
+        scenario(long_reply(), [answer(b"next")], splice=splice) as (server, pool),
+        sink_to(client) as w,
+    ):
         response = await fetch(pool, server.origin)
         first = await first_piece(response)
         low_high = w.transport.get_write_buffer_limits()
         relay = response.relay(w.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         await relay_all(relay, w)
         assert w.transport.get_write_buffer_limits() == low_high  # as the sink had them
         assert len(first) + relay.relayed == len(BODY)
@@ -137,15 +161,15 @@ async def test_the_rest_of_a_long_body_is_relayed_and_its_connection_reused() ->
     assert server.accepted == 1  # rule 1: read to the end, so reused
 
 
-@on_both_loops
-async def test_rule_3_a_client_that_stops_reading_stops_the_s3_socket() -> None:
+@on_both_loops_and_relays
+async def test_rule_3_a_client_that_stops_reading_stops_the_s3_socket(splice: bool) -> None:
     client = Client()
-    async with scenario(long_reply()) as (server, pool), sink_to(client) as writer:
+    async with scenario(long_reply(), splice=splice) as (server, pool), sink_to(client) as writer:
         response = await fetch(pool, server.origin)
         first = await first_piece(response)
         client.reading.clear()
         relay = response.relay(writer.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         assert await relay.next() == RELAY_DRAIN
         await asyncio.sleep(WINDOW)  # room for a relay without back-pressure to take it all
         assert server.transports[0].get_write_buffer_size() > 0  # S3 is held back
@@ -163,16 +187,19 @@ async def test_rule_3_a_client_that_stops_reading_stops_the_s3_socket() -> None:
         response.release()
 
 
-@on_both_loops
-async def test_s3_ending_short_mid_relay_raises_and_the_connection_is_not_kept() -> None:
+@on_both_loops_and_relays
+async def test_s3_ending_short_mid_relay_raises_and_its_connection_is_dropped(splice: bool) -> None:
     client = Client()
     cut: list[Step] = [response_head("200 OK", f"Content-Length: {len(BODY)}"), BODY[: 1 << 20]]
     cut.append(CLOSE)
-    async with scenario(cut, [answer(b"next")]) as (server, pool), sink_to(client) as writer:
+    async with (
+        scenario(cut, [answer(b"next")], splice=splice) as (server, pool),
+        sink_to(client) as writer,
+    ):
         response = await fetch(pool, server.origin)
         await first_piece(response)
         relay = response.relay(writer.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         with pytest.raises(UpstreamClosed):
             await relay_all(relay, writer)
         relay.close()
@@ -181,14 +208,17 @@ async def test_s3_ending_short_mid_relay_raises_and_the_connection_is_not_kept()
     assert server.connections_of_requests() == [1, 2]
 
 
-@on_both_loops
-async def test_a_client_gone_mid_relay_stops_it_and_the_connection_is_closed() -> None:
+@on_both_loops_and_relays
+async def test_a_client_gone_mid_relay_stops_it_and_the_connection_is_closed(splice: bool) -> None:
     client = Client()
-    async with scenario(long_reply(), [answer(b"next")]) as (server, pool), sink_to(client) as w:
+    async with (
+        scenario(long_reply(), [answer(b"next")], splice=splice) as (server, pool),
+        sink_to(client) as w,
+    ):
         response = await fetch(pool, server.origin)
         await first_piece(response)
         relay = response.relay(w.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         await client.got.wait()
         w.transport.abort()  # as the proxy cuts a revoked or stalled client
         states = await relay_all(relay, w)
@@ -199,28 +229,31 @@ async def test_a_client_gone_mid_relay_stops_it_and_the_connection_is_closed() -
     assert server.connections_of_requests() == [1, 2]  # rule 1: not read to the end
 
 
-@on_both_loops
-async def test_s3_going_quiet_mid_relay_is_a_read_timeout() -> None:
+@on_both_loops_and_relays
+async def test_s3_going_quiet_mid_relay_is_a_read_timeout(splice: bool) -> None:
     # S3 sends a part of the body, then waits for a next request that never comes.
     quiet: list[Step] = [response_head("200 OK", f"Content-Length: {len(BODY)}"), BODY[: 1 << 20]]
     client = Client()
-    async with scenario(quiet, read_timeout=0.3) as (server, pool), sink_to(client) as writer:
+    async with (
+        scenario(quiet, read_timeout=0.3, splice=splice) as (server, pool),
+        sink_to(client) as writer,
+    ):
         response = await fetch(pool, server.origin)
         await first_piece(response)
         relay = response.relay(writer.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         with pytest.raises(TimeoutError):
             await relay_all(relay, writer)
         response.release()
         await server.until(lambda: server.ended == 1)  # the quiet connection was closed
 
 
-@on_both_loops
-async def test_short_chunked_or_finished_bodies_are_not_relayed() -> None:
+@on_both_loops_and_relays
+async def test_short_chunked_or_finished_bodies_are_not_relayed(splice: bool) -> None:
     short = [answer(b"s" * (LIMIT // 2))]
     chunked = [response_head("200 OK", "Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\n\r\n"]
     client = Client()
-    async with scenario(short, chunked) as (server, pool), sink_to(client) as writer:
+    async with scenario(short, chunked, splice=splice) as (server, pool), sink_to(client) as writer:
         for expected in (b"s" * (LIMIT // 2), b"abc"):
             response = await fetch(pool, server.origin)
             assert response.relay(writer.transport) is None
@@ -228,15 +261,18 @@ async def test_short_chunked_or_finished_bodies_are_not_relayed() -> None:
             assert response.relay(writer.transport) is None  # released: nothing left
 
 
-@on_both_loops
-async def test_after_a_relay_rule_3_still_holds_on_the_reused_connection() -> None:
+@on_both_loops_and_relays
+async def test_after_a_relay_rule_3_still_holds_on_the_reused_connection(splice: bool) -> None:
     client = Client()
-    async with scenario(long_reply(), long_reply()) as (server, pool), sink_to(client) as writer:
+    async with (
+        scenario(long_reply(), long_reply(), splice=splice) as (server, pool),
+        sink_to(client) as writer,
+    ):
         response = await fetch(pool, server.origin)
         await first_piece(response)
         await asyncio.sleep(WINDOW)  # the connection fills its buffer and stops reading
         relay = response.relay(writer.transport)
-        assert relay is not None
+        assert is_kind(relay, splice)
         await relay_all(relay, writer)
         assert await response.read() == b""
         again = await fetch(pool, server.origin)
@@ -267,7 +303,7 @@ def test_a_relay_from_an_https_origin_is_exact_and_hands_the_connection_back(
             response = await fetch(pool, server.origin)
             first = await first_piece(response)
             relay = response.relay(writer.transport)
-            assert relay is not None
+            assert is_kind(relay, splice=False)  # no splice over TLS
             await relay_all(relay, writer)
             assert await response.read() == b""
             while len(client.received) < relay.relayed:
