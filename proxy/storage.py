@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -50,11 +50,33 @@ class ObjectMeta:
     content_language: str | None = None
 
 
+class BodyRelay(Protocol):
+    """The rest of a body going from S3's socket to the client's transport by itself
+    (upstream.py rule 5), which the stream's task only tends when it stops."""
+
+    @property
+    def relayed(self) -> int:
+        """Body bytes handed to the client's transport so far."""
+
+    async def next(self) -> bool:
+        """True once the whole body went; False when paused until the client's transport
+        has taken what it holds (drain it, then `resume()`). S3's failures are raised as the
+        project's errors, a closed client transport as ConnectionResetError."""
+
+    def resume(self) -> None: ...
+
+    def close(self) -> None:
+        """Done with the relay, however it ended."""
+
+
 @dataclass
 class ObjectStream:
     meta: ObjectMeta
     chunks: AsyncIterator[bytes]
     _close: Any = field(default=None, repr=False)
+    # Offered by engines that can relay the rest of a body (after the first piece read from
+    # `chunks`) into the client's transport; None from the call: read `chunks` instead.
+    relay: Callable[[asyncio.Transport], BodyRelay | None] | None = field(default=None, repr=False)
 
     async def aclose(self) -> None:
         if self._close is not None:

@@ -19,11 +19,19 @@ Rules:
 4. A request waits at most `pool_timeout` for one of the `max_connections` slots, then fails
    with PoolExhausted: slots are held by downloads in progress, which free up in seconds or
    not at all, so a longer wait only turns a quick refusal into a slow one.
+5. The rest of a long Content-Length body may be relayed (`Response.relay`): read from S3's
+   socket into one buffer of `buffer_limit` bytes and handed to the client's transport from
+   the read callback, with no copy, no task wake-up and no Python layer per piece. The buffer
+   is reused only once the client's transport holds none of it: until then the S3 socket is
+   not read (rule 3 still holds, with one buffer per stream). Between two plain sockets on
+   Linux the buffer is a pipe and the kernel moves the bytes (splice(2), SpliceRelay); over
+   TLS, or once the user's pipe quota is spent, the buffer relay does it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -72,6 +80,11 @@ class Response:
         if not chunk:
             self.release()
         return chunk
+
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5 for the rest of this body, or None (then read() it)."""
+        connection = self._connection
+        return connection.relay(sink) if connection is not None else None
 
     def release(self) -> None:
         """Done with this response: its connection is reused if the body was read to the end,
@@ -232,6 +245,22 @@ class _Connection(asyncio.Protocol):
                 raise self._failure
             await self._wait()
 
+    def relay(self, sink: asyncio.Transport) -> Relay | None:
+        """Rule 5, or None when the body's rest is short, unknown in length or already in."""
+        remaining = self._remaining
+        if (
+            remaining is None
+            or remaining <= self._buffer_limit
+            or self._complete
+            or self._failure is not None
+            or self.transport is None
+            or self.lost
+        ):
+            return None
+        relay = _relay_between(self, self.transport, sink)
+        relay.start()
+        return relay
+
     def finish(self) -> None:
         reusable = self._complete and self._keep_alive and not self.lost
         if reusable and not self._chunks and self._failure is None:
@@ -274,6 +303,381 @@ class _Connection(asyncio.Protocol):
             self.close()
 
 
+RELAY_DONE = 0  # every byte of the body went to the client's transport
+RELAY_DRAIN = 1  # the client's transport holds some of the buffer: S3 is not read until it took it
+RELAY_CLIENT_GONE = 2  # the client's transport closed (hung up, cut by the proxy): S3 is not read
+
+
+class Relay(asyncio.BufferedProtocol):
+    """Rule 5: the S3 transport's protocol while the rest of a Content-Length body goes from
+    its socket to `sink`, then the connection's again. The stream's task only acts when the
+    relay stops: `next()` says why, and after RELAY_DRAIN, once the client's transport is
+    empty (the sink's write buffer limits are 0 while relaying, so its protocol's drain
+    waits for exactly that), `resume()`. `close()` when done, whatever happened.
+
+    As read in uvloop 0.23 and aiohttp 3.14.5: uvloop's transport keeps a reference to a
+    written memoryview until the kernel took it (asyncio's 3.11 transport copies it), hence
+    the rule that the buffer is not read into while the sink holds any byte; aiohttp's
+    `StreamWriter.drain()` waits while its protocol is paused, which a transport does above
+    its high-water mark and undoes at its low one. tests/test_upstream_relay.py and
+    tests/test_stream_relay.py pin both (the latter corrupts bytes if the rule is broken)."""
+
+    __slots__ = (
+        "_connection",
+        "_last_read",
+        "_limits",
+        "_loop",
+        "_sink",
+        "_size",
+        "_state",
+        "_timer",
+        "_transport",
+        "_view",
+        "_waiter",
+        "relayed",
+    )
+
+    def __init__(
+        self, connection: _Connection, transport: asyncio.Transport, sink: asyncio.Transport
+    ) -> None:
+        self._connection = connection
+        self._transport = transport
+        self._sink = sink
+        self._loop = connection._loop
+        self._size = connection._buffer_limit
+        self._view = self._buffer()
+        self._state: int | None = None  # news for the stream's task, or None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = self._loop.time()
+        self._limits: tuple[int, int] | None = None
+        self.relayed = 0  # body bytes handed to the sink by the relay
+
+    def _buffer(self) -> memoryview:
+        return memoryview(bytearray(self._size))
+
+    def start(self) -> None:
+        connection, sink = self._connection, self._sink
+        if sink.is_closing():
+            self._state = RELAY_CLIENT_GONE
+            return
+        # Pieces already read are bytes, which the sink may keep: they go first.
+        chunks = connection._chunks
+        while chunks:
+            piece = chunks.popleft()
+            sink.write(piece)
+            self.relayed += len(piece)
+        connection._buffered = 0
+        # Pausing is the relay's from here (and the connection's flag must not outlive it).
+        paused, connection._paused = connection._paused, False
+        low, high = sink.get_write_buffer_limits()
+        self._limits = (low, high)
+        sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
+        self._transport.set_protocol(self)
+        if sink.get_write_buffer_size():
+            self._stop(RELAY_DRAIN)
+        elif paused:
+            self._transport.resume_reading()
+
+    # -- asyncio.BufferedProtocol ------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        connection = self._connection
+        remaining = cast(int, connection._remaining) - nbytes
+        if remaining < 0:
+            connection._fail(MalformedResponse("more body than its Content-Length"))
+            self._wake()
+            return
+        connection._remaining = remaining
+        sink = self._sink
+        if sink.is_closing():  # the rest is not read: the connection is closed on release
+            self._stop(RELAY_CLIENT_GONE)
+            return
+        sink.write(self._view if nbytes == self._size else self._view[:nbytes])
+        self.relayed += nbytes
+        self._last_read = self._loop.time()
+        if not remaining:
+            # The buffer is never reused from here: the sink may still hold some of it.
+            self._transport.set_protocol(connection)
+            connection.on_message_complete()
+            self._state = RELAY_DONE
+            self._wake()
+            return
+        if sink.get_write_buffer_size():
+            self._stop(RELAY_DRAIN)
+
+    def eof_received(self) -> bool | None:
+        return self._connection.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.connection_lost(exc)
+        self._wake()
+
+    # -- used by the stream's task -----------------------------------------------------------
+
+    async def next(self) -> int:
+        """RELAY_DONE, RELAY_DRAIN or RELAY_CLIENT_GONE; S3's failures are raised, as read()
+        raises them (s3.read_timeout without a byte is a TimeoutError)."""
+        while self._state is None:
+            failure = self._connection._failure
+            if failure is not None:
+                raise failure
+            waiter = self._waiter = self._loop.create_future()
+            self._timer = self._loop.call_later(self._connection._pool.read_timeout, self._check)
+            try:
+                await waiter
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._waiter = None
+        state, self._state = self._state, None
+        return state
+
+    def resume(self) -> None:
+        """After RELAY_DRAIN, once the sink holds nothing more: read S3 again."""
+        self._last_read = self._loop.time()
+        self._transport.resume_reading()
+
+    def close(self) -> None:
+        """The sink's write buffer limits as they were (if it is still open)."""
+        limits, self._limits = self._limits, None
+        if limits is not None and not self._sink.is_closing():
+            self._sink.set_write_buffer_limits(high=limits[1], low=limits[0])
+
+    def _stop(self, state: int) -> None:
+        self._transport.pause_reading()
+        self._state = state
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        idle = self._loop.time() - self._last_read
+        timeout = self._connection._pool.read_timeout
+        if idle < timeout:
+            # Re-armed, not reset per piece: one timer per wait, whatever the pieces.
+            self._timer = self._loop.call_later(timeout - idle, self._check)
+            return
+        waiter.set_exception(TimeoutError())
+        self._connection.close()
+        self._release()
+
+    def _release(self) -> None:
+        """What the relay holds besides its buffer, given back once it cannot go on."""
+
+
+def _relay_between(
+    connection: _Connection, transport: asyncio.Transport, sink: asyncio.Transport
+) -> Relay:
+    """A splice relay between two plain sockets where the system has splice(2), else the
+    buffer relay (TLS on either side, other systems, a pipe quota spent)."""
+    if connection._pool.splice:
+        s3_fd, client_fd = _plain_socket(transport), _plain_socket(sink)
+        if s3_fd is not None and client_fd is not None:
+            try:
+                return SpliceRelay(connection, transport, sink, s3_fd, client_fd)
+            except OSError:
+                pass
+    return Relay(connection, transport, sink)
+
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_SPLICES_PER_EVENT = 16  # pieces moved per readiness event at most, so others get their turn
+
+
+def _plain_socket(transport: asyncio.BaseTransport) -> int | None:
+    """The descriptor of a plain TCP transport (no TLS), or None."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else None
+
+
+class SpliceRelay(Relay):
+    """Rule 5 between two plain TCP sockets, on Linux: S3's socket -> a pipe -> the client's
+    socket with splice(2), the kernel passing pages on instead of copying the bytes into
+    the proxy and out again. The S3 transport stays paused; a duplicate of its descriptor
+    is watched for readability (a loop refuses to watch a transport's own). The client's
+    descriptor is written only in a callback that has just seen its transport open and
+    holding nothing, so the descriptor is still that transport's and the bytes go in order;
+    the client's transport keeps it (an abort closes it as ever). What the client's socket
+    cannot take at once is read back from the pipe and handed to its transport (a copy),
+    and the relay stops for its drain, as the buffer relay does."""
+
+    __slots__ = ("_client_fd", "_pipe_r", "_pipe_w", "_s3_fd", "_watching")
+
+    def __init__(
+        self,
+        connection: _Connection,
+        transport: asyncio.Transport,
+        sink: asyncio.Transport,
+        s3_fd: int,
+        client_fd: int,
+    ) -> None:
+        super().__init__(connection, transport, sink)
+        self._client_fd = client_fd
+        self._watching = False
+        self._s3_fd = os.dup(s3_fd)
+        try:
+            self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.close(self._s3_fd)
+            raise
+        import fcntl  # here: a module of the systems with splice(2) only
+
+        try:
+            fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, self._size)
+        except OSError:
+            self._close_descriptors()  # over the user's pipe quota: the buffer relay will do
+            raise
+
+    def _buffer(self) -> memoryview:
+        return memoryview(b"")  # none: the pipe is the buffer
+
+    def start(self) -> None:
+        connection, sink = self._connection, self._sink
+        if sink.is_closing():
+            self._state = RELAY_CLIENT_GONE
+            return
+        chunks = connection._chunks
+        while chunks:
+            piece = chunks.popleft()
+            sink.write(piece)
+            self.relayed += len(piece)
+        connection._buffered = 0
+        connection._paused = True  # the transport does not read while the relay does
+        self._transport.pause_reading()
+        low, high = sink.get_write_buffer_limits()
+        self._limits = (low, high)
+        sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
+        if sink.get_write_buffer_size():
+            self._state = RELAY_DRAIN
+            return
+        self._watch()
+
+    def _readable(self) -> None:
+        connection, sink = self._connection, self._sink
+        if connection._failure is not None or connection.lost:
+            self._release()  # closed by a timeout or a failure: the task is told by next()
+            self._wake()
+            return
+        # As a transport reads: on, while the socket has more, a bounded number of times.
+        for _ in range(_SPLICES_PER_EVENT):
+            if sink.is_closing():
+                self._stop(RELAY_CLIENT_GONE)
+                return
+            if not self._move():
+                return
+
+    def _move(self) -> bool:
+        """One piece from S3's socket to the client's; False when there is nothing to go on
+        with (no more bytes now, or the relay stopped)."""
+        connection, sink = self._connection, self._sink
+        remaining = cast(int, connection._remaining)
+        want = min(self._size, remaining)
+        try:
+            got = os.splice(self._s3_fd, self._pipe_w, want, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._release()
+            connection._fail(UpstreamClosed(f"S3 connection failed ({type(exc).__name__})"))
+            self._wake()
+            return False
+        if not got:
+            self._release()
+            connection._fail(UpstreamClosed("S3 closed the connection"))
+            self._wake()
+            return False
+        remaining -= got
+        connection._remaining = remaining
+        self._last_read = self._loop.time()
+        # The client's transport is open (checked before each piece) and holds nothing (a
+        # piece it took a part of stops the relay): its descriptor is its own, and these
+        # bytes come next.
+        sent = 0
+        try:
+            # (A transport holding bytes would have stopped the relay; checked all the same,
+            # as the bytes' order depends on it.)
+            while sent < got and not sink.get_write_buffer_size():
+                sent += os.splice(self._pipe_r, self._client_fd, got - sent, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.relayed += sent
+            self._stop(RELAY_CLIENT_GONE)
+            return False
+        self.relayed += sent
+        if sent < got:  # the client's socket is full: its transport takes the rest
+            rest = bytearray()
+            while len(rest) < got - sent:
+                rest += os.read(self._pipe_r, got - sent - len(rest))
+            sink.write(rest)
+            self.relayed += len(rest)
+        if not remaining:
+            self._release()
+            connection._paused = False
+            self._transport.resume_reading()  # its protocol is the connection's throughout
+            connection.on_message_complete()
+            self._state = RELAY_DONE
+            self._wake()
+            return False
+        if sent < got:
+            self._stop(RELAY_DRAIN)
+            return False
+        return got == want  # a short piece: the socket is likely empty now
+
+    def resume(self) -> None:
+        self._last_read = self._loop.time()
+        connection = self._connection
+        if self._state is None and not connection.lost and connection._failure is None:
+            self._watch()
+
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+    def _release(self) -> None:
+        self._unwatch()
+        self._close_descriptors()
+
+    def _stop(self, state: int) -> None:
+        if state == RELAY_DRAIN:
+            self._unwatch()
+        else:
+            self._release()  # gone: its S3 socket must close when the connection does
+        self._state = state
+        self._wake()
+
+    def _watch(self) -> None:
+        if not self._watching and self._s3_fd >= 0:
+            self._loop.add_reader(self._s3_fd, self._readable)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._s3_fd)
+            self._watching = False
+
+    def _close_descriptors(self) -> None:
+        # Removed from the loop first (above): a closed duplicate still watched would keep
+        # reporting the S3 socket's events under a number that may be reused.
+        for name in ("_s3_fd", "_pipe_r", "_pipe_w"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
 def request_head(
     method: str, target: str, host_header: str, headers: Sequence[tuple[str, str]]
 ) -> bytes:
@@ -295,8 +699,12 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         buffer_limit: int,
+        splice: bool = True,
     ) -> None:
         self.read_timeout = read_timeout
+        # Rule 5 with splice(2) between plain sockets where the system has it; False: the
+        # buffer relay always (tests run both).
+        self.splice = splice and hasattr(os, "splice")
         self._pool_timeout = pool_timeout
         self._connect_timeout = connect_timeout
         self._buffer_limit = buffer_limit

@@ -127,6 +127,7 @@ async def scenario(
     read_timeout: float = 2.0,
     pool_timeout: float = 2.0,
     tls: ssl.SSLContext | None = None,
+    splice: bool = True,
 ) -> AsyncIterator[tuple[ScriptedServer, Pool]]:
     async with ScriptedServer(replies, tls) as server:
         pool = Pool(
@@ -135,6 +136,7 @@ async def scenario(
             connect_timeout=2.0,
             read_timeout=read_timeout,
             buffer_limit=LIMIT,
+            splice=splice,
         )
         try:
             yield server, pool

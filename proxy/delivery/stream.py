@@ -7,6 +7,9 @@ been sent, a failure aborts the connection instead of writing a body that looks 
 Each stream holds one of the stream slots (limits.max_streams*) while it runs, and is
 watched for a revocation of its credential (state.State.watch): one made while it runs, on
 any replica, closes its connection (the access line and proxy_streams_stopped_total say why).
+With the builtin engine, the rest of a long body goes from the S3 socket to the client's by
+itself once its first piece is out (upstream.py rule 5): the task only waits for a slow
+client's drain, under the same write deadline.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
@@ -41,7 +45,7 @@ from ..objectcache import ObjectCache
 from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State, Watch
-from ..storage import ObjectMeta, ObjectStream, Storage
+from ..storage import BodyRelay, ObjectMeta, ObjectStream, Storage
 from ..wire import WireHead, WireResponse
 from .method import Link
 from .presentation import Presentation, object_head, object_headers, presentation
@@ -297,6 +301,7 @@ async def send_object(
             context.reason = "client disconnected"
             return response
         deadline = WriteDeadline(request.transport, write_timeout)
+        relay = obj.relay
         try:
             async for chunk in obj.chunks:
                 bytes_from_s3 += len(chunk)
@@ -310,6 +315,10 @@ async def send_object(
                 if context.first_byte is None:
                     context.first_byte = time.perf_counter()
                 context.bytes_sent += len(chunk)
+                if relay is not None and bytes_from_s3 < obj.meta.content_length:
+                    # The head went with the first piece; a long rest goes socket to socket.
+                    bytes_from_s3 += await _relay_rest(relay, request, context, deadline)
+                    relay = None  # the loop then ends, or reads what was too short to relay
         except ConnectionError:
             if deadline.expired:
                 context.reason = _STALLED
@@ -338,6 +347,35 @@ async def send_object(
 
 
 _STALLED = "client stopped reading (limits.client_write_timeout)"
+
+
+async def _relay_rest(
+    start: Callable[[asyncio.Transport], BodyRelay | None],
+    request: web.BaseRequest,
+    context: RequestContext,
+    deadline: WriteDeadline,
+) -> int:
+    """The rest of the body relayed by the engine into the client's transport (upstream.py
+    rule 5); the bytes relayed, which count as sent however it ends. 0 when there was no
+    rest worth relaying: the caller reads it. The task wakes only when the relay stops for
+    the client: then, as a write() would, it waits for the client's buffer to drain, under
+    the same write deadline."""
+    transport = request.transport
+    relay = start(transport) if transport is not None else None
+    if relay is None:
+        return 0
+    try:
+        while not await relay.next():
+            deadline.since = deadline.now()
+            await request.writer.drain()
+            deadline.since = None
+            if deadline.expired or cast(asyncio.Transport, transport).is_closing():
+                raise ConnectionResetError("the client's connection closed")
+            relay.resume()
+    finally:
+        context.bytes_sent += relay.relayed
+        relay.close()
+    return relay.relayed
 
 
 class WriteDeadline:

@@ -30,7 +30,16 @@ from ..storage import (
     translate_errors,
     xml_field,
 )
-from ..upstream import MalformedResponse, Origin, Pool, Response, request_head
+from ..upstream import (
+    RELAY_CLIENT_GONE,
+    RELAY_DONE,
+    MalformedResponse,
+    Origin,
+    Pool,
+    Relay,
+    Response,
+    request_head,
+)
 from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
@@ -80,10 +89,12 @@ class BuiltinStorage(SignedByTheProxy):
     async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
         headers = {"Range": byte_range} if byte_range else {}
         response = await self._send("GET", ref, headers, "GetObject")
+        body = _Body(response)
         return ObjectStream(
             meta=_meta_from_headers(response),
-            chunks=_Body(response),
+            chunks=body,
             _close=response.release,  # keeps the connection only if the body was read to the end
+            relay=body.relay,
         )
 
     async def _send(
@@ -201,6 +212,37 @@ class _Body:
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+    def relay(self, sink: asyncio.Transport) -> _Relayed | None:
+        """The rest of the body straight into `sink` (upstream.py rule 5), if long enough."""
+        relay = self._response.relay(sink)
+        return _Relayed(relay) if relay is not None else None
+
+
+class _Relayed:
+    """A body relay (storage.BodyRelay) with S3's failures as the project's errors."""
+
+    __slots__ = ("_relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    @property
+    def relayed(self) -> int:
+        return self._relay.relayed
+
+    async def next(self) -> bool:
+        with translate_errors("GetObject body"):
+            state = await self._relay.next()
+        if state == RELAY_CLIENT_GONE:
+            raise ConnectionResetError("the client's connection closed")
+        return state == RELAY_DONE
+
+    def resume(self) -> None:
+        self._relay.resume()
+
+    def close(self) -> None:
+        self._relay.close()
 
 
 def _meta_from_headers(response: Response) -> ObjectMeta:
