@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -59,9 +59,20 @@ class Origin:
 class Response:
     """A response head plus its body, read piece by piece with `read()` (b"" at the end)."""
 
-    def __init__(self, connection: _Connection, status: int, headers: dict[str, str]) -> None:
+    __slots__ = ("_connection", "content_length", "headers", "status")
+
+    def __init__(
+        self,
+        connection: _Connection,
+        status: int,
+        headers: dict[bytes, str],
+        content_length: int | None,
+    ) -> None:
         self.status = status
-        self.headers = headers  # names in lower case
+        # Only the headers the pool was asked to read (Pool's `headers_read`) and the body's
+        # framing, by lower-case name.
+        self.headers = headers
+        self.content_length = content_length  # None: the answer did not say (validly)
         self._connection: _Connection | None = connection
 
     async def read(self) -> bytes:
@@ -81,9 +92,15 @@ class Response:
             connection.finish()
 
 
+# What the connection itself reads of every answer (the body's framing).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: Pool, origin: Origin, buffer_limit: int) -> None:
         self._pool = pool
+        self.kept = pool.headers_read  # the header lines kept of each answer
+        self._kept_lengths = pool.headers_read_lengths
         self.origin = origin
         self._loop = asyncio.get_running_loop()
         self._buffer_limit = buffer_limit
@@ -93,7 +110,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
-        self._headers: dict[str, str] = {}
+        self._fields: dict[bytes, str] = {}  # the kept header lines, names in lower case
+        self._length: int | None = None  # a valid Content-Length
         self._head_done = False
         self._status = 0
         self._keep_alive = False
@@ -151,29 +169,38 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # -- httptools callbacks -----------------------------------------------------------------
+    # httptools (0.9) looks the callbacks up when a parser is made and leaves out those the
+    # protocol sets to None: these have nothing to do, so llhttp does not call into Python.
+    on_message_begin = on_status = on_chunk_header = on_chunk_complete = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._head_done:  # trailers of a chunked body are not the response's headers
-            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        # Called for every header line; most are not read (Date, Server, x-amz-id-2, ...):
+        # the length of a name rules most of them out before any other work.
+        if len(name) in self._kept_lengths and not self._head_done:  # not a trailer
+            name = name.lower()
+            if name in self.kept:
+                self._fields[name] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        parser = cast(httptools.HttpResponseParser, self._parser)  # it is the caller
+        parser = self._parser
+        if parser is None:  # cannot be: the parser is the caller
+            return
         self._status = parser.get_status_code()
         self._keep_alive = parser.should_keep_alive()
         self._head_done = True
-        headers = self._headers
-        length = headers.get("content-length")
-        chunked = "chunked" in headers.get("transfer-encoding", "")
+        fields = self._fields
+        length = fields.get(b"content-length")
+        self._length = int(length) if length is not None and length.isdigit() else None
+        chunked = "chunked" in fields.get(b"transfer-encoding", "")
         self._until_eof = length is None and not chunked
         if (
-            length is not None
-            and length.isdigit()
+            self._length is not None
             and not chunked
             and not self._head_only
             and self._status >= 200
             and self._status not in (204, 304)
         ):
-            self._remaining = int(length)  # counted down by on_body, then by _take_body
+            self._remaining = self._length  # counted down by on_body, then by _take_body
         if self._head_only:
             # A HEAD answer has no body whatever its Content-Length says; llhttp would wait
             # for one, so the message ends here and the parser is dropped.
@@ -204,7 +231,8 @@ class _Connection(asyncio.Protocol):
     def send(self, head: bytes, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
-        self._headers = {}
+        self._fields = {}
+        self._length = None
         self._head_done = self._complete = self._until_eof = self._got_bytes = False
         self._remaining = None
         self._failure = None
@@ -215,7 +243,7 @@ class _Connection(asyncio.Protocol):
             if self._failure is not None:
                 raise self._failure
             await self._wait()
-        return Response(self, self._status, self._headers)
+        return Response(self, self._status, self._fields, self._length)
 
     async def read(self) -> bytes:
         while True:
@@ -295,8 +323,13 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         buffer_limit: int,
+        headers_read: Iterable[str] = (),
     ) -> None:
+        """`headers_read`: the headers a caller reads of an answer (Response.headers); no
+        other is kept, beside the body's framing."""
         self.read_timeout = read_timeout
+        self.headers_read = _FRAMING | {name.lower().encode("latin-1") for name in headers_read}
+        self.headers_read_lengths = frozenset(len(name) for name in self.headers_read)
         self._pool_timeout = pool_timeout
         self._connect_timeout = connect_timeout
         self._buffer_limit = buffer_limit

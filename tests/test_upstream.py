@@ -34,6 +34,7 @@ LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 LIMIT = 64 * 1024  # every pool's buffer_limit
 SOCKET_READ = 256 * 1024  # the most either loop reads from a socket at once
+HEADERS_READ = ("ETag", "last-modified", "content-type", "x-extra", "empty", "content-range")
 WINDOW = 0.2  # seconds a broken pool gets to misbehave; only a working one waits it out
 
 
@@ -135,6 +136,7 @@ async def scenario(
             connect_timeout=2.0,
             read_timeout=read_timeout,
             buffer_limit=LIMIT,
+            headers_read=HEADERS_READ,
         )
         try:
             yield server, pool
@@ -170,11 +172,11 @@ async def still_waiting(task: asyncio.Task[Any]) -> bool:
 async def test_content_length_body_is_read_and_its_connection_reused() -> None:
     async with scenario([answer(b"first")], [answer(b"second!", "ETag: x")]) as (server, pool):
         first = await fetch(pool, server.origin)
-        assert (first.status, first.headers["content-length"]) == (200, "5")
+        assert (first.status, first.headers.get(b"content-length")) == (200, "5")
         assert await read_all(first) == b"first"
         assert await first.read() == b""  # after the end, and after release
         second = await fetch(pool, server.origin)
-        assert second.headers["etag"] == "x"
+        assert second.headers.get(b"etag") == "x"
         assert await read_all(second) == b"second!"
     assert server.accepted == 1
     assert server.connections_of_requests() == [1, 1]
@@ -210,9 +212,46 @@ async def test_trailers_of_a_chunked_body_do_not_change_its_headers() -> None:
     async with scenario([trailed]) as (server, pool):
         response = await fetch(pool, server.origin)
         assert await read_all(response) == b"ok"
-        assert response.headers["etag"] == '"head"'
-        assert "x-extra" not in response.headers
+        assert response.headers.get(b"etag") == '"head"'
+        assert response.headers.get(b"x-extra") is None
     assert server.accepted == 1
+
+
+@on_both_loops
+async def test_headers_read_are_kept_whatever_their_case_and_however_the_head_arrives() -> None:
+    """The pool keeps the header lines its `headers_read` name (and the body's framing),
+    names in any case, values as llhttp delimits them; a head that arrived in several reads
+    is read whole."""
+    head = response_head(
+        "200 OK",
+        "content-LENGTH: 4",
+        "X-Note: etag: not-this-one",
+        "X-ETag: nor-this",
+        'etag: \t"v1"',
+        "Last-Modified:Sun, 06 Dec 2026 14:42:40 GMT",
+        "Content-Type: text/plain",
+        "Empty:",
+        "Server: scripted",
+    )
+    split_at = head.index(b"etag:") + 2  # the first read ends inside a header name
+    first_read = asyncio.Event()
+    async with scenario([head[:split_at], first_read, head[split_at:] + b"body"]) as (
+        server,
+        pool,
+    ):
+        task = asyncio.ensure_future(fetch(pool, server.origin))
+        assert await still_waiting(task)
+        first_read.set()
+        response = await task
+        assert response.content_length == 4
+        assert response.headers.get(b"content-length") == "4"
+        assert response.headers.get(b"etag") == '"v1"'
+        assert response.headers.get(b"last-modified") == "Sun, 06 Dec 2026 14:42:40 GMT"
+        assert response.headers.get(b"content-type") == "text/plain"
+        assert response.headers.get(b"empty") == ""
+        assert response.headers.get(b"content-range") is None
+        assert b"server" not in response.headers  # not asked for
+        assert await read_all(response) == b"body"
 
 
 @on_both_loops
@@ -230,7 +269,7 @@ async def test_head_answer_with_length_has_no_body_and_keeps_the_connection() ->
     head = response_head("200 OK", "Content-Length: 1000", 'ETag: "abc"')
     async with scenario([head], [answer(b"body")]) as (server, pool):
         response = await fetch(pool, server.origin, "HEAD")
-        assert (response.status, response.headers["content-length"]) == (200, "1000")
+        assert (response.status, response.headers.get(b"content-length")) == (200, "1000")
         assert await response.read() == b""
         response.release()
         assert await read_all(await fetch(pool, server.origin)) == b"body"

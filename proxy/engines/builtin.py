@@ -59,6 +59,7 @@ class BuiltinStorage(SignedByTheProxy):
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
+            headers_read=_HEADERS_READ,
         )
 
     @property
@@ -206,14 +207,25 @@ class _Body:
 def _meta_from_headers(response: Response) -> ObjectMeta:
     headers = response.headers
     return ObjectMeta(
-        content_length=int(headers.get("content-length", 0)),
-        content_type=headers.get("content-type"),
-        etag=headers.get("etag"),
-        last_modified=headers.get("last-modified"),
-        content_range=headers.get("content-range") if response.status == 206 else None,
-        content_encoding=headers.get("content-encoding"),
-        content_language=headers.get("content-language"),
+        content_length=response.content_length or 0,
+        content_type=headers.get(b"content-type"),
+        etag=headers.get(b"etag"),
+        last_modified=headers.get(b"last-modified"),
+        content_range=headers.get(b"content-range") if response.status == 206 else None,
+        content_encoding=headers.get(b"content-encoding"),
+        content_language=headers.get(b"content-language"),
     )
+
+
+# Every header _meta_from_headers reads (the pool keeps no other).
+_HEADERS_READ = (
+    "content-type",
+    "etag",
+    "last-modified",
+    "content-range",
+    "content-encoding",
+    "content-language",
+)
 
 
 def _error_from_body(status: int, body: str, operation: str) -> ProxyError:
