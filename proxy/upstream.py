@@ -43,6 +43,10 @@ class UpstreamClosed(ConnectionError):
     """The connection ended before the response did."""
 
 
+class DeadlineExceeded(TimeoutError):
+    """The response head did not arrive by the deadline the caller gave (`send_head`)."""
+
+
 class PoolExhausted(Exception):
     """Rule 4: no connection became free within `pool_timeout`. Deliberately not an OSError
     or TimeoutError: nothing was sent, S3 is not at fault, and retrying would only wait again.
@@ -228,7 +232,23 @@ class _Connection(asyncio.Protocol):
 
     # -- used by Pool and Response -----------------------------------------------------------
 
-    def send(self, head: bytes, head_only: bool) -> None:
+    async def exchange(self, head: bytes, head_only: bool, deadline: float | None) -> Response:
+        """Send a request head and return the answer once its head is here; a connection
+        that fails before is closed. From here the pool slot the request took belongs to the
+        response: given back exactly once, when the connection is put back or ends."""
+        try:
+            self._send(head, head_only)
+            while not self._head_done:
+                if self._failure is not None:
+                    raise self._failure
+                await self._wait(deadline)
+        except BaseException:
+            self.close()
+            raise
+        self.holds_slot = True
+        return Response(self, self._status, self._fields, self._length)
+
+    def _send(self, head: bytes, head_only: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._fields = {}
@@ -237,13 +257,6 @@ class _Connection(asyncio.Protocol):
         self._remaining = None
         self._failure = None
         cast(asyncio.Transport, self.transport).write(head)
-
-    async def head(self) -> Response:
-        while not self._head_done:
-            if self._failure is not None:
-                raise self._failure
-            await self._wait()
-        return Response(self, self._status, self._fields, self._length)
 
     async def read(self) -> bytes:
         while True:
@@ -286,19 +299,26 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        """Until the parser has news; s3.read_timeout without any is a TimeoutError."""
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._pool.read_timeout, self._time_out, waiter)
+    async def _wait(self, deadline: float | None = None) -> None:
+        """Until the parser has news; s3.read_timeout without any is a TimeoutError, and
+        the `deadline` (loop time), if it comes first, DeadlineExceeded. One timer either
+        way: the caller's deadline needs none of its own."""
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        until = loop.time() + self._pool.read_timeout
+        if deadline is not None and deadline < until:
+            timer = loop.call_at(deadline, self._time_out, waiter, DeadlineExceeded)
+        else:
+            timer = loop.call_at(until, self._time_out, waiter, TimeoutError)
         try:
             await waiter
         finally:
             timer.cancel()
             self._waiter = None
 
-    def _time_out(self, waiter: asyncio.Future[None]) -> None:
+    def _time_out(self, waiter: asyncio.Future[None], error: type[TimeoutError]) -> None:
         if not waiter.done():
-            waiter.set_exception(TimeoutError())
+            waiter.set_exception(error())
             self.close()
 
 
@@ -333,22 +353,25 @@ class Pool:
         self._pool_timeout = pool_timeout
         self._connect_timeout = connect_timeout
         self._buffer_limit = buffer_limit
-        self._slots = asyncio.Semaphore(max_connections)
+        # Rule 4's slots: a count, and the requests waiting for one in arrival order (a
+        # slot given back goes straight to the first of them still waiting).
+        self._max_connections = max_connections
+        self._free = max_connections
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._idle: dict[Origin, list[_Connection]] = {}
-        self._busy: set[_Connection] = set()
+        self._open: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
     @property
     def in_use(self) -> int:
-        """Connections busy with a request (for the metrics)."""
-        return len(self._busy)
+        """Slots taken by requests and the responses they got (for the metrics)."""
+        return self._max_connections - self._free
 
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot because `max_connections` are taken (for the metrics)."""
-        waiters = self._slots._waiters
-        return sum(1 for waiter in waiters if not waiter.done()) if waiters else 0
+        return sum(1 for waiter in self._slot_waiters if not waiter.done())
 
     async def request(
         self,
@@ -364,52 +387,63 @@ class Pool:
             origin, method, request_head(method, target, host_header, headers)
         )
 
-    async def send_head(self, origin: Origin, method: str, head: bytes) -> Response:
+    async def send_head(
+        self, origin: Origin, method: str, head: bytes, deadline: float | None = None
+    ) -> Response:
         """`request()` with the head already made by `request_head` (a caller that sends the
-        same head many times keeps it)."""
-        if self._slots.locked():
-            await self._wait_for_slot()
+        same head many times keeps it). With a `deadline` (loop time), everything up to the
+        response head (a slot, a connection, the answer) ends by then, else
+        DeadlineExceeded."""
+        if self._free:
+            self._free -= 1  # free: no waiting, no timer on the common path
         else:
-            await self._slots.acquire()  # free: no timer needed on the common path
+            await self._wait_for_slot(deadline)
+        head_only = method == "HEAD"
         try:
-            return await self._exchange(origin, head, method == "HEAD")
+            connection = self._take_idle(origin)
+            if connection is not None:
+                try:
+                    return await connection.exchange(head, head_only, deadline)
+                except UpstreamClosed:
+                    if not connection.failed_before_answer:
+                        raise
+                    # Rule 2: closed by S3 while idle; try once more on a new connection.
+            connection = await self._connect(origin, deadline)
+            return await connection.exchange(head, head_only, deadline)
         except BaseException:
-            self._slots.release()
+            self._give_back_slot()
             raise
 
-    async def _wait_for_slot(self) -> None:
+    async def _wait_for_slot(self, deadline: float | None) -> None:
         """Rule 4."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
+        refused_at = loop.time() + self._pool_timeout
+        by_deadline = deadline is not None and deadline < refused_at
         try:
-            async with asyncio.timeout(self._pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
+            async with asyncio.timeout_at(deadline if by_deadline else refused_at):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was given to this request as it stopped waiting: pass it on.
+                self._give_back_slot()
+            else:
+                waiter.cancel()  # skipped by _give_back_slot, and no longer counted
+            if not isinstance(exc, TimeoutError):
+                raise
+            if by_deadline:
+                raise DeadlineExceeded() from None
             raise PoolExhausted(f"no free connection within {self._pool_timeout} s") from None
 
-    async def _exchange(self, origin: Origin, head: bytes, head_only: bool) -> Response:
-        connection = self._take_idle(origin)
-        if connection is not None:
-            try:
-                return await self._send(connection, head, head_only)
-            except UpstreamClosed:
-                if not connection.failed_before_answer:
-                    raise
-                # Rule 2: closed by S3 while idle; try once more on a new connection.
-        connection = await self._connect(origin)
-        return await self._send(connection, head, head_only)
-
-    async def _send(self, connection: _Connection, head: bytes, head_only: bool) -> Response:
-        self._busy.add(connection)
-        try:
-            connection.send(head, head_only)
-            response = await connection.head()
-        except BaseException:
-            self._busy.discard(connection)
-            connection.close()
-            raise
-        # From here the slot taken in request() belongs to the response: given back exactly
-        # once, when its connection is put back or ends.
-        connection.holds_slot = True
-        return response
+    def _give_back_slot(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot is that request's now
+                return
+        self._free += 1
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -423,27 +457,34 @@ class Pool:
             connection.close()
         return None
 
-    async def _connect(self, origin: Origin) -> _Connection:
+    async def _connect(self, origin: Origin, deadline: float | None) -> _Connection:
         if self._closed:
             raise UpstreamClosed("the connection pool is closed")
         loop = asyncio.get_running_loop()
         secure = origin.scheme == "https"
         if secure and self._ssl is None:
             self._ssl = ssl.create_default_context()
-        async with asyncio.timeout(self._connect_timeout):
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self, origin, self._buffer_limit),
-                origin.host,
-                origin.port,
-                ssl=self._ssl if secure else None,
-                server_hostname=origin.host if secure else None,
-            )
+        gives_up_at = loop.time() + self._connect_timeout
+        by_deadline = deadline is not None and deadline < gives_up_at
+        try:
+            async with asyncio.timeout_at(deadline if by_deadline else gives_up_at):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self, origin, self._buffer_limit),
+                    origin.host,
+                    origin.port,
+                    ssl=self._ssl if secure else None,
+                    server_hostname=origin.host if secure else None,
+                )
+        except TimeoutError:
+            if by_deadline:
+                raise DeadlineExceeded() from None
+            raise
+        self._open.add(protocol)
         return protocol
 
     def put_back(self, connection: _Connection) -> None:
         """Rule 1: only a connection whose response was read to the end is reused."""
-        self._busy.discard(connection)
-        self._give_back_slot(connection)
+        self._release(connection)
         if self._closed:
             connection.close()
             return
@@ -452,23 +493,20 @@ class Pool:
 
     def forget(self, connection: _Connection) -> None:
         """A connection ended: free its slot if it was busy, drop it if it was idle."""
-        self._busy.discard(connection)
-        self._give_back_slot(connection)
+        self._open.discard(connection)
+        self._release(connection)
         idle = self._idle.get(connection.origin)
         if idle and connection in idle:
             idle.remove(connection)
 
-    def _give_back_slot(self, connection: _Connection) -> None:
+    def _release(self, connection: _Connection) -> None:
         if connection.holds_slot:
             connection.holds_slot = False
-            self._slots.release()
+            self._give_back_slot()
 
     async def close(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
         self._idle.clear()
-        for connection in list(self._busy):
+        for connection in list(self._open):
             connection.close()
         await asyncio.sleep(0)  # let the transports finish closing

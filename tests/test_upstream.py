@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.upstream import (
+    DeadlineExceeded,
     MalformedResponse,
     Origin,
     Pool,
@@ -447,6 +448,54 @@ async def test_rule_4_a_full_pool_refuses_after_pool_timeout_and_leaks_no_slot()
         assert await read_all(held) == b"one"
         # the timed-out wait took no slot with it: the one slot is free again
         assert await read_all(await fetch(pool, server.origin)) == b"two"
+
+
+@on_both_loops
+async def test_a_deadline_bounds_the_wait_for_a_slot_and_for_the_head() -> None:
+    """send_head's deadline (loop time) ends every wait before the response head: for a
+    slot, sooner than pool_timeout; for the head, sooner than read_timeout. Either way it
+    is DeadlineExceeded (a TimeoutError), the stalled connection is dropped, and no slot
+    is kept; past read_timeout without a deadline, it is a plain TimeoutError."""
+    replies = [answer(b"one")], [], [answer(b"three")], [], [answer(b"five")]
+    async with scenario(*replies, pool_timeout=30, read_timeout=30) as (server, pool):
+        loop = asyncio.get_running_loop()
+        head = b"GET /bucket/key HTTP/1.1\r\nHost: s3.test\r\n\r\n"
+        held = await pool.send_head(server.origin, "GET", head)
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.send_head(server.origin, "GET", head, started + WINDOW)
+        assert loop.time() - started < 10 * WINDOW
+        assert len(server.requests) == 1  # never sent
+        assert await read_all(held) == b"one"
+        assert pool.in_use == 0
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):  # S3 answers nothing
+            await pool.send_head(server.origin, "GET", head, started + WINDOW)
+        assert loop.time() - started < 10 * WINDOW
+        await server.until(lambda: server.ended == 1)  # the stalled connection was closed
+        assert await read_all(await pool.send_head(server.origin, "GET", head)) == b"three"
+    async with scenario([], [answer(b"ok")], read_timeout=WINDOW) as (server, pool):
+        with pytest.raises(TimeoutError) as raised:
+            await pool.send_head(server.origin, "GET", head, loop.time() + 30)
+        assert not isinstance(raised.value, DeadlineExceeded)  # read_timeout came first
+        assert pool.in_use == 0
+        assert await read_all(await fetch(pool, server.origin)) == b"ok"
+
+
+@on_both_loops
+async def test_a_slot_given_back_goes_to_the_request_waiting_longest() -> None:
+    replies = [answer(b"1")], [answer(b"2")], [answer(b"3")]
+    async with scenario(*replies) as (server, pool):
+        held = await fetch(pool, server.origin)
+        second = asyncio.create_task(fetch(pool, server.origin))
+        assert await still_waiting(second)
+        third = asyncio.create_task(fetch(pool, server.origin))
+        assert await still_waiting(third)
+        assert pool.waiting == 2
+        assert await read_all(held) == b"1"
+        assert await read_all(await second) == b"2"
+        assert await read_all(await third) == b"3"
+        assert (pool.in_use, pool.waiting) == (0, 0)
 
 
 @on_both_loops
