@@ -49,6 +49,32 @@ class ObjectMeta:
     content_encoding: str | None = None
     content_language: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        content_length: int,
+        content_type: str | None,
+        etag: str | None,
+        last_modified: str | None,
+        content_range: str | None,
+        content_encoding: str | None,
+        content_language: str | None,
+    ) -> ObjectMeta:
+        """ObjectMeta(...) with every field given, for an engine's hot path: the frozen
+        dataclass's __init__ calls object.__setattr__ per field, about 12k instructions in
+        all, where filling the new instance's __dict__ is about 4k (issue 26). The same
+        object either way (a test compares them field by field)."""
+        meta = object.__new__(cls)
+        fields = meta.__dict__
+        fields["content_length"] = content_length
+        fields["content_type"] = content_type
+        fields["etag"] = etag
+        fields["last_modified"] = last_modified
+        fields["content_range"] = content_range
+        fields["content_encoding"] = content_encoding
+        fields["content_language"] = content_language
+        return meta
+
 
 @dataclass
 class ObjectStream:

@@ -269,14 +269,14 @@ class _Download(ObjectStream):
 
 def _meta_from_headers(response: Response) -> ObjectMeta:
     headers = response.headers
-    return ObjectMeta(
-        content_length=response.content_length or 0,
-        content_type=headers.get(b"content-type"),
-        etag=headers.get(b"etag"),
-        last_modified=headers.get(b"last-modified"),
-        content_range=headers.get(b"content-range") if response.status == 206 else None,
-        content_encoding=headers.get(b"content-encoding"),
-        content_language=headers.get(b"content-language"),
+    return ObjectMeta.of(
+        response.content_length or 0,
+        headers.get(b"content-type"),
+        headers.get(b"etag"),
+        headers.get(b"last-modified"),
+        headers.get(b"content-range") if response.status == 206 else None,
+        headers.get(b"content-encoding"),
+        headers.get(b"content-language"),
     )
 
 
