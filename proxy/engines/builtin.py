@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
 from ..presign import Credentials, Endpoint, sign_request
 from ..request import ObjectRef
+from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
     ObjectStream,
@@ -36,6 +37,7 @@ from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
 MAX_ERROR_BODY = 16 * 1024
+_HEADS_KEPT = 1024
 _T = TypeVar("_T")
 
 
@@ -43,8 +45,9 @@ class BuiltinStorage(SignedByTheProxy):
     """Reads objects over one pool of keep-alive connections, signing each request itself
     (SigV4). Opened at start-up, closed at exit."""
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
+        self._clock = clock  # epoch seconds, for SigV4's X-Amz-Date
         session = get_session()
         self._signer = Signer(settings, session)
         self._write_client = LazyClient(settings, session)
@@ -53,6 +56,13 @@ class BuiltinStorage(SignedByTheProxy):
         self._pool: Pool | None = None
         # How long a request may wait for S3's response head, retries included.
         self._head_timeout = min(settings.first_byte_timeout, settings.request_timeout)
+        # Request heads signed this second with these credentials (see _head).
+        self._heads: dict[
+            tuple[str, str, str, CustomerKey | None, tuple[tuple[str, str], ...]],
+            tuple[Origin, bytes],
+        ] = {}
+        self._heads_second = 0
+        self._heads_credentials: Credentials | None = None
 
     async def open(self) -> None:
         settings = self._settings
@@ -172,19 +182,35 @@ class BuiltinStorage(SignedByTheProxy):
         ref: ObjectRef,
         unsigned: tuple[tuple[str, str], ...],
     ) -> tuple[Origin, bytes]:
-        signed = ref.sse.headers if ref.sse is not None else None
-        return _signed(
-            self._endpoint,
-            self._settings.region,
-            credentials,
-            method,
-            ref.bucket,
-            ref.key,
-            int(time.time()),
-            (),
-            tuple(signed.items()) if signed else (),
-            unsigned,
-        )
+        """Where to send a request and its signed head. Heads signed in the current second
+        with the current credentials are looked up by what else they depend on (the
+        endpoint and region are this engine's): _signed's own memo would hash the
+        credentials and the endpoint, frozen dataclasses whose hash is Python code."""
+        now = int(self._clock())
+        heads = self._heads
+        if now != self._heads_second or credentials is not self._heads_credentials:
+            heads.clear()  # SigV4 signs whole seconds: these can never be sent again
+            self._heads_second, self._heads_credentials = now, credentials
+        memo = (method, ref.bucket, ref.key, ref.sse, unsigned)
+        found = heads.get(memo)
+        if found is None:
+            signed = ref.sse.headers if ref.sse is not None else None
+            found = _signed(
+                self._endpoint,
+                self._settings.region,
+                credentials,
+                method,
+                ref.bucket,
+                ref.key,
+                now,
+                (),
+                tuple(signed.items()) if signed else (),
+                unsigned,
+            )
+            if len(heads) >= _HEADS_KEPT:
+                heads.clear()  # bounded: many distinct objects in one second only re-sign
+            heads[memo] = found
+        return found
 
     def _head_timeout_error(self, operation: str) -> ProxyError:
         settings = self._settings
