@@ -483,6 +483,34 @@ async def test_a_deadline_bounds_the_wait_for_a_slot_and_for_the_head() -> None:
 
 
 @on_both_loops
+async def test_a_timer_left_armed_by_one_wait_neither_cuts_nor_stretches_the_next() -> None:
+    """_Connection keeps its timer armed from wait to wait: one armed for an earlier, shorter
+    deadline must not end a later wait before its own time, and one armed for a later time
+    must not let a shorter deadline pass."""
+    head = b"GET /bucket/key HTTP/1.1\r\nHost: s3.test\r\n\r\n"
+    replies = [answer(b"quick")], [], [answer(b"again")], []
+    async with scenario(*replies, read_timeout=4 * WINDOW) as (server, pool):
+        loop = asyncio.get_running_loop()
+        # Armed for WINDOW from now; answered at once, so that timer is left armed.
+        quick = await pool.send_head(server.origin, "GET", head, loop.time() + WINDOW)
+        assert await read_all(quick) == b"quick"
+        started = loop.time()
+        with pytest.raises(TimeoutError) as raised:  # no deadline: read_timeout, 4 WINDOWs
+            await pool.send_head(server.origin, "GET", head)
+        assert not isinstance(raised.value, DeadlineExceeded)
+        assert loop.time() - started >= 3.5 * WINDOW  # the early timer re-armed, not fired
+        # A fresh connection whose timer is armed read_timeout ahead by a wait without a
+        # deadline; then a deadline much nearer than that.
+        again = await pool.send_head(server.origin, "GET", head)
+        assert await read_all(again) == b"again"
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.send_head(server.origin, "GET", head, loop.time() + WINDOW / 2)
+        assert loop.time() - started < 2 * WINDOW
+    assert server.connections_of_requests() == [1, 1, 2, 2]
+
+
+@on_both_loops
 async def test_a_slot_given_back_goes_to_the_request_waiting_longest() -> None:
     replies = [answer(b"1")], [answer(b"2")], [answer(b"3")]
     async with scenario(*replies) as (server, pool):
