@@ -19,6 +19,9 @@ Rules:
 4. A request waits at most `pool_timeout` for one of the `max_connections` slots, then fails
    with PoolExhausted: slots are held by downloads in progress, which free up in seconds or
    not at all, so a longer wait only turns a quick refusal into a slow one.
+5. A caller's deadline for the response head (`send_head`) bounds every wait before it (a
+   slot, a connection, the head) and ends it with DeadlineExceeded; it arms no timer of its
+   own, and a connection keeps one timer for all its waits (see _Connection._wait).
 """
 
 from __future__ import annotations
