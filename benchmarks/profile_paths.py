@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/profile_paths.py cpu [--against DIR ...] [--peer naive --peer bare]
     .venv/bin/python benchmarks/profile_paths.py callgrind [--against DIR ...] [--peer ...]
+        [--path stream|redirect|cached|large ...]
     .venv/bin/python benchmarks/profile_paths.py cprofile [--out DIR]
     .venv/bin/python benchmarks/profile_paths.py pyspy [--out DIR]
 
@@ -39,6 +40,10 @@ from harness.procs import Server, free_port, run_command, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = {"stream": "/s/10k.bin", "redirect": "/r/10k.bin", "cached": "/c/10k.bin"}
+# The 100 MiB object through the stream route: `callgrind --path large` only (the wrk modes
+# time small requests), a few sequential downloads, reported per 100 MiB.
+LARGE_PATH = "/s/100m.bin"
+LARGE_WARMUP, LARGE_COUNT = 2, 5
 # The peers that set issue 26's marks, each on the path it is compared on.
 PEERS = {
     "naive": ROOT / "benchmarks" / "peers" / "naive_proxy.py",
@@ -76,9 +81,14 @@ def _small_objects(base: Path) -> Path:
     bucket = base / "docroot" / backends.BUCKET
     bucket.mkdir(parents=True)
     (bucket / backends.SMALL_KEY).write_bytes(os.urandom(backends.SMALL_SIZE))
+    block = os.urandom(1024 * 1024)  # the 100 MiB object: random, incompressible
+    with (bucket / backends.LARGE_KEY).open("wb") as out:
+        for _ in range(backends.LARGE_SIZE // len(block)):
+            out.write(block)
     for path in (base, base / "docroot", bucket):
         path.chmod(0o755)
-    (bucket / backends.SMALL_KEY).chmod(0o644)
+    for path in bucket.iterdir():
+        path.chmod(0o644)
     return base / "docroot"
 
 
@@ -380,7 +390,8 @@ def _sequential(port: int, path: str, token: str, count: int) -> None:
         for _ in range(count):
             connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
             response = connection.getresponse()
-            response.read()
+            while response.read(1 << 20):  # a 100 MiB body is not kept whole
+                pass
             if response.status not in (200, 302):
                 raise RuntimeError(f"{path}: status {response.status}")
     finally:
@@ -394,9 +405,14 @@ def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path, only: lis
     control = shutil.which("callgrind_control") or "callgrind_control"
     token = proxyconf.mint_token(setup.secret)
     for label, tree in trees:
-        for what, path in _paths(label, tree).items():
+        paths = dict(_paths(label, tree))
+        if tree is not None and "large" in only:
+            paths["large"] = LARGE_PATH
+        for what, path in paths.items():
             if only and what not in only:
                 continue
+            large = what == "large"
+            warmup, requests = (LARGE_WARMUP, LARGE_COUNT) if large else (300, count)
             out = keep / f"callgrind-{label}-{what}.out"
             wrap = [
                 "valgrind",
@@ -407,9 +423,9 @@ def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path, only: lis
             ]
             server = setup.start(label, tree, wrap)
             try:
-                _sequential(server.port, path, token, 300)
+                _sequential(server.port, path, token, warmup)
                 run_command([control, "-i", "on", str(server.pid)], timeout=60)
-                _sequential(server.port, path, token, count)
+                _sequential(server.port, path, token, requests)
                 run_command([control, "-i", "off", str(server.pid)], timeout=60)
             finally:
                 server.stop(grace=60)
@@ -417,7 +433,11 @@ def callgrind(setup: Setup, trees: list[Tree], count: int, keep: Path, only: lis
             for line in out.read_text().splitlines():
                 if line.startswith(("summary:", "totals:")):
                     total = int(line.split()[1])
-            print(f"{label:>12} {what:8} {total / count:10.0f} instructions/request", flush=True)
+            if large:  # kernel copies (recv, send) are not counted: user space only
+                per = f"{total / requests:13,.0f} instructions per 100 MiB"
+            else:
+                per = f"{total / requests:10.0f} instructions/request"
+            print(f"{label:>12} {what:8} {per}", flush=True)
 
 
 def main() -> int:
@@ -428,7 +448,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--path", action="append", default=[], choices=sorted(PATHS))
+    parser.add_argument("--path", action="append", default=[], choices=[*sorted(PATHS), "large"])
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "proxy-profile")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="proxy-profile-"))

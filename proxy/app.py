@@ -51,6 +51,7 @@ from .state import State, create_state
 from .state.admin import answer_revocations
 from .storage import Storage
 from .surfaces import Access, Downloads, Signing, Uploads, answer_cors
+from .wire import WireHead, WireResponse
 
 log = logging.getLogger("proxy")
 
@@ -218,7 +219,7 @@ class Gateway:
                 # Read once: a reload during this request does not change its surfaces.
                 response = await self._surfaces.answer(request, context)
         except NotModified as exc:
-            response = web.Response(status=304, headers=exc.headers)
+            response = _not_modified(exc.headers)
         except ProxyError as exc:
             context.reason = exc.reason
             if isinstance(exc, TooManyRequests):
@@ -244,9 +245,15 @@ class Gateway:
         context.status = response.status
         if not response.prepared:
             # (A streamed answer was given it before it started: delivery/stream.py.)
-            response.headers["X-Request-Id"] = context.id
-            if context.cors:
-                add_headers(response.headers, context.cors)
+            if isinstance(response, WireResponse):
+                response.request_id = context.id
+                # Its head was built with the request's CORS fields, unless it says otherwise.
+                if context.cors and response.cors is not context.cors:
+                    add_headers(response.headers, context.cors)
+            else:
+                response.headers["X-Request-Id"] = context.id
+                if context.cors:
+                    add_headers(response.headers, context.cors)
             if request.method != "HEAD":
                 context.bytes_sent = response.content_length or 0
         ended = time.perf_counter()
@@ -308,13 +315,56 @@ class _Resource(Protocol):
     async def close(self) -> None: ...
 
 
-def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps({"error": detail}).encode(),
-        content_type="application/json",
-        headers={**headers, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-    )
+def _error_response(status: int, detail: str, headers: dict[str, str]) -> web.StreamResponse:
+    """A refusal's JSON answer. Refusals repeat (a flood of bad tokens is all 401s): its
+    head is kept per status and extra fields, its body per detail (wire.py)."""
+    body = _ERROR_BODIES.get(detail)
+    if body is None:
+        body = json.dumps({"error": detail}).encode()
+        if len(_ERROR_BODIES) >= _ERRORS_KEPT:
+            _ERROR_BODIES.clear()  # bounded: details are few, unless a message varies
+        _ERROR_BODIES[detail] = body
+    key = (status, *headers.items())
+    head = _ERROR_HEADS.get(key)
+    if head is None:
+        fields = {**headers, "Content-Type": "application/json", **_REFUSAL_FIELDS}
+        try:
+            head = WireHead(fields)
+        except ValueError:
+            # A field wire.py refuses: answered as before, so the access line is written
+            # and aiohttp refuses the head when it is sent (a plain 500).
+            return web.Response(status=status, body=body, headers=fields)
+        if len(_ERROR_HEADS) >= _ERRORS_KEPT:
+            _ERROR_HEADS.clear()  # bounded: e.g. Retry-After values vary
+        _ERROR_HEADS[key] = head
+    return WireResponse(status, head, len(body), body)
+
+
+def _not_modified(headers: dict[str, str]) -> web.StreamResponse:
+    """The 304 with the fields a cache updates from it (delivery/stream.py chose them), and
+    Age when it came from the object cache. Browsers revalidate a `no-cache` object on every
+    view, so its head is kept per fields, as a refusal's is."""
+    age = headers.pop("Age", None)
+    key = (304, *headers.items())
+    head = _ERROR_HEADS.get(key)
+    if head is None:
+        try:
+            head = WireHead(headers)
+        except ValueError:  # as for a refusal: answered as before
+            return web.Response(status=304, headers={**headers, **({"Age": age} if age else {})})
+        if len(_ERROR_HEADS) >= _ERRORS_KEPT:
+            _ERROR_HEADS.clear()
+        _ERROR_HEADS[key] = head
+    response = WireResponse(304, head, 0)
+    if age is not None:
+        response.age = int(age)
+    return response
+
+
+_REFUSAL_FIELDS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_ERROR_BODIES: dict[str, bytes] = {}
+_ERROR_HEADS: dict[tuple[object, ...], WireHead] = {}
+_ERRORS_KEPT = 1024
 
 
 class _Surfaces:

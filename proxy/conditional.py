@@ -94,7 +94,13 @@ def _full_year(short: int, this_year: int) -> int:
 
 def has_preconditions(headers: Mapping[str, str]) -> bool:
     """Cheap test that keeps the common request (no validators) from parsing anything."""
-    return any(name in headers for name in PRECONDITION_HEADERS)
+    # Spelled out: any() over a generator cost three times as much, on every GET and HEAD.
+    return (
+        "If-None-Match" in headers
+        or "If-Modified-Since" in headers
+        or "If-Match" in headers
+        or "If-Unmodified-Since" in headers
+    )
 
 
 def precondition_status(

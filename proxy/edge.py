@@ -261,6 +261,29 @@ class EdgeRequest(web.BaseRequest):
             headers["Connection"] = "close"
 
 
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+
+
+def answer_framing(request: web.BaseRequest, keep_alive: bool | None) -> tuple[bool, bytes]:
+    """Rules 7 and 8 for an answer whose head the proxy writes itself (wire.py), as aiohttp's
+    `_prepare_headers` and `EdgeRequest._prepare_hook` together decide them for the others:
+    whether the connection stays open after it, and its Connection line (b"": none). Its
+    status line says HTTP/1.1 whatever the request's version. `keep_alive`: the answer's
+    own choice (False after `force_close()`), None to follow the request's."""
+    if keep_alive is None:
+        keep_alive = request.keep_alive
+    protocol = request.protocol
+    if isinstance(protocol, EdgeProtocol) and protocol._edge.closing:
+        return False, _CLOSE  # rule 7
+    version = request.version
+    if version == HttpVersion11:
+        return (True, b"") if keep_alive else (False, _CLOSE)
+    if version == HttpVersion10 and keep_alive:
+        return True, _KEEP_ALIVE  # HTTP/1.0 keeps the connection only when it asked to
+    return False, _CLOSE  # rule 8: HTTP/1.0 framing, closed
+
+
 class EdgeProtocol(RequestHandler):
     """One connection: aiohttp's handler plus the edge's deadlines and per-client count."""
 

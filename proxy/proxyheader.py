@@ -58,6 +58,12 @@ def starts_like_proxy_header(data: bytes) -> bool | None:
     return False
 
 
+_V1_FAMILIES: dict[bytes, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]] = {
+    b"TCP4": ipaddress.IPv4Address,
+    b"TCP6": ipaddress.IPv6Address,
+}
+
+
 def _version_1(data: bytes) -> ProxyHeader | None:
     end = data.find(b"\r\n", 0, V1_MAX)
     if end < 0:
@@ -70,7 +76,7 @@ def _version_1(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(None, length)
     if len(fields) != 6:
         raise ProxyHeaderError("PROXY v1 line without its 6 fields")
-    family = {b"TCP4": ipaddress.IPv4Address, b"TCP6": ipaddress.IPv6Address}.get(fields[1])
+    family = _V1_FAMILIES.get(fields[1])
     if family is None:
         raise ProxyHeaderError("PROXY v1 protocol is neither TCP4, TCP6 nor UNKNOWN")
     try:
@@ -78,11 +84,15 @@ def _version_1(data: bytes) -> ProxyHeader | None:
         family(fields[3].decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise ProxyHeaderError("PROXY v1 address invalid for its protocol") from None
+    if b"%" in fields[2] or b"%" in fields[3]:
+        # A zone id names an interface of the sender's host: no part of a client's address,
+        # and one client would otherwise count as many (limits are keyed by the address).
+        raise ProxyHeaderError("PROXY v1 address with a zone id")
     for port in fields[4:]:
         # Decimal, no leading zeros (the spec), 0..65535.
         if not port.isdigit() or (port[:1] == b"0" and port != b"0") or int(port) > 65535:
             raise ProxyHeaderError("PROXY v1 port invalid")
-    return ProxyHeader(str(source), length)
+    return ProxyHeader(_client(source), length)
 
 
 def _version_2(data: bytes) -> ProxyHeader | None:
@@ -108,9 +118,16 @@ def _version_2(data: bytes) -> ProxyHeader | None:
     if address_family == 2:
         if size < _V2_INET6:
             raise ProxyHeaderError("PROXY v2 IPv6 address block too short")
-        source = ipaddress.IPv6Address(block[:16])
-        mapped = source.ipv4_mapped
-        return ProxyHeader(str(mapped if mapped is not None else source), length)
+        return ProxyHeader(_client(ipaddress.IPv6Address(block[:16])), length)
     if address_family > 3:
         raise ProxyHeaderError("PROXY v2 address family unknown")
     return ProxyHeader(None, length)  # UNSPEC or UNIX: rule 3
+
+
+def _client(source: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The client as the proxy names it everywhere: an IPv4-mapped IPv6 address (a
+    dual-stack balancer's view of an IPv4 client) as its IPv4 address, so one client is one
+    key for limits and logs however its balancer spelled it."""
+    if isinstance(source, ipaddress.IPv6Address) and source.ipv4_mapped is not None:
+        return str(source.ipv4_mapped)
+    return str(source)

@@ -8,6 +8,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.conditional import (
+    PRECONDITION_HEADERS,
     ByteRange,
     has_preconditions,
     has_write_preconditions,
@@ -74,6 +75,11 @@ def test_nothing_to_check_without_conditional_headers() -> None:
     assert not has_preconditions({"Range": "bytes=0-1", "If-Range": ETAG})
     assert has_preconditions({"If-None-Match": "*"})
     assert status({}) is None
+
+
+@pytest.mark.parametrize("name", PRECONDITION_HEADERS)
+def test_each_precondition_header_is_seen_in_any_case(name: str) -> None:
+    assert has_preconditions(CIMultiDictProxy(CIMultiDict({name.lower(): "x"})))
 
 
 @pytest.mark.parametrize(

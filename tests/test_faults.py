@@ -313,3 +313,22 @@ async def test_a_shorter_request_timeout_bounds_the_wait_and_says_so(
     assert answer.status == 504
     (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
     assert line["reason"] == "GetObject: S3 did not answer within s3.request_timeout (0.2 s)"
+
+
+async def test_the_first_byte_deadline_spans_every_attempt_and_backoff(
+    proxy, faulty: FaultyS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    """s3.first_byte_timeout bounds the attempts together, backoffs included: an S3 that
+    answers 500 every time gets a 504 once it has passed, not after max_attempts answers.
+    (Ten attempts fit in 0.3 s only if nine random backoffs all come out near zero.)"""
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    timeouts = {"first_byte_timeout": 0.3, "read_timeout": 5, "request_timeout": 30}
+    client = await proxy(config_dict(faulty.url, s3={**timeouts, "max_attempts": 10}))
+    faulty.mode = "error"
+    answer = await client.get("/admin/exports/q4.pdf", headers=ADMIN)
+    assert answer.status == 504
+    assert faulty.requests < 10
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+    assert line["reason"] == (
+        "GetObject: no response head from S3 within s3.first_byte_timeout (0.3 s)"
+    )

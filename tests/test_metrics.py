@@ -330,7 +330,7 @@ def test_the_request_path_counts_exactly_what_prometheus_clients_own_calls_would
             and all(sample.labels.get(k) == v for k, v in labels.items())
         }
 
-    ours = list(telemetry.registry.collect())
+    ours = list(telemetry.collect())  # sampled first: rule 3 keeps the S3 calls plainly
     theirs = list(registry.collect())
 
     def renamed(found: dict[str, float], old: str, new: str) -> dict[str, float]:
@@ -355,3 +355,13 @@ def test_the_request_path_counts_exactly_what_prometheus_clients_own_calls_would
     assert samples(ours, "proxy_token_verifications_total", kind="jwt", outcome="valid") == {
         "proxy_token_verifications_total": 1
     }
+    # The S3 calls are kept plainly and carried into their series by each sample (rule 3):
+    # sampling again counts nothing twice.
+    again = list(telemetry.collect())
+    for found in (ours, again):
+        assert samples(found, "proxy_s3_requests_total", operation="GetObject", outcome="ok") == {
+            "proxy_s3_requests_total": len(durations)
+        }
+    assert samples(again, "proxy_s3_request_duration_seconds", operation="GetObject") == (
+        samples(ours, "proxy_s3_request_duration_seconds", operation="GetObject")
+    )

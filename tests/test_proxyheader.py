@@ -50,6 +50,14 @@ def test_version_1_tcp4_and_tcp6() -> None:
     assert parse_proxy_header(line6) == ProxyHeader("2001:db8::1", len(line6))
 
 
+def test_version_1_ipv4_mapped_is_the_ipv4_client_as_in_version_2() -> None:
+    """A dual-stack balancer may spell an IPv4 client as ::ffff:a.b.c.d: the same client (one
+    key for rate limits, one name in the logs) whichever version or spelling it uses."""
+    line = b"PROXY TCP6 ::ffff:203.0.113.9 fd00::9 51234 8080\r\n"
+    assert parse_proxy_header(line) == ProxyHeader("203.0.113.9", len(line))
+    assert parse_proxy_header(v2_inet6("::ffff:203.0.113.9")).source == "203.0.113.9"
+
+
 def test_version_1_unknown_is_the_balancer_itself() -> None:
     assert parse_proxy_header(b"PROXY UNKNOWN\r\n") == ProxyHeader(None, 15)
     line = b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"
@@ -93,6 +101,10 @@ def test_a_header_in_pieces_waits_for_the_rest(whole: bytes) -> None:
         (b"PROXY TCP4 203.0.113.9 10.0.0.9 65536 2\r\n", "port invalid"),
         (b"PROXY TCP4 \xff.0.113.9 10.0.0.9 1 2\r\n", "address invalid"),
         (b"PROXY " + b"x" * 200, "longer than 107"),
+        # A zone id is the sender's interface, not the client's address: one client would
+        # count as many against per-client limits.
+        (b"PROXY TCP6 fe80::1%eth0 fd00::9 1 2\r\n", "zone id"),
+        (b"PROXY TCP6 2001:db8::1 fe80::9%1 1 2\r\n", "zone id"),
         (v2(1, 0x11, b"", version=1), "another version"),
         (v2(2, 0x11, b"\0" * 12), "neither LOCAL nor PROXY"),
         (v2(1, 0x11, b"\0" * 11), "too short"),

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.upstream import (
+    DeadlineExceeded,
     MalformedResponse,
     Origin,
     Pool,
@@ -34,6 +35,7 @@ LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 LIMIT = 64 * 1024  # every pool's buffer_limit
 SOCKET_READ = 256 * 1024  # the most either loop reads from a socket at once
+HEADERS_READ = ("ETag", "last-modified", "content-type", "x-extra", "empty", "content-range")
 WINDOW = 0.2  # seconds a broken pool gets to misbehave; only a working one waits it out
 
 
@@ -127,6 +129,7 @@ async def scenario(
     read_timeout: float = 2.0,
     pool_timeout: float = 2.0,
     tls: ssl.SSLContext | None = None,
+    splice: bool = True,
 ) -> AsyncIterator[tuple[ScriptedServer, Pool]]:
     async with ScriptedServer(replies, tls) as server:
         pool = Pool(
@@ -135,6 +138,8 @@ async def scenario(
             connect_timeout=2.0,
             read_timeout=read_timeout,
             buffer_limit=LIMIT,
+            splice=splice,
+            headers_read=HEADERS_READ,
         )
         try:
             yield server, pool
@@ -170,11 +175,11 @@ async def still_waiting(task: asyncio.Task[Any]) -> bool:
 async def test_content_length_body_is_read_and_its_connection_reused() -> None:
     async with scenario([answer(b"first")], [answer(b"second!", "ETag: x")]) as (server, pool):
         first = await fetch(pool, server.origin)
-        assert (first.status, first.headers["content-length"]) == (200, "5")
+        assert (first.status, first.headers.get(b"content-length")) == (200, "5")
         assert await read_all(first) == b"first"
         assert await first.read() == b""  # after the end, and after release
         second = await fetch(pool, server.origin)
-        assert second.headers["etag"] == "x"
+        assert second.headers.get(b"etag") == "x"
         assert await read_all(second) == b"second!"
     assert server.accepted == 1
     assert server.connections_of_requests() == [1, 1]
@@ -210,9 +215,46 @@ async def test_trailers_of_a_chunked_body_do_not_change_its_headers() -> None:
     async with scenario([trailed]) as (server, pool):
         response = await fetch(pool, server.origin)
         assert await read_all(response) == b"ok"
-        assert response.headers["etag"] == '"head"'
-        assert "x-extra" not in response.headers
+        assert response.headers.get(b"etag") == '"head"'
+        assert response.headers.get(b"x-extra") is None
     assert server.accepted == 1
+
+
+@on_both_loops
+async def test_headers_read_are_kept_whatever_their_case_and_however_the_head_arrives() -> None:
+    """The pool keeps the header lines its `headers_read` name (and the body's framing),
+    names in any case, values as llhttp delimits them; a head that arrived in several reads
+    is read whole."""
+    head = response_head(
+        "200 OK",
+        "content-LENGTH: 4",
+        "X-Note: etag: not-this-one",
+        "X-ETag: nor-this",
+        'etag: \t"v1"',
+        "Last-Modified:Sun, 06 Dec 2026 14:42:40 GMT",
+        "Content-Type: text/plain",
+        "Empty:",
+        "Server: scripted",
+    )
+    split_at = head.index(b"etag:") + 2  # the first read ends inside a header name
+    first_read = asyncio.Event()
+    async with scenario([head[:split_at], first_read, head[split_at:] + b"body"]) as (
+        server,
+        pool,
+    ):
+        task = asyncio.ensure_future(fetch(pool, server.origin))
+        assert await still_waiting(task)
+        first_read.set()
+        response = await task
+        assert response.content_length == 4
+        assert response.headers.get(b"content-length") == "4"
+        assert response.headers.get(b"etag") == '"v1"'
+        assert response.headers.get(b"last-modified") == "Sun, 06 Dec 2026 14:42:40 GMT"
+        assert response.headers.get(b"content-type") == "text/plain"
+        assert response.headers.get(b"empty") == ""
+        assert response.headers.get(b"content-range") is None
+        assert b"server" not in response.headers  # not asked for
+        assert await read_all(response) == b"body"
 
 
 @on_both_loops
@@ -230,7 +272,7 @@ async def test_head_answer_with_length_has_no_body_and_keeps_the_connection() ->
     head = response_head("200 OK", "Content-Length: 1000", 'ETag: "abc"')
     async with scenario([head], [answer(b"body")]) as (server, pool):
         response = await fetch(pool, server.origin, "HEAD")
-        assert (response.status, response.headers["content-length"]) == (200, "1000")
+        assert (response.status, response.headers.get(b"content-length")) == (200, "1000")
         assert await response.read() == b""
         response.release()
         assert await read_all(await fetch(pool, server.origin)) == b"body"
@@ -408,6 +450,82 @@ async def test_rule_4_a_full_pool_refuses_after_pool_timeout_and_leaks_no_slot()
         assert await read_all(held) == b"one"
         # the timed-out wait took no slot with it: the one slot is free again
         assert await read_all(await fetch(pool, server.origin)) == b"two"
+
+
+@on_both_loops
+async def test_a_deadline_bounds_the_wait_for_a_slot_and_for_the_head() -> None:
+    """send_head's deadline (loop time) ends every wait before the response head: for a
+    slot, sooner than pool_timeout; for the head, sooner than read_timeout. Either way it
+    is DeadlineExceeded (a TimeoutError), the stalled connection is dropped, and no slot
+    is kept; past read_timeout without a deadline, it is a plain TimeoutError."""
+    replies = [answer(b"one")], [], [answer(b"three")], [], [answer(b"five")]
+    async with scenario(*replies, pool_timeout=30, read_timeout=30) as (server, pool):
+        loop = asyncio.get_running_loop()
+        head = b"GET /bucket/key HTTP/1.1\r\nHost: s3.test\r\n\r\n"
+        held = await pool.send_head(server.origin, "GET", head)
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.send_head(server.origin, "GET", head, started + WINDOW)
+        assert loop.time() - started < 10 * WINDOW
+        assert len(server.requests) == 1  # never sent
+        assert await read_all(held) == b"one"
+        assert pool.in_use == 0
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):  # S3 answers nothing
+            await pool.send_head(server.origin, "GET", head, started + WINDOW)
+        assert loop.time() - started < 10 * WINDOW
+        await server.until(lambda: server.ended == 1)  # the stalled connection was closed
+        assert await read_all(await pool.send_head(server.origin, "GET", head)) == b"three"
+    async with scenario([], [answer(b"ok")], read_timeout=WINDOW) as (server, pool):
+        with pytest.raises(TimeoutError) as raised:
+            await pool.send_head(server.origin, "GET", head, loop.time() + 30)
+        assert not isinstance(raised.value, DeadlineExceeded)  # read_timeout came first
+        assert pool.in_use == 0
+        assert await read_all(await fetch(pool, server.origin)) == b"ok"
+
+
+@on_both_loops
+async def test_a_timer_left_armed_by_one_wait_neither_cuts_nor_stretches_the_next() -> None:
+    """_Connection keeps its timer armed from wait to wait: one armed for an earlier, shorter
+    deadline must not end a later wait before its own time, and one armed for a later time
+    must not let a shorter deadline pass."""
+    head = b"GET /bucket/key HTTP/1.1\r\nHost: s3.test\r\n\r\n"
+    replies = [answer(b"quick")], [], [answer(b"again")], []
+    async with scenario(*replies, read_timeout=4 * WINDOW) as (server, pool):
+        loop = asyncio.get_running_loop()
+        # Armed for WINDOW from now; answered at once, so that timer is left armed.
+        quick = await pool.send_head(server.origin, "GET", head, loop.time() + WINDOW)
+        assert await read_all(quick) == b"quick"
+        started = loop.time()
+        with pytest.raises(TimeoutError) as raised:  # no deadline: read_timeout, 4 WINDOWs
+            await pool.send_head(server.origin, "GET", head)
+        assert not isinstance(raised.value, DeadlineExceeded)
+        assert loop.time() - started >= 3.5 * WINDOW  # the early timer re-armed, not fired
+        # A fresh connection whose timer is armed read_timeout ahead by a wait without a
+        # deadline; then a deadline much nearer than that.
+        again = await pool.send_head(server.origin, "GET", head)
+        assert await read_all(again) == b"again"
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.send_head(server.origin, "GET", head, loop.time() + WINDOW / 2)
+        assert loop.time() - started < 2 * WINDOW
+    assert server.connections_of_requests() == [1, 1, 2, 2]
+
+
+@on_both_loops
+async def test_a_slot_given_back_goes_to_the_request_waiting_longest() -> None:
+    replies = [answer(b"1")], [answer(b"2")], [answer(b"3")]
+    async with scenario(*replies) as (server, pool):
+        held = await fetch(pool, server.origin)
+        second = asyncio.create_task(fetch(pool, server.origin))
+        assert await still_waiting(second)
+        third = asyncio.create_task(fetch(pool, server.origin))
+        assert await still_waiting(third)
+        assert pool.waiting == 2
+        assert await read_all(held) == b"1"
+        assert await read_all(await second) == b"2"
+        assert await read_all(await third) == b"3"
+        assert (pool.in_use, pool.waiting) == (0, 0)
 
 
 @on_both_loops

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -19,6 +19,7 @@ from ..config import Route
 from ..contenttype import SANDBOX_CSP, InlineTypes, guess_type, safe_content_type
 from ..cors import add_headers
 from ..storage import ObjectMeta
+from ..wire import WireHead
 
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
@@ -28,11 +29,16 @@ _ASCII_SAFE = re.compile(r"[^A-Za-z0-9._()+ -]")
 class Presentation:
     """How a route presents one key: its fixed answer headers (disposition, type, caching,
     Vary, CORS), the object types it may show inline, and the key whose name an attachment
-    header carries otherwise."""
+    header carries otherwise. `cors`: the request's CORS headers among them (None: none).
+    `heads`: the serialized heads of the objects it was shown with (object_head)."""
 
     headers: Mapping[str, str]
     inline: InlineTypes
     key: str
+    cors: Mapping[str, str] | None = None
+    heads: dict[tuple[str | None, ...], WireHead] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def attachment(self) -> str:
@@ -80,6 +86,34 @@ def object_headers(meta: ObjectMeta, shown: Presentation) -> dict[str, str]:
     return headers
 
 
+def object_head(meta: ObjectMeta, shown: Presentation) -> WireHead:
+    """object_headers as a serialized head, made once per object's metadata (an object
+    served again, from S3 or the object cache, has the same) and kept with `shown`. A
+    range's (206) is made each time: ranges seldom repeat."""
+    if meta.content_range is not None:
+        return WireHead(object_headers(meta, shown), shown.cors)
+    # What object_headers reads of `meta` (a tuple: hashed and compared in C, where the
+    # dataclass's own __hash__ and __eq__ run in Python).
+    version = (
+        meta.content_type,
+        meta.etag,
+        meta.last_modified,
+        meta.content_encoding,
+        meta.content_language,
+    )
+    head = shown.heads.get(version)
+    if head is None:
+        head = WireHead(object_headers(meta, shown), shown.cors)
+        if len(shown.heads) >= _HEADS_KEPT:
+            shown.heads.clear()  # bounded: an object that keeps changing only costs a rebuild
+        shown.heads[version] = head
+    return head
+
+
+# Per key: the object's version, and the one that replaces it while both are served.
+_HEADS_KEPT = 2
+
+
 def presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Presentation:
     """The headers a streamed answer from this route carries, whatever the object."""
     settings = route.settings
@@ -94,7 +128,7 @@ def presentation(route: Route, key: str, cors: Mapping[str, str] | None) -> Pres
         headers["Vary"] = "Authorization, Cookie"
     if cors:
         add_headers(headers, cors)
-    return Presentation(headers, route.inline, key)
+    return Presentation(headers, route.inline, key, cors or None)
 
 
 def signed_overrides(route: Route, key: str) -> dict[str, str]:

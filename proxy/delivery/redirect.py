@@ -19,10 +19,12 @@ from aiohttp import web
 
 from ..auth import Clock
 from ..config import Route, RouteSettings
+from ..cors import add_headers
 from ..errors import Unauthenticated, UpstreamError
 from ..presign import Lifetime, LifetimeError, plan_lifetime
 from ..request import ObjectRef, RequestContext
 from ..storage import Storage
+from ..wire import WireHead, WireResponse
 from .method import Link
 from .presentation import signed_overrides
 
@@ -52,7 +54,7 @@ class Redirect:
         # HEAD's headers (Content-Length included) match its GET's.
         method = "GET" if as_json else request.method
         link = await self.sign(context, route, ref, method)
-        return redirect_response(link, as_json, route.rule.needs_token)
+        return redirect_response(link, as_json, route.rule.needs_token, cors=context.cors)
 
     async def link(self, context: RequestContext, route: Route, ref: ObjectRef, path: str) -> Link:
         signed = await self.sign(context, route, ref, "GET")
@@ -239,19 +241,52 @@ def redirect_response(
     as_json: bool,
     per_caller: bool,
     extra: Mapping[str, str] | None = None,
-) -> web.Response:
+    cors: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
     """The 302 to `link` (or its JSON, with `extra` fields beside url and expires_at), cached
-    by the browser for as long as a stable URL stays good."""
-    lifetime = link.lifetime
+    by the browser for as long as a stable URL stays good. `cors`: the request's CORS
+    headers, written into the 302's head (else the Gateway adds them)."""
+    max_age = link.lifetime.max_age
+    if not as_json:
+        return WireResponse(302, _redirect_head(link.url, max_age, per_caller, cors), 0)
+    headers = _redirect_fields(max_age, per_caller)
+    body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso, **(extra or {})})
+    headers["X-Content-Type-Options"] = "nosniff"
+    return web.Response(status=200, text=body, content_type="application/json", headers=headers)
+
+
+def _redirect_fields(max_age: int, per_caller: bool) -> dict[str, str]:
     # A stable URL may be cached for as long as it stays valid (less a margin); a one-off
     # URL must not be, or a later page view would reuse a dead link.
-    cache = f"private, max-age={lifetime.max_age}" if lifetime.max_age > 0 else "no-store"
+    cache = f"private, max-age={max_age}" if max_age > 0 else "no-store"
     # When the answer depends on who asks, a browser shared by two people must not hand one
     # of them the other's cached redirect.
     vary = "Accept, Authorization, Cookie" if per_caller else "Accept"
-    headers = {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
-    if as_json:
-        body = json.dumps({"url": link.url, "expires_at": link.expires_at_iso, **(extra or {})})
-        headers["X-Content-Type-Options"] = "nosniff"
-        return web.Response(status=200, text=body, content_type="application/json", headers=headers)
-    return web.Response(status=302, headers={"Location": link.url, **headers})
+    return {"Cache-Control": cache, "Vary": vary, "Referrer-Policy": "no-referrer"}
+
+
+def _redirect_head(
+    url: str, max_age: int, per_caller: bool, cors: Mapping[str, str] | None
+) -> WireHead:
+    """The 302's head, serialized once per stable URL and max-age (a stable URL repeats for
+    every caller within its window, its max-age within each second); a one-off URL's, and
+    one with CORS headers, each time."""
+    kept = max_age > 0 and not cors
+    if kept:
+        head = _HEADS.get((url, max_age, per_caller))
+        if head is not None:
+            return head
+    fields = {"Location": url, **_redirect_fields(max_age, per_caller)}
+    if cors:
+        add_headers(fields, cors)
+    head = WireHead(fields, cors or None)
+    if kept:
+        if len(_HEADS) >= _HEADS_KEPT:
+            _HEADS.clear()  # bounded: many distinct URLs only cost a rebuild
+        _HEADS[(url, max_age, per_caller)] = head
+    return head
+
+
+# (stable URL, max-age, per caller) -> the 302's head: a function of these only, so shared.
+_HEADS: dict[tuple[str, int, bool], WireHead] = {}
+_HEADS_KEPT = 4096

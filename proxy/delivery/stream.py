@@ -7,6 +7,9 @@ been sent, a failure aborts the connection instead of writing a body that looks 
 Each stream holds one of the stream slots (limits.max_streams*) while it runs, and is
 watched for a revocation of its credential (state.State.watch): one made while it runs, on
 any replica, closes its connection (the access line and proxy_streams_stopped_total say why).
+With the builtin engine, the rest of a long body goes from the S3 socket to the client's by
+itself once its first piece is out (upstream.py rule 5): the task only waits for a slow
+client's drain, under the same write deadline.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
@@ -41,9 +45,10 @@ from ..objectcache import ObjectCache
 from ..ops import Telemetry
 from ..request import ObjectRef, RequestContext
 from ..state import State, Watch
-from ..storage import ObjectMeta, ObjectStream, Storage
+from ..storage import BodyRelay, ObjectMeta, ObjectStream, Storage
+from ..wire import WireHead, WireResponse
 from .method import Link
-from .presentation import Presentation, object_headers, presentation
+from .presentation import Presentation, object_head, object_headers, presentation
 
 
 class Stream:
@@ -123,17 +128,6 @@ class Stream:
 _PRESENTATIONS_KEPT = 4096
 
 
-class ObjectResponse(web.StreamResponse):
-    """A streamed object's response, whose head goes out with the first piece of the body in
-    one write. (aiohttp sends a StreamResponse's head by itself at prepare(): one more
-    syscall and TCP segment per response, about a tenth of a 10 KiB stream's CPU. Its
-    `Response` buffers the head this way; tests/test_stream.py pins the switch.) The status
-    is settled before prepare() either way; the client sees the head once the first bytes
-    came from S3, which for a small object is the same read."""
-
-    _send_headers_immediately = False
-
-
 def watch_credential(
     state: State,
     telemetry: Telemetry,
@@ -184,9 +178,7 @@ async def stream(
     if request.method == "HEAD":
         meta = await storage.head(ref)
         _check_preconditions(request, meta, shown)
-        response = ObjectResponse(status=200, headers=object_headers(meta, shown))
-        response.content_length = meta.content_length
-        return response
+        return WireResponse(200, object_head(meta, shown), meta.content_length)
     opened = await _open_for_get(request, storage, ref, shown)
     return await send_object(request, context, opened, shown, settings.write_timeout)
 
@@ -309,17 +301,21 @@ async def send_object(
     """Stream an opened S3 object to the client, then release it."""
     bytes_from_s3 = 0
     try:
-        status = 206 if obj.meta.content_range else 200
-        response = ObjectResponse(status=status, headers=object_headers(obj.meta, shown))
-        response.content_length = obj.meta.content_length
+        meta = obj.meta
+        # The head goes out with the first body bytes, in one write (wire.py): the client
+        # sees it once the first bytes came from S3, which for a small object is one read.
+        response = WireResponse(
+            206 if meta.content_range else 200, object_head(meta, shown), meta.content_length
+        )
         # Given here: the Gateway adds it to answers that have not started, and this one has.
-        response.headers["X-Request-Id"] = context.id
+        response.request_id = context.id
         try:
             await response.prepare(request)
         except ConnectionError:
             context.reason = "client disconnected"
             return response
         deadline = WriteDeadline(request.transport, write_timeout)
+        relay = obj.relay
         try:
             async for chunk in obj.chunks:
                 bytes_from_s3 += len(chunk)
@@ -333,6 +329,10 @@ async def send_object(
                 if context.first_byte is None:
                     context.first_byte = time.perf_counter()
                 context.bytes_sent += len(chunk)
+                if relay is not None and bytes_from_s3 < obj.meta.content_length:
+                    # The head went with the first piece; a long rest goes socket to socket.
+                    bytes_from_s3 += await _relay_rest(relay, request, context, deadline)
+                    relay = None  # the loop then ends, or reads what was too short to relay
         except ConnectionError:
             if deadline.expired:
                 context.reason = _STALLED
@@ -361,6 +361,35 @@ async def send_object(
 
 
 _STALLED = "client stopped reading (limits.client_write_timeout)"
+
+
+async def _relay_rest(
+    start: Callable[[asyncio.Transport], BodyRelay | None],
+    request: web.BaseRequest,
+    context: RequestContext,
+    deadline: WriteDeadline,
+) -> int:
+    """The rest of the body relayed by the engine into the client's transport (upstream.py
+    rule 5); the bytes relayed, which count as sent however it ends. 0 when there was no
+    rest worth relaying: the caller reads it. The task wakes only when the relay stops for
+    the client: then, as a write() would, it waits for the client's buffer to drain, under
+    the same write deadline."""
+    transport = request.transport
+    relay = start(transport) if transport is not None else None
+    if relay is None:
+        return 0
+    try:
+        while not await relay.next():
+            deadline.since = deadline.now()
+            await request.writer.drain()
+            deadline.since = None
+            if deadline.expired or cast(asyncio.Transport, transport).is_closing():
+                raise ConnectionResetError("the client's connection closed")
+            relay.resume()
+    finally:
+        context.bytes_sent += relay.relayed
+        relay.close()
+    return relay.relayed
 
 
 class WriteDeadline:
@@ -451,7 +480,7 @@ def _memory_response(
     body: bytes,
     shown: Presentation,
     age: int | None = None,
-) -> web.Response:
+) -> WireResponse:
     """The answer from a body in memory; `age`: seconds since the cache fetched it (None:
     fetched for this very request), sent as Age (RFC 9111 5.1), on a 304 too."""
     try:
@@ -460,24 +489,28 @@ def _memory_response(
         if age is not None:
             exc.headers["Age"] = str(age)
         raise
-    headers = object_headers(meta, shown)
-    if age is not None:
-        headers["Age"] = str(age)
-    headers.pop("Content-Range", None)
     size = len(body)
-    status, payload = 200, body
     spans = _spans_to_send(request, meta, size)
-    if spans is not None and len(spans) == 1:
-        first, last = spans[0]
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        status, payload = 206, body[first : last + 1]
-    elif spans is not None:
-        status = 206
-        payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
+    if spans is None and meta.content_range is None:
+        status, payload, head = 200, body, object_head(meta, shown)
+    else:
+        headers = object_headers(meta, shown)
+        headers.pop("Content-Range", None)
+        status, payload = 200, body
+        if spans is not None and len(spans) == 1:
+            first, last = spans[0]
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            status, payload = 206, body[first : last + 1]
+        elif spans is not None:
+            status = 206
+            payload, headers["Content-Type"] = _multipart(body, spans, headers["Content-Type"])
+        head = WireHead(headers, shown.cors)
     context.first_byte = time.perf_counter()
     if request.method != "HEAD":
         context.bytes_sent = len(payload)
-    return web.Response(status=status, body=payload, headers=headers)
+    response = WireResponse(status, head, len(payload), payload)
+    response.age = age
+    return response
 
 
 def _spans_to_send(

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
+from typing import TypeVar
 
 from aiobotocore.session import get_session
 
@@ -21,34 +22,57 @@ from ..config import S3Settings
 from ..errors import ProxyError, UpstreamError
 from ..presign import Credentials, Endpoint, sign_request
 from ..request import ObjectRef
+from ..ssec import CustomerKey
 from ..storage import (
     ObjectMeta,
     ObjectStream,
     bucket_problem,
     error_for_status,
-    response_head_deadline,
-    translate_errors,
+    head_timeout_error,
+    translated_error,
     xml_field,
 )
-from ..upstream import MalformedResponse, Origin, Pool, Response, request_head
+from ..upstream import (
+    RELAY_CLIENT_GONE,
+    RELAY_DONE,
+    DeadlineExceeded,
+    MalformedResponse,
+    Origin,
+    Pool,
+    Relay,
+    Response,
+    request_head,
+)
 from .signing import SignedByTheProxy, Signer
 from .writes import LazyClient, ObjectWriter
 
 MAX_ERROR_BODY = 16 * 1024
+_HEADS_KEPT = 1024
+_T = TypeVar("_T")
 
 
 class BuiltinStorage(SignedByTheProxy):
     """Reads objects over one pool of keep-alive connections, signing each request itself
     (SigV4). Opened at start-up, closed at exit."""
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
+        self._clock = clock  # epoch seconds, for SigV4's X-Amz-Date
         session = get_session()
         self._signer = Signer(settings, session)
         self._write_client = LazyClient(settings, session)
         self._writes = ObjectWriter(settings, self._write_client)
         self._endpoint = self._signer.endpoint
         self._pool: Pool | None = None
+        # How long a request may wait for S3's response head, retries included.
+        self._head_timeout = min(settings.first_byte_timeout, settings.request_timeout)
+        # Request heads signed this second with these credentials (see _head).
+        self._heads: dict[
+            tuple[str, str, str, CustomerKey | None, tuple[tuple[str, str], ...]],
+            tuple[Origin, bytes],
+        ] = {}
+        self._heads_second = 0
+        self._heads_credentials: Credentials | None = None
 
     async def open(self) -> None:
         settings = self._settings
@@ -59,6 +83,7 @@ class BuiltinStorage(SignedByTheProxy):
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             buffer_limit=settings.chunk_size,  # bounds what one stream buffers from S3
+            headers_read=_HEADERS_READ,
         )
 
     @property
@@ -73,63 +98,133 @@ class BuiltinStorage(SignedByTheProxy):
             self._pool = None
 
     async def head(self, ref: ObjectRef) -> ObjectMeta:
-        response = await self._send("HEAD", ref, {}, "HeadObject")
+        response = await self._send("HEAD", ref, (), "HeadObject")
         response.release()
         return _meta_from_headers(response)
 
     async def get(self, ref: ObjectRef, byte_range: str | None) -> ObjectStream:
-        headers = {"Range": byte_range} if byte_range else {}
-        response = await self._send("GET", ref, headers, "GetObject")
-        return ObjectStream(
-            meta=_meta_from_headers(response),
-            chunks=_Body(response),
-            _close=response.release,  # keeps the connection only if the body was read to the end
-        )
+        unsigned = (("Range", byte_range),) if byte_range else ()
+        return _Download(await self._send("GET", ref, unsigned, "GetObject"))
 
     async def _send(
         self,
         method: str,
         ref: ObjectRef,
-        extra: dict[str, str],
+        unsigned: tuple[tuple[str, str], ...],
         operation: str,
     ) -> Response:
         """Send one signed request; retry connection failures and 5xx answers while nothing
         has been sent to the client, until the response head arrives within
         s3.first_byte_timeout and s3.request_timeout. Waiting for a pooled
         connection is bounded by s3.pool_timeout and not retried (a busy pool is a 503 now,
-        not later). Answers other than 2xx become the project's errors."""
-        if self._pool is None:
+        not later). Answers other than 2xx become the project's errors.
+
+        Both bounds are one deadline handed to every wait on the way (the pool's slot and
+        connection, the answer's head, a backoff, an error body, a credentials re-read),
+        not a timer of their own; a request answered at the first attempt pays for no
+        retry bookkeeping either (issue 26)."""
+        pool = self._pool
+        if pool is None:
             raise UpstreamError(f"{operation}: storage is not open")
-        settings = self._settings
-        signed = ref.sse.headers if ref.sse is not None else None
-        failure: Exception | None = None
-        with translate_errors(operation):
-            async with response_head_deadline(
-                operation, settings.first_byte_timeout, settings.request_timeout
-            ):
-                for attempt in range(settings.max_attempts):
-                    if attempt:
-                        # Full-jitter backoff; not security relevant.
-                        backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
-                        await asyncio.sleep(backoff)
-                    try:
-                        response = await self._request_once(
-                            operation, method, ref.bucket, ref.key, extra, signed=signed
-                        )
-                    except (ConnectionError, OSError, MalformedResponse) as exc:
-                        if isinstance(exc, TimeoutError):
-                            raise
-                        failure = UpstreamError(
-                            f"{operation}: S3 unreachable ({type(exc).__name__})"
-                        )
-                        continue
+        signer = self._signer
+        deadline = asyncio.get_running_loop().time() + self._head_timeout
+        attempt = 1
+        try:
+            while True:
+                credentials = signer.current()  # in hand: no await
+                if credentials is None:
+                    credentials = await self._within(deadline, signer.credentials(operation))
+                origin, head = self._head(credentials, method, ref, unsigned)
+                try:
+                    response = await pool.send_head(origin, method, head, deadline)
+                except (ConnectionError, OSError, MalformedResponse) as exc:
+                    if isinstance(exc, TimeoutError):
+                        raise
+                    failure: ProxyError = UpstreamError(
+                        f"{operation}: S3 unreachable ({type(exc).__name__})"
+                    )
+                else:
                     if response.status < 300 or response.status == 206:
                         return response
-                    body = await _error_body(response, method)
-                    failure = _error_from_body(response.status, body, operation)
-                    if response.status < 500:
-                        raise failure
-        raise failure or UpstreamError(f"{operation}: S3 unreachable")
+                    failure = await self._refusal(response, method, operation, deadline)
+                if attempt >= self._settings.max_attempts:
+                    raise failure
+                # Full-jitter backoff; not security relevant.
+                backoff = min(2.0, 0.05 * 2**attempt) * random.random()  # noqa: S311
+                await self._within(deadline, asyncio.sleep(backoff))
+                attempt += 1
+        except DeadlineExceeded:
+            raise self._head_timeout_error(operation) from None
+        except Exception as exc:
+            translated = translated_error(operation, exc)
+            if translated is None:
+                raise
+            raise translated from None
+
+    async def _refusal(
+        self, response: Response, method: str, operation: str, deadline: float
+    ) -> ProxyError:
+        """The error an answer other than 2xx stands for, read from its body; raised at once
+        unless it is a 5xx (which is retried)."""
+        body = await self._within(deadline, _error_body(response, method))
+        failure = _error_from_body(response.status, body, operation)
+        if response.status < 500:
+            raise failure
+        return failure
+
+    @staticmethod
+    async def _within(deadline: float, step: Awaitable[_T]) -> _T:
+        """A step of _send other than the pool's own waits, bounded by its deadline."""
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                done = await step
+        except TimeoutError:
+            if scope.expired():
+                raise DeadlineExceeded() from None
+            raise
+        return done
+
+    def _head(
+        self,
+        credentials: Credentials,
+        method: str,
+        ref: ObjectRef,
+        unsigned: tuple[tuple[str, str], ...],
+    ) -> tuple[Origin, bytes]:
+        """Where to send a request and its signed head. Heads signed in the current second
+        with the current credentials are looked up by what else they depend on (the
+        endpoint and region are this engine's): _signed's own memo would hash the
+        credentials and the endpoint, frozen dataclasses whose hash is Python code."""
+        now = int(self._clock())
+        heads = self._heads
+        if now != self._heads_second or credentials is not self._heads_credentials:
+            heads.clear()  # SigV4 signs whole seconds: these can never be sent again
+            self._heads_second, self._heads_credentials = now, credentials
+        memo = (method, ref.bucket, ref.key, ref.sse, unsigned)
+        found = heads.get(memo)
+        if found is None:
+            signed = ref.sse.headers if ref.sse is not None else None
+            found = _signed(
+                self._endpoint,
+                self._settings.region,
+                credentials,
+                method,
+                ref.bucket,
+                ref.key,
+                now,
+                (),
+                tuple(signed.items()) if signed else (),
+                unsigned,
+            )
+            if len(heads) >= _HEADS_KEPT:
+                heads.clear()  # bounded: many distinct objects in one second only re-sign
+            heads[memo] = found
+        return found
+
+    def _head_timeout_error(self, operation: str) -> ProxyError:
+        settings = self._settings
+        return head_timeout_error(operation, settings.first_byte_timeout, settings.request_timeout)
 
     async def _request_once(
         self,
@@ -182,38 +277,91 @@ class BuiltinStorage(SignedByTheProxy):
         return (pool.in_use, pool.waiting) if pool is not None else (0, 0)
 
 
-class _Body:
-    """A GetObject answer's body, each piece passed on as the socket delivered it (no
-    re-assembly copies). A class, not an async generator: the event loop registers and
-    finalizes every async generator, a cost paid once per streamed object."""
-
-    __slots__ = ("_response",)
+class _Download(ObjectStream):
+    """A GetObject answer: its metadata, and its body (`chunks` is the download itself),
+    each piece passed on as the socket delivered it (no re-assembly copies). One object for
+    the stream and its body, and a class rather than an async generator: the event loop
+    registers and finalizes every async generator, a cost paid once per streamed object."""
 
     def __init__(self, response: Response) -> None:
+        # (`relay` is ObjectStream's field: the method is given, not looked up on the class.)
+        super().__init__(_meta_from_headers(response), self, response.release, self._relay)
         self._response = response
 
-    def __aiter__(self) -> _Body:
+    def __aiter__(self) -> _Download:
         return self
 
     async def __anext__(self) -> bytes:
-        with translate_errors("GetObject body"):
+        try:
             chunk = await self._response.read()
+        except Exception as exc:
+            translated = translated_error("GetObject body", exc)
+            if translated is None:
+                raise
+            raise translated from None
         if not chunk:
             raise StopAsyncIteration
         return chunk
 
+    def _relay(self, sink: asyncio.Transport) -> _Relayed | None:
+        """The rest of the body straight into `sink` (upstream.py rule 5), if long enough."""
+        relay = self._response.relay(sink)
+        return _Relayed(relay) if relay is not None else None
+
+
+class _Relayed:
+    """A body relay (storage.BodyRelay) with S3's failures as the project's errors."""
+
+    __slots__ = ("_relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    @property
+    def relayed(self) -> int:
+        return self._relay.relayed
+
+    async def next(self) -> bool:
+        try:
+            state = await self._relay.next()
+        except Exception as exc:
+            translated = translated_error("GetObject body", exc)
+            if translated is None:
+                raise
+            raise translated from None
+        if state == RELAY_CLIENT_GONE:
+            raise ConnectionResetError("the client's connection closed")
+        return state == RELAY_DONE
+
+    def resume(self) -> None:
+        self._relay.resume()
+
+    def close(self) -> None:
+        self._relay.close()
+
 
 def _meta_from_headers(response: Response) -> ObjectMeta:
     headers = response.headers
-    return ObjectMeta(
-        content_length=int(headers.get("content-length", 0)),
-        content_type=headers.get("content-type"),
-        etag=headers.get("etag"),
-        last_modified=headers.get("last-modified"),
-        content_range=headers.get("content-range") if response.status == 206 else None,
-        content_encoding=headers.get("content-encoding"),
-        content_language=headers.get("content-language"),
+    return ObjectMeta.of(
+        response.content_length or 0,
+        headers.get(b"content-type"),
+        headers.get(b"etag"),
+        headers.get(b"last-modified"),
+        headers.get(b"content-range") if response.status == 206 else None,
+        headers.get(b"content-encoding"),
+        headers.get(b"content-language"),
     )
+
+
+# Every header _meta_from_headers reads (the pool keeps no other).
+_HEADERS_READ = (
+    "content-type",
+    "etag",
+    "last-modified",
+    "content-range",
+    "content-encoding",
+    "content-language",
+)
 
 
 def _error_from_body(status: int, body: str, operation: str) -> ProxyError:

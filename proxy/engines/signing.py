@@ -69,10 +69,17 @@ class Signer:
         """Whether the standard chain gave credentials at open() (for readiness checks)."""
         return self._chain is not None
 
-    async def credentials(self, operation: str) -> Credentials:
-        """Credentials for `operation` (named in the error when there are none)."""
+    def current(self) -> Credentials | None:
+        """The credentials in hand, when they need no re-read (a call without an await)."""
         cached = self._frozen
         if cached is not None and (cached.expires_at is None or time.time() < self._reread_at):
+            return cached
+        return None
+
+    async def credentials(self, operation: str) -> Credentials:
+        """Credentials for `operation` (named in the error when there are none)."""
+        cached = self.current()
+        if cached is not None:
             return cached
         fresh = await self._read(operation)
         self._frozen, self._reread_at = fresh, time.time() + _REREAD_TEMPORARY
