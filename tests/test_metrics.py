@@ -96,6 +96,50 @@ async def test_requests_bytes_and_s3_calls_match_what_was_asked(proxy, s3: S3Obj
     assert by["stream"]["mean_ttfb_ms"] > 0 and by["redirect"]["mean_ttfb_ms"] > 0
 
 
+async def test_each_scrape_shows_every_request_answered_before_it_once(
+    proxy, s3: S3Objects
+) -> None:
+    """Rule 3 of ops/metrics.py: requests and token checks are counted plainly and carried
+    into their series by each scrape; a scrape right after requests shows all of them, the
+    next shows them again (not twice), and no series appears before something counts in it."""
+    client = await proxy(config_dict(s3.endpoint, metrics=METRICS))
+    token = bearer(make_token())
+    redirect = {"route": "employee-photos", "delivery": "redirect"}
+    unrouted = {"route": "-", "delivery": "none"}
+    assert (await client.get("/photos/42", headers=token, allow_redirects=False)).status == 302
+    assert (await client.request("PROPFIND", "/photos/42")).status in (405, 501)
+    first = await scrape(client)
+    assert value(first, "proxy_requests_total", **redirect, status_class="3xx") == 1
+    assert value(first, "proxy_requests_total", method="other") == 1
+    assert value(first, "proxy_requests_total") == 2
+    assert value(first, "proxy_token_verifications_total", outcome="valid") == 2  # + the scrape's
+    assert value(first, "proxy_time_to_first_byte_seconds_count", **redirect) == 1
+    # Nothing delivered on no route, and no 304 yet: those series are not there at all.
+    names = {(name, labels) for name, labels in first}
+    assert ("proxy_request_duration_seconds_count", frozenset(unrouted.items())) in names
+    assert ("proxy_time_to_first_byte_seconds_count", frozenset(unrouted.items())) not in names
+    assert not any(name == "proxy_not_modified_responses_total" for name, _ in names)
+
+    for _ in range(2):
+        assert (await client.get("/photos/42", headers=token, allow_redirects=False)).status == 302
+    assert (await client.request("PROPFIND", "/photos/42")).status in (405, 501)
+    assert (await client.get("/photos/42")).status == 401  # on the route, refused
+    second = await scrape(client)
+    assert value(second, "proxy_requests_total", **redirect, status_class="3xx") == 3
+    assert value(second, "proxy_requests_total", method="other") == 2
+    assert value(second, "proxy_requests_total", route="metrics", status_class="2xx") == 1
+    assert value(second, "proxy_requests_total", **redirect, status_class="4xx") == 1
+    assert value(second, "proxy_requests_total") == 7  # the first scrape counts once answered
+    assert value(second, "proxy_token_verifications_total", outcome="valid") == 5
+    assert value(second, "proxy_request_duration_seconds_count", **redirect) == 4
+    assert value(second, "proxy_time_to_first_byte_seconds_count", **redirect) == 4
+    assert value(second, "proxy_request_duration_seconds_count", **unrouted) == 2
+    assert value(second, "proxy_request_duration_seconds_count") == 7
+    assert value(second, "proxy_request_duration_seconds_sum") > value(
+        first, "proxy_request_duration_seconds_sum"
+    )
+
+
 async def test_label_values_never_come_from_the_request(proxy, s3: S3Objects) -> None:
     client = await proxy(config_dict(s3.endpoint, metrics=METRICS))
     assert (await client.get("/no-such-route/secret-looking-path")).status == 404

@@ -10,8 +10,10 @@ Rules:
    Counter.inc's and Histogram.observe's per-call checks and bucket loop. A test compares
    the exposition with what those give.
 3. What is cheaper kept as a plain number where it happens (cache hits, connections in use,
-   streams in flight, S3 calls and their durations) is read by `sample()`: before each
-   scrape, and every second in a worker of several (whose numbers another process renders).
+   streams in flight, requests, S3 calls, their durations, token checks) is read by
+   `sample()`: before each scrape, and every second in a worker of several (whose numbers
+   another process renders). Counts made on the request path are written out at once in a
+   worker of several instead: its numbers must be current whenever another process renders.
 """
 
 from __future__ import annotations
@@ -114,9 +116,59 @@ class StateView(Protocol):
     def stale_for(self) -> float | None: ...
 
 
-@dataclass
+class _Count:
+    """A counter child's count kept plainly (rule 3), and the value `sample()` sets to it."""
+
+    __slots__ = ("n", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.n = 0
+        self.value = value
+
+
+class _RouteCounts:
+    """What the requests of one (route, delivery) label pair add to its series, kept plainly
+    (rule 3): durations, and for delivered requests times to first byte, body bytes and
+    304s. Only the series a request has used are set: none appears before it has a count."""
+
+    __slots__ = ("_series", "body_bytes", "duration", "not_modified", "not_modified_value", "ttfb")
+
+    def __init__(self, duration: _Observed, ttfb: _Observed | None, body_bytes: Any) -> None:
+        self.duration = _Times()
+        self.ttfb = _Times()
+        self.body_bytes = 0
+        self.not_modified = 0
+        self._series = (duration, ttfb, body_bytes)
+        self.not_modified_value: Any = None  # made at the first 304, as before
+
+    def sample(self) -> None:
+        duration, ttfb, body_bytes = self._series
+        duration.set(self.duration)
+        if ttfb is not None:
+            ttfb.set(self.ttfb)
+            body_bytes.set(self.body_bytes)
+        if self.not_modified_value is not None:
+            self.not_modified_value.set(self.not_modified)
+
+
 class _RequestSeries:
-    """The values one (route, delivery, method, status) combination writes to (rule 2)."""
+    """Where one (route, delivery, method, status) combination counts: its request count
+    (shared with every combination of the same labels) and its route's counts."""
+
+    __slots__ = ("delivered", "not_modified", "requests", "route")
+
+    def __init__(
+        self, requests: _Count, route: _RouteCounts, delivered: bool, not_modified: bool
+    ) -> None:
+        self.requests = requests
+        self.route = route
+        self.delivered = delivered  # False for 404s, refusals, ...: no first byte, no body
+        self.not_modified = not_modified
+
+
+@dataclass
+class _WrittenSeries:
+    """The values one combination writes to at once, in a worker of several (rule 2)."""
 
     requests: Any  # a counter child's value: inc() under its own lock
     duration: _Observed
@@ -142,13 +194,11 @@ class _Observed:
         self._sum.inc(value)
         self._buckets[bisect_left(self._bounds, value)].inc(1)
 
-    @property
-    def buckets(self) -> list[Any]:
-        return self._buckets  # type: ignore[no-any-return]
-
-    @property
-    def sum(self) -> Any:
-        return self._sum
+    def set(self, times: _Times) -> None:
+        """Set to plainly kept numbers (rule 3); list() copies them in one step."""
+        for value, count in zip(self._buckets, list(times.buckets), strict=True):
+            value.set(count)
+        self._sum.set(times.sum)
 
 
 class _Times:
@@ -230,8 +280,9 @@ class Telemetry:
         # Rule 3: every S3 call is counted here, and sample() sets the series to these. A
         # counter's and a histogram's value each take a lock per increment (about 11k
         # instructions per S3 call in all; these, about 2k). In a worker of several, whose
-        # numbers another process renders at any time, each call is written out at once.
-        self._s3_written_out = multiprocess.directory() is not None
+        # numbers another process renders at any time, each call is written out at once (so
+        # are requests and token checks).
+        self._written_out = multiprocess.directory() is not None
         self._s3_calls = dict.fromkeys(self._s3, 0)
         self._s3_times = {operation: _Times() for operation in S3_OPERATIONS}
         self._pool_in_use = _live_gauge(
@@ -267,6 +318,7 @@ class Telemetry:
             for kind in ("jwt", "link")
             for outcome in TOKEN_OUTCOMES
         }
+        self._token_counts = dict.fromkeys(self._tokens, 0)  # rule 3, as the S3 calls
         self._rate_limited = Counter(
             "proxy_rate_limited",
             "Requests refused with 429 by a rate limit, by route and limit (client, subject).",
@@ -358,7 +410,12 @@ class Telemetry:
         )
         self._state: StateView | None = None
         self._state_seen: dict[int, int] = {}  # id(child) -> the count it has been given
+        # Rule 3 for requests: (route, delivery, method, status) as given -> where it counts;
+        # the counts, by their series' labels. In a worker of several: _written (rule 2).
         self._series: dict[tuple[str, str, str, int], _RequestSeries] = {}
+        self._request_counts: dict[tuple[str, str, str, str], _Count] = {}
+        self._route_counts: dict[tuple[str, str], _RouteCounts] = {}
+        self._written: dict[tuple[str, str, str, int], _WrittenSeries] = {}
         self._caches: dict[str, tuple[CacheCounts, list[int]]] = {}
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
         self._sampling = threading.Lock()  # a scrape thread and the event loop may both sample
@@ -378,7 +435,63 @@ class Telemetry:
         key = (route or UNMATCHED, delivery or NO_DELIVERY, method, status)
         series = self._series.get(key)
         if series is None:
+            if self._written_out:
+                self._write_request(key, body_bytes, duration, ttfb)
+                return
             series = self._series_for(*key)
+        series.requests.n += 1
+        counts = series.route
+        times = counts.duration
+        times.buckets[bisect_left(_BOUNDS, duration)] += 1  # as _Observed picks the bucket
+        times.sum += duration
+        if series.delivered:
+            times = counts.ttfb
+            times.buckets[bisect_left(_BOUNDS, ttfb)] += 1
+            times.sum += ttfb
+            counts.body_bytes += body_bytes
+            if series.not_modified:
+                counts.not_modified += 1
+
+    def _labels(
+        self, route: str, delivery: str, method: str, status: int
+    ) -> tuple[str, str, str, str]:
+        """A request's (route, delivery, method, status class) labels."""
+        # Rule 1: the request's method reaches a label only if it is one of a fixed few.
+        shown_method = method if method in _METHODS else "other"
+        shown_delivery = _DELIVERIES.get(delivery, NO_DELIVERY)
+        return (route, shown_delivery, shown_method, f"{min(max(status // 100, 1), 5)}xx")
+
+    def _series_for(self, route: str, delivery: str, method: str, status: int) -> _RequestSeries:
+        labels = self._labels(route, delivery, method, status)
+        requests = self._request_counts.get(labels)
+        if requests is None:
+            requests = _Count(_value(self._requests.labels(*labels)))
+            self._request_counts[labels] = requests
+        by_route = (route, labels[1])
+        delivered = labels[1] != NO_DELIVERY
+        counts = self._route_counts.get(by_route)
+        if counts is None:
+            counts = _RouteCounts(
+                _Observed(self._duration.labels(*by_route)),
+                _Observed(self._ttfb.labels(*by_route)) if delivered else None,
+                _value(self._bytes.labels(*by_route)) if delivered else None,
+            )
+            self._route_counts[by_route] = counts
+        not_modified = delivered and status == 304
+        if not_modified and counts.not_modified_value is None:
+            counts.not_modified_value = _value(self._not_modified.labels(*by_route))
+        series = _RequestSeries(requests, counts, delivered, not_modified)
+        if method in _METHODS:  # an odd method's series is made again, not remembered
+            self._series[(route, delivery, method, status)] = series
+        return series
+
+    def _write_request(
+        self, key: tuple[str, str, str, int], body_bytes: int, duration: float, ttfb: float
+    ) -> None:
+        """In a worker of several: the request is written out at once (rule 2)."""
+        series = self._written.get(key)
+        if series is None:
+            series = self._written_series(*key)
         series.requests.inc(1)
         series.duration.observe(duration)
         if series.ttfb is not None:
@@ -387,17 +500,14 @@ class Telemetry:
             if series.not_modified is not None:
                 series.not_modified.inc(1)
 
-    def _series_for(self, route: str, delivery: str, method: str, status: int) -> _RequestSeries:
-        # Rule 1: the request's method reaches a label only if it is one of a fixed few.
-        shown_method = method if method in _METHODS else "other"
-        shown_delivery = _DELIVERIES.get(delivery, NO_DELIVERY)
-        delivered = shown_delivery != NO_DELIVERY
-        status_class = f"{min(max(status // 100, 1), 5)}xx"
-        by_route = (route, shown_delivery)
-        series = _RequestSeries(
-            requests=_value(
-                self._requests.labels(route, shown_delivery, shown_method, status_class)
-            ),
+    def _written_series(
+        self, route: str, delivery: str, method: str, status: int
+    ) -> _WrittenSeries:
+        labels = self._labels(route, delivery, method, status)
+        by_route = (route, labels[1])
+        delivered = labels[1] != NO_DELIVERY
+        series = _WrittenSeries(
+            requests=_value(self._requests.labels(*labels)),
             duration=_Observed(self._duration.labels(*by_route)),
             ttfb=_Observed(self._ttfb.labels(*by_route)) if delivered else None,
             body_bytes=_value(self._bytes.labels(*by_route)) if delivered else None,
@@ -406,11 +516,11 @@ class Telemetry:
             else None,
         )
         if method in _METHODS:  # an odd method's series is made again, not remembered
-            self._series[(route, delivery, method, status)] = series
+            self._written[(route, delivery, method, status)] = series
         return series
 
     def observe_s3(self, operation: str, outcome: str, seconds: float) -> None:
-        if self._s3_written_out:
+        if self._written_out:
             self._s3[(operation, outcome)].inc(1)
             self._s3_duration[operation].observe(seconds)
             return
@@ -420,7 +530,10 @@ class Telemetry:
         times.sum += seconds
 
     def token_checked(self, kind: str, outcome: str) -> None:
-        self._tokens[(kind, outcome)].inc(1)
+        if self._written_out:
+            self._tokens[(kind, outcome)].inc(1)
+        else:
+            self._token_counts[(kind, outcome)] += 1
 
     def multipart_step(self, step: str, status: int, part_urls: int = 0) -> None:
         """One multipart entry of the sign API answered with `status`, with its part URLs."""
@@ -477,19 +590,26 @@ class Telemetry:
                 seen[:] = [hits, misses]
             if self._state is not None:
                 self._sample_state(self._state.counters)
-            if not self._s3_written_out:
+            if not self._written_out:
                 self._sample_s3()
+                self._sample_requests()
             for gauge, read in self._gauges:
                 gauge.set(read())
+
+    def _sample_requests(self) -> None:
+        # list() copies in one step: the event loop may add while a scrape thread reads.
+        for count in list(self._request_counts.values()):
+            count.value.set(count.n)
+        for counts in list(self._route_counts.values()):
+            counts.sample()
+        for key, checks in list(self._token_counts.items()):
+            self._tokens[key].set(checks)
 
     def _sample_s3(self) -> None:
         for key, calls in list(self._s3_calls.items()):  # one step: the loop may add
             self._s3[key].set(calls)
         for operation, times in self._s3_times.items():
-            observed = self._s3_duration[operation]
-            for value, count in zip(observed.buckets, list(times.buckets), strict=True):
-                value.set(count)
-            observed.sum.set(times.sum)
+            self._s3_duration[operation].set(times)
 
     def _sample_state(self, counters: Any) -> None:
         totals: dict[int, tuple[Any, int]] = {}  # id(child) -> (child, its count now)
