@@ -142,6 +142,32 @@ def test_duration_is_milliseconds_to_the_microsecond(seconds: float, shown: str)
     assert f'"duration_ms":{shown},' in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("now", "shown"),
+    [
+        (1_900_000_000.5, "2030-03-17T17:46:40.500+00:00"),
+        (1_900_000_000.0, "2030-03-17T17:46:40.000+00:00"),
+        (1_900_000_000.0419, "2030-03-17T17:46:40.041+00:00"),  # cut, not rounded
+        (1_900_000_000.9999, "2030-03-17T17:46:40.999+00:00"),
+        (1_900_000_001.0075, "2030-03-17T17:46:41.007+00:00"),  # the next second
+        (1_900_000_000.25, "2030-03-17T17:46:40.250+00:00"),  # and back
+    ],
+)
+def test_time_is_utc_to_the_millisecond(now: float, shown: str) -> None:
+    """The line's time (its date-time part formatted once per second, its milliseconds
+    looked up) reads as the audit trail's `timestamp()` gives."""
+    from proxy.accesslog import timestamp, write_access_line, write_lines_to
+    from proxy.request import RequestContext
+
+    lines: list[str] = []
+    write_lines_to(lines.append)
+    try:
+        write_access_line(RequestContext("GET", "/p", "127.0.0.1"), now, 0.001)
+    finally:
+        write_lines_to(None)
+    assert json.loads(lines[0])["time"] == shown == timestamp(now)
+
+
 async def test_each_request_is_logged_with_its_own_tokens_caller(
     proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
