@@ -39,29 +39,60 @@ def extract_token(
 ) -> tuple[str, str] | None:
     """Return (source description, token) from the first configured source present.
     `cookies` None means "parse the Cookie header when a cookie source is reached"."""
-    for source in settings.sources:
-        if source.header:
-            value = headers.get(source.header)
+    for kind, name, where in _sources_of(settings):
+        if kind is _HEADER:
+            value = headers.get(name)
             if value is None:
                 continue
-            if source.header.lower() == "authorization":
-                scheme, _, credentials = value.strip().partition(" ")
-                if scheme.lower() != "bearer" or not credentials.strip():
-                    continue
-                value = credentials
             token = value.strip()
-            where = f"header {source.header}"
-        elif source.cookie:
+        elif kind is _BEARER:
+            value = headers.get(name)
+            if value is None:
+                continue
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                continue
+            token = credentials.strip()
+        elif kind is _COOKIE:
             if cookies is None:
                 cookies = parse_cookie_header(headers.get("Cookie"))
-            token = cookies.get(source.cookie, "").strip()
-            where = f"cookie {source.cookie}"
+            token = cookies.get(name, "").strip()
         else:
-            token = query.get(source.query or "", "").strip()
-            where = f"query {source.query}"
+            token = query.get(name, "").strip()
         if token:
             return where, token
     return None
+
+
+_HEADER, _BEARER, _COOKIE, _QUERY = "header", "bearer", "cookie", "query"
+_Source = tuple[str, str, str]  # (kind, the header, cookie or parameter name, description)
+
+
+def _sources_of(settings: AuthSettings) -> tuple[_Source, ...]:
+    """The configured sources as `extract_token` walks them: what a config fixes (each
+    one's kind and description) worked out once per AuthSettings, not on every request.
+    Remembered by identity with the settings pinned, so no other config's sources answer."""
+    remembered = _SOURCES.get(id(settings))
+    if remembered is not None and remembered[0] is settings:
+        return remembered[1]
+    plan: list[_Source] = []
+    for source in settings.sources:
+        if source.header:
+            bearer = source.header.lower() == "authorization"
+            where = f"header {source.header}"
+            plan.append((_BEARER if bearer else _HEADER, source.header, where))
+        elif source.cookie:
+            plan.append((_COOKIE, source.cookie, f"cookie {source.cookie}"))
+        else:
+            plan.append((_QUERY, source.query or "", f"query {source.query}"))
+    if len(_SOURCES) >= 64:
+        _SOURCES.clear()  # bounded: configs are few (one per reload)
+    _SOURCES[id(settings)] = (settings, tuple(plan))
+    return _SOURCES[id(settings)][1]
+
+
+# id(settings) -> (those settings, their sources' plan)
+_SOURCES: dict[int, tuple[AuthSettings, tuple[_Source, ...]]] = {}
 
 
 def parse_cookie_header(header: str | None) -> dict[str, str]:
