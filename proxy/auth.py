@@ -39,7 +39,18 @@ def extract_token(
 ) -> tuple[str, str] | None:
     """Return (source description, token) from the first configured source present.
     `cookies` None means "parse the Cookie header when a cookie source is reached"."""
-    for kind, name, where in _sources_of(settings):
+    return find_token(token_sources(settings), headers, cookies, query)
+
+
+def find_token(
+    sources: TokenSources,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str] | None,
+    query: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """`extract_token` with the sources' plan in hand (`token_sources`, kept by a caller
+    that answers every request with one config)."""
+    for kind, name, where in sources:
         if kind is _HEADER:
             value = headers.get(name)
             if value is None:
@@ -66,15 +77,13 @@ def extract_token(
 
 _HEADER, _BEARER, _COOKIE, _QUERY = "header", "bearer", "cookie", "query"
 _Source = tuple[str, str, str]  # (kind, the header, cookie or parameter name, description)
+TokenSources = tuple[_Source, ...]
 
 
-def _sources_of(settings: AuthSettings) -> tuple[_Source, ...]:
-    """The configured sources as `extract_token` walks them: what a config fixes (each
-    one's kind and description) worked out once per AuthSettings, not on every request.
-    Remembered by identity with the settings pinned, so no other config's sources answer."""
-    remembered = _SOURCES.get(id(settings))
-    if remembered is not None and remembered[0] is settings:
-        return remembered[1]
+def token_sources(settings: AuthSettings) -> TokenSources:
+    """The configured sources as `find_token` walks them: what a config fixes (each one's
+    kind and description), worked out once by whoever keeps that config (Access, per
+    config: a reload makes a new one), not on every request."""
     plan: list[_Source] = []
     for source in settings.sources:
         if source.header:
@@ -85,14 +94,7 @@ def _sources_of(settings: AuthSettings) -> tuple[_Source, ...]:
             plan.append((_COOKIE, source.cookie, f"cookie {source.cookie}"))
         else:
             plan.append((_QUERY, source.query or "", f"query {source.query}"))
-    if len(_SOURCES) >= 64:
-        _SOURCES.clear()  # bounded: configs are few (one per reload)
-    _SOURCES[id(settings)] = (settings, tuple(plan))
-    return _SOURCES[id(settings)][1]
-
-
-# id(settings) -> (those settings, their sources' plan)
-_SOURCES: dict[int, tuple[AuthSettings, tuple[_Source, ...]]] = {}
+    return tuple(plan)
 
 
 def parse_cookie_header(header: str | None) -> dict[str, str]:
