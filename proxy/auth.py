@@ -39,29 +39,62 @@ def extract_token(
 ) -> tuple[str, str] | None:
     """Return (source description, token) from the first configured source present.
     `cookies` None means "parse the Cookie header when a cookie source is reached"."""
-    for source in settings.sources:
-        if source.header:
-            value = headers.get(source.header)
+    return find_token(token_sources(settings), headers, cookies, query)
+
+
+def find_token(
+    sources: TokenSources,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str] | None,
+    query: Mapping[str, str],
+) -> tuple[str, str] | None:
+    """`extract_token` with the sources' plan in hand (`token_sources`, kept by a caller
+    that answers every request with one config)."""
+    for kind, name, where in sources:
+        if kind is _HEADER:
+            value = headers.get(name)
             if value is None:
                 continue
-            if source.header.lower() == "authorization":
-                scheme, _, credentials = value.strip().partition(" ")
-                if scheme.lower() != "bearer" or not credentials.strip():
-                    continue
-                value = credentials
             token = value.strip()
-            where = f"header {source.header}"
-        elif source.cookie:
+        elif kind is _BEARER:
+            value = headers.get(name)
+            if value is None:
+                continue
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() != "bearer" or not credentials.strip():
+                continue
+            token = credentials.strip()
+        elif kind is _COOKIE:
             if cookies is None:
                 cookies = parse_cookie_header(headers.get("Cookie"))
-            token = cookies.get(source.cookie, "").strip()
-            where = f"cookie {source.cookie}"
+            token = cookies.get(name, "").strip()
         else:
-            token = query.get(source.query or "", "").strip()
-            where = f"query {source.query}"
+            token = query.get(name, "").strip()
         if token:
             return where, token
     return None
+
+
+_HEADER, _BEARER, _COOKIE, _QUERY = "header", "bearer", "cookie", "query"
+_Source = tuple[str, str, str]  # (kind, the header, cookie or parameter name, description)
+TokenSources = tuple[_Source, ...]
+
+
+def token_sources(settings: AuthSettings) -> TokenSources:
+    """The configured sources as `find_token` walks them: what a config fixes (each one's
+    kind and description), worked out once by whoever keeps that config (Access, per
+    config: a reload makes a new one), not on every request."""
+    plan: list[_Source] = []
+    for source in settings.sources:
+        if source.header:
+            bearer = source.header.lower() == "authorization"
+            where = f"header {source.header}"
+            plan.append((_BEARER if bearer else _HEADER, source.header, where))
+        elif source.cookie:
+            plan.append((_COOKIE, source.cookie, f"cookie {source.cookie}"))
+        else:
+            plan.append((_QUERY, source.query or "", f"query {source.query}"))
+    return tuple(plan)
 
 
 def parse_cookie_header(header: str | None) -> dict[str, str]:

@@ -83,19 +83,31 @@ def plan_lifetime(
     else:
         signed_at = int(now)
         natural_end = signed_at + ttl
+    # (Planned on every redirect: plain comparisons, no tuple walked and no min()/max()
+    # calls, each the same choice as the min()/max() it stands for.)
     end = natural_end
     limit = None
-    for name, cap in (("token", token_expires_at), ("credentials", credentials_expire_at)):
-        if cap is not None and cap < end:
-            end, limit = int(cap), name
+    if token_expires_at is not None and token_expires_at < end:
+        end, limit = int(token_expires_at), "token"
+    if credentials_expire_at is not None and credentials_expire_at < end:
+        end, limit = int(credentials_expire_at), "credentials"
     if end <= now:
         raise LifetimeError(limit or "ttl")
-    expires_in = min(end - signed_at, SIGV4_MAX_EXPIRES)
+    expires_in = end - signed_at
+    if expires_in > SIGV4_MAX_EXPIRES:
+        expires_in = SIGV4_MAX_EXPIRES
+    if not stable:
+        return Lifetime(signed_at, expires_in, 0)  # a one-off URL: not to be cached
     remaining = signed_at + expires_in - now
-    # The cached redirect must leave the client time to actually use the URL.
-    margin = min(60.0, max(5.0, remaining / 10))
-    max_age = int(remaining - margin) if stable else 0
-    return Lifetime(signed_at, expires_in, max(max_age, 0))
+    # The cached redirect must leave the client time to actually use the URL: a tenth of
+    # what remains, at least 5 s and at most 60 s.
+    margin = remaining / 10
+    if margin <= 5.0:
+        margin = 5.0
+    elif margin >= 60.0:
+        margin = 60.0
+    max_age = int(remaining - margin)
+    return Lifetime(signed_at, expires_in, max_age if max_age > 0 else 0)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -130,6 +130,9 @@ class KeyTemplate:
     source: str
     literals: tuple[str, ...]
     refs: tuple[tuple[str, str], ...]
+    # The path parameter the whole key is (`{key}`, the common template), else None: set
+    # from the fields above, so that such a key renders by one lookup on every request.
+    _whole_param: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def params(self) -> set[str]:
@@ -139,7 +142,18 @@ class KeyTemplate:
     def claims(self) -> set[str]:
         return {name for kind, name in self.refs if kind == "claim"}
 
+    def __post_init__(self) -> None:
+        whole = (
+            self.refs[0][1]
+            if len(self.refs) == 1 and self.refs[0][0] == "param" and not any(self.literals)
+            else None
+        )
+        object.__setattr__(self, "_whole_param", whole)
+
     def render(self, params: Mapping[str, str], claims: Mapping[str, Any] | None) -> str:
+        whole = self._whole_param
+        if whole is not None:
+            return params[whole]
         out = [self.literals[0]]
         for (kind, name), literal in zip(self.refs, self.literals[1:], strict=True):
             if kind == "param":

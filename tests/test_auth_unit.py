@@ -146,6 +146,20 @@ def test_extract_token_follows_configured_order() -> None:
     assert extract_token(config, {"Authorization": "Bearer h"}, {}, {}) is None
 
 
+def test_extract_token_answers_each_config_from_its_own_sources() -> None:
+    """The sources' plan is worked out once per config: another config (a reload) never
+    walks the plan of the one before, however alike they look."""
+    request = ({"Authorization": "Bearer h", "X-Token": "x"}, {"session": "c"}, {"t": "q"})
+    first = settings(sources=[TokenSource(header="Authorization"), TokenSource(query="t")])
+    second = settings(sources=[TokenSource(query="t"), TokenSource(header="Authorization")])
+    third = settings(sources=[TokenSource(header="X-Token")])
+    for _ in range(2):
+        assert extract_token(first, *request) == ("header Authorization", "h")
+        assert extract_token(second, *request) == ("query t", "q")
+        assert extract_token(third, *request) == ("header X-Token", "x")
+        assert extract_token(third, {"Authorization": "Bearer h"}, {}, {}) is None
+
+
 def test_extract_token_custom_header_takes_the_raw_value() -> None:
     config = settings(sources=[TokenSource(header="X-Api-Token"), TokenSource(query="token")])
     assert extract_token(config, {"X-Api-Token": " abc "}, {}, {}) == ("header X-Api-Token", "abc")

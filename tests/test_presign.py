@@ -400,3 +400,50 @@ def test_the_builtin_engines_remembered_signature_is_that_of_its_exact_inputs() 
         (endpoint, "eu-west-1", CREDS, "GET", "bucket", "k", T0, (), sse),
     ):
         assert signature(_signed(*changed)) != signature(first)
+
+
+def _plan_as_written_before(
+    now: float,
+    ttl: int,
+    stable: int | None,
+    token_expires_at: float | None,
+    credentials_expire_at: float | None,
+) -> tuple[int, int, int] | str:
+    """plan_lifetime as it read with min() and max(): the reference its comparisons keep."""
+    if stable:
+        signed_at = int(now // stable * stable)
+        end = signed_at + stable + ttl
+    else:
+        signed_at = int(now)
+        end = signed_at + ttl
+    limit = None
+    for name, cap in (("token", token_expires_at), ("credentials", credentials_expire_at)):
+        if cap is not None and cap < end:
+            end, limit = int(cap), name
+    if end <= now:
+        return limit or "ttl"
+    expires_in = min(end - signed_at, 604800)
+    remaining = signed_at + expires_in - now
+    margin = min(60.0, max(5.0, remaining / 10))
+    max_age = int(remaining - margin) if stable else 0
+    return (signed_at, expires_in, max(max_age, 0))
+
+
+def test_plan_lifetime_chooses_as_min_and_max_did() -> None:
+    start = 1_700_000_000 // 3600 * 3600
+    caps = (None, -10, 0, 30, 49.5, 50, 51, 300, 600, 650.5, 4000, 700_000)
+    for offset in (0, 0.25, 1, 49.9, 50, 599.5, 3599.9):
+        now = start + offset
+        for ttl, stable in ((300, None), (300, 3600), (60, 600), (604800, 3600), (5, 60)):
+            for token in caps:
+                for creds in caps:
+                    token_at = None if token is None else now + token
+                    creds_at = None if creds is None else start + creds
+                    expected = _plan_as_written_before(now, ttl, stable, token_at, creds_at)
+                    try:
+                        got: tuple[int, int, int] | str = tuple(
+                            plan_lifetime(now, ttl, stable, token_at, creds_at)
+                        )
+                    except LifetimeError as exc:
+                        got = exc.limit
+                    assert got == expected, (now, ttl, stable, token_at, creds_at)

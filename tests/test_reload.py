@@ -311,3 +311,19 @@ def test_reload_command_without_a_pid_file_says_what_to_set(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "listen.pid_file is not set" in result.stderr
+
+
+async def test_a_reload_that_changes_the_token_sources_takes_effect(
+    proxy: Any, s3: S3Objects, tmp_path: Path
+) -> None:
+    """The sources' plan is made once per config: the reloaded config's is the one used."""
+    data = config_dict(s3.endpoint)
+    client = await proxy(data)
+    assert (await client.get(SMALL, headers=bearer(ADMIN))).status == 200
+    changed = copy.deepcopy(data)
+    changed["auth"]["sources"] = [{"header": "X-Token"}]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    assert reload_gateway(client.server.gateway, path) == "ok"
+    assert (await client.get(SMALL, headers=bearer(ADMIN))).status == 401
+    assert (await client.get(SMALL, headers={"X-Token": ADMIN})).status == 200

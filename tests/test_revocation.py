@@ -589,3 +589,39 @@ async def test_a_revocation_stops_the_watched_responses_it_covers_once_per_batch
     await state.revoke(new_revocation("sub", "bob", None, T0, 60, 30))
     await asyncio.sleep(0)
     assert stopped == ["alice", "link"]  # finished before it was revoked
+
+
+def test_a_lifetime_verdict_answers_only_its_own_claims_and_limit() -> None:
+    """State.check_token settles a token's lifetime verdict once per claims object: it must
+    never answer another token's claims (even equal-looking ones), a share link, or a
+    reloaded max_token_lifetime; and revocations are still looked up on every call."""
+    from proxy.errors import Unauthenticated
+    from proxy.state import MemoryState
+
+    data = config_dict("http://127.0.0.1:9", revocation={"max_token_lifetime": 3600})
+    state = MemoryState(build_config(data).settings, Clock(T0))
+    ok = {"sub": "alice", "iat": T0, "exp": T0 + 3600}
+    too_long = {"sub": "alice", "iat": T0, "exp": T0 + 3601}
+    for _ in range(2):  # the second call answers from what the first settled
+        state.check_token(ok)
+        with pytest.raises(Unauthenticated, match="max_token_lifetime"):
+            state.check_token(too_long)
+    # Another object, each time: judged on its own claims, never on the verdict of `ok`.
+    with pytest.raises(Unauthenticated, match="without iat"):
+        state.check_token({"sub": "alice", "exp": T0 + 60})
+    # The same claims as a share link: judged against the links' limit, and not remembered.
+    state.check_token(too_long, link=True)
+    with pytest.raises(Unauthenticated, match="max_token_lifetime"):
+        state.check_token(too_long)
+    # A reload that shortens max_token_lifetime refuses a token that passed before.
+    data["revocation"]["max_token_lifetime"] = 60
+    state.reconfigure(build_config(data).settings)
+    with pytest.raises(Unauthenticated, match="max_token_lifetime"):
+        state.check_token(ok)
+    data["revocation"]["max_token_lifetime"] = 3600
+    state.reconfigure(build_config(data).settings)
+    state.check_token(ok)
+    # A settled verdict is no pass: revocation is looked up on every call.
+    state.revoked.add(new_revocation("sub", "alice", None, T0, 3600, 30))
+    with pytest.raises(Unauthenticated, match="token revoked"):
+        state.check_token(ok)

@@ -425,3 +425,15 @@ def test_router_skips_a_pattern_by_its_literal_prefix_only() -> None:
     assert router.match("/a-1/b") == Match(0, {"x": "1"})
     assert router.match("/A-1/b") == Match(1, {"y": "A-1"})
     assert router.match("/%61-1/b") == Match(1, {"y": "a-1"})
+
+
+def test_a_key_that_is_one_whole_parameter_renders_as_the_others_do() -> None:
+    """`{key}` renders by one lookup; any literal or claim beside it takes the full walk."""
+    params = {"key": "a/b.txt", "user": "u"}
+    claims = {"sub": "alice"}
+    assert compile_template("{key}").render(params, claims) == "a/b.txt"
+    assert compile_template("{key}/x").render(params, claims) == "a/b.txt/x"
+    assert compile_template("p/{key}").render(params, claims) == "p/a/b.txt"
+    assert compile_template("{user}{key}").render(params, claims) == "ua/b.txt"
+    assert compile_template("{claims.sub}").render(params, claims) == "alice"
+    assert compile_template("{key}") == compile_template("{key}")  # still a plain value

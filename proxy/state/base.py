@@ -44,6 +44,8 @@ class Bucket:
     what: str
 
 
+_LIFETIMES_KEPT = 4096
+
 # Buckets spent in order, stopping at the first that refuses (a client over its limit does
 # not also spend its subject's tokens); one group per path of a sign API batch.
 BucketGroup = Sequence[Bucket]
@@ -91,6 +93,8 @@ class State:
         self.counters = Counters()
         self._watches: set[Watch] = set()
         self._sweep_due = False
+        # id(claims) -> (those claims, the longest lifetime judged against, the verdict)
+        self._lifetimes: dict[int, tuple[Mapping[str, Any], float, str | None]] = {}
         limits = settings.limits
         self.streams = StreamSlots(
             limits.max_streams, limits.max_streams_per_client, limits.max_streams_per_subject
@@ -113,7 +117,22 @@ class State:
 
     def check_token(self, claims: Mapping[str, Any], link: bool = False) -> None:
         """Refuse a revoked token or link (401), or one that outlives revocations."""
-        refusal = lifetime_refusal(claims, LINK_MAX_LIFETIME if link else self._max_lifetime)
+        longest = LINK_MAX_LIFETIME if link else self._max_lifetime
+        # A token's lifetime verdict is a function of its claims (which the verifier hands
+        # out, the same object per cached token, never modified) and `longest` only: settled
+        # once per claims object, not per request. The entry holds (pins) the claims it was
+        # made from, so their id is not reused while it lives, and it answers only that very
+        # object under the same `longest` (after a reload's new max_token_lifetime, judged
+        # afresh). A link's claims are new on each request: nothing to remember.
+        remembered = None if link else self._lifetimes.get(id(claims))
+        if remembered is not None and remembered[0] is claims and remembered[1] == longest:
+            refusal = remembered[2]
+        else:
+            refusal = lifetime_refusal(claims, longest)
+            if not link:
+                if len(self._lifetimes) >= _LIFETIMES_KEPT:
+                    self._lifetimes.clear()  # bounded: many tokens only cost recomputing
+                self._lifetimes[id(claims)] = (claims, longest, refusal)
         if refusal is not None:
             raise Unauthenticated(refusal, invalid_token=True)
         stale = self.stale_for()

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth import Clock, TokenVerifier, extract_token
+from ..auth import Clock, TokenVerifier, find_token, token_sources
 from ..config import Config, CorsSettings, LimitsSettings, RateLimitSettings, Route
 from ..cors import preflight_headers, response_headers
 from ..errors import Forbidden, ProxyError, Unauthenticated
@@ -51,6 +51,7 @@ class Access:
     ) -> None:
         settings = config.settings
         auth = self._auth = settings.auth
+        self._sources = token_sources(auth)  # this config's, for every request
         self._telemetry = telemetry
         self._state = state
         self.limits: LimitsSettings = settings.limits
@@ -153,7 +154,7 @@ class Access:
         if rule is None or not rule.needs_token:
             return False
         query = request.query if request.rel_url.raw_query_string else _NO_QUERY
-        found = extract_token(self._auth, request.headers, None, query)
+        found = find_token(self._sources, request.headers, None, query)
         if found is None:
             return False
         try:
@@ -198,7 +199,7 @@ class Access:
     ) -> Claims | None:
         """The verified token's claims, None without a token, or 401 for a bad one."""
         query = request.query if request.rel_url.raw_query_string else _NO_QUERY
-        found = extract_token(self._auth, request.headers, None, query)
+        found = find_token(self._sources, request.headers, None, query)
         if found is None:
             return None
         context.token_source, token = found
