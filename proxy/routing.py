@@ -220,6 +220,10 @@ class Match:
 # is asked for by the same path again and again. Bounded: many distinct paths only cost a
 # rematch (the memo is emptied when full).
 MATCHES_KEPT = 4096
+# ... and only paths up to this long (an S3 key is at most 1024 bytes): the sign API matches
+# paths from request bodies of up to a MiB, and 4096 of those kept would pin gigabytes.
+# Longer paths are matched every time.
+PATH_KEPT_CHARS = 2048
 
 
 class Router:
@@ -244,9 +248,10 @@ class Router:
             if params is not None:
                 found = Match(index, params)
                 break
-        if len(matches) >= MATCHES_KEPT:
-            matches.clear()
-        matches[path] = found
+        if len(path) <= PATH_KEPT_CHARS:
+            if len(matches) >= MATCHES_KEPT:
+                matches.clear()
+            matches[path] = found
         return found
 
 

@@ -10,6 +10,7 @@ from proxy.errors import BadRequest, Forbidden
 from proxy.routing import (
     MATCHES_KEPT,
     MAX_PARAM_LENGTH,
+    PATH_KEPT_CHARS,
     KeyTemplate,
     Match,
     Router,
@@ -416,6 +417,23 @@ def test_router_memo_is_bounded() -> None:
         assert router.match(f"/photos/{number}") == Match(0, {"id": str(number)})
     assert len(router._matches) <= MATCHES_KEPT
     assert router.match("/photos/7") == Match(0, {"id": "7"})
+
+
+def test_router_memo_keeps_no_long_path() -> None:
+    """The sign API matches paths from a JSON body of up to a MiB, for anonymous callers too:
+    a memo of MATCHES_KEPT such paths would pin gigabytes. Long paths, matching or not, are
+    matched every time and never kept (the memo's size stays a few MiB at most)."""
+    router = Router([compile_pattern("/files/{path:.+}")])
+    long_miss = "/nomatch/" + "x" * 1_000_000
+    long_miss_too = "/other/" + "z" * (PATH_KEPT_CHARS - 6)  # one character over the bound
+    for _ in range(2):
+        assert router.match(long_miss) is None
+        assert router.match(long_miss_too) is None
+        with pytest.raises(BadRequest):  # (a key that long is refused, as ever)
+            router.match("/files/" + "y" * 2000)
+    assert router._matches == {}
+    assert router.match("/files/short") == Match(0, {"path": "short"})
+    assert list(router._matches) == ["/files/short"]
 
 
 def test_router_skips_a_pattern_by_its_literal_prefix_only() -> None:

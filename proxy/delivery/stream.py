@@ -315,7 +315,9 @@ async def send_object(
             context.reason = "client disconnected"
             return response
         deadline = WriteDeadline(request.transport, write_timeout)
-        relay = obj.relay
+        # The relay writes past the response's own body guards: never for an answer without
+        # a body (a HEAD is answered from storage.head and never gets here; kept so).
+        relay = obj.relay if request.method != "HEAD" else None
         try:
             async for chunk in obj.chunks:
                 bytes_from_s3 += len(chunk)
