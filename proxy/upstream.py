@@ -440,10 +440,24 @@ class Relay(asyncio.BufferedProtocol):
         return memoryview(bytearray(self._size))
 
     def start(self) -> None:
+        if not self._take_over():
+            return
+        connection = self._connection
+        # Pausing is the relay's from here (and the connection's flag must not outlive it).
+        paused, connection._paused = connection._paused, False
+        self._transport.set_protocol(self)
+        if self._sink.get_write_buffer_size():
+            self._stop(RELAY_DRAIN)
+        elif paused:
+            self._transport.resume_reading()
+
+    def _take_over(self) -> bool:
+        """Hand the sink the pieces already read and make its protocol pause while it holds
+        any byte; False (and RELAY_CLIENT_GONE) when the sink is closed already."""
         connection, sink = self._connection, self._sink
         if sink.is_closing():
             self._state = RELAY_CLIENT_GONE
-            return
+            return False
         # Pieces already read are bytes, which the sink may keep: they go first.
         chunks = connection._chunks
         while chunks:
@@ -451,16 +465,9 @@ class Relay(asyncio.BufferedProtocol):
             sink.write(piece)
             self.relayed += len(piece)
         connection._buffered = 0
-        # Pausing is the relay's from here (and the connection's flag must not outlive it).
-        paused, connection._paused = connection._paused, False
-        low, high = sink.get_write_buffer_limits()
-        self._limits = (low, high)
+        self._limits = sink.get_write_buffer_limits()
         sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
-        self._transport.set_protocol(self)
-        if sink.get_write_buffer_size():
-            self._stop(RELAY_DRAIN)
-        elif paused:
-            self._transport.resume_reading()
+        return True
 
     # -- asyncio.BufferedProtocol ------------------------------------------------------------
 
@@ -627,22 +634,11 @@ class SpliceRelay(Relay):
         return memoryview(b"")  # none: the pipe is the buffer
 
     def start(self) -> None:
-        connection, sink = self._connection, self._sink
-        if sink.is_closing():
-            self._state = RELAY_CLIENT_GONE
+        if not self._take_over():
             return
-        chunks = connection._chunks
-        while chunks:
-            piece = chunks.popleft()
-            sink.write(piece)
-            self.relayed += len(piece)
-        connection._buffered = 0
-        connection._paused = True  # the transport does not read while the relay does
+        self._connection._paused = True  # the transport does not read while the relay does
         self._transport.pause_reading()
-        low, high = sink.get_write_buffer_limits()
-        self._limits = (low, high)
-        sink.set_write_buffer_limits(high=0)  # its protocol pauses while it holds any byte
-        if sink.get_write_buffer_size():
+        if self._sink.get_write_buffer_size():
             self._state = RELAY_DRAIN
             return
         self._watch()
