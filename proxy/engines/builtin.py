@@ -248,7 +248,7 @@ class BuiltinStorage(SignedByTheProxy):
             method,
             bucket,
             key,
-            int(time.time()),
+            int(self._clock()),
             tuple(query.items()) if query else (),
             tuple(signed.items()) if signed else (),
             tuple(extra.items()),
